@@ -1,0 +1,73 @@
+"""Options and output helpers shared by the ``kcnn`` commands.
+
+A command parses its options, calls one API function inside :func:`run_command`, and
+prints the result: a human-readable rendering, or with ``--json`` exactly one JSON object
+on stdout.  While the work runs, stdout is redirected to stderr so Keras progress bars
+and logs never mix with the result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from typing import Any, Callable
+
+import click
+
+from keras_cnn.cli import enable_debug
+from keras_cnn.runs import to_jsonable
+
+json_option = click.option(
+    "--json", "as_json", is_flag=True,
+    help="Print one JSON object on stdout (progress and logs go to stderr).",
+)
+debug_option = click.option(
+    "--debug", is_flag=True, expose_value=False, is_eager=True, callback=enable_debug,
+    help="Show the full traceback on errors.",
+)
+
+
+def training_options(defaults_note: str = "the architecture's reference recipe") -> Callable:
+    """Options every training command shares (epochs, batch size, learning rate, seed...)."""
+
+    def decorate(function: Callable) -> Callable:
+        options = [
+            click.option("--epochs", type=click.IntRange(min=1), default=None,
+                         help=f"Number of epochs [default: {defaults_note}]."),
+            click.option("--batch-size", type=click.IntRange(min=1), default=None,
+                         help=f"Batch size (global across replicas) [default: {defaults_note}]."),
+            click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=None,
+                         help=f"Learning rate [default: {defaults_note}]."),
+            click.option("--seed", type=int, default=1234, show_default=True,
+                         help="Random seed for weights, shuffling and augmentation."),
+        ]
+        for option in reversed(options):
+            function = option(function)
+        return function
+
+    return decorate
+
+
+def run_command(as_json: bool, work: Callable[[], dict[str, Any]],
+                render: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Run ``work`` with stdout sent to stderr, then print its result.
+
+    ``render`` prints the human form (to stdout); without it, a compact
+    ``key: value`` listing is printed.  Returns the result.
+    """
+    with contextlib.redirect_stdout(sys.stderr):
+        result = work()
+    if as_json:
+        click.echo(json.dumps(to_jsonable(result)))
+    elif render is not None:
+        render(result)
+    else:
+        for key, value in result.items():
+            click.echo(f"{key}: {value}")
+    return result
+
+
+def progress(message: str) -> None:
+    """One line of progress on stderr."""
+    click.echo(message, err=True)

@@ -1,0 +1,102 @@
+"""Options of a run, as dataclasses with a JSON round trip (``config.json`` in the run).
+
+The CLI collects options into these objects and passes them to pure functions; the same
+objects are written into the run directory so a result can be traced and repeated.
+``None`` means "use the model's reference default"; the training code resolves it and the
+resolved value is what gets written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how they are prepared."""
+
+    dataset: str | None = None            # "mnist" | "cifar10" (keras.datasets) ...
+    dataset_path: str | None = None       # ... or the same archive on disk
+    split: str | None = None              # split CSV (objectId,value,type) ...
+    images: str | None = None             # ... and its image folder
+    image_size: tuple[int, int] | None = None
+    channels: int | None = None
+    resize_mode: str = "stretch"
+    augment: bool = False
+    augment_engine: str = "layers"        # "layers" (tf.data + preprocessing layers) | "legacy"
+    augmentation: dict[str, Any] | None = None   # ImageDataGenerator-style ranges
+    cache: bool | str = True
+    skip_bad_images: bool = False
+    validation_split: float = 0.2         # only for array datasets without a validation part
+
+
+@dataclass
+class ModelConfig:
+    """What network is trained."""
+
+    kind: str = "scratch"                 # "scratch" | "transfer"
+    name: str = ""                        # architecture or base name (e.g. "lenet", "efficientnet_b0", "hub:...")
+    api: str = "functional"
+    num_classes: int | None = None
+    input_shape: tuple[int, int, int] | None = None
+    weights: str | None = None            # "imagenet" | "none" | PATH (transfer bases)
+    head_units: list[int] = field(default_factory=list)
+    dropout: float = 0.2
+    binary: bool = False                  # one sigmoid unit for two classes
+
+
+@dataclass
+class TrainingConfig:
+    """How it is trained."""
+
+    epochs: int | None = None
+    batch_size: int | None = None
+    learning_rate: float | None = None
+    optimizer: str | None = None
+    loss: str | None = None
+    seed: int = 1234
+    class_weight: str = "none"            # "none" | "balanced"
+    cache_features: bool | None = None    # transfer stage 1; None = on when not augmenting
+    mixed_precision: str = "auto"         # "auto" | "on" | "off"
+    xla: str = "auto"                     # "auto" | "on" | "off"
+    strategy: str = "auto"                # "auto" | "default" | "mirrored" | "multiworker"
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines one run; ``config.json`` is its ``to_dict()``."""
+
+    command: str
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    labels: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> "RunConfig":
+        """Rebuild from ``config.json``; unknown keys (e.g. ``versions``) are ignored."""
+
+        def build(kind, values):
+            names = {item.name for item in dataclasses.fields(kind)}
+            return kind(**{key: value for key, value in (values or {}).items() if key in names})
+
+        model = build(ModelConfig, payload.get("model"))
+        if model.input_shape is not None:
+            model.input_shape = tuple(model.input_shape)
+        data = build(DataConfig, payload.get("data"))
+        if data.image_size is not None:
+            data.image_size = tuple(data.image_size)
+        return cls(
+            command=payload.get("command", ""),
+            model=model,
+            data=data,
+            training=build(TrainingConfig, payload.get("training")),
+            labels=list(payload.get("labels", [])),
+            extra=dict(payload.get("extra", {})),
+        )

@@ -1,0 +1,88 @@
+"""Decode and resize one image with TensorFlow ops.
+
+The training pipeline and the exported SavedModel both call these two functions, so an
+exported model sees exactly the pixels the model was trained on.  Every kcnn model takes
+float32 pixels in 0..255 of shape (height, width, channels); the scaling its weights
+expect lives inside the model.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+RESIZE_MODES = ("stretch", "pad", "crop")
+
+
+def decode_image(encoded: tf.Tensor, channels: int) -> tf.Tensor:
+    """Decode JPEG/PNG/BMP/GIF bytes into a uint8 (height, width, ``channels``) tensor.
+
+    Grey becomes RGB and RGB becomes grey as asked; an alpha channel is dropped;
+    an animated GIF gives its first frame.
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, received: {channels}")
+    image = tf.io.decode_image(encoded, channels=0, expand_animations=False, dtype=tf.uint8)
+    source_channels = tf.shape(image)[-1]
+    # Keep colour channels only: grey+alpha -> grey, RGBA -> RGB.
+    image = tf.cond(
+        tf.logical_or(tf.equal(source_channels, 2), tf.equal(source_channels, 4)),
+        lambda: image[..., : source_channels - 1],
+        lambda: image,
+    )
+    if channels == 3:
+        image = tf.cond(
+            tf.equal(tf.shape(image)[-1], 1),
+            lambda: tf.image.grayscale_to_rgb(image),
+            lambda: image,
+        )
+    else:
+        image = tf.cond(
+            tf.equal(tf.shape(image)[-1], 3),
+            lambda: tf.image.rgb_to_grayscale(image),
+            lambda: image,
+        )
+    image.set_shape([None, None, channels])
+    return image
+
+
+def resize_image(image: tf.Tensor, image_size: tuple[int, int], mode: str = "stretch") -> tf.Tensor:
+    """Resize a uint8 image (or batch) to ``image_size`` = (height, width); returns uint8.
+
+    ``stretch`` ignores the aspect ratio (like Keras's ``image_dataset_from_directory``),
+    ``pad`` keeps it and pads with black, ``crop`` keeps it and crops the centre.
+    The result is rounded back to uint8 so it can be cached compactly.
+    """
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"resize mode must be one of {RESIZE_MODES}, received: {mode!r}")
+    height, width = int(image_size[0]), int(image_size[1])
+    pixels = tf.cast(image, tf.float32)
+    if mode == "pad":
+        resized = tf.image.resize_with_pad(pixels, height, width, antialias=True)
+    elif mode == "crop":
+        resized = _crop_to_aspect(pixels, height, width)
+        resized = tf.image.resize(resized, (height, width), antialias=True)
+    else:
+        resized = tf.image.resize(pixels, (height, width), antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
+
+
+def _crop_to_aspect(pixels: tf.Tensor, height: int, width: int) -> tf.Tensor:
+    """Centre-crop ``pixels`` (last three axes H, W, C) to the aspect ratio height:width."""
+    shape = tf.shape(pixels)
+    source_height = tf.cast(shape[-3], tf.float32)
+    source_width = tf.cast(shape[-2], tf.float32)
+    target_ratio = width / height
+    crop_width = tf.minimum(source_width, source_height * target_ratio)
+    crop_height = tf.minimum(source_height, source_width / target_ratio)
+    crop_height_int = tf.maximum(tf.cast(crop_height, tf.int32), 1)
+    crop_width_int = tf.maximum(tf.cast(crop_width, tf.int32), 1)
+    offset_height = (shape[-3] - crop_height_int) // 2
+    offset_width = (shape[-2] - crop_width_int) // 2
+    return tf.image.crop_to_bounding_box(pixels, offset_height, offset_width, crop_height_int, crop_width_int)
+
+
+def load_image(encoded: tf.Tensor, image_size: tuple[int, int], channels: int, mode: str = "stretch") -> tf.Tensor:
+    """Decode and resize: encoded bytes -> uint8 (height, width, channels)."""
+    image = resize_image(decode_image(encoded, channels), image_size, mode)
+    image.set_shape([int(image_size[0]), int(image_size[1]), channels])
+    return image

@@ -1,0 +1,1 @@
+"""Model builders: the from-scratch zoo, transfer bases and heads."""

@@ -1,0 +1,1 @@
+"""Training: fitting, the two-stage routine, callbacks, devices and distribution."""
