@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 from typing import Any, Callable
 
 import click
 
-from keras_cnn.cli import enable_debug
+from keras_cnn.cli import DebugState, enable_debug
 from keras_cnn.runs import to_jsonable
 
 json_option = click.option(
@@ -49,13 +50,39 @@ def training_options(defaults_note: str = "the architecture's reference recipe")
     return decorate
 
 
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow and Keras with their C++ start-up chatter silenced.
+
+    TensorFlow's native libraries print INFO lines (CUDA probing, oneDNN notes) to file
+    descriptor 2 while loading, before any log-level setting applies; they would bury the
+    one-line messages kcnn promises.  ``--debug`` keeps them.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if "tensorflow" in sys.modules or DebugState.enabled:
+        return
+    sys.stderr.flush()
+    saved_stderr = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import keras  # noqa: F401
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved_stderr, 2)
+        os.close(saved_stderr)
+        os.close(devnull)
+
+
 def run_command(as_json: bool, work: Callable[[], dict[str, Any]],
-                render: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+                render: Callable[[dict[str, Any]], None] | None = None,
+                needs_tensorflow: bool = True) -> dict[str, Any]:
     """Run ``work`` with stdout sent to stderr, then print its result.
 
     ``render`` prints the human form (to stdout); without it, a compact
     ``key: value`` listing is printed.  Returns the result.
     """
+    if needs_tensorflow:
+        import_tensorflow_quietly()
     with contextlib.redirect_stdout(sys.stderr):
         result = work()
     if as_json:
@@ -71,3 +98,26 @@ def run_command(as_json: bool, work: Callable[[], dict[str, Any]],
 def progress(message: str) -> None:
     """One line of progress on stderr."""
     click.echo(message, err=True)
+
+
+def execution_options(function: Callable) -> Callable:
+    """``--mixed-precision``, ``--xla`` and ``--strategy`` (GPU and multi-device switches)."""
+    options = [
+        click.option("--mixed-precision", type=click.Choice(["auto", "on", "off"]), default="auto",
+                     show_default=True,
+                     help="Mixed precision; auto = on for GPUs with compute capability >= 7.0, off on CPU."),
+        click.option("--xla", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+                     help="XLA compilation (jit_compile); auto = on with GPUs, off on CPU (slower there)."),
+        click.option("--strategy", type=click.Choice(["auto", "default", "mirrored", "multiworker"]),
+                     default="auto", show_default=True,
+                     help="tf.distribute strategy; auto = mirrored with several GPUs, multiworker when "
+                          "TF_CONFIG names several workers. --batch-size is global across replicas."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def parse_cache(value: str) -> bool | str:
+    """``--cache memory|none|PATH`` -> True / False / a file path prefix."""
+    return {"memory": True, "none": False}.get(value, value)

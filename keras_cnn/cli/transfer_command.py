@@ -1,0 +1,149 @@
+"""``kcnn transfer`` (stage 1: new head on a frozen base) and ``kcnn finetune`` (stage 2)."""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+from keras_cnn.cli.common import (debug_option, execution_options, import_tensorflow_quietly, json_option,
+                                  parse_cache, run_command, training_options)
+
+
+def _render(result):
+    accuracy = result.get("test_accuracy")
+    shown = f"test accuracy {accuracy:.4f}" if accuracy is not None else "no test part"
+    click.echo(f"{result['base']} [{result['stage']}]: {shown}; trainable {result['trainable_params']:,} of "
+               f"{result['total_params']:,} parameters; {result['epochs']} epochs in {result['seconds']:.0f} s; "
+               f"run in {result['run']}")
+
+
+@click.command()
+@click.option("--base", required=True,
+              help="efficientnet_b0, inception_v3, vgg16 (see `kcnn models`), or hub:URL_OR_DIR for a "
+                   "TF Hub module (a tfhub.dev / Kaggle URL, or a local SavedModel folder).")
+@click.option("--split", "split_csv", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Split CSV (objectId,value,type) from `kcnn split`.")
+@click.option("--images", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Folder of the images named in --split (flat or ab/cd/ sharded).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Run directory [default: runs/BASE-TIMESTAMP]. Re-running into it resumes.")
+@click.option("--image-size", type=click.IntRange(min=32), default=None,
+              help="Input side in pixels [default: the base's own, e.g. 224; smaller is faster].")
+@click.option("--weights", default="imagenet", show_default=True,
+              help="imagenet (downloaded once into the Keras cache), none (random), or a weights file PATH.")
+@click.option("--head-units", type=click.IntRange(min=1), multiple=True,
+              help="Hidden Dense layer(s) of the head, e.g. --head-units 1024 (repeatable) [default: none].")
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True,
+              help="Dropout before the classifier.")
+@click.option("--binary", is_flag=True, help="Two labels: one sigmoid unit instead of a 2-way softmax.")
+@training_options("10 epochs, batch 32, Adam 1e-3")
+@click.option("--optimizer", type=click.Choice(["adam", "adamw", "rmsprop", "sgd"]), default=None,
+              help="Optimizer for the head [default: adam].")
+@click.option("--augment/--no-augment", default=False, show_default=True,
+              help="Augment training images (flips, small rotations, shifts, zoom) in the tf.data pipeline.")
+@click.option("--cache-features/--no-cache-features", default=None,
+              help="Run the frozen base once and train the head on its features [default: on unless --augment].")
+@click.option("--class-weight", type=click.Choice(["none", "balanced"]), default="none", show_default=True,
+              help="Weight classes inversely to their frequency in the training part.")
+@click.option("--api", type=click.Choice(["functional", "sequential"]), default="functional", show_default=True,
+              help="Keras API used to assemble base and head (same layers either way).")
+@click.option("--resize-mode", type=click.Choice(["stretch", "pad", "crop"]), default="stretch",
+              show_default=True, help="How pictures are fitted to the input size.")
+@click.option("--cache", default="memory", show_default=True,
+              help="Cache decoded images: memory, none, or a file path prefix (large sets).")
+@click.option("--skip-bad-images", is_flag=True, help="Train on the readable images and record the others.")
+@execution_options
+@json_option
+@debug_option
+def transfer(base, split_csv, images, out_dir, image_size, weights, head_units, dropout, binary, epochs,
+             batch_size, learning_rate, seed, optimizer, augment, cache_features, class_weight, api, resize_mode,
+             cache, skip_bad_images, mixed_precision, xla, strategy, as_json):
+    """Stage 1: train a new head on a frozen pretrained base.
+
+    The base runs in inference mode with its weights frozen; the head is global average
+    pooling, optional Dense layers, dropout and the classifier. The preprocessing the
+    base's weights expect is part of the model, so it takes raw images. Follow with
+    `kcnn finetune --run RUN`.
+
+    \b
+    Example:
+      kcnn transfer --base efficientnet_b0 --split split.csv --images data/ --out runs/effnet
+    """
+    import_tensorflow_quietly()
+    from keras_cnn.config import DataConfig, ModelConfig, RunConfig, TrainingConfig
+
+    config = RunConfig(
+        command="transfer",
+        model=ModelConfig(kind="transfer", name=base, api=api, weights=weights, head_units=list(head_units),
+                          dropout=dropout, binary=binary),
+        data=DataConfig(split=split_csv, images=images, image_size=(image_size, image_size) if image_size else None,
+                        channels=3, resize_mode=resize_mode, augment=augment, augmentation=_photo_augmentation(augment),
+                        cache=parse_cache(cache), skip_bad_images=skip_bad_images),
+        training=TrainingConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+                                optimizer=optimizer, seed=seed, class_weight=class_weight,
+                                cache_features=cache_features, mixed_precision=mixed_precision, xla=xla,
+                                strategy=strategy),
+    )
+    safe_base = base.replace("hub:", "hub-").replace("/", "_").replace(":", "_")[-40:]
+    out_dir = out_dir or f"runs/{safe_base}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+    def work():
+        from keras_cnn.train.two_stage import train_head
+
+        return train_head(config, out_dir)
+
+    run_command(as_json, work, _render)
+
+
+def _photo_augmentation(augment: bool):
+    """Photos get the default photo augmentation ranges (not the CIFAR-10 book recipe)."""
+    if not augment:
+        return None
+    from keras_cnn.data.augment import DEFAULT_IMAGE_AUGMENTATION
+
+    return DEFAULT_IMAGE_AUGMENTATION.to_dict()
+
+
+@click.command()
+@click.option("--run", "run_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="A stage-1 run directory from `kcnn transfer`.")
+@click.option("--unfreeze-from", default=None,
+              help="First base layer to train: a layer name (mixed8), a block prefix (block7a), or all "
+                   "[default: the base's own, see `kcnn models`].")
+@click.option("--train-bn", is_flag=True, help="Also train BatchNorm layers (frozen by default, as advised).")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Fine-tuning epochs [default: 5].")
+@click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Learning rate [default: the base's, 1e-5].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Batch size [default: stage 1's].")
+@click.option("--optimizer", type=click.Choice(["adam", "adamw", "rmsprop", "sgd"]), default=None,
+              help="Optimizer [default: adam]; sgd uses momentum 0.9 like the Keras InceptionV3 recipe.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Write stage 2 into a copy of the run here instead of into RUN.")
+@execution_options
+@json_option
+@debug_option
+def finetune(run_dir, unfreeze_from, train_bn, epochs, learning_rate, batch_size, optimizer, out_dir,
+             mixed_precision, xla, strategy, as_json):
+    """Stage 2: unfreeze the base from a layer on and train at a low learning rate.
+
+    Reads the base, data and head from the stage-1 RUN. The named layer and every later
+    layer of the base become trainable; BatchNorm layers stay frozen unless --train-bn.
+    The model is recompiled; the best model (validation loss over both stages) is kept.
+
+    \b
+    Examples:
+      kcnn finetune --run runs/effnet --unfreeze-from block7a
+      kcnn finetune --run runs/inception --unfreeze-from mixed8 --optimizer sgd --learning-rate 1e-4
+    """
+    import_tensorflow_quietly()
+
+    def work():
+        from keras_cnn.train.two_stage import fine_tune_run
+
+        return fine_tune_run(run_dir, unfreeze_from=unfreeze_from, train_bn=train_bn, epochs=epochs,
+                             learning_rate=learning_rate, optimizer=optimizer, out_dir=out_dir,
+                             batch_size=batch_size,
+                             execution={"mixed_precision": mixed_precision, "xla": xla, "strategy": strategy})
+
+    run_command(as_json, work, _render)

@@ -1,0 +1,62 @@
+"""Bottleneck features: run a frozen base once, then train the head on what it produced.
+
+With the base frozen and no augmentation, every epoch would push the same images through
+the same base; computing the pooled features once makes a head epoch cost a few matrix
+products instead of a full forward pass (measured in benchmarks/transfer_stage1.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+# Above this size the features go to a memory-mapped .npy file under the run.
+IN_MEMORY_LIMIT_BYTES = 1 << 30
+
+
+def extract_features(feature_extractor: keras.Model, dataset: tf.data.Dataset, count: int,
+                     spill_path: str | Path | None = None, description: str = "features"):
+    """Run ``feature_extractor`` over ``dataset`` once; returns (features, labels) as arrays.
+
+    ``dataset`` must not be shuffled between calls that have to line up (it yields
+    (images, labels) batches).  A progress bar goes to stderr.  Features larger than
+    ``IN_MEMORY_LIMIT_BYTES`` are written to ``spill_path`` (a memory-mapped ``.npy``).
+    """
+    width = int(np.prod(feature_extractor.output_shape[1:]))
+    nbytes = count * width * 4
+    if spill_path is not None and nbytes > IN_MEMORY_LIMIT_BYTES:
+        Path(spill_path).parent.mkdir(parents=True, exist_ok=True)
+        features = np.lib.format.open_memmap(spill_path, mode="w+", dtype="float32", shape=(count, width))
+    else:
+        features = np.empty((count, width), dtype="float32")
+    labels = np.empty((count,), dtype="int32")
+    progress = keras.utils.Progbar(count, unit_name="image")
+    print(f"extracting {description} ({count} images)", flush=True)
+    position = 0
+
+    @tf.function
+    def forward(images):
+        return feature_extractor(images, training=False)
+
+    for images, batch_labels in dataset:
+        batch = forward(images).numpy().reshape(len(images), width)
+        features[position:position + len(batch)] = batch
+        labels[position:position + len(batch)] = np.asarray(batch_labels).reshape(-1)
+        position += len(batch)
+        progress.update(position)
+    if position != count:
+        features, labels = features[:position], labels[:position]
+    return features, labels
+
+
+def feature_dataset(features: np.ndarray, labels: np.ndarray, batch_size: int, shuffle: bool,
+                    seed: int | None = None, single_sigmoid: bool = False) -> tf.data.Dataset:
+    """Batches of cached features for fitting or validating the head."""
+    targets = labels.reshape(-1, 1).astype("float32") if single_sigmoid else labels
+    dataset = tf.data.Dataset.from_tensor_slices((features, targets))
+    if shuffle:
+        dataset = dataset.shuffle(len(features), seed=seed, reshuffle_each_iteration=True)
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)

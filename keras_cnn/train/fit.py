@@ -1,0 +1,166 @@
+"""Fitting a model into a run directory, and the from-scratch training routine.
+
+``fit_stage`` is the one place that calls ``model.fit``: it adds the callbacks every run
+needs (history with epoch times, atomic best-model checkpoint, resume after a kill, NaN
+guard, TensorBoard) and is shared by ``kcnn train`` and the transfer stages.
+``train_scratch`` is ``kcnn train``: resolve the recipe, prepare data, build, fit, test.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from keras_cnn.config import RunConfig
+from keras_cnn.errors import UserError
+from keras_cnn.runs import RunDirectory
+from keras_cnn.train.callbacks import BestModelCheckpoint, HistoryRecorder, NanGuard
+
+
+def fit_stage(model: keras.Model, run: RunDirectory, stage: str, train, validation, epochs: int,
+              class_weight: dict[int, float] | None = None, verbose: int | str = "auto",
+              whole_model: keras.Model | None = None, initial_best: float | None = None) -> list[dict]:
+    """Fit ``model`` for ``epochs`` as stage ``stage`` of ``run``; returns this stage's history rows.
+
+    A killed fit resumes from its last finished epoch when called again with the same
+    run (``BackupAndRestore`` under ``RUN/backup/<stage>``).  The best model by validation
+    loss (training loss when there is no validation part) is saved to ``RUN/model.keras``:
+    ``whole_model`` when ``model`` is only its head, and only once it beats ``initial_best``
+    (the best of the earlier stages).
+    """
+    monitor = "val_loss" if validation is not None else "loss"
+    history = HistoryRecorder(run.history_path, stage)
+    callbacks = [
+        # Restore first, so the other callbacks see the resumed epoch.
+        keras.callbacks.BackupAndRestore(str(run.backup_dir / stage), double_checkpoint=True),
+        history,
+        BestModelCheckpoint(run.model_path, monitor=monitor, history=history, whole_model=whole_model,
+                            initial_best=initial_best),
+        NanGuard(),
+        keras.callbacks.TensorBoard(str(run.tensorboard_dir / stage), write_graph=False),
+    ]
+    model.fit(train, validation_data=validation, epochs=epochs, callbacks=callbacks,
+              class_weight=class_weight, verbose=verbose)
+    return history.stage_rows()
+
+
+def evaluate_test(model: keras.Model, test, labels: list[str]) -> dict[str, Any]:
+    """Loss, accuracy and per-class accuracy of ``model`` on the (unshuffled) ``test`` dataset."""
+    from keras_cnn.evaluate import per_class_accuracy
+
+    results = model.evaluate(test, verbose=0, return_dict=True)
+    true_indices, predicted_indices = [], []
+    for images, targets in test:
+        probabilities = np.asarray(model.predict_on_batch(images))
+        if probabilities.shape[-1] == 1:  # one sigmoid unit
+            predicted_indices.append((probabilities[:, 0] >= 0.5).astype("int64"))
+        else:
+            predicted_indices.append(probabilities.argmax(axis=-1))
+        true_indices.append(np.asarray(targets).reshape(-1).astype("int64"))
+    true_indices = np.concatenate(true_indices)
+    predicted_indices = np.concatenate(predicted_indices)
+    return {
+        "loss": float(results["loss"]),
+        "accuracy": float((true_indices == predicted_indices).mean()),
+        "per_class_accuracy": per_class_accuracy(true_indices, predicted_indices, labels),
+        "count": int(len(true_indices)),
+    }
+
+
+def resolve_scratch_config(config: RunConfig) -> RunConfig:
+    """Fill every ``None`` with the architecture's reference recipe (REFERENCES.md §1)."""
+    from keras_cnn.models.scratch import get_architecture
+
+    spec = get_architecture(config.model.name)
+    training = config.training
+    epochs = training.epochs
+    if epochs is None:
+        epochs = spec.augmented_epochs if (config.data.augment and spec.augmented_epochs) else spec.epochs
+    training = replace(
+        training,
+        epochs=epochs,
+        batch_size=training.batch_size or spec.batch_size,
+        learning_rate=training.learning_rate or spec.learning_rate,
+        optimizer=training.optimizer or spec.optimizer,
+    )
+    input_shape = tuple(config.model.input_shape or spec.input_shape)
+    data = replace(config.data, image_size=input_shape[:2], channels=input_shape[2])
+    model = replace(config.model, kind="scratch", input_shape=input_shape)
+    return replace(config, training=training, data=data, model=model)
+
+
+def train_scratch(config: RunConfig, out_dir: str | Path) -> dict[str, Any]:
+    """Train a from-scratch architecture into ``out_dir`` and report test metrics (``kcnn train``)."""
+    from keras_cnn.models.scratch import build_architecture, count_parameters, get_architecture, with_input_scaling
+    from keras_cnn.train.data import as_model_targets, balanced_class_weights, prepare_array_data, prepare_folder_data
+    from keras_cnn.train.execution import start_execution
+    from keras_cnn.train.optimizers import make_optimizer
+
+    if bool(config.data.dataset) == bool(config.data.split):
+        raise UserError("give either --dataset mnist|cifar10 or --split SPLIT_CSV --images DIR")
+    if config.data.split and not config.data.images:
+        raise UserError("--split needs --images DIR (the folder holding the images)")
+    config = resolve_scratch_config(config)
+    spec = get_architecture(config.model.name)
+    training = config.training
+    run = RunDirectory(out_dir).create()
+    keras.utils.set_random_seed(training.seed)
+    plan, strategy = start_execution(training)
+
+    if config.data.dataset:
+        data = prepare_array_data(config.data, config.model.input_shape, training.batch_size, training.seed)
+    else:
+        data = prepare_folder_data(config.data, config.data.image_size, config.data.channels,
+                                   training.batch_size, training.seed, skipped_record=run.skipped_images_path)
+    num_classes = len(data.labels)
+    config = replace(config, labels=data.labels, model=replace(config.model, num_classes=num_classes),
+                     training=replace(training, loss=spec.loss(num_classes)),
+                     extra={**config.extra, "execution": plan.to_dict(), "sizes": data.sizes,
+                            "skipped_images": len(data.skipped)})
+    run.write_labels(data.labels)
+    run.write_config(config.to_dict())
+
+    with strategy.scope():
+        model = with_input_scaling(build_architecture(config.model.name, config.model.input_shape,
+                                                      num_classes, api=config.model.api))
+        model.compile(optimizer=make_optimizer(training.optimizer, training.learning_rate),
+                      loss=config.training.loss, metrics=["accuracy"], jit_compile=plan.jit_compile)
+    single_sigmoid = model.output_shape[-1] == 1
+    class_weight = balanced_class_weights(data.train_counts) if training.class_weight == "balanced" else None
+
+    started = time.perf_counter()
+    rows = fit_stage(model, run, "train", as_model_targets(data.train, single_sigmoid),
+                     as_model_targets(data.validation, single_sigmoid), training.epochs, class_weight)
+    seconds = time.perf_counter() - started
+
+    best = keras.saving.load_model(run.model_path) if run.model_path.exists() else model
+    metrics: dict[str, Any] = {"parameters": count_parameters(best), "train_seconds": round(seconds, 2)}
+    if rows:
+        metrics["final_epoch"] = rows[-1]
+    if data.test is not None:
+        metrics["test"] = evaluate_test(best, as_model_targets(data.test, single_sigmoid), data.labels)
+    run.write_metrics(metrics)
+    plot_history(run)
+    return {
+        "run": str(run.root),
+        "architecture": config.model.name,
+        "epochs": training.epochs,
+        "test_accuracy": metrics.get("test", {}).get("accuracy"),
+        "test_loss": metrics.get("test", {}).get("loss"),
+        "params": metrics["parameters"]["total_params"],
+        "model": str(run.model_path),
+        "seconds": round(seconds, 2),
+    }
+
+
+def plot_history(run: RunDirectory) -> None:
+    """Draw RUN/training.png from RUN/history.csv."""
+    from keras_cnn.report import plot_training_history
+
+    if run.history_path.exists():
+        plot_training_history(run.history_path, run.plot_path)

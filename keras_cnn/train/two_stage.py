@@ -1,0 +1,266 @@
+"""Transfer learning in two stages: a new head on a frozen base, then fine-tuning.
+
+Stage 1 (``train_head``, ``kcnn transfer``): the base is frozen and runs in inference
+mode; only the new head trains.  Without augmentation the base's features are computed
+once and the head trains on them (``--cache-features``), which is what makes stage 1 fast
+on a CPU.  Stage 2 (``fine_tune_run``, ``kcnn finetune``): layers of the base from a
+boundary on become trainable (BatchNorm stays frozen unless asked, as the Keras transfer
+guide advises), the model is recompiled and trained at a low learning rate.
+``fine_tune`` runs both, like fastai's ``fine_tune``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from keras_cnn.config import RunConfig
+from keras_cnn.errors import UserError
+from keras_cnn.runs import RunDirectory
+from keras_cnn.train.fit import evaluate_test, fit_stage
+
+HEAD_STAGE = "head"
+FINETUNE_STAGE = "finetune"
+
+# Stage-1 defaults (modern guidance, REFERENCES.md §2): Adam 1e-3 on the head.
+HEAD_DEFAULTS = {"epochs": 10, "batch_size": 32, "learning_rate": 1e-3, "optimizer": "adam"}
+FINETUNE_DEFAULTS = {"epochs": 5, "optimizer": "adam"}
+
+
+def resolve_transfer_config(config: RunConfig) -> RunConfig:
+    """Fill the stage-1 defaults: base input size, head recipe, feature caching."""
+    from keras_cnn.models.bases import get_base_spec, normalize_image_size
+
+    spec = get_base_spec(config.model.name)
+    image_size = normalize_image_size(config.data.image_size, spec.default_image_size)
+    spec.input_shape(image_size)  # refuses sizes the base cannot take, before any work
+    training = config.training
+    training = replace(
+        training,
+        epochs=training.epochs or HEAD_DEFAULTS["epochs"],
+        batch_size=training.batch_size or HEAD_DEFAULTS["batch_size"],
+        learning_rate=training.learning_rate or HEAD_DEFAULTS["learning_rate"],
+        optimizer=training.optimizer or HEAD_DEFAULTS["optimizer"],
+        cache_features=(not config.data.augment) if training.cache_features is None else training.cache_features,
+    )
+    if training.cache_features and config.data.augment:
+        raise UserError("--cache-features computes each image's features once, so it cannot be combined "
+                        "with --augment; use --no-cache-features to augment")
+    weights = config.model.weights or "imagenet"
+    data = replace(config.data, image_size=image_size, channels=3)
+    model = replace(config.model, kind="transfer", input_shape=(*image_size, 3), weights=weights)
+    return replace(config, training=training, data=data, model=model)
+
+
+def train_head(config: RunConfig, out_dir: str | Path) -> dict[str, Any]:
+    """Stage 1 into ``out_dir``: build base + new head, train the head, test; returns a summary."""
+    from keras_cnn.models.bases import get_base_spec
+    from keras_cnn.models.transfer import build_transfer_model, parameter_counts
+    from keras_cnn.models.weights import resolve_weights
+    from keras_cnn.train.data import as_model_targets, balanced_class_weights, prepare_folder_data
+    from keras_cnn.train.execution import start_execution
+    from keras_cnn.train.optimizers import make_optimizer
+
+    if not config.data.split or not config.data.images:
+        raise UserError("transfer learning needs --split SPLIT_CSV and --images DIR")
+    config = resolve_transfer_config(config)
+    spec = get_base_spec(config.model.name)
+    resolve_weights(spec, config.model.weights)  # offline without cached weights: fail before any work
+    training = config.training
+    run = RunDirectory(out_dir).create()
+    keras.utils.set_random_seed(training.seed)
+    plan, strategy = start_execution(training)
+
+    data = prepare_folder_data(config.data, config.data.image_size, 3, training.batch_size, training.seed,
+                               skipped_record=run.skipped_images_path)
+    if config.model.binary and len(data.labels) != 2:
+        raise UserError(f"--binary needs exactly 2 labels, the split has {len(data.labels)}: {data.labels}")
+    with strategy.scope():
+        model = build_transfer_model(spec, len(data.labels), image_size=config.data.image_size,
+                                     weights=config.model.weights, head_units=config.model.head_units,
+                                     dropout=config.model.dropout, binary=config.model.binary,
+                                     api=config.model.api, seed=training.seed)
+    single_sigmoid = model.output_shape[-1] == 1
+    loss = "binary_crossentropy" if single_sigmoid else "sparse_categorical_crossentropy"
+    counts = parameter_counts(model)
+    config = replace(config, labels=data.labels,
+                     model=replace(config.model, num_classes=len(data.labels)),
+                     training=replace(training, loss=loss),
+                     extra={**config.extra, "execution": plan.to_dict(), "sizes": data.sizes,
+                            "skipped_images": len(data.skipped),
+                            "stages": {HEAD_STAGE: {"parameters": counts}}})
+    run.write_labels(data.labels)
+    run.write_config(config.to_dict())
+    class_weight = balanced_class_weights(data.train_counts) if training.class_weight == "balanced" else None
+
+    started = time.perf_counter()
+    if training.cache_features:
+        rows = _fit_head_on_features(model, run, data, training, loss, single_sigmoid, class_weight,
+                                     strategy, plan)
+    else:
+        with strategy.scope():
+            model.compile(optimizer=make_optimizer(training.optimizer, training.learning_rate), loss=loss,
+                          metrics=["accuracy"], jit_compile=plan.jit_compile)
+        rows = fit_stage(model, run, HEAD_STAGE, as_model_targets(data.train, single_sigmoid),
+                         as_model_targets(data.validation, single_sigmoid), training.epochs, class_weight)
+    seconds = time.perf_counter() - started
+    return _finish_stage(run, config, HEAD_STAGE, rows, seconds, counts, data, single_sigmoid)
+
+
+def _fit_head_on_features(model, run, data, training, loss, single_sigmoid, class_weight, strategy, plan):
+    """Stage 1 with cached features: the head trains alone; the whole model is what gets saved."""
+    from keras_cnn.models.transfer import split_feature_model
+    from keras_cnn.train.features import extract_features, feature_dataset
+    from keras_cnn.train.optimizers import make_optimizer
+
+    feature_extractor, head = split_feature_model(model)
+    train_features, train_labels = extract_features(
+        feature_extractor, data.train, data.sizes["train"], run.root / "features" / "train.npy", "train features")
+    validation = None
+    if data.validation is not None:
+        validation_features, validation_labels = extract_features(
+            feature_extractor, data.validation, data.sizes["validation"],
+            run.root / "features" / "validation.npy", "validation features")
+        validation = feature_dataset(validation_features, validation_labels, training.batch_size, shuffle=False,
+                                     single_sigmoid=single_sigmoid)
+    train = feature_dataset(train_features, train_labels, training.batch_size, shuffle=True, seed=training.seed,
+                            single_sigmoid=single_sigmoid)
+    with strategy.scope():
+        head.compile(optimizer=make_optimizer(training.optimizer, training.learning_rate), loss=loss,
+                     metrics=["accuracy"], jit_compile=plan.jit_compile)
+    # The whole model needs compiling too so the saved file records a usable training config.
+    model.compile(optimizer=make_optimizer(training.optimizer, training.learning_rate), loss=loss,
+                  metrics=["accuracy"])
+    rows = fit_stage(head, run, HEAD_STAGE, train, validation, training.epochs, class_weight, whole_model=model)
+    shutil.rmtree(run.root / "features", ignore_errors=True)
+    return rows
+
+
+def fine_tune_run(run_dir: str | Path, unfreeze_from: str | None = None, train_bn: bool = False,
+                  epochs: int | None = None, learning_rate: float | None = None, optimizer: str | None = None,
+                  out_dir: str | Path | None = None, batch_size: int | None = None,
+                  execution: dict[str, str] | None = None) -> dict[str, Any]:
+    """Stage 2 on a stage-1 run: unfreeze the base from ``unfreeze_from`` on and train at a low rate.
+
+    ``unfreeze_from``: a layer name, a block prefix (first layer starting with it), or
+    ``"all"``; default: the base's registry entry.  Results go into the same run, or into
+    ``out_dir`` (a copy of the stage-1 run, which is then left untouched).
+    """
+    from keras_cnn.models.bases import get_base_spec
+    from keras_cnn.models.transfer import parameter_counts
+    from keras_cnn.models.transfer import unfreeze_from as unfreeze
+    from keras_cnn.train.data import as_model_targets, balanced_class_weights, prepare_folder_data
+    from keras_cnn.train.execution import start_execution
+    from keras_cnn.train.optimizers import make_optimizer
+
+    source = RunDirectory(run_dir).require()
+    config = RunConfig.from_dict(source.read_config())
+    if config.model.kind != "transfer":
+        raise UserError(f"{run_dir} is a {config.model.kind or 'non-transfer'} run; finetune needs a "
+                        "`kcnn transfer` run")
+    run = source
+    if out_dir is not None and Path(out_dir).resolve() != source.root.resolve():
+        run = RunDirectory(out_dir)
+        if not run.config_path.exists():
+            # Resuming a killed fine-tune into OUT keeps its own files; a new OUT starts as a copy.
+            shutil.copytree(source.root, run.root, dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns("backup", "eval", "logs"))
+    spec = get_base_spec(config.model.name)
+    training = replace(config.training, **{key: value for key, value in (execution or {}).items()})
+    training = replace(
+        training,
+        epochs=epochs or FINETUNE_DEFAULTS["epochs"],
+        learning_rate=learning_rate or spec.finetune_learning_rate,
+        optimizer=optimizer or FINETUNE_DEFAULTS["optimizer"],
+        batch_size=batch_size or config.training.batch_size,
+    )
+    boundary = unfreeze_from or spec.default_unfreeze
+    keras.utils.set_random_seed(training.seed)
+    plan, strategy = start_execution(training)
+
+    with strategy.scope():
+        model = keras.saving.load_model(run.model_path, compile=False)
+        unfreeze(model, boundary, train_bn=train_bn)
+        model.compile(optimizer=make_optimizer(training.optimizer, training.learning_rate),
+                      loss=config.training.loss, metrics=["accuracy"], jit_compile=plan.jit_compile)
+    counts = parameter_counts(model)
+    data = prepare_folder_data(config.data, config.data.image_size, 3, training.batch_size, training.seed,
+                               skipped_record=run.skipped_images_path, labels=config.labels)
+    stages = dict(config.extra.get("stages", {}))
+    stages[FINETUNE_STAGE] = {"parameters": counts, "unfreeze_from": boundary, "train_bn": train_bn,
+                              "epochs": training.epochs, "learning_rate": training.learning_rate,
+                              "optimizer": training.optimizer}
+    stage_config = replace(config, extra={**config.extra, "stages": stages,
+                                          "finetune_execution": plan.to_dict()})
+    run.write_config(stage_config.to_dict())
+
+    single_sigmoid = model.output_shape[-1] == 1
+    class_weight = balanced_class_weights(data.train_counts) if training.class_weight == "balanced" else None
+    earlier_best = _best_validation_loss(run, HEAD_STAGE)
+    started = time.perf_counter()
+    rows = fit_stage(model, run, FINETUNE_STAGE, as_model_targets(data.train, single_sigmoid),
+                     as_model_targets(data.validation, single_sigmoid), training.epochs, class_weight,
+                     initial_best=earlier_best)
+    seconds = time.perf_counter() - started
+    return _finish_stage(run, stage_config, FINETUNE_STAGE, rows, seconds, counts, data, single_sigmoid)
+
+
+def fine_tune(config: RunConfig, out_dir: str | Path, finetune_epochs: int = 5, unfreeze_from: str | None = None,
+              train_bn: bool = False, finetune_learning_rate: float | None = None) -> dict[str, Any]:
+    """Both stages in one call: head epochs on the frozen base, then unfreeze and fine-tune.
+
+    ``config`` is a stage-1 ``RunConfig`` (``config.training.epochs`` = head epochs).
+    Returns the stage-2 summary with the stage-1 summary under ``"head"``.
+    """
+    head = train_head(config, out_dir)
+    tuned = fine_tune_run(out_dir, unfreeze_from=unfreeze_from, train_bn=train_bn, epochs=finetune_epochs,
+                          learning_rate=finetune_learning_rate)
+    return {**tuned, "head": head}
+
+
+def _best_validation_loss(run: RunDirectory, stage: str) -> float | None:
+    from keras_cnn.train.callbacks import read_history
+
+    values = [float(row["val_loss"]) for row in read_history(run.history_path)
+              if row.get("stage") == stage and row.get("val_loss") not in (None, "")]
+    return min(values) if values else None
+
+
+def _finish_stage(run: RunDirectory, config: RunConfig, stage: str, rows: list[dict], seconds: float,
+                  counts: dict[str, int], data, single_sigmoid: bool) -> dict[str, Any]:
+    """Test the saved (best) model, record per-stage metrics, redraw the curves; returns the summary."""
+    from keras_cnn.train.data import as_model_targets
+    from keras_cnn.train.fit import plot_history
+
+    best = keras.saving.load_model(run.model_path)
+    metrics = run.read_metrics()
+    stage_metrics: dict[str, Any] = {"parameters": counts, "seconds": round(seconds, 2),
+                                     "epochs": len(rows)}
+    if rows:
+        stage_metrics["final_epoch"] = rows[-1]
+    if data.test is not None:
+        stage_metrics["test"] = evaluate_test(best, as_model_targets(data.test, single_sigmoid), data.labels)
+        metrics["test"] = stage_metrics["test"]
+    metrics.setdefault("stages", {})[stage] = stage_metrics
+    metrics["parameters"] = counts
+    run.write_metrics(metrics)
+    plot_history(run)
+    final = rows[-1] if rows else {}
+    return {
+        "run": str(run.root),
+        "stage": stage,
+        "base": config.model.name,
+        "epochs": len(rows),
+        **counts,
+        "val_loss": final.get("val_loss"),
+        "val_accuracy": final.get("val_accuracy"),
+        "test_accuracy": metrics.get("test", {}).get("accuracy"),
+        "test_loss": metrics.get("test", {}).get("loss"),
+        "model": str(run.model_path),
+        "seconds": round(seconds, 2),
+    }

@@ -1,0 +1,73 @@
+"""Shared test fixtures: tiny generated datasets in the formats kcnn reads."""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+
+def learnable_digit_images(count: int, seed: int, size: int = 28) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (count, size, size) images whose class (0..9) is a bright bar at row 2 + 2*class."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, size=count).astype("uint8")
+    images = rng.integers(0, 60, size=(count, size, size)).astype("uint8")
+    for index, label in enumerate(labels):
+        row = 2 + 2 * int(label)
+        start = int(rng.integers(0, size // 3))
+        images[index, row:row + 2, start:start + size // 2] = 255
+    return images, labels
+
+
+def write_mnist_npz(path: Path, train: int = 600, test: int = 200, seed: int = 0) -> Path:
+    """A file in the layout of keras.datasets' mnist.npz (x_train, y_train, x_test, y_test)."""
+    x_train, y_train = learnable_digit_images(train, seed)
+    x_test, y_test = learnable_digit_images(test, seed + 1)
+    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    return path
+
+
+def write_cifar10_archive(folder: Path, per_batch: int = 20, seed: int = 0, as_tar: bool = True) -> Path:
+    """cifar-10-python.tar.gz (or the extracted cifar-10-batches-py/) with tiny batches."""
+    rng = np.random.default_rng(seed)
+    batches = {}
+    for name in [f"data_batch_{index}" for index in range(1, 6)] + ["test_batch"]:
+        data = rng.integers(0, 256, size=(per_batch, 3072)).astype("uint8")
+        labels = [int(value) for value in rng.integers(0, 10, size=per_batch)]
+        batches[name] = pickle.dumps({b"data": data, b"labels": labels})
+    if not as_tar:
+        target = folder / "cifar-10-batches-py"
+        target.mkdir(parents=True, exist_ok=True)
+        for name, payload in batches.items():
+            (target / name).write_bytes(payload)
+        return target
+    path = folder / "cifar-10-python.tar.gz"
+    with tarfile.open(path, "w:gz") as archive:
+        for name, payload in batches.items():
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(payload)
+            archive.addfile(info, io.BytesIO(payload))
+    return path
+
+
+@pytest.fixture(scope="session")
+def mnist_npz(tmp_path_factory) -> Path:
+    return write_mnist_npz(tmp_path_factory.mktemp("mnist") / "mnist.npz")
+
+
+@pytest.fixture(scope="session")
+def sample_data_dir(tmp_path_factory) -> Path:
+    """The built-in sample set, small: 3 classes x 40 images of 48 px."""
+    from keras_cnn.data.sample import write_sample_data
+
+    folder = tmp_path_factory.mktemp("sample")
+    write_sample_data(folder, classes=3, per_class=40, size=48, seed=0)
+    return folder

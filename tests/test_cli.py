@@ -1,0 +1,99 @@
+"""The command line: fast help, one-line errors with exit codes, JSON output."""
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from keras_cnn.cli import COMMANDS, cli
+
+
+def run_kcnn(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "keras_cnn", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_help_and_version_are_fast_and_do_not_import_tensorflow():
+    started = time.perf_counter()
+    result = run_kcnn("--help")
+    elapsed = time.perf_counter() - started
+    assert result.returncode == 0 and "train" in result.stdout and "transfer" in result.stdout
+    assert elapsed < 1.5, f"kcnn --help took {elapsed:.2f} s"
+    probe = subprocess.run(
+        [sys.executable, "-c", "import sys\nfrom keras_cnn.cli import cli\n"
+         "for name in cli.list_commands(None): cli.get_command(None, name)\n"
+         "print('tensorflow' in sys.modules, 'keras' in sys.modules)"],
+        capture_output=True, text=True, timeout=60)
+    assert probe.stdout.strip() == "False False"
+    version = run_kcnn("--version")
+    assert version.returncode == 0 and version.stdout.startswith("kcnn ")
+
+
+def test_every_registered_command_loads_and_has_help():
+    runner = CliRunner()
+    for name in COMMANDS:
+        command = cli.get_command(None, name)
+        assert command is not None, f"{name} is registered but its module is missing"
+        result = runner.invoke(cli, [name, "--help"])
+        assert result.exit_code == 0, result.output
+        assert len(result.output.splitlines()) > 3
+
+
+def one_line_error(result):
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_unknown_architecture_is_one_line_exit_2():
+    result = run_kcnn("train", "resnet", "--dataset", "mnist")
+    assert result.returncode == 2
+    assert "unknown architecture 'resnet'" in one_line_error(result)
+
+
+def test_usage_errors_are_one_line_exit_2():
+    result = run_kcnn("train", "lenet", "--epochs", "zero")
+    assert result.returncode == 2
+    assert "--epochs" in one_line_error(result)
+    result = run_kcnn("no-such-command")
+    assert result.returncode == 2 and "No such command" in one_line_error(result)
+
+
+def test_wrong_dataset_file_is_one_line_exit_2_and_debug_shows_traceback(tmp_path):
+    bogus = tmp_path / "mnist.npz"
+    bogus.write_text("not an archive")
+    result = run_kcnn("train", "lenet", "--dataset", "mnist", "--dataset-path", str(bogus), "--out",
+                      str(tmp_path / "run"))
+    assert result.returncode == 2
+    assert "not an MNIST .npz archive" in one_line_error(result)
+    debug = run_kcnn("--debug", "train", "lenet", "--dataset", "mnist", "--dataset-path", str(bogus),
+                     "--out", str(tmp_path / "run"))
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_models_json_lists_every_architecture_with_counts():
+    result = CliRunner().invoke(cli, ["models", "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    rows = {row["name"]: row for row in payload["models"]}
+    assert rows["lenet"]["params"] == 1_256_080 and rows["lenet"]["kind"] == "scratch"
+    assert rows["lenet"]["input_shape"] == [28, 28, 1]
+    for row in rows.values():
+        assert {"name", "kind", "input_shape", "params"} <= set(row)
+
+
+@pytest.mark.parametrize("api", ["functional", "sequential"])
+def test_summary_prints_reference_counts(api):
+    result = CliRunner().invoke(cli, ["summary", "mini_alexnet", "--api", api])
+    assert result.exit_code == 0, result.output
+    assert "2,149,002" in result.output and "2,148,650" in result.output
+
+
+def test_sample_data_json(tmp_path):
+    result = CliRunner().invoke(cli, ["sample-data", str(tmp_path), "--per-class", "2", "--size", "24", "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["count"] == 6 and (tmp_path / "label.csv").exists()
