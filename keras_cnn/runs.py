@@ -40,10 +40,13 @@ def atomic_path(final_path: str | os.PathLike, directory: bool = False) -> Itera
     prefix = f".{final_path.name}.tmp-"
     if directory:
         temporary = Path(tempfile.mkdtemp(prefix=prefix, dir=final_path.parent))
+        os.chmod(temporary, 0o777 & ~_current_umask())
     else:
         handle, name = tempfile.mkstemp(prefix=prefix, dir=final_path.parent)
         os.close(handle)
         temporary = Path(name)
+        # mkstemp creates 0600 files; results are meant to be shared like any other file.
+        os.chmod(temporary, 0o666 & ~_current_umask())
         # Keras refuses some file names by their suffix (".keras", ".weights.h5"): keep it.
         if final_path.suffixes:
             suffixed = temporary.with_name(temporary.name + "".join(final_path.suffixes))
@@ -60,6 +63,12 @@ def atomic_path(final_path: str | os.PathLike, directory: bool = False) -> Itera
         else:
             temporary.unlink(missing_ok=True)
         raise
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

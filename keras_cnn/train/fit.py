@@ -57,8 +57,8 @@ def evaluate_test(model: keras.Model, test, labels: list[str]) -> dict[str, Any]
     true_indices, predicted_indices = [], []
     for images, targets in test:
         probabilities = np.asarray(model.predict_on_batch(images))
-        if probabilities.shape[-1] == 1:  # one sigmoid unit
-            predicted_indices.append((probabilities[:, 0] >= 0.5).astype("int64"))
+        if probabilities.shape[-1] == 1:  # one sigmoid unit; > 0.5 as Keras's binary accuracy
+            predicted_indices.append((probabilities[:, 0] > 0.5).astype("int64"))
         else:
             predicted_indices.append(probabilities.argmax(axis=-1))
         true_indices.append(np.asarray(targets).reshape(-1).astype("int64"))
@@ -89,9 +89,18 @@ def resolve_scratch_config(config: RunConfig) -> RunConfig:
         optimizer=training.optimizer or spec.optimizer,
     )
     input_shape = tuple(config.model.input_shape or spec.input_shape)
-    data = replace(config.data, image_size=input_shape[:2], channels=input_shape[2])
+    data = replace(absolute_data_paths(config.data), image_size=input_shape[:2], channels=input_shape[2])
     model = replace(config.model, kind="scratch", input_shape=input_shape)
     return replace(config, training=training, data=data, model=model)
+
+
+def absolute_data_paths(data):
+    """The data config with absolute paths, so later commands work from any directory."""
+    import os
+
+    return replace(data, **{name: os.path.abspath(getattr(data, name))
+                            for name in ("dataset_path", "split", "images")
+                            if getattr(data, name)})
 
 
 def train_scratch(config: RunConfig, out_dir: str | Path) -> dict[str, Any]:

@@ -22,7 +22,7 @@ import keras
 from keras_cnn.config import RunConfig
 from keras_cnn.errors import UserError
 from keras_cnn.runs import RunDirectory
-from keras_cnn.train.fit import evaluate_test, fit_stage
+from keras_cnn.train.fit import absolute_data_paths, evaluate_test, fit_stage
 
 HEAD_STAGE = "head"
 FINETUNE_STAGE = "finetune"
@@ -52,7 +52,7 @@ def resolve_transfer_config(config: RunConfig) -> RunConfig:
         raise UserError("--cache-features computes each image's features once, so it cannot be combined "
                         "with --augment; use --no-cache-features to augment")
     weights = config.model.weights or "imagenet"
-    data = replace(config.data, image_size=image_size, channels=3)
+    data = replace(absolute_data_paths(config.data), image_size=image_size, channels=3)
     model = replace(config.model, kind="transfer", input_shape=(*image_size, 3), weights=weights)
     return replace(config, training=training, data=data, model=model)
 

@@ -1,0 +1,50 @@
+"""``kcnn evaluate``: metrics, pictures and an HTML report for a finished run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from keras_cnn.cli.common import debug_option, json_option, run_command
+from keras_cnn.runs import RunDirectory
+
+
+def render_summary(summary: dict[str, Any]) -> None:
+    """The human form of :func:`keras_cnn.evaluate.evaluate_run`'s summary."""
+    loss = summary.get("loss")
+    click.echo(f"{summary['subset']} part of {summary['run']}: {summary['num_samples']} images")
+    click.echo(f"  accuracy  {summary['accuracy']:.4f}")
+    click.echo(f"  loss      {loss:.4f}" if loss is not None else "  loss      -")
+    click.echo(f"  macro F1  {summary['macro_f1']:.4f}")
+    if summary.get("roc_auc") is not None:
+        click.echo(f"  ROC AUC   {summary['roc_auc']:.4f}")
+    click.echo(f"report: {summary['files']['report']}")
+
+
+@click.command()
+@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Run directory written by `kcnn train` / `kcnn transfer` / `kcnn finetune`.")
+@click.option("--subset", type=click.Choice(["test", "validation"]), default="test", show_default=True,
+              help="Which part of the run's data to evaluate.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Prediction batch size [default: the run's training batch size].")
+@json_option
+@debug_option
+def evaluate(run_dir: Path, subset: str, batch_size: int | None, as_json: bool) -> None:
+    """Evaluate a run: write RUN/eval/ (metrics.json, predictions.csv, plots, report.html).
+
+    Metrics: accuracy, loss, top-k accuracy, macro/weighted precision, recall and F1,
+    ROC AUC for two classes, per-class numbers, the confusion matrix and the most
+    confused pairs. Open RUN/eval/report.html in a browser to read them.
+    """
+    # Fail fast (and without importing TensorFlow) when the folder is not a run.
+    RunDirectory(run_dir).require()
+
+    def work() -> dict[str, Any]:
+        from keras_cnn.evaluate import evaluate_run
+
+        return evaluate_run(run_dir, subset=subset, batch_size=batch_size)
+
+    run_command(as_json, work, render_summary)
