@@ -365,24 +365,6 @@ def load_subset(run_config, run_dir: str | os.PathLike, subset: str, batch_size:
 # --------------------------------------------------------------------------- model outputs
 
 
-def load_run_model(model_path: str | os.PathLike):
-    """Load ``model.keras`` for inference, with kcnn's custom layers registered first."""
-    import importlib
-    import pkgutil
-
-    import keras
-
-    import keras_cnn.models
-
-    # Custom layers register themselves with Keras when their module is imported.
-    for module in pkgutil.iter_modules(keras_cnn.models.__path__, prefix="keras_cnn.models."):
-        importlib.import_module(module.name)
-    try:
-        return keras.saving.load_model(model_path, compile=False)
-    except (OSError, ValueError) as error:
-        raise UserError(f"cannot load {model_path}: {str(error).splitlines()[0]}") from None
-
-
 def outputs_are_logits(model) -> bool:
     """True when the last layer has no squashing activation (the model outputs logits)."""
     import keras
@@ -527,7 +509,9 @@ def evaluate_run(run_dir: str | os.PathLike, subset: str = "test", batch_size: i
     object_ids, true_indices, dataset = load_subset(run_config, run.root, subset, batch_size)
     if len(true_indices) == 0:
         raise UserError(f"the {subset} part of {run.root} has no images")
-    model = load_run_model(run.model_path)
+    from keras_cnn.models.loading import load_model
+
+    model = load_model(run.model_path)
     keeper = MistakeKeeper()
     outputs, probabilities, from_logits = predict_subset(model, dataset, true_indices, len(labels), keeper)
     loss = cross_entropy(outputs, true_indices, from_logits)

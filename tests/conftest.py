@@ -71,3 +71,60 @@ def sample_data_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("sample")
     write_sample_data(folder, classes=3, per_class=40, size=48, seed=0)
     return folder
+
+
+HUB_FEATURES = 6
+
+
+def write_hub_module(path: Path) -> str:
+    """Write a tiny module in the TF Hub TF2 format and return its folder.
+
+    ``__call__(images in [0, 1], training)`` -> conv 3x3 -> BatchNorm-like scale/offset
+    with a moving mean -> relu -> spatial mean; ``variables`` / ``trainable_variables``
+    lists as hub modules have them.  Traced for training False and True like real modules.
+    """
+    import tensorflow as tf
+
+    class TinyFeatureVector(tf.Module):
+        # tf.Module defines these as properties; the hub format saves them as plain lists.
+        variables = None
+        trainable_variables = None
+
+        def __init__(self):
+            super().__init__(name="tiny")
+            with tf.name_scope("conv"):
+                self.kernel = tf.Variable(tf.random.stateless_normal([3, 3, 3, HUB_FEATURES], seed=[1, 2]) * 0.3,
+                                          name="Conv1_kernel")
+                self.bias = tf.Variable(tf.zeros([HUB_FEATURES]), name="Conv1_bias")
+            self.gamma = tf.Variable(tf.ones([HUB_FEATURES]), name="stem_bn/gamma")
+            self.beta = tf.Variable(tf.zeros([HUB_FEATURES]), name="stem_bn/beta")
+            self.moving_mean = tf.Variable(tf.zeros([HUB_FEATURES]), trainable=False,
+                                           name="stem_bn/moving_mean")
+            self.variables = [self.kernel, self.bias, self.gamma, self.beta, self.moving_mean]
+            self.trainable_variables = [self.kernel, self.bias, self.gamma, self.beta]
+            self.regularization_losses = []
+
+        @tf.function
+        def __call__(self, images, training=False):
+            hidden = tf.nn.conv2d(images, self.kernel, 1, "SAME") + self.bias
+            if training:
+                self.moving_mean.assign(0.9 * self.moving_mean + 0.1 * tf.reduce_mean(hidden, axis=[0, 1, 2]))
+            hidden = (hidden - self.moving_mean) * self.gamma + self.beta
+            return tf.reduce_mean(tf.nn.relu(hidden), axis=[1, 2])
+
+    module = TinyFeatureVector()
+    spec = tf.TensorSpec([None, None, None, 3], tf.float32)
+    for training in (False, True):
+        module.__call__.get_concrete_function(spec, training=training)
+    tf.saved_model.save(module, str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def sample_split(sample_data_dir, tmp_path_factory) -> Path:
+    """The split CSV of ``sample_data_dir``."""
+    from keras_cnn.cli.split_command import split_label_file
+
+    path = tmp_path_factory.mktemp("split") / "split.csv"
+    split_label_file(str(sample_data_dir / "label.csv"), str(path))
+    return path

@@ -43,9 +43,11 @@ def test_every_registered_command_loads_and_has_help():
 
 
 def one_line_error(result):
+    """The error is one line; at most kcnn's own start-up line (device/precision) precedes it."""
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    return lines[0]
+    assert lines and lines[-1].startswith("kcnn: error: "), result.stderr
+    assert all(line.startswith("device: ") for line in lines[:-1]), result.stderr
+    return lines[-1]
 
 
 def test_unknown_architecture_is_one_line_exit_2():

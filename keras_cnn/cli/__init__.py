@@ -17,6 +17,7 @@ import click
 
 import keras_cnn
 from keras_cnn.errors import KcnnError
+from keras_cnn.quiet import debugging
 
 # command name -> "module:attribute"; adding a command = one line here plus its module.
 COMMANDS = {
@@ -32,12 +33,6 @@ COMMANDS = {
     "predict": "keras_cnn.cli.predict_command:predict",
     "demo": "keras_cnn.cli.demo_command:demo",
 }
-
-
-class DebugState:
-    """Whether ``--debug`` was given anywhere on the command line."""
-
-    enabled = os.environ.get("KCNN_DEBUG", "") not in ("", "0")
 
 
 class KcnnGroup(click.Group):
@@ -65,6 +60,9 @@ class KcnnGroup(click.Group):
         return getattr(module, attribute)
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        # TensorFlow's C++ INFO/WARNING lines would bury kcnn's own output; --debug keeps them.
+        if not debugging():
+            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         try:
             result = super().main(args, prog_name or "kcnn", complete_var, standalone_mode=False, **extra)
         except click.exceptions.Exit as stop:
@@ -74,7 +72,7 @@ class KcnnGroup(click.Group):
             sys.exit(130)
         except click.ClickException as error:
             # Usage errors (unknown option, bad value, missing argument): one line, exit 2.
-            if DebugState.enabled:
+            if debugging():
                 raise
             click.echo(f"kcnn: error: {error.format_message()} (see --help)", err=True)
             sys.exit(error.exit_code)
@@ -82,12 +80,12 @@ class KcnnGroup(click.Group):
             click.echo("kcnn: interrupted", err=True)
             sys.exit(130)
         except KcnnError as error:
-            if DebugState.enabled:
+            if debugging():
                 raise
             click.echo(f"kcnn: error: {one_line(error)}", err=True)
             sys.exit(error.exit_code)
         except Exception as error:  # noqa: BLE001 - the top level maps every failure to exit 1
-            if DebugState.enabled:
+            if debugging():
                 raise
             click.echo(
                 f"kcnn: error: {type(error).__name__}: {one_line(error)} (run with --debug for the traceback)",
@@ -107,7 +105,8 @@ def one_line(error: BaseException) -> str:
 
 def enable_debug(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
     if value:
-        DebugState.enabled = True
+        # keras_cnn.quiet and the error handler read the environment, so one switch serves all.
+        os.environ["KCNN_DEBUG"] = "1"
     return value
 
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sys
 from typing import Any, Callable
 
 import click
 
-from keras_cnn.cli import DebugState, enable_debug
+from keras_cnn.cli import enable_debug
+from keras_cnn.quiet import import_tensorflow_quietly
 from keras_cnn.runs import to_jsonable
 
 json_option = click.option(
@@ -48,29 +48,6 @@ def training_options(defaults_note: str = "the architecture's reference recipe")
         return function
 
     return decorate
-
-
-def import_tensorflow_quietly() -> None:
-    """Import TensorFlow and Keras with their C++ start-up chatter silenced.
-
-    TensorFlow's native libraries print INFO lines (CUDA probing, oneDNN notes) to file
-    descriptor 2 while loading, before any log-level setting applies; they would bury the
-    one-line messages kcnn promises.  ``--debug`` keeps them.
-    """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if "tensorflow" in sys.modules or DebugState.enabled:
-        return
-    sys.stderr.flush()
-    saved_stderr = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        import keras  # noqa: F401
-        import tensorflow  # noqa: F401
-    finally:
-        os.dup2(saved_stderr, 2)
-        os.close(saved_stderr)
-        os.close(devnull)
 
 
 def run_command(as_json: bool, work: Callable[[], dict[str, Any]],

@@ -57,13 +57,42 @@ def resize_image(image: tf.Tensor, image_size: tuple[int, int], mode: str = "str
     height, width = int(image_size[0]), int(image_size[1])
     pixels = tf.cast(image, tf.float32)
     if mode == "pad":
-        resized = tf.image.resize_with_pad(pixels, height, width, antialias=True)
+        resized = _resize_with_pad(pixels, height, width)
     elif mode == "crop":
-        resized = _crop_to_aspect(pixels, height, width)
-        resized = tf.image.resize(resized, (height, width), antialias=True)
+        resized = _resize(_crop_to_aspect(pixels, height, width), height, width)
     else:
-        resized = tf.image.resize(pixels, (height, width), antialias=True)
+        resized = _resize(pixels, height, width)
     return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
+
+
+def _resize(pixels: tf.Tensor, height, width) -> tf.Tensor:
+    """Area averaging when shrinking (antialiased, ~4x cheaper than antialiased bilinear),
+    antialiased bilinear when enlarging."""
+    shape = tf.shape(pixels)
+    shrinking = tf.logical_and(shape[-3] >= height, shape[-2] >= width)
+    size = tf.stack([height, width])
+    return tf.cond(
+        shrinking,
+        lambda: tf.image.resize(pixels, size, method="area"),
+        lambda: tf.image.resize(pixels, size, antialias=True),
+    )
+
+
+def _resize_with_pad(pixels: tf.Tensor, height: int, width: int) -> tf.Tensor:
+    """Fit inside (height, width) keeping the aspect ratio, then pad with black, centred.
+
+    The fitted size is computed with float32 tensor ops, so eager code, tf.data and the
+    exported graph all get the same size (``tf.image.resize_with_pad`` does not).
+    """
+    shape = tf.shape(pixels)
+    source_height = tf.cast(shape[-3], tf.float32)
+    source_width = tf.cast(shape[-2], tf.float32)
+    scale = tf.minimum(height / source_height, width / source_width)
+    fitted_height = tf.clip_by_value(tf.cast(tf.round(source_height * scale), tf.int32), 1, height)
+    fitted_width = tf.clip_by_value(tf.cast(tf.round(source_width * scale), tf.int32), 1, width)
+    fitted = _resize(pixels, fitted_height, fitted_width)
+    return tf.image.pad_to_bounding_box(fitted, (height - fitted_height) // 2, (width - fitted_width) // 2,
+                                        height, width)
 
 
 def _crop_to_aspect(pixels: tf.Tensor, height: int, width: int) -> tf.Tensor:

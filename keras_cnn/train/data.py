@@ -28,7 +28,7 @@ class PreparedData:
     labels: list[str]
     train_counts: dict[int, int]
     sizes: dict[str, int] = field(default_factory=dict)
-    skipped: dict[str, str] = field(default_factory=dict)
+    skipped: set[str] = field(default_factory=set)   # objectIds left out (reasons: RUN/skipped_images.csv)
 
 
 def augmentation_spec(data: DataConfig):
@@ -130,7 +130,7 @@ def prepare_folder_data(data: DataConfig, image_size: tuple[int, int], channels:
         labels=labels,
         train_counts=counts,
         sizes=sizes,
-        skipped={object_id: "unreadable" for object_id in skip},
+        skipped=set(skip),
     )
 
 

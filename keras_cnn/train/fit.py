@@ -50,22 +50,21 @@ def fit_stage(model: keras.Model, run: RunDirectory, stage: str, train, validati
 
 
 def evaluate_test(model: keras.Model, test, labels: list[str]) -> dict[str, Any]:
-    """Loss, accuracy and per-class accuracy of ``model`` on the (unshuffled) ``test`` dataset."""
-    from keras_cnn.evaluate import per_class_accuracy
+    """Loss, accuracy and per-class accuracy of ``model`` on the (unshuffled) ``test`` dataset.
 
-    results = model.evaluate(test, verbose=0, return_dict=True)
-    true_indices, predicted_indices = [], []
+    Computed the way ``kcnn evaluate`` computes them, so the two always agree.
+    """
+    from keras_cnn.evaluate import cross_entropy, outputs_to_probabilities, per_class_accuracy
+
+    outputs, true_indices = [], []
     for images, targets in test:
-        probabilities = np.asarray(model.predict_on_batch(images))
-        if probabilities.shape[-1] == 1:  # one sigmoid unit; > 0.5 as Keras's binary accuracy
-            predicted_indices.append((probabilities[:, 0] > 0.5).astype("int64"))
-        else:
-            predicted_indices.append(probabilities.argmax(axis=-1))
+        outputs.append(np.asarray(model.predict_on_batch(images)))
         true_indices.append(np.asarray(targets).reshape(-1).astype("int64"))
+    outputs = np.concatenate(outputs)
     true_indices = np.concatenate(true_indices)
-    predicted_indices = np.concatenate(predicted_indices)
+    predicted_indices = outputs_to_probabilities(outputs, len(labels)).argmax(axis=-1)
     return {
-        "loss": float(results["loss"]),
+        "loss": cross_entropy(outputs, true_indices),
         "accuracy": float((true_indices == predicted_indices).mean()),
         "per_class_accuracy": per_class_accuracy(true_indices, predicted_indices, labels),
         "count": int(len(true_indices)),
@@ -105,6 +104,7 @@ def absolute_data_paths(data):
 
 def train_scratch(config: RunConfig, out_dir: str | Path) -> dict[str, Any]:
     """Train a from-scratch architecture into ``out_dir`` and report test metrics (``kcnn train``)."""
+    from keras_cnn.models.loading import load_model
     from keras_cnn.models.scratch import build_architecture, count_parameters, get_architecture, with_input_scaling
     from keras_cnn.train.data import as_model_targets, balanced_class_weights, prepare_array_data, prepare_folder_data
     from keras_cnn.train.execution import start_execution
@@ -147,7 +147,7 @@ def train_scratch(config: RunConfig, out_dir: str | Path) -> dict[str, Any]:
                      as_model_targets(data.validation, single_sigmoid), training.epochs, class_weight)
     seconds = time.perf_counter() - started
 
-    best = keras.saving.load_model(run.model_path) if run.model_path.exists() else model
+    best = load_model(run.model_path) if run.model_path.exists() else model
     metrics: dict[str, Any] = {"parameters": count_parameters(best), "train_seconds": round(seconds, 2)}
     if rows:
         metrics["final_epoch"] = rows[-1]

@@ -152,6 +152,7 @@ def fine_tune_run(run_dir: str | Path, unfreeze_from: str | None = None, train_b
     ``out_dir`` (a copy of the stage-1 run, which is then left untouched).
     """
     from keras_cnn.models.bases import get_base_spec
+    from keras_cnn.models.loading import load_model
     from keras_cnn.models.transfer import parameter_counts
     from keras_cnn.models.transfer import unfreeze_from as unfreeze
     from keras_cnn.train.data import as_model_targets, balanced_class_weights, prepare_folder_data
@@ -184,7 +185,7 @@ def fine_tune_run(run_dir: str | Path, unfreeze_from: str | None = None, train_b
     plan, strategy = start_execution(training)
 
     with strategy.scope():
-        model = keras.saving.load_model(run.model_path, compile=False)
+        model = load_model(run.model_path)
         unfreeze(model, boundary, train_bn=train_bn)
         model.compile(optimizer=make_optimizer(training.optimizer, training.learning_rate),
                       loss=config.training.loss, metrics=["accuracy"], jit_compile=plan.jit_compile)
@@ -234,10 +235,11 @@ def _best_validation_loss(run: RunDirectory, stage: str) -> float | None:
 def _finish_stage(run: RunDirectory, config: RunConfig, stage: str, rows: list[dict], seconds: float,
                   counts: dict[str, int], data, single_sigmoid: bool) -> dict[str, Any]:
     """Test the saved (best) model, record per-stage metrics, redraw the curves; returns the summary."""
+    from keras_cnn.models.loading import load_model
     from keras_cnn.train.data import as_model_targets
     from keras_cnn.train.fit import plot_history
 
-    best = keras.saving.load_model(run.model_path)
+    best = load_model(run.model_path)
     metrics = run.read_metrics()
     stage_metrics: dict[str, Any] = {"parameters": counts, "seconds": round(seconds, 2),
                                      "epochs": len(rows)}

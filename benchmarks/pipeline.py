@@ -1,0 +1,272 @@
+"""Images per second: kcnn's tf.data pipeline against ImageDataGenerator.flow_from_dataframe.
+
+Generates JPEGs (photo-like: gradients, shapes, a little noise) named by their SHA-1 in a
+temporary folder, writes label.csv and a split CSV, and reads the same files three ways:
+
+  (a) ``make_dataset(cache=False)``: first epoch, every file read, decoded and resized;
+  (b) ``make_dataset(cache=True)``: an epoch served from the in-memory cache (after one
+      epoch that fills it);
+  (c) ``ImageDataGenerator().flow_from_dataframe(target_size, class_mode="sparse")``.
+
+Each is timed end to end (building the reader included); the readers take turns for
+``--repeats`` rounds and the best run of each is kept, which damps the noise of a shared
+machine.  Prints img/s and the ratios, and
+appends a dated section with the machine to benchmarks/RESULTS.md (``--no-record`` skips).
+
+    python benchmarks/pipeline.py --images 600 --width 480 --height 360 --size 224 --batch-size 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import io
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageDraw
+
+RESULTS_PATH = Path(__file__).resolve().parent / "RESULTS.md"
+RESULTS_HEADER = """# Benchmark results
+
+Each section below was appended by one of the scripts in `benchmarks/` (the script named in
+the heading), with the machine it ran on.  Numbers from a shared machine are noisy; each
+section says how loaded the machine was.
+"""
+TARGETS = {"uncached": 1.5, "cached": 10.0}
+
+
+def generate_images(folder: Path, count: int, width: int, height: int, seed: int = 0) -> pd.DataFrame:
+    """Write ``count`` JPEGs named ``<sha1>.jpg``; return label.csv rows (objectId, value)."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    x = np.linspace(0.0, 1.0, width, dtype=np.float32)[None, :, None]
+    y = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None, None]
+    rows = []
+    for index in range(count):
+        start, end = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+        mix = (x * rng.uniform(0.2, 0.8) + y * rng.uniform(0.2, 0.8))
+        pixels = start * (1 - mix) + end * mix + rng.normal(0, 6, (height, width, 3))
+        image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+        draw = ImageDraw.Draw(image)
+        for _ in range(6):
+            left, top = rng.integers(0, width - 40), rng.integers(0, height - 40)
+            box = (left, top, left + rng.integers(20, width // 2), top + rng.integers(20, height // 2))
+            colour = tuple(int(value) for value in rng.integers(0, 256, 3))
+            (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=colour)
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=90)
+        data = buffer.getvalue()
+        object_id = f"{hashlib.sha1(data).hexdigest()}.jpg"
+        (folder / object_id).write_bytes(data)
+        rows.append((object_id, str(index % 2)))
+    return pd.DataFrame(rows, columns=["objectId", "value"])
+
+
+def measure(epochs: dict[str, Callable[[], int]], repeats: int) -> dict[str, float]:
+    """Images per second of each epoch function, the best of ``repeats`` rounds.
+
+    The readers take turns within each round, so a burst of load from other processes
+    hits them alike instead of spoiling all the runs of one.
+    """
+    best = {name: (float("inf"), 0) for name in epochs}
+    for _round in range(repeats):
+        for name, epoch in epochs.items():
+            start = time.perf_counter()
+            count = epoch()
+            seconds = time.perf_counter() - start
+            if seconds < best[name][0]:
+                best[name] = (seconds, count)
+    return {name: count / seconds for name, (seconds, count) in best.items()}
+
+
+def count_images(batches) -> int:
+    return sum(int(labels.shape[0]) for _images, labels in batches)
+
+
+def reader_epochs(split_csv: Path, frame: pd.DataFrame, images: Path, size: int,
+                  batch_size: int) -> dict[str, Callable[[], int]]:
+    """One epoch of each reader, as a function returning the number of images it read.
+
+    Each reader is built inside its epoch (end to end), except the cached one, whose
+    cache is filled here by one untimed epoch.
+    """
+    from keras_cnn.data.augment import legacy_image_data_generator
+    from keras_cnn.data.pipeline import make_dataset
+
+    def image_data_generator():
+        iterator = legacy_image_data_generator(None).flow_from_dataframe(
+            frame, directory=str(images), x_col="objectId", y_col="value", target_size=(size, size),
+            class_mode="sparse", batch_size=batch_size, shuffle=False,
+        )
+        return sum(len(iterator[index][1]) for index in range(len(iterator)))
+
+    def uncached():
+        return count_images(make_dataset(split_csv, images, "all", size, batch_size, cache=False, shuffle=False))
+
+    cached_dataset = make_dataset(split_csv, images, "all", size, batch_size, cache=True, shuffle=False)
+    count_images(cached_dataset)  # the epoch that fills the cache
+
+    def cached():
+        return count_images(cached_dataset)
+
+    return {"image_data_generator": image_data_generator, "uncached": uncached, "cached": cached}
+
+
+def breakdown_epochs(images: Path, size: int, batch_size: int) -> dict[str, Callable[[], int]]:
+    """Where an uncached epoch spends its time: tf.data epochs of decode alone and of decode
+    plus each resize method (kcnn's ``load_image`` is bilinear with antialiasing)."""
+    import tensorflow as tf
+
+    from keras_cnn.data.images import decode_image, load_image
+
+    paths = sorted(os.fspath(path) for path in images.iterdir())
+
+    def as_uint8(pixels):
+        return tf.cast(tf.clip_by_value(tf.round(pixels), 0.0, 255.0), tf.uint8)
+
+    def resized(encoded, **options):
+        pixels = tf.cast(decode_image(encoded, 3), tf.float32)
+        return as_uint8(tf.image.resize(pixels, (size, size), **options))
+
+    variants = {
+        "decode only": lambda encoded: decode_image(encoded, 3),
+        "decode + load_image resize (bilinear, antialias)":
+            lambda encoded: load_image(encoded, (size, size), 3),
+        "decode + bilinear, no antialias": lambda encoded: resized(encoded),
+        "decode + area": lambda encoded: resized(encoded, method="area"),
+    }
+
+    def epoch_of(function):
+        def epoch():
+            dataset = tf.data.Dataset.from_tensor_slices(paths)
+            dataset = dataset.map(lambda path: function(tf.io.read_file(path)),
+                                  num_parallel_calls=tf.data.AUTOTUNE)
+            return sum(int(batch.shape[0]) for batch in dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE))
+
+        return epoch
+
+    return {name: epoch_of(function) for name, function in variants.items()}
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages: how busy the shared machine was."""
+    return ", ".join(f"{value:.1f}" for value in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+
+
+def machine_description() -> dict[str, str]:
+    model = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    load = load_average()
+    import tensorflow as tf
+
+    return {
+        "cpu": model, "cores": str(usable), "load": load, "platform": platform.platform(),
+        "python": platform.python_version(), "tensorflow": tf.__version__,
+    }
+
+
+def append_results(path: Path, arguments, rates: dict[str, float], machine: dict[str, str],
+                   load_after: str, note: str, breakdown: dict[str, float] | None = None) -> None:
+    generator = rates["image_data_generator"]
+    stamp = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    lines = [
+        "",
+        f"## Pipeline: `make_dataset` vs `ImageDataGenerator.flow_from_dataframe` — {stamp}",
+        "",
+        (f"`python benchmarks/pipeline.py --images {arguments.images} --width {arguments.width} "
+         f"--height {arguments.height} --size {arguments.size} --batch-size {arguments.batch_size} "
+         f"--repeats {arguments.repeats}{' --breakdown' if breakdown else ''}`"),
+        "",
+        (f"Machine: {machine['cpu']}, {machine['cores']} usable cores; {machine['platform']}; "
+         f"Python {machine['python']}, TensorFlow {machine['tensorflow']}.  "
+         f"Load average (1/5/15 min) before: {machine['load']}; after: {load_after}."),
+        "",
+        "| reader | img/s | ratio to ImageDataGenerator | target |",
+        "|---|---:|---:|---:|",
+        (f"| `make_dataset`, first epoch, no cache | {rates['uncached']:,.0f} | "
+         f"{rates['uncached'] / generator:.2f}x | >= {TARGETS['uncached']}x |"),
+        (f"| `make_dataset`, cached epoch | {rates['cached']:,.0f} | "
+         f"{rates['cached'] / generator:.2f}x | >= {TARGETS['cached']}x |"),
+        f"| `ImageDataGenerator.flow_from_dataframe` | {generator:,.0f} | 1.00x | |",
+        "",
+    ]
+    if breakdown:
+        lines += ["Where an uncached epoch goes (tf.data, same files, img/s): "
+                  + "; ".join(f"{name} {rate:,.0f}" for name, rate in breakdown.items()) + ".", ""]
+    if note:
+        lines += [note, ""]
+    if not path.exists():
+        path.write_text(RESULTS_HEADER, encoding="utf-8")
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write("\n".join(lines))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=600, help="number of JPEGs to generate")
+    parser.add_argument("--width", type=int, default=480)
+    parser.add_argument("--height", type=int, default=360)
+    parser.add_argument("--size", type=int, default=224, help="square size the readers resize to")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of runs; each reader's best is kept")
+    parser.add_argument("--results", type=Path, default=RESULTS_PATH, help="Markdown file to append to")
+    parser.add_argument("--no-record", action="store_true", help="print only; do not touch RESULTS.md")
+    parser.add_argument("--note", default="", help="a sentence added under the table")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also time decode alone and other resize methods (where the time goes)")
+    arguments = parser.parse_args(argv)
+
+    from keras_cnn.data.split import split_labels, write_split_csv
+
+    machine = machine_description()
+    with tempfile.TemporaryDirectory(prefix="kcnn-pipeline-bench-") as temporary:
+        folder = Path(temporary)
+        images = folder / "images"
+        print(f"Generating {arguments.images} JPEGs of {arguments.width}x{arguments.height} ...",
+              file=sys.stderr)
+        labels = generate_images(images, arguments.images, arguments.width, arguments.height)
+        labels.to_csv(folder / "label.csv", index=False)
+        split_csv = write_split_csv(split_labels(labels), folder / "split.csv")
+
+        rates = measure(reader_epochs(split_csv, labels, images, arguments.size, arguments.batch_size),
+                        arguments.repeats)
+        breakdown = (measure(breakdown_epochs(images, arguments.size, arguments.batch_size), arguments.repeats)
+                     if arguments.breakdown else None)
+    generator = rates["image_data_generator"]
+    load_after = load_average()
+
+    print(f"machine: {machine['cpu']}, {machine['cores']} cores, load {machine['load']} -> {load_after}")
+    print(f"ImageDataGenerator.flow_from_dataframe : {generator:9,.0f} img/s")
+    titles = {"uncached": "make_dataset first epoch, no cache", "cached": "make_dataset cached epoch"}
+    for key, title in titles.items():
+        ratio = rates[key] / generator
+        verdict = "meets" if ratio >= TARGETS[key] else "MISSES"
+        print(f"{title:<39}: {rates[key]:9,.0f} img/s  {ratio:6.2f}x  ({verdict} the {TARGETS[key]}x target)")
+    for name, rate in (breakdown or {}).items():
+        print(f"  breakdown: {name:<48}: {rate:9,.0f} img/s")
+    if not arguments.no_record:
+        append_results(arguments.results, arguments, rates, machine, load_after, arguments.note, breakdown)
+        print(f"appended to {arguments.results}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

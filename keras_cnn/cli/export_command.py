@@ -1,0 +1,63 @@
+"""``kcnn export``: a run's model as a SavedModel in TF Serving layout (+ ONNX / LiteRT)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from keras_cnn.cli.common import debug_option, json_option, run_command
+from keras_cnn.export import EXPORT_FORMATS, TOLERANCE  # no TensorFlow at import time
+
+
+@click.command()
+@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False),
+              help="The run directory (config.json, labels.txt, model.keras).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Export directory; the model goes to OUT/<version>/ (TF Serving layout).")
+@click.option("--version", "version", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Version folder number.")
+@click.option("--format", "formats", type=click.Choice(list(EXPORT_FORMATS)), multiple=True,
+              help="What to write (repeatable) [default: saved_model]. onnx and litert take "
+                   "float32 pixels already at the model's size.")
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help=f"Run each written format on a few images and fail if it differs from the "
+                   f"Keras model by more than {TOLERANCE:g}.")
+@click.option("--force", is_flag=True, help="Replace an existing version folder.")
+@json_option
+@debug_option
+def export(run_dir: str, out_dir: str, version: int, formats: tuple[str, ...], verify: bool, force: bool,
+           as_json: bool) -> None:
+    """Export the model of a run for serving.
+
+    \b
+    OUT/<version>/ holds a SavedModel that plain TensorFlow loads (no kcnn needed):
+      serving_default       image_bytes (encoded JPEG/PNG/GIF/BMP, any size) -> probabilities, class_index, label
+      serving_images        images (float32 [batch, H, W, C], 0..255)       -> the same
+      serving_images_uint8  images (uint8)                                   -> the same
+    plus assets/labels.txt, assets.extra/kcnn.json (metadata), model.onnx, model.tflite.
+    Written atomically: a failed export leaves no version folder.
+
+    \b
+    Example: kcnn export --run runs/a --out export/ --format saved_model --format onnx
+    """
+
+    def work() -> dict[str, Any]:
+        from keras_cnn.export import export_run
+
+        return export_run(run_dir, out_dir, version=version, formats=formats or ("saved_model",),
+                          verify=verify, force=force)
+
+    run_command(as_json, work, render)
+
+
+def render(result: dict[str, Any]) -> None:
+    """Human-readable summary of :func:`keras_cnn.export.export_run`'s result."""
+    click.echo(f"exported version {result['version']} to {result['path']}")
+    for name, path in result["files"].items():
+        difference = result["max_abs_diff"].get(name)
+        check = (f"max abs diff {difference:.2g} on {result['verified_on_images']} images"
+                 if difference is not None else "not verified")
+        click.echo(f"  {name:<12} {path}  ({check})")
+    click.echo(f"  labels       {', '.join(result['labels'])}")
+    click.echo(f"  metadata     {result['metadata']}")

@@ -1,0 +1,209 @@
+"""A split CSV plus an image folder -> a ``tf.data`` pipeline of (images, class indices).
+
+The order of the stages is the point of this module::
+
+    file paths, labels ─▶ read + decode + resize (uint8, parallel TF ops) ─▶ cache ─▶ shuffle
+        ─▶ batch ─▶ random augmentation (float32) ─▶ float32 0..255 ─▶ prefetch
+
+Decoding and resizing are done once: the cache (memory, or files with ``cache=PATH``)
+holds the resized uint8 images, a quarter of the float32 size.  Everything random comes
+after the cache, so each epoch reshuffles and draws new augmentations of the same
+cached pixels.  Images go through :func:`keras_cnn.data.images.load_image`, the function
+the exported model uses too, so training and serving see the same pixels.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import tensorflow as tf
+
+from keras_cnn.data.augment import AugmentationSpec, as_augmentation_spec, augment_dataset
+from keras_cnn.data.files import resolve_image_paths
+from keras_cnn.data.images import RESIZE_MODES, load_image
+from keras_cnn.data.split import PARTS, class_names, read_split_csv, validate_object_ids
+from keras_cnn.errors import UserError
+
+SUBSETS = (*PARTS, "all")
+
+# A file cache is read back into new tensors, so its shuffle buffer really holds images:
+# bound it to about this many bytes (a memory cache shares its tensors with the buffer).
+FILE_CACHE_SHUFFLE_BYTES = 512 * 1024 * 1024
+
+
+def _as_split_frame(split_csv: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
+    """A split as a frame with string columns objectId, value, type."""
+    if isinstance(split_csv, pd.DataFrame):
+        missing = [column for column in ("objectId", "value", "type") if column not in split_csv.columns]
+        if missing:
+            raise UserError(f"the split has no column(s) {', '.join(missing)} "
+                            f"(columns: {', '.join(map(str, split_csv.columns))})")
+        frame = split_csv.reset_index(drop=True)
+        frame = frame.assign(objectId=frame["objectId"].astype(str), value=frame["value"].astype(str),
+                             type=frame["type"].astype(str))
+        # A frame may not come from read_split_csv: refuse paths and '..' before they reach the disk.
+        validate_object_ids(frame["objectId"], "the split")
+        return frame
+    return read_split_csv(split_csv)
+
+
+def subset_frame(split_csv: str | os.PathLike | pd.DataFrame, subset: str,
+                 skip: Iterable[str] | None = None) -> pd.DataFrame:
+    """The rows of ``subset`` (train, validation, test or all) minus ``skip``, in file order.
+
+    Returns columns objectId, value, type with a fresh 0..n-1 index.  ``make_dataset``
+    yields a non-training subset (shuffle off) in exactly this order, so predictions line
+    up with these object ids row for row.
+    """
+    if subset not in SUBSETS:
+        raise UserError(f"subset must be one of {', '.join(SUBSETS)}, received: {subset!r}")
+    frame = _as_split_frame(split_csv)
+    keep = pd.Series(True, index=frame.index)
+    if subset != "all":
+        keep &= frame["type"] == subset
+    if skip:
+        keep &= ~frame["objectId"].isin(set(skip))
+    return frame[keep].reset_index(drop=True)
+
+
+def _label_indices(values: pd.Series, labels: list[str], subset: str) -> list[int]:
+    index_of = {label: index for index, label in enumerate(labels)}
+    unknown = sorted(set(values) - set(index_of))
+    if unknown:
+        raise UserError(f"the {subset} part has label(s) {', '.join(map(repr, unknown[:10]))} "
+                        f"that are not among the classes {labels}")
+    return [index_of[value] for value in values]
+
+
+def _cache_file_prefix(cache: str | os.PathLike, subset: str, fingerprint_parts: Iterable[Any]) -> str:
+    """``PATH-<subset>-<hash>``: a file cache is tied to exactly these images and settings.
+
+    TensorFlow reads an existing cache file without checking what produced it, so a cache
+    of other images, another size or another label order must get a different name; so
+    must one written by another decoder (the TensorFlow version and the source of
+    ``keras_cnn.data.images`` are part of the hash).
+    """
+    from keras_cnn.data import images
+
+    fingerprint_parts = (*fingerprint_parts, tf.__version__, Path(images.__file__).read_bytes())
+    digest = hashlib.sha1()
+    for part in fingerprint_parts:
+        digest.update(repr(part).encode("utf-8"))
+        digest.update(b"\0")
+    prefix = f"{os.fspath(cache)}-{subset}-{digest.hexdigest()[:12]}"
+    Path(prefix).parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned_cache(prefix)
+    return prefix
+
+
+def _remove_abandoned_cache(prefix: str) -> None:
+    """Delete what a killed run left of an unfinished cache, so a resumed run can rebuild it.
+
+    A finished cache has ``PREFIX.index``; without it, a lockfile and data shards are
+    leftovers (TensorFlow would refuse to start with the lockfile present).  The one case
+    this gets wrong is another process filling the very same cache at this moment (two
+    runs started at once with the same cache path, images and settings): it would lose
+    its half-written cache and could fail.
+    """
+    if Path(f"{prefix}.index").exists():
+        return
+    directory, name = os.path.split(prefix)
+    for entry in Path(directory or ".").glob(glob.escape(name) + "*"):
+        if entry.name.endswith(".lockfile") or ".data-" in entry.name:
+            entry.unlink(missing_ok=True)
+
+
+def make_dataset(
+    split_csv: str | os.PathLike | pd.DataFrame,
+    images_dir: str | os.PathLike,
+    subset: str,
+    image_size: tuple[int, int] | int,
+    batch_size: int,
+    channels: int = 3,
+    augment: AugmentationSpec | Mapping[str, Any] | None = None,
+    cache: bool | str | os.PathLike = True,
+    shuffle: bool | None = None,
+    seed: int | None = None,
+    labels: list[str] | None = None,
+    resize_mode: str = "stretch",
+    skip: Iterable[str] | None = None,
+    drop_remainder: bool = False,
+) -> tf.data.Dataset:
+    """Batches of ``(float32 images 0..255 [B, H, W, C], int32 class indices [B])``.
+
+    ``split_csv``: a split CSV path or its frame (objectId, value, type).
+    ``images_dir``: the image folder, flat or ``ab/cd/`` sharded.
+    ``subset``: train, validation, test, or all.
+    ``image_size``: (height, width) or one side; ``resize_mode``: stretch, pad or crop.
+    ``channels``: 3 (grey becomes RGB) or 1 (RGB becomes grey); alpha is dropped.
+    ``augment``: an :class:`AugmentationSpec` or a dict of its ranges, applied to batches
+    after the cache; None for none.
+    ``cache``: True (memory), False, or a file path prefix (the files get
+    ``-<subset>-<hash>`` appended, the hash of the image list and settings).
+    ``shuffle``: default True for train only; reshuffled every epoch; ``seed`` fixes it.
+    ``labels``: the class list (index order); default: the sorted distinct values of the
+    whole split, so every subset maps labels the same way.
+    ``skip``: objectIds to leave out (e.g. the bad images found before training).
+    Without shuffling, batches follow :func:`subset_frame` order.  An empty subset is a
+    ``UserError`` naming it.
+    """
+    if isinstance(image_size, int):
+        image_size = (image_size, image_size)
+    image_size = (int(image_size[0]), int(image_size[1]))
+    if min(image_size) < 1:
+        raise UserError(f"image size must be positive, received: {image_size}")
+    if channels not in (1, 3):
+        raise UserError(f"channels must be 1 or 3, received: {channels}")
+    if resize_mode not in RESIZE_MODES:
+        raise UserError(f"resize mode must be one of {', '.join(RESIZE_MODES)}, received: {resize_mode!r}")
+    if int(batch_size) < 1:
+        raise UserError(f"batch size must be at least 1, received: {batch_size}")
+    spec = as_augmentation_spec(augment)
+
+    frame = _as_split_frame(split_csv)
+    labels = [str(label) for label in labels] if labels is not None else class_names(frame["value"])
+    rows = subset_frame(frame, subset, skip)
+    if len(rows) == 0:
+        source = split_csv if not isinstance(split_csv, pd.DataFrame) else "the split"
+        raise UserError(f"the {subset!r} part of {source} has no images"
+                        + (" left after skipping bad ones" if skip else ""))
+    label_indices = _label_indices(rows["value"], labels, subset)
+    paths = resolve_image_paths(images_dir, rows["objectId"].tolist())
+    if shuffle is None:
+        shuffle = subset == "train"
+
+    def load(path, label):
+        return load_image(tf.io.read_file(path), image_size, channels, resize_mode), label
+
+    dataset = tf.data.Dataset.from_tensor_slices((paths, tf.constant(label_indices, dtype=tf.int32)))
+    if shuffle and not cache:
+        # Nothing is cached: shuffling the file names is free and a perfect shuffle.
+        dataset = dataset.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    if cache:
+        if cache is True:
+            dataset = dataset.cache()
+            buffer_size = len(paths)
+        else:
+            fingerprint = (os.path.abspath(images_dir), paths, label_indices, image_size, channels,
+                           resize_mode)
+            dataset = dataset.cache(_cache_file_prefix(cache, subset, fingerprint))
+            image_bytes = image_size[0] * image_size[1] * channels
+            buffer_size = max(int(batch_size), min(len(paths), FILE_CACHE_SHUFFLE_BYTES // image_bytes))
+        if shuffle:
+            dataset = dataset.shuffle(buffer_size, seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(int(batch_size), drop_remainder=drop_remainder, num_parallel_calls=tf.data.AUTOTUNE)
+    if spec is not None:
+        dataset = augment_dataset(dataset, spec, seed=seed)
+    dataset = dataset.map(_to_float, num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _to_float(images, labels):
+    return tf.cast(images, tf.float32), labels

@@ -1,0 +1,147 @@
+"""``--weights imagenet|none|PATH``: which weights a base starts from, checked before any work.
+
+``imagenet`` is what keras.applications downloads into the Keras cache
+(``$KERAS_HOME/models``, default ``~/.keras/models``).  On a machine without internet a
+download would fail deep inside model building, after data loading; :func:`resolve_weights`
+looks in the cache first and, when the file is missing, tries the download address with a
+short timeout, so the run stops at once with one line saying what to do instead.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from keras_cnn.errors import UserError
+
+CONNECTIVITY_TIMEOUT_SECONDS = 3.0
+
+
+def keras_cache_dirs() -> list[Path]:
+    """Folders where Keras keeps downloaded application weights, most likely first.
+
+    Keras uses ``$KERAS_HOME`` (else ``~/.keras``) and falls back to ``/tmp/.keras`` when
+    that is not writable; both are checked.
+    """
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    candidates = [Path(home) / "models", Path(tempfile.gettempdir()) / ".keras" / "models"]
+    unique: list[Path] = []
+    for candidate in candidates:
+        if candidate not in unique:
+            unique.append(candidate)
+    return unique
+
+
+def cached_weights_path(spec) -> Path | None:
+    """The cached ImageNet weights file of ``spec`` (a BaseSpec), or ``None``."""
+    if not spec.weights_file:
+        return None
+    for folder in keras_cache_dirs():
+        path = folder / spec.weights_file
+        if path.is_file() and path.stat().st_size > 0:
+            return path
+    return None
+
+
+def can_download(url: str, timeout: float = CONNECTIVITY_TIMEOUT_SECONDS) -> bool:
+    """Whether ``url`` answers a HEAD request within ``timeout`` seconds (proxies honoured)."""
+    request = urllib.request.Request(url, method="HEAD")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return 200 <= response.status < 400
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def imagenet_weights_available(spec) -> bool:
+    """Whether ``--weights imagenet`` can work for ``spec`` here (cached, or downloadable now).
+
+    For a TF Hub base: whether its module resolves (local folder, cache, or download).
+    """
+    from keras_cnn.models.bases import get_base_spec
+
+    spec = get_base_spec(spec)
+    if spec.kind == "hub":
+        from keras_cnn.models.hub import resolve_hub_handle
+
+        try:
+            resolve_hub_handle(spec.hub_handle)
+        except UserError:
+            return False
+        return True
+    return cached_weights_path(spec) is not None or (
+        spec.weights_url is not None and can_download(spec.weights_url)
+    )
+
+
+def resolve_weights(spec, weights: str | os.PathLike | None) -> str | None:
+    """Check ``weights`` for base ``spec`` and say what to build with.
+
+    Returns ``"imagenet"`` (cached or downloadable), ``None`` (random initialisation; for a
+    TF Hub base: the module's own weights) or the absolute path of a weights file to load
+    after building with ``weights=None``.  Raises a one-line ``UserError`` otherwise.
+    For a TF Hub base the module itself is resolved here (found locally or in the cache,
+    or downloaded), since it is what carries the pretrained weights.
+    """
+    from keras_cnn.models.bases import get_base_spec
+
+    spec = get_base_spec(spec)
+    choice = "none" if weights is None else os.fspath(weights)
+    lowered = choice.strip().lower()
+    if spec.kind == "hub":
+        return _resolve_hub_weights(spec, choice, lowered)
+    if lowered == "none":
+        return None
+    if lowered == "imagenet":
+        _check_imagenet_reachable(spec)
+        return "imagenet"
+    return _existing_weights_file(choice)
+
+
+def _resolve_hub_weights(spec, choice: str, lowered: str) -> str | None:
+    from keras_cnn.models.hub import resolve_hub_handle
+
+    # The module is the download here: fetch or find it now, so offline fails before any work.
+    resolve_hub_handle(spec.hub_handle)
+    if lowered == "imagenet":
+        return None  # a hub module carries its own pretrained weights
+    if lowered == "none":
+        raise UserError(
+            f"{spec.name} is a TF Hub module and carries its own weights; "
+            "--weights none cannot re-initialise it (use --weights imagenet or a weights file)"
+        )
+    return _existing_weights_file(choice)
+
+
+def _check_imagenet_reachable(spec) -> None:
+    if cached_weights_path(spec) is not None:
+        return
+    if spec.weights_url and can_download(spec.weights_url):
+        return
+    cache = keras_cache_dirs()[0]
+    raise UserError(
+        f"ImageNet weights for {spec.name} are not cached and cannot be downloaded "
+        f"(no connection to {spec.weights_url}): put {spec.weights_file} in {cache}, "
+        "pass --weights PATH, or --weights none"
+    )
+
+
+def _existing_weights_file(choice: str) -> str:
+    path = Path(choice).expanduser()
+    if not path.is_file():
+        raise UserError(
+            f"--weights takes imagenet, none or the path of a weights file; {choice!r} is not a file"
+        )
+    return str(path.resolve())
+
+
+def load_weights_file(model, path: str | os.PathLike) -> None:
+    """Load a ``.h5`` / ``.weights.h5`` / ``.keras`` weights file into ``model`` (one-line errors)."""
+    try:
+        model.load_weights(os.fspath(path))
+    except (ValueError, OSError, KeyError) as error:
+        first_line = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        raise UserError(f"cannot load weights from {path} into {model.name}: {first_line.strip()}") from None

@@ -1,0 +1,207 @@
+"""Classify image files with an exported SavedModel (``kcnn export``), without the training code.
+
+Only TensorFlow, numpy and kcnn's small ``errors`` / ``runs`` modules are used: the model
+directory alone is enough, the run it came from is not needed.  Files are read in Python
+and sent as encoded bytes to the ``serving_default`` signature, which decodes and resizes
+them in the graph exactly as in training.  A batch that fails (an unreadable, truncated or
+non-image file) is retried file by file, so one bad file never costs the good ones.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from keras_cnn.errors import UserError
+from keras_cnn.runs import read_json, read_labels
+
+SIGNATURE = "serving_default"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
+LABELS_ASSET = Path("assets") / "labels.txt"
+METADATA_FILE = Path("assets.extra") / "kcnn.json"
+
+
+@dataclass
+class ExportedModel:
+    """A loaded export: its ``serving_default`` signature, labels and metadata."""
+
+    path: Path                                # the version folder (DIR/<version>)
+    signature: Any                            # concrete function: image_bytes -> outputs
+    labels: list[str]
+    metadata: dict[str, Any] = field(default_factory=dict)
+    saved_model: Any = None                   # keeps the loaded object (and its variables) alive
+
+    def classify(self, encoded_images: list[bytes]) -> dict[str, np.ndarray]:
+        """Run the signature on a batch of encoded images; raises TensorFlow's error on a bad one."""
+        outputs = self.signature(image_bytes=tf.constant(encoded_images, dtype=tf.string))
+        return {name: value.numpy() for name, value in outputs.items()}
+
+
+def resolve_version_dir(path: str | os.PathLike) -> Path:
+    """``DIR/<version>`` itself, or the highest numeric version folder inside ``DIR``."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"model directory {path} does not exist")
+    if not path.is_dir():
+        raise UserError(f"--model must be an export directory, received a file: {path}")
+    if (path / "saved_model.pb").is_file():
+        return path
+    versions = [child for child in path.iterdir()
+                if child.name.isdigit() and (child / "saved_model.pb").is_file()]
+    if not versions:
+        raise UserError(f"{path} is not an exported model: no saved_model.pb in it or in a numbered version folder")
+    return max(versions, key=lambda child: int(child.name))
+
+
+def load_exported_model(path: str | os.PathLike) -> ExportedModel:
+    """Load an export (``DIR`` or ``DIR/<version>``) for :func:`predict_files`."""
+    version_dir = resolve_version_dir(path)
+    try:
+        saved_model = tf.saved_model.load(str(version_dir))
+    except Exception as error:  # noqa: BLE001 - TensorFlow raises many kinds for a broken SavedModel
+        raise UserError(f"cannot load the SavedModel {version_dir}: {first_line(error)}") from error
+    signatures = getattr(saved_model, "signatures", {})
+    if SIGNATURE not in signatures:
+        raise UserError(f"{version_dir} has no {SIGNATURE!r} signature (found: {sorted(signatures)})")
+    signature = signatures[SIGNATURE]
+    inputs = signature.structured_input_signature[1]
+    if list(inputs) != ["image_bytes"] or inputs["image_bytes"].dtype != tf.string:
+        raise UserError(f"{version_dir}: {SIGNATURE!r} must take 'image_bytes' (string), received: {inputs}")
+    missing = {"probabilities", "class_index", "label"} - set(signature.structured_outputs)
+    if missing:
+        raise UserError(f"{version_dir}: {SIGNATURE!r} does not return {sorted(missing)}; is it a kcnn export?")
+    metadata = read_json(version_dir / METADATA_FILE) if (version_dir / METADATA_FILE).is_file() else {}
+    if (version_dir / LABELS_ASSET).is_file():
+        labels = read_labels(version_dir / LABELS_ASSET)
+    else:
+        labels = [str(label) for label in metadata.get("labels", [])]
+    return ExportedModel(version_dir, signature, labels, metadata, saved_model)
+
+
+def expand_inputs(paths: list[str | os.PathLike]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Files as given, and the image files (by extension, sorted) under each directory.
+
+    Returns ``(files, failures)``; a missing path or an image-less directory is a failure.
+    """
+    files: list[Path] = []
+    failures: list[tuple[str, str]] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(child for child in path.rglob("*")
+                           if child.is_file() and child.suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                failures.append((str(path), f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in this directory"))
+            files.extend(found)
+        elif path.exists():
+            files.append(path)
+        else:
+            failures.append((str(path), "no such file or directory"))
+    return files, failures
+
+
+def predict_files(model: ExportedModel, paths: list[str | os.PathLike], batch_size: int = 32,
+                  top_k: int = 1) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    """Classify image files (directories are expanded) with an exported model.
+
+    Returns ``(results, failures)``.  Each result is ``{"path", "label", "class_index",
+    "probability", "probabilities", "top_k"}`` with ``probabilities`` in ``labels.txt``
+    order and ``top_k`` a list of ``{"label", "class_index", "probability"}``, best first.
+    Each failure is ``(path, reason)``: unreadable, empty, truncated or non-image files are
+    reported there while the others are still classified.
+    """
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, received: {batch_size}")
+    if top_k < 1:
+        raise UserError(f"--top-k must be at least 1, received: {top_k}")
+    files, failures = expand_inputs(paths)
+    results: list[dict[str, Any]] = []
+    # Files are read one batch at a time, so a large folder never sits in memory at once.
+    for start in range(0, len(files), batch_size):
+        batch = _read_files(files[start:start + batch_size], failures)
+        if not batch:
+            continue
+        try:
+            outputs = model.classify([data for _, data in batch])
+        except (tf.errors.InvalidArgumentError, tf.errors.UnknownError):
+            # Some file in this batch does not decode: find it by trying them one by one.
+            results.extend(_classify_one_by_one(model, batch, top_k, failures))
+            continue
+        results.extend(_results(model, [path for path, _ in batch], outputs, top_k))
+    return results, failures
+
+
+def _read_files(paths: list[Path], failures: list[tuple[str, str]]) -> list[tuple[Path, bytes]]:
+    readable = []
+    for path in paths:
+        try:
+            data = path.read_bytes()
+        except OSError as error:
+            failures.append((str(path), f"cannot read: {error.strerror or error}"))
+            continue
+        if not data:
+            failures.append((str(path), "empty file"))
+            continue
+        readable.append((path, data))
+    return readable
+
+
+def _classify_one_by_one(model: ExportedModel, batch: list[tuple[Path, bytes]], top_k: int,
+                         failures: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    results = []
+    for path, data in batch:
+        try:
+            outputs = model.classify([data])
+        except (tf.errors.InvalidArgumentError, tf.errors.UnknownError):
+            failures.append((str(path), _decode_failure_reason(data)))
+            continue
+        results.extend(_results(model, [path], outputs, top_k))
+    return results
+
+
+def _decode_failure_reason(data: bytes) -> str:
+    """A clean one-line reason why ``data`` is not an image (the graph's error is verbose)."""
+    try:
+        tf.io.decode_image(data, channels=0, expand_animations=False)
+    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as error:
+        return f"not a readable image: {clean_tensorflow_message(error)}"
+    return "the model could not classify this image"
+
+
+def _results(model: ExportedModel, paths: list[Path], outputs: dict[str, np.ndarray],
+             top_k: int) -> list[dict[str, Any]]:
+    labels = model.labels or [str(index) for index in range(outputs["probabilities"].shape[-1])]
+    results = []
+    for row, path in enumerate(paths):
+        probabilities = outputs["probabilities"][row].astype(float)
+        class_index = int(outputs["class_index"][row])
+        best = np.argsort(-probabilities, kind="stable")[:top_k]
+        results.append({
+            "path": str(path),
+            "label": outputs["label"][row].decode("utf-8"),
+            "class_index": class_index,
+            "probability": float(probabilities[class_index]),
+            "probabilities": probabilities.tolist(),
+            "top_k": [{"label": labels[index], "class_index": int(index), "probability": float(probabilities[index])}
+                      for index in best],
+        })
+    return results
+
+
+def clean_tensorflow_message(error: BaseException) -> str:
+    """TensorFlow's error text without its ``{{function_node ...}}`` prefix and ``[Op:...]`` suffix."""
+    text = first_line(error)
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text)
+    return re.sub(r"\s*\[Op:[^\]]*\]\s*$", "", text).strip()
+
+
+def first_line(error: BaseException) -> str:
+    for line in str(error).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(error).__name__

@@ -1,0 +1,343 @@
+"""``kcnn export``: SavedModel round trip in plain TensorFlow, ONNX, LiteRT, atomicity, CLI."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from click.testing import CliRunner  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from keras_cnn import export as export_module  # noqa: E402
+from keras_cnn.cli import cli  # noqa: E402
+from keras_cnn.config import DataConfig, ModelConfig, RunConfig  # noqa: E402
+from keras_cnn.data.images import load_image, resize_image  # noqa: E402
+from keras_cnn.errors import RunFailure, UserError  # noqa: E402
+from keras_cnn.export import export_run  # noqa: E402
+from keras_cnn.runs import RunDirectory  # noqa: E402
+
+RGB_LABELS = ["cat", "dog", "fish"]
+
+
+def tiny_model(image_size, channels, classes, seed):
+    """A small CNN following the kcnn contract: 0..255 float input, scaling inside."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((*image_size, channels))
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
+    # Keras keeps a Normalization's mean/variance as tensors, not variables (as in
+    # EfficientNet): the ONNX export must freeze them instead of making them inputs.
+    x = keras.layers.Normalization(mean=[0.1] * channels, variance=[1.5] * channels)(x)
+    x = keras.layers.Conv2D(6, 3, activation="relu")(x)
+    x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.Conv2D(8, 3, activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    activation = "sigmoid" if classes == 1 else "softmax"
+    return keras.Model(inputs, keras.layers.Dense(classes, activation=activation)(x))
+
+
+def encode(array, fmt, mode=None):
+    image = Image.fromarray(array)
+    if mode:
+        image = image.convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def sample_images():
+    """Encoded images of several formats, sizes and colour modes: name -> bytes."""
+    generator = np.random.default_rng(7)
+
+    def picture(height, width):
+        y, x = np.mgrid[0:height, 0:width]
+        smooth = np.stack([255 * y / height, 255 * x / width, 128 + 100 * np.sin(x / 3.0)], axis=-1)
+        return np.clip(smooth + generator.normal(0, 25, smooth.shape), 0, 255).astype(np.uint8)
+
+    return {
+        "rgb.png": encode(picture(32, 32), "PNG"),
+        "rgb.jpg": encode(picture(57, 41), "JPEG"),
+        "grey.png": encode(picture(20, 30), "PNG", "L"),
+        "grey.jpg": encode(picture(50, 50), "JPEG", "L"),
+        "rgba.png": encode(picture(64, 48), "PNG", "RGBA"),
+        "grey_alpha.png": encode(picture(31, 17), "PNG", "LA"),
+        "rgb.bmp": encode(picture(33, 35), "BMP"),
+        "palette.gif": encode(picture(40, 40), "GIF", "P"),
+    }
+
+
+def make_run(root: Path, image_size, channels, labels, resize_mode, seed, binary=False, with_split=False) -> Path:
+    """A finished run directory built by hand (what the training commands leave behind)."""
+    run = RunDirectory(root).create()
+    tiny_model(image_size, channels, 1 if binary else len(labels), seed).save(run.model_path)
+    run.write_labels(labels)
+    data = DataConfig(image_size=image_size, channels=channels, resize_mode=resize_mode)
+    if with_split:
+        # Two validation images, one flat and one sharded (ab/cd/<sha1>.png), for the export check.
+        images = root / "images"
+        flat, sharded = "a" * 40 + ".png", "bcde" + "0" * 36 + ".png"
+        (images / "bc" / "de").mkdir(parents=True)
+        (images / flat).write_bytes(sample_images()["rgb.png"])
+        (images / "bc" / "de" / sharded).write_bytes(sample_images()["rgba.png"])
+        split = root / "split.csv"
+        split.write_text(f"objectId,value,type\n{flat},cat,validation\n{'f' * 40}.png,dog,train\n"
+                         f"{sharded},dog,validation\n")
+        data.split, data.images = str(split), str(images)
+    run.write_config(RunConfig("train", ModelConfig(name="tiny_cnn"), data).to_dict())
+    run.write_metrics({"accuracy": 0.5, "loss": 1.0})
+    return root
+
+
+@pytest.fixture(scope="module")
+def rgb_run(tmp_path_factory):
+    return make_run(tmp_path_factory.mktemp("rgb_run"), (32, 32), 3, RGB_LABELS, "crop", seed=1, with_split=True)
+
+
+@pytest.fixture(scope="module")
+def grey_run(tmp_path_factory):
+    # Binary sigmoid, one channel, non-square input: catches height/width swaps.
+    return make_run(tmp_path_factory.mktemp("grey_run"), (28, 20), 1, ["0", "1"], "pad", seed=2, binary=True)
+
+
+@pytest.fixture(scope="module")
+def rgb_export(rgb_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("rgb_export")
+    return export_run(rgb_run, out, formats=("litert", "onnx", "saved_model"))
+
+
+@pytest.fixture(scope="module")
+def grey_export(grey_run, tmp_path_factory):
+    return export_run(grey_run, tmp_path_factory.mktemp("grey_export"), version=3)
+
+
+def keras_probabilities(run_root, pixels):
+    model = keras.saving.load_model(Path(run_root) / "model.keras")
+    output = np.asarray(model(pixels, training=False))
+    return np.concatenate([1 - output, output], axis=-1) if output.shape[-1] == 1 else output
+
+
+def decode_like_training(images, image_size, channels, mode):
+    """Decode + resize in a graph with unknown image shapes, as the tf.data pipeline does."""
+    decode = tf.function(lambda data: load_image(data, image_size, channels, mode),
+                         input_signature=[tf.TensorSpec([], tf.string)])
+    return np.stack([decode(tf.constant(data)).numpy() for data in images]).astype(np.float32)
+
+
+def resize_like_training(pixels, image_size, mode):
+    resize = tf.function(lambda batch: resize_image(batch, image_size, mode),
+                         input_signature=[tf.TensorSpec([None, None, None, pixels.shape[-1]], pixels.dtype)])
+    return resize(tf.constant(pixels)).numpy().astype(np.float32)
+
+
+def test_export_layout_metadata_and_verification(rgb_export, rgb_run):
+    version_dir = Path(rgb_export["path"])
+    assert version_dir.name == "1" and rgb_export["version"] == 1
+    assert sorted(rgb_export["files"]) == ["litert", "onnx", "saved_model"]
+    assert (version_dir / "saved_model.pb").is_file()
+    assert (version_dir / "model.onnx").is_file() and (version_dir / "model.tflite").is_file()
+    assert (version_dir / "assets" / "labels.txt").read_text().splitlines() == RGB_LABELS
+    for name in ("saved_model", "onnx", "litert"):
+        assert 0 <= rgb_export["max_abs_diff"][name] < 1e-4
+    # the two validation images of the run were found (flat and sharded) + 4 generated ones
+    assert rgb_export["verified_on_images"] == 6
+    metadata = json.loads((version_dir / "assets.extra" / "kcnn.json").read_text())
+    assert metadata["labels"] == RGB_LABELS
+    assert metadata["base"] == "tiny_cnn"
+    assert metadata["input"] == {"image_size": [32, 32], "channels": 3, "resize_mode": "crop",
+                                 "dtype": "float32", "range": [0, 255]}
+    assert metadata["metrics"] == {"accuracy": 0.5, "loss": 1.0}
+    assert metadata["versions"]["tensorflow"] == tf.__version__
+    assert metadata["versions"]["keras"] == keras.__version__
+    assert "kcnn" in metadata["versions"]
+    assert set(metadata["signatures"]) == {"serving_default", "serving_images", "serving_images_uint8"}
+    assert sorted(os.listdir(version_dir.parent)) == ["1"]  # no temporary folder left
+
+
+ROUND_TRIP_SCRIPT = r"""
+import json, sys
+import numpy as np
+import tensorflow as tf
+request = json.load(open(sys.argv[1]))
+answer = {}
+for name, job in request.items():
+    loaded = tf.saved_model.load(job["export"])
+    images = [open(path, "rb").read() for path in job["files"]]
+    by_bytes = loaded.signatures["serving_default"](image_bytes=tf.constant(images))
+    pixels = np.load(job["pixels"])
+    by_float = loaded.signatures["serving_images"](images=tf.constant(pixels))
+    by_uint8 = loaded.signatures["serving_images_uint8"](images=tf.constant(np.round(pixels).astype(np.uint8)))
+    at_size = np.load(job["pixels_at_size"])
+    by_method = loaded.serving_images(tf.constant(at_size))
+    answer[name] = {
+        "signatures": sorted(loaded.signatures),
+        "bytes": {key: value.numpy().tolist() for key, value in by_bytes.items() if key != "label"},
+        "float": by_float["probabilities"].numpy().tolist(),
+        "uint8": by_uint8["probabilities"].numpy().tolist(),
+        "at_size": by_method["probabilities"].numpy().tolist(),
+        "labels": [value.decode() for value in by_bytes["label"].numpy()],
+    }
+answer["keras_cnn_modules"] = sorted(m for m in sys.modules if m.split(".")[0] == "keras_cnn")
+print(json.dumps(answer))
+"""
+
+
+def test_saved_model_round_trip_in_plain_tensorflow(rgb_export, grey_export, rgb_run, grey_run, tmp_path):
+    images = sample_images()
+    files = []
+    for name, data in images.items():
+        (tmp_path / name).write_bytes(data)
+        files.append(str(tmp_path / name))
+    generator = np.random.default_rng(3)
+    request, expected = {}, {}
+    for name, export, run, size, channels, mode in (
+        ("rgb", rgb_export, rgb_run, (32, 32), 3, "crop"),
+        ("grey", grey_export, grey_run, (28, 20), 1, "pad"),
+    ):
+        # Decoded images of another size (resized in the graph) and at the model's size
+        # with fractional values (which must reach the model unchanged).
+        pixels = generator.uniform(0, 255, (2, 45, 37, channels)).astype(np.float32)
+        at_size = generator.uniform(0, 255, (3, *size, channels)).astype(np.float32)
+        np.save(tmp_path / f"{name}_pixels.npy", pixels)
+        np.save(tmp_path / f"{name}_at_size.npy", at_size)
+        request[name] = {"export": export["path"], "files": files, "pixels": str(tmp_path / f"{name}_pixels.npy"),
+                         "pixels_at_size": str(tmp_path / f"{name}_at_size.npy")}
+        resized = resize_like_training(pixels, size, mode)
+        resized_uint8 = resize_like_training(np.round(pixels).astype(np.uint8), size, mode)
+        expected[name] = {
+            "bytes": keras_probabilities(run, decode_like_training(images.values(), size, channels, mode)),
+            "float": keras_probabilities(run, resized),
+            "uint8": keras_probabilities(run, resized_uint8),
+            "at_size": keras_probabilities(run, at_size),
+        }
+    (tmp_path / "request.json").write_text(json.dumps(request))
+    completed = subprocess.run([sys.executable, "-c", ROUND_TRIP_SCRIPT, str(tmp_path / "request.json")],
+                               capture_output=True, text=True, timeout=300,
+                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    answer = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert answer["keras_cnn_modules"] == []  # plain TensorFlow: no kcnn code was needed
+
+    for name, labels in (("rgb", RGB_LABELS), ("grey", ["0", "1"])):
+        result = answer[name]
+        assert result["signatures"] == ["serving_default", "serving_images", "serving_images_uint8"]
+        probabilities = np.array(result["bytes"]["probabilities"])
+        assert probabilities.shape == (len(images), len(labels))
+        np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+        assert np.max(np.abs(probabilities - expected[name]["bytes"])) < 1e-5
+        assert result["bytes"]["class_index"] == probabilities.argmax(axis=1).tolist()
+        assert result["labels"] == [labels[index] for index in result["bytes"]["class_index"]]
+        for key in ("float", "uint8", "at_size"):
+            assert np.max(np.abs(np.array(result[key]) - expected[name][key])) < 1e-5, key
+
+
+def test_onnx_round_trip(rgb_export, rgb_run):
+    import onnxruntime
+
+    pixels = decode_like_training(sample_images().values(), (32, 32), 3, "crop")
+    session = onnxruntime.InferenceSession(rgb_export["files"]["onnx"], providers=["CPUExecutionProvider"])
+    assert [(tensor.name, tensor.shape[1:]) for tensor in session.get_inputs()] == [("images", [32, 32, 3])]
+    [output] = session.run(None, {session.get_inputs()[0].name: pixels})
+    assert output.shape == (len(pixels), 3)
+    assert np.max(np.abs(output - keras_probabilities(rgb_run, pixels))) < 1e-4
+
+
+def test_litert_round_trip(rgb_export, rgb_run):
+    from ai_edge_litert.interpreter import Interpreter
+
+    pixels = decode_like_training(sample_images().values(), (32, 32), 3, "crop")
+    interpreter = Interpreter(model_path=rgb_export["files"]["litert"])
+    [detail] = interpreter.get_input_details()
+    interpreter.resize_tensor_input(detail["index"], list(pixels.shape))
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(detail["index"], pixels)
+    interpreter.invoke()
+    output = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    assert np.max(np.abs(output - keras_probabilities(rgb_run, pixels))) < 1e-4
+
+
+def test_failed_verification_leaves_no_version_and_keeps_the_old_one(grey_run, tmp_path, monkeypatch):
+    monkeypatch.setattr(export_module, "max_abs_difference", lambda expected, actual: 0.5)
+    with pytest.raises(RunFailure, match="max abs difference 0.5"):
+        export_run(grey_run, tmp_path / "fresh")
+    assert not (tmp_path / "fresh").exists() or os.listdir(tmp_path / "fresh") == []
+
+    # --force over an existing version: the failed export must not destroy it.
+    old = tmp_path / "existing" / "1"
+    old.mkdir(parents=True)
+    (old / "marker").write_text("old export")
+    with pytest.raises(RunFailure):
+        export_run(grey_run, tmp_path / "existing", force=True)
+    assert os.listdir(tmp_path / "existing") == ["1"]
+    assert (old / "marker").read_text() == "old export"
+
+
+def test_existing_version_refused_without_force(grey_run, tmp_path):
+    (tmp_path / "1").mkdir()
+    with pytest.raises(UserError, match="already exists"):
+        export_run(grey_run, tmp_path)
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ({"formats": ("tensorrt",)}, "export format must be among"),
+    ({"version": 0}, "positive integer"),
+])
+def test_bad_options(grey_run, tmp_path, arguments, message):
+    with pytest.raises(UserError, match=message):
+        export_run(grey_run, tmp_path, **arguments)
+
+
+def test_not_a_run_and_label_mismatch(grey_run, tmp_path):
+    with pytest.raises(UserError, match="not a kcnn run directory"):
+        export_run(tmp_path, tmp_path / "out")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("model.keras", "config.json"):
+        (broken / name).write_bytes((Path(grey_run) / name).read_bytes())
+    (broken / "labels.txt").write_text("a\nb\nc\n")
+    with pytest.raises(UserError, match="1 output unit.*3 labels"):
+        export_run(broken, tmp_path / "out")
+
+
+def test_cli_export_json_and_text(grey_run, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(cli, ["export", "--run", str(grey_run), "--out", str(tmp_path), "--version", "2",
+                                 "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["path"] == str(tmp_path / "2")
+    assert payload["labels"] == ["0", "1"] and payload["max_abs_diff"]["saved_model"] < 1e-4
+
+    again = runner.invoke(cli, ["export", "--run", str(grey_run), "--out", str(tmp_path), "--version", "2"])
+    assert again.exit_code == 2
+    assert again.stderr.strip().count("\n") == 0 and "already exists" in again.stderr
+
+    forced = runner.invoke(cli, ["export", "--run", str(grey_run), "--out", str(tmp_path), "--version", "2",
+                                 "--force", "--no-verify"])
+    assert forced.exit_code == 0, forced.output
+    assert "exported version 2" in forced.stdout and "not verified" in forced.stdout
+
+
+def test_cli_rejects_unknown_format(grey_run, tmp_path):
+    result = CliRunner().invoke(cli, ["export", "--run", str(grey_run), "--out", str(tmp_path),
+                                      "--format", "caffe"])
+    assert result.exit_code == 2 and "caffe" in result.stderr
+
+
+def test_missing_optional_library_is_a_user_error(grey_run, tmp_path, monkeypatch):
+    import dataclasses
+
+    onnx = dataclasses.replace(export_module.EXPORT_FORMATS["onnx"], requires=("kcnn_no_such_module",))
+    monkeypatch.setitem(export_module.EXPORT_FORMATS, "onnx", onnx)
+    with pytest.raises(UserError, match="--format onnx needs kcnn_no_such_module"):
+        export_run(grey_run, tmp_path, formats=("saved_model", "onnx"))
+    assert not (tmp_path / "1").exists()
