@@ -10,7 +10,7 @@ from keras_cnn.cli.common import debug_option, json_option, run_command
 @click.command()
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="kcnn-demo", show_default=True,
               help="Folder for the sample data, the run, the report and the export.")
-@click.option("--per-class", type=click.IntRange(min=10), default=60, show_default=True,
+@click.option("--per-class", type=click.IntRange(min=30), default=100, show_default=True,
               help="Sample images per class (3 classes).")
 @click.option("--head-epochs", type=click.IntRange(min=1), default=8, show_default=True,
               help="Stage-1 epochs (head on cached features).")
@@ -36,8 +36,12 @@ def demo(out_dir, per_class, head_epochs, finetune_epochs, weights, as_json):
                         finetune_epochs=finetune_epochs, weights=weights)
 
     def render(result):
-        click.echo(f"\ndemo finished: test accuracy {result['test_accuracy']:.3f} "
+        from keras_cnn.demo import RANDOM_WEIGHTS_NOTE
+
+        click.echo(f"\ndemo finished: {result['evaluated_subset']} accuracy {result['accuracy']:.3f} "
                    f"({'ImageNet' if result['weights'] == 'imagenet' else 'random'} initial weights)")
+        if result["weights"] == "none":
+            click.echo(RANDOM_WEIGHTS_NOTE.strip())
         click.echo(f"  report:  {result['report']}")
         click.echo(f"  model:   {result['export']}")
         click.echo(f"  predict: kcnn predict --model {result['export']} {result['out']}/data/")

@@ -44,8 +44,9 @@ def fit_stage(model: keras.Model, run: RunDirectory, stage: str, train, validati
         NanGuard(),
         keras.callbacks.TensorBoard(str(run.tensorboard_dir / stage), write_graph=False),
     ]
+    # The datasets shuffle themselves (tf.data or the legacy generator); fit must not.
     model.fit(train, validation_data=validation, epochs=epochs, callbacks=callbacks,
-              class_weight=class_weight, verbose=verbose)
+              class_weight=class_weight, verbose=verbose, shuffle=False)
     return history.stage_rows()
 
 
