@@ -5,17 +5,32 @@ Two sources, one result (``PreparedData``):
   validation part (as Keras's ``validation_split``), the official test set is the test part;
 - a split CSV plus an image folder: the ``train`` / ``validation`` / ``test`` parts.
 Images are float32 pixels in 0..255; the model scales them itself.
+
+Besides the single-process datasets, ``PreparedData.per_worker`` builds each worker's own
+pipeline for multi-worker training: the same steps on that worker's shard (by file for
+image folders) with the per-replica batch size.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import tensorflow as tf
 
 from keras_cnn.config import DataConfig
 from keras_cnn.errors import UserError
+
+
+@dataclass
+class PerWorkerInput:
+    """``dataset_fn(input_context)`` factories for ``strategy.distribute_datasets_from_function``."""
+
+    train: Callable
+    validation: Callable | None
+    steps_per_epoch: int
+    validation_steps: int | None
 
 
 @dataclass
@@ -29,6 +44,7 @@ class PreparedData:
     train_counts: dict[int, int]
     sizes: dict[str, int] = field(default_factory=dict)
     skipped: set[str] = field(default_factory=set)   # objectIds left out (reasons: RUN/skipped_images.csv)
+    per_worker: PerWorkerInput | None = None
 
 
 def augmentation_spec(data: DataConfig):
@@ -40,6 +56,31 @@ def augmentation_spec(data: DataConfig):
     if data.augmentation:
         return AugmentationSpec.from_dict(data.augmentation)
     return REFERENCE_CIFAR10_AUGMENTATION
+
+
+def _per_worker_steps(sizes: dict[str, int], batch_size: int) -> tuple[int, int | None]:
+    """Steps per epoch when every worker must run the same number (whole global batches)."""
+    validation_steps = max(1, sizes["validation"] // batch_size) if sizes["validation"] else None
+    return max(1, sizes["train"] // batch_size), validation_steps
+
+
+def array_pipeline(images: np.ndarray, labels: np.ndarray, batch_size: int, shuffle: bool, seed: int,
+                   augment=None, input_context=None) -> tf.data.Dataset:
+    """In-memory uint8 images -> (shuffled, augmented) float32 batches; one worker's shard if asked."""
+    from keras_cnn.train.distribute import per_replica_batch_size
+
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels))
+    if input_context is not None:
+        dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+        batch_size = per_replica_batch_size(batch_size, input_context)
+    if shuffle:
+        dataset = dataset.shuffle(min(len(images), 50_000), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size)
+    if augment is not None:
+        from keras_cnn.data.augment import augment_dataset
+
+        dataset = augment_dataset(dataset, augment, seed=seed)
+    return dataset.map(_to_float, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
 def prepare_array_data(data: DataConfig, input_shape: tuple[int, int, int], batch_size: int,
@@ -66,21 +107,21 @@ def prepare_array_data(data: DataConfig, input_shape: tuple[int, int, int], batc
         generator = legacy_image_data_generator(spec)
         train = generator.flow(x_fit.astype("float32"), y_fit, batch_size=batch_size, shuffle=True, seed=seed)
     else:
-        train = tf.data.Dataset.from_tensor_slices((x_fit, y_fit))
-        train = train.shuffle(min(len(x_fit), 50_000), seed=seed, reshuffle_each_iteration=True)
-        train = train.batch(batch_size)
-        if spec is not None:
-            from keras_cnn.data.augment import augment_dataset
-
-            train = augment_dataset(train, spec, seed=seed)
-        train = train.map(_to_float, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+        train = array_pipeline(x_fit, y_fit, batch_size, shuffle=True, seed=seed, augment=spec)
 
     def evaluation_dataset(images, labels):
         if len(images) == 0:
             return None
-        dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch_size)
-        return dataset.map(_to_float, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+        return array_pipeline(images, labels, batch_size, shuffle=False, seed=seed)
 
+    sizes = {"train": len(x_fit), "validation": len(x_validation), "test": len(x_test)}
+    steps, validation_steps = _per_worker_steps(sizes, batch_size)
+    per_worker = PerWorkerInput(
+        train=lambda context: array_pipeline(x_fit, y_fit, batch_size, True, seed, spec, context),
+        validation=(lambda context: array_pipeline(x_validation, y_validation, batch_size, False, seed, None,
+                                                   context)) if len(x_validation) else None,
+        steps_per_epoch=steps, validation_steps=validation_steps,
+    )
     counts = np.bincount(y_fit, minlength=len(arrays.labels))
     return PreparedData(
         train=train,
@@ -88,7 +129,8 @@ def prepare_array_data(data: DataConfig, input_shape: tuple[int, int, int], batc
         test=evaluation_dataset(x_test, arrays.y_test),
         labels=arrays.labels,
         train_counts={index: int(count) for index, count in enumerate(counts)},
-        sizes={"train": len(x_fit), "validation": len(x_validation), "test": len(x_test)},
+        sizes=sizes,
+        per_worker=None if (spec is not None and data.augment_engine == "legacy") else per_worker,
     )
 
 
@@ -98,6 +140,7 @@ def prepare_folder_data(data: DataConfig, image_size: tuple[int, int], channels:
     from keras_cnn.data.files import check_images_or_fail
     from keras_cnn.data.pipeline import make_dataset, subset_frame
     from keras_cnn.data.split import class_names, read_split_csv
+    from keras_cnn.train.distribute import per_replica_batch_size, shard_file_list
 
     if data.augment and data.augment_engine == "legacy":
         raise UserError("--augment-engine legacy works with --dataset mnist|cifar10; "
@@ -107,22 +150,28 @@ def prepare_folder_data(data: DataConfig, image_size: tuple[int, int], channels:
     skip = check_images_or_fail(data.images, list(frame["objectId"]), skip_bad=data.skip_bad_images,
                                 record_path=skipped_record)
     spec = augmentation_spec(data)
-    sizes = {subset: len(subset_frame(frame, subset, skip=skip)) for subset in ("train", "validation", "test")}
+    rows = {subset: subset_frame(frame, subset, skip=skip) for subset in ("train", "validation", "test")}
+    sizes = {subset: len(part) for subset, part in rows.items()}
     if sizes["train"] == 0:
         raise UserError(f"{data.split} has no usable 'train' rows")
 
-    def dataset(subset: str, augment=None):
+    def dataset(subset: str, augment=None, input_context=None):
         if sizes[subset] == 0:
             return None
-        return make_dataset(frame, data.images, subset, image_size, batch_size, channels=channels,
+        part, size = rows[subset], batch_size
+        if input_context is not None:
+            # Each worker decodes only its own files.
+            part = part.iloc[shard_file_list(range(len(part)), input_context)]
+            size = per_replica_batch_size(batch_size, input_context)
+        return make_dataset(part, data.images, subset, image_size, size, channels=channels,
                             augment=augment, cache=data.cache if subset == "train" else True,
-                            seed=seed, labels=labels, resize_mode=data.resize_mode, skip=skip)
+                            seed=seed, labels=labels, resize_mode=data.resize_mode)
 
-    train_rows = subset_frame(frame, "train", skip=skip)
     index_of = {label: index for index, label in enumerate(labels)}
     counts = {index: 0 for index in range(len(labels))}
-    for value in train_rows["value"]:
+    for value in rows["train"]["value"]:
         counts[index_of[value]] += 1
+    steps, validation_steps = _per_worker_steps(sizes, batch_size)
     return PreparedData(
         train=dataset("train", spec),
         validation=dataset("validation"),
@@ -131,6 +180,11 @@ def prepare_folder_data(data: DataConfig, image_size: tuple[int, int], channels:
         train_counts=counts,
         sizes=sizes,
         skipped=set(skip),
+        per_worker=PerWorkerInput(
+            train=lambda context: dataset("train", spec, context),
+            validation=(lambda context: dataset("validation", None, context)) if sizes["validation"] else None,
+            steps_per_epoch=steps, validation_steps=validation_steps,
+        ),
     )
 
 

@@ -1,20 +1,72 @@
-"""Start of every training command: decide device, strategy and precision, once, and say so."""
+"""Where and how a training command runs: device, strategy, precision, XLA, and which process writes.
+
+``start_execution`` resolves ``--mixed-precision``, ``--xla`` and ``--strategy`` once, applies
+them (before any model exists, so Keras adds loss scaling) and says so on stderr.  The
+returned ``Execution`` compiles models the same way everywhere and hands out the run
+directory: the real one on the chief, a temporary one on other multi-worker processes.
+"""
 
 from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
 
 import click
 
 from keras_cnn.config import TrainingConfig
+from keras_cnn.runs import RunDirectory
 
 
-def start_execution(training: TrainingConfig):
-    """Resolve and apply ``--mixed-precision``, ``--xla`` and ``--strategy``; returns (plan, strategy).
+@dataclass
+class Execution:
+    """The resolved plan (``keras_cnn.train.devices.ExecutionPlan``) and its tf.distribute strategy."""
 
-    The resolved settings are printed once on stderr and recorded by the caller in config.json.
+    plan: Any
+    strategy: Any
+
+    @property
+    def multiworker(self) -> bool:
+        return self.plan.strategy_name == "multiworker"
+
+    def scope(self):
+        """Build and compile models inside this, so their variables live on every replica."""
+        return self.strategy.scope()
+
+    def jit_compile(self, model) -> bool:
+        from keras_cnn.train.devices import jit_compile_for
+
+        return jit_compile_for(model, self.plan)
+
+    def compile(self, model, optimizer: str, learning_rate: float, loss: str) -> None:
+        """Compile ``model`` with a kcnn optimizer, accuracy, and the plan's XLA setting (call in ``scope()``)."""
+        from keras_cnn.train.distribute import synchronize_loss_scaling
+        from keras_cnn.train.optimizers import make_optimizer
+
+        model.compile(optimizer=make_optimizer(optimizer, learning_rate), loss=loss, metrics=["accuracy"],
+                      jit_compile=self.jit_compile(model))
+        if self.plan.replicas > 1:
+            # Replicas must agree on skipping a step whose scaled gradients overflowed.
+            synchronize_loss_scaling(model.optimizer)
+
+    @contextlib.contextmanager
+    def run_directory(self, out_dir: str | Path) -> Iterator[RunDirectory]:
+        """The run directory this process writes: ``out_dir`` on the chief, a throw-away one elsewhere."""
+        from keras_cnn.train.distribute import chief_or_temporary_dir
+
+        with chief_or_temporary_dir(out_dir, self.plan) as directory:
+            yield RunDirectory(directory).create()
+
+
+def start_execution(training: TrainingConfig) -> Execution:
+    """Resolve and apply the execution options; print the resolved settings once on stderr.
+
+    The caller records ``execution.plan.to_dict()`` in config.json.
     """
     from keras_cnn.train.devices import apply_execution, describe, resolve_execution
 
     plan = resolve_execution(training.mixed_precision, training.xla, training.strategy)
     strategy = apply_execution(plan)
-    click.echo(describe(plan), err=True)
-    return plan, strategy
+    click.echo(describe(plan), err=True)  # apply_execution has logged plan.notes as warnings
+    return Execution(plan, strategy)

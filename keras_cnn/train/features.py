@@ -53,10 +53,9 @@ def extract_features(feature_extractor: keras.Model, dataset: tf.data.Dataset, c
 
 
 def feature_dataset(features: np.ndarray, labels: np.ndarray, batch_size: int, shuffle: bool,
-                    seed: int | None = None, single_sigmoid: bool = False) -> tf.data.Dataset:
-    """Batches of cached features for fitting or validating the head."""
-    targets = labels.reshape(-1, 1).astype("float32") if single_sigmoid else labels
-    dataset = tf.data.Dataset.from_tensor_slices((features, targets))
+                    seed: int | None = None) -> tf.data.Dataset:
+    """Batches of (cached features, class indices) for fitting or validating the head."""
+    dataset = tf.data.Dataset.from_tensor_slices((features, labels))
     if shuffle:
         dataset = dataset.shuffle(len(features), seed=seed, reshuffle_each_iteration=True)
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)

@@ -22,17 +22,24 @@ from keras_cnn.runs import RunDirectory
 from keras_cnn.train.callbacks import BestModelCheckpoint, HistoryRecorder, NanGuard
 
 
-def fit_stage(model: keras.Model, run: RunDirectory, stage: str, train, validation, epochs: int,
-              class_weight: dict[int, float] | None = None, verbose: int | str = "auto",
-              whole_model: keras.Model | None = None, initial_best: float | None = None) -> list[dict]:
+def fit_stage(model: keras.Model, run: RunDirectory, stage: str, data, epochs: int, execution,
+              single_sigmoid: bool = False, class_weight: dict[int, float] | None = None,
+              whole_model: keras.Model | None = None, initial_best: float | None = None,
+              train=None, validation=None) -> list[dict]:
     """Fit ``model`` for ``epochs`` as stage ``stage`` of ``run``; returns this stage's history rows.
 
-    A killed fit resumes from its last finished epoch when called again with the same
-    run (``BackupAndRestore`` under ``RUN/backup/<stage>``).  The best model by validation
-    loss (training loss when there is no validation part) is saved to ``RUN/model.keras``:
-    ``whole_model`` when ``model`` is only its head, and only once it beats ``initial_best``
-    (the best of the earlier stages).
+    ``data`` is a ``PreparedData``; ``train``/``validation`` replace its datasets (cached
+    features for a head).  A killed fit resumes from its last finished epoch when called
+    again with the same run (``BackupAndRestore`` under ``RUN/backup/<stage>``).  The best
+    model by validation loss (training loss without a validation part) is saved to
+    ``RUN/model.keras``: ``whole_model`` when ``model`` is only its head, and only once it
+    beats ``initial_best`` (the best of the earlier stages).  Under a multi-worker strategy
+    the custom loop of ``keras_cnn.train.distribute`` replaces ``model.fit``.
     """
+    from keras_cnn.train.data import as_model_targets
+
+    train = as_model_targets(data.train if train is None else train, single_sigmoid)
+    validation = as_model_targets(data.validation if validation is None else validation, single_sigmoid)
     monitor = "val_loss" if validation is not None else "loss"
     history = HistoryRecorder(run.history_path, stage)
     callbacks = [
@@ -44,10 +51,39 @@ def fit_stage(model: keras.Model, run: RunDirectory, stage: str, train, validati
         NanGuard(),
         keras.callbacks.TensorBoard(str(run.tensorboard_dir / stage), write_graph=False),
     ]
-    # The datasets shuffle themselves (tf.data or the legacy generator); fit must not.
-    model.fit(train, validation_data=validation, epochs=epochs, callbacks=callbacks,
-              class_weight=class_weight, verbose=verbose, shuffle=False)
+    if execution.multiworker:
+        _fit_multiworker(model, data, epochs, execution, single_sigmoid, class_weight, callbacks)
+    else:
+        # The datasets shuffle themselves (tf.data or the legacy generator); fit must not.
+        model.fit(train, validation_data=validation, epochs=epochs, callbacks=callbacks,
+                  class_weight=class_weight, shuffle=False)
+    # BackupAndRestore removed its stage folder on success; drop the empty parent too.
+    if run.backup_dir.is_dir() and not any(run.backup_dir.iterdir()):
+        run.backup_dir.rmdir()
     return history.stage_rows()
+
+
+def _fit_multiworker(model, data, epochs, execution, single_sigmoid, class_weight, callbacks) -> None:
+    """``model.fit`` fails under MultiWorkerMirroredStrategy in Keras 3; run the custom loop instead."""
+    from keras_cnn.train.data import as_model_targets
+    from keras_cnn.train.distribute import fit_multiworker
+
+    per_worker = data.per_worker
+    if per_worker is None:
+        raise UserError("this data cannot be sharded across workers (the legacy ImageDataGenerator engine "
+                        "or cached features); use --augment-engine layers / --no-cache-features")
+    if class_weight is not None:
+        raise UserError("--class-weight balanced is not supported with --strategy multiworker")
+    validation_fn = per_worker.validation
+    fit_multiworker(
+        lambda: model,
+        lambda context: as_model_targets(per_worker.train(context), single_sigmoid),
+        epochs=epochs, steps_per_epoch=per_worker.steps_per_epoch, strategy=execution.strategy,
+        validation_dataset_fn=(lambda context: as_model_targets(validation_fn(context), single_sigmoid))
+        if validation_fn else None,
+        validation_steps=per_worker.validation_steps, jit_compile=execution.jit_compile(model),
+        callbacks=callbacks, verbose=1,
+    )
 
 
 def evaluate_test(model: keras.Model, test, labels: list[str]) -> dict[str, Any]:
@@ -109,7 +145,6 @@ def train_scratch(config: RunConfig, out_dir: str | Path) -> dict[str, Any]:
     from keras_cnn.models.scratch import build_architecture, count_parameters, get_architecture, with_input_scaling
     from keras_cnn.train.data import as_model_targets, balanced_class_weights, prepare_array_data, prepare_folder_data
     from keras_cnn.train.execution import start_execution
-    from keras_cnn.train.optimizers import make_optimizer
 
     if bool(config.data.dataset) == bool(config.data.split):
         raise UserError("give either --dataset mnist|cifar10 or --split SPLIT_CSV --images DIR")
@@ -118,52 +153,50 @@ def train_scratch(config: RunConfig, out_dir: str | Path) -> dict[str, Any]:
     config = resolve_scratch_config(config)
     spec = get_architecture(config.model.name)
     training = config.training
-    run = RunDirectory(out_dir).create()
     keras.utils.set_random_seed(training.seed)
-    plan, strategy = start_execution(training)
+    execution = start_execution(training)
 
-    if config.data.dataset:
-        data = prepare_array_data(config.data, config.model.input_shape, training.batch_size, training.seed)
-    else:
-        data = prepare_folder_data(config.data, config.data.image_size, config.data.channels,
-                                   training.batch_size, training.seed, skipped_record=run.skipped_images_path)
-    num_classes = len(data.labels)
-    config = replace(config, labels=data.labels, model=replace(config.model, num_classes=num_classes),
-                     training=replace(training, loss=spec.loss(num_classes)),
-                     extra={**config.extra, "execution": plan.to_dict(), "sizes": data.sizes,
-                            "skipped_images": len(data.skipped)})
-    run.write_labels(data.labels)
-    run.write_config(config.to_dict())
+    with execution.run_directory(out_dir) as run:
+        if config.data.dataset:
+            data = prepare_array_data(config.data, config.model.input_shape, training.batch_size, training.seed)
+        else:
+            data = prepare_folder_data(config.data, config.data.image_size, config.data.channels,
+                                       training.batch_size, training.seed, skipped_record=run.skipped_images_path)
+        num_classes = len(data.labels)
+        config = replace(config, labels=data.labels, model=replace(config.model, num_classes=num_classes),
+                         training=replace(training, loss=spec.loss(num_classes)),
+                         extra={**config.extra, "execution": execution.plan.to_dict(), "sizes": data.sizes,
+                                "skipped_images": len(data.skipped)})
+        run.write_labels(data.labels)
+        run.write_config(config.to_dict())
 
-    with strategy.scope():
-        model = with_input_scaling(build_architecture(config.model.name, config.model.input_shape,
-                                                      num_classes, api=config.model.api))
-        model.compile(optimizer=make_optimizer(training.optimizer, training.learning_rate),
-                      loss=config.training.loss, metrics=["accuracy"], jit_compile=plan.jit_compile)
-    single_sigmoid = model.output_shape[-1] == 1
-    class_weight = balanced_class_weights(data.train_counts) if training.class_weight == "balanced" else None
+        with execution.scope():
+            model = with_input_scaling(build_architecture(config.model.name, config.model.input_shape,
+                                                          num_classes, api=config.model.api))
+            execution.compile(model, training.optimizer, training.learning_rate, config.training.loss)
+        single_sigmoid = model.output_shape[-1] == 1
+        class_weight = balanced_class_weights(data.train_counts) if training.class_weight == "balanced" else None
 
-    started = time.perf_counter()
-    rows = fit_stage(model, run, "train", as_model_targets(data.train, single_sigmoid),
-                     as_model_targets(data.validation, single_sigmoid), training.epochs, class_weight)
-    seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        rows = fit_stage(model, run, "train", data, training.epochs, execution, single_sigmoid, class_weight)
+        seconds = time.perf_counter() - started
 
-    best = load_model(run.model_path) if run.model_path.exists() else model
-    metrics: dict[str, Any] = {"parameters": count_parameters(best), "train_seconds": round(seconds, 2)}
-    if rows:
-        metrics["final_epoch"] = rows[-1]
-    if data.test is not None:
-        metrics["test"] = evaluate_test(best, as_model_targets(data.test, single_sigmoid), data.labels)
-    run.write_metrics(metrics)
-    plot_history(run)
+        best = load_model(run.model_path) if run.model_path.exists() else model
+        metrics: dict[str, Any] = {"parameters": count_parameters(best), "train_seconds": round(seconds, 2)}
+        if rows:
+            metrics["final_epoch"] = rows[-1]
+        if data.test is not None:
+            metrics["test"] = evaluate_test(best, as_model_targets(data.test, single_sigmoid), data.labels)
+        run.write_metrics(metrics)
+        plot_history(run)
     return {
-        "run": str(run.root),
+        "run": str(Path(out_dir)),
         "architecture": config.model.name,
         "epochs": training.epochs,
         "test_accuracy": metrics.get("test", {}).get("accuracy"),
         "test_loss": metrics.get("test", {}).get("loss"),
         "params": metrics["parameters"]["total_params"],
-        "model": str(run.model_path),
+        "model": str(Path(out_dir) / run.model_path.name),
         "seconds": round(seconds, 2),
     }
 

@@ -62,9 +62,8 @@ def train_head(config: RunConfig, out_dir: str | Path) -> dict[str, Any]:
     from keras_cnn.models.bases import get_base_spec
     from keras_cnn.models.transfer import build_transfer_model, parameter_counts
     from keras_cnn.models.weights import resolve_weights
-    from keras_cnn.train.data import as_model_targets, balanced_class_weights, prepare_folder_data
+    from keras_cnn.train.data import balanced_class_weights, prepare_folder_data
     from keras_cnn.train.execution import start_execution
-    from keras_cnn.train.optimizers import make_optimizer
 
     if not config.data.split or not config.data.images:
         raise UserError("transfer learning needs --split SPLIT_CSV and --images DIR")
@@ -72,51 +71,51 @@ def train_head(config: RunConfig, out_dir: str | Path) -> dict[str, Any]:
     spec = get_base_spec(config.model.name)
     resolve_weights(spec, config.model.weights)  # offline without cached weights: fail before any work
     training = config.training
-    run = RunDirectory(out_dir).create()
     keras.utils.set_random_seed(training.seed)
-    plan, strategy = start_execution(training)
+    execution = start_execution(training)
+    if execution.multiworker and training.cache_features:
+        raise UserError("cached features are computed by one process; with --strategy multiworker "
+                        "pass --no-cache-features")
 
-    data = prepare_folder_data(config.data, config.data.image_size, 3, training.batch_size, training.seed,
-                               skipped_record=run.skipped_images_path)
-    if config.model.binary and len(data.labels) != 2:
-        raise UserError(f"--binary needs exactly 2 labels, the split has {len(data.labels)}: {data.labels}")
-    with strategy.scope():
-        model = build_transfer_model(spec, len(data.labels), image_size=config.data.image_size,
-                                     weights=config.model.weights, head_units=config.model.head_units,
-                                     dropout=config.model.dropout, binary=config.model.binary,
-                                     api=config.model.api, seed=training.seed)
-    single_sigmoid = model.output_shape[-1] == 1
-    loss = "binary_crossentropy" if single_sigmoid else "sparse_categorical_crossentropy"
-    counts = parameter_counts(model)
-    config = replace(config, labels=data.labels,
-                     model=replace(config.model, num_classes=len(data.labels)),
-                     training=replace(training, loss=loss),
-                     extra={**config.extra, "execution": plan.to_dict(), "sizes": data.sizes,
-                            "skipped_images": len(data.skipped),
-                            "stages": {HEAD_STAGE: {"parameters": counts}}})
-    run.write_labels(data.labels)
-    run.write_config(config.to_dict())
-    class_weight = balanced_class_weights(data.train_counts) if training.class_weight == "balanced" else None
+    with execution.run_directory(out_dir) as run:
+        data = prepare_folder_data(config.data, config.data.image_size, 3, training.batch_size, training.seed,
+                                   skipped_record=run.skipped_images_path)
+        if config.model.binary and len(data.labels) != 2:
+            raise UserError(f"--binary needs exactly 2 labels, the split has {len(data.labels)}: {data.labels}")
+        with execution.scope():
+            model = build_transfer_model(spec, len(data.labels), image_size=config.data.image_size,
+                                         weights=config.model.weights, head_units=config.model.head_units,
+                                         dropout=config.model.dropout, binary=config.model.binary,
+                                         api=config.model.api, seed=training.seed)
+        single_sigmoid = model.output_shape[-1] == 1
+        loss = "binary_crossentropy" if single_sigmoid else "sparse_categorical_crossentropy"
+        counts = parameter_counts(model)
+        config = replace(config, labels=data.labels,
+                         model=replace(config.model, num_classes=len(data.labels)),
+                         training=replace(training, loss=loss),
+                         extra={**config.extra, "execution": execution.plan.to_dict(), "sizes": data.sizes,
+                                "skipped_images": len(data.skipped),
+                                "stages": {HEAD_STAGE: {"parameters": counts}}})
+        run.write_labels(data.labels)
+        run.write_config(config.to_dict())
+        class_weight = balanced_class_weights(data.train_counts) if training.class_weight == "balanced" else None
 
-    started = time.perf_counter()
-    if training.cache_features:
-        rows = _fit_head_on_features(model, run, data, training, loss, single_sigmoid, class_weight,
-                                     strategy, plan)
-    else:
-        with strategy.scope():
-            model.compile(optimizer=make_optimizer(training.optimizer, training.learning_rate), loss=loss,
-                          metrics=["accuracy"], jit_compile=plan.jit_compile)
-        rows = fit_stage(model, run, HEAD_STAGE, as_model_targets(data.train, single_sigmoid),
-                         as_model_targets(data.validation, single_sigmoid), training.epochs, class_weight)
-    seconds = time.perf_counter() - started
-    return _finish_stage(run, config, HEAD_STAGE, rows, seconds, counts, data, single_sigmoid)
+        started = time.perf_counter()
+        if training.cache_features:
+            rows = _fit_head_on_features(model, run, data, training, loss, single_sigmoid, class_weight, execution)
+        else:
+            with execution.scope():
+                execution.compile(model, training.optimizer, training.learning_rate, loss)
+            rows = fit_stage(model, run, HEAD_STAGE, data, training.epochs, execution, single_sigmoid, class_weight)
+        seconds = time.perf_counter() - started
+        summary = _finish_stage(run, config, HEAD_STAGE, rows, seconds, counts, data, single_sigmoid)
+    return {**summary, "run": str(Path(out_dir))}
 
 
-def _fit_head_on_features(model, run, data, training, loss, single_sigmoid, class_weight, strategy, plan):
+def _fit_head_on_features(model, run, data, training, loss, single_sigmoid, class_weight, execution):
     """Stage 1 with cached features: the head trains alone; the whole model is what gets saved."""
     from keras_cnn.models.transfer import split_feature_model
     from keras_cnn.train.features import extract_features, feature_dataset
-    from keras_cnn.train.optimizers import make_optimizer
 
     feature_extractor, head = split_feature_model(model)
     train_features, train_labels = extract_features(
@@ -126,17 +125,14 @@ def _fit_head_on_features(model, run, data, training, loss, single_sigmoid, clas
         validation_features, validation_labels = extract_features(
             feature_extractor, data.validation, data.sizes["validation"],
             run.root / "features" / "validation.npy", "validation features")
-        validation = feature_dataset(validation_features, validation_labels, training.batch_size, shuffle=False,
-                                     single_sigmoid=single_sigmoid)
-    train = feature_dataset(train_features, train_labels, training.batch_size, shuffle=True, seed=training.seed,
-                            single_sigmoid=single_sigmoid)
-    with strategy.scope():
-        head.compile(optimizer=make_optimizer(training.optimizer, training.learning_rate), loss=loss,
-                     metrics=["accuracy"], jit_compile=plan.jit_compile)
-    # The whole model needs compiling too so the saved file records a usable training config.
-    model.compile(optimizer=make_optimizer(training.optimizer, training.learning_rate), loss=loss,
-                  metrics=["accuracy"])
-    rows = fit_stage(head, run, HEAD_STAGE, train, validation, training.epochs, class_weight, whole_model=model)
+        validation = feature_dataset(validation_features, validation_labels, training.batch_size, shuffle=False)
+    train = feature_dataset(train_features, train_labels, training.batch_size, shuffle=True, seed=training.seed)
+    with execution.scope():
+        execution.compile(head, training.optimizer, training.learning_rate, loss)
+        # The whole model is compiled too, so its saved file records a usable training setup.
+        execution.compile(model, training.optimizer, training.learning_rate, loss)
+    rows = fit_stage(head, run, HEAD_STAGE, data, training.epochs, execution, single_sigmoid, class_weight,
+                     whole_model=model, train=train, validation=validation)
     shutil.rmtree(run.root / "features", ignore_errors=True)
     return rows
 
@@ -149,30 +145,23 @@ def fine_tune_run(run_dir: str | Path, unfreeze_from: str | None = None, train_b
 
     ``unfreeze_from``: a layer name, a block prefix (first layer starting with it), or
     ``"all"``; default: the base's registry entry.  Results go into the same run, or into
-    ``out_dir`` (a copy of the stage-1 run, which is then left untouched).
+    ``out_dir`` (a copy of the stage-1 run, which is then left untouched).  ``execution``
+    overrides the stage-1 ``mixed_precision`` / ``xla`` / ``strategy`` options.
     """
     from keras_cnn.models.bases import get_base_spec
     from keras_cnn.models.loading import load_model
     from keras_cnn.models.transfer import parameter_counts
     from keras_cnn.models.transfer import unfreeze_from as unfreeze
-    from keras_cnn.train.data import as_model_targets, balanced_class_weights, prepare_folder_data
+    from keras_cnn.train.data import balanced_class_weights, prepare_folder_data
     from keras_cnn.train.execution import start_execution
-    from keras_cnn.train.optimizers import make_optimizer
 
     source = RunDirectory(run_dir).require()
     config = RunConfig.from_dict(source.read_config())
     if config.model.kind != "transfer":
         raise UserError(f"{run_dir} is a {config.model.kind or 'non-transfer'} run; finetune needs a "
                         "`kcnn transfer` run")
-    run = source
-    if out_dir is not None and Path(out_dir).resolve() != source.root.resolve():
-        run = RunDirectory(out_dir)
-        if not run.config_path.exists():
-            # Resuming a killed fine-tune into OUT keeps its own files; a new OUT starts as a copy.
-            shutil.copytree(source.root, run.root, dirs_exist_ok=True,
-                            ignore=shutil.ignore_patterns("backup", "eval", "logs"))
     spec = get_base_spec(config.model.name)
-    training = replace(config.training, **{key: value for key, value in (execution or {}).items()})
+    training = replace(config.training, **(execution or {}))
     training = replace(
         training,
         epochs=epochs or FINETUNE_DEFAULTS["epochs"],
@@ -182,33 +171,37 @@ def fine_tune_run(run_dir: str | Path, unfreeze_from: str | None = None, train_b
     )
     boundary = unfreeze_from or spec.default_unfreeze
     keras.utils.set_random_seed(training.seed)
-    plan, strategy = start_execution(training)
+    session = start_execution(training)
+    target = Path(out_dir) if out_dir is not None else source.root
 
-    with strategy.scope():
-        model = load_model(run.model_path)
-        unfreeze(model, boundary, train_bn=train_bn)
-        model.compile(optimizer=make_optimizer(training.optimizer, training.learning_rate),
-                      loss=config.training.loss, metrics=["accuracy"], jit_compile=plan.jit_compile)
-    counts = parameter_counts(model)
-    data = prepare_folder_data(config.data, config.data.image_size, 3, training.batch_size, training.seed,
-                               skipped_record=run.skipped_images_path, labels=config.labels)
-    stages = dict(config.extra.get("stages", {}))
-    stages[FINETUNE_STAGE] = {"parameters": counts, "unfreeze_from": boundary, "train_bn": train_bn,
-                              "epochs": training.epochs, "learning_rate": training.learning_rate,
-                              "optimizer": training.optimizer}
-    stage_config = replace(config, extra={**config.extra, "stages": stages,
-                                          "finetune_execution": plan.to_dict()})
-    run.write_config(stage_config.to_dict())
+    with session.run_directory(target) as run:
+        if run.root.resolve() != source.root.resolve() and not run.config_path.exists():
+            # A new --out (or a non-chief worker's scratch folder) starts as a copy of stage 1;
+            # resuming a killed fine-tune into it keeps its own files.
+            shutil.copytree(source.root, run.root, dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns("backup", "eval", "logs"))
+        with session.scope():
+            model = load_model(run.model_path)
+            unfreeze(model, boundary, train_bn=train_bn)
+            session.compile(model, training.optimizer, training.learning_rate, config.training.loss)
+        counts = parameter_counts(model)
+        data = prepare_folder_data(config.data, config.data.image_size, 3, training.batch_size, training.seed,
+                                   skipped_record=run.skipped_images_path, labels=config.labels)
+        stages = dict(config.extra.get("stages", {}))
+        stages[FINETUNE_STAGE] = {"parameters": counts, "unfreeze_from": boundary, "train_bn": train_bn,
+                                  "epochs": training.epochs, "learning_rate": training.learning_rate,
+                                  "optimizer": training.optimizer, "execution": session.plan.to_dict()}
+        stage_config = replace(config, extra={**config.extra, "stages": stages})
+        run.write_config(stage_config.to_dict())
 
-    single_sigmoid = model.output_shape[-1] == 1
-    class_weight = balanced_class_weights(data.train_counts) if training.class_weight == "balanced" else None
-    earlier_best = _best_validation_loss(run, HEAD_STAGE)
-    started = time.perf_counter()
-    rows = fit_stage(model, run, FINETUNE_STAGE, as_model_targets(data.train, single_sigmoid),
-                     as_model_targets(data.validation, single_sigmoid), training.epochs, class_weight,
-                     initial_best=earlier_best)
-    seconds = time.perf_counter() - started
-    return _finish_stage(run, stage_config, FINETUNE_STAGE, rows, seconds, counts, data, single_sigmoid)
+        single_sigmoid = model.output_shape[-1] == 1
+        class_weight = balanced_class_weights(data.train_counts) if training.class_weight == "balanced" else None
+        started = time.perf_counter()
+        rows = fit_stage(model, run, FINETUNE_STAGE, data, training.epochs, session, single_sigmoid, class_weight,
+                         initial_best=_best_validation_loss(run, HEAD_STAGE))
+        seconds = time.perf_counter() - started
+        summary = _finish_stage(run, stage_config, FINETUNE_STAGE, rows, seconds, counts, data, single_sigmoid)
+    return {**summary, "run": str(target)}
 
 
 def fine_tune(config: RunConfig, out_dir: str | Path, finetune_epochs: int = 5, unfreeze_from: str | None = None,
