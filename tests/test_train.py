@@ -114,3 +114,16 @@ def test_reference_recipe_uses_15_epochs_when_augmenting():
     resolved = resolve_scratch_config(config)
     assert resolved.training.epochs == 15 and resolved.training.batch_size == 128
     assert resolve_scratch_config(RunConfig(command="train", model=ModelConfig(name="lenet"))).training.epochs == 12
+
+
+def test_run_progress_reports_time_left(capsys):
+    from keras_cnn.train.callbacks import RunProgress, format_seconds
+
+    progress = RunProgress("train", epochs=3)
+    for epoch in range(3):
+        progress.on_epoch_begin(epoch)
+        progress.on_epoch_end(epoch)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("[train] epoch 1/3 took 0s; about ")
+    assert lines[2] == "[train] epoch 3/3 took 0s"
+    assert (format_seconds(75), format_seconds(3700)) == ("1m15s", "1h01m")

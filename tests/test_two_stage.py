@@ -152,3 +152,12 @@ def test_offline_imagenet_fails_before_any_work(tmp_path, sample_data_dir, sampl
     assert result.exit_code == 2
     assert "--weights none" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_summary_of_transfer_bases_needs_no_download(hub_module):
+    result = invoke("summary", f"hub:{hub_module}")
+    assert result.exit_code == 0, result.output
+    assert "hub_base" in result.output and "predictions" in result.output
+    result = invoke("summary", "vgg16", "--num-classes", "10")
+    assert result.exit_code == 0, result.output
+    assert "14,719,818" in result.output  # 14,714,688 + 513 * 10

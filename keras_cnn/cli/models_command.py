@@ -62,5 +62,7 @@ def summary(name: str, api: str, num_classes: int | None) -> None:
         from keras_cnn.models.transfer import build_transfer_model
 
         spec = get_base_spec(name)
-        model = build_transfer_model(spec, num_classes or 2, weights="none", api=api)
+        # A hub module brings its own weights; keras.applications bases need no download here.
+        weights = "imagenet" if spec.kind == "hub" else "none"
+        model = build_transfer_model(spec, num_classes or 2, weights=weights, api=api)
     model.summary(print_fn=lambda line, **_: click.echo(line))

@@ -81,6 +81,46 @@ class HistoryRecorder(keras.callbacks.Callback):
         return [row for row in self.rows if row.get("stage") == self.stage]
 
 
+class RunProgress(keras.callbacks.Callback):
+    """After each epoch, one line on stderr: the epoch's time and when the stage should end.
+
+    Keras's progress bar shows the time left in the current epoch; this adds the time left
+    for the whole stage, which is what matters on a long CPU run.
+    """
+
+    def __init__(self, stage: str, epochs: int):
+        super().__init__()
+        self.stage = stage
+        self.epochs = epochs
+        self._seconds: list[float] = []
+        self._started = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        import sys
+
+        self._seconds.append(time.perf_counter() - self._started)
+        remaining = self.epochs - (epoch + 1)
+        line = f"[{self.stage}] epoch {epoch + 1}/{self.epochs} took {format_seconds(self._seconds[-1])}"
+        if remaining > 0:
+            # The first epoch includes tracing; later ones predict the rest better.
+            recent = self._seconds[1:] or self._seconds
+            line += f"; about {format_seconds(remaining * sum(recent) / len(recent))} left"
+        print(line, file=sys.stderr, flush=True)
+
+
+def format_seconds(seconds: float) -> str:
+    """``75`` -> ``1m15s``; ``3700`` -> ``1h01m``."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
 class BestModelCheckpoint(keras.callbacks.Callback):
     """Save the whole model to ``path`` whenever ``monitor`` improves (atomic write)."""
 

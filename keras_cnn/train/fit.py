@@ -19,7 +19,7 @@ import numpy as np
 from keras_cnn.config import RunConfig
 from keras_cnn.errors import UserError
 from keras_cnn.runs import RunDirectory
-from keras_cnn.train.callbacks import BestModelCheckpoint, HistoryRecorder, NanGuard
+from keras_cnn.train.callbacks import BestModelCheckpoint, HistoryRecorder, NanGuard, RunProgress
 
 
 def fit_stage(model: keras.Model, run: RunDirectory, stage: str, data, epochs: int, execution,
@@ -49,6 +49,7 @@ def fit_stage(model: keras.Model, run: RunDirectory, stage: str, data, epochs: i
         BestModelCheckpoint(run.model_path, monitor=monitor, history=history, whole_model=whole_model,
                             initial_best=initial_best),
         NanGuard(),
+        RunProgress(stage, epochs),
         keras.callbacks.TensorBoard(str(run.tensorboard_dir / stage), write_graph=False),
     ]
     if execution.multiworker:
