@@ -104,8 +104,10 @@ def run_demo(out_dir: str | Path = "kcnn-demo", per_class: int = 100, head_epoch
     test_rows = frame[frame["type"] == subset].head(4)
     model = load_exported_model(exported["path"])
     predictions, failures = predict_files(model, [data_dir / object_id for object_id in test_rows["objectId"]])
-    for prediction, truth in zip(predictions, test_rows["value"]):
-        say(f"  {Path(prediction['path']).name[:12]}…  true {truth:<9} predicted {prediction['label']:<9} "
+    truth_of = dict(zip(test_rows["objectId"], test_rows["value"], strict=True))
+    for prediction in predictions:
+        name = Path(prediction["path"]).name
+        say(f"  {name[:12]}…  true {truth_of[name]:<9} predicted {prediction['label']:<9} "
             f"p={prediction['probability']:.2f}")
 
     return {

@@ -188,14 +188,18 @@ def test_jit_compile_for_says_when_a_layer_forbids_xla(caplog):
     assert jit_compile_for(plain, decide("auto", "off", "default", gpus=[])) is False
 
 
-def test_devices_main_prints_the_plan(capsys):
-    from keras_cnn.train.devices import main, visible_gpus
+def test_kcnn_devices_prints_the_plan():
+    from click.testing import CliRunner
 
-    assert main([]) == 0
-    assert "tensorflow 2." in capsys.readouterr().out
+    from keras_cnn.cli import cli
+    from keras_cnn.train.devices import visible_gpus
+
+    result = CliRunner().invoke(cli, ["devices"])
+    assert result.exit_code == 0 and "tensorflow 2." in result.stdout and "precision:" in result.stdout
     has_gpu = bool(visible_gpus())
-    assert main(["--require-gpu", "--json"]) == (0 if has_gpu else 1)
-    payload = json.loads(capsys.readouterr().out)
+    result = CliRunner().invoke(cli, ["devices", "--require-gpu", "--json"])
+    assert result.exit_code == (0 if has_gpu else 1)
+    payload = json.loads(result.stdout)
     assert payload["device"] == ("gpu" if has_gpu else "cpu") and "cuda_build" in payload
 
 

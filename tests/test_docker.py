@@ -193,7 +193,7 @@ def test_compose_reserves_nvidia_gpus_and_builds_the_dockerfiles():
         # "${KCNN_DATA:-../data}:/data": the target follows the last colon.
         targets = {volume.rsplit(":", 1)[1] for volume in service["volumes"]}
         assert {"/data", "/runs", "/cache/keras", "/cache/tfhub"} <= targets
-    assert services["devices"]["entrypoint"][:3] == ["python", "-m", "keras_cnn.train.devices"]
+    assert services["devices"]["command"] == ["devices", "--require-gpu"]
     assert set(compose["volumes"]) == {"keras-cache", "tfhub-cache"}
 
 
@@ -203,7 +203,8 @@ def test_readme_section_shows_build_and_gpu_run():
     assert "docker run --rm --gpus all" in text and "-v \"$PWD/data:/data\"" in text
     assert "kcnn transfer --base efficientnet_b0" in text
     assert "global" in text and "learning rate is used as given" in text
-    # The smoke command it documents is a real module with a main().
-    from keras_cnn.train import devices
+    # The smoke command it documents is a registered kcnn command.
+    assert "kcnn devices --require-gpu" in text
+    from keras_cnn.cli import COMMANDS
 
-    assert callable(devices.main)
+    assert "devices" in COMMANDS

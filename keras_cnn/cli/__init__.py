@@ -32,6 +32,7 @@ COMMANDS = {
     "export": "keras_cnn.cli.export_command:export",
     "predict": "keras_cnn.cli.predict_command:predict",
     "demo": "keras_cnn.cli.demo_command:demo",
+    "devices": "keras_cnn.cli.devices_command:devices",
 }
 
 

@@ -29,25 +29,41 @@ debug_option = click.option(
 )
 
 
-def training_options(defaults_note: str = "the architecture's reference recipe") -> Callable:
-    """Options every training command shares (epochs, batch size, learning rate, seed...)."""
+def option_group(*options: Callable) -> Callable:
+    """One decorator applying several click options, in the order listed (as --help shows them)."""
 
     def decorate(function: Callable) -> Callable:
-        options = [
-            click.option("--epochs", type=click.IntRange(min=1), default=None,
-                         help=f"Number of epochs [default: {defaults_note}]."),
-            click.option("--batch-size", type=click.IntRange(min=1), default=None,
-                         help=f"Batch size (global across replicas) [default: {defaults_note}]."),
-            click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=None,
-                         help=f"Learning rate [default: {defaults_note}]."),
-            click.option("--seed", type=int, default=1234, show_default=True,
-                         help="Random seed for weights, shuffling and augmentation."),
-        ]
         for option in reversed(options):
             function = option(function)
         return function
 
     return decorate
+
+
+def training_options(defaults_note: str = "the architecture's reference recipe") -> Callable:
+    """Options every training command shares (epochs, batch size, learning rate, seed)."""
+    return option_group(
+        click.option("--epochs", type=click.IntRange(min=1), default=None,
+                     help=f"Number of epochs [default: {defaults_note}]."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=None,
+                     help=f"Batch size (global across replicas) [default: {defaults_note}]."),
+        click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=None,
+                     help=f"Learning rate [default: {defaults_note}]."),
+        click.option("--seed", type=int, default=1234, show_default=True,
+                     help="Random seed for weights, shuffling and augmentation."),
+    )
+
+
+image_folder_options = option_group(
+    click.option("--class-weight", type=click.Choice(["none", "balanced"]), default="none", show_default=True,
+                 help="Weight classes inversely to their frequency in the training part."),
+    click.option("--resize-mode", type=click.Choice(["stretch", "pad", "crop"]), default="stretch",
+                 show_default=True, help="How image-folder pictures are fitted to the input size."),
+    click.option("--cache", default="memory", show_default=True,
+                 help="Cache decoded images: memory, none, or a file path prefix (large sets)."),
+    click.option("--skip-bad-images", is_flag=True, help="Train on the readable images and record the others."),
+)
+"""``--class-weight``, ``--resize-mode``, ``--cache``, ``--skip-bad-images``."""
 
 
 def run_command(as_json: bool, work: Callable[[], dict[str, Any]],
@@ -77,22 +93,17 @@ def progress(message: str) -> None:
     click.echo(message, err=True)
 
 
-def execution_options(function: Callable) -> Callable:
-    """``--mixed-precision``, ``--xla`` and ``--strategy`` (GPU and multi-device switches)."""
-    options = [
-        click.option("--mixed-precision", type=click.Choice(["auto", "on", "off"]), default="auto",
-                     show_default=True,
-                     help="Mixed precision; auto = on for GPUs with compute capability >= 7.0, off on CPU."),
-        click.option("--xla", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
-                     help="XLA compilation (jit_compile); auto = on with GPUs, off on CPU (slower there)."),
-        click.option("--strategy", type=click.Choice(["auto", "default", "mirrored", "multiworker"]),
-                     default="auto", show_default=True,
-                     help="tf.distribute strategy; auto = mirrored with several GPUs, multiworker when "
-                          "TF_CONFIG names several workers. --batch-size is global across replicas."),
-    ]
-    for option in reversed(options):
-        function = option(function)
-    return function
+execution_options = option_group(
+    click.option("--mixed-precision", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+                 help="Mixed precision; auto = on for GPUs with compute capability >= 7.0, off on CPU."),
+    click.option("--xla", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+                 help="XLA compilation (jit_compile); auto = on with GPUs, off on CPU (slower there)."),
+    click.option("--strategy", type=click.Choice(["auto", "default", "mirrored", "multiworker"]),
+                 default="auto", show_default=True,
+                 help="tf.distribute strategy; auto = mirrored with several GPUs, multiworker when "
+                      "TF_CONFIG names several workers. --batch-size is global across replicas."),
+)
+"""``--mixed-precision``, ``--xla`` and ``--strategy`` (GPU and multi-device switches)."""
 
 
 def parse_cache(value: str) -> bool | str:

@@ -6,8 +6,8 @@ import time
 
 import click
 
-from keras_cnn.cli.common import (debug_option, execution_options, import_tensorflow_quietly, json_option,
-                                  parse_cache, run_command, training_options)
+from keras_cnn.cli.common import (debug_option, execution_options, image_folder_options, import_tensorflow_quietly,
+                                  json_option, parse_cache, run_command, training_options)
 
 
 @click.command()
@@ -31,13 +31,7 @@ from keras_cnn.cli.common import (debug_option, execution_options, import_tensor
               help="Keras API used to build the network (same layers either way).")
 @click.option("--validation-split", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True,
               help="Fraction of the --dataset training images held out for validation (the last ones).")
-@click.option("--class-weight", type=click.Choice(["none", "balanced"]), default="none", show_default=True,
-              help="Weight classes inversely to their frequency in the training part.")
-@click.option("--resize-mode", type=click.Choice(["stretch", "pad", "crop"]), default="stretch",
-              show_default=True, help="How image-folder pictures are fitted to the input size.")
-@click.option("--cache", default="memory", show_default=True,
-              help="Cache decoded images: memory, none, or a file path prefix (large sets).")
-@click.option("--skip-bad-images", is_flag=True, help="Train on the readable images and record the others.")
+@image_folder_options
 @execution_options
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Run directory [default: runs/ARCHITECTURE-TIMESTAMP]. Re-running into it resumes.")

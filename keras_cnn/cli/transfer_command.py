@@ -6,8 +6,8 @@ import time
 
 import click
 
-from keras_cnn.cli.common import (debug_option, execution_options, import_tensorflow_quietly, json_option,
-                                  parse_cache, run_command, training_options)
+from keras_cnn.cli.common import (debug_option, execution_options, image_folder_options, import_tensorflow_quietly,
+                                  json_option, parse_cache, run_command, training_options)
 
 
 def _render(result):
@@ -44,15 +44,9 @@ def _render(result):
               help="Augment training images (flips, small rotations, shifts, zoom) in the tf.data pipeline.")
 @click.option("--cache-features/--no-cache-features", default=None,
               help="Run the frozen base once and train the head on its features [default: on unless --augment].")
-@click.option("--class-weight", type=click.Choice(["none", "balanced"]), default="none", show_default=True,
-              help="Weight classes inversely to their frequency in the training part.")
 @click.option("--api", type=click.Choice(["functional", "sequential"]), default="functional", show_default=True,
               help="Keras API used to assemble base and head (same layers either way).")
-@click.option("--resize-mode", type=click.Choice(["stretch", "pad", "crop"]), default="stretch",
-              show_default=True, help="How pictures are fitted to the input size.")
-@click.option("--cache", default="memory", show_default=True,
-              help="Cache decoded images: memory, none, or a file path prefix (large sets).")
-@click.option("--skip-bad-images", is_flag=True, help="Train on the readable images and record the others.")
+@image_folder_options
 @execution_options
 @json_option
 @debug_option

@@ -440,35 +440,3 @@ def describe(plan: ExecutionPlan) -> str:
         strategy += f" ({'; '.join(details)})"
     return (f"device: {device} · strategy: {strategy} · precision: {plan.precision_policy} · "
             f"xla: {'on' if plan.jit_compile else 'off'}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m keras_cnn.train.devices``: print what TensorFlow sees (the Docker smoke check).
-
-    ``--require-gpu`` exits 1 when TensorFlow sees no GPU; ``--json`` prints the plan as JSON.
-    """
-    import argparse
-    import sys
-
-    parser = argparse.ArgumentParser(prog="python -m keras_cnn.train.devices", description=main.__doc__)
-    parser.add_argument("--require-gpu", action="store_true", help="exit 1 when no GPU is visible")
-    parser.add_argument("--json", action="store_true", help="print the resolved plan as JSON")
-    arguments = parser.parse_args(argv)
-    import tensorflow as tf
-
-    plan = resolve_execution()
-    if arguments.json:
-        print(json.dumps({**plan.to_dict(), "tensorflow": tf.__version__,
-                          "cuda_build": dict(tf.sysconfig.get_build_info())}))
-    else:
-        print(f"tensorflow {tf.__version__}: {describe(plan)}")
-        for index, gpu in enumerate(plan.gpus):
-            print(f"  GPU {index}: {gpu['name']} (compute capability {gpu['compute_capability']})")
-    if arguments.require_gpu and not plan.gpus:
-        print("no GPU visible to TensorFlow (is the container started with --gpus all?)", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
