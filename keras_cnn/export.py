@@ -45,7 +45,6 @@ without loading it.
 from __future__ import annotations
 
 import contextlib
-import csv
 import datetime
 import importlib.util
 import os
@@ -415,8 +414,7 @@ def decoded_pixels(images: list[bytes], spec: ModelSpec):
 
     from keras_cnn.data.images import load_image
 
-    # Traced with unknown image shapes, as in the tf.data pipeline: TensorFlow's
-    # resize_with_pad rounds differently when it sees static (eager) shapes.
+    # Traced with unknown image shapes, as in the tf.data pipeline and the serving graph.
     decode = tf.function(
         lambda encoded: load_image(encoded, spec.image_size, spec.channels, spec.resize_mode),
         input_signature=[tf.TensorSpec([], tf.string)], autograph=False,
@@ -461,20 +459,21 @@ def verification_images(config: RunConfig, spec: ModelSpec) -> list[bytes]:
 def run_validation_images(config: RunConfig, limit: int) -> list[bytes]:
     """Bytes of up to ``limit`` validation images of the run's split, if they are still on disk."""
     from keras_cnn.data.files import locate_image
+    from keras_cnn.data.split import read_split_csv
 
     if not config.data.split or not config.data.images:
         return []
-    found: list[bytes] = []
     try:
-        with open(config.data.split, newline="", encoding="utf-8") as handle:
-            for row in csv.DictReader(handle):
-                path = locate_image(config.data.images, row.get("objectId", "")) if row.get("type") == "validation" else None
-                if path is not None:
-                    found.append(path.read_bytes())
-                if len(found) >= limit:
-                    break
-    except (OSError, ValueError, csv.Error):
-        return found  # verification still runs on the generated images
+        frame = read_split_csv(config.data.split)
+    except UserError:
+        return []  # verification still runs on the generated images
+    found: list[bytes] = []
+    for object_id in frame.loc[frame["type"] == "validation", "objectId"]:
+        path = locate_image(config.data.images, object_id)
+        if path is not None:
+            found.append(path.read_bytes())
+        if len(found) >= limit:
+            break
     return found
 
 
