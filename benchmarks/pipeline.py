@@ -19,11 +19,9 @@ appends a dated section with the machine to benchmarks/RESULTS.md (``--no-record
 from __future__ import annotations
 
 import argparse
-import datetime
 import hashlib
 import io
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -34,15 +32,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 import pandas as pd
+from common import (
+    RESULTS_PATH,
+    append_section,
+    describe_machine,
+    load_average,
+    machine_description,
+    ratio_verdict,
+)
 from PIL import Image, ImageDraw
 
-RESULTS_PATH = Path(__file__).resolve().parent / "RESULTS.md"
-RESULTS_HEADER = """# Benchmark results
-
-Each section below was appended by one of the scripts in `benchmarks/` (the script named in
-the heading), with the machine it ran on.  Numbers from a shared machine are noisy; each
-section says how loaded the machine was.
-"""
+SECTION_TITLE = "Pipeline: `make_dataset` vs `ImageDataGenerator.flow_from_dataframe`"
 TARGETS = {"uncached": 1.5, "cached": 10.0}
 
 
@@ -125,7 +125,8 @@ def reader_epochs(split_csv: Path, frame: pd.DataFrame, images: Path, size: int,
 
 def breakdown_epochs(images: Path, size: int, batch_size: int) -> dict[str, Callable[[], int]]:
     """Where an uncached epoch spends its time: tf.data epochs of decode alone and of decode
-    plus each resize method (kcnn's ``load_image`` is bilinear with antialiasing)."""
+    plus each resize method (kcnn's ``load_image`` averages areas when shrinking; it used
+    antialiased bilinear before, which is kept here for comparison)."""
     import tensorflow as tf
 
     from keras_cnn.data.images import decode_image, load_image
@@ -141,10 +142,11 @@ def breakdown_epochs(images: Path, size: int, batch_size: int) -> dict[str, Call
 
     variants = {
         "decode only": lambda encoded: decode_image(encoded, 3),
-        "decode + load_image resize (bilinear, antialias)":
+        "decode + load_image resize (area when shrinking)":
             lambda encoded: load_image(encoded, (size, size), 3),
+        "decode + bilinear, antialias (the resize before area)":
+            lambda encoded: resized(encoded, antialias=True),
         "decode + bilinear, no antialias": lambda encoded: resized(encoded),
-        "decode + area": lambda encoded: resized(encoded, method="area"),
     }
 
     def epoch_of(function):
@@ -159,45 +161,37 @@ def breakdown_epochs(images: Path, size: int, batch_size: int) -> dict[str, Call
     return {name: epoch_of(function) for name, function in variants.items()}
 
 
-def load_average() -> str:
-    """The 1, 5 and 15 minute load averages: how busy the shared machine was."""
-    return ", ".join(f"{value:.1f}" for value in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+def run_benchmark(count: int, width: int, height: int, size: int, batch_size: int, repeats: int,
+                  breakdown: bool = False) -> tuple[dict[str, float], dict[str, float] | None]:
+    """Generate the JPEGs in a temporary folder and time the readers on them.
+
+    Returns (img/s of each reader, img/s of each breakdown variant or ``None``).
+    """
+    from keras_cnn.data.split import split_labels, write_split_csv
+
+    with tempfile.TemporaryDirectory(prefix="kcnn-pipeline-bench-") as temporary:
+        folder = Path(temporary)
+        images = folder / "images"
+        print(f"Generating {count} JPEGs of {width}x{height} ...", file=sys.stderr)
+        labels = generate_images(images, count, width, height)
+        labels.to_csv(folder / "label.csv", index=False)
+        split_csv = write_split_csv(split_labels(labels), folder / "split.csv")
+
+        rates = measure(reader_epochs(split_csv, labels, images, size, batch_size), repeats)
+        where = measure(breakdown_epochs(images, size, batch_size), repeats) if breakdown else None
+    return rates, where
 
 
-def machine_description() -> dict[str, str]:
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    load = load_average()
-    import tensorflow as tf
-
-    return {
-        "cpu": model, "cores": str(usable), "load": load, "platform": platform.platform(),
-        "python": platform.python_version(), "tensorflow": tf.__version__,
-    }
-
-
-def append_results(path: Path, arguments, rates: dict[str, float], machine: dict[str, str],
-                   load_after: str, note: str, breakdown: dict[str, float] | None = None) -> None:
+def section_lines(arguments, rates: dict[str, float], machine: dict[str, str], load_after: str, note: str,
+                  breakdown: dict[str, float] | None = None) -> list[str]:
+    """The RESULTS.md section of one run: command, machine, table, breakdown and note."""
     generator = rates["image_data_generator"]
-    stamp = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     lines = [
-        "",
-        f"## Pipeline: `make_dataset` vs `ImageDataGenerator.flow_from_dataframe` — {stamp}",
-        "",
         (f"`python benchmarks/pipeline.py --images {arguments.images} --width {arguments.width} "
          f"--height {arguments.height} --size {arguments.size} --batch-size {arguments.batch_size} "
          f"--repeats {arguments.repeats}{' --breakdown' if breakdown else ''}`"),
         "",
-        (f"Machine: {machine['cpu']}, {machine['cores']} usable cores; {machine['platform']}; "
-         f"Python {machine['python']}, TensorFlow {machine['tensorflow']}.  "
-         f"Load average (1/5/15 min) before: {machine['load']}; after: {load_after}."),
+        describe_machine(machine, load_after),
         "",
         "| reader | img/s | ratio to ImageDataGenerator | target |",
         "|---|---:|---:|---:|",
@@ -213,10 +207,7 @@ def append_results(path: Path, arguments, rates: dict[str, float], machine: dict
                   + "; ".join(f"{name} {rate:,.0f}" for name, rate in breakdown.items()) + ".", ""]
     if note:
         lines += [note, ""]
-    if not path.exists():
-        path.write_text(RESULTS_HEADER, encoding="utf-8")
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write("\n".join(lines))
+    return lines
 
 
 def main(argv=None) -> int:
@@ -234,22 +225,9 @@ def main(argv=None) -> int:
                         help="also time decode alone and other resize methods (where the time goes)")
     arguments = parser.parse_args(argv)
 
-    from keras_cnn.data.split import split_labels, write_split_csv
-
     machine = machine_description()
-    with tempfile.TemporaryDirectory(prefix="kcnn-pipeline-bench-") as temporary:
-        folder = Path(temporary)
-        images = folder / "images"
-        print(f"Generating {arguments.images} JPEGs of {arguments.width}x{arguments.height} ...",
-              file=sys.stderr)
-        labels = generate_images(images, arguments.images, arguments.width, arguments.height)
-        labels.to_csv(folder / "label.csv", index=False)
-        split_csv = write_split_csv(split_labels(labels), folder / "split.csv")
-
-        rates = measure(reader_epochs(split_csv, labels, images, arguments.size, arguments.batch_size),
-                        arguments.repeats)
-        breakdown = (measure(breakdown_epochs(images, arguments.size, arguments.batch_size), arguments.repeats)
-                     if arguments.breakdown else None)
+    rates, breakdown = run_benchmark(arguments.images, arguments.width, arguments.height, arguments.size,
+                                     arguments.batch_size, arguments.repeats, arguments.breakdown)
     generator = rates["image_data_generator"]
     load_after = load_average()
 
@@ -258,12 +236,13 @@ def main(argv=None) -> int:
     titles = {"uncached": "make_dataset first epoch, no cache", "cached": "make_dataset cached epoch"}
     for key, title in titles.items():
         ratio = rates[key] / generator
-        verdict = "meets" if ratio >= TARGETS[key] else "MISSES"
+        verdict = ratio_verdict(ratio, TARGETS[key])
         print(f"{title:<39}: {rates[key]:9,.0f} img/s  {ratio:6.2f}x  ({verdict} the {TARGETS[key]}x target)")
     for name, rate in (breakdown or {}).items():
-        print(f"  breakdown: {name:<48}: {rate:9,.0f} img/s")
+        print(f"  breakdown: {name:<54}: {rate:9,.0f} img/s")
     if not arguments.no_record:
-        append_results(arguments.results, arguments, rates, machine, load_after, arguments.note, breakdown)
+        append_section(SECTION_TITLE, section_lines(arguments, rates, machine, load_after, arguments.note, breakdown),
+                       arguments.results)
         print(f"appended to {arguments.results}")
     return 0
 

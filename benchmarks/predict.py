@@ -15,9 +15,8 @@ exported with ``kcnn export``'s API; pass ``--model EXPORT_DIR`` to time a real 
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
+import shlex
 import sys
 import tempfile
 import time
@@ -25,7 +24,9 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+from common import RESULTS_PATH, append_section, describe_machine, load_average, machine_description
+
+SECTION_TITLE = "kcnn predict throughput (exported SavedModel)"
 
 
 def build_small_export(root: Path, image_size: int) -> Path:
@@ -82,24 +83,58 @@ def images_per_second(model, paths, batch_size: int, repeats: int) -> float:
         start = time.perf_counter()
         results, failures = predict_files(model, paths, batch_size=batch_size)
         best = min(best, time.perf_counter() - start)
-        assert len(results) == len(paths) and not failures
+        if len(results) != len(paths) or failures:
+            raise RuntimeError(f"predicted {len(results)} of {len(paths)} files; failures: {failures[:3]}")
     return len(paths) / best
 
 
-def machine_description() -> str:
-    import tensorflow as tf
+def measure_predict(model_dir: str | Path | None, images: int, image_height: int, image_width: int,
+                    model_size: int, batch_size: int, repeats: int) -> dict:
+    """Time ``predict_files`` batched and one by one on generated JPEGs; returns the numbers.
 
-    gpus = [device.name for device in tf.config.list_physical_devices("GPU")]
-    cpu = platform.processor() or platform.machine()
-    load = f", load average {os.getloadavg()[0]:.1f} at the start" if hasattr(os, "getloadavg") else ""
-    return (f"{platform.platform()}, {cpu}, {os.cpu_count()} CPU cores visible{load}"
-            f"{', GPUs: ' + ', '.join(gpus) if gpus else ', no GPU'}; TensorFlow {tf.__version__}")
+    ``model_dir`` ``None`` builds and exports the small CNN in a temporary folder.  Keys:
+    batched, single (images/s), load_seconds, model (name), input_size, classes.
+    """
+    from keras_cnn.predict import load_exported_model
+
+    with tempfile.TemporaryDirectory(prefix="kcnn-bench-predict-") as scratch:
+        scratch = Path(scratch)
+        export_dir = Path(model_dir) if model_dir else build_small_export(scratch, model_size)
+        paths = write_images(scratch / "images", images, image_height, image_width)
+        start = time.perf_counter()
+        model = load_exported_model(export_dir)
+        load_seconds = time.perf_counter() - start
+        batched = images_per_second(model, paths, batch_size, repeats)
+        single = images_per_second(model, paths, 1, repeats)
+    metadata = model.metadata
+    return {
+        "batched": batched, "single": single, "load_seconds": load_seconds,
+        "model": metadata.get("base") or str(export_dir),
+        "input_size": metadata.get("input", {}).get("image_size", "?"),
+        "classes": len(model.labels),
+    }
 
 
-def append_results(text: str) -> None:
-    heading = "" if RESULTS.exists() else "# Benchmark results\n"
-    with RESULTS.open("a", encoding="utf-8") as handle:
-        handle.write(heading + text)
+def section_lines(result: dict, arguments, machine: dict[str, str], load_after: str,
+                  argv: list[str] | None) -> list[str]:
+    """The RESULTS.md section: machine, model, table, load time and the command."""
+    command = shlex.join(["python", "benchmarks/predict.py", *(argv if argv is not None else sys.argv[1:])])
+    return [
+        describe_machine(machine, load_after),
+        "",
+        (f"Model: {result['model']}, input {result['input_size']}, {result['classes']} classes; "
+         f"{arguments.images} JPEG files of {arguments.image_width}x{arguments.image_height} "
+         f"(decoded and resized inside the SavedModel); best of {arguments.repeats} passes."),
+        "",
+        "| mode | images/s |",
+        "|---|---|",
+        f"| batch of {arguments.batch_size} | {result['batched']:,.0f} |",
+        f"| one by one | {result['single']:,.0f} |",
+        f"| ratio | {result['batched'] / result['single']:.1f}x |",
+        "",
+        f"Loading the SavedModel took {result['load_seconds']:.2f} s.",
+        f"Command: `{command}`",
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,41 +146,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-size", type=int, default=96, help="Input size of the built model.")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--no-write", action="store_true", help="Print only; do not append to RESULTS.md.")
+    parser.add_argument("--results", type=Path, default=RESULTS_PATH, help="Markdown file to append to.")
+    parser.add_argument("--no-write", "--no-record", dest="no_write", action="store_true",
+                        help="Print only; do not append to RESULTS.md.")
     arguments = parser.parse_args(argv)
 
-    from keras_cnn.predict import load_exported_model
-
     machine = machine_description()
-    with tempfile.TemporaryDirectory(prefix="kcnn-bench-predict-") as scratch:
-        scratch = Path(scratch)
-        export_dir = Path(arguments.model) if arguments.model else build_small_export(scratch, arguments.model_size)
-        paths = write_images(scratch / "images", arguments.images, arguments.image_height, arguments.image_width)
-        start = time.perf_counter()
-        model = load_exported_model(export_dir)
-        load_seconds = time.perf_counter() - start
-        batched = images_per_second(model, paths, arguments.batch_size, arguments.repeats)
-        single = images_per_second(model, paths, 1, arguments.repeats)
-
-    metadata = model.metadata
-    model_name = metadata.get("base") or str(export_dir)
-    size = metadata.get("input", {}).get("image_size", "?")
-    text = (
-        f"\n## kcnn predict throughput (exported SavedModel) — {datetime.date.today().isoformat()}\n\n"
-        f"Machine: {machine}.\n"
-        f"Model: {model_name}, input {size}, {len(model.labels)} classes; "
-        f"{arguments.images} JPEG files of {arguments.image_width}x{arguments.image_height} "
-        f"(decoded and resized inside the SavedModel); best of {arguments.repeats} passes.\n\n"
-        f"| mode | images/s |\n|---|---|\n"
-        f"| batch of {arguments.batch_size} | {batched:,.0f} |\n"
-        f"| one by one | {single:,.0f} |\n"
-        f"| ratio | {batched / single:.1f}x |\n\n"
-        f"Loading the SavedModel took {load_seconds:.2f} s.\n"
-        f"Command: `{' '.join(['python benchmarks/predict.py', *(argv if argv is not None else sys.argv[1:])])}`\n"
-    )
+    result = measure_predict(arguments.model, arguments.images, arguments.image_height, arguments.image_width,
+                             arguments.model_size, arguments.batch_size, arguments.repeats)
+    lines = section_lines(result, arguments, machine, load_average(), argv)
+    text = "\n".join(lines)
     print(text)
     if not arguments.no_write:
-        append_results(text)
+        print(f"appended to {append_section(SECTION_TITLE, lines, arguments.results)}")
     return 0
 
 

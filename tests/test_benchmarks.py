@@ -1,0 +1,107 @@
+"""Smoke tests of the benchmark scripts, so they cannot silently rot.
+
+Each script's ``main`` runs end to end on a tiny input with ``--no-record`` (the results
+file it would append to must stay untouched); the benchmarks themselves, at their real
+sizes, are never run by the test suite.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import write_hub_module
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def load_script():
+    """Import ``benchmarks/<name>.py`` (its ``import common`` needs benchmarks/ on sys.path)."""
+    sys.path.insert(0, str(BENCHMARKS))
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(f"kcnn_benchmark_{name}", BENCHMARKS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    yield load
+    sys.path.remove(str(BENCHMARKS))
+    sys.modules.pop("common", None)
+
+
+def test_append_section_writes_the_header_once_then_dated_sections(load_script, tmp_path):
+    common = load_script("common")
+    results = tmp_path / "RESULTS.md"
+    machine = common.machine_description()
+    assert set(machine) == {"cpu", "cores", "gpu", "load", "platform", "python", "tensorflow", "keras"}
+    assert int(machine["cores"]) >= 1
+
+    common.append_section("First", ["line one", "", common.describe_machine(machine, "0.5, 0.5, 0.5")], results,
+                          stamp="2030-01-01 10:00 UTC")
+    common.append_section("Second", ["line two"], results)
+    text = results.read_text()
+    assert text.startswith(common.RESULTS_HEADER) and text.count("# Benchmark results") == 1
+    assert "\n## First — 2030-01-01 10:00 UTC\n\nline one\n" in text
+    assert f"{machine['cores']} usable cores" in text and "after: 0.5, 0.5, 0.5" in text
+    assert text.index("## First") < text.index("## Second") and text.endswith("line two\n")
+
+
+def test_pipeline_benchmark_runs_on_tiny_images(load_script, tmp_path, capsys):
+    pipeline = load_script("pipeline")
+    results = tmp_path / "RESULTS.md"
+    assert pipeline.main(["--images", "12", "--width", "64", "--height", "48", "--size", "32", "--batch-size", "4",
+                          "--repeats", "1", "--breakdown", "--no-record", "--results", str(results)]) == 0
+    output = capsys.readouterr().out
+    assert "ImageDataGenerator.flow_from_dataframe" in output and "make_dataset cached epoch" in output
+    assert "breakdown: decode + load_image resize (area when shrinking)" in output
+    assert not results.exists()
+
+
+def test_predict_benchmark_runs_on_a_tiny_export(load_script, tmp_path, capsys):
+    predict = load_script("predict")
+    results = tmp_path / "RESULTS.md"
+    assert predict.main(["--images", "6", "--image-height", "40", "--image-width", "48", "--model-size", "32",
+                         "--batch-size", "4", "--repeats", "1", "--no-write", "--results", str(results)]) == 0
+    output = capsys.readouterr().out
+    assert "| batch of 4 |" in output and "| one by one |" in output and "usable cores" in output
+    assert not results.exists()
+
+
+def test_transfer_stage1_benchmark_reads_epoch_times_of_both_runs(load_script, tmp_path, capsys):
+    transfer_stage1 = load_script("transfer_stage1")
+    hub_module = write_hub_module(tmp_path / "hub")
+    results = tmp_path / "RESULTS.md"
+    # A tiny TF Hub module as the base (its "imagenet" weights are its own): fast to build and save.
+    assert transfer_stage1.main(["--base", f"hub:{hub_module}", "--weights", "imagenet", "--image-size", "32",
+                                 "--epochs", "2", "--batch-size", "8", "--per-class", "8", "--sample-size", "32",
+                                 "--no-record", "--results", str(results)]) == 0
+    output = capsys.readouterr().out
+    assert "Per-epoch ratio (later epochs, uncached / cached)" in output and "Break-even" in output
+    assert not results.exists()
+
+    analysis = transfer_stage1.analyse({"epoch_seconds": [3.0, 0.1, 0.1], "extraction_seconds": 2.0,
+                                        "stage_seconds": 5.0},
+                                       {"epoch_seconds": [6.0, 1.1, 1.1], "extraction_seconds": 0.0,
+                                        "stage_seconds": 9.0})
+    assert analysis["ratio"] == pytest.approx(11.0)
+    assert analysis["break_even"] == pytest.approx(2.0)
+
+
+def test_scratch_training_benchmark_times_both_approaches(load_script, tmp_path, capsys):
+    scratch_training = load_script("scratch_training")
+    archive = scratch_training.write_cifar10_archive(tmp_path, 23, test_images=4)
+    from keras_cnn.data.datasets import load_dataset
+
+    arrays = load_dataset("cifar10", archive)
+    assert arrays.x_train.shape == (23, 32, 32, 3) and arrays.x_test.shape == (4, 32, 32, 3)
+
+    results = tmp_path / "RESULTS.md"
+    assert scratch_training.main(["--images", "40", "--batch-size", "16", "--rounds", "1", "--no-record",
+                                  "--results", str(results)]) == 0
+    output = capsys.readouterr().out
+    assert "Ratio kcnn / reference, training" in output and "ImageDataGenerator.flow" in output
+    assert not results.exists()
