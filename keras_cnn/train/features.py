@@ -17,13 +17,24 @@ import tensorflow as tf
 IN_MEMORY_LIMIT_BYTES = 1 << 30
 
 
+def compiled_forward(feature_extractor: keras.Model):
+    """The extractor's inference pass as one ``tf.function`` for any batch size.
+
+    Traced once and shared by every part (train, validation), so a large base is not
+    traced again for each part or for a part's smaller last batch.
+    """
+    signature = tf.TensorSpec([None, *feature_extractor.input_shape[1:]], tf.float32)
+    return tf.function(lambda images: feature_extractor(images, training=False), input_signature=[signature])
+
+
 def extract_features(feature_extractor: keras.Model, dataset: tf.data.Dataset, count: int,
-                     spill_path: str | Path | None = None, description: str = "features"):
+                     spill_path: str | Path | None = None, description: str = "features", forward=None):
     """Run ``feature_extractor`` over ``dataset`` once; returns (features, labels) as arrays.
 
-    ``dataset`` must not be shuffled between calls that have to line up (it yields
-    (images, labels) batches).  A progress bar goes to stderr.  Features larger than
-    ``IN_MEMORY_LIMIT_BYTES`` are written to ``spill_path`` (a memory-mapped ``.npy``).
+    ``dataset`` yields (images, labels) batches; features come out in its order.  A
+    progress bar goes to stderr.  Features larger than ``IN_MEMORY_LIMIT_BYTES`` are written
+    to ``spill_path`` (a memory-mapped ``.npy``).  ``forward``: a :func:`compiled_forward`
+    to reuse across calls.
     """
     width = int(np.prod(feature_extractor.output_shape[1:]))
     nbytes = count * width * 4
@@ -37,10 +48,7 @@ def extract_features(feature_extractor: keras.Model, dataset: tf.data.Dataset, c
     print(f"extracting {description} ({count} images)", flush=True)
     position = 0
 
-    @tf.function
-    def forward(images):
-        return feature_extractor(images, training=False)
-
+    forward = forward or compiled_forward(feature_extractor)
     for images, batch_labels in dataset:
         batch = forward(images).numpy().reshape(len(images), width)
         features[position:position + len(batch)] = batch

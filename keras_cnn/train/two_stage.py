@@ -115,16 +115,18 @@ def train_head(config: RunConfig, out_dir: str | Path) -> dict[str, Any]:
 def _fit_head_on_features(model, run, data, training, loss, single_sigmoid, class_weight, execution):
     """Stage 1 with cached features: the head trains alone; the whole model is what gets saved."""
     from keras_cnn.models.transfer import split_feature_model
-    from keras_cnn.train.features import extract_features, feature_dataset
+    from keras_cnn.train.features import compiled_forward, extract_features, feature_dataset
 
     feature_extractor, head = split_feature_model(model)
+    forward = compiled_forward(feature_extractor)
     train_features, train_labels = extract_features(
-        feature_extractor, data.train, data.sizes["train"], run.root / "features" / "train.npy", "train features")
+        feature_extractor, data.train, data.sizes["train"], run.root / "features" / "train.npy", "train features",
+        forward=forward)
     validation = None
     if data.validation is not None:
         validation_features, validation_labels = extract_features(
             feature_extractor, data.validation, data.sizes["validation"],
-            run.root / "features" / "validation.npy", "validation features")
+            run.root / "features" / "validation.npy", "validation features", forward=forward)
         validation = feature_dataset(validation_features, validation_labels, training.batch_size, shuffle=False)
     train = feature_dataset(train_features, train_labels, training.batch_size, shuffle=True, seed=training.seed)
     with execution.scope():
