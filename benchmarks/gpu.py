@@ -29,12 +29,10 @@ records nothing unless ``--record`` is given).
 from __future__ import annotations
 
 import argparse
-import datetime
 import hashlib
 import io
 import math
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -45,13 +43,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
-RESULTS_PATH = Path(__file__).resolve().parent / "RESULTS.md"
-RESULTS_HEADER = """# Benchmark results
+from common import (RESULTS_PATH, append_section, cpu_model, describe_machine, gpu_names, load_average,
+                    machine_description, usable_cores)
 
-Each section below was appended by one of the scripts in `benchmarks/` (the script named in
-the heading), with the machine it ran on.  Numbers from a shared machine are noisy; each
-section says how loaded the machine was.
-"""
 INPUT_WAIT_TARGET = 0.05
 SETTINGS = {
     "float32": {"policy": "float32", "jit_compile": False},
@@ -195,7 +189,7 @@ def measure(setting: str, dataset, arguments) -> dict[str, float]:
 
 
 def device_name() -> str:
-    """The GPU's name (nvidia-smi, else TensorFlow), or the CPU model with its core count."""
+    """The GPU's name and driver (nvidia-smi), else what TensorFlow sees, else the CPU."""
     try:
         names = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
                                capture_output=True, text=True, timeout=30, check=True).stdout.strip()
@@ -204,22 +198,10 @@ def device_name() -> str:
             return f"{len(gpus)}x {gpus[0].split(',')[0].strip()} (driver {gpus[0].split(',')[1].strip()})"
     except (OSError, subprocess.SubprocessError, IndexError):
         pass
-    from keras_cnn.train.devices import available_cpu_cores, visible_gpus
-
-    gpus = visible_gpus()
+    gpus = gpu_names()
     if gpus:
-        return f"{len(gpus)}x {gpus[0]['name']} (cc {gpus[0]['compute_capability']})"
-    model = platform.processor() or "CPU"
-    try:
-        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"CPU only: {model}, {available_cpu_cores()} usable cores"
-
-
-def load_average() -> str:
-    return ", ".join(f"{value:.1f}" for value in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+        return f"{len(gpus)}x {gpus[0]}"
+    return f"CPU only: {cpu_model()}, {usable_cores()} usable cores"
 
 
 def render(results: dict[str, dict[str, float]], arguments) -> list[str]:
@@ -237,19 +219,12 @@ def render(results: dict[str, dict[str, float]], arguments) -> list[str]:
     return lines
 
 
-def record(results, arguments, device: str, source: str, load_before: str, command: str) -> None:
-    import tensorflow as tf
-
-    stamp = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+def record(results, arguments, device: str, source: str, machine: dict[str, str], command: str) -> None:
     worst_wait = max(numbers["input_wait"] for numbers in results.values())
-    lines = [
-        "",
-        f"## GPU training: EfficientNet-B0, float32 vs mixed precision + XLA — {stamp}",
-        "",
+    append_section("GPU training: EfficientNet-B0, float32 vs mixed precision + XLA", [
         f"`{command}`",
         "",
-        (f"Device: {device}.  TensorFlow {tf.__version__}, Python {platform.python_version()}; "
-         f"{platform.platform()}.  Load average before: {load_before}; after: {load_average()}."),
+        f"Device: {device}.  {describe_machine(machine, load_average())}",
         (f"Input: {source}, {arguments.images} images, {arguments.size} px, global batch "
          f"{arguments.batch_size}; {arguments.warmup} warm-up steps, {arguments.steps} timed steps."),
         "",
@@ -257,16 +232,12 @@ def record(results, arguments, device: str, source: str, load_before: str, comma
         "",
         (f"Input-wait target < {100 * INPUT_WAIT_TARGET:.0f} %: "
          f"{'met' if worst_wait < INPUT_WAIT_TARGET else 'NOT met'} (worst {100 * worst_wait:.1f} %)."),
-    ]
-    if not RESULTS_PATH.exists():
-        RESULTS_PATH.write_text(RESULTS_HEADER)
-    with RESULTS_PATH.open("a", encoding="utf-8") as handle:
-        handle.write("\n".join(lines) + "\n")
+    ])
 
 
 def main(argv: list[str] | None = None) -> int:
     arguments = parse_arguments(argv)
-    load_before = load_average()
+    machine = machine_description()
     device = device_name()
     print(f"device: {device}", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="kcnn-gpu-bench-") as folder:
@@ -283,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mixed precision + XLA vs float32: {ratio:.2f}x")
     if arguments.record:
         command = "python benchmarks/gpu.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        record(results, arguments, device, source, load_before, command.strip())
+        record(results, arguments, device, source, machine, command.strip())
         print(f"appended to {RESULTS_PATH}", file=sys.stderr)
     return 0
 
