@@ -119,6 +119,18 @@ def append_section(title: str, lines: Iterable[str], path: str | os.PathLike = R
     return path
 
 
+def publish(title: str, lines: list[str], arguments) -> None:
+    """Print a section and, unless ``--no-record``, append it to ``arguments.results``.
+
+    ``--note`` (when given) is added under the section first.
+    """
+    if getattr(arguments, "note", None):
+        lines = [*lines, arguments.note, ""]
+    print("\n".join(lines))
+    if not arguments.no_record:
+        print(f"appended to {append_section(title, lines, arguments.results)}")
+
+
 def ratio_verdict(ratio: float, target: float) -> str:
     """``"meets"`` or ``"MISSES"`` the ``target`` ratio, for the printed summary."""
     return "meets" if ratio >= target else "MISSES"

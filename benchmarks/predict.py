@@ -24,7 +24,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from common import RESULTS_PATH, append_section, describe_machine, load_average, machine_description
+from common import RESULTS_PATH, describe_machine, load_average, machine_description, publish
 
 SECTION_TITLE = "kcnn predict throughput (exported SavedModel)"
 
@@ -147,18 +147,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--results", type=Path, default=RESULTS_PATH, help="Markdown file to append to.")
-    parser.add_argument("--no-write", "--no-record", dest="no_write", action="store_true",
+    parser.add_argument("--no-record", "--no-write", dest="no_record", action="store_true",
                         help="Print only; do not append to RESULTS.md.")
     arguments = parser.parse_args(argv)
 
     machine = machine_description()
     result = measure_predict(arguments.model, arguments.images, arguments.image_height, arguments.image_width,
                              arguments.model_size, arguments.batch_size, arguments.repeats)
-    lines = section_lines(result, arguments, machine, load_average(), argv)
-    text = "\n".join(lines)
-    print(text)
-    if not arguments.no_write:
-        print(f"appended to {append_section(SECTION_TITLE, lines, arguments.results)}")
+    publish(SECTION_TITLE, section_lines(result, arguments, machine, load_average(), argv), arguments)
     return 0
 
 

@@ -43,7 +43,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
-from common import RESULTS_PATH, append_section, describe_machine, load_average, machine_description
+from common import RESULTS_PATH, publish, describe_machine, load_average, machine_description
 
 SECTION_TITLE = "From-scratch training with augmentation: `cifar10_deep_net`, kcnn vs ImageDataGenerator.flow"
 ARCHITECTURE = "cifar10_deep_net"
@@ -234,11 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         *table_lines(result, summary),
         "",
     ]
-    if arguments.note:
-        lines += [arguments.note, ""]
-    print("\n".join(lines))
-    if not arguments.no_record:
-        print(f"appended to {append_section(SECTION_TITLE, lines, arguments.results)}")
+    publish(SECTION_TITLE, lines, arguments)
     return 0
 
 

@@ -43,7 +43,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from common import (
     RESULTS_PATH,
-    append_section,
+    publish,
     describe_machine,
     load_average,
     machine_description,
@@ -228,11 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         *summary_lines(result),
         "",
     ]
-    if arguments.note:
-        lines += [arguments.note, ""]
-    print("\n".join(lines))
-    if not arguments.no_record:
-        print(f"appended to {append_section(SECTION_TITLE, lines, arguments.results)}")
+    publish(SECTION_TITLE, lines, arguments)
     return 0
 
 
