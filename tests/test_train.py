@@ -127,3 +127,27 @@ def test_run_progress_reports_time_left(capsys):
     assert lines[0].startswith("[train] epoch 1/3 took 0s; about ")
     assert lines[2] == "[train] epoch 3/3 took 0s"
     assert (format_seconds(75), format_seconds(3700)) == ("1m15s", "1h01m")
+
+
+def test_history_restarting_a_stage_drops_its_old_rows_and_later_stages(tmp_path):
+    from keras_cnn.train.callbacks import HistoryRecorder, write_history
+
+    path = tmp_path / "history.csv"
+    write_history(path, [{"stage": "head", "epoch": 1, "seconds": 1.0, "loss": 0.9},
+                         {"stage": "head", "epoch": 2, "seconds": 1.0, "loss": 0.8},
+                         {"stage": "finetune", "epoch": 1, "seconds": 2.0, "loss": 0.7}])
+    recorder = HistoryRecorder(path, "head")
+    recorder.on_train_begin()
+    recorder.on_epoch_begin(0)
+    recorder.on_epoch_end(0, {"loss": 0.5})
+    assert [(row["stage"], row["epoch"]) for row in read_rows(path)] == [("head", "1")]
+
+    resumed = HistoryRecorder(path, "finetune")
+    write_history(path, [*read_rows(path), {"stage": "finetune", "epoch": 1, "seconds": 2.0, "loss": 0.4},
+                         {"stage": "finetune", "epoch": 2, "seconds": 2.0, "loss": 0.3}])
+    resumed.on_train_begin()
+    resumed.on_epoch_begin(1)  # resumed after epoch 1: epoch 2 is redone
+    resumed.on_epoch_end(1, {"loss": 0.2})
+    rows = read_rows(path)
+    assert [(row["stage"], row["epoch"], row["loss"]) for row in rows] == [
+        ("head", "1", "0.5"), ("finetune", "1", "0.4"), ("finetune", "2", "0.2")]

@@ -161,3 +161,30 @@ def test_summary_of_transfer_bases_needs_no_download(hub_module):
     result = invoke("summary", "vgg16", "--num-classes", "10")
     assert result.exit_code == 0, result.output
     assert "14,719,818" in result.output  # 14,714,688 + 513 * 10
+
+
+def test_killed_stage1_resumes_from_its_last_epoch(tmp_path, sample_data_dir, sample_split, hub_module, monkeypatch):
+    from keras_cnn.train import fit
+    from keras_cnn.train.callbacks import NanGuard
+    from keras_cnn.train.two_stage import train_head
+
+    class KillAfterSecondEpoch(NanGuard):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+    config = RunConfig(command="transfer", model=ModelConfig(kind="transfer", name=f"hub:{hub_module}"),
+                       data=DataConfig(split=str(sample_split), images=str(sample_data_dir), image_size=(32, 32)),
+                       training=TrainingConfig(epochs=3, cache_features=False))
+    run = tmp_path / "run"
+    monkeypatch.setattr(fit, "NanGuard", KillAfterSecondEpoch)
+    with pytest.raises(KeyboardInterrupt):
+        train_head(config, run)
+    with open(run / "history.csv", newline="") as handle:
+        before = list(csv.DictReader(handle))
+    monkeypatch.setattr(fit, "NanGuard", NanGuard)
+    train_head(config, run)
+    with open(run / "history.csv", newline="") as handle:
+        after = list(csv.DictReader(handle))
+    assert [row["epoch"] for row in after] == ["1", "2", "3"] and after[:2] == before
+    assert json.loads((run / "metrics.json").read_text())["stages"]["head"]["epochs"] == 3

@@ -63,10 +63,17 @@ class HistoryRecorder(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         if not self._first_epoch_seen:
-            # Resuming at `epoch` (0-based): rows of this stage from that epoch on are redone.
             self._first_epoch_seen = True
-            self.rows = [row for row in self.rows
-                         if row.get("stage") != self.stage or int(row["epoch"]) <= epoch]
+            if epoch == 0:
+                # A fresh start of this stage: its old rows, and those of any stage that
+                # followed it (a fine-tune of the model being retrained), no longer hold.
+                first = next((index for index, row in enumerate(self.rows) if row.get("stage") == self.stage),
+                             len(self.rows))
+                self.rows = self.rows[:first]
+            else:
+                # Resuming at `epoch` (0-based): rows of this stage from that epoch on are redone.
+                self.rows = [row for row in self.rows
+                             if row.get("stage") != self.stage or int(row["epoch"]) <= epoch]
         self._epoch_started = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
