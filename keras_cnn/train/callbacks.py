@@ -92,7 +92,9 @@ class RunProgress(keras.callbacks.Callback):
     """After each epoch, one line on stderr: the epoch's time and when the stage should end.
 
     Keras's progress bar shows the time left in the current epoch; this adds the time left
-    for the whole stage, which is what matters on a long CPU run.
+    for the whole stage, which is what matters on a long CPU run.  The line is printed once
+    Keras has finished the epoch's progress bar (at the next epoch or at the end), so the
+    two never share a terminal line.
     """
 
     def __init__(self, stage: str, epochs: int):
@@ -101,13 +103,13 @@ class RunProgress(keras.callbacks.Callback):
         self.epochs = epochs
         self._seconds: list[float] = []
         self._started = 0.0
+        self._pending: str | None = None
 
     def on_epoch_begin(self, epoch, logs=None):
+        self._flush()
         self._started = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
-        import sys
-
         self._seconds.append(time.perf_counter() - self._started)
         remaining = self.epochs - (epoch + 1)
         line = f"[{self.stage}] epoch {epoch + 1}/{self.epochs} took {format_seconds(self._seconds[-1])}"
@@ -115,7 +117,17 @@ class RunProgress(keras.callbacks.Callback):
             # The first epoch includes tracing; later ones predict the rest better.
             recent = self._seconds[1:] or self._seconds
             line += f"; about {format_seconds(remaining * sum(recent) / len(recent))} left"
-        print(line, file=sys.stderr, flush=True)
+        self._pending = line
+
+    def on_train_end(self, logs=None):
+        self._flush()
+
+    def _flush(self) -> None:
+        import sys
+
+        if self._pending is not None:
+            print(self._pending, file=sys.stderr, flush=True)
+            self._pending = None
 
 
 def format_seconds(seconds: float) -> str:
