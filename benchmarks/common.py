@@ -119,6 +119,14 @@ def append_section(title: str, lines: Iterable[str], path: str | os.PathLike = R
     return path
 
 
+def command_line(script: str, argv: list[str] | None) -> str:
+    """How this run was started, e.g. ``python benchmarks/predict.py --batch-size 32``, quoted for a shell."""
+    import shlex
+    import sys
+
+    return shlex.join(["python", f"benchmarks/{Path(script).name}", *(argv if argv is not None else sys.argv[1:])])
+
+
 def publish(title: str, lines: list[str], arguments) -> None:
     """Print a section and, unless ``--no-record``, append it to ``arguments.results``.
 

@@ -42,9 +42,17 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
-
-from common import (RESULTS_PATH, append_section, cpu_model, describe_machine, gpu_names, load_average,
-                    machine_description, usable_cores)
+from common import (
+    RESULTS_PATH,
+    append_section,
+    command_line,
+    cpu_model,
+    describe_machine,
+    gpu_names,
+    load_average,
+    machine_description,
+    usable_cores,
+)
 
 INPUT_WAIT_TARGET = 0.05
 SETTINGS = {
@@ -253,8 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         ratio = results["mixed+xla"]["images_per_second"] / results["float32"]["images_per_second"]
         print(f"mixed precision + XLA vs float32: {ratio:.2f}x")
     if arguments.record:
-        command = "python benchmarks/gpu.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        record(results, arguments, device, source, machine, command.strip())
+        record(results, arguments, device, source, machine, command_line(__file__, argv))
         print(f"appended to {RESULTS_PATH}", file=sys.stderr)
     return 0
 

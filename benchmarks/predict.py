@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
 import tempfile
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from common import RESULTS_PATH, describe_machine, load_average, machine_description, publish
+from common import RESULTS_PATH, command_line, describe_machine, load_average, machine_description, publish
 
 SECTION_TITLE = "kcnn predict throughput (exported SavedModel)"
 
@@ -118,7 +117,7 @@ def measure_predict(model_dir: str | Path | None, images: int, image_height: int
 def section_lines(result: dict, arguments, machine: dict[str, str], load_after: str,
                   argv: list[str] | None) -> list[str]:
     """The RESULTS.md section: machine, model, table, load time and the command."""
-    command = shlex.join(["python", "benchmarks/predict.py", *(argv if argv is not None else sys.argv[1:])])
+    command = command_line(__file__, argv)
     return [
         describe_machine(machine, load_after),
         "",

@@ -31,7 +31,6 @@ import argparse
 import io
 import os
 import pickle
-import shlex
 import statistics
 import sys
 import tarfile
@@ -43,7 +42,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
-from common import RESULTS_PATH, publish, describe_machine, load_average, machine_description
+from common import RESULTS_PATH, command_line, describe_machine, load_average, machine_description, publish
 
 SECTION_TITLE = "From-scratch training with augmentation: `cifar10_deep_net`, kcnn vs ImageDataGenerator.flow"
 ARCHITECTURE = "cifar10_deep_net"
@@ -221,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         archive = write_cifar10_archive(Path(work), arguments.images, seed=arguments.seed)
         result = measure_training(archive, arguments.batch_size, arguments.rounds, arguments.seed)
     summary = summarise(result)
-    command = shlex.join(["python", "benchmarks/scratch_training.py", *(argv if argv is not None else sys.argv[1:])])
+    command = command_line(__file__, argv)
     lines = [
         f"`{command}`",
         "",

@@ -32,7 +32,6 @@ import argparse
 import contextlib
 import math
 import os
-import shlex
 import statistics
 import sys
 import tempfile
@@ -43,10 +42,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from common import (
     RESULTS_PATH,
-    publish,
+    command_line,
     describe_machine,
     load_average,
     machine_description,
+    publish,
     ratio_verdict,
 )
 
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
                                 arguments.weights)
     load_after = load_average()
     sizes = result["sizes"]
-    command = shlex.join(["python", "benchmarks/transfer_stage1.py", *(argv if argv is not None else sys.argv[1:])])
+    command = command_line(__file__, argv)
     lines = [
         f"`{command}`",
         "",
