@@ -22,3 +22,11 @@ class RunFailure(KcnnError, RuntimeError):
     """The work started but could not finish (NaN loss, a failed export check...)."""
 
     exit_code = 1
+
+
+def first_line(error: BaseException) -> str:
+    """The first non-empty line of an exception's message (TensorFlow's run to pages)."""
+    for line in str(error).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(error).__name__

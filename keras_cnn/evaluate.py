@@ -236,29 +236,6 @@ def compute_metrics(true_indices: Any, probabilities: Any, labels: Sequence[str]
 # --------------------------------------------------------------------------- run data
 
 
-def _read_skip_list(run: RunDirectory) -> list[str]:
-    """objectIds the training run skipped as unreadable (``RUN/skipped_images.csv``), if any."""
-    if not run.skipped_images_path.exists():
-        return []
-    import pandas as pd
-
-    frame = pd.read_csv(run.skipped_images_path, dtype=str)
-    column = "objectId" if "objectId" in frame.columns else frame.columns[0]
-    return frame[column].dropna().tolist()
-
-
-def _label_indices(values: Sequence[Any], labels: Sequence[str], source: str) -> np.ndarray:
-    """Map label values (as read from a CSV or an array) to indices into ``labels``."""
-    position = {label: index for index, label in enumerate(labels)}
-    indices = []
-    for value in values:
-        text = str(value)
-        if text not in position:
-            raise UserError(f"label {text!r} in {source} is not in labels.txt {list(labels)!r}")
-        indices.append(position[text])
-    return np.asarray(indices, dtype=np.int64)
-
-
 def _input_geometry(run_config) -> tuple[tuple[int, int] | None, int | None]:
     """(image_size, channels) the model was trained on, from the data or model options."""
     image_size = run_config.data.image_size
@@ -274,24 +251,19 @@ def _images_only(images, labels):
     return images
 
 
-def _to_float32(images):
-    import tensorflow as tf
-
-    return tf.cast(images, tf.float32)
-
-
 def _split_subset(run_config, run: RunDirectory, subset: str, batch_size: int):
     import tensorflow as tf
 
     from keras_cnn.data import make_dataset
-    from keras_cnn.data.pipeline import subset_frame
+    from keras_cnn.data.files import read_skipped_record
+    from keras_cnn.data.pipeline import label_indices, subset_frame
     from keras_cnn.data.split import read_split_csv
 
     data = run_config.data
     if not data.images:
         raise UserError(f"{run.config_path} names a split CSV ({data.split}) but no image folder")
     labels = run.read_labels()
-    skip = _read_skip_list(run)
+    skip = read_skipped_record(run.skipped_images_path)
     split = read_split_csv(data.split)
     frame = subset_frame(split, subset, skip)
     image_size, channels = _input_geometry(run_config)
@@ -305,7 +277,7 @@ def _split_subset(run_config, run: RunDirectory, subset: str, batch_size: int):
     )
     images_only = dataset.map(_images_only, num_parallel_calls=tf.data.AUTOTUNE)
     object_ids = [str(object_id) for object_id in frame["objectId"].tolist()]
-    true_indices = _label_indices(frame["value"].tolist(), labels, f"{data.split} ({subset})")
+    true_indices = np.asarray(label_indices(frame["value"], labels, f"{data.split} ({subset})"), dtype=np.int64)
     return object_ids, true_indices, images_only
 
 
@@ -313,6 +285,8 @@ def _array_subset(run_config, run: RunDirectory, subset: str, batch_size: int):
     import tensorflow as tf
 
     from keras_cnn.data.datasets import adapt_images, holdout_split, load_dataset
+    from keras_cnn.data.pipeline import label_indices
+    from keras_cnn.train.data import array_pipeline
 
     data = run_config.data
     arrays = load_dataset(data.dataset, data.dataset_path)
@@ -326,18 +300,15 @@ def _array_subset(run_config, run: RunDirectory, subset: str, batch_size: int):
     object_ids = [f"{source}/{first + offset:06d}" for offset in range(len(images))]
     # Array labels are indices into the dataset's class names; labels.txt holds those names.
     names = [arrays.labels[int(value)] for value in np.asarray(values).reshape(-1)]
-    true_indices = _label_indices(names, run.read_labels(), f"{data.dataset} ({subset})")
+    true_indices = np.asarray(label_indices(names, run.read_labels(), f"{data.dataset} ({subset})"),
+                              dtype=np.int64)
 
     image_size, channels = _input_geometry(run_config)
     if image_size is not None:
         images = adapt_images(images, (*image_size, channels or images.shape[-1]))
-    dataset = (
-        tf.data.Dataset.from_tensor_slices(images)
-        .batch(batch_size)
-        .map(_to_float32, num_parallel_calls=tf.data.AUTOTUNE)
-        .prefetch(tf.data.AUTOTUNE)
-    )
-    return object_ids, true_indices, dataset
+    # The training code's own pipeline (unshuffled), so the model sees what it was trained on.
+    dataset = array_pipeline(images, true_indices, batch_size, shuffle=False, seed=0)
+    return object_ids, true_indices, dataset.map(_images_only, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def load_subset(run_config, run_dir: str | os.PathLike, subset: str, batch_size: int):

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from keras_cnn.errors import UserError
+from keras_cnn.errors import UserError, first_line
 from keras_cnn.runs import read_json, read_labels
 
 SIGNATURE = "serving_default"
@@ -198,10 +198,3 @@ def clean_tensorflow_message(error: BaseException) -> str:
     text = first_line(error)
     text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text)
     return re.sub(r"\s*\[Op:[^\]]*\]\s*$", "", text).strip()
-
-
-def first_line(error: BaseException) -> str:
-    for line in str(error).splitlines():
-        if line.strip():
-            return line.strip()
-    return type(error).__name__

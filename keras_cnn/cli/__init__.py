@@ -16,7 +16,7 @@ import sys
 import click
 
 import keras_cnn
-from keras_cnn.errors import KcnnError
+from keras_cnn.errors import KcnnError, first_line
 from keras_cnn.quiet import debugging
 
 # command name -> "module:attribute"; adding a command = one line here plus its module.
@@ -83,25 +83,17 @@ class KcnnGroup(click.Group):
         except KcnnError as error:
             if debugging():
                 raise
-            click.echo(f"kcnn: error: {one_line(error)}", err=True)
+            click.echo(f"kcnn: error: {first_line(error)}", err=True)
             sys.exit(error.exit_code)
         except Exception as error:  # noqa: BLE001 - the top level maps every failure to exit 1
             if debugging():
                 raise
             click.echo(
-                f"kcnn: error: {type(error).__name__}: {one_line(error)} (run with --debug for the traceback)",
+                f"kcnn: error: {type(error).__name__}: {first_line(error)} (run with --debug for the traceback)",
                 err=True,
             )
             sys.exit(1)
         sys.exit(result if isinstance(result, int) else 0)
-
-
-def one_line(error: BaseException) -> str:
-    """The first non-empty line of an exception's message (TensorFlow's are long)."""
-    for line in str(error).splitlines():
-        if line.strip():
-            return line.strip()
-    return type(error).__name__
 
 
 def enable_debug(ctx: click.Context, param: click.Parameter, value: bool) -> bool:

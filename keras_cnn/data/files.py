@@ -171,6 +171,15 @@ def write_skipped_record(path: str | os.PathLike, bad: Sequence[tuple[str, str]]
     return atomic_write_text(path, buffer.getvalue())
 
 
+def read_skipped_record(path: str | os.PathLike) -> list[str]:
+    """The objectIds of a record written by :func:`write_skipped_record` (empty if there is none)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    with path.open(newline="", encoding="utf-8") as handle:
+        return [row["objectId"] for row in csv.DictReader(handle) if row.get("objectId")]
+
+
 def check_images_or_fail(images_dir: str | os.PathLike, object_ids: Iterable[str], skip_bad: bool = False,
                          record_path: str | os.PathLike | None = None, progress: bool = True) -> set[str]:
     """Check every image; return the objectIds to leave out of training.

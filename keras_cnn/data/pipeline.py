@@ -17,7 +17,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,12 +72,14 @@ def subset_frame(split_csv: str | os.PathLike | pd.DataFrame, subset: str,
     return frame[keep].reset_index(drop=True)
 
 
-def _label_indices(values: pd.Series, labels: list[str], subset: str) -> list[int]:
+def label_indices(values: Iterable[Any], labels: Sequence[str], source: str) -> list[int]:
+    """Class index (position in ``labels``) of every label value; unknown labels are a ``UserError``."""
+    values = [str(value) for value in values]
     index_of = {label: index for index, label in enumerate(labels)}
     unknown = sorted(set(values) - set(index_of))
     if unknown:
-        raise UserError(f"the {subset} part has label(s) {', '.join(map(repr, unknown[:10]))} "
-                        f"that are not among the classes {labels}")
+        raise UserError(f"{source} has label(s) {', '.join(map(repr, unknown[:10]))} "
+                        f"that are not among the classes {list(labels)}")
     return [index_of[value] for value in values]
 
 
@@ -173,7 +175,7 @@ def make_dataset(
         source = split_csv if not isinstance(split_csv, pd.DataFrame) else "the split"
         raise UserError(f"the {subset!r} part of {source} has no images"
                         + (" left after skipping bad ones" if skip else ""))
-    label_indices = _label_indices(rows["value"], labels, subset)
+    indices = label_indices(rows["value"], labels, f"the {subset} part")
     paths = resolve_image_paths(images_dir, rows["objectId"].tolist())
     if shuffle is None:
         shuffle = subset == "train"
@@ -181,7 +183,7 @@ def make_dataset(
     def load(path, label):
         return load_image(tf.io.read_file(path), image_size, channels, resize_mode), label
 
-    dataset = tf.data.Dataset.from_tensor_slices((paths, tf.constant(label_indices, dtype=tf.int32)))
+    dataset = tf.data.Dataset.from_tensor_slices((paths, tf.constant(indices, dtype=tf.int32)))
     if shuffle and not cache:
         # Nothing is cached: shuffling the file names is free and a perfect shuffle.
         dataset = dataset.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
@@ -191,7 +193,7 @@ def make_dataset(
             dataset = dataset.cache()
             buffer_size = len(paths)
         else:
-            fingerprint = (os.path.abspath(images_dir), paths, label_indices, image_size, channels,
+            fingerprint = (os.path.abspath(images_dir), paths, indices, image_size, channels,
                            resize_mode)
             dataset = dataset.cache(_cache_file_prefix(cache, subset, fingerprint))
             image_bytes = image_size[0] * image_size[1] * channels

@@ -9,8 +9,9 @@ The model (functional API, the default)::
 TF Hub model).  A Sequential model cannot call its base with ``training=False``: ``fit``
 passes ``training=True`` down.  Frozen BatchNorm layers still run in inference mode
 (Keras 3), but dropout inside a base (EfficientNet's stochastic depth) is then active while
-training; the functional API, the default, keeps the whole base in inference mode.  Layer names are stable so later stages find their parts: the base is named
-by its spec (``efficientnet_b0``, ``hub_base`` ...), the head layers ``head_pool``,
+training; the functional API, the default, keeps the whole base in inference mode.
+
+Layer names are stable so later stages find their parts: the base is named by its spec (``efficientnet_b0``, ``hub_base`` ...), the head layers ``head_pool``,
 ``head_dense_N``, ``head_dropout`` and ``predictions``.
 
 Stage 1 trains the head with the base frozen (:func:`split_feature_model` lets it train on

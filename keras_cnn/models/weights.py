@@ -15,7 +15,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from keras_cnn.errors import UserError
+from keras_cnn.errors import UserError, first_line
 
 CONNECTIVITY_TIMEOUT_SECONDS = 3.0
 
@@ -143,5 +143,4 @@ def load_weights_file(model, path: str | os.PathLike) -> None:
     try:
         model.load_weights(os.fspath(path))
     except (ValueError, OSError, KeyError) as error:
-        first_line = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
-        raise UserError(f"cannot load weights from {path} into {model.name}: {first_line.strip()}") from None
+        raise UserError(f"cannot load weights from {path} into {model.name}: {first_line(error)}") from None

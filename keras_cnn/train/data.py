@@ -138,7 +138,7 @@ def prepare_folder_data(data: DataConfig, image_size: tuple[int, int], channels:
                         seed: int, skipped_record=None, labels: list[str] | None = None) -> PreparedData:
     """The parts of a split CSV over an image folder, after checking every image once."""
     from keras_cnn.data.files import check_images_or_fail
-    from keras_cnn.data.pipeline import make_dataset, subset_frame
+    from keras_cnn.data.pipeline import label_indices, make_dataset, subset_frame
     from keras_cnn.data.split import class_names, read_split_csv
     from keras_cnn.train.distribute import per_replica_batch_size, shard_file_list
 
@@ -167,17 +167,14 @@ def prepare_folder_data(data: DataConfig, image_size: tuple[int, int], channels:
                             augment=augment, cache=data.cache if subset == "train" else True,
                             seed=seed, labels=labels, resize_mode=data.resize_mode)
 
-    index_of = {label: index for index, label in enumerate(labels)}
-    counts = {index: 0 for index in range(len(labels))}
-    for value in rows["train"]["value"]:
-        counts[index_of[value]] += 1
+    counts = np.bincount(label_indices(rows["train"]["value"], labels, "the train part"), minlength=len(labels))
     steps, validation_steps = _per_worker_steps(sizes, batch_size)
     return PreparedData(
         train=dataset("train", spec),
         validation=dataset("validation"),
         test=dataset("test"),
         labels=labels,
-        train_counts=counts,
+        train_counts={index: int(count) for index, count in enumerate(counts)},
         sizes=sizes,
         skipped=set(skip),
         per_worker=PerWorkerInput(
