@@ -99,3 +99,14 @@ def test_sample_data_json(tmp_path):
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
     assert payload["count"] == 6 and (tmp_path / "label.csv").exists()
+
+
+def test_summarize_items_bounds_long_lists(tmp_path):
+    from keras_cnn.messages import bound_line, summarize_items
+
+    assert summarize_items(["a", "b"]) == "a, b"
+    line = summarize_items([f"file{i}.jpg" for i in range(1000)], tmp_path / "missing.txt")
+    assert line.startswith("file0.jpg, file1.jpg, file2.jpg, file3.jpg, file4.jpg and 995 more")
+    assert str(tmp_path / "missing.txt") in line and len(line) < 300
+    assert (tmp_path / "missing.txt").read_text().splitlines()[-1] == "file999.jpg"
+    assert len(bound_line("x" * 1000)) == 300
