@@ -75,7 +75,7 @@ _PATH_HINTS = (
 )
 
 
-def _path_problem(text: str) -> str | None:
+def path_problem(text: str) -> str | None:
     """Why ``text`` is not a plain relative path under the image folder (None when it is)."""
     return next((hint for test, hint in _PATH_HINTS if test(text)), None)
 
@@ -125,7 +125,7 @@ def validate_object_ids(ids: pd.Series, source: str, line_numbers: Sequence[int]
     is_sha1_name = texts.map(lambda text: OBJECT_ID_PATTERN.fullmatch(text) is not None).to_numpy(dtype=bool)
     bad = ~is_sha1_name
     if paths and bad.any():
-        bad[bad] = texts[bad].map(lambda text: text == "" or _path_problem(text) is not None).to_numpy(dtype=bool)
+        bad[bad] = texts[bad].map(lambda text: text == "" or path_problem(text) is not None).to_numpy(dtype=bool)
     if bad.any():
         position = int(np.flatnonzero(bad)[0])
         text, line = texts[position], lines[position]
@@ -133,7 +133,7 @@ def validate_object_ids(ids: pd.Series, source: str, line_numbers: Sequence[int]
             raise UserError(f"{source} row {line}: objectId is empty")
         if paths:
             raise UserError(f"{source} row {line}: objectId '{_shorten(text)}' is not a relative path "
-                            f"under the image folder ({_path_problem(text)})")
+                            f"under the image folder ({path_problem(text)})")
         hint = next(hint for test, hint in _OBJECT_ID_HINTS if test(text))
         raise UserError(f"{source} row {line}: objectId '{_shorten(text)}' "
                         f"is not 40 hex digits + extension ({hint})")
@@ -144,6 +144,18 @@ def validate_object_ids(ids: pd.Series, source: str, line_numbers: Sequence[int]
         first = int(np.flatnonzero((folded == folded[position]).to_numpy())[0])
         raise UserError(f"{source} row {lines[position]}: objectId '{_shorten(texts[position])}' "
                         f"duplicates row {lines[first]}")
+
+
+def label_problem(label: str, allowed_labels: Iterable[str] = ()) -> str | None:
+    """Why ``label`` cannot be a class name (None when it can): empty, a control character, or
+    a value that looks like missing data and is not in ``allowed_labels``."""
+    if label == "":
+        return "is empty"
+    if re.search(_CONTROL_PATTERN, label):
+        return "contains a control character (newline, tab...)"
+    if label.lower() in _MISSING_FOLDED and label not in {str(item) for item in allowed_labels}:
+        return f"looks like missing data; if it is a real class, pass --allow-label {label}"
+    return None
 
 
 def validate_labels(values: pd.Series, ids: pd.Series, source: str,
@@ -166,15 +178,13 @@ def validate_labels(values: pd.Series, ids: pd.Series, source: str,
     if control.any():
         position = int(np.flatnonzero(control)[0])
         raise UserError(f"{source} row {lines[position]}: the label '{_shorten(texts[position])}' of objectId "
-                        f"'{_shorten(object_ids[position])}' contains a control character (newline, tab...)")
+                        f"'{_shorten(object_ids[position])}' {label_problem(texts[position])}")
     allowed = {str(label) for label in allowed_labels}
     missing_looking = (texts.str.lower().isin(_MISSING_FOLDED) & ~texts.isin(allowed)).to_numpy(dtype=bool)
     if missing_looking.any():
         position = int(np.flatnonzero(missing_looking)[0])
-        label = texts[position]
-        raise UserError(f"{source} row {lines[position]}: the label '{label}' of objectId "
-                        f"'{_shorten(object_ids[position])}' looks like missing data; "
-                        f"if it is a real class, pass --allow-label {label}")
+        raise UserError(f"{source} row {lines[position]}: the label '{texts[position]}' of objectId "
+                        f"'{_shorten(object_ids[position])}' {label_problem(texts[position], allowed)}")
 
 
 def read_csv_columns(path: str | os.PathLike, wanted: dict[str, str],

@@ -17,6 +17,7 @@ import keras
 import numpy as np
 
 from keras_cnn.config import RunConfig
+from keras_cnn.data.collection import split_into_run
 from keras_cnn.errors import UserError
 from keras_cnn.runs import RunDirectory
 from keras_cnn.train.callbacks import BestModelCheckpoint, HistoryRecorder, NanGuard, RunProgress
@@ -147,8 +148,8 @@ def train_scratch(config: RunConfig, out_dir: str | Path) -> dict[str, Any]:
     from keras_cnn.train.data import as_model_targets, balanced_class_weights, prepare_array_data, prepare_folder_data
     from keras_cnn.train.execution import start_execution
 
-    if bool(config.data.dataset) == bool(config.data.split):
-        raise UserError("give either --dataset mnist|cifar10 or --split SPLIT_CSV --images DIR")
+    if bool(config.data.dataset) == bool(config.data.split or config.data.images):
+        raise UserError("give either --dataset mnist|cifar10 or --images DIR [--split SPLIT_CSV]")
     if config.data.split and not config.data.images:
         raise UserError("--split needs --images DIR (the folder holding the images)")
     config = resolve_scratch_config(config)
@@ -158,6 +159,7 @@ def train_scratch(config: RunConfig, out_dir: str | Path) -> dict[str, Any]:
     execution = start_execution(training)
 
     with execution.run_directory(out_dir) as run:
+        config = replace(config, data=split_into_run(config.data, run.root))  # --images without --split
         if config.data.dataset:
             data = prepare_array_data(config.data, config.model.input_shape, training.batch_size, training.seed)
         else:

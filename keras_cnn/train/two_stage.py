@@ -20,6 +20,7 @@ from typing import Any
 import keras
 
 from keras_cnn.config import RunConfig
+from keras_cnn.data.collection import split_into_run
 from keras_cnn.errors import UserError
 from keras_cnn.runs import RunDirectory
 from keras_cnn.train.fit import absolute_data_paths, evaluate_test, fit_stage
@@ -65,8 +66,8 @@ def train_head(config: RunConfig, out_dir: str | Path) -> dict[str, Any]:
     from keras_cnn.train.data import balanced_class_weights, prepare_folder_data
     from keras_cnn.train.execution import start_execution
 
-    if not config.data.split or not config.data.images:
-        raise UserError("transfer learning needs --split SPLIT_CSV and --images DIR")
+    if not config.data.images:
+        raise UserError("transfer learning needs --images DIR (and optionally --split SPLIT_CSV)")
     config = resolve_transfer_config(config)
     spec = get_base_spec(config.model.name)
     resolve_weights(spec, config.model.weights)  # offline without cached weights: fail before any work
@@ -78,6 +79,7 @@ def train_head(config: RunConfig, out_dir: str | Path) -> dict[str, Any]:
                         "pass --no-cache-features")
 
     with execution.run_directory(out_dir) as run:
+        config = replace(config, data=split_into_run(config.data, run.root))  # --images without --split
         data = prepare_folder_data(config.data, config.data.image_size, 3, training.batch_size, training.seed,
                                    skipped_record=run.skipped_images_path)
         if config.model.binary and len(data.labels) != 2:
