@@ -304,8 +304,7 @@ def _drop_duplicates(table: pd.DataFrame, list_prefix: str | None) -> tuple[pd.D
     dropped = table["sha1"].duplicated(keep="first")
     names = table.loc[dropped, "objectId"].tolist()
     warning = bounded_list_message(
-        lambda listed: (f"{len(names)} file(s) repeat an image already under the same label and were "
-                        f"left out (kept once, so none sits in two parts): {listed}"),
+        lambda listed: f"{len(names)} file(s) are copies of an image already under the same label, left out: {listed}",
         names, _list_path(list_prefix, "duplicates.txt"))
     return table[~dropped].reset_index(drop=True), [warning]
 
