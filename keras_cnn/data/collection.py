@@ -91,9 +91,15 @@ class Collection:
             absent = [part for part in ("validation", "test") if not parts[part]]
             drawn = f"; {' and '.join(absent)} drawn from train by the SHA-1 rule" if absent else ""
             line = f"found a pre-split tree in {self.source}: {shown} images in {_labels(labels)}{drawn}"
-        if self.skipped:
-            line += " (left out: " + ", ".join(f"{count:,} {reason}" for reason, count in self.skipped.items()) + ")"
+        left_out = _left_out(self.skipped)
+        if left_out:
+            line += f" (left out: {left_out})"
         return line
+
+
+def _left_out(skipped: Counter) -> str:
+    """``"3 not images, 1 hidden"``: what listing a folder passed over (empty when nothing)."""
+    return ", ".join(f"{count:,} {reason}" for reason, count in skipped.items() if count)
 
 
 def _labels(count: int) -> str:
@@ -361,7 +367,7 @@ def read_collection(source: str | os.PathLike, images: str | os.PathLike | None 
 
 def _empty_folder_message(path: Path, layout: str, skipped: Counter) -> str:
     shape = "DIR/<label>/*.jpg" if layout == "folders" else "DIR/train/<label>/*.jpg"
-    seen = "; " + ", ".join(f"{count:,} {reason}" for reason, count in skipped.items()) if skipped else ""
+    seen = f"; {_left_out(skipped)}" if _left_out(skipped) else ""
     return (f"no images found in {path} (expected {shape}, extensions "
             f"{', '.join(IMAGE_EXTENSIONS)}{seen}); a label CSV needs --images DIR or --layout csv")
 
