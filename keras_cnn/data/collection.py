@@ -41,6 +41,7 @@ from keras_cnn.data.split import (
     class_names,
     format_counts,
     label_problem,
+    is_safe_path,
     path_problem,
     read_label_csv,
     sha1_of_name,
@@ -187,10 +188,11 @@ def _label_folders(root: Path, parent: Path, allowed_labels: Iterable[str], skip
 
 
 def _check_paths(rows: list[tuple[str, str, str]], root: Path) -> None:
-    for object_id, _label, _part in rows:
-        problem = path_problem(object_id)
-        if problem:
-            raise UserError(f"the file {object_id!r} in {root} cannot be used ({problem}); rename it")
+    paths = pd.Series([object_id for object_id, _label, _part in rows], dtype=object)
+    bad = ~is_safe_path(paths)
+    if bad.any():
+        object_id = paths[bad].iloc[0]
+        raise UserError(f"the file {object_id!r} in {root} cannot be used ({path_problem(object_id)}); rename it")
 
 
 def _read_folders(root: Path, allowed_labels: Iterable[str], skipped: Counter) -> pd.DataFrame:
@@ -272,9 +274,10 @@ def content_sha1s(root: str | os.PathLike, object_ids: list[str], workers: int |
 
 def _fill_sha1(table: pd.DataFrame, images: str, named_by: str, list_prefix: str | None) -> pd.DataFrame:
     """Add the ``sha1`` column: from the name when it is a SHA-1, else from the bytes."""
-    from_names = [sha1_of_name(object_id) for object_id in table["objectId"]]
+    object_ids = table["objectId"].tolist()
+    from_names = [sha1_of_name(object_id) for object_id in object_ids]
     to_hash = [position for position, digest in enumerate(from_names) if digest is None]
-    digests = content_sha1s(images, [table["objectId"].iat[position] for position in to_hash])
+    digests = content_sha1s(images, [object_ids[position] for position in to_hash])
     for position, digest in zip(to_hash, digests):
         from_names[position] = digest
     missing = [object_id for object_id, digest in zip(table["objectId"], from_names) if digest is None]
@@ -386,13 +389,14 @@ def split_collection(collection: Collection, test_keys: Iterable[int] = DEFAULT_
     test, validation = check_key_ranges(test_keys, validation_keys)
     table = collection.table
     if collection.named_by_sha1:
+        # Read by read_label_csv, so already checked.
         return split_labels(table[["objectId", "value"]], test, validation, balance, collection.source,
-                            allowed_labels)
+                            allowed_labels, validate=False)
     types = table["type"].to_numpy(dtype=object).copy()
     given = set(types) - {""}
     if not given:
         return split_labels(table[["objectId", "value", "sha1"]], test, validation, balance, collection.source,
-                            allowed_labels)[["objectId", "value", "type", "sha1"]]
+                            allowed_labels, validate=False)[["objectId", "value", "type", "sha1"]]
     absent = {"test", "validation"} - given
     if absent:
         from_train = types == "train"

@@ -75,6 +75,18 @@ _PATH_HINTS = (
 )
 
 
+# A plain relative path: '/'-separated names, none empty, '.' or '..', no backslash, no control
+# character, not starting with a drive letter.  One regex checks a million rows quickly;
+# path_problem explains the first that fails.
+_SAFE_PATH_PATTERN = (r"(?![A-Za-z]:)(?:(?!\.\.?/)[^/\\\x00-\x1f\x7f]+/)*"
+                      r"(?!\.\.?$)[^/\\\x00-\x1f\x7f]+")
+
+
+def is_safe_path(texts: pd.Series) -> np.ndarray:
+    """Which of ``texts`` are plain relative paths (see :func:`path_problem`), as a bool array."""
+    return texts.str.fullmatch(_SAFE_PATH_PATTERN).fillna(False).to_numpy(dtype=bool)
+
+
 def path_problem(text: str) -> str | None:
     """Why ``text`` is not a plain relative path under the image folder (None when it is)."""
     return next((hint for test, hint in _PATH_HINTS if test(text)), None)
@@ -122,10 +134,10 @@ def validate_object_ids(ids: pd.Series, source: str, line_numbers: Sequence[int]
     texts = _as_text(ids).reset_index(drop=True)
     lines = _line_numbers(len(texts), line_numbers)
     # Check every row, then explain only the first offender (the hints are slower).
-    is_sha1_name = texts.map(lambda text: OBJECT_ID_PATTERN.fullmatch(text) is not None).to_numpy(dtype=bool)
+    is_sha1_name = texts.str.fullmatch(OBJECT_ID_PATTERN.pattern).fillna(False).to_numpy(dtype=bool)
     bad = ~is_sha1_name
     if paths and bad.any():
-        bad[bad] = texts[bad].map(lambda text: text == "" or path_problem(text) is not None).to_numpy(dtype=bool)
+        bad[bad] = ~is_safe_path(texts[bad])
     if bad.any():
         position = int(np.flatnonzero(bad)[0])
         text, line = texts[position], lines[position]
@@ -385,7 +397,7 @@ def assign_parts(keys: np.ndarray, values: Sequence[str], test: Iterable[int], v
 
 def split_labels(frame: pd.DataFrame, test_keys: Iterable[int] = DEFAULT_TEST_KEYS,
                  validation_keys: Iterable[int] = DEFAULT_VALIDATION_KEYS, balance: bool = True,
-                 source: str = "labels", allowed_labels: Iterable[str] = ()) -> pd.DataFrame:
+                 source: str = "labels", allowed_labels: Iterable[str] = (), validate: bool = True) -> pd.DataFrame:
     """Assign every row to train, validation or test; return a copy with a ``type`` column.
 
     ``frame`` needs columns ``objectId`` and ``value`` (other columns are kept).  With a
@@ -393,7 +405,8 @@ def split_labels(frame: pd.DataFrame, test_keys: Iterable[int] = DEFAULT_TEST_KE
     may be relative paths; without, every objectId must be a SHA-1 name and is its own key.
     Rows keep their order and index (which need not be 0..n-1); ``objectId`` and ``value``
     come back as stripped strings.  The frame is checked like :func:`read_label_csv`
-    (``source`` names it in messages).  See the module docstring for the algorithm.
+    (``source`` names it in messages) unless ``validate`` is False (a caller that has just
+    checked it).  See the module docstring for the algorithm.
     """
     missing = [column for column in ("objectId", "value") if column not in frame.columns]
     if missing:
@@ -405,8 +418,9 @@ def split_labels(frame: pd.DataFrame, test_keys: Iterable[int] = DEFAULT_TEST_KE
     ids = _as_text(frame["objectId"])
     values = _as_text(frame["value"])
     by_content = "sha1" in frame.columns
-    validate_object_ids(ids, source, paths=by_content)
-    validate_labels(values, ids, source, allowed_labels=allowed_labels)
+    if validate:
+        validate_object_ids(ids, source, paths=by_content)
+        validate_labels(values, ids, source, allowed_labels=allowed_labels)
 
     keys = split_keys(frame["sha1"] if by_content else ids)
     types = assign_parts(keys, values.to_numpy(), test, validation, balance)
