@@ -32,15 +32,17 @@ from common import RESULTS_PATH, command_line, describe_machine, load_average, m
 SECTION_TITLE = "Splitting: a 1,000,000-row label CSV and 100,000 image files in class folders"
 REPOSITORY = Path(__file__).resolve().parent.parent
 
-# Each child prints one JSON line: {"seconds": ..., "peak_mib": ..., **extra}.
+# Each child prints one JSON line: {"seconds": ..., "peak_mib": ..., **extra}.  VmHWM (the
+# process's own peak resident memory) rather than ru_maxrss, which a child inherits from its parent.
 _CHILD_FOOTER = """
-import json, resource, sys
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+import json
+peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM")) / 1024
 print(json.dumps({"seconds": seconds, "peak_mib": peak, **extra}))
 """
 
 KCNN_SPLIT_CSV = """
 import time
+import keras_cnn.data.collection  # imports (pandas) are start-up, not work
 from keras_cnn.cli.split_command import split_source
 start = time.perf_counter()
 result = split_source({label_csv!r}, {output!r})
@@ -71,6 +73,7 @@ extra = {{"rows": len(df)}}
 
 KCNN_SPLIT_TREE = """
 import time
+import keras_cnn.data.collection
 from keras_cnn.cli.split_command import split_source
 start = time.perf_counter()
 result = split_source({tree!r}, {output!r})
@@ -96,6 +99,7 @@ import time
 import pandas as pd
 from keras_cnn.data.files import find_bad_images
 ids = pd.read_csv({split!r}, dtype=str)["objectId"].tolist()
+find_bad_images({tree!r}, ids[:8], progress=False)  # warm-up: TensorFlow's first run of a pipeline
 start = time.perf_counter()
 bad = find_bad_images({tree!r}, ids, progress=False)
 seconds = time.perf_counter() - start

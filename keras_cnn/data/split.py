@@ -106,10 +106,29 @@ def _shorten(text: str) -> str:
     return text
 
 
+def _printable_ascii(texts: list[str]) -> bool:
+    """True when no text holds whitespace, a control character or anything beyond ASCII.
+
+    Such texts need no stripping and hold no control character; checked on the bytes of all
+    of them at once, as numpy compares tens of megabytes in milliseconds.
+    """
+    joined = "".join(texts)
+    if not joined.isascii():
+        return False
+    codes = np.frombuffer(joined.encode("ascii"), dtype=np.uint8)
+    return not ((codes <= 0x20) | (codes >= 0x7F)).any()
+
+
 def _as_text(values: pd.Series | Iterable) -> pd.Series:
     """Values as stripped strings (object dtype), keeping the index; missing values become ''."""
     series = values if isinstance(values, pd.Series) else pd.Series(list(values), dtype=object)
     series = series.astype(object)
+    if pd.api.types.infer_dtype(series, skipna=False) == "string":
+        # Already strings (every reader's output): only stripping is left, and usually not even
+        # that (a per-value strip costs seconds a million rows).
+        if _printable_ascii(series.tolist()):
+            return series
+        return series.str.strip().astype(object)
     texts = series.where(series.notna(), "").astype(str).str.strip()
     return texts.astype(object)
 
@@ -186,7 +205,10 @@ def validate_labels(values: pd.Series, ids: pd.Series, source: str,
         position = int(np.flatnonzero(empty)[0])
         raise UserError(f"{source} row {lines[position]}: the label (value) of objectId "
                         f"'{_shorten(object_ids[position])}' is missing")
-    control = texts.str.contains(_CONTROL_PATTERN, regex=True).to_numpy(dtype=bool)
+    if _printable_ascii(texts.tolist()):
+        control = np.zeros(len(texts), dtype=bool)
+    else:
+        control = texts.str.contains(_CONTROL_PATTERN, regex=True).to_numpy(dtype=bool)
     if control.any():
         position = int(np.flatnonzero(control)[0])
         raise UserError(f"{source} row {lines[position]}: the label '{_shorten(texts[position])}' of objectId "
@@ -262,6 +284,42 @@ def read_csv_columns(path: str | os.PathLike, wanted: dict[str, str],
     return frame, lines
 
 
+def _read_csv_fast(path: str | os.PathLike, wanted: dict[str, str], optional: Iterable[str]) -> pd.DataFrame | None:
+    """The ``wanted`` columns read by pandas' C parser (a million rows in about a second), or
+    None when the file is anything but plain (the careful reader then finds and names the problem)."""
+    try:
+        raw = pd.read_csv(path, dtype=object, keep_default_na=False, na_filter=False, encoding="utf-8-sig",
+                          skip_blank_lines=True, engine="c")
+    except Exception:  # noqa: BLE001 - any trouble: the careful reader says what it is
+        return None
+    raw.columns = [str(name).strip() for name in raw.columns]
+    if not isinstance(raw.index, pd.RangeIndex) or raw.empty or raw.isna().any().any():
+        return None  # extra fields became an index, or a short row left holes
+    present = {name: column for name, column in wanted.items() if column in raw.columns}
+    if any(name not in present and name not in set(optional) for name in wanted):
+        return None
+    return pd.DataFrame({name: _as_text(raw[column]).to_numpy() for name, column in present.items()}, dtype=object)
+
+
+def _read_checked(path: str | os.PathLike, wanted: dict[str, str], option_of: dict[str, str],
+                  check, optional: Iterable[str] = ()) -> pd.DataFrame:
+    """Read ``wanted`` columns and ``check(frame, line_numbers)`` them: fast first, carefully on doubt.
+
+    When the fast reader cannot read the file or its rows fail the check, the file is read
+    again with the csv module, so the message names the line a user sees.
+    """
+    frame = _read_csv_fast(path, wanted, optional)
+    if frame is not None:
+        try:
+            check(frame, None)
+            return frame
+        except UserError:
+            pass
+    frame, lines = read_csv_columns(path, wanted, option_of, optional)
+    check(frame, lines)
+    return frame
+
+
 def read_label_csv(path: str | os.PathLike, id_column: str = "objectId", label_column: str = "value",
                    paths: bool = False, allowed_labels: Iterable[str] = ()) -> pd.DataFrame:
     """Read and check a ``label.csv``; return columns ``objectId`` and ``value`` (strings).
@@ -273,13 +331,13 @@ def read_label_csv(path: str | os.PathLike, id_column: str = "objectId", label_c
     """
     if id_column == label_column:
         raise UserError(f"the id column and the label column are both '{id_column}'")
-    frame, lines = read_csv_columns(
-        path, {"objectId": id_column, "value": label_column},
-        {"objectId": "--id-column", "value": "--label-column"},
-    )
-    validate_object_ids(frame["objectId"], str(path), lines, paths=paths)
-    validate_labels(frame["value"], frame["objectId"], str(path), lines, allowed_labels)
-    return frame
+
+    def check(frame, lines):
+        validate_object_ids(frame["objectId"], str(path), lines, paths=paths)
+        validate_labels(frame["value"], frame["objectId"], str(path), lines, allowed_labels)
+
+    return _read_checked(path, {"objectId": id_column, "value": label_column},
+                         {"objectId": "--id-column", "value": "--label-column"}, check)
 
 
 def read_split_csv(path: str | os.PathLike, allowed_labels: Iterable[str] = ()) -> pd.DataFrame:
@@ -288,14 +346,18 @@ def read_split_csv(path: str | os.PathLike, allowed_labels: Iterable[str] = ()) 
     Checked like :func:`read_label_csv` (objectIds may be relative paths), and every
     ``type`` must be train, validation or test.
     """
-    frame, lines = read_csv_columns(
-        path, {"objectId": "objectId", "value": "value", "type": "type", "sha1": "sha1"}, {}, optional=("sha1",))
-    validate_object_ids(frame["objectId"], str(path), lines, paths=True)
-    validate_labels(frame["value"], frame["objectId"], str(path), lines, allowed_labels)
-    for part, line in zip(frame["type"], lines):
-        if part not in PARTS:
-            raise UserError(f"{path} row {line}: type '{_shorten(part)}' is not one of {', '.join(PARTS)}")
-    return frame
+    def check(frame, lines):
+        validate_object_ids(frame["objectId"], str(path), lines, paths=True)
+        validate_labels(frame["value"], frame["objectId"], str(path), lines, allowed_labels)
+        bad = ~frame["type"].isin(PARTS).to_numpy(dtype=bool)
+        if bad.any():
+            position = int(np.flatnonzero(bad)[0])
+            line = _line_numbers(len(frame), lines)[position]
+            raise UserError(f"{path} row {line}: type '{_shorten(frame['type'][position])}' "
+                            f"is not one of {', '.join(PARTS)}")
+
+    return _read_checked(path, {"objectId": "objectId", "value": "value", "type": "type", "sha1": "sha1"}, {},
+                         check, optional=("sha1",))
 
 
 def write_split_csv(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
@@ -367,8 +429,29 @@ def split_keys(ids: pd.Series) -> np.ndarray:
 
     Also the key of a content SHA-1 (40 hex digits, no dot): its last byte.
     """
-    last_two = _as_text(ids).str.split(".", n=1).str[0].str[-2:]
+    texts = _as_text(ids)
+    keys = _sha1_keys(texts)
+    if keys is not None:
+        return keys
+    last_two = texts.str.split(".", n=1).str[0].str[-2:]
     return np.array([int(text, 16) for text in last_two], dtype=np.int64)
+
+
+_HEX_VALUES = np.full(256, -1, dtype=np.int64)
+for _digit in "0123456789abcdefABCDEF":
+    _HEX_VALUES[ord(_digit)] = int(_digit, 16)
+
+
+def _sha1_keys(texts: pd.Series) -> np.ndarray | None:
+    """Keys read as bytes in one vectorised pass when every text is 40 hex digits, alone or before
+    a dot (SHA-1 names and digests: a million in well under a second); None otherwise."""
+    try:
+        heads = np.array(texts.tolist(), dtype="S41").view(np.uint8).reshape(len(texts), 41)
+    except (UnicodeEncodeError, ValueError):
+        return None  # not ASCII
+    if not ((_HEX_VALUES[heads[:, :40]] >= 0).all() and np.isin(heads[:, 40], (0, ord("."))).all()):
+        return None
+    return _HEX_VALUES[heads[:, 38]] * 16 + _HEX_VALUES[heads[:, 39]]
 
 
 def assign_parts(keys: np.ndarray, values: Sequence[str], test: Iterable[int], validation: Iterable[int],
