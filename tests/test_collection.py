@@ -348,3 +348,14 @@ def test_train_from_class_folders_stores_the_split_and_evaluate_reuses_it(tmp_pa
     assert evaluated.exit_code == 0, evaluated.output
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     assert metrics["num_samples"] == tested
+
+
+def test_content_sha1s_streams_large_files_and_marks_missing_ones(tmp_path):
+    from keras_cnn.data.collection import content_sha1s
+
+    sizes = {"empty.bin": 0, "small.png": 100, "exact.bin": 1 << 20, "large.bin": (5 << 19) + 7}
+    for name, size in sizes.items():
+        (tmp_path / name).write_bytes(np.random.default_rng(size).bytes(size))
+    names = [*sizes, "absent.png"]
+    expected = [sha1_of(tmp_path / name) for name in sizes] + [None]
+    assert content_sha1s(tmp_path, names, workers=3) == expected
