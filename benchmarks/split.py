@@ -40,12 +40,13 @@ peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.s
 print(json.dumps({"seconds": seconds, "peak_mib": peak, **extra}))
 """
 
-KCNN_SPLIT_CSV = """
+# `kcnn split SOURCE -o OUTPUT` (a label CSV or a folder), its imports (pandas) left out of the time.
+KCNN_SPLIT = """
 import time
-import keras_cnn.data.collection  # imports (pandas) are start-up, not work
+import keras_cnn.data.collection
 from keras_cnn.cli.split_command import split_source
 start = time.perf_counter()
-result = split_source({label_csv!r}, {output!r})
+result = split_source({source!r}, {output!r})
 seconds = time.perf_counter() - start
 extra = {{"rows": result["sizes"]["total"]}}
 """
@@ -69,16 +70,6 @@ for part in ("test", "validation"):
 df.to_csv({output!r}, index=False)
 seconds = time.perf_counter() - start
 extra = {{"rows": len(df)}}
-"""
-
-KCNN_SPLIT_TREE = """
-import time
-import keras_cnn.data.collection
-from keras_cnn.cli.split_command import split_source
-start = time.perf_counter()
-result = split_source({tree!r}, {output!r})
-seconds = time.perf_counter() - start
-extra = {{"rows": result["sizes"]["total"]}}
 """
 
 # The reference for hashing: one thread, one file after the other, whole file read.
@@ -161,15 +152,15 @@ def measure(rows: int, files: int, classes: int, side: int, loop_sample: int, sc
     """Every measurement of the module docstring; returns their child reports."""
     label_csv = scratch / "label.csv"
     write_label_csv(label_csv, rows)
-    csv_kcnn = run_child(KCNN_SPLIT_CSV, label_csv=str(label_csv), output=str(scratch / "split_csv.csv"))
+    csv_kcnn = run_child(KCNN_SPLIT, source=str(label_csv), output=str(scratch / "split_csv.csv"))
     csv_seed = run_child(SEED_SPLIT_CSV, label_csv=str(label_csv), output=str(scratch / "seed_csv.csv"))
     label_csv.unlink()
 
     tree = scratch / "tree"
     write_image_tree(tree, files, classes, side)
     split = scratch / "split_tree.csv"
-    tree_first = run_child(KCNN_SPLIT_TREE, tree=str(tree), output=str(split))  # fills the page cache
-    tree_warm = run_child(KCNN_SPLIT_TREE, tree=str(tree), output=str(split))
+    tree_first = run_child(KCNN_SPLIT, source=str(tree), output=str(split))  # fills the page cache
+    tree_warm = run_child(KCNN_SPLIT, source=str(tree), output=str(split))
     loop_hash = run_child(LOOP_HASH_TREE, tree=str(tree))
     preflight = run_child(KCNN_PREFLIGHT, tree=str(tree), split=str(split))
     loop_preflight = run_child(LOOP_PREFLIGHT, tree=str(tree), split=str(split), sample=min(loop_sample, files))

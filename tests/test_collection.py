@@ -43,6 +43,15 @@ def write_tree(root: Path, per_label: dict[str, int], first_seed: int = 0) -> di
     return written
 
 
+def write_label_csv_tree(folder: Path, per_label: dict[str, int]) -> tuple[Path, dict[str, str], Path]:
+    """Images under ``folder/images`` and ``folder/labels.csv`` naming them by relative path."""
+    images = folder / "images"
+    written = write_tree(images, per_label)
+    label_csv = folder / "labels.csv"
+    label_csv.write_text("objectId,value\n" + "".join(f"{path},{label}\n" for path, label in written.items()))
+    return images, written, label_csv
+
+
 def sha1_of(path: Path) -> str:
     return hashlib.sha1(path.read_bytes()).hexdigest()
 
@@ -82,10 +91,7 @@ def test_class_folders_end_to_end(tmp_path):
 
 def test_label_csv_with_any_names_gets_the_part_of_its_sha1_name(tmp_path):
     """A file goes where seed 004 would have put it had it been named by its SHA-1."""
-    images = tmp_path / "images"
-    written = write_tree(images, {"0": 50, "1": 50})
-    label_csv = tmp_path / "labels.csv"
-    label_csv.write_text("objectId,value\n" + "".join(f"{path},{label}\n" for path, label in written.items()))
+    images, written, label_csv = write_label_csv_tree(tmp_path, {"0": 50, "1": 50})
     named = tmp_path / "named"
     named.mkdir()
     sha_csv = tmp_path / "sha_label.csv"
@@ -203,10 +209,7 @@ def test_a_tree_with_only_train_draws_validation_and_test_by_the_rule(tmp_path):
 def test_the_wrong_folder_is_one_short_line_with_the_full_list_in_a_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # paths as a user types them
     tmp_path = Path(".")
-    images = tmp_path / "images"
-    written = write_tree(images, {"a": 30, "b": 30})
-    label_csv = tmp_path / "labels.csv"
-    label_csv.write_text("objectId,value\n" + "".join(f"{path},{label}\n" for path, label in written.items()))
+    images, written, label_csv = write_label_csv_tree(tmp_path, {"a": 30, "b": 30})
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     shutil.copy(images / "a" / "img_001.png", elsewhere / "stray.png")
