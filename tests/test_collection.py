@@ -362,3 +362,27 @@ def test_content_sha1s_streams_large_files_and_marks_missing_ones(tmp_path):
     names = [*sizes, "absent.png"]
     expected = [sha1_of(tmp_path / name) for name in sizes] + [None]
     assert content_sha1s(tmp_path, names, workers=3) == expected
+
+
+def test_a_run_split_honours_allow_labels(tmp_path):
+    tree = tmp_path / "tree"
+    write_tree(tree, {"None": 3, "cat": 3})
+    (tmp_path / "refused").mkdir()
+    with pytest.raises(UserError, match="--allow-label None"):
+        split_into_run(DataConfig(images=str(tree)), tmp_path / "refused")
+    (tmp_path / "run").mkdir()
+    data = split_into_run(DataConfig(images=str(tree), allow_labels=["None"]), tmp_path / "run")
+    assert set(read_split_csv(data.split, allowed_labels=data.allow_labels)["value"]) == {"None", "cat"}
+
+
+def test_a_wrong_image_folder_is_named_even_when_skipping_bad_images(tmp_path):
+    from keras_cnn.data.files import check_images_or_fail
+
+    written = write_tree(tmp_path / "images", {"a": 4, "b": 4})
+    (tmp_path / "other").mkdir()
+    with pytest.raises(UserError) as raised:
+        check_images_or_fail(tmp_path / "other", list(written), skip_bad=True,
+                             record_path=tmp_path / "run" / "skipped_images.csv", progress=False)
+    message = str(raised.value)
+    assert message.startswith("only 0 of the 8 files named by the split are in") and "--skip-bad-images" not in message
+    assert len(message) <= 300 and (tmp_path / "run" / "missing.txt").read_text().split() == list(written)
