@@ -105,3 +105,15 @@ def test_scratch_training_benchmark_times_both_approaches(load_script, tmp_path,
     output = capsys.readouterr().out
     assert "Ratio kcnn / reference, training" in output and "ImageDataGenerator.flow" in output
     assert not results.exists()
+
+
+@pytest.mark.slow
+def test_split_benchmark_runs_on_a_small_input(load_script, tmp_path, capsys):
+    split = load_script("split")
+    results = tmp_path / "RESULTS.md"
+    assert split.main(["--rows", "3000", "--files", "60", "--classes", "3", "--loop-sample", "20",
+                       "--no-record", "--results", str(results)]) == 0
+    output = capsys.readouterr().out
+    assert "`kcnn split DIR`, warm (list + hash + split) | 60 |" in output
+    assert "seed 004's pandas script, same file | 3,000 |" in output and "pre-flight" in output
+    assert not results.exists()
