@@ -153,7 +153,7 @@ def validate_object_ids(ids: pd.Series, source: str, line_numbers: Sequence[int]
     texts = _as_text(ids).reset_index(drop=True)
     lines = _line_numbers(len(texts), line_numbers)
     # Check every row, then explain only the first offender (the hints are slower).
-    is_sha1_name = texts.str.fullmatch(OBJECT_ID_PATTERN.pattern).fillna(False).to_numpy(dtype=bool)
+    is_sha1_name = _sha1_names(texts)
     bad = ~is_sha1_name
     if paths and bad.any():
         bad[bad] = ~is_safe_path(texts[bad])
@@ -198,27 +198,18 @@ def validate_labels(values: pd.Series, ids: pd.Series, source: str,
     ``allowed_labels`` names it (``--allow-label``).
     """
     texts = _as_text(values).reset_index(drop=True)
-    object_ids = _as_text(ids).reset_index(drop=True)
-    lines = _line_numbers(len(texts), line_numbers)
-    empty = (texts == "").to_numpy()
-    if empty.any():
-        position = int(np.flatnonzero(empty)[0])
-        raise UserError(f"{source} row {lines[position]}: the label (value) of objectId "
-                        f"'{_shorten(object_ids[position])}' is missing")
-    if _printable_ascii(texts.tolist()):
-        control = np.zeros(len(texts), dtype=bool)
-    else:
-        control = texts.str.contains(_CONTROL_PATTERN, regex=True).to_numpy(dtype=bool)
-    if control.any():
-        position = int(np.flatnonzero(control)[0])
-        raise UserError(f"{source} row {lines[position]}: the label '{_shorten(texts[position])}' of objectId "
-                        f"'{_shorten(object_ids[position])}' {label_problem(texts[position])}")
-    allowed = {str(label) for label in allowed_labels}
-    missing_looking = (texts.str.lower().isin(_MISSING_FOLDED) & ~texts.isin(allowed)).to_numpy(dtype=bool)
-    if missing_looking.any():
-        position = int(np.flatnonzero(missing_looking)[0])
-        raise UserError(f"{source} row {lines[position]}: the label '{texts[position]}' of objectId "
-                        f"'{_shorten(object_ids[position])}' {label_problem(texts[position], allowed)}")
+    # Labels repeat: judge each distinct one once, then find the first row holding a bad one.
+    bad = [label for label in pd.unique(texts.to_numpy()) if label_problem(label, allowed_labels)]
+    if not bad:
+        return
+    position = int(np.flatnonzero(texts.isin(bad).to_numpy(dtype=bool))[0])
+    label = texts[position]
+    line = _line_numbers(len(texts), line_numbers)[position]
+    object_id = _shorten(_as_text(ids).iloc[position])
+    if label == "":
+        raise UserError(f"{source} row {line}: the label (value) of objectId '{object_id}' is missing")
+    raise UserError(f"{source} row {line}: the label '{_shorten(label)}' of objectId '{object_id}' "
+                    f"{label_problem(label, allowed_labels)}")
 
 
 def read_csv_columns(path: str | os.PathLike, wanted: dict[str, str],
@@ -370,9 +361,23 @@ def write_split_csv(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
     if missing:
         raise UserError(f"cannot write a split without the column(s) {', '.join(missing)}")
     columns = ["objectId", "value", "type"] + (["sha1"] if "sha1" in frame.columns else [])
-    with atomic_path(path) as temporary:
-        frame[columns].to_csv(temporary, index=False, lineterminator="\n")
+    values = [frame[column].astype(str).tolist() for column in columns]
+    with atomic_path(path) as temporary, open(temporary, "w", encoding="utf-8", newline="") as handle:
+        if any(_needs_quotes(column) for column in values):
+            # The csv module's minimal quoting is what pandas' to_csv (and so seed 004's script) writes.
+            writer = csv.writer(handle, lineterminator="\n")
+            writer.writerow(columns)
+            writer.writerows(zip(*values))
+        else:  # nothing to quote: the same bytes, joined in C
+            handle.write(",".join(columns) + "\n")
+            handle.write("".join(f"{line}\n" for line in map(",".join, zip(*values))))
     return Path(path)
+
+
+def _needs_quotes(texts: list[str]) -> bool:
+    """Whether minimal CSV quoting would quote any of ``texts`` (a comma, a quote or a line break)."""
+    joined = "\x00".join(texts)
+    return any(character in joined for character in ',"\r\n')
 
 
 def class_names(values: Iterable) -> list[str]:
@@ -437,21 +442,68 @@ def split_keys(ids: pd.Series) -> np.ndarray:
     return np.array([int(text, 16) for text in last_two], dtype=np.int64)
 
 
+def _sha1_names(texts: pd.Series) -> np.ndarray:
+    """Which texts match ``OBJECT_ID_PATTERN``; all at once on their bytes when they all do."""
+    if _all_sha1_names(texts.tolist()):
+        return np.ones(len(texts), dtype=bool)
+    return texts.str.fullmatch(OBJECT_ID_PATTERN.pattern).fillna(False).to_numpy(dtype=bool)
+
+
+def _joined_codes(texts: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
+    """The ASCII bytes of ``texts`` joined by NUL (and one NUL at the end), and where each starts."""
+    joined = "\x00".join(texts) + "\x00"
+    if not joined.isascii():
+        return None
+    codes = np.frombuffer(joined.encode("ascii"), dtype=np.uint8)
+    ends = np.flatnonzero(codes == 0)
+    if len(ends) != len(texts):
+        return None  # a NUL inside a text
+    return codes, np.concatenate(([0], ends[:-1] + 1))
+
+
+def _hex_heads(codes: np.ndarray, starts: np.ndarray, width: int = 40) -> bool:
+    """Whether the ``width`` bytes from every start are hex digits (one row of bytes per start)."""
+    heads = np.lib.stride_tricks.sliding_window_view(codes, width)[starts]
+    return bool(_IS_HEX[heads].all())
+
+
+def _all_sha1_names(texts: list[str]) -> bool:
+    """True when every text is ``<40 hex digits>.<letters and digits>`` (a million in well under a second)."""
+    if not texts:
+        return True
+    found = _joined_codes(texts)
+    if found is None:
+        return False
+    codes, starts = found
+    lengths = np.diff(np.concatenate((starts, [len(codes)]))) - 1
+    alphanumeric = _ALPHANUMERIC[codes] | (codes == 0) | (codes == ord("."))
+    return bool(alphanumeric.all() and (lengths >= 42).all() and (codes == ord(".")).sum() == len(texts)
+                and (codes[starts + 40] == ord(".")).all() and _hex_heads(codes, starts))
+
+
+_ALPHANUMERIC = np.zeros(256, dtype=bool)
+for _character in "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ":
+    _ALPHANUMERIC[ord(_character)] = True
+
 _HEX_VALUES = np.full(256, -1, dtype=np.int64)
 for _digit in "0123456789abcdefABCDEF":
     _HEX_VALUES[ord(_digit)] = int(_digit, 16)
+_IS_HEX = _HEX_VALUES >= 0
 
 
 def _sha1_keys(texts: pd.Series) -> np.ndarray | None:
     """Keys read as bytes in one vectorised pass when every text is 40 hex digits, alone or before
     a dot (SHA-1 names and digests: a million in well under a second); None otherwise."""
-    try:
-        heads = np.array(texts.tolist(), dtype="S41").view(np.uint8).reshape(len(texts), 41)
-    except (UnicodeEncodeError, ValueError):
-        return None  # not ASCII
-    if not ((_HEX_VALUES[heads[:, :40]] >= 0).all() and np.isin(heads[:, 40], (0, ord("."))).all()):
+    found = _joined_codes(texts.tolist())
+    if found is None or len(texts) == 0:
+        return None if found is None else np.zeros(0, dtype=np.int64)
+    codes, starts = found
+    lengths = np.diff(np.concatenate((starts, [len(codes)]))) - 1
+    if not (lengths >= 40).all():
         return None
-    return _HEX_VALUES[heads[:, 38]] * 16 + _HEX_VALUES[heads[:, 39]]
+    if not (np.isin(codes[starts + 40], (0, ord("."))).all() and _hex_heads(codes, starts)):
+        return None
+    return _HEX_VALUES[codes[starts + 38]] * 16 + _HEX_VALUES[codes[starts + 39]]
 
 
 def assign_parts(keys: np.ndarray, values: Sequence[str], test: Iterable[int], validation: Iterable[int],
