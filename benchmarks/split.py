@@ -2,8 +2,8 @@
 
 Three measurements, each in its own Python process (so its peak memory is its own):
 
-1. ``kcnn split LABEL_CSV`` on a label CSV of SHA-1 names (seed 004's format), against
-   seed 004's own pandas script on the same file (targets: < 20 s, < 1.5 GiB);
+1. ``kcnn split LABEL_CSV`` on a label CSV of SHA-1 names, against the
+   original pandas split script on the same file (targets: < 20 s, < 1.5 GiB);
 2. ``kcnn split DIR`` on a class-folder tree of small PNG files with arbitrary names:
    listing + hashing their bytes + splitting, with the files in the page cache, against a
    plain one-thread loop that hashes each file (target: >= 5,000 files/s);
@@ -51,7 +51,7 @@ seconds = time.perf_counter() - start
 extra = {{"rows": result["sizes"]["total"]}}
 """
 
-# Seed 004's script (two labels, 0 and 1), reading and writing files as it did.
+# The original SHA-1 split script (two labels, 0 and 1), reading and writing files as it did.
 SEED_SPLIT_CSV = """
 import re, time
 import pandas as pd
@@ -192,7 +192,7 @@ def section_lines(result: dict, arguments, machine: dict[str, str], load_after: 
         "|---|---:|---:|---:|---:|---|",
         row("`kcnn split label.csv` (SHA-1 names)", result["csv_kcnn"],
             f"< 20 s, < 1,536 MiB: {'meets' if csv_ok else 'MISSES'}"),
-        row("seed 004's pandas script, same file", result["csv_seed"]),
+        row("the original pandas split script, same file", result["csv_seed"]),
         row("`kcnn split DIR`, first run after writing", result["tree_first"]),
         row("`kcnn split DIR`, warm (list + hash + split)", result["tree_warm"],
             f">= 5,000 files/s: {'meets' if tree_ok else 'MISSES'}"),

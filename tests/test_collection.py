@@ -90,7 +90,7 @@ def test_class_folders_end_to_end(tmp_path):
 
 
 def test_label_csv_with_any_names_gets_the_part_of_its_sha1_name(tmp_path):
-    """A file goes where seed 004 would have put it had it been named by its SHA-1."""
+    """A file goes where the original split would have put it had it been named by its SHA-1."""
     images, written, label_csv = write_label_csv_tree(tmp_path, {"0": 50, "1": 50})
     named = tmp_path / "named"
     named.mkdir()

@@ -43,7 +43,7 @@ def split(source: str, output: str, images: str | None, layout: str | None, test
     LABEL_CSV|DIR is one of:
       DIR/<label>/…/*.jpg                a folder per class (any file names)
       DIR/{train,val,test}/<label>/…     a tree already split (kept; a missing part is drawn from train)
-      LABEL_CSV                          objectId,value with files named <sha1>.jpg (seed 004's format)
+      LABEL_CSV                          objectId,value with files named <sha1>.jpg
       LABEL_CSV --images DIR             objectId = any file name or relative path under DIR
 
     The key of an image is the last byte of its SHA-1 (of its name when that is a SHA-1,

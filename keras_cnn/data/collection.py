@@ -4,7 +4,7 @@ Each layout becomes the same table: ``objectId`` (the file's path relative to th
 root), ``value`` (its label), ``type`` (the part a pre-split tree gives, else empty) and
 ``sha1`` (the SHA-1 of the file's bytes)::
 
-    csv            a label CSV (objectId,value): files named by their SHA-1 (seed 004's
+    csv            a label CSV (objectId,value): files named by their SHA-1 (the original
                    format), or any file names / relative paths under --images
     folders        DIR/<label>/…/*.jpg   (Keras image_dataset_from_directory, torchvision
                    ImageFolder, fastai from_folder: the top folder is the label)
@@ -13,8 +13,8 @@ root), ``value`` (its label), ``type`` (the part a pre-split tree gives, else em
 The split key of a file is the last byte of its SHA-1: of its name when the name is a
 SHA-1, else of its bytes, so renaming or moving a file never moves it to another part.
 Hashing is streamed (1 MiB chunks) on a pool of threads (hashlib releases the
-GIL while it reads and hashes).  A label CSV of SHA-1 names is split exactly as seed 004's
-script did, byte for byte.  Like ``split.py``, this module never imports TensorFlow.
+GIL while it reads and hashes).  A label CSV of SHA-1 names is split exactly as the original
+split script did, byte for byte.  Like ``split.py``, this module never imports TensorFlow.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class Collection:
     images: str | None                   # the folder objectIds are relative to
     layout: str                          # one of LAYOUTS
     source: str                          # what the user pointed at
-    named_by_sha1: bool = False          # bare SHA-1 names from a label CSV: seed 004's split applies
+    named_by_sha1: bool = False          # bare SHA-1 names from a label CSV: the original split applies
     skipped: Counter = field(default_factory=Counter)  # files left out while listing, by reason
     warnings: list[str] = field(default_factory=list)
 
@@ -393,7 +393,7 @@ def split_collection(collection: Collection, test_keys: Iterable[int] = DEFAULT_
                      allowed_labels: Iterable[str] = ()) -> pd.DataFrame:
     """The split of a collection: objectId, value, type (and sha1 unless named by SHA-1).
 
-    Bare SHA-1 names: seed 004's split of the CSV, byte for byte.  Other files: the same
+    Bare SHA-1 names: the original split of the CSV, byte for byte.  Other files: the same
     rule on the SHA-1 of their bytes.  A pre-split tree keeps its parts; a part it lacks
     (validation, test) is drawn from its train part by the rule.
     """

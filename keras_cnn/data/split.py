@@ -355,7 +355,7 @@ def write_split_csv(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
     """Write ``objectId,value,type`` (and ``sha1`` when the frame has it) atomically; return the path.
 
     Rows keep the frame's order.  A split of SHA-1-named files has no ``sha1`` column (the
-    name is the hash), which keeps it byte for byte what seed 004's script writes.
+    name is the hash), which keeps it byte for byte what the original split script writes.
     """
     missing = [column for column in ("objectId", "value", "type") if column not in frame.columns]
     if missing:
@@ -364,7 +364,7 @@ def write_split_csv(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
     values = [frame[column].astype(str).tolist() for column in columns]
     with atomic_path(path) as temporary, open(temporary, "w", encoding="utf-8", newline="") as handle:
         if any(_needs_quotes(column) for column in values):
-            # The csv module's minimal quoting is what pandas' to_csv (and so seed 004's script) writes.
+            # The csv module's minimal quoting is what pandas' to_csv (and so the original split script) writes.
             writer = csv.writer(handle, lineterminator="\n")
             writer.writerow(columns)
             writer.writerows(zip(*values))
