@@ -115,5 +115,5 @@ def test_split_benchmark_runs_on_a_small_input(load_script, tmp_path, capsys):
                        "--no-record", "--results", str(results)]) == 0
     output = capsys.readouterr().out
     assert "`kcnn split DIR`, warm (list + hash + split) | 60 |" in output
-    assert "seed 004's pandas script, same file | 3,000 |" in output and "pre-flight" in output
+    assert "the original pandas split script, same file | 3,000 |" in output and "pre-flight" in output
     assert not results.exists()

@@ -109,7 +109,7 @@ def test_label_csv_with_any_names_gets_the_part_of_its_sha1_name(tmp_path):
     assert "found a label CSV" in by_path.stderr
     a, b = read_split_csv(tmp_path / "a.csv"), read_split_csv(tmp_path / "b.csv")
     assert a["type"].tolist() == b["type"].tolist()
-    assert "sha1" not in b.columns  # SHA-1 names: seed 004's own columns
+    assert "sha1" not in b.columns  # SHA-1 names: the original split's own columns
     assert [name.split(".")[0] for name in b["objectId"]] == a["sha1"].tolist()
 
 
