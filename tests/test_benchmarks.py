@@ -117,3 +117,12 @@ def test_split_benchmark_runs_on_a_small_input(load_script, tmp_path, capsys):
     assert "`kcnn split DIR`, warm (list + hash + split) | 60 |" in output
     assert "the original pandas split script, same file | 3,000 |" in output and "pre-flight" in output
     assert not results.exists()
+
+
+def test_kill_safety_benchmark_survives_a_few_random_kills(load_script, tmp_path, capsys):
+    kill_safety = load_script("kill_safety")
+    results = tmp_path / "RESULTS.md"
+    assert kill_safety.main(["--kills", "3", "--epochs", "3", "--seed", "1", "--no-record",
+                             "--results", str(results)]) == 0
+    output = capsys.readouterr().out
+    assert "Kills survived / tried" in output and not results.exists()

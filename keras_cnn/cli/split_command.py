@@ -9,6 +9,7 @@ import click
 
 from keras_cnn.cli.common import debug_option, json_option, run_command
 from keras_cnn.errors import UserError
+from keras_cnn.runs import check_output_path
 
 
 @click.command("split")
@@ -79,6 +80,7 @@ def split_source(source: str, output: str, images: str | None = None, layout: st
     test_keys = splitting.parse_key_range(test_keys_text, "--test-keys")
     validation_keys = splitting.parse_key_range(validation_keys_text, "--validation-keys")
     splitting.check_key_ranges(test_keys, validation_keys)
+    check_output_path(output, option="-o")
     if Path(output).resolve() == Path(source).resolve():
         raise UserError(f"the output '{output}' is the input file; choose another -o")
     collection = read_collection(source, images=images, layout=layout, id_column=id_column,
