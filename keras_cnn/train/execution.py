@@ -42,7 +42,7 @@ class Execution:
     def compile(self, model, optimizer: str, learning_rate: float, loss: str) -> None:
         """Compile ``model`` with a kcnn optimizer, accuracy, and the plan's XLA setting (call in ``scope()``)."""
         from keras_cnn.train.distribute import synchronize_loss_scaling
-        from keras_cnn.train.optimizers import make_optimizer
+        from keras_cnn.optimizers import make_optimizer
 
         model.compile(optimizer=make_optimizer(optimizer, learning_rate), loss=loss, metrics=["accuracy"],
                       jit_compile=self.jit_compile(model))

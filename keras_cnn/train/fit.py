@@ -143,7 +143,9 @@ def absolute_data_paths(data):
 def train_scratch(config: RunConfig, out_dir: str | Path) -> dict[str, Any]:
     """Train a from-scratch architecture into ``out_dir`` and report test metrics (``kcnn train``)."""
     from keras_cnn.models.loading import load_model
-    from keras_cnn.models.scratch import build_architecture, count_parameters, get_architecture, with_input_scaling
+    from keras_cnn.models.factory import create_model
+    from keras_cnn.models.parameters import parameter_counts
+    from keras_cnn.models.scratch import get_architecture
     from keras_cnn.train.data import as_model_targets, balanced_class_weights, prepare_array_data, prepare_folder_data
     from keras_cnn.train.execution import start_execution
 
@@ -172,8 +174,8 @@ def train_scratch(config: RunConfig, out_dir: str | Path) -> dict[str, Any]:
         run.write_config(config.to_dict())
 
         with execution.scope():
-            model = with_input_scaling(build_architecture(config.model.name, config.model.input_shape,
-                                                          num_classes, api=config.model.api))
+            model = create_model(config.model.name, num_classes, input_shape=config.model.input_shape,
+                                 api=config.model.api)
             execution.compile(model, training.optimizer, training.learning_rate, config.training.loss)
         single_sigmoid = model.output_shape[-1] == 1
         class_weight = balanced_class_weights(data.train_counts) if training.class_weight == "balanced" else None
@@ -183,7 +185,7 @@ def train_scratch(config: RunConfig, out_dir: str | Path) -> dict[str, Any]:
         seconds = time.perf_counter() - started
 
         best = load_model(run.model_path) if run.model_path.exists() else model
-        metrics: dict[str, Any] = {"parameters": count_parameters(best), "train_seconds": round(seconds, 2)}
+        metrics: dict[str, Any] = {"parameters": parameter_counts(best), "train_seconds": round(seconds, 2)}
         if rows:
             metrics["final_epoch"] = rows[-1]
         if data.test is not None:

@@ -60,7 +60,8 @@ def resolve_transfer_config(config: RunConfig) -> RunConfig:
 def train_head(config: RunConfig, out_dir: str | Path) -> dict[str, Any]:
     """Stage 1 into ``out_dir``: build base + new head, train the head, test; returns a summary."""
     from keras_cnn.models.bases import get_base_spec
-    from keras_cnn.models.transfer import build_transfer_model, parameter_counts
+    from keras_cnn.models.factory import create_model
+    from keras_cnn.models.parameters import parameter_counts
     from keras_cnn.models.weights import resolve_weights
     from keras_cnn.train.data import balanced_class_weights, prepare_folder_data
     from keras_cnn.train.execution import start_execution
@@ -83,10 +84,10 @@ def train_head(config: RunConfig, out_dir: str | Path) -> dict[str, Any]:
         if config.model.binary and len(data.labels) != 2:
             raise UserError(f"--binary needs exactly 2 labels, the split has {len(data.labels)}: {data.labels}")
         with execution.scope():
-            model = build_transfer_model(spec, len(data.labels), image_size=config.data.image_size,
-                                         weights=config.model.weights, head_units=config.model.head_units,
-                                         dropout=config.model.dropout, binary=config.model.binary,
-                                         api=config.model.api, seed=training.seed)
+            model = create_model(spec, len(data.labels), image_size=config.data.image_size,
+                                 weights=config.model.weights, head_units=config.model.head_units,
+                                 dropout=config.model.dropout, binary=config.model.binary,
+                                 api=config.model.api, seed=training.seed)
         single_sigmoid = model.output_shape[-1] == 1
         loss = "binary_crossentropy" if single_sigmoid else "sparse_categorical_crossentropy"
         counts = parameter_counts(model)
@@ -152,7 +153,7 @@ def fine_tune_run(run_dir: str | Path, unfreeze_from: str | None = None, train_b
     """
     from keras_cnn.models.bases import get_base_spec
     from keras_cnn.models.loading import load_model
-    from keras_cnn.models.transfer import parameter_counts
+    from keras_cnn.models.parameters import parameter_counts
     from keras_cnn.models.transfer import unfreeze_from as unfreeze
     from keras_cnn.train.data import balanced_class_weights, prepare_folder_data
     from keras_cnn.train.execution import start_execution
