@@ -24,7 +24,7 @@ from keras_cnn.models.applications import APPLICATION_BASES, FAMILIES, smallest_
 from keras_cnn.models.bases import build_base, get_base_spec
 from keras_cnn.models.factory import create_model
 from keras_cnn.models.parameters import parameter_counts
-from keras_cnn.models.preprocessing import preprocessing_layer
+from keras_cnn.models.preprocessing import preprocessing_for
 from keras_cnn.models.transfer import find_boundary
 
 # Total parameters without top, weights=None, Keras 3.15: the figures the issue quotes.
@@ -39,8 +39,6 @@ REFERENCE_PARAMS = {
 
 # Built in the default run (cheap on two cores); every other base is built under -m slow.
 DEFAULT_RUN_BASES = {"mobilenet_v3_small", "mobilenet"}
-# Families whose smallest member goes through stage 1, fine-tuning, export and predict by default.
-DEFAULT_RUN_FAMILIES = {"mobilenet_v3"}
 # NASNet cells read the two previous cells' outputs: no block boundary is a single tensor.
 MULTI_TENSOR_FAMILIES = {"nasnet"}
 
@@ -114,7 +112,7 @@ def test_preprocessing_equals_keras_preprocess_input(family):
     spec = APPLICATION_BASES[family.members[0].name]
     pixels = np.random.default_rng(0).uniform(0, 255, size=(2, 5, 7, 3)).astype("float32")
     expected = getattr(keras.applications, family.module).preprocess_input(pixels.copy())
-    layer = preprocessing_layer(spec)
+    layer = preprocessing_for(spec)
     actual = pixels if layer is None else keras.ops.convert_to_numpy(layer(pixels))
     np.testing.assert_allclose(actual, expected, atol=1e-5, rtol=0)
 
@@ -197,10 +195,10 @@ def _end_to_end(spec, root: Path, images: Path, split: Path, image_size: int) ->
     np.testing.assert_allclose(actual, expected, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("family", [
-    family.name if family.name in DEFAULT_RUN_FAMILIES else pytest.param(family.name, marks=pytest.mark.slow)
-    for family in FAMILIES
-])
+# Minutes each on two cores (fine-tuning compiles the whole base): under -m slow.  The
+# default run trains efficientnet_b0 end to end in test_two_stage.py.
+@pytest.mark.slow
+@pytest.mark.parametrize("family", [family.name for family in FAMILIES])
 def test_smallest_member_of_each_family_trains_fine_tunes_exports_and_predicts(family, tmp_path, sample_data_dir,
                                                                                sample_split):
     spec = smallest_member(family)

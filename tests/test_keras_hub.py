@@ -71,6 +71,7 @@ print(json.dumps({"probabilities": outputs["probabilities"].numpy().tolist(),
 """
 
 
+@pytest.mark.slow  # about two minutes on two cores
 def test_preset_trains_fine_tunes_exports_and_predicts_without_keras_hub(preset, tmp_path, sample_data_dir,
                                                                          sample_split):
     run, export = tmp_path / "run", tmp_path / "export"

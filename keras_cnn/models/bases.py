@@ -20,7 +20,7 @@ from keras_cnn.errors import UserError, first_line
 from keras_cnn.models.applications import APPLICATION_BASES
 from keras_cnn.models.hub import build_hub_base, hub_base_spec
 from keras_cnn.models.keras_hub import build_keras_hub_base, keras_hub_base_spec
-from keras_cnn.models.preprocessing import preprocessing_layer
+from keras_cnn.models.preprocessing import preprocessing_for
 from keras_cnn.models.specs import HUB_PREFIX, KERAS_HUB_PREFIX, BaseSpec, normalize_image_size
 from keras_cnn.models.weights import load_weights_file, resolve_weights
 
@@ -53,6 +53,11 @@ def get_base_spec(name: str | BaseSpec) -> BaseSpec:
             "keras_hub:PRESET_OR_DIR (keras-hub preset)"
         )
     return APPLICATION_BASES[key]
+
+
+def preprocessing_layer(base: str | BaseSpec) -> keras.layers.Layer | None:
+    """The layer mapping float 0..255 pixels to what base ``base``'s weights expect (``None``: none needed)."""
+    return preprocessing_for(get_base_spec(base))
 
 
 def describe_bases() -> list[dict[str, Any]]:

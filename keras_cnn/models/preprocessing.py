@@ -80,7 +80,7 @@ def torch_scale_offset() -> tuple[list[float], list[float]]:
     return scale, offset
 
 
-def preprocessing_layer(spec: BaseSpec) -> keras.layers.Layer | None:
+def preprocessing_for(spec: BaseSpec) -> keras.layers.Layer | None:
     """The layer mapping float 0..255 pixels to what ``spec``'s weights expect (``None``: none needed)."""
     mode = spec.preprocessing
     if mode == "caffe":

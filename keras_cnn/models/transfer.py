@@ -33,7 +33,7 @@ from keras_cnn.errors import UserError
 from keras_cnn.models.bases import build_base, get_base_spec
 from keras_cnn.models.hub import HubFeatureLayer
 from keras_cnn.models.parameters import parameter_counts
-from keras_cnn.models.preprocessing import preprocessing_layer
+from keras_cnn.models.preprocessing import preprocessing_for
 from keras_cnn.models.specs import BaseSpec, check_api
 HEAD_POOL = "head_pool"
 HEAD_DROPOUT = "head_dropout"
@@ -68,7 +68,7 @@ def build_transfer_model(base: str | BaseSpec, num_classes: int, image_size: int
     input_shape = spec.input_shape(image_size)
     base_model = build_base(spec, input_shape[:2], weights)
     base_model.trainable = False
-    preprocessing = preprocessing_layer(spec)
+    preprocessing = preprocessing_for(spec)
     head = _head_layers(base_model.output.shape, num_classes, head_units, dropout, binary, seed)
     name = f"{spec.layer_name}_classifier"
 
