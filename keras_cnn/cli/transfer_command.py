@@ -19,8 +19,10 @@ def _render(result):
 
 @click.command()
 @click.option("--base", required=True,
-              help="efficientnet_b0, inception_v3, vgg16 (see `kcnn models`), or hub:URL_OR_DIR for a "
-                   "TF Hub module (a tfhub.dev / Kaggle URL, or a local SavedModel folder).")
+              help="A keras.applications base (resnet50, mobilenet_v3_small, efficientnet_b0, convnext_tiny ...; "
+                   "`kcnn models` lists all 40), keras_hub:PRESET_OR_DIR for a keras-hub preset (a Kaggle handle "
+                   "or a local preset folder), or hub:URL_OR_DIR for a TF Hub module (a tfhub.dev / Kaggle URL, "
+                   "or a local SavedModel folder).")
 @click.option("--images", required=True, type=click.Path(exists=True, file_okay=False),
               help="Image folder: a folder per class (DIR/<label>/…), a train/val/test tree, or DIR/label.csv; "
                    "without --split it is split by SHA-1 into RUN/split.csv. With --split: the folder it names.")

@@ -57,7 +57,8 @@ def train_scratch(config: RunConfig, out_dir: str | Path | None = None, overwrit
     ``out_dir`` defaults to ``runs/ARCHITECTURE-TIMESTAMP``.  Re-running a finished run does
     nothing; a killed one resumes; ``overwrite`` starts the run over.
     """
-    from keras_cnn.models.scratch import build_architecture, get_architecture, with_input_scaling
+    from keras_cnn.models.factory import create_model
+    from keras_cnn.models.scratch import get_architecture
     from keras_cnn.train.data import prepare_array_data, prepare_folder_data
 
     validate_config(config)
@@ -77,8 +78,8 @@ def train_scratch(config: RunConfig, out_dir: str | Path | None = None, overwrit
                                    training.seed, skipped_record=context.run.skipped_images_path)
 
     def build_model(context):
-        return with_input_scaling(build_architecture(config.model.name, config.model.input_shape,
-                                                     len(context.data.labels), api=config.model.api))
+        return create_model(config.model.name, len(context.data.labels), input_shape=config.model.input_shape,
+                            api=config.model.api)
 
     stage = StageSpec(TRAIN_STAGE, config, training, stage_options(config), prepare_data, build_model,
                       loss=lambda context: architecture.loss(len(context.data.labels)))

@@ -291,7 +291,7 @@ def _link_or_copy(source: Path, target: Path) -> None:
 
 def _run_checked_stage(context: StageContext, state: RunState, data) -> StageOutcome:
     """Steps 3-5 of the module docstring, once the run state allows the stage."""
-    from keras_cnn.models.transfer import parameter_counts
+    from keras_cnn.models.parameters import parameter_counts
 
     spec, run = context.spec, context.run
     if data is None:

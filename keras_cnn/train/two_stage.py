@@ -69,7 +69,7 @@ def train_head(config: RunConfig, out_dir: str | Path | None = None, overwrite: 
 
 def _train_head(config: RunConfig, out_dir, overwrite: bool, execution=None) -> StageOutcome:
     from keras_cnn.models.bases import get_base_spec
-    from keras_cnn.models.transfer import build_transfer_model
+    from keras_cnn.models.factory import create_model
     from keras_cnn.models.weights import resolve_weights
     from keras_cnn.train.data import prepare_folder_data
 
@@ -93,10 +93,10 @@ def _train_head(config: RunConfig, out_dir, overwrite: bool, execution=None) -> 
         return data
 
     def build_model(context):
-        return build_transfer_model(spec, len(context.data.labels), image_size=config.data.image_size,
-                                    weights=config.model.weights, head_units=config.model.head_units,
-                                    dropout=config.model.dropout, binary=config.model.binary,
-                                    api=config.model.api, seed=training.seed)
+        return create_model(spec, len(context.data.labels), image_size=config.data.image_size,
+                            weights=config.model.weights, head_units=config.model.head_units,
+                            dropout=config.model.dropout, binary=config.model.binary,
+                            api=config.model.api, seed=training.seed)
 
     stage = StageSpec(HEAD_STAGE, config, training, stage_options(config), prepare_data, build_model,
                       keep_model=True, fit_inputs=head_on_cached_features if training.cache_features else None)
