@@ -62,6 +62,11 @@ class TrainingConfig:
     mixed_precision: str = "auto"         # "auto" | "on" | "off"
     xla: str = "auto"                     # "auto" | "on" | "off"
     strategy: str = "auto"                # "auto" | "default" | "mirrored" | "multiworker"
+    schedule: str = "constant"            # learning-rate curve: "constant" | "cosine" | "onecycle"
+    warmup_epochs: float | None = None    # warm-up length (per step, fractions allowed); None = the schedule's
+    ema: float | None = None              # decay of the weight average the saved model uses; None = off
+    early_stopping: int | None = None     # patience in epochs; None = train every epoch
+    lr_mult: float | None = None          # fine-tuning: head rate / first unfrozen block's rate; None = 1
 
 
 @dataclass
