@@ -28,6 +28,7 @@ COMMANDS = {
     "train": "keras_cnn.cli.train_command:train",
     "transfer": "keras_cnn.cli.transfer_command:transfer",
     "finetune": "keras_cnn.cli.transfer_command:finetune",
+    "lr-find": "keras_cnn.cli.lr_find_command:lr_find",
     "evaluate": "keras_cnn.cli.evaluate_command:evaluate",
     "export": "keras_cnn.cli.export_command:export",
     "predict": "keras_cnn.cli.predict_command:predict",

@@ -54,6 +54,31 @@ def training_options(defaults_note: str = "the architecture's reference recipe")
     )
 
 
+data_source_options = option_group(
+    click.option("--dataset", type=click.Choice(["mnist", "cifar10"]), default=None,
+                 help="Train on a keras.datasets dataset (downloaded once, or read from --dataset-path)."),
+    click.option("--dataset-path", type=click.Path(exists=True), default=None,
+                 help="The dataset archive on disk: mnist.npz, cifar-10-python.tar.gz or cifar-10-batches-py/."),
+    click.option("--split", "split_csv", type=click.Path(exists=True, dir_okay=False), default=None,
+                 help="Split CSV (objectId,value,type) from `kcnn split`."),
+    click.option("--images", type=click.Path(exists=True, file_okay=False), default=None,
+                 help="Folder of the images named in --split (flat or ab/cd/ sharded)."),
+)
+"""``--dataset``, ``--dataset-path``, ``--split``, ``--images``: where training images come from."""
+
+transfer_model_options = option_group(
+    click.option("--image-size", type=click.IntRange(min=32), default=None,
+                 help="Input side in pixels [default: the base's own, e.g. 224; smaller is faster]."),
+    click.option("--weights", default="imagenet", show_default=True,
+                 help="imagenet (downloaded once into the Keras cache), none (random), or a weights file PATH."),
+    click.option("--head-units", type=click.IntRange(min=1), multiple=True,
+                 help="Hidden Dense layer(s) of the head, e.g. --head-units 1024 (repeatable) [default: none]."),
+    click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True,
+                 help="Dropout before the classifier."),
+    click.option("--binary", is_flag=True, help="Two labels: one sigmoid unit instead of a 2-way softmax."),
+)
+"""``--image-size``, ``--weights``, ``--head-units``, ``--dropout``, ``--binary``: a base + new head."""
+
 image_folder_options = option_group(
     click.option("--class-weight", type=click.Choice(["none", "balanced"]), default="none", show_default=True,
                  help="Weight classes inversely to their frequency in the training part."),

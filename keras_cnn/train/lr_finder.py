@@ -7,11 +7,14 @@ weights (and its optimizer, if it had one) are put back afterwards: the sweep is
 measurement, not training.
 
 Two suggestions are read off the smoothed curve, as fastai names them:
-- ``valley``: the longest stretch over which the loss keeps falling; the rate halfway
-  along it (fastai's default, usually a safe choice);
+- ``valley``: the longest stretch over which the loss keeps falling, and in it the rate
+  at which the loss has made half of that fall (fastai's default suggestion takes the
+  stretch's middle step instead; on a long, slowly sinking plateau that lands on the
+  plateau, so the middle is measured by the loss here);
 - ``steepest``: where the loss falls fastest per decade of learning rate.
-Like fastai, the first tenth of the points and the last five are ignored when suggesting:
-the start is noise and the end is the blow-up.
+Like fastai, the first tenth of the points and the last five are ignored when suggesting
+(the start is noise, the end the blow-up), and so is everything after the lowest loss:
+a rate there is already past the point where training breaks down.
 """
 
 from __future__ import annotations
@@ -67,6 +70,10 @@ def suggest_learning_rates(learning_rates, smoothed_losses) -> dict[str, float]:
     window = _suggestion_window(len(smoothed_losses))
     rates = np.asarray(learning_rates, dtype="float64")[window]
     losses = np.asarray(smoothed_losses, dtype="float64")[window]
+    finite = np.isfinite(losses)
+    if finite.sum() >= 3:
+        lowest = int(np.argmin(np.where(finite, losses, np.inf)))
+        rates, losses = rates[:lowest + 1], losses[:lowest + 1]
     if len(losses) < 3 or not np.all(np.isfinite(losses)):
         raise UserError(f"the loss diverged after {len(smoothed_losses)} steps, too early to suggest a rate; "
                         "start the sweep lower (--start-lr) or use a smaller --batch-size")
@@ -74,7 +81,8 @@ def suggest_learning_rates(learning_rates, smoothed_losses) -> dict[str, float]:
 
 
 def valley_index(losses) -> int:
-    """Index halfway along the longest run of ever-lower losses (not necessarily consecutive points).
+    """Index in the longest run of ever-lower losses (not necessarily consecutive points) where
+    the loss has made half of the run's fall.
 
     ``longest[i]`` is the length of the longest decreasing sequence ending at point i and
     ``first[i]`` where it starts; the longest of them is the valley.
@@ -92,7 +100,8 @@ def valley_index(losses) -> int:
             first[end] = first[best]
     end = int(np.argmax(longest))
     start = int(first[end])
-    return start + (end - start) // 2
+    halfway = (losses[start] + losses[end]) / 2.0
+    return start + int(np.argmax(losses[start:end + 1] <= halfway))
 
 
 def steepest_index(learning_rates, losses) -> int:
