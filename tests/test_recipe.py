@@ -76,6 +76,45 @@ def test_the_model_judged_and_saved_at_epoch_end_holds_the_averaged_weights():
         assert any(np.abs(held_weight - raw_weight).max() > 1e-3 for held_weight, raw_weight in zip(held, raw))
 
 
+def test_a_resumed_fit_trains_on_from_the_raw_weights_not_the_average(tmp_path):
+    import keras
+
+    training = TrainingConfig(optimizer="sgd", learning_rate=0.5, ema=0.6)
+    images, labels = tiny_data()
+
+    class Watch(keras.callbacks.Callback):
+        """The raw weights after the last step; the weights the next fit starts from; the saved state."""
+
+        raw_end = first_start = None
+
+        def on_train_batch_begin(self, batch, logs=None):
+            if self.first_start is None:
+                self.first_start = self.model.get_weights()
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.raw_end = self.model.get_weights()
+
+        def on_epoch_end(self, epoch, logs=None):   # a checkpoint after the swap, as the stage runner has it
+            self.model.save_weights(tmp_path / "state.weights.h5")
+            self.model.stop_training = True          # ... and a kill after epoch 1 of 2
+
+    def compiled():
+        model = tiny_model()
+        model.compile(optimizer=stage_optimizer(training, epochs=2, steps_per_epoch=4),
+                      loss="sparse_categorical_crossentropy")
+        return model
+
+    first, before_kill = compiled(), Watch()
+    first.fit(images, labels, batch_size=8, epochs=2, verbose=0, callbacks=[*ema_callbacks(training), before_kill])
+    resumed, after_resume = compiled(), Watch()
+    resumed.optimizer.build(resumed.trainable_variables)
+    resumed.load_weights(tmp_path / "state.weights.h5")
+    resumed.fit(images, labels, batch_size=8, epochs=2, initial_epoch=1, verbose=0,
+                callbacks=[*ema_callbacks(training), after_resume])
+    for raw, start in zip(before_kill.raw_end, after_resume.first_start):
+        np.testing.assert_allclose(start, raw, rtol=1e-6, atol=1e-7)
+
+
 def run_epochs(callback, values, start=0):
     """Drive ``callback`` through epochs ``start``.. with these monitored values; returns epochs run."""
     model = tiny_model()

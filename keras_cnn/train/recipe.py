@@ -5,7 +5,7 @@
 
 Weight averaging (``--ema DECAY``, Polyak averaging as timm's ``--model-ema``): the Keras
 optimizer keeps an exponential moving average of the trainable weights
-(``use_ema``/``ema_momentum``); at the end of every epoch ``SwapEMAWeights`` puts the
+(``use_ema``/``ema_momentum``); at the end of every epoch :class:`AveragedWeights` puts the
 averaged weights into the model, so validation, the best-model checkpoint and therefore
 evaluation and export all see the averaged model, and swaps the raw weights back before
 the next epoch trains on.  The averaging starts at the first step (no bias correction),
@@ -57,12 +57,34 @@ def stage_optimizer(training: TrainingConfig, epochs: int, steps_per_epoch: int,
     return optimizer_class.from_config({**optimizer.get_config(), "learning_rate": learning_rate, **extra})
 
 
+class AveragedWeights(keras.callbacks.SwapEMAWeights):
+    """``SwapEMAWeights(swap_on_epoch=True)`` that also resumes: put it before the checkpoint.
+
+    The checkpoint then saves the state with the average in the model and the raw weights
+    in the optimizer's average slots (the exchange is exact).  A resumed fit (its first
+    epoch is not 0) loads that state, so the first thing to do is to swap back.
+    """
+
+    def __init__(self):
+        super().__init__(swap_on_epoch=True)
+        self._first_epoch = True
+
+    def on_train_begin(self, logs=None):
+        self._first_epoch = True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._first_epoch:
+            self._first_epoch = False
+            # The state was saved after an epoch's end, with the averaged weights swapped in.
+            self._ema_weights_in_model = epoch > 0
+        super().on_epoch_begin(epoch, logs)
+
+
 def ema_callbacks(training: TrainingConfig) -> list[keras.callbacks.Callback]:
-    """``[SwapEMAWeights]`` with ``--ema``; place it after ``BackupAndRestore`` (which must
-    save the raw weights) and before the callbacks that save or judge the model."""
+    """``[AveragedWeights]`` with ``--ema``; place it before the callbacks that save or judge the model."""
     if not training.ema:
         return []
-    return [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)]
+    return [AveragedWeights()]
 
 
 def early_stopping_callbacks(training: TrainingConfig, monitor: str, stage: str = "",
