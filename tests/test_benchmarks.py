@@ -105,3 +105,13 @@ def test_scratch_training_benchmark_times_both_approaches(load_script, tmp_path,
     output = capsys.readouterr().out
     assert "Ratio kcnn / reference, training" in output and "ImageDataGenerator.flow" in output
     assert not results.exists()
+
+
+@pytest.mark.slow
+def test_schedules_benchmark_runs_one_short_seed(load_script, tmp_path, capsys):
+    pytest.importorskip("sklearn", reason="the schedules benchmark reads scikit-learn's digits")
+    schedules = load_script("schedules")
+    results = tmp_path / "RESULTS.md"
+    schedules.main(["--seeds", "1", "--epochs", "1", "--no-record", "--results", str(results)])
+    output = capsys.readouterr().out
+    assert "| onecycle |" in output and "| constant, EMA 0.9 |" in output and not results.exists()
