@@ -59,7 +59,7 @@ overwrite_option = click.option(
 
 
 def training_options(defaults_note: str = "the architecture's reference recipe") -> Callable:
-    """Options every training command shares (epochs, batch size, learning rate, seed)."""
+    """Options every training command shares: epochs, batch size, learning rate, seed, and the recipe options."""
     return option_group(
         click.option("--epochs", type=click.IntRange(min=1), default=None,
                      help=f"Number of epochs [default: {defaults_note}]."),
@@ -69,6 +69,7 @@ def training_options(defaults_note: str = "the architecture's reference recipe")
                      help=f"Learning rate [default: {defaults_note}]."),
         click.option("--seed", type=int, default=1234, show_default=True,
                      help="Random seed for weights, shuffling and augmentation."),
+        recipe_options,
     )
 
 
@@ -97,30 +98,24 @@ transfer_model_options = option_group(
 )
 """``--image-size``, ``--weights``, ``--head-units``, ``--dropout``, ``--binary``: a base + new head."""
 
-def recipe_options(stage_one_defaults: bool = False) -> Callable:
-    """``--schedule``, ``--warmup-epochs``, ``--ema``, ``--early-stopping`` (the stage's training recipe).
-
-    ``stage_one_defaults``: for ``kcnn finetune``, where an option left out takes stage 1's value.
-    """
-    inherited = " [default: stage 1's]" if stage_one_defaults else ""
-    return option_group(
-        click.option("--schedule", type=click.Choice(["constant", "cosine", "onecycle"]),
-                     default=None if stage_one_defaults else "constant", show_default=not stage_one_defaults,
-                     help="How the learning rate moves during the stage, batch by batch: constant; cosine "
-                          "(down to 0 by the last batch); onecycle (fastai's fit_one_cycle: up from rate/25 to "
-                          "the rate during the warm-up, then down to nearly 0). --learning-rate is the peak."
-                          + inherited),
-        click.option("--warmup-epochs", type=click.FloatRange(min=0), default=None,
-                     help="Epochs (fractions allowed) over which the rate rises to --learning-rate "
-                          "[default: none; onecycle: a quarter of the stage]." + inherited),
-        click.option("--ema", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
-                     help="Keep an exponential moving average of the weights with this decay (e.g. 0.999); "
-                          "validation, the saved model, evaluation and export use the averaged weights "
-                          "[default: off]." + inherited),
-        click.option("--early-stopping", type=click.IntRange(min=1), default=None, metavar="PATIENCE",
-                     help="Stop after PATIENCE epochs without a better validation loss; the best epoch's "
-                          "model is kept [default: train every epoch]." + inherited),
-    )
+recipe_options = option_group(
+    click.option("--schedule", type=click.Choice(["constant", "cosine", "onecycle"]), default="constant",
+                 show_default=True,
+                 help="How the learning rate moves during the stage, batch by batch: constant; cosine (down to "
+                      "0 by the last batch); onecycle (fastai's fit_one_cycle: up from rate/25 to the rate during "
+                      "the warm-up, then down to nearly 0). --learning-rate is the peak."),
+    click.option("--warmup-epochs", type=FiniteFloatRange(min=0), default=None,
+                 help="Epochs (fractions allowed) over which the rate rises to --learning-rate, batch by batch "
+                      "[default: none; onecycle: a quarter of the stage]."),
+    click.option("--ema", type=FiniteFloatRange(0, 1, min_open=True, max_open=True), default=None, metavar="DECAY",
+                 help="Keep an exponential moving average of the weights with this decay (e.g. 0.999: about "
+                      "the last 1,000 batches); validation, the saved model, evaluate and export use the "
+                      "averaged weights [default: off]."),
+    click.option("--early-stopping", type=click.IntRange(min=1), default=None, metavar="PATIENCE",
+                 help="Stop after PATIENCE epochs without a better validation loss; the best epoch's model is "
+                      "the one kept [default: train every epoch]."),
+)
+"""``--schedule``, ``--warmup-epochs``, ``--ema``, ``--early-stopping``: a stage's training recipe."""
 
 
 image_folder_options = option_group(

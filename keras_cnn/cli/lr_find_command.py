@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from keras_cnn.cli.common import (data_source_options, debug_option, import_tensorflow_quietly, json_option,
+from keras_cnn.cli.common import (FiniteFloatRange, data_source_options, debug_option, import_tensorflow_quietly, json_option,
                                   parse_cache, run_command, transfer_model_options)
 
 
@@ -37,9 +37,9 @@ def _render(result):
 @click.option("--optimizer", type=click.Choice(["adam", "adamw", "rmsprop", "sgd"]), default=None,
               help="Optimizer [default: what the stage would use].")
 @click.option("--seed", type=int, default=1234, show_default=True, help="Random seed.")
-@click.option("--start-lr", type=click.FloatRange(min=0, min_open=True), default=1e-7, show_default=True,
+@click.option("--start-lr", type=FiniteFloatRange(min=0, min_open=True), default=1e-7, show_default=True,
               help="First learning rate of the sweep.")
-@click.option("--end-lr", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+@click.option("--end-lr", type=FiniteFloatRange(min=0, min_open=True), default=10.0, show_default=True,
               help="Last learning rate of the sweep (it stops earlier when the loss diverges).")
 @click.option("--steps", type=click.IntRange(10, 1000), default=100, show_default=True,
               help="Batches in the sweep, one learning rate each (100-300 is usual).")
@@ -76,7 +76,6 @@ def lr_find(architecture, base, run_dir, unfreeze_from, train_bn, dataset, datas
     if sum(bool(choice) for choice in (architecture, base, run_dir)) != 1:
         raise UserError("give exactly one of --architecture NAME, --base NAME or --run RUN")
     import_tensorflow_quietly()
-    from keras_cnn.cli.transfer_command import _photo_augmentation
     from keras_cnn.config import DataConfig, ModelConfig, RunConfig, TrainingConfig
 
     config = None
@@ -84,17 +83,16 @@ def lr_find(architecture, base, run_dir, unfreeze_from, train_bn, dataset, datas
         if base:
             model = ModelConfig(kind="transfer", name=base, weights=weights, head_units=list(head_units),
                                 dropout=dropout, binary=binary)
-            augmentation = _photo_augmentation(augment)
         else:
             from keras_cnn.models.scratch import get_architecture
 
             get_architecture(architecture)  # unknown names fail before any work
-            model, augmentation = ModelConfig(kind="scratch", name=architecture), None
+            model = ModelConfig(kind="scratch", name=architecture)
         config = RunConfig(
             command="lr-find", model=model,
             data=DataConfig(dataset=dataset, dataset_path=dataset_path, split=split_csv, images=images,
                             image_size=(image_size, image_size) if image_size and base else None,
-                            resize_mode=resize_mode, augment=augment, augmentation=augmentation,
+                            resize_mode=resize_mode, augment=augment,
                             cache=parse_cache(cache)),
             training=TrainingConfig(seed=seed))
 

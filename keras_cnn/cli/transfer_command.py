@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from keras_cnn.cli.common import (FiniteFloatRange, debug_option, execution_options, image_folder_options,
-                                  import_tensorflow_quietly, json_option, overwrite_option, parse_cache, run_command,
-                                  training_options)
+                                  import_tensorflow_quietly, json_option, overwrite_option, parse_cache, recipe_options,
+                                  run_command, training_options)
 
 
 def _render(result):
@@ -52,7 +52,7 @@ def _render(result):
 @debug_option
 def transfer(base, split_csv, images, out_dir, image_size, weights, head_units, dropout, binary, epochs,
              batch_size, learning_rate, seed, optimizer, augment, cache_features, class_weight, api, resize_mode,
-             cache, skip_bad_images, mixed_precision, xla, strategy, overwrite, as_json):
+             cache, skip_bad_images, mixed_precision, xla, strategy, overwrite, as_json, **recipe):
     """Stage 1: train a new head on a frozen pretrained base.
 
     The base runs in inference mode with its weights frozen; the head is global average
@@ -77,7 +77,7 @@ def transfer(base, split_csv, images, out_dir, image_size, weights, head_units, 
         training=TrainingConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                                 optimizer=optimizer, seed=seed, class_weight=class_weight,
                                 cache_features=cache_features, mixed_precision=mixed_precision, xla=xla,
-                                strategy=strategy),
+                                strategy=strategy, **recipe),
     )
 
     def work():
@@ -101,6 +101,11 @@ def transfer(base, split_csv, images, out_dir, image_size, weights, head_units, 
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Batch size [default: stage 1's].")
 @click.option("--optimizer", type=click.Choice(["adam", "adamw", "rmsprop", "sgd"]), default=None,
               help="Optimizer [default: adam]; sgd uses momentum 0.9 like the Keras InceptionV3 recipe.")
+@recipe_options
+@click.option("--lr-mult", type=FiniteFloatRange(min=1), default=None, metavar="K",
+              help="Discriminative learning rates (fastai's lr_mult): the head trains at --learning-rate, the "
+                   "first unfrozen block of the base at --learning-rate/K, the blocks between at rates growing "
+                   "geometrically [default: 1, one rate for all]. `kcnn lr-find --run RUN` helps pick the rate.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Write stage 2 into a copy of the run here instead of into RUN.")
 @click.option("--mixed-precision", type=click.Choice(["auto", "on", "off"]), default=None,
@@ -113,7 +118,7 @@ def transfer(base, split_csv, images, out_dir, image_size, weights, head_units, 
 @json_option
 @debug_option
 def finetune(run_dir, unfreeze_from, train_bn, epochs, learning_rate, batch_size, optimizer, out_dir,
-             mixed_precision, xla, strategy, overwrite, as_json):
+             mixed_precision, xla, strategy, overwrite, as_json, lr_mult, **recipe):
     """Stage 2: unfreeze the base from a layer on and train at a low learning rate.
 
     Reads the base, data and head from the stage-1 RUN. The named layer and every later
@@ -130,7 +135,8 @@ def finetune(run_dir, unfreeze_from, train_bn, epochs, learning_rate, batch_size
 
     config = FineTuneConfig(unfreeze_from=unfreeze_from, train_bn=train_bn, epochs=epochs,
                             learning_rate=learning_rate, optimizer=optimizer, batch_size=batch_size,
-                            mixed_precision=mixed_precision, xla=xla, strategy=strategy)
+                            mixed_precision=mixed_precision, xla=xla, strategy=strategy, lr_mult=lr_mult,
+                            **recipe)
 
     def work():
         from keras_cnn.train.two_stage import fine_tune_run

@@ -135,16 +135,19 @@ def _finetune_setup(run_dir, unfreeze_from, train_bn, batch_size, optimizer):
     from keras_cnn.models.loading import load_model
     from keras_cnn.models.transfer import unfreeze_from as unfreeze
     from keras_cnn.train.data import as_model_targets, prepare_folder_data
-    from keras_cnn.train.two_stage import FINETUNE_DEFAULTS, FINETUNE_STAGE
+    from keras_cnn.train.two_stage import FINETUNE_DEFAULTS, FINETUNE_STAGE, HEAD_STAGE
 
     run = RunDirectory(run_dir).require()
     config = RunConfig.from_dict(run.read_config())
     if config.model.kind != "transfer":
         raise UserError(f"{run_dir} is a {config.model.kind or 'non-transfer'} run; lr-find --run needs a "
                         "`kcnn transfer` run (for a from-scratch model give its training options instead)")
-    if not run.model_path.exists():
+    # Stage 1's best model, as `kcnn finetune` starts from (model.keras may be a fine-tuned one).
+    start = run.stage_model_path(HEAD_STAGE)
+    start = start if start.exists() else run.model_path
+    if not start.exists():
         raise UserError(f"{run_dir} has no model.keras yet; train stage 1 first (kcnn transfer)")
-    model = load_model(run.model_path)   # a copy in memory: the run's file is only read
+    model = load_model(start)   # a copy in memory: the run's files are only read
     unfreeze(model, unfreeze_from or get_base_spec(config.model.name).default_unfreeze, train_bn=train_bn)
     batch_size = batch_size or config.training.batch_size
     data = prepare_folder_data(config.data, config.data.image_size, 3, batch_size, config.training.seed,

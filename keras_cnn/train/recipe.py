@@ -26,8 +26,11 @@ from keras_cnn.train.optimizers import make_optimizer
 from keras_cnn.train.schedules import check_schedule, learning_rate_for
 
 
-def check_recipe(training: TrainingConfig) -> None:
-    """Refuse out-of-range recipe options with one line, before any work."""
+def check_recipe(training) -> None:
+    """Refuse out-of-range recipe options with one line, before any work.
+
+    ``training``: a ``TrainingConfig`` or a ``FineTuneConfig`` (both carry the recipe fields).
+    """
     check_schedule(training.schedule)
     if training.ema is not None and not 0.0 < float(training.ema) < 1.0:
         raise UserError(f"--ema is a decay between 0 and 1 (e.g. 0.999), received: {training.ema}")
@@ -35,6 +38,9 @@ def check_recipe(training: TrainingConfig) -> None:
         raise UserError(f"--early-stopping is a patience in epochs (1 or more), received: {training.early_stopping}")
     if training.warmup_epochs is not None and float(training.warmup_epochs) < 0:
         raise UserError(f"--warmup-epochs must be 0 or more, received: {training.warmup_epochs}")
+    if training.lr_mult is not None and float(training.lr_mult) < 1:
+        raise UserError(f"--lr-mult must be 1 or more (the head's rate / the first unfrozen block's), "
+                        f"received: {training.lr_mult}")
 
 
 def stage_optimizer(training: TrainingConfig, epochs: int, steps_per_epoch: int,
