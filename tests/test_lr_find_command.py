@@ -6,7 +6,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from conftest import write_hub_module
+from conftest import train_tiny_hub_head
 from keras_cnn.cli import cli
 
 
@@ -16,14 +16,7 @@ def invoke(*args):
 
 @pytest.mark.slow
 def test_stage2_sweep_suggests_rates_and_never_changes_the_run(tmp_path, sample_data_dir, sample_split):
-    from keras_cnn.config import DataConfig, ModelConfig, RunConfig, TrainingConfig
-    from keras_cnn.train.two_stage import train_head
-
-    hub = write_hub_module(tmp_path / "hub")
-    run = tmp_path / "run"
-    train_head(RunConfig(command="transfer", model=ModelConfig(kind="transfer", name=f"hub:{hub}"),
-                         data=DataConfig(split=str(sample_split), images=str(sample_data_dir), image_size=(32, 32)),
-                         training=TrainingConfig(epochs=1, batch_size=16, learning_rate=0.01)), run)
+    run = train_tiny_hub_head(tmp_path, sample_split, sample_data_dir)
     model_bytes = hashlib.sha1((run / "model.keras").read_bytes()).hexdigest()
     result = invoke("lr-find", "--run", run, "--unfreeze-from", "all", "--steps", 30, "--start-lr", 1e-5,
                     "--json")

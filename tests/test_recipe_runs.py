@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import learnable_digit_images, write_hub_module
+from conftest import learnable_digit_images, train_tiny_hub_head
 from keras_cnn.cli import cli
 from keras_cnn.config import DataConfig, ModelConfig, RunConfig, TrainingConfig
 from keras_cnn.train.callbacks import NanGuard
@@ -92,13 +92,7 @@ def test_early_stopping_keeps_the_best_epoch_and_its_patience_across_a_kill(tmp_
 
 
 def test_finetune_lr_mult_gives_the_base_a_smaller_rate(tmp_path, sample_data_dir, sample_split):
-    from keras_cnn.train.two_stage import train_head
-
-    hub = write_hub_module(tmp_path / "hub")
-    run = tmp_path / "run"
-    train_head(RunConfig(command="transfer", model=ModelConfig(kind="transfer", name=f"hub:{hub}"),
-                         data=DataConfig(split=str(sample_split), images=str(sample_data_dir), image_size=(32, 32)),
-                         training=TrainingConfig(epochs=1, batch_size=16, learning_rate=0.01)), run)
+    run = train_tiny_hub_head(tmp_path, sample_split, sample_data_dir)
     result = invoke("finetune", "--run", run, "--unfreeze-from", "all", "--epochs", 1, "--learning-rate", 1e-3,
                     "--lr-mult", 4, "--schedule", "onecycle", "--json")
     assert result.exit_code == 0, result.output[-3000:]

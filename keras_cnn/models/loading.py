@@ -18,7 +18,9 @@ def load_model(path: str | os.PathLike, compile: bool = False) -> keras.Model:
     """
     import keras_cnn.models.bases  # noqa: F401 - CaffePreprocessing
     import keras_cnn.models.hub  # noqa: F401 - HubFeatureLayer
+    import keras_cnn.train.discriminative  # noqa: F401 - kcnn>AdamWithLayerRates ... (finetune --lr-mult)
     import keras_cnn.train.optimizers  # noqa: F401 - kcnn>Adam ... in compiled models
+    import keras_cnn.train.schedules  # noqa: F401 - kcnn>LearningRateCurve (--schedule)
 
     try:
         return keras.saving.load_model(os.fspath(path), compile=compile)
