@@ -45,3 +45,16 @@ def test_from_scratch_sweep_writes_its_picture_where_asked(tmp_path, mnist_npz):
 def test_bad_combinations_are_one_line_errors(args, message):
     result = invoke("lr-find", *args)
     assert result.exit_code == 2 and message in result.output
+
+
+@pytest.mark.slow
+def test_head_sweep_runs_on_cached_features_of_the_frozen_base(tmp_path, sample_data_dir, sample_split):
+    from conftest import write_hub_module
+
+    hub = write_hub_module(tmp_path / "hub")
+    result = invoke("lr-find", "--base", f"hub:{hub}", "--split", sample_split, "--images", sample_data_dir,
+                    "--image-size", 32, "--steps", 20, "--start-lr", 1e-4, "--out", tmp_path / "head.png", "--json")
+    assert result.exit_code == 0, result.output[-3000:]
+    found = json.loads(result.stdout)
+    assert found["stage"] == "head" and found["steps"] == 20 and (tmp_path / "head.png").exists()
+    assert "extracting train features" in result.stderr
