@@ -20,6 +20,7 @@ the same run, and appends a dated section with the machine to benchmarks/RESULTS
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -66,7 +67,8 @@ def train_variant(npz: Path, out_dir: Path, seed: int, learning_rate: float | No
                        data=DataConfig(dataset="mnist", dataset_path=str(npz)),
                        training=TrainingConfig(seed=seed, learning_rate=learning_rate, epochs=epochs, **options))
     started = time.perf_counter()
-    summary = train_scratch(config, out_dir)
+    with contextlib.redirect_stdout(sys.stderr):   # Keras progress bars: stdout is for the results
+        summary = train_scratch(config, out_dir)
     return {"accuracy": summary["test_accuracy"], "loss": summary["test_loss"],
             "seconds": time.perf_counter() - started}
 
