@@ -43,7 +43,7 @@ def test_two_groups_updates_differ_by_the_expected_factor(optimizer):
     import keras
     import tensorflow as tf
 
-    from keras_cnn.train.optimizers import make_optimizer
+    from keras_cnn.optimizers import make_optimizer
 
     inputs = keras.Input((3,))
     outputs = keras.layers.Dense(1, name="late")(keras.layers.Dense(2, name="early")(inputs))

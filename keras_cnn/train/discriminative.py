@@ -24,7 +24,7 @@ import keras
 
 from keras_cnn.errors import UserError
 from keras_cnn.models.transfer import get_base_layer
-from keras_cnn.train.optimizers import OPTIMIZERS
+from keras_cnn.optimizers import OPTIMIZERS
 
 # The block a layer belongs to, from its name; the first alternative that matches wins at
 # the leftmost position, so "conv5_block3_1_conv" is block "conv5_block3", not "block3".

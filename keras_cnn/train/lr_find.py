@@ -82,7 +82,8 @@ def write_sweep(sweep: LearningRateSweep, suggestions: dict[str, float], plot: P
 
 
 def _scratch_setup(config: RunConfig):
-    from keras_cnn.models.scratch import build_architecture, get_architecture, with_input_scaling
+    from keras_cnn.models.factory import create_model
+    from keras_cnn.models.scratch import get_architecture
     from keras_cnn.train.data import as_model_targets, prepare_array_data, prepare_folder_data
     from keras_cnn.train.fit import resolve_scratch_config
 
@@ -96,16 +97,16 @@ def _scratch_setup(config: RunConfig):
         data = prepare_folder_data(config.data, config.data.image_size, config.data.channels,
                                    training.batch_size, training.seed)
     spec = get_architecture(config.model.name)
-    model = with_input_scaling(build_architecture(config.model.name, config.model.input_shape, len(data.labels),
-                                                  api=config.model.api))
+    model = create_model(config.model.name, len(data.labels), input_shape=config.model.input_shape,
+                         api=config.model.api)
     single_sigmoid = model.output_shape[-1] == 1
     return (model, as_model_targets(data.train, single_sigmoid), spec.loss(len(data.labels)), training.optimizer,
             training.seed, "train")
 
 
 def _head_setup(config: RunConfig):
-    from keras_cnn.models.bases import get_base_spec
-    from keras_cnn.models.transfer import build_transfer_model, split_feature_model
+    from keras_cnn.models.factory import create_model
+    from keras_cnn.models.transfer import split_feature_model
     from keras_cnn.train.data import as_model_targets, prepare_folder_data
     from keras_cnn.train.features import extract_features, feature_dataset
     from keras_cnn.train.two_stage import HEAD_STAGE, resolve_transfer_config
@@ -115,10 +116,10 @@ def _head_setup(config: RunConfig):
     config = resolve_transfer_config(config)
     training = config.training
     data = prepare_folder_data(config.data, config.data.image_size, 3, training.batch_size, training.seed)
-    model = build_transfer_model(get_base_spec(config.model.name), len(data.labels),
-                                 image_size=config.data.image_size, weights=config.model.weights,
-                                 head_units=config.model.head_units, dropout=config.model.dropout,
-                                 binary=config.model.binary, api=config.model.api, seed=training.seed)
+    model = create_model(config.model.name, len(data.labels), image_size=config.data.image_size,
+                         weights=config.model.weights, head_units=config.model.head_units,
+                         dropout=config.model.dropout, binary=config.model.binary, api=config.model.api,
+                         seed=training.seed)
     single_sigmoid = model.output_shape[-1] == 1
     loss = "binary_crossentropy" if single_sigmoid else "sparse_categorical_crossentropy"
     if training.cache_features:

@@ -140,7 +140,7 @@ def find_learning_rate(model, dataset, loss: str, optimizer: str = "adam", start
     ``model`` is (re)compiled here with ``optimizer`` (a kcnn optimizer name) and ``loss``;
     its weights, BatchNorm statistics included, are put back when the sweep ends or fails.
     """
-    from keras_cnn.train.optimizers import make_optimizer
+    from keras_cnn.optimizers import make_optimizer
 
     rates = sweep_rates(start, end, steps)
     weights = model.get_weights()

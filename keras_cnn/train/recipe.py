@@ -22,7 +22,7 @@ from keras_cnn.config import TrainingConfig
 from keras_cnn.errors import UserError
 from keras_cnn.train.discriminative import layer_rate_class
 from keras_cnn.train.early_stopping import ResumableEarlyStopping
-from keras_cnn.train.optimizers import make_optimizer
+from keras_cnn.optimizers import make_optimizer
 from keras_cnn.train.schedules import check_schedule, learning_rate_for
 
 
