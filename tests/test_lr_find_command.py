@@ -29,6 +29,7 @@ def test_stage2_sweep_suggests_rates_and_never_changes_the_run(tmp_path, sample_
     assert hashlib.sha1((run / "model.keras").read_bytes()).hexdigest() == model_bytes
 
 
+@pytest.mark.slow
 def test_from_scratch_sweep_writes_its_picture_where_asked(tmp_path, mnist_npz):
     result = invoke("lr-find", "--architecture", "lenet", "--dataset", "mnist", "--dataset-path", mnist_npz,
                     "--steps", 20, "--batch-size", 16, "--start-lr", 1e-4, "--end-lr", 1, "--out",
