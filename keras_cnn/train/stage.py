@@ -33,6 +33,7 @@ import keras
 import numpy as np
 
 from keras_cnn.config import RunConfig, TrainingConfig
+from keras_cnn.data.collection import split_into_run
 from keras_cnn.errors import UserError
 from keras_cnn.runs import (EXECUTION_OPTIONS, RunDirectory, RunLock, RunState, check_output_path,
                             differing_options, flatten_options, remove_stale_temporaries)
@@ -293,6 +294,9 @@ def _run_checked_stage(context: StageContext, state: RunState, data) -> StageOut
     from keras_cnn.models.parameters import parameter_counts
 
     spec, run = context.spec, context.run
+    if data is None:
+        # --images without --split: the folder is split into RUN/split.csv, which config.json then names.
+        spec.config = replace(spec.config, data=split_into_run(spec.config.data, run.root))
     context.data = data if data is not None else spec.prepare_data(context)
     with context.execution.scope():
         context.model = spec.build_model(context)
