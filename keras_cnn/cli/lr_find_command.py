@@ -54,8 +54,8 @@ def lr_find(architecture, base, run_dir, unfreeze_from, train_bn, dataset, datas
     """Find a learning rate: train briefly while it grows from --start-lr to --end-lr.
 
     The loss is recorded at every step (one batch each, smoothed) and the sweep stops
-    when it diverges. Two suggestions are printed, as fastai names them: valley (half way
-    along the longest fall of the loss; usually the safer pick) and steepest (where the
+    when it diverges. Two suggestions are printed, as fastai names them: valley (where
+    the loss has made half of its longest fall; usually the safer pick) and steepest (where the
     loss falls fastest). lr_find.png shows the curve. No run's weights change: the model
     is restored after the sweep and the run's model.keras is only read.
 
