@@ -8,6 +8,10 @@ import click
 
 from keras_cnn.cli.common import (debug_option, execution_options, image_folder_options, import_tensorflow_quietly,
                                   json_option, parse_cache, run_command, training_options)
+from keras_cnn.errors import UserError
+from keras_cnn.messages import frozen_random_base_warning
+from keras_cnn.progress import warn
+from keras_cnn.runs import RunDirectory
 
 
 def _render(result):
@@ -64,6 +68,8 @@ def transfer(base, split_csv, images, out_dir, image_size, weights, head_units, 
     Example:
       kcnn transfer --base efficientnet_b0 --split split.csv --images data/ --out runs/effnet
     """
+    if weights == "none":
+        warn(frozen_random_base_warning(base))
     import_tensorflow_quietly()
     from keras_cnn.config import DataConfig, ModelConfig, RunConfig, TrainingConfig
 
@@ -130,6 +136,7 @@ def finetune(run_dir, unfreeze_from, train_bn, epochs, learning_rate, batch_size
       kcnn finetune --run runs/effnet --unfreeze-from block7a
       kcnn finetune --run runs/inception --unfreeze-from mixed8 --optimizer sgd --learning-rate 1e-4
     """
+    _warn_if_random_base_stays_frozen(run_dir, unfreeze_from)
     import_tensorflow_quietly()
 
     def work():
@@ -141,3 +148,16 @@ def finetune(run_dir, unfreeze_from, train_bn, epochs, learning_rate, batch_size
                              execution={"mixed_precision": mixed_precision, "xla": xla, "strategy": strategy})
 
     run_command(as_json, work, _render)
+
+
+def _warn_if_random_base_stays_frozen(run_dir: str, unfreeze_from: str | None) -> None:
+    """A stage-1 run with random base weights keeps its layers before ``unfreeze_from`` useless."""
+    if unfreeze_from == "all":
+        return
+    try:
+        model = RunDirectory(run_dir).read_config().get("model", {})
+    except (UserError, OSError, ValueError):
+        return  # the fine-tune itself reports a broken run
+    if model.get("weights") == "none":
+        boundary = f"before {unfreeze_from}" if unfreeze_from else "below the default unfreeze point"
+        warn(frozen_random_base_warning(model.get("name", "the base"), frozen=f"frozen layers {boundary}"))

@@ -18,6 +18,7 @@ import numpy as np
 
 from keras_cnn.config import RunConfig
 from keras_cnn.errors import UserError
+from keras_cnn.progress import keras_verbose
 from keras_cnn.runs import RunDirectory
 from keras_cnn.train.callbacks import BestModelCheckpoint, HistoryRecorder, NanGuard, RunProgress
 
@@ -57,7 +58,7 @@ def fit_stage(model: keras.Model, run: RunDirectory, stage: str, data, epochs: i
     else:
         # The datasets shuffle themselves (tf.data or the legacy generator); fit must not.
         model.fit(train, validation_data=validation, epochs=epochs, callbacks=callbacks,
-                  class_weight=class_weight, shuffle=False)
+                  class_weight=class_weight, shuffle=False, verbose=keras_verbose())
     # BackupAndRestore removed its stage folder on success; drop the empty parent too.
     if run.backup_dir.is_dir() and not any(run.backup_dir.iterdir()):
         run.backup_dir.rmdir()
@@ -83,7 +84,7 @@ def _fit_multiworker(model, data, epochs, execution, single_sigmoid, class_weigh
         validation_dataset_fn=(lambda context: as_model_targets(validation_fn(context), single_sigmoid))
         if validation_fn else None,
         validation_steps=per_worker.validation_steps, jit_compile=execution.jit_compile(model),
-        callbacks=callbacks, verbose=1,
+        callbacks=callbacks, verbose=keras_verbose(),
     )
 
 
@@ -110,7 +111,7 @@ def evaluate_test(model: keras.Model, test, labels: list[str]) -> dict[str, Any]
 
 
 def resolve_scratch_config(config: RunConfig) -> RunConfig:
-    """Fill every ``None`` with the architecture's reference recipe (REFERENCES.md §1)."""
+    """Fill every ``None`` with the architecture's reference recipe (the Keras book scripts, the blog posts)."""
     from keras_cnn.models.scratch import get_architecture
 
     spec = get_architecture(config.model.name)
