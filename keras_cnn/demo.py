@@ -16,9 +16,9 @@ from keras_cnn.progress import warn
 
 DEMO_BASE = "efficientnet_b0"
 DEMO_IMAGE_SIZE = 96
-WEIGHTS_HINT = ("ImageNet weights for EfficientNet-B0 could be neither downloaded nor found in the Keras cache; "
-                "with internet they download once, offline put efficientnetb0_notop.h5 in ~/.keras/models/ "
-                "or pass --weights PATH")
+WEIGHTS_HINT = ("ImageNet weights for EfficientNet-B0 could be neither downloaded nor found in the Keras "
+                "cache; with internet they download once, offline put efficientnetb0_notop.h5 in "
+                "~/.keras/models/ or pass --weights PATH")
 
 
 def _step(number: int, title: str) -> None:
@@ -56,7 +56,7 @@ def run_demo(out_dir: str | Path = "kcnn-demo", per_class: int = 100, head_epoch
     sample = write_sample_data(data_dir, classes=3, per_class=per_class, size=128, seed=0)
     say(f"  {sample['count']} images and label.csv in {data_dir}")
 
-    _step(2, "stable split by the last byte of each file's SHA-1: 0-24 test, 25-49 validation, the rest train")
+    _step(2, "stable split by the last byte of each file's SHA-1: 0-24 test, 25-49 validation, rest train")
     split_csv = out_dir / "split.csv"
     split = split_label_file(sample["label_csv"], str(split_csv))
     sizes = split["sizes"]

@@ -152,7 +152,8 @@ class ProgressBar:
 
     def __exit__(self, *exc_info) -> None:
         if self._enabled and self._bar is None and exc_info[0] is None:
-            say(f"  {self.done}/{self.total} {self.unit}s in {format_seconds(time.perf_counter() - self._started)}")
+            seconds = time.perf_counter() - self._started
+            say(f"  {self.done}/{self.total} {self.unit}s in {format_seconds(seconds)}")
 
 
 def metric_text(value: Any) -> str:

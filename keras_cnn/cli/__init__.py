@@ -94,7 +94,8 @@ class KcnnGroup(click.Group):
         except Exception as error:  # noqa: BLE001 - the top level maps every failure to exit 1
             if debugging():
                 raise
-            emit(f"kcnn: error: {type(error).__name__}: {first_line(error)} (run with --debug for the traceback)")
+            emit(f"kcnn: error: {type(error).__name__}: {first_line(error)} "
+                 "(run with --debug for the traceback)")
             sys.exit(1)
         sys.exit(result if isinstance(result, int) else 0)
 
@@ -137,7 +138,10 @@ def cli() -> None:
       kcnn export --run runs/a --out export/
       kcnn predict --model export/1 image.jpg
 
-    Run `kcnn demo` to see the whole flow on generated sample data.
+    Run `kcnn demo` to see the whole flow on generated sample data. Progress goes to
+    stderr (live bars on a terminal, one plain line per epoch in a pipe or a log file);
+    --json prints the result as one JSON object on stdout. Shell completion (bash):
+    eval "$(_KCNN_COMPLETE=bash_source kcnn)".
     """
 
 

@@ -67,8 +67,10 @@ image_folder_options = option_group(
     click.option("--resize-mode", type=click.Choice(["stretch", "pad", "crop"]), default="stretch",
                  show_default=True, help="How image-folder pictures are fitted to the input size."),
     click.option("--cache", default="memory", show_default=True,
-                 help="Cache decoded images: memory, none, or a file path prefix (large sets)."),
-    click.option("--skip-bad-images", is_flag=True, help="Train on the readable images and record the others."),
+                 help="Cache decoded images: memory, none, or a file path prefix (large sets; "
+                      "writes PREFIX-<part>-<hash>* files)."),
+    click.option("--skip-bad-images", is_flag=True,
+                 help="Train on the readable images and list the others in RUN/skipped_images.csv."),
 )
 """``--class-weight``, ``--resize-mode``, ``--cache``, ``--skip-bad-images``."""
 

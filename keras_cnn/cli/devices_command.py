@@ -12,7 +12,7 @@ from keras_cnn.cli.common import debug_option, json_option, run_command
 @json_option
 @debug_option
 def devices(require_gpu: bool, as_json: bool) -> int:
-    """Show the TensorFlow version, the GPUs it sees, and the resolved training plan.
+    """Show the TensorFlow version, the GPUs it sees, and the resolved training plan; writes no files.
 
     The plan line is the one every training command prints at start (device, strategy,
     precision, XLA with their `auto` defaults). In a container:

@@ -48,7 +48,7 @@ def models(as_json: bool) -> None:
 def summary(name: str, api: str, num_classes: int | None) -> None:
     """Print the Keras summary of architecture or transfer base NAME.
 
-    For a from-scratch architecture this is the reference network (REFERENCES.md §1);
+    For a from-scratch architecture this is the network of its source (see `kcnn models`);
     for a transfer base it is the frozen base with a new head, built without ImageNet
     weights (no download needed).
     """

@@ -1,4 +1,4 @@
-"""``kcnn split``: label.csv -> split CSV by the SHA-1 key of every objectId (seed 004)."""
+"""``kcnn split``: label.csv -> split CSV by the last byte of every objectId's SHA-1 (a stable split)."""
 
 from __future__ import annotations
 

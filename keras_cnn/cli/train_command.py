@@ -34,7 +34,8 @@ from keras_cnn.cli.common import (debug_option, execution_options, image_folder_
 @image_folder_options
 @execution_options
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
-              help="Run directory [default: runs/ARCHITECTURE-TIMESTAMP]. Re-running into it resumes.")
+              help="Run directory [default: runs/ARCHITECTURE-TIMESTAMP] (its files: see above). "
+                   "Re-running into it resumes.")
 @json_option
 @debug_option
 def train(architecture, dataset, dataset_path, split_csv, images, epochs, batch_size, learning_rate, seed,

@@ -31,7 +31,8 @@ def _render(result):
 @click.option("--images", required=True, type=click.Path(exists=True, file_okay=False),
               help="Folder of the images named in --split (flat or ab/cd/ sharded).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
-              help="Run directory [default: runs/BASE-TIMESTAMP]. Re-running into it resumes.")
+              help="Run directory [default: runs/BASE-TIMESTAMP]: config.json, labels.txt, history.csv, "
+                   "model.keras (best), training.png, logs/, metrics.json. Re-running into it resumes.")
 @click.option("--image-size", type=click.IntRange(min=32), default=None,
               help="Input side in pixels [default: the base's own, e.g. 224; smaller is faster].")
 @click.option("--weights", default="imagenet", show_default=True,
@@ -119,7 +120,8 @@ def _photo_augmentation(augment: bool):
 @click.option("--optimizer", type=click.Choice(["adam", "adamw", "rmsprop", "sgd"]), default=None,
               help="Optimizer [default: adam]; sgd uses momentum 0.9 like the Keras InceptionV3 recipe.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
-              help="Write stage 2 into a copy of the run here instead of into RUN.")
+              help="Write stage 2 into a copy of the run here instead of updating RUN's model.keras, "
+                   "history.csv, training.png and metrics.json.")
 @execution_options
 @json_option
 @debug_option

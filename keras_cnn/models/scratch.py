@@ -1,8 +1,8 @@
-"""The from-scratch zoo: the Keras book's LeNet and CIFAR-10 nets and the seeds' networks.
+"""The from-scratch zoo: the Keras book's LeNet and CIFAR-10 nets and the blog posts' networks.
 
 Each architecture is written once, as a function returning its layers in order; the
 Sequential builder stacks them and the functional builder calls them one after another,
-so both APIs always have identical layers and parameter counts (REFERENCES.md §1).
+so both APIs always have identical layers and parameter counts (those of the sources).
 ``ARCHITECTURES`` holds every architecture's metadata (default input shape, output
 activation, reference optimizer, loss, batch size, epochs): the CLI, the trainer and
 ``kcnn models`` read that table instead of branching on names.
@@ -72,7 +72,7 @@ def cifar10_deep_net_layers(num_classes: int) -> list[layers.Layer]:
 
 
 def lenet5_bn_layers(num_classes: int) -> list[layers.Layer]:
-    """Seed 001's LeNet-5 with BatchNorm after each convolution (valid 5x5 convs)."""
+    """The CNN-basics blog post's LeNet-5 with BatchNorm after each convolution (valid 5x5 convs)."""
     return [
         layers.Conv2D(6, 5, padding="valid", name="conv1"),
         layers.BatchNormalization(name="bn1"),
@@ -92,7 +92,7 @@ def lenet5_bn_layers(num_classes: int) -> list[layers.Layer]:
 
 
 def smile_cnn_layers(num_classes: int) -> list[layers.Layer]:
-    """Seed 000's CelebA smile classifier: four conv stages, global 8x8 average pool."""
+    """The CelebA smile classifier: four conv stages, global 8x8 average pool."""
     return [
         _conv(32, name="conv1"),
         layers.MaxPooling2D(2, name="pool1"),
@@ -110,7 +110,7 @@ def smile_cnn_layers(num_classes: int) -> list[layers.Layer]:
 
 
 def mini_alexnet_layers(num_classes: int) -> list[layers.Layer]:
-    """Seed 002's "mini AlexNet" for 32x32 images (filter counts are ours, see REFERENCES.md)."""
+    """The Neural Network Console blog's "mini AlexNet" for 32x32 images (filter counts are ours)."""
     return [
         _conv(48, activation=None, name="conv1"),
         layers.BatchNormalization(name="bn1"),

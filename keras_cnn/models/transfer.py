@@ -5,7 +5,7 @@ The model (functional API, the default)::
     image (float 0..255) -> preprocessing -> BASE(training=False) -> head_pool
         -> head_dense_1 ... (relu) -> head_dropout -> predictions (softmax, or sigmoid for --binary)
 
-``api="sequential"`` puts the same layers in a ``keras.Sequential`` (as seed 004 built its
+``api="sequential"`` puts the same layers in a ``keras.Sequential`` (as the TF Hub blog post built its
 TF Hub model).  A Sequential model cannot call its base with ``training=False``: ``fit``
 passes ``training=True`` down.  Frozen BatchNorm layers still run in inference mode
 (Keras 3), but dropout inside a base (EfficientNet's stochastic depth) is then active while

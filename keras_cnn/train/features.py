@@ -33,10 +33,10 @@ def extract_features(feature_extractor: keras.Model, dataset: tf.data.Dataset, c
                      spill_path: str | Path | None = None, description: str = "features", forward=None):
     """Run ``feature_extractor`` over ``dataset`` once; returns (features, labels) as arrays.
 
-    ``dataset`` yields (images, labels) batches; features come out in its order.  A
-    progress bar (plain lines off a terminal) goes to stderr.  Features larger than ``IN_MEMORY_LIMIT_BYTES`` are written
-    to ``spill_path`` (a memory-mapped ``.npy``).  ``forward``: a :func:`compiled_forward`
-    to reuse across calls.
+    ``dataset`` yields (images, labels) batches; features come out in its order.  Progress
+    (a bar, plain lines off a terminal) goes to stderr.  Features larger than
+    ``IN_MEMORY_LIMIT_BYTES`` are written to ``spill_path`` (a memory-mapped ``.npy``).
+    ``forward``: a :func:`compiled_forward` to reuse across calls.
     """
     width = int(np.prod(feature_extractor.output_shape[1:]))
     nbytes = count * width * 4

@@ -111,7 +111,7 @@ def evaluate_test(model: keras.Model, test, labels: list[str]) -> dict[str, Any]
 
 
 def resolve_scratch_config(config: RunConfig) -> RunConfig:
-    """Fill every ``None`` with the architecture's reference recipe (the Keras book scripts, the blog posts)."""
+    """Fill every ``None`` with the architecture's reference recipe (Keras book, blog posts)."""
     from keras_cnn.models.scratch import get_architecture
 
     spec = get_architecture(config.model.name)

@@ -27,7 +27,7 @@ from keras_cnn.train.fit import absolute_data_paths, evaluate_test, fit_stage
 HEAD_STAGE = "head"
 FINETUNE_STAGE = "finetune"
 
-# Stage-1 defaults (modern guidance, REFERENCES.md §2): Adam 1e-3 on the head.
+# Stage-1 defaults (the Keras transfer-learning guide): Adam 1e-3 on the head.
 HEAD_DEFAULTS = {"epochs": 10, "batch_size": 32, "learning_rate": 1e-3, "optimizer": "adam"}
 FINETUNE_DEFAULTS = {"epochs": 5, "optimizer": "adam"}
 
