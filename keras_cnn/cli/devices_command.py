@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from keras_cnn.cli.common import debug_option, json_option, run_command
+from keras_cnn.progress import emit
 
 
 @click.command()
@@ -35,7 +36,6 @@ def devices(require_gpu: bool, as_json: bool) -> int:
 
     result = run_command(as_json, work, render)
     if require_gpu and not result["gpus"]:
-        click.echo("kcnn: error: no GPU visible to TensorFlow (is the container started with --gpus all?)",
-                   err=True)
+        emit("kcnn: error: no GPU visible to TensorFlow (is the container started with --gpus all?)")
         return 1
     return 0

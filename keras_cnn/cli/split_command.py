@@ -9,6 +9,7 @@ import click
 
 from keras_cnn.cli.common import debug_option, json_option, run_command
 from keras_cnn.errors import UserError
+from keras_cnn.progress import warn
 
 
 @click.command("split")
@@ -67,7 +68,7 @@ def split_label_file(label_csv: str, output: str, test_keys_text: str = "0-24",
     warnings = splitting.split_warnings(counts, unbalanced)
     splitting.write_split_csv(frame, output)
     for warning in warnings:
-        click.echo(f"kcnn: warning: {warning}", err=True)
+        warn(warning)
     return {
         "output": str(output),
         "labels": names,

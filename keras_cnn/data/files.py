@@ -17,6 +17,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from keras_cnn.errors import UserError
+from keras_cnn.messages import summarize_items
 from keras_cnn.progress import ProgressBar, warn
 from keras_cnn.runs import atomic_write_text
 
@@ -148,7 +149,7 @@ def find_bad_images(images_dir: str | os.PathLike, object_ids: Iterable[str],
 
 
 def _bad_images_message(bad: Sequence[tuple[str, str]], advice: str) -> str:
-    listed = ", ".join(f"{object_id} ({reason})" for object_id, reason in bad)
+    listed = summarize_items(f"{object_id} ({reason})" for object_id, reason in bad)
     noun = "image cannot" if len(bad) == 1 else "images cannot"
     return f"{len(bad)} {noun} be used: {listed} — {advice}"
 
