@@ -218,7 +218,7 @@ def test_short_labels_file_is_one_line_and_top_k_is_clipped_to_the_classes(expor
     labels_file = tmp_path / "export" / "1" / "assets" / "labels.txt"
     result = invoke("--model", tmp_path / "export", "--top-k", "7", "--json", images / "good" / "one.png")
     assert result.exit_code == 0, result.output
-    assert len(json.loads(result.stdout)[0]["top_k"]) == 3
+    assert len(json.loads(result.stdout)["predictions"][0]["top_k"]) == 3
     table = invoke("--model", tmp_path / "export", "--top-k", "7", images / "good" / "one.png")
     assert table.exit_code == 0 and "top-3" in table.stdout
 
