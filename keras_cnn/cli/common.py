@@ -2,8 +2,9 @@
 
 A command parses its options, calls one API function inside :func:`run_command`, and
 prints the result: a human-readable rendering, or with ``--json`` exactly one JSON object
-on stdout.  While the work runs, stdout is redirected to stderr so Keras progress bars
-and logs never mix with the result.
+on stdout (every command, the same contract).  While the work runs, stdout is redirected
+to stderr so Keras progress bars and logs never mix with the result; how progress looks
+(live bars, plain lines, nothing with ``--quiet``) is ``keras_cnn.progress``'s job.
 """
 
 from __future__ import annotations
@@ -15,17 +16,14 @@ from typing import Any, Callable
 
 import click
 
-from keras_cnn.cli import enable_debug
+from keras_cnn.cli import QUIET_HELP, enable_debug, enable_quiet
+from keras_cnn.progress import say
 from keras_cnn.quiet import import_tensorflow_quietly
 from keras_cnn.runs import to_jsonable
 
 json_option = click.option(
     "--json", "as_json", is_flag=True,
-    help="Print one JSON object on stdout (progress and logs go to stderr).",
-)
-debug_option = click.option(
-    "--debug", is_flag=True, expose_value=False, is_eager=True, callback=enable_debug,
-    help="Show the full traceback on errors.",
+    help="Print the result as one JSON object on stdout (progress and logs go to stderr).",
 )
 
 
@@ -56,6 +54,15 @@ overwrite_option = click.option(
     "--overwrite", is_flag=True,
     help="Start this stage over: removes its epochs, checkpoints, logs and eval/ (and any later stage's).",
 )
+
+
+debug_option = option_group(
+    click.option("--quiet", "-q", is_flag=True, expose_value=False, is_eager=True, callback=enable_quiet,
+                 help=QUIET_HELP),
+    click.option("--debug", is_flag=True, expose_value=False, is_eager=True, callback=enable_debug,
+                 help="Show the full traceback on errors."),
+)
+"""``--quiet`` and ``--debug``, which every command takes (under this one name every command imports)."""
 
 
 def training_options(defaults_note: str = "the architecture's reference recipe") -> Callable:
@@ -127,10 +134,11 @@ image_folder_options = option_group(
     click.option("--resize-mode", type=click.Choice(["stretch", "pad", "crop"]), default="stretch",
                  show_default=True, help="How image-folder pictures are fitted to the input size."),
     click.option("--cache", default="memory", show_default=True,
-                 help="Cache decoded images: memory, none, or a file path prefix (large sets)."),
+                 help="Cache decoded images: memory, none, or a file path prefix (large sets; "
+                      "writes PREFIX-<part>-<hash>* files)."),
     click.option("--skip-bad-images", is_flag=True,
-                 help="Train on the readable images and record the others (refused if a label would lose "
-                      "all its images in a part)."),
+                 help="Train on the readable images and list the others in RUN/skipped_images.csv (refused "
+                      "if a label would lose all its images in a part)."),
     click.option("--layout", type=click.Choice(["csv", "folders", "split-folders"]), default=None,
                  help="How --images is organised when no --split is given [default: detected]: folders = "
                       "DIR/<label>/…, split-folders = DIR/{train,val,test}/<label>/…, csv = DIR/label.csv."),
@@ -163,8 +171,8 @@ def run_command(as_json: bool, work: Callable[[], dict[str, Any]],
 
 
 def progress(message: str) -> None:
-    """One line of progress on stderr."""
-    click.echo(message, err=True)
+    """One line of progress on stderr (on a fresh line; nothing with --quiet)."""
+    say(message)
 
 
 execution_options = option_group(

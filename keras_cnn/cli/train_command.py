@@ -34,7 +34,8 @@ from keras_cnn.cli.common import (FiniteFloatRange, debug_option, execution_opti
 @image_folder_options
 @execution_options
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
-              help="Run directory [default: runs/ARCHITECTURE-TIMESTAMP]. Re-running into it resumes.")
+              help="Run directory [default: runs/ARCHITECTURE-TIMESTAMP] (its files: see above). "
+                   "Re-running into it resumes.")
 @overwrite_option
 @json_option
 @debug_option

@@ -7,6 +7,10 @@ import click
 from keras_cnn.cli.common import (FiniteFloatRange, debug_option, execution_options, image_folder_options,
                                   import_tensorflow_quietly, json_option, overwrite_option, parse_cache, recipe_options,
                                   run_command, training_options)
+from keras_cnn.errors import UserError
+from keras_cnn.messages import frozen_random_base_warning
+from keras_cnn.progress import warn
+from keras_cnn.runs import RunDirectory
 
 
 def _render(result):
@@ -29,7 +33,8 @@ def _render(result):
 @click.option("--split", "split_csv", default=None, type=click.Path(exists=True, dir_okay=False),
               help="Split CSV (objectId,value,type) from `kcnn split` [default: split --images in the run].")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
-              help="Run directory [default: runs/BASE-TIMESTAMP]. Re-running into it resumes.")
+              help="Run directory [default: runs/BASE-TIMESTAMP]: config.json, labels.txt, history.csv, "
+                   "model.keras (best), training.png, logs/, metrics.json. Re-running into it resumes.")
 @click.option("--image-size", type=click.IntRange(min=32), default=None,
               help="Input side in pixels [default: the base's own, e.g. 224; smaller is faster].")
 @click.option("--weights", default="imagenet", show_default=True,
@@ -69,6 +74,8 @@ def transfer(base, images, split_csv, out_dir, image_size, weights, head_units, 
       kcnn transfer --base efficientnet_b0 --images photos/ --out runs/effnet
       kcnn transfer --base efficientnet_b0 --split split.csv --images data/ --out runs/effnet
     """
+    if weights == "none":
+        warn(frozen_random_base_warning(base))
     import_tensorflow_quietly()
     from keras_cnn.config import DataConfig, ModelConfig, RunConfig, TrainingConfig
 
@@ -113,7 +120,8 @@ def transfer(base, images, split_csv, out_dir, image_size, weights, head_units, 
                    "first unfrozen block of the base at --learning-rate/K, the blocks between at rates growing "
                    "geometrically [default: 1, one rate for all]. `kcnn lr-find --run RUN` helps pick the rate.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
-              help="Write stage 2 into a copy of the run here instead of into RUN.")
+              help="Write stage 2 into a copy of the run here instead of updating RUN's model.keras, "
+                   "history.csv, training.png and metrics.json.")
 @click.option("--mixed-precision", type=click.Choice(["auto", "on", "off"]), default=None,
               help="Mixed precision (auto, on, off) [default: stage 1's].")
 @click.option("--xla", type=click.Choice(["auto", "on", "off"]), default=None,
@@ -136,6 +144,7 @@ def finetune(run_dir, unfreeze_from, train_bn, epochs, learning_rate, batch_size
       kcnn finetune --run runs/effnet --unfreeze-from block7a
       kcnn finetune --run runs/inception --unfreeze-from mixed8 --optimizer sgd --learning-rate 1e-4
     """
+    _warn_if_random_base_stays_frozen(run_dir, unfreeze_from)
     import_tensorflow_quietly()
     from keras_cnn.config import FineTuneConfig
 
@@ -150,3 +159,16 @@ def finetune(run_dir, unfreeze_from, train_bn, epochs, learning_rate, batch_size
         return fine_tune_run(config, run_dir, out_dir, overwrite=overwrite)
 
     run_command(as_json, work, _render)
+
+
+def _warn_if_random_base_stays_frozen(run_dir: str, unfreeze_from: str | None) -> None:
+    """A stage-1 run with random base weights keeps its layers before ``unfreeze_from`` useless."""
+    if unfreeze_from == "all":
+        return
+    try:
+        model = RunDirectory(run_dir).read_config().get("model", {})
+    except (UserError, OSError, ValueError):
+        return  # the fine-tune itself reports a broken run
+    if model.get("weights") == "none":
+        boundary = f"before {unfreeze_from}" if unfreeze_from else "below the default unfreeze point"
+        warn(frozen_random_base_warning(model.get("name", "the base"), frozen=f"frozen layers {boundary}"))

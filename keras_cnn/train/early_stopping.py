@@ -9,10 +9,11 @@ in memory are set back to the best epoch's when training stops.
 from __future__ import annotations
 
 import math
-import sys
 from typing import Callable
 
 import keras
+
+from keras_cnn.progress import say
 
 
 def monitor_mode(monitor: str) -> str:
@@ -85,6 +86,5 @@ class ResumableEarlyStopping(keras.callbacks.Callback):
         if self._best_weights is not None:
             self.model.set_weights(self._best_weights)
         prefix = f"[{self.stage}] " if self.stage else ""
-        print(f"{prefix}early stopping after epoch {self.stopped_epoch}: no better {self.monitor} for "
-              f"{self.patience} epoch(s); keeping epoch {self.best_epoch} ({self.monitor} {self.best:.4g})",
-              file=sys.stderr, flush=True)
+        say(f"{prefix}early stopping after epoch {self.stopped_epoch}: no better {self.monitor} for "
+            f"{self.patience} epoch(s); keeping epoch {self.best_epoch} ({self.monitor} {self.best:.4g})")

@@ -12,13 +12,13 @@ weights in memory are put back after the sweep (see ``lr_finder``).
 
 from __future__ import annotations
 
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from keras_cnn.config import RunConfig
 from keras_cnn.errors import UserError
+from keras_cnn.progress import say
 from keras_cnn.runs import RunDirectory, atomic_write_text
 from keras_cnn.train.lr_finder import DEFAULT_END, DEFAULT_START, DEFAULT_STEPS, LearningRateSweep, find_learning_rate
 
@@ -56,8 +56,7 @@ def lr_find(config: RunConfig | None = None, run_dir: str | Path | None = None, 
 
     def progress(step: int, rate: float, smoothed: float) -> None:
         if (step + 1) % max(1, steps // 10) == 0:
-            print(f"[lr-find] step {step + 1}/{steps}: learning rate {rate:.2e}, smoothed loss {smoothed:.4f}",
-                  file=sys.stderr, flush=True)
+            say(f"[lr-find] step {step + 1}/{steps}: learning rate {rate:.2e}, smoothed loss {smoothed:.4f}")
 
     keras.utils.set_random_seed(seed)
     sweep = find_learning_rate(model, dataset, loss, optimizer, start=start, end=end, steps=steps,

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -35,10 +34,11 @@ import numpy as np
 from keras_cnn.config import RunConfig, TrainingConfig
 from keras_cnn.data.collection import split_into_run
 from keras_cnn.errors import UserError
+from keras_cnn.progress import format_seconds, keras_verbose, say
 from keras_cnn.runs import (EXECUTION_OPTIONS, RunDirectory, RunLock, RunState, check_output_path,
                             differing_options, flatten_options, remove_stale_temporaries)
-from keras_cnn.train.callbacks import (HistoryRecorder, NanGuard, RunProgress, StageCheckpoint, format_seconds,
-                                      read_history, write_history)
+from keras_cnn.train.callbacks import (HistoryRecorder, NanGuard, RunProgress, StageCheckpoint, read_history,
+                                      write_history)
 from keras_cnn.train.discriminative import layer_rate_factors
 from keras_cnn.train.recipe import check_recipe, early_stopping_callbacks, ema_callbacks, stage_optimizer
 
@@ -127,11 +127,6 @@ class StageOutcome:
     model: keras.Model | None = None
     data: Any = None
     execution: Any = None
-
-
-def say(message: str) -> None:
-    """One line of the runner's progress on stderr."""
-    print(message, file=sys.stderr, flush=True)
 
 
 def run_stage(spec: StageSpec, out_dir: str | os.PathLike, overwrite: bool = False, execution=None,
@@ -425,7 +420,7 @@ def _fit(context: StageContext, checkpoint: StageCheckpoint) -> None:
         else:
             # The datasets shuffle themselves (tf.data or the legacy generator); fit must not.
             inputs.model.fit(train, validation_data=validation, epochs=spec.training.epochs, callbacks=callbacks,
-                             class_weight=context.class_weight(), shuffle=False)
+                             class_weight=context.class_weight(), shuffle=False, verbose=keras_verbose())
     finally:
         if inputs.cleanup is not None:
             inputs.cleanup()
@@ -473,7 +468,7 @@ def _fit_multiworker(model: keras.Model, context: StageContext, callbacks: list)
         validation_dataset_fn=(lambda input_context: as_model_targets(validation_fn(input_context), sigmoid))
         if validation_fn else None,
         validation_steps=per_worker.validation_steps, jit_compile=execution.jit_compile(model),
-        callbacks=callbacks, verbose=1,
+        callbacks=callbacks, verbose=keras_verbose(),
     )
 
 
