@@ -55,6 +55,7 @@ from typing import Any, Callable
 
 from keras_cnn.config import RunConfig
 from keras_cnn.errors import RunFailure, UserError
+from keras_cnn.quiet import native_stderr_silenced
 from keras_cnn.runs import RunDirectory, atomic_path, atomic_write_json, library_versions
 
 TOLERANCE = 1e-4
@@ -371,10 +372,11 @@ def _verify_litert(model, spec: ModelSpec, path: Path, images: list[bytes]) -> f
     from ai_edge_litert.interpreter import Interpreter
 
     pixels = decoded_pixels(images, spec)
-    interpreter = Interpreter(model_path=str(path))
-    input_detail = interpreter.get_input_details()[0]
-    interpreter.resize_tensor_input(input_detail["index"], list(pixels.shape))
-    interpreter.allocate_tensors()
+    with native_stderr_silenced():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+        interpreter = Interpreter(model_path=str(path))
+        input_detail = interpreter.get_input_details()[0]
+        interpreter.resize_tensor_input(input_detail["index"], list(pixels.shape))
+        interpreter.allocate_tensors()
     interpreter.set_tensor(input_detail["index"], pixels)
     interpreter.invoke()
     actual = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
