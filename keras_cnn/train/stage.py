@@ -209,8 +209,9 @@ def _check_state(run: RunDirectory, state: RunState, spec: StageSpec, overwrite:
         if differences:
             shown = "; ".join(differences[:5]) + (f"; and {len(differences) - 5} more" if len(differences) > 5 else "")
             verb = "finished" if entry.get("status") == "finished" else "was started"
-            raise UserError(f"{run.root}: stage '{spec.name}' {verb} with other options: {shown}; pass --overwrite "
-                            "to start it over (or use another --out)")
+            # The remedy first: a long list of differences may be cut to fit the terminal.
+            raise UserError(f"{run.root}: stage '{spec.name}' {verb} with other options (--overwrite starts it "
+                            f"over, or use another --out): {shown}")
         if entry.get("status") == "finished":
             say(f"{run.root}: stage '{spec.name}' already finished; nothing to do (--overwrite starts it over)")
             return {**entry.get("result", {}), "run": str(run.root)}
