@@ -43,13 +43,13 @@ MARKER = "Epoch "
 
 def prepare_data(folder: Path) -> tuple[Path, Path]:
     """Sample images (3 classes x 40, 32 px) and their split CSV."""
-    from keras_cnn.cli.split_command import split_label_file
+    from keras_cnn.data.collection import split_to_file
     from keras_cnn.data.sample import write_sample_data
 
     images = folder / "data"
     write_sample_data(images, classes=3, per_class=40, size=32, seed=0)
     split = folder / "split.csv"
-    split_label_file(str(images / "label.csv"), str(split))
+    split_to_file(str(images / "label.csv"), str(split))
     return images, split
 
 

@@ -44,9 +44,9 @@ print(json.dumps({"seconds": seconds, "peak_mib": peak, **extra}))
 KCNN_SPLIT = """
 import time
 import keras_cnn.data.collection
-from keras_cnn.cli.split_command import split_source
+from keras_cnn.data.collection import split_to_file
 start = time.perf_counter()
-result = split_source({source!r}, {output!r})
+result = split_to_file({source!r}, {output!r})
 seconds = time.perf_counter() - start
 extra = {{"rows": result["sizes"]["total"]}}
 """

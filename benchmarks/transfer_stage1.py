@@ -56,13 +56,13 @@ TARGET_RATIO = 10.0
 
 def prepare_sample(folder: Path, classes: int, per_class: int, sample_size: int, seed: int = 0) -> tuple[Path, Path]:
     """``kcnn sample-data`` then ``kcnn split`` into ``folder``; returns (split CSV, image folder)."""
-    from keras_cnn.cli.split_command import split_label_file
+    from keras_cnn.data.collection import split_to_file
     from keras_cnn.data.sample import write_sample_data
 
     images = folder / "images"
     write_sample_data(images, classes=classes, per_class=per_class, size=sample_size, seed=seed)
     split_csv = folder / "split.csv"
-    split_label_file(str(images / "label.csv"), str(split_csv))
+    split_to_file(str(images / "label.csv"), str(split_csv))
     return split_csv, images
 
 

@@ -39,7 +39,7 @@ def run_demo(out_dir: str | Path = "kcnn-demo", per_class: int = 100, head_epoch
     ``weights``: ``None`` = ImageNet when it can be had (downloaded or cached), otherwise
     random initial weights, said clearly; or any ``--weights`` value.
     """
-    from keras_cnn.cli.split_command import split_label_file
+    from keras_cnn.data.collection import split_to_file
     from keras_cnn.config import DataConfig, FineTuneConfig, ModelConfig, RunConfig, TrainingConfig
     from keras_cnn.data.sample import write_sample_data
     from keras_cnn.evaluate import evaluate_run
@@ -58,7 +58,7 @@ def run_demo(out_dir: str | Path = "kcnn-demo", per_class: int = 100, head_epoch
 
     _step(2, "stable split by the last byte of each file's SHA-1: 0-24 test, 25-49 validation, rest train")
     split_csv = out_dir / "split.csv"
-    split = split_label_file(sample["label_csv"], str(split_csv))
+    split = split_to_file(sample["label_csv"], str(split_csv))
     sizes = split["sizes"]
     say(f"  train {sizes['train']}, validation {sizes['validation']}, test {sizes['test']} -> {split_csv}")
 

@@ -155,10 +155,10 @@ def write_hub_module(path: Path) -> str:
 @pytest.fixture(scope="session")
 def sample_split(sample_data_dir, tmp_path_factory) -> Path:
     """The split CSV of ``sample_data_dir``."""
-    from keras_cnn.cli.split_command import split_label_file
+    from keras_cnn.data.collection import split_to_file
 
     path = tmp_path_factory.mktemp("split") / "split.csv"
-    split_label_file(str(sample_data_dir / "label.csv"), str(path))
+    split_to_file(str(sample_data_dir / "label.csv"), str(path))
     return path
 
 

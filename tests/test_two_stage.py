@@ -131,11 +131,11 @@ def test_unknown_layer_is_refused_with_nearby_names(tmp_path, sample_data_dir, s
 
 
 def test_binary_head_has_one_sigmoid_unit(tmp_path):
-    from keras_cnn.cli.split_command import split_label_file
+    from keras_cnn.data.collection import split_to_file
     from keras_cnn.data.sample import write_sample_data
 
     write_sample_data(tmp_path / "data", classes=2, per_class=30, size=32)
-    split_label_file(str(tmp_path / "data" / "label.csv"), str(tmp_path / "split.csv"))
+    split_to_file(str(tmp_path / "data" / "label.csv"), str(tmp_path / "split.csv"))
     summary = invoke_json("transfer", "--base", "vgg16", "--split", tmp_path / "split.csv", "--images",
                           tmp_path / "data", "--out", tmp_path / "run", "--image-size", 32, "--weights", "none",
                           "--binary", "--epochs", 1)

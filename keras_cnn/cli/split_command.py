@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import click
 
 from keras_cnn.cli.common import debug_option, json_option, run_command
-from keras_cnn.errors import UserError
-from keras_cnn.progress import say, warn
-from keras_cnn.runs import check_output_path
 
 
 @click.command("split")
@@ -60,54 +56,13 @@ def split(source: str, output: str, images: str | None, layout: str | None, test
       kcnn split labels.csv --images photos/ -o split.csv
     """
     def work() -> dict[str, Any]:
-        return split_source(source, output, images, layout, test_keys, validation_keys, balance,
+        from keras_cnn.data.collection import split_to_file  # pandas: not imported for --help
+
+        return split_to_file(source, output, images, layout, test_keys, validation_keys, balance,
                             id_column, label_column, allow_labels)
 
     # pandas only: no TensorFlow start-up for a split.
     run_command(as_json, work, render_split, needs_tensorflow=False)
-
-
-def split_source(source: str, output: str, images: str | None = None, layout: str | None = None,
-                 test_keys_text: str = "0-24", validation_keys_text: str = "25-49", balance: bool = True,
-                 id_column: str = "objectId", label_column: str = "value",
-                 allow_labels: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
-    """Read any layout, split and write; return ``{"output", "layout", "labels", "counts", "sizes", "warnings"}``.
-
-    Every check happens before the output is written, so a refused input leaves no file.
-    """
-    from keras_cnn.data import split as splitting
-    from keras_cnn.data.collection import read_collection, split_with_report
-
-    test_keys = splitting.parse_key_range(test_keys_text, "--test-keys")
-    validation_keys = splitting.parse_key_range(validation_keys_text, "--validation-keys")
-    splitting.check_key_ranges(test_keys, validation_keys)
-    check_output_path(output, option="-o")
-    if Path(output).resolve() == Path(source).resolve():
-        raise UserError(f"the output '{output}' is the input file; choose another -o")
-    collection = read_collection(source, images=images, layout=layout, id_column=id_column,
-                                 label_column=label_column, allowed_labels=allow_labels,
-                                 list_prefix=f"{output}.")
-    say(collection.describe())
-    result = split_with_report(collection, test_keys, validation_keys, balance, allow_labels)
-    splitting.write_split_csv(result.frame, output)
-    for warning in result.warnings:
-        warn(warning)
-    return {
-        "output": str(output),
-        "layout": collection.layout,
-        "labels": result.labels,
-        "counts": result.counts,
-        "sizes": splitting.part_sizes(result.counts),
-        "warnings": result.warnings,
-    }
-
-
-def split_label_file(label_csv: str, output: str, test_keys_text: str = "0-24",
-                     validation_keys_text: str = "25-49", balance: bool = True,
-                     id_column: str = "objectId", label_column: str = "value") -> dict[str, Any]:
-    """A label CSV of SHA-1 names split into ``output`` (the demo's step); see :func:`split_source`."""
-    return split_source(label_csv, output, None, "csv", test_keys_text, validation_keys_text, balance,
-                        id_column, label_column)
 
 
 def render_split(result: dict[str, Any]) -> None:

@@ -25,7 +25,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import pandas as pd
 
@@ -40,6 +40,8 @@ from keras_cnn.data.split import (
     class_names,
     format_counts,
     label_problem,
+    parse_key_range,
+    part_sizes,
     is_safe_path,
     path_problem,
     read_label_csv,
@@ -52,6 +54,7 @@ from keras_cnn.data.split import (
 )
 from keras_cnn.errors import UserError
 from keras_cnn.progress import say, warn
+from keras_cnn.runs import check_output_path
 
 LAYOUTS = ("csv", "folders", "split-folders")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
@@ -467,3 +470,34 @@ def split_into_run(data: DataConfig, run_root: str | os.PathLike) -> DataConfig:
             warn(warning)
     return replace(data, split=os.path.abspath(split_path), images=os.path.abspath(data.images))
 
+
+def split_to_file(source: str, output: str, images: str | None = None, layout: str | None = None,
+                  test_keys_text: str = "0-24", validation_keys_text: str = "25-49", balance: bool = True,
+                  id_column: str = "objectId", label_column: str = "value",
+                  allow_labels: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
+    """Read any layout, split and write; return ``{"output", "layout", "labels", "counts", "sizes", "warnings"}``.
+
+    Every check happens before the output is written, so a refused input leaves no file.
+    """
+    test_keys = parse_key_range(test_keys_text, "--test-keys")
+    validation_keys = parse_key_range(validation_keys_text, "--validation-keys")
+    check_key_ranges(test_keys, validation_keys)
+    check_output_path(output, option="-o")
+    if Path(output).resolve() == Path(source).resolve():
+        raise UserError(f"the output '{output}' is the input file; choose another -o")
+    collection = read_collection(source, images=images, layout=layout, id_column=id_column,
+                                 label_column=label_column, allowed_labels=allow_labels,
+                                 list_prefix=f"{output}.")
+    say(collection.describe())
+    result = split_with_report(collection, test_keys, validation_keys, balance, allow_labels)
+    write_split_csv(result.frame, output)
+    for warning in result.warnings:
+        warn(warning)
+    return {
+        "output": str(output),
+        "layout": collection.layout,
+        "labels": result.labels,
+        "counts": result.counts,
+        "sizes": part_sizes(result.counts),
+        "warnings": result.warnings,
+    }
