@@ -49,13 +49,9 @@ class PreparedData:
 
 def augmentation_spec(data: DataConfig):
     """The augmentation of a run: the configured ranges, else the Keras book's CIFAR-10 recipe."""
-    if not data.augment:
-        return None
-    from keras_cnn.data.augment import REFERENCE_CIFAR10_AUGMENTATION, AugmentationSpec
+    from keras_cnn.data.augment import configured_augmentation
 
-    if data.augmentation:
-        return AugmentationSpec.from_dict(data.augmentation)
-    return REFERENCE_CIFAR10_AUGMENTATION
+    return configured_augmentation(data.augment, data.augmentation)
 
 
 def _per_worker_steps(sizes: dict[str, int], batch_size: int) -> tuple[int, int | None]:
