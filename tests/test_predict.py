@@ -195,3 +195,15 @@ def test_predict_needs_no_training_code(export_dir, images):
     answer = json.loads(completed.stdout.strip().splitlines()[-1])
     assert len(answer["labels"]) == 3 and answer["failures"] == 3
     assert answer["modules"] == ["keras_cnn", "keras_cnn.errors", "keras_cnn.predict", "keras_cnn.runs"]
+
+
+def test_cli_tta_averages_views(export_dir, images):
+    plain = invoke("--model", export_dir, images / "good" / "one.png", "--json")
+    averaged = invoke("--model", export_dir, images / "good" / "one.png", "--tta", "2", "--json")
+    assert plain.exit_code == 0 and averaged.exit_code == 0, averaged.output
+    plain_row = json.loads(plain.stdout)[0]
+    tta_row = json.loads(averaged.stdout)[0]
+    assert np.allclose(sum(tta_row["probabilities"]), 1.0, atol=1e-5)
+    assert not np.allclose(plain_row["probabilities"], tta_row["probabilities"], atol=1e-6)
+    too_many = invoke("--model", export_dir, images / "good" / "one.png", "--tta", "9")
+    assert too_many.exit_code == 2 and "between 1 and 6 views" in too_many.stderr

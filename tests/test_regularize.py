@@ -124,3 +124,56 @@ def test_hard_targets_and_hard_label_accuracy():
     np.testing.assert_allclose(keras.ops.convert_to_numpy(hard_label_accuracy(soft, outputs)), [1.0, 0.0])
     sigmoid = keras.ops.convert_to_numpy(hard_label_accuracy(np.array([[0.9], [0.3]]), np.array([[0.7], [0.7]])))
     np.testing.assert_allclose(sigmoid, [1.0, 0.0])
+
+
+# ----------------------------------------------------------------------------- wired into training
+
+
+def test_kcnn_train_records_the_options_and_trains_on_soft_targets(tmp_path):
+    """The CLI options reach config.json, and the recorded config (what a resumed run or
+    `kcnn finetune` reads back) builds a pipeline with smoothed, mixed soft targets."""
+    import json
+
+    from click.testing import CliRunner
+
+    from conftest import write_cifar10_archive
+    from keras_cnn.cli import cli
+    from keras_cnn.config import RunConfig
+    from keras_cnn.train.data import prepare_array_data
+
+    archive = write_cifar10_archive(tmp_path, per_batch=12)
+    run = tmp_path / "run"
+    result = CliRunner().invoke(cli, [
+        "train", "lenet5_bn", "--dataset", "cifar10", "--dataset-path", str(archive), "--epochs", "1",
+        "--batch-size", "16", "--label-smoothing", "0.5", "--mixup", "0.2", "--cutmix", "1.0",
+        "--random-erasing", "0.25", "--out", str(run), "--json"])
+    assert result.exit_code == 0, result.output
+    recorded = json.loads((run / "config.json").read_text())
+    assert recorded["data"]["regularization"] == {"label_smoothing": 0.5, "mixup": 0.2, "cutmix": 1.0,
+                                                  "randaugment": None, "random_erasing": 0.25}
+    assert recorded["training"]["loss"] == "categorical_crossentropy"
+    history = (run / "history.csv").read_text().splitlines()[0].split(",")
+    assert {"accuracy", "val_accuracy", "loss", "val_loss"} <= set(history)
+    assert json.loads(result.stdout)["test_accuracy"] is not None
+
+    config = RunConfig.from_dict(recorded)
+    data = prepare_array_data(config.data, tuple(config.model.input_shape), 16, seed=1)
+    images, targets = next(iter(data.train))
+    targets = targets.numpy()
+    assert targets.shape == (16, 10) and np.allclose(targets.sum(axis=1), 1.0, atol=1e-5)
+    assert targets.max() <= 0.55 + 1e-5 and targets.min() >= 0.05 - 1e-5   # smoothing 0.5 over 10 classes
+    _, validation_targets = next(iter(data.validation))
+    assert set(np.unique(validation_targets.numpy())) == {0.0, 1.0}       # validation stays hard (one-hot)
+
+
+def test_transfer_regularization_turns_feature_caching_off():
+    from keras_cnn.config import DataConfig, ModelConfig, RunConfig, TrainingConfig
+    from keras_cnn.train.two_stage import resolve_transfer_config
+
+    config = RunConfig(command="transfer", model=ModelConfig(kind="transfer", name="efficientnet_b0"),
+                       data=DataConfig(split="s.csv", images="i", image_size=(64, 64),
+                                       regularization={"mixup": 0.2}))
+    assert resolve_transfer_config(config).training.cache_features is False
+    config.training = TrainingConfig(cache_features=True)
+    with pytest.raises(UserError, match="--mixup"):
+        resolve_transfer_config(config)

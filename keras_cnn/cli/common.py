@@ -66,6 +66,33 @@ image_folder_options = option_group(
 """``--class-weight``, ``--resize-mode``, ``--cache``, ``--skip-bad-images``."""
 
 
+regularization_options = option_group(
+    click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+                 help="Train on targets (1 - E) x one-hot + E / classes (Inception-v3's label smoothing)."),
+    click.option("--mixup", type=click.FloatRange(min=0), default=0.0, show_default=True,
+                 help="MixUp: blend image pairs and their labels by Beta(ALPHA, ALPHA) weights; 0 = off "
+                      "(timm uses 0.8 for ImageNet, 0.2 is milder)."),
+    click.option("--cutmix", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+                 help="CutMix: paste a box of another image, labels mixed by its area, Beta(ALPHA, ALPHA); "
+                      "0 = off. With --mixup too, each batch gets one of the two."),
+    click.option("--randaugment", default=None, metavar="N,M",
+                 help="RandAugment: N operations per image (of 11) at magnitude M of 10, e.g. 2,9 (timm's rand-m9)."),
+    click.option("--random-erasing", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+                 help="Erase one random rectangle (2-33 % of the image) with noise in this fraction of images."),
+)
+"""Training-part regularisation in the tf.data pipeline (validation and test stay untouched)."""
+
+
+def regularization_config(label_smoothing: float, mixup: float, cutmix: float, randaugment: str | None,
+                          random_erasing: float) -> dict[str, Any] | None:
+    """The ``DataConfig.regularization`` dict of the options (validated), None when all are off."""
+    from keras_cnn.data.regularize import RegularizationSpec
+
+    spec = RegularizationSpec(label_smoothing=label_smoothing, mixup=mixup, cutmix=cutmix,
+                              randaugment=randaugment, random_erasing=random_erasing)
+    return None if spec.is_identity else spec.to_dict()
+
+
 def run_command(as_json: bool, work: Callable[[], dict[str, Any]],
                 render: Callable[[dict[str, Any]], None] | None = None,
                 needs_tensorflow: bool = True) -> dict[str, Any]:

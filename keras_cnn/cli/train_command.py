@@ -7,7 +7,8 @@ import time
 import click
 
 from keras_cnn.cli.common import (debug_option, execution_options, image_folder_options, import_tensorflow_quietly,
-                                  json_option, parse_cache, run_command, training_options)
+                                  json_option, parse_cache, regularization_config, regularization_options,
+                                  run_command, training_options)
 
 
 @click.command()
@@ -31,6 +32,7 @@ from keras_cnn.cli.common import (debug_option, execution_options, image_folder_
               help="Keras API used to build the network (same layers either way).")
 @click.option("--validation-split", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True,
               help="Fraction of the --dataset training images held out for validation (the last ones).")
+@regularization_options
 @image_folder_options
 @execution_options
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
@@ -39,7 +41,7 @@ from keras_cnn.cli.common import (debug_option, execution_options, image_folder_
 @debug_option
 def train(architecture, dataset, dataset_path, split_csv, images, epochs, batch_size, learning_rate, seed,
           optimizer, augment, augment_engine, api, validation_split, class_weight, resize_mode, cache,
-          skip_bad_images, mixed_precision, xla, strategy, out_dir, as_json):
+          skip_bad_images, mixed_precision, xla, strategy, out_dir, as_json, **regularization):
     """Train from-scratch ARCHITECTURE (see `kcnn models`).
 
     \b
@@ -70,6 +72,7 @@ def train(architecture, dataset, dataset_path, split_csv, images, epochs, batch_
         data=DataConfig(dataset=dataset, dataset_path=dataset_path, split=split_csv, images=images,
                         resize_mode=resize_mode, augment=augment, augment_engine=augment_engine,
                         cache=parse_cache(cache), skip_bad_images=skip_bad_images,
+                        regularization=regularization_config(**regularization),
                         validation_split=validation_split),
         training=TrainingConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                                 optimizer=optimizer, seed=seed, class_weight=class_weight,

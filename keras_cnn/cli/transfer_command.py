@@ -7,7 +7,8 @@ import time
 import click
 
 from keras_cnn.cli.common import (debug_option, execution_options, image_folder_options, import_tensorflow_quietly,
-                                  json_option, parse_cache, run_command, training_options)
+                                  json_option, parse_cache, regularization_config, regularization_options,
+                                  run_command, training_options)
 
 
 def _render(result):
@@ -43,16 +44,18 @@ def _render(result):
 @click.option("--augment/--no-augment", default=False, show_default=True,
               help="Augment training images (flips, small rotations, shifts, zoom) in the tf.data pipeline.")
 @click.option("--cache-features/--no-cache-features", default=None,
-              help="Run the frozen base once and train the head on its features [default: on unless --augment].")
+              help="Run the frozen base once and train the head on its features [default: on unless --augment "
+                   "or a regularisation option is given].")
 @click.option("--api", type=click.Choice(["functional", "sequential"]), default="functional", show_default=True,
               help="Keras API used to assemble base and head (same layers either way).")
+@regularization_options
 @image_folder_options
 @execution_options
 @json_option
 @debug_option
 def transfer(base, split_csv, images, out_dir, image_size, weights, head_units, dropout, binary, epochs,
              batch_size, learning_rate, seed, optimizer, augment, cache_features, class_weight, api, resize_mode,
-             cache, skip_bad_images, mixed_precision, xla, strategy, as_json):
+             cache, skip_bad_images, mixed_precision, xla, strategy, as_json, **regularization):
     """Stage 1: train a new head on a frozen pretrained base.
 
     The base runs in inference mode with its weights frozen; the head is global average
@@ -73,7 +76,8 @@ def transfer(base, split_csv, images, out_dir, image_size, weights, head_units, 
                           dropout=dropout, binary=binary),
         data=DataConfig(split=split_csv, images=images, image_size=(image_size, image_size) if image_size else None,
                         channels=3, resize_mode=resize_mode, augment=augment, augmentation=_photo_augmentation(augment),
-                        cache=parse_cache(cache), skip_bad_images=skip_bad_images),
+                        cache=parse_cache(cache), skip_bad_images=skip_bad_images,
+                        regularization=regularization_config(**regularization)),
         training=TrainingConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                                 optimizer=optimizer, seed=seed, class_weight=class_weight,
                                 cache_features=cache_features, mixed_precision=mixed_precision, xla=xla,

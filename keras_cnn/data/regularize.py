@@ -306,13 +306,21 @@ def hard_label_accuracy(targets, outputs):
     return ops.cast(ops.equal(ops.argmax(targets, axis=-1), ops.argmax(outputs, axis=-1)), "float32")
 
 
-def soft_label_loss_and_metric(single_sigmoid: bool):
-    """(loss, metric) for soft targets: categorical or binary cross-entropy, and hard-label accuracy.
+SOFT_LABEL_LOSSES = {"sparse_categorical_crossentropy": "categorical_crossentropy",
+                     "categorical_crossentropy": "categorical_crossentropy",
+                     "binary_crossentropy": "binary_crossentropy"}
 
-    The metric is called ``accuracy`` so history.csv, the plots and the checkpoint keep
-    reading ``accuracy`` / ``val_accuracy``.
-    """
+
+def soft_label_loss(loss: str) -> str:
+    """The loss that takes soft targets in place of ``loss`` (sparse -> categorical cross-entropy)."""
+    if loss not in SOFT_LABEL_LOSSES:
+        raise UserError(f"MixUp, CutMix and label smoothing need a cross-entropy loss, received: {loss!r}")
+    return SOFT_LABEL_LOSSES[loss]
+
+
+def hard_label_accuracy_metric():
+    """A Keras metric of :func:`hard_label_accuracy` named ``accuracy``, so history.csv, the
+    plots and the checkpoint keep reading ``accuracy`` / ``val_accuracy``."""
     import keras
 
-    loss = "binary_crossentropy" if single_sigmoid else "categorical_crossentropy"
-    return loss, keras.metrics.MeanMetricWrapper(hard_label_accuracy, name="accuracy")
+    return keras.metrics.MeanMetricWrapper(hard_label_accuracy, name="accuracy")

@@ -144,7 +144,8 @@ def train_scratch(config: RunConfig, out_dir: str | Path) -> dict[str, Any]:
     """Train a from-scratch architecture into ``out_dir`` and report test metrics (``kcnn train``)."""
     from keras_cnn.models.loading import load_model
     from keras_cnn.models.scratch import build_architecture, count_parameters, get_architecture, with_input_scaling
-    from keras_cnn.train.data import as_model_targets, balanced_class_weights, prepare_array_data, prepare_folder_data
+    from keras_cnn.train.data import (as_model_targets, balanced_class_weights, prepare_array_data,
+                                      prepare_folder_data, uses_soft_labels)
     from keras_cnn.train.execution import start_execution
 
     if bool(config.data.dataset) == bool(config.data.split):
@@ -164,8 +165,14 @@ def train_scratch(config: RunConfig, out_dir: str | Path) -> dict[str, Any]:
             data = prepare_folder_data(config.data, config.data.image_size, config.data.channels,
                                        training.batch_size, training.seed, skipped_record=run.skipped_images_path)
         num_classes = len(data.labels)
+        soft_labels = uses_soft_labels(config.data)
+        loss = spec.loss(num_classes)
+        if soft_labels:
+            from keras_cnn.data.regularize import soft_label_loss
+
+            loss = soft_label_loss(loss)
         config = replace(config, labels=data.labels, model=replace(config.model, num_classes=num_classes),
-                         training=replace(training, loss=spec.loss(num_classes)),
+                         training=replace(training, loss=loss),
                          extra={**config.extra, "execution": execution.plan.to_dict(), "sizes": data.sizes,
                                 "skipped_images": len(data.skipped)})
         run.write_labels(data.labels)
@@ -174,7 +181,8 @@ def train_scratch(config: RunConfig, out_dir: str | Path) -> dict[str, Any]:
         with execution.scope():
             model = with_input_scaling(build_architecture(config.model.name, config.model.input_shape,
                                                           num_classes, api=config.model.api))
-            execution.compile(model, training.optimizer, training.learning_rate, config.training.loss)
+            execution.compile(model, training.optimizer, training.learning_rate, config.training.loss,
+                              soft_labels=soft_labels)
         single_sigmoid = model.output_shape[-1] == 1
         class_weight = balanced_class_weights(data.train_counts) if training.class_weight == "balanced" else None
 

@@ -46,11 +46,13 @@ def resolve_transfer_config(config: RunConfig) -> RunConfig:
         batch_size=training.batch_size or HEAD_DEFAULTS["batch_size"],
         learning_rate=training.learning_rate or HEAD_DEFAULTS["learning_rate"],
         optimizer=training.optimizer or HEAD_DEFAULTS["optimizer"],
-        cache_features=(not config.data.augment) if training.cache_features is None else training.cache_features,
+        cache_features=(not (config.data.augment or config.data.regularization)) if training.cache_features is None
+        else training.cache_features,
     )
-    if training.cache_features and config.data.augment:
+    if training.cache_features and (config.data.augment or config.data.regularization):
         raise UserError("--cache-features computes each image's features once, so it cannot be combined "
-                        "with --augment; use --no-cache-features to augment")
+                        "with --augment, --mixup, --cutmix, --randaugment, --random-erasing or --label-smoothing; "
+                        "use --no-cache-features")
     weights = config.model.weights or "imagenet"
     data = replace(absolute_data_paths(config.data), image_size=image_size, channels=3)
     model = replace(config.model, kind="transfer", input_shape=(*image_size, 3), weights=weights)
@@ -62,7 +64,7 @@ def train_head(config: RunConfig, out_dir: str | Path) -> dict[str, Any]:
     from keras_cnn.models.bases import get_base_spec
     from keras_cnn.models.transfer import build_transfer_model, parameter_counts
     from keras_cnn.models.weights import resolve_weights
-    from keras_cnn.train.data import balanced_class_weights, prepare_folder_data
+    from keras_cnn.train.data import balanced_class_weights, prepare_folder_data, uses_soft_labels
     from keras_cnn.train.execution import start_execution
 
     if not config.data.split or not config.data.images:
@@ -89,6 +91,11 @@ def train_head(config: RunConfig, out_dir: str | Path) -> dict[str, Any]:
                                          api=config.model.api, seed=training.seed)
         single_sigmoid = model.output_shape[-1] == 1
         loss = "binary_crossentropy" if single_sigmoid else "sparse_categorical_crossentropy"
+        soft_labels = uses_soft_labels(config.data)
+        if soft_labels:
+            from keras_cnn.data.regularize import soft_label_loss
+
+            loss = soft_label_loss(loss)
         counts = parameter_counts(model)
         config = replace(config, labels=data.labels,
                          model=replace(config.model, num_classes=len(data.labels)),
@@ -105,7 +112,7 @@ def train_head(config: RunConfig, out_dir: str | Path) -> dict[str, Any]:
             rows = _fit_head_on_features(model, run, data, training, loss, single_sigmoid, class_weight, execution)
         else:
             with execution.scope():
-                execution.compile(model, training.optimizer, training.learning_rate, loss)
+                execution.compile(model, training.optimizer, training.learning_rate, loss, soft_labels=soft_labels)
             rows = fit_stage(model, run, HEAD_STAGE, data, training.epochs, execution, single_sigmoid, class_weight)
         seconds = time.perf_counter() - started
         summary = _finish_stage(run, config, HEAD_STAGE, rows, seconds, counts, data, single_sigmoid)
@@ -154,7 +161,7 @@ def fine_tune_run(run_dir: str | Path, unfreeze_from: str | None = None, train_b
     from keras_cnn.models.loading import load_model
     from keras_cnn.models.transfer import parameter_counts
     from keras_cnn.models.transfer import unfreeze_from as unfreeze
-    from keras_cnn.train.data import balanced_class_weights, prepare_folder_data
+    from keras_cnn.train.data import balanced_class_weights, prepare_folder_data, uses_soft_labels
     from keras_cnn.train.execution import start_execution
 
     source = RunDirectory(run_dir).require()
@@ -185,7 +192,8 @@ def fine_tune_run(run_dir: str | Path, unfreeze_from: str | None = None, train_b
         with session.scope():
             model = load_model(run.model_path)
             unfreeze(model, boundary, train_bn=train_bn)
-            session.compile(model, training.optimizer, training.learning_rate, config.training.loss)
+            session.compile(model, training.optimizer, training.learning_rate, config.training.loss,
+                            soft_labels=uses_soft_labels(config.data))
         counts = parameter_counts(model)
         data = prepare_folder_data(config.data, config.data.image_size, 3, training.batch_size, training.seed,
                                    skipped_record=run.skipped_images_path, labels=config.labels)
