@@ -168,7 +168,8 @@ def main(argv: list[str] | None = None) -> dict:
     if quantization is not None:
         float_part, quantized = quantization["float"], quantization["quantized"]
         lines += ["", "| LiteRT file | bytes | test accuracy |", "|---|---:|---:|",
-                  f"| float32 `{float_part['file']}` | {float_part['bytes']:,} | {float_part.get('accuracy', float('nan')):.4f} |",
+                  f"| float32 `{float_part['file']}` | {float_part['bytes']:,} | "
+                  f"{float_part.get('accuracy', float('nan')):.4f} |",
                   f"| int8 `{quantized['file']}` ({quantization['representative_images']} calibration images) | "
                   f"{quantized['bytes']:,} | {quantized.get('accuracy', float('nan')):.4f} |",
                   "", f"int8 / float size: **{quantization['size_ratio']:.2f}**; accuracy change "

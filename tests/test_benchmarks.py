@@ -105,3 +105,16 @@ def test_scratch_training_benchmark_times_both_approaches(load_script, tmp_path,
     output = capsys.readouterr().out
     assert "Ratio kcnn / reference, training" in output and "ImageDataGenerator.flow" in output
     assert not results.exists()
+
+
+@pytest.mark.slow
+def test_recipe_benchmark_smoke(load_script, tmp_path):
+    pytest.importorskip("sklearn")
+    recipe = load_script("recipe")
+    results = tmp_path / "RESULTS.md"
+    outcome = recipe.main(["--limit", "300", "--epochs", "1", "--rows", "plain", "MixUp 0.2", "--no-record",
+                           "--results", str(results)])
+    assert set(outcome["rows"]) == {"plain", "MixUp 0.2"}
+    assert len(outcome["tta"]["views"]) == recipe.TTA_VIEWS
+    assert outcome["quantization"]["size_ratio"] < 0.34
+    assert not results.exists()
