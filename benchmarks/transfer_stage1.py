@@ -110,7 +110,7 @@ def run_stage1(split_csv: Path, images: Path, out_dir: Path, cache_features: boo
     return {
         "epoch_seconds": [float(row["seconds"]) for row in rows],
         "extraction_seconds": sum(extraction),
-        "stage_seconds": float(summary["seconds"]),
+        "stage_seconds": float(summary["fit_seconds"]),  # this process's fit, feature extraction included
     }
 
 

@@ -20,13 +20,12 @@ import numpy as np
 import tensorflow as tf
 
 from keras_cnn.errors import UserError, first_line
-from keras_cnn.runs import read_json, read_labels
+from keras_cnn.export_layout import (METADATA_FILE, check_label_count, read_export_labels, read_export_metadata,
+                                     resolve_version_dir)
 
 SIGNATURE = "serving_default"
 TTA_SIGNATURE = "serving_tta"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
-LABELS_ASSET = Path("assets") / "labels.txt"
-METADATA_FILE = Path("assets.extra") / "kcnn.json"
 
 
 @dataclass
@@ -95,25 +94,11 @@ class ExportedModel:
         return tf.cast(tf.stack([decode(tf.constant(data)) for data in encoded_images]), tf.float32)
 
 
-def resolve_version_dir(path: str | os.PathLike) -> Path:
-    """``DIR/<version>`` itself, or the highest numeric version folder inside ``DIR``."""
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"model directory {path} does not exist")
-    if not path.is_dir():
-        raise UserError(f"--model must be an export directory, received a file: {path}")
-    if (path / "saved_model.pb").is_file():
-        return path
-    versions = [child for child in path.iterdir()
-                if child.name.isdigit() and (child / "saved_model.pb").is_file()]
-    if not versions:
-        raise UserError(f"{path} is not an exported model: no saved_model.pb in it or in a numbered version folder")
-    return max(versions, key=lambda child: int(child.name))
-
-
 def load_exported_model(path: str | os.PathLike) -> ExportedModel:
     """Load an export (``DIR`` or ``DIR/<version>``) for :func:`predict_files`."""
     version_dir = resolve_version_dir(path)
+    metadata = read_export_metadata(version_dir)
+    labels = read_export_labels(version_dir, metadata)
     try:
         saved_model = tf.saved_model.load(str(version_dir))
     except Exception as error:  # noqa: BLE001 - TensorFlow raises many kinds for a broken SavedModel
@@ -128,11 +113,9 @@ def load_exported_model(path: str | os.PathLike) -> ExportedModel:
     missing = {"probabilities", "class_index", "label"} - set(signature.structured_outputs)
     if missing:
         raise UserError(f"{version_dir}: {SIGNATURE!r} does not return {sorted(missing)}; is it a kcnn export?")
-    metadata = read_json(version_dir / METADATA_FILE) if (version_dir / METADATA_FILE).is_file() else {}
-    if (version_dir / LABELS_ASSET).is_file():
-        labels = read_labels(version_dir / LABELS_ASSET)
-    else:
-        labels = [str(label) for label in metadata.get("labels", [])]
+    classes = signature.structured_outputs["probabilities"].shape[-1]
+    if classes is not None:
+        check_label_count(version_dir, labels, int(classes))
     return ExportedModel(version_dir, signature, labels, metadata, saved_model)
 
 
@@ -172,6 +155,8 @@ def predict_files(model: ExportedModel, paths: list[str | os.PathLike], batch_si
         raise UserError(f"--batch-size must be at least 1, received: {batch_size}")
     if top_k < 1:
         raise UserError(f"--top-k must be at least 1, received: {top_k}")
+    if model.labels:
+        top_k = min(top_k, len(model.labels))  # more than every class says nothing more
     if tta:
         model.use_tta(int(tta))
     files, failures = expand_inputs(paths)

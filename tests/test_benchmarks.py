@@ -108,6 +108,16 @@ def test_scratch_training_benchmark_times_both_approaches(load_script, tmp_path,
 
 
 @pytest.mark.slow
+def test_kill_safety_benchmark_survives_a_few_random_kills(load_script, tmp_path, capsys):
+    kill_safety = load_script("kill_safety")
+    results = tmp_path / "RESULTS.md"
+    assert kill_safety.main(["--kills", "3", "--epochs", "3", "--seed", "1", "--no-record",
+                             "--results", str(results)]) == 0
+    output = capsys.readouterr().out
+    assert "Kills survived / tried" in output and not results.exists()
+
+
+@pytest.mark.slow
 def test_recipe_benchmark_smoke(load_script, tmp_path):
     pytest.importorskip("sklearn")
     recipe = load_script("recipe")

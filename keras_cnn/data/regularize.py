@@ -126,6 +126,12 @@ def as_regularization_spec(value: RegularizationSpec | Mapping[str, Any] | None)
     return None if spec.is_identity else spec
 
 
+def uses_soft_labels(regularization: RegularizationSpec | Mapping[str, Any] | None) -> bool:
+    """True when training targets are class probabilities (MixUp, CutMix or label smoothing on)."""
+    spec = as_regularization_spec(regularization)
+    return spec is not None and spec.soft_labels
+
+
 # --------------------------------------------------------------------------- RandAugment
 
 

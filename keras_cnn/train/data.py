@@ -61,12 +61,6 @@ def regularization_spec(data: DataConfig):
     return as_regularization_spec(data.regularization)
 
 
-def uses_soft_labels(data: DataConfig) -> bool:
-    """True when training targets are class probabilities (MixUp, CutMix, label smoothing)."""
-    spec = regularization_spec(data)
-    return spec is not None and spec.soft_labels
-
-
 def _regularized(data: DataConfig, subset: str, dataset, num_classes: int, seed: int):
     """The training part through the regularisation map; with soft labels, the validation
     part gets one-hot targets so both go through the same categorical loss."""
