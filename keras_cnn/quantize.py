@@ -12,6 +12,8 @@ Three modes, all through the TFLite converter that Keras' LiteRT export drives:
 :func:`litert_accuracy` runs a ``.tflite`` file on a part of the run's data, so the export
 can put the two accuracies (and sizes) side by side and refuse a quantized model that lost
 too much.
+
+numpy and TensorFlow are imported inside the functions: ``kcnn --help`` reads the constants.
 """
 
 from __future__ import annotations
@@ -19,8 +21,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Iterable
-
-import numpy as np
 
 from keras_cnn.errors import RunFailure, UserError
 
@@ -41,8 +41,9 @@ def check_mode(mode: str) -> str:
     return mode
 
 
-def converter_options(mode: str, representative_images: Iterable[np.ndarray] | None = None) -> dict[str, Any]:
+def converter_options(mode: str, representative_images: Iterable[Any] | None = None) -> dict[str, Any]:
     """Keyword arguments for ``model.export(format="litert")`` (TFLite converter attributes)."""
+    import numpy as np
     import tensorflow as tf
 
     check_mode(mode)
@@ -63,16 +64,18 @@ def converter_options(mode: str, representative_images: Iterable[np.ndarray] | N
 
 
 def write_quantized_litert(model, mode: str, path: str | os.PathLike,
-                           representative_images: Iterable[np.ndarray] | None = None) -> Path:
+                           representative_images: Iterable[Any] | None = None) -> Path:
     """Write ``model`` as a quantized ``.tflite`` file (float32 input and output)."""
     options = converter_options(mode, representative_images)
     model.export(os.fspath(path), format="litert", verbose=False, **options)
     return Path(path)
 
 
-def first_images(dataset, limit: int) -> list[np.ndarray]:
-    """Up to ``limit`` single images (float32 0..255) from a dataset of image batches."""
-    images: list[np.ndarray] = []
+def first_images(dataset, limit: int) -> list:
+    """Up to ``limit`` single images (float32 0..255 numpy arrays) from a dataset of image batches."""
+    import numpy as np
+
+    images: list = []
     for batch in dataset:
         images.extend(np.asarray(batch, np.float32))
         if len(images) >= limit:
@@ -80,8 +83,9 @@ def first_images(dataset, limit: int) -> list[np.ndarray]:
     return images[:limit]
 
 
-def litert_outputs(path: str | os.PathLike, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Run a ``.tflite`` file on float32 images [n, H, W, C]; returns its outputs [n, K]."""
+def litert_outputs(path: str | os.PathLike, images, batch_size: int = 64):
+    """Run a ``.tflite`` file on float32 images [n, H, W, C]; returns its outputs [n, K] (numpy)."""
+    import numpy as np
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(model_path=os.fspath(path))
@@ -101,11 +105,13 @@ def litert_outputs(path: str | os.PathLike, images: np.ndarray, batch_size: int 
     return np.concatenate(outputs, axis=0)
 
 
-def litert_accuracy(paths: dict[str, Path], dataset, true_indices: np.ndarray, num_classes: int) -> dict[str, float]:
+def litert_accuracy(paths: dict[str, Path], dataset, true_indices, num_classes: int) -> dict[str, float]:
     """Accuracy of each ``.tflite`` file in ``paths`` on the batches of ``dataset`` (labels ``true_indices``).
 
     The images are read once and each file runs on all of them.
     """
+    import numpy as np
+
     from keras_cnn.evaluate import outputs_to_probabilities
 
     images = np.concatenate([np.asarray(batch, np.float32) for batch in dataset], axis=0)
