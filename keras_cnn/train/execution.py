@@ -48,7 +48,7 @@ class Execution:
         categorical (or binary) cross-entropy, and accuracy against each target's dominant class.
         """
         from keras_cnn.train.distribute import synchronize_loss_scaling
-        from keras_cnn.train.optimizers import make_optimizer
+        from keras_cnn.optimizers import make_optimizer
 
         if isinstance(optimizer, str):
             optimizer = make_optimizer(optimizer, learning_rate)
