@@ -70,6 +70,11 @@ class TrainingConfig:
     mixed_precision: str = "auto"         # "auto" | "on" | "off"
     xla: str = "auto"                     # "auto" | "on" | "off"
     strategy: str = "auto"                # "auto" | "default" | "mirrored" | "multiworker"
+    schedule: str = "constant"            # learning-rate curve: "constant" | "cosine" | "onecycle"
+    warmup_epochs: float | None = None    # warm-up length (per step, fractions allowed); None = the schedule's
+    ema: float | None = None              # decay of the weight average the saved model uses; None = off
+    early_stopping: int | None = None     # patience in epochs; None = train every epoch
+    lr_mult: float | None = None          # fine-tuning: head rate / first unfrozen block's rate; None = 1
 
 
 @dataclass
@@ -89,6 +94,12 @@ class FineTuneConfig:
     mixed_precision: str | None = None
     xla: str | None = None
     strategy: str | None = None
+    # The training recipe of stage 2 (not taken from stage 1: the defaults, as for the optimizer).
+    schedule: str = "constant"
+    warmup_epochs: float | None = None
+    ema: float | None = None
+    early_stopping: int | None = None
+    lr_mult: float | None = None          # head rate / first unfrozen block's rate (fastai's lr_mult)
 
 
 @dataclass
@@ -131,7 +142,8 @@ class RunConfig:
 
 # Option values checked before anything is written: (config section, field, option name).
 FINITE_FLOATS = [("training", "learning_rate", "--learning-rate"), ("model", "dropout", "--dropout"),
-                 ("data", "validation_split", "--validation-split")]
+                 ("data", "validation_split", "--validation-split"), ("training", "warmup_epochs", "--warmup-epochs"),
+                 ("training", "ema", "--ema"), ("training", "lr_mult", "--lr-mult")]
 POSITIVE_INTEGERS = [("training", "epochs", "--epochs"), ("training", "batch_size", "--batch-size")]
 
 

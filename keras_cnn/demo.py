@@ -10,20 +10,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-import click
+from keras_cnn.messages import frozen_random_base_warning
+from keras_cnn.progress import say as say_progress
+from keras_cnn.progress import warn
 
 DEMO_BASE = "efficientnet_b0"
 DEMO_IMAGE_SIZE = 96
-RANDOM_WEIGHTS_NOTE = (
-    "  ImageNet weights for EfficientNet-B0 can be neither downloaded nor found in the Keras cache, so this "
-    "demo runs with RANDOM initial weights. A frozen random base passes on almost nothing, so expect "
-    "accuracy near chance (1/3); the flow and its files are the same. With internet the weights download "
-    "once; offline, put efficientnetb0_notop.h5 in ~/.keras/models/ or pass --weights PATH."
-)
+WEIGHTS_HINT = ("ImageNet weights for EfficientNet-B0 could be neither downloaded nor found in the Keras "
+                "cache; with internet they download once, offline put efficientnetb0_notop.h5 in "
+                "~/.keras/models/ or pass --weights PATH")
 
 
 def _step(number: int, title: str) -> None:
-    click.secho(f"\n[{number}/7] {title}", bold=True, err=True)
+    say_progress(f"\n[{number}/7] {title}")
 
 
 def _accuracy_text(summary: dict[str, Any]) -> str:
@@ -34,7 +33,7 @@ def _accuracy_text(summary: dict[str, Any]) -> str:
 
 def run_demo(out_dir: str | Path = "kcnn-demo", per_class: int = 100, head_epochs: int = 8,
              finetune_epochs: int = 3, weights: str | None = None,
-             say: Callable[[str], None] = lambda text: click.echo(text, err=True)) -> dict[str, Any]:
+             say: Callable[[str], None] = say_progress) -> dict[str, Any]:
     """Run the demo into ``out_dir``; returns where everything is and the headline numbers.
 
     ``weights``: ``None`` = ImageNet when it can be had (downloaded or cached), otherwise
@@ -57,7 +56,7 @@ def run_demo(out_dir: str | Path = "kcnn-demo", per_class: int = 100, head_epoch
     sample = write_sample_data(data_dir, classes=3, per_class=per_class, size=128, seed=0)
     say(f"  {sample['count']} images and label.csv in {data_dir}")
 
-    _step(2, "split by SHA-1 key (seed 004's rule): test 0-24, validation 25-49, rest train")
+    _step(2, "stable split by the last byte of each file's SHA-1: 0-24 test, 25-49 validation, rest train")
     split_csv = out_dir / "split.csv"
     split = split_label_file(sample["label_csv"], str(split_csv))
     sizes = split["sizes"]
@@ -69,7 +68,9 @@ def run_demo(out_dir: str | Path = "kcnn-demo", per_class: int = 100, head_epoch
             say("  using ImageNet weights for EfficientNet-B0")
         else:
             weights = "none"
-            click.secho(RANDOM_WEIGHTS_NOTE, fg="yellow", err=True)
+            warn(WEIGHTS_HINT)
+    if weights == "none":
+        warn(frozen_random_base_warning("EfficientNet-B0"))
 
     _step(3, f"transfer: frozen {DEMO_BASE} at {DEMO_IMAGE_SIZE}px + new head, features cached")
     config = RunConfig(

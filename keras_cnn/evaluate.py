@@ -28,6 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from keras_cnn.errors import RunFailure, UserError
+from keras_cnn.progress import ProgressBar
 from keras_cnn.runs import RunDirectory, RunLock, atomic_write_json, atomic_write_text, check_output_path
 
 TOP_K_CANDIDATES = (2, 3, 5)
@@ -422,20 +423,22 @@ def predict_subset(model, dataset, true_indices: np.ndarray, num_classes: int,
     from_logits = outputs_are_logits(model)
     outputs, probabilities, tta_probabilities = [], [], []
     position = 0
-    for batch in dataset:
-        batch_outputs = np.asarray(model.predict_on_batch(batch), dtype=np.float32)
-        batch_probabilities = outputs_to_probabilities(batch_outputs, num_classes, from_logits)
-        outputs.append(batch_outputs.reshape(len(batch_outputs), -1))
-        probabilities.append(batch_probabilities)
-        if tta_views:
-            tta_probabilities.append(_tta_probabilities(model, batch, tta_views, num_classes, from_logits))
-        if keeper is not None:
-            predicted = batch_probabilities.argmax(axis=1)
-            truth = true_indices[position: position + len(predicted)]
-            images = np.asarray(batch)
-            for offset in np.flatnonzero(predicted != truth):
-                keeper.add(position + int(offset), images[offset], batch_probabilities[offset].max())
-        position += len(batch_outputs)
+    with ProgressBar(len(true_indices), f"predicting {len(true_indices)} images") as progress:
+        for batch in dataset:
+            batch_outputs = np.asarray(model.predict_on_batch(batch), dtype=np.float32)
+            batch_probabilities = outputs_to_probabilities(batch_outputs, num_classes, from_logits)
+            outputs.append(batch_outputs.reshape(len(batch_outputs), -1))
+            probabilities.append(batch_probabilities)
+            if tta_views:
+                tta_probabilities.append(_tta_probabilities(model, batch, tta_views, num_classes, from_logits))
+            if keeper is not None:
+                predicted = batch_probabilities.argmax(axis=1)
+                truth = true_indices[position: position + len(predicted)]
+                images = np.asarray(batch)
+                for offset in np.flatnonzero(predicted != truth):
+                    keeper.add(position + int(offset), images[offset], batch_probabilities[offset].max())
+            position += len(batch_outputs)
+            progress.update(position)
     if position != len(true_indices):
         raise RunFailure(f"the data gave {position} images but the split lists {len(true_indices)}")
     tta = None

@@ -61,6 +61,7 @@ from keras_cnn.config import RunConfig
 from keras_cnn.errors import RunFailure, UserError
 from keras_cnn.quantize import DEFAULT_MAX_ACCURACY_DROP
 from keras_cnn.quantize import check_mode as check_quantization_mode
+from keras_cnn.quiet import native_stderr_silenced
 from keras_cnn.runs import RunDirectory, atomic_path, atomic_write_json, library_versions
 
 TOLERANCE = 1e-4
@@ -511,10 +512,11 @@ def _verify_litert(model, spec: ModelSpec, path: Path, images: list[bytes]) -> f
     from ai_edge_litert.interpreter import Interpreter
 
     pixels = decoded_pixels(images, spec)
-    interpreter = Interpreter(model_path=str(path))
-    input_detail = interpreter.get_input_details()[0]
-    interpreter.resize_tensor_input(input_detail["index"], list(pixels.shape))
-    interpreter.allocate_tensors()
+    with native_stderr_silenced():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+        interpreter = Interpreter(model_path=str(path))
+        input_detail = interpreter.get_input_details()[0]
+        interpreter.resize_tensor_input(input_detail["index"], list(pixels.shape))
+        interpreter.allocate_tensors()
     interpreter.set_tensor(input_detail["index"], pixels)
     interpreter.invoke()
     actual = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])

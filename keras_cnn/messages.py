@@ -39,3 +39,15 @@ def summarize_items(items: Iterable[object], full_list_path: str | os.PathLike |
 def bound_line(message: str, limit: int = MAX_LINE) -> str:
     """Shorten each line of ``message`` to ``limit`` characters (an ellipsis marks a cut)."""
     return "\n".join(line if len(line) <= limit else line[: limit - 1] + "…" for line in message.splitlines())
+
+
+def frozen_random_base_warning(base: str, frozen: str = "frozen layers") -> str:
+    """The warning for a base that keeps random weights while (part of) it stays frozen.
+
+    Such layers pass on almost nothing the head can learn from, so accuracy stays near
+    chance; said by ``kcnn transfer --weights none``, ``kcnn finetune`` on such a run, and
+    ``kcnn demo`` when it cannot get ImageNet weights.
+    """
+    return (f"{base} has random weights (--weights none) and its {frozen} cannot learn, so expect "
+            "accuracy near chance; use --weights imagenet (or a weights file), or train every layer with "
+            "`kcnn finetune --unfreeze-from all`")

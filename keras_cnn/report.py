@@ -119,6 +119,40 @@ def plot_training_history(history_csv_or_rows: Any, output_png: str | os.PathLik
     return _save(figure, output_png)
 
 
+# --------------------------------------------------------------------------- learning-rate range test
+
+
+def plot_learning_rate_sweep(learning_rates: Sequence[float], losses: Sequence[float],
+                             smoothed: Sequence[float], suggestions: Mapping[str, float],
+                             output_png: str | os.PathLike) -> Path:
+    """Loss against learning rate (log axis) from ``kcnn lr-find``, with the suggested rates marked.
+
+    The raw per-batch loss is drawn faintly behind the smoothed curve the suggestions are
+    read from.
+    """
+    pyplot = _pyplot()
+    figure, axis = pyplot.subplots(figsize=(7, 4.5))
+    axis.plot(learning_rates, losses, color="lightgrey", linewidth=1, label="loss (per batch)")
+    axis.plot(learning_rates, smoothed, color="tab:blue", linewidth=2, label="loss (smoothed)")
+    curve = dict(zip(learning_rates, smoothed))
+    for (name, rate), marker in zip(suggestions.items(), ("o", "s", "^", "D")):
+        nearest = min(curve, key=lambda value: abs(math.log(value) - math.log(rate)))
+        axis.plot([rate], [curve[nearest]], marker, markersize=9, label=f"{name}: {rate:.2e}")
+    finite = [value for value in smoothed if math.isfinite(value)]
+    if finite:
+        # The blow-up at the end would squash the interesting part of the curve.
+        low, first = min(finite), finite[0]
+        axis.set_ylim(low - 0.1 * abs(first - low) - 1e-6, max(first, low) + 0.5 * abs(first - low) + 1e-6)
+    axis.set_xscale("log")
+    axis.set_xlabel("learning rate")
+    axis.set_ylabel("training loss")
+    axis.set_title("Learning-rate range test")
+    axis.grid(True, which="both", alpha=0.3)
+    axis.legend(loc="best")
+    figure.tight_layout()
+    return _save(figure, output_png)
+
+
 # --------------------------------------------------------------------------- confusion matrix
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import re
 import tarfile
 from pathlib import Path
 
@@ -13,6 +14,37 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+
+# The shapes of the lines kcnn itself prints on stderr: its messages ("kcnn: ..."), the
+# execution line, step and epoch lines ("[3/7] ...", "[head] epoch ..."), indented details,
+# the titles of its progress, and what it found and split (the count table).  Anything
+# else on stderr is another library's noise.
+KCNN_LINE = re.compile(r"^(kcnn: |device: |\[|  |$|checking |extracting |predicting |resuming |hashing |found |"
+                       r"using the split |(part|train|validation|test|total) )")
+INTERNAL_WORDS = re.compile(r"seed[ -]0\d\d|REFERENCES|DESIGN\.md|shared documents", re.IGNORECASE)
+MAX_LINE = 300
+
+
+def output_problems(text: str) -> list[str]:
+    """What is wrong with text kcnn printed to a pipe: escape codes, carriage returns, long
+    lines, internal vocabulary, or (see ``stderr_problems``) lines that are not kcnn's."""
+    problems = []
+    if "\x1b" in text:
+        problems.append("an ANSI escape code")
+    if "\r" in text:
+        problems.append("a carriage return")
+    problems += [f"line over {MAX_LINE} characters: {line[:80]}…" for line in text.splitlines()
+                 if len(line) > MAX_LINE]
+    problems += [f"internal vocabulary: {line[:120]}" for line in text.splitlines()
+                 if INTERNAL_WORDS.search(line)]
+    return problems
+
+
+def stderr_problems(stderr: str) -> list[str]:
+    """``output_problems`` plus every stderr line that is not one of kcnn's own."""
+    return output_problems(stderr) + [f"not kcnn's: {line[:160]}" for line in stderr.splitlines()
+                                      if not KCNN_LINE.match(line)]
 
 
 def learnable_digit_images(count: int, seed: int, size: int = 28) -> tuple[np.ndarray, np.ndarray]:
@@ -128,3 +160,16 @@ def sample_split(sample_data_dir, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("split") / "split.csv"
     split_label_file(str(sample_data_dir / "label.csv"), str(path))
     return path
+
+
+def train_tiny_hub_head(folder: Path, split: Path, images: Path) -> Path:
+    """A finished stage-1 run (1 epoch, 32 px) on a tiny generated hub module; returns the run folder."""
+    from keras_cnn.config import DataConfig, ModelConfig, RunConfig, TrainingConfig
+    from keras_cnn.train.two_stage import train_head
+
+    hub = write_hub_module(folder / "hub")
+    run = folder / "run"
+    train_head(RunConfig(command="transfer", model=ModelConfig(kind="transfer", name=f"hub:{hub}"),
+                         data=DataConfig(split=str(split), images=str(images), image_size=(32, 32)),
+                         training=TrainingConfig(epochs=1, batch_size=16, learning_rate=0.01)), run)
+    return run

@@ -129,6 +129,16 @@ def test_kill_safety_benchmark_survives_a_few_random_kills(load_script, tmp_path
 
 
 @pytest.mark.slow
+def test_schedules_benchmark_runs_one_short_seed(load_script, tmp_path, capsys):
+    pytest.importorskip("sklearn", reason="the schedules benchmark reads scikit-learn's digits")
+    schedules = load_script("schedules")
+    results = tmp_path / "RESULTS.md"
+    schedules.main(["--seeds", "1", "--epochs", "1", "--no-record", "--results", str(results)])
+    output = capsys.readouterr().out
+    assert "| onecycle |" in output and "| constant, EMA 0.9 |" in output and not results.exists()
+
+
+@pytest.mark.slow
 def test_recipe_benchmark_smoke(load_script, tmp_path):
     pytest.importorskip("sklearn")
     recipe = load_script("recipe")

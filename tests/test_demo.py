@@ -1,4 +1,4 @@
-"""`kcnn demo`: the whole flow on sample data, through the real console entry point."""
+"""`kcnn demo`: the whole flow on sample data, through the real console entry point, piped."""
 
 import json
 import os
@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import stderr_problems
 
 
 def run_demo(out, *options):
@@ -28,7 +29,13 @@ def check_demo_output(result, out: Path):
     assert {prediction["label"] for prediction in summary["predictions"]} <= {"circle", "square", "triangle"}
     assert 0.0 <= summary["accuracy"] <= 1.0 and summary["evaluated_subset"] in ("test", "validation")
     if summary["weights"] == "none":
-        assert "RANDOM initial weights" in result.stderr
+        assert "has random weights (--weights none)" in result.stderr
+        assert "--unfreeze-from all" in result.stderr
+    # Piped (not a terminal): plain lines, one per epoch, nothing from other libraries.
+    assert stderr_problems(result.stderr) == [], result.stderr[-3000:]
+    epoch_lines = [line for line in result.stderr.splitlines()
+                   if line.startswith(("[head] epoch", "[finetune] epoch"))]
+    assert epoch_lines and all("loss" in line and "took" in line for line in epoch_lines)
     return summary
 
 

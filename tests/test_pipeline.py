@@ -315,7 +315,7 @@ def test_check_images_or_fail_names_all_of_them_in_one_line(bad_folder, capsys):
     assert names["good"][0] not in message + full_list
     captured = capsys.readouterr()
     assert captured.out == "", "the progress bar must stay off stdout (it may carry --json output)"
-    assert "Checking 5 images" in captured.err  # the missing one is known without reading
+    assert "checking 5 images" in captured.err  # the missing one is known without reading
 
 
 def test_skip_bad_images_records_them_and_trains_on_the_rest(bad_folder, tmp_path):

@@ -110,10 +110,12 @@ def test_cli_table(export_dir, images):
     assert all(label in with_top_k.stdout.splitlines()[1] for label in LABELS)
 
 
-def test_cli_json_is_one_list_in_labels_order(export_dir, images):
+def test_cli_json_is_one_object_in_labels_order(export_dir, images):
     result = invoke("--model", export_dir, "--json", "--top-k", "2", images / "good")
     assert result.exit_code == 0, result.output
-    predictions = json.loads(result.stdout)
+    payload = json.loads(result.stdout)
+    assert set(payload) == {"predictions", "failures"} and payload["failures"] == []
+    predictions = payload["predictions"]
     assert isinstance(predictions, list) and len(predictions) == 3
     for prediction in predictions:
         assert {"path", "label", "class_index", "probability", "probabilities"} <= set(prediction)
@@ -125,8 +127,11 @@ def test_bad_files_are_listed_and_good_ones_still_predicted(export_dir, images):
     result = invoke("--model", export_dir, "--json", "--batch-size", "8", images / "good", images / "bad",
                     images / "missing.png")
     assert result.exit_code == 1
-    predicted = [Path(prediction["path"]).name for prediction in json.loads(result.stdout)]
+    payload = json.loads(result.stdout)
+    predicted = [Path(prediction["path"]).name for prediction in payload["predictions"]]
     assert sorted(predicted) == ["one.png", "three.bmp", "two.jpg"]
+    assert sorted(Path(failure["path"]).name for failure in payload["failures"]) == [
+        "empty.png", "missing.png", "text.jpg", "truncated.jpg"]
     errors = [line for line in result.stderr.splitlines() if line.startswith("kcnn:")]
     reasons = {Path(line.split("cannot predict ")[1].split(":")[0]).name: line for line in errors if "cannot predict" in line}
     assert set(reasons) == {"text.jpg", "truncated.jpg", "empty.png", "missing.png"}
@@ -213,7 +218,7 @@ def test_short_labels_file_is_one_line_and_top_k_is_clipped_to_the_classes(expor
     labels_file = tmp_path / "export" / "1" / "assets" / "labels.txt"
     result = invoke("--model", tmp_path / "export", "--top-k", "7", "--json", images / "good" / "one.png")
     assert result.exit_code == 0, result.output
-    assert len(json.loads(result.stdout)[0]["top_k"]) == 3
+    assert len(json.loads(result.stdout)["predictions"][0]["top_k"]) == 3
     table = invoke("--model", tmp_path / "export", "--top-k", "7", images / "good" / "one.png")
     assert table.exit_code == 0 and "top-3" in table.stdout
 
@@ -244,8 +249,8 @@ def test_cli_tta_averages_views(export_dir, images):
     plain = invoke("--model", export_dir, images / "good" / "one.png", "--json")
     averaged = invoke("--model", export_dir, images / "good" / "one.png", "--tta", "2", "--json")
     assert plain.exit_code == 0 and averaged.exit_code == 0, averaged.output
-    plain_row = json.loads(plain.stdout)[0]
-    tta_row = json.loads(averaged.stdout)[0]
+    plain_row = json.loads(plain.stdout)["predictions"][0]
+    tta_row = json.loads(averaged.stdout)["predictions"][0]
     assert np.allclose(sum(tta_row["probabilities"]), 1.0, atol=1e-5)
     assert not np.allclose(plain_row["probabilities"], tta_row["probabilities"], atol=1e-6)
     too_many = invoke("--model", export_dir, images / "good" / "one.png", "--tta", "9")

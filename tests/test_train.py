@@ -45,7 +45,7 @@ def test_lenet_on_mnist_file_learns_and_leaves_a_complete_run(tmp_path, mnist_np
     assert (run / "model.keras").stat().st_size > 0 and (run / "training.png").stat().st_size > 0
     assert any((run / "logs").rglob("*tfevents*"))
     assert not list(run.glob(".*tmp*")), "temporary files left behind"
-    assert "Epoch 1/3" in result.stderr  # Keras's progress goes to stderr
+    assert "[train] epoch 1/3: accuracy " in result.stderr and "\r" not in result.stderr  # piped: plain lines
 
 
 class KillAfterSecondEpoch(NanGuard):
@@ -116,18 +116,33 @@ def test_reference_recipe_uses_15_epochs_when_augmenting():
     assert resolve_scratch_config(RunConfig(command="train", model=ModelConfig(name="lenet"))).training.epochs == 12
 
 
-def test_run_progress_reports_time_left(capsys):
-    from keras_cnn.train.callbacks import RunProgress, format_seconds
+def test_run_progress_on_a_terminal_waits_for_the_keras_bar(capsys, monkeypatch):
+    from keras_cnn.train.callbacks import RunProgress
 
+    monkeypatch.setattr("keras_cnn.train.callbacks.keras_verbose", lambda: 1)  # a terminal: Keras draws bars
     progress = RunProgress("train", epochs=3)
     for epoch in range(3):
         progress.on_epoch_begin(epoch)
-        progress.on_epoch_end(epoch)
+        progress.on_epoch_end(epoch, {"loss": 0.5})
     early = capsys.readouterr().err.splitlines()  # the last line waits for the end of training
-    assert len(early) == 2 and early[0].startswith("[train] epoch 1/3 took 0s; about ")
+    assert len(early) == 2 and early[0].startswith("[train] epoch 1/3 took 0s, about ")
     progress.on_train_end()
     assert capsys.readouterr().err.splitlines() == ["[train] epoch 3/3 took 0s"]
-    assert (format_seconds(75), format_seconds(3700)) == ("1m15s", "1h01m")
+
+
+def test_run_progress_off_a_terminal_prints_one_plain_line_per_epoch_with_metrics(capsys, monkeypatch):
+    from keras_cnn.train.callbacks import RunProgress
+
+    progress = RunProgress("head", epochs=2)  # pytest's stderr is not a terminal: no Keras bar
+    progress.on_epoch_begin(0)
+    progress.on_epoch_end(0, {"accuracy": 0.5, "loss": 1.25, "val_loss": 0.0001})
+    assert capsys.readouterr().err == ("[head] epoch 1/2: accuracy 0.5000, loss 1.2500, val_loss 1.0000e-04; "
+                                       "took 0s, about 0s left\n")
+    monkeypatch.setenv("KCNN_QUIET", "1")
+    progress.on_epoch_begin(1)
+    progress.on_epoch_end(1, {"loss": 1.0})
+    progress.on_train_end()
+    assert capsys.readouterr().err == ""
 
 
 def test_history_restarting_a_stage_drops_its_old_rows_and_later_stages(tmp_path):

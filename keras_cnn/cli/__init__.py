@@ -4,7 +4,9 @@ Commands are loaded lazily from ``COMMANDS`` so ``kcnn --help`` and ``kcnn --ver
 never import TensorFlow; each command module imports the heavy parts inside its function.
 Errors are mapped here, once: ``UserError`` and click usage errors exit 2 with one line,
 other failures exit 1 with one line, and ``--debug`` (or ``KCNN_DEBUG=1``) re-raises so
-the traceback shows.
+the traceback shows.  Output is set up here too: other packages' warnings and logs stay
+out (``keras_cnn.quiet``), and every message starts on a fresh line and stays bounded
+(``keras_cnn.progress``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import click
 
 import keras_cnn
 from keras_cnn.errors import KcnnError, first_line
-from keras_cnn.quiet import debugging
+from keras_cnn.progress import emit, route_kcnn_logs, track_stderr
+from keras_cnn.quiet import debugging, quiet_library_messages
 
 # command name -> "module:attribute"; adding a command = one line here plus its module.
 COMMANDS = {
@@ -28,6 +31,7 @@ COMMANDS = {
     "train": "keras_cnn.cli.train_command:train",
     "transfer": "keras_cnn.cli.transfer_command:transfer",
     "finetune": "keras_cnn.cli.transfer_command:finetune",
+    "lr-find": "keras_cnn.cli.lr_find_command:lr_find",
     "evaluate": "keras_cnn.cli.evaluate_command:evaluate",
     "export": "keras_cnn.cli.export_command:export",
     "predict": "keras_cnn.cli.predict_command:predict",
@@ -64,34 +68,35 @@ class KcnnGroup(click.Group):
         # TensorFlow's C++ INFO/WARNING lines would bury kcnn's own output; --debug keeps them.
         if not debugging():
             os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        track_stderr()
+        quiet_library_messages()
+        route_kcnn_logs()
         try:
             result = super().main(args, prog_name or "kcnn", complete_var, standalone_mode=False, **extra)
         except click.exceptions.Exit as stop:
             sys.exit(stop.exit_code)
         except click.exceptions.Abort:
-            click.echo("kcnn: interrupted", err=True)
+            emit("kcnn: interrupted")
             sys.exit(130)
         except click.ClickException as error:
             # Usage errors (unknown option, bad value, missing argument): one line, exit 2.
             if debugging():
                 raise
-            click.echo(f"kcnn: error: {error.format_message()} (see --help)", err=True)
+            emit(f"kcnn: error: {error.format_message()} (see --help)")
             sys.exit(error.exit_code)
         except KeyboardInterrupt:
-            click.echo("kcnn: interrupted", err=True)
+            emit("kcnn: interrupted")
             sys.exit(130)
         except KcnnError as error:
             if debugging():
                 raise
-            click.echo(f"kcnn: error: {first_line(error)}", err=True)
+            emit(f"kcnn: error: {first_line(error)}")
             sys.exit(error.exit_code)
         except Exception as error:  # noqa: BLE001 - the top level maps every failure to exit 1
             if debugging():
                 raise
-            click.echo(
-                f"kcnn: error: {type(error).__name__}: {first_line(error)} (run with --debug for the traceback)",
-                err=True,
-            )
+            emit(f"kcnn: error: {type(error).__name__}: {first_line(error)} "
+                 "(run with --debug for the traceback)")
             sys.exit(1)
         sys.exit(result if isinstance(result, int) else 0)
 
@@ -103,12 +108,24 @@ def enable_debug(ctx: click.Context, param: click.Parameter, value: bool) -> boo
     return value
 
 
+def enable_quiet(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    if value:
+        # keras_cnn.progress reads the environment, as deep down as the epoch lines.
+        os.environ["KCNN_QUIET"] = "1"
+    return value
+
+
+QUIET_HELP = "Print only the result (and warnings or errors): no progress bars or step lines."
+
+
 @click.group(cls=KcnnGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(keras_cnn.__version__, "--version", prog_name="kcnn", message="%(prog)s %(version)s")
 @click.option(
     "--debug", is_flag=True, expose_value=False, is_eager=True, callback=enable_debug,
     help="Show the full traceback on errors (also KCNN_DEBUG=1).",
 )
+@click.option("--quiet", "-q", is_flag=True, expose_value=False, is_eager=True, callback=enable_quiet,
+              help=QUIET_HELP + " Also KCNN_QUIET=1.")
 def cli() -> None:
     """kcnn: train image classifiers with Keras 3, from scratch or by transfer learning.
 
@@ -122,7 +139,10 @@ def cli() -> None:
       kcnn export --run runs/a --out export/
       kcnn predict --model export/1 image.jpg
 
-    Run `kcnn demo` to see the whole flow on generated sample data.
+    Run `kcnn demo` to see the whole flow on generated sample data. Progress goes to
+    stderr (live bars on a terminal, one plain line per epoch in a pipe or a log file);
+    --json prints the result as one JSON object on stdout. Shell completion (bash):
+    eval "$(_KCNN_COMPLETE=bash_source kcnn)".
     """
 
 

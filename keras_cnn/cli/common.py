@@ -2,8 +2,9 @@
 
 A command parses its options, calls one API function inside :func:`run_command`, and
 prints the result: a human-readable rendering, or with ``--json`` exactly one JSON object
-on stdout.  While the work runs, stdout is redirected to stderr so Keras progress bars
-and logs never mix with the result.
+on stdout (every command, the same contract).  While the work runs, stdout is redirected
+to stderr so Keras progress bars and logs never mix with the result; how progress looks
+(live bars, plain lines, nothing with ``--quiet``) is ``keras_cnn.progress``'s job.
 """
 
 from __future__ import annotations
@@ -15,17 +16,14 @@ from typing import Any, Callable
 
 import click
 
-from keras_cnn.cli import enable_debug
+from keras_cnn.cli import QUIET_HELP, enable_debug, enable_quiet
+from keras_cnn.progress import say
 from keras_cnn.quiet import import_tensorflow_quietly
 from keras_cnn.runs import to_jsonable
 
 json_option = click.option(
     "--json", "as_json", is_flag=True,
-    help="Print one JSON object on stdout (progress and logs go to stderr).",
-)
-debug_option = click.option(
-    "--debug", is_flag=True, expose_value=False, is_eager=True, callback=enable_debug,
-    help="Show the full traceback on errors.",
+    help="Print the result as one JSON object on stdout (progress and logs go to stderr).",
 )
 
 
@@ -58,8 +56,17 @@ overwrite_option = click.option(
 )
 
 
+debug_option = option_group(
+    click.option("--quiet", "-q", is_flag=True, expose_value=False, is_eager=True, callback=enable_quiet,
+                 help=QUIET_HELP),
+    click.option("--debug", is_flag=True, expose_value=False, is_eager=True, callback=enable_debug,
+                 help="Show the full traceback on errors."),
+)
+"""``--quiet`` and ``--debug``, which every command takes (under this one name every command imports)."""
+
+
 def training_options(defaults_note: str = "the architecture's reference recipe") -> Callable:
-    """Options every training command shares (epochs, batch size, learning rate, seed)."""
+    """Options every training command shares: epochs, batch size, learning rate, seed, and the recipe options."""
     return option_group(
         click.option("--epochs", type=click.IntRange(min=1), default=None,
                      help=f"Number of epochs [default: {defaults_note}]."),
@@ -69,7 +76,56 @@ def training_options(defaults_note: str = "the architecture's reference recipe")
                      help=f"Learning rate [default: {defaults_note}]."),
         click.option("--seed", type=int, default=1234, show_default=True,
                      help="Random seed for weights, shuffling and augmentation."),
+        recipe_options,
     )
+
+
+data_source_options = option_group(
+    click.option("--dataset", type=click.Choice(["mnist", "cifar10"]), default=None,
+                 help="Train on a keras.datasets dataset (downloaded once, or read from --dataset-path)."),
+    click.option("--dataset-path", type=click.Path(exists=True), default=None,
+                 help="The dataset archive on disk: mnist.npz, cifar-10-python.tar.gz or cifar-10-batches-py/."),
+    click.option("--split", "split_csv", type=click.Path(exists=True, dir_okay=False), default=None,
+                 help="Split CSV (objectId,value,type) from `kcnn split`."),
+    click.option("--images", type=click.Path(exists=True, file_okay=False), default=None,
+                 help="Folder of the images named in --split (flat or ab/cd/ sharded)."),
+)
+"""``--dataset``, ``--dataset-path``, ``--split``, ``--images``: where training images come from."""
+
+transfer_model_options = option_group(
+    click.option("--image-size", type=click.IntRange(min=32), default=None,
+                 help="Input side in pixels [default: the base's own, e.g. 224; smaller is faster]."),
+    click.option("--weights", default="imagenet", show_default=True,
+                 help="imagenet (downloaded once into the Keras cache), none (random), or a weights file PATH."),
+    click.option("--head-units", type=click.IntRange(min=1), multiple=True,
+                 help="Hidden Dense layer(s) of the head, e.g. --head-units 1024 (repeatable) [default: none]."),
+    click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True,
+                 help="Dropout before the classifier."),
+    click.option("--binary", is_flag=True, help="Two labels: one sigmoid unit instead of a 2-way softmax."),
+)
+"""``--image-size``, ``--weights``, ``--head-units``, ``--dropout``, ``--binary``: a base + new head."""
+
+recipe_options = option_group(
+    click.option("--schedule", type=click.Choice(["constant", "cosine", "onecycle"]), default="constant",
+                 show_default=True,
+                 help="How the learning rate moves during the stage, batch by batch: constant; cosine (down to "
+                      "0 by the last batch); onecycle (fastai's fit_one_cycle: up from rate/25 to the rate during "
+                      "the warm-up, then down to nearly 0). --learning-rate is the peak. The default keeps the "
+                      "reference recipes as published, and in a measurement on scikit-learn's digits "
+                      "(benchmarks/schedules.py) cosine and onecycle did not beat it over 12 epochs; they "
+                      "tend to pay off on longer runs."),
+    click.option("--warmup-epochs", type=FiniteFloatRange(min=0), default=None,
+                 help="Epochs (fractions allowed) over which the rate rises to --learning-rate, batch by batch "
+                      "[default: none; onecycle: a quarter of the stage]."),
+    click.option("--ema", type=FiniteFloatRange(0, 1, min_open=True, max_open=True), default=None, metavar="DECAY",
+                 help="Keep an exponential moving average of the weights with this decay (e.g. 0.999: about "
+                      "the last 1,000 batches); validation, the saved model, evaluate and export use the "
+                      "averaged weights [default: off]."),
+    click.option("--early-stopping", type=click.IntRange(min=1), default=None, metavar="PATIENCE",
+                 help="Stop after PATIENCE epochs without a better validation loss; the best epoch's model is "
+                      "the one kept [default: train every epoch]."),
+)
+"""``--schedule``, ``--warmup-epochs``, ``--ema``, ``--early-stopping``: a stage's training recipe."""
 
 
 image_folder_options = option_group(
@@ -78,10 +134,11 @@ image_folder_options = option_group(
     click.option("--resize-mode", type=click.Choice(["stretch", "pad", "crop"]), default="stretch",
                  show_default=True, help="How image-folder pictures are fitted to the input size."),
     click.option("--cache", default="memory", show_default=True,
-                 help="Cache decoded images: memory, none, or a file path prefix (large sets)."),
+                 help="Cache decoded images: memory, none, or a file path prefix (large sets; "
+                      "writes PREFIX-<part>-<hash>* files)."),
     click.option("--skip-bad-images", is_flag=True,
-                 help="Train on the readable images and record the others (refused if a label would lose "
-                      "all its images in a part)."),
+                 help="Train on the readable images and list the others in RUN/skipped_images.csv (refused "
+                      "if a label would lose all its images in a part)."),
     click.option("--layout", type=click.Choice(["csv", "folders", "split-folders"]), default=None,
                  help="How --images is organised when no --split is given [default: detected]: folders = "
                       "DIR/<label>/…, split-folders = DIR/{train,val,test}/<label>/…, csv = DIR/label.csv."),
@@ -110,13 +167,13 @@ regularization_options = option_group(
 """Training-part regularisation in the tf.data pipeline (validation and test stay untouched)."""
 
 
-def regularization_config(label_smoothing: float, mixup: float, cutmix: float, randaugment: str | None,
-                          random_erasing: float) -> dict[str, Any] | None:
-    """The ``DataConfig.regularization`` dict of the options (validated), None when all are off."""
+def regularization_config(options: dict[str, Any]) -> dict[str, Any] | None:
+    """Take the regularisation options out of ``options`` (the command's extra keyword
+    arguments) and return the ``DataConfig.regularization`` dict (validated), None when all are off."""
     from keras_cnn.data.regularize import RegularizationSpec
 
-    spec = RegularizationSpec(label_smoothing=label_smoothing, mixup=mixup, cutmix=cutmix,
-                              randaugment=randaugment, random_erasing=random_erasing)
+    names = ("label_smoothing", "mixup", "cutmix", "randaugment", "random_erasing")
+    spec = RegularizationSpec(**{name: options.pop(name) for name in names})
     return None if spec.is_identity else spec.to_dict()
 
 
@@ -143,8 +200,8 @@ def run_command(as_json: bool, work: Callable[[], dict[str, Any]],
 
 
 def progress(message: str) -> None:
-    """One line of progress on stderr."""
-    click.echo(message, err=True)
+    """One line of progress on stderr (on a fresh line; nothing with --quiet)."""
+    say(message)
 
 
 execution_options = option_group(

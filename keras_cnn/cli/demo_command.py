@@ -36,12 +36,11 @@ def demo(out_dir, per_class, head_epochs, finetune_epochs, weights, as_json):
                         finetune_epochs=finetune_epochs, weights=weights)
 
     def render(result):
-        from keras_cnn.demo import RANDOM_WEIGHTS_NOTE
-
         click.echo(f"\ndemo finished: {result['evaluated_subset']} accuracy {result['accuracy']:.3f} "
                    f"({'ImageNet' if result['weights'] == 'imagenet' else 'random'} initial weights)")
         if result["weights"] == "none":
-            click.echo(RANDOM_WEIGHTS_NOTE.strip())
+            click.echo("  (a frozen base with random weights learns next to nothing: expect accuracy near "
+                       "chance; see the warning above)")
         click.echo(f"  report:  {result['report']}")
         click.echo(f"  model:   {result['export']}")
         click.echo(f"  predict: kcnn predict --model {result['export']} {result['out']}/data/")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from keras_cnn.cli.common import debug_option, json_option, run_command
+from keras_cnn.progress import emit
 
 
 @click.command()
@@ -12,7 +13,7 @@ from keras_cnn.cli.common import debug_option, json_option, run_command
 @json_option
 @debug_option
 def devices(require_gpu: bool, as_json: bool) -> int:
-    """Show the TensorFlow version, the GPUs it sees, and the resolved training plan.
+    """Show the TensorFlow version, the GPUs it sees, and the resolved training plan; writes no files.
 
     The plan line is the one every training command prints at start (device, strategy,
     precision, XLA with their `auto` defaults). In a container:
@@ -35,7 +36,6 @@ def devices(require_gpu: bool, as_json: bool) -> int:
 
     result = run_command(as_json, work, render)
     if require_gpu and not result["gpus"]:
-        click.echo("kcnn: error: no GPU visible to TensorFlow (is the container started with --gpus all?)",
-                   err=True)
+        emit("kcnn: error: no GPU visible to TensorFlow (is the container started with --gpus all?)")
         return 1
     return 0

@@ -48,8 +48,9 @@ def export(run_dir: str, out_dir: str, version: int, formats: tuple[str, ...], v
       serving_default       image_bytes (encoded JPEG/PNG/GIF/BMP, any size) -> probabilities, class_index, label
       serving_images        images (float32 [batch, H, W, C], 0..255)       -> the same
       serving_images_uint8  images (uint8)                                   -> the same
-    plus assets/labels.txt, assets.extra/kcnn.json (metadata), model.onnx, model.tflite.
-    Written atomically: a failed export leaves no version folder.
+    plus assets/labels.txt and assets.extra/kcnn.json (metadata); --format onnx adds
+    model.onnx, --format litert model.tflite.  Written atomically: a failed export leaves
+    no version folder.
 
     \b
     \b

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import click
 
-from keras_cnn.cli.common import debug_option, run_command
+from keras_cnn.cli.common import debug_option, json_option, run_command
 from keras_cnn.errors import UserError
 from keras_cnn.export_layout import read_export_labels, read_export_metadata, resolve_version_dir
-from keras_cnn.runs import to_jsonable
+from keras_cnn.messages import MAX_ITEMS
+from keras_cnn.progress import emit
 
 
 @click.command()
@@ -24,20 +24,20 @@ from keras_cnn.runs import to_jsonable
 @click.option("--tta", type=click.IntRange(min=1), default=None,
               help="Average each image's probabilities over N test-time augmentation views (as kcnn evaluate "
                    "--tta N; an export made with --tta N answers through its serving_tta signature).")
-@click.option("--json", "as_json", is_flag=True,
-              help="Print one JSON list of predictions on stdout (failures and logs go to stderr).")
+@json_option
 @debug_option
 @click.pass_context
 def predict(ctx: click.Context, model_dir: str, inputs: tuple[str, ...], top_k: int, batch_size: int,
             tta: int | None, as_json: bool) -> None:
-    """Classify images (files or directories of images) with an exported model.
+    """Classify images (files or directories of images) with an exported model; writes no files.
 
     \b
     Needs only the export (kcnn export), not the run it came from.  Prints a table, or with
-    --json one JSON list of {"path", "label", "class_index", "probability",
-    "probabilities", "top_k"}; probabilities are in labels.txt order.  Files that cannot be
-    read as images are listed on stderr and the exit status is 1 (the others are still
-    classified); 2 when nothing could be classified or the model directory is wrong.
+    --json one JSON object {"predictions": [...], "failures": [...]}: each prediction has
+    "path", "label", "class_index", "probability", "probabilities" (labels.txt order) and
+    "top_k"; each failure has "path" and "reason".  Files that cannot be read as images are
+    named on stderr and the exit status is 1 (the others are still classified); 2 when
+    nothing could be classified or the model directory is wrong.
 
     Example: kcnn predict --model export/ photos/ cat.jpg --top-k 3
     """
@@ -50,27 +50,26 @@ def predict(ctx: click.Context, model_dir: str, inputs: tuple[str, ...], top_k: 
 
         model = load_exported_model(model_dir)
         results, failures = predict_files(model, list(inputs), batch_size=batch_size, top_k=top_k, tta=tta)
-        return {"predictions": results, "failures": failures}
+        return {"predictions": results,
+                "failures": [{"path": path, "reason": reason} for path, reason in failures]}
 
-    # Rendering is chosen here (the result is a list with --json, not run_command's object).
-    outcome = run_command(False, work, lambda result: render(result, as_json, top_k))
+    outcome = run_command(as_json, work, lambda result: render(result, top_k))
     failures = outcome["failures"]
-    for path, reason in failures:
-        click.echo(f"kcnn: cannot predict {path}: {reason}", err=True)
+    for failure in failures[:MAX_ITEMS]:
+        emit(f"kcnn: cannot predict {failure['path']}: {failure['reason']}")
+    if len(failures) > MAX_ITEMS:
+        emit(f"kcnn: and {len(failures) - MAX_ITEMS} more input(s) that cannot be predicted "
+             "(--json lists every one)")
     if not outcome["predictions"]:
         raise UserError(f"none of the {len(failures)} input(s) could be classified")
     if failures:
-        click.echo(f"kcnn: {len(failures)} of {len(failures) + len(outcome['predictions'])} input(s) failed",
-                   err=True)
+        emit(f"kcnn: {len(failures)} of {len(failures) + len(outcome['predictions'])} input(s) failed")
         ctx.exit(1)
 
 
-def render(result: dict[str, Any], as_json: bool, top_k: int) -> None:
-    """Print the predictions: one JSON list, or a table (file, label, confidence[, top-k])."""
+def render(result: dict[str, Any], top_k: int) -> None:
+    """Print the predictions as a table (file, label, confidence[, top-k])."""
     predictions = result["predictions"]
-    if as_json:
-        click.echo(json.dumps(to_jsonable(predictions)))
-        return
     if not predictions:
         return
     top_k = len(predictions[0]["top_k"])  # clipped to the number of classes

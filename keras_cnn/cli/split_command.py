@@ -9,6 +9,7 @@ import click
 
 from keras_cnn.cli.common import debug_option, json_option, run_command
 from keras_cnn.errors import UserError
+from keras_cnn.progress import say, warn
 from keras_cnn.runs import check_output_path
 
 
@@ -86,11 +87,11 @@ def split_source(source: str, output: str, images: str | None = None, layout: st
     collection = read_collection(source, images=images, layout=layout, id_column=id_column,
                                  label_column=label_column, allowed_labels=allow_labels,
                                  list_prefix=f"{output}.")
-    click.echo(collection.describe(), err=True)
+    say(collection.describe())
     result = split_with_report(collection, test_keys, validation_keys, balance, allow_labels)
     splitting.write_split_csv(result.frame, output)
     for warning in result.warnings:
-        click.echo(f"kcnn: warning: {warning}", err=True)
+        warn(warning)
     return {
         "output": str(output),
         "layout": collection.layout,

@@ -35,14 +35,14 @@ from keras_cnn.cli.common import (FiniteFloatRange, debug_option, execution_opti
 @image_folder_options
 @execution_options
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
-              help="Run directory [default: runs/ARCHITECTURE-TIMESTAMP]. Re-running into it resumes.")
+              help="Run directory [default: runs/ARCHITECTURE-TIMESTAMP] (its files: see above). "
+                   "Re-running into it resumes.")
 @overwrite_option
 @json_option
 @debug_option
 def train(architecture, dataset, dataset_path, split_csv, images, epochs, batch_size, learning_rate, seed,
           optimizer, augment, augment_engine, api, validation_split, class_weight, resize_mode, cache,
-          skip_bad_images, layout, allow_labels, mixed_precision, xla, strategy, out_dir, overwrite, as_json,
-          **regularization):
+          skip_bad_images, layout, allow_labels, mixed_precision, xla, strategy, out_dir, overwrite, as_json, **recipe):
     """Train from-scratch ARCHITECTURE (see `kcnn models`).
 
     \b
@@ -69,6 +69,7 @@ def train(architecture, dataset, dataset_path, split_csv, images, epochs, batch_
     get_architecture(architecture)  # unknown names fail before any work
     if dataset_path and not dataset:
         raise UserError("--dataset-path needs --dataset mnist|cifar10 to say what the file holds")
+    regularization = regularization_config(recipe)  # takes its options out of recipe
     config = RunConfig(
         command="train",
         model=ModelConfig(kind="scratch", name=architecture, api=api),
@@ -76,11 +77,11 @@ def train(architecture, dataset, dataset_path, split_csv, images, epochs, batch_
                         resize_mode=resize_mode, augment=augment, augment_engine=augment_engine,
                         cache=parse_cache(cache), skip_bad_images=skip_bad_images, layout=layout,
                         allow_labels=list(allow_labels),
-                        regularization=regularization_config(**regularization),
+                        regularization=regularization,
                         validation_split=validation_split),
         training=TrainingConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                                 optimizer=optimizer, seed=seed, class_weight=class_weight,
-                                mixed_precision=mixed_precision, xla=xla, strategy=strategy),
+                                mixed_precision=mixed_precision, xla=xla, strategy=strategy, **recipe),
     )
 
     def work():

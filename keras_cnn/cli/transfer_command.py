@@ -5,8 +5,13 @@ from __future__ import annotations
 import click
 
 from keras_cnn.cli.common import (FiniteFloatRange, debug_option, execution_options, image_folder_options,
-                                  import_tensorflow_quietly, json_option, overwrite_option, parse_cache,
-                                  regularization_config, regularization_options, run_command, training_options)
+                                  import_tensorflow_quietly, json_option, overwrite_option, parse_cache, recipe_options,
+                                  regularization_config, regularization_options,
+                                  run_command, training_options)
+from keras_cnn.errors import UserError
+from keras_cnn.messages import frozen_random_base_warning
+from keras_cnn.progress import warn
+from keras_cnn.runs import RunDirectory
 
 
 def _render(result):
@@ -29,7 +34,8 @@ def _render(result):
 @click.option("--split", "split_csv", default=None, type=click.Path(exists=True, dir_okay=False),
               help="Split CSV (objectId,value,type) from `kcnn split` [default: split --images in the run].")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
-              help="Run directory [default: runs/BASE-TIMESTAMP]. Re-running into it resumes.")
+              help="Run directory [default: runs/BASE-TIMESTAMP]: config.json, labels.txt, history.csv, "
+                   "model.keras (best), training.png, logs/, metrics.json. Re-running into it resumes.")
 @click.option("--image-size", type=click.IntRange(min=32), default=None,
               help="Input side in pixels [default: the base's own, e.g. 224; smaller is faster].")
 @click.option("--weights", default="imagenet", show_default=True,
@@ -58,7 +64,7 @@ def _render(result):
 def transfer(base, images, split_csv, out_dir, image_size, weights, head_units, dropout, binary, epochs,
              batch_size, learning_rate, seed, optimizer, augment, cache_features, class_weight, api, resize_mode,
              cache, skip_bad_images, layout, allow_labels, mixed_precision, xla, strategy, overwrite, as_json,
-          **regularization):
+             **recipe):
     """Stage 1: train a new head on a frozen pretrained base.
 
     The base runs in inference mode with its weights frozen; the head is global average
@@ -71,9 +77,12 @@ def transfer(base, images, split_csv, out_dir, image_size, weights, head_units, 
       kcnn transfer --base efficientnet_b0 --images photos/ --out runs/effnet
       kcnn transfer --base efficientnet_b0 --split split.csv --images data/ --out runs/effnet
     """
+    if weights == "none":
+        warn(frozen_random_base_warning(base))
     import_tensorflow_quietly()
     from keras_cnn.config import DataConfig, ModelConfig, RunConfig, TrainingConfig
 
+    regularization = regularization_config(recipe)  # takes its options out of recipe
     config = RunConfig(
         command="transfer",
         model=ModelConfig(kind="transfer", name=base, api=api, weights=weights, head_units=list(head_units),
@@ -82,11 +91,11 @@ def transfer(base, images, split_csv, out_dir, image_size, weights, head_units, 
                         channels=3, resize_mode=resize_mode, augment=augment,
                         cache=parse_cache(cache), skip_bad_images=skip_bad_images, layout=layout,
                         allow_labels=list(allow_labels),
-                        regularization=regularization_config(**regularization)),
+                        regularization=regularization),
         training=TrainingConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                                 optimizer=optimizer, seed=seed, class_weight=class_weight,
                                 cache_features=cache_features, mixed_precision=mixed_precision, xla=xla,
-                                strategy=strategy),
+                                strategy=strategy, **recipe),
     )
 
     def work():
@@ -110,8 +119,14 @@ def transfer(base, images, split_csv, out_dir, image_size, weights, head_units, 
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Batch size [default: stage 1's].")
 @click.option("--optimizer", type=click.Choice(["adam", "adamw", "rmsprop", "sgd"]), default=None,
               help="Optimizer [default: adam]; sgd uses momentum 0.9 like the Keras InceptionV3 recipe.")
+@recipe_options
+@click.option("--lr-mult", type=FiniteFloatRange(min=1), default=None, metavar="K",
+              help="Discriminative learning rates (fastai's lr_mult): the head trains at --learning-rate, the "
+                   "first unfrozen block of the base at --learning-rate/K, the blocks between at rates growing "
+                   "geometrically [default: 1, one rate for all]. `kcnn lr-find --run RUN` helps pick the rate.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
-              help="Write stage 2 into a copy of the run here instead of into RUN.")
+              help="Write stage 2 into a copy of the run here instead of updating RUN's model.keras, "
+                   "history.csv, training.png and metrics.json.")
 @click.option("--mixed-precision", type=click.Choice(["auto", "on", "off"]), default=None,
               help="Mixed precision (auto, on, off) [default: stage 1's].")
 @click.option("--xla", type=click.Choice(["auto", "on", "off"]), default=None,
@@ -122,7 +137,7 @@ def transfer(base, images, split_csv, out_dir, image_size, weights, head_units, 
 @json_option
 @debug_option
 def finetune(run_dir, unfreeze_from, train_bn, epochs, learning_rate, batch_size, optimizer, out_dir,
-             mixed_precision, xla, strategy, overwrite, as_json):
+             mixed_precision, xla, strategy, overwrite, as_json, lr_mult, **recipe):
     """Stage 2: unfreeze the base from a layer on and train at a low learning rate.
 
     Reads the base, data and head from the stage-1 RUN. The named layer and every later
@@ -134,12 +149,14 @@ def finetune(run_dir, unfreeze_from, train_bn, epochs, learning_rate, batch_size
       kcnn finetune --run runs/effnet --unfreeze-from block7a
       kcnn finetune --run runs/inception --unfreeze-from mixed8 --optimizer sgd --learning-rate 1e-4
     """
+    _warn_if_random_base_stays_frozen(run_dir, unfreeze_from)
     import_tensorflow_quietly()
     from keras_cnn.config import FineTuneConfig
 
     config = FineTuneConfig(unfreeze_from=unfreeze_from, train_bn=train_bn, epochs=epochs,
                             learning_rate=learning_rate, optimizer=optimizer, batch_size=batch_size,
-                            mixed_precision=mixed_precision, xla=xla, strategy=strategy)
+                            mixed_precision=mixed_precision, xla=xla, strategy=strategy, lr_mult=lr_mult,
+                            **recipe)
 
     def work():
         from keras_cnn.train.two_stage import fine_tune_run
@@ -147,3 +164,16 @@ def finetune(run_dir, unfreeze_from, train_bn, epochs, learning_rate, batch_size
         return fine_tune_run(config, run_dir, out_dir, overwrite=overwrite)
 
     run_command(as_json, work, _render)
+
+
+def _warn_if_random_base_stays_frozen(run_dir: str, unfreeze_from: str | None) -> None:
+    """A stage-1 run with random base weights keeps its layers before ``unfreeze_from`` useless."""
+    if unfreeze_from == "all":
+        return
+    try:
+        model = RunDirectory(run_dir).read_config().get("model", {})
+    except (UserError, OSError, ValueError):
+        return  # the fine-tune itself reports a broken run
+    if model.get("weights") == "none":
+        boundary = f"before {unfreeze_from}" if unfreeze_from else "below the default unfreeze point"
+        warn(frozen_random_base_warning(model.get("name", "the base"), frozen=f"frozen layers {boundary}"))

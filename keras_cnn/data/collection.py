@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -52,6 +51,7 @@ from keras_cnn.data.split import (
     write_split_csv,
 )
 from keras_cnn.errors import UserError
+from keras_cnn.progress import say, warn
 
 LAYOUTS = ("csv", "folders", "split-folders")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
@@ -274,8 +274,7 @@ def content_sha1s(root: str | os.PathLike, object_ids: list[str], workers: int |
         return []
     workers = workers or min(32, 4 * (os.cpu_count() or 1))
     if len(object_ids) >= _ANNOUNCE_HASHING:
-        print(f"Hashing {len(object_ids):,} images (the SHA-1 of their bytes is their split key)",
-              file=sys.stderr)
+        say(f"hashing {len(object_ids):,} images (the SHA-1 of their bytes is their split key)")
     base = os.fspath(root)
     paths = [os.path.join(base, object_id) for object_id in object_ids]
     batches = [paths[start:start + _HASH_BATCH] for start in range(0, len(paths), _HASH_BATCH)]
@@ -456,15 +455,15 @@ def split_into_run(data: DataConfig, run_root: str | os.PathLike) -> DataConfig:
         return data
     split_path = Path(run_root) / "split.csv"
     if split_path.exists():
-        print(f"using the split stored in {split_path}", file=sys.stderr)
+        say(f"using the split stored in {split_path}")
     else:
         collection = read_collection(data.images, layout=data.layout, allowed_labels=data.allow_labels,
                                      list_prefix=f"{Path(run_root)}{os.sep}")
-        print(collection.describe(), file=sys.stderr)
+        say(collection.describe())
         result = split_with_report(collection, allowed_labels=data.allow_labels)
         write_split_csv(result.frame, split_path)
-        print(format_counts(result.counts), file=sys.stderr)
+        say(format_counts(result.counts))
         for warning in result.warnings:
-            print(f"kcnn: warning: {warning}", file=sys.stderr)
+            warn(warning)
     return replace(data, split=os.path.abspath(split_path), images=os.path.abspath(data.images))
 

@@ -13,13 +13,13 @@ import contextlib
 import csv
 import io
 import os
-import sys
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from keras_cnn.errors import UserError
 from keras_cnn.messages import MAX_ITEMS, MAX_LINE, summarize_items
+from keras_cnn.progress import ProgressBar, warn
 from keras_cnn.runs import atomic_write_text
 
 # Reasons a file cannot be used (the text shown to users and written to the record).
@@ -131,21 +131,12 @@ def _classify_undecodable(path: str) -> str:
 
 @contextlib.contextmanager
 def _progress_bar(total: int, enabled: bool):
-    """A Keras progress bar on stderr (stdout may carry a --json result); yields update(n)."""
-    if not enabled or total == 0:
+    """Progress of the image check on stderr (stdout may carry a --json result); yields update(n)."""
+    if not enabled:
         yield lambda done: None
         return
-    import keras
-
-    # Progbar writes to sys.stdout; send it to stderr only while it draws.
-    bar = keras.utils.Progbar(total, unit_name="image")
-
-    def update(done: int) -> None:
-        with contextlib.redirect_stdout(sys.stderr):
-            bar.update(done)
-
-    print(f"Checking {total} images", file=sys.stderr)
-    yield update
+    with ProgressBar(total, f"checking {total} images") as bar:
+        yield bar.update
 
 
 def find_bad_images(images_dir: str | os.PathLike, object_ids: Iterable[str],
@@ -244,8 +235,7 @@ def check_images_or_fail(images_dir: str | os.PathLike, object_ids: Iterable[str
     if skip_bad and record_path is not None:
         write_skipped_record(record_path, bad)
     if bad:
-        print(f"Skipping {len(bad)} bad image(s)" + (f"; listed in {record_path}" if record_path else ""),
-              file=sys.stderr)
+        warn(f"skipping {len(bad)} bad image(s)" + (f"; listed in {record_path}" if record_path else ""))
     return {object_id for object_id, _reason in bad}
 
 

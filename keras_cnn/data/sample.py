@@ -1,7 +1,7 @@
 """The built-in sample dataset: small, learnable, deterministic images of coloured shapes.
 
 Files are JPEGs named by the SHA-1 of their bytes, plus ``label.csv`` (``objectId,value``),
-the same layout seed 004 used for its real data, so the whole kcnn flow (split, train,
+the layout of the EfficientNet transfer-learning blog post's data, so the whole flow (split, train,
 transfer, evaluate, export, predict) can run without downloading anything.
 """
 

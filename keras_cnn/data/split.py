@@ -1,4 +1,4 @@
-"""The SHA-1 split of seed 004, generalised to any number of labels (pandas only).
+"""The stable SHA-1 split (by the last byte of each file's SHA-1), for any number of labels (pandas only).
 
 Every image is named by the SHA-1 of its bytes (``objectId`` = 40 hex digits + an
 extension), so the last byte of that name is a stable, uniformly spread key 0..255:

@@ -23,6 +23,7 @@ from pathlib import Path
 import keras
 
 from keras_cnn.errors import RunFailure
+from keras_cnn.progress import format_seconds, keras_verbose, metric_text, say
 from keras_cnn.runs import atomic_path, atomic_write_text
 
 HISTORY_LEAD_COLUMNS = ["stage", "epoch", "seconds"]
@@ -92,12 +93,14 @@ class HistoryRecorder(keras.callbacks.Callback):
 
 
 class RunProgress(keras.callbacks.Callback):
-    """After each epoch, one line on stderr: the epoch's time and when the stage should end.
+    """One line per epoch on stderr: the epoch's time and when the stage should end.
 
     Keras's progress bar shows the time left in the current epoch; this adds the time left
-    for the whole stage, which is what matters on a long CPU run.  The line is printed once
-    Keras has finished the epoch's progress bar (at the next epoch or at the end), so the
-    two never share a terminal line.
+    for the whole stage, which is what matters on a long CPU run.  On a terminal the line
+    is printed once Keras has closed the epoch's bar (at the next epoch or at the end), so
+    the two never share a line.  Off a terminal there is no Keras bar
+    (:func:`keras_cnn.progress.keras_verbose`): the line also carries the epoch's metrics
+    and is printed at once, the one line a log gets per epoch.  ``--quiet``: nothing.
     """
 
     def __init__(self, stage: str, epochs: int):
@@ -115,32 +118,26 @@ class RunProgress(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self._seconds.append(time.perf_counter() - self._started)
         remaining = self.epochs - (epoch + 1)
-        line = f"[{self.stage}] epoch {epoch + 1}/{self.epochs} took {format_seconds(self._seconds[-1])}"
+        live_bar = keras_verbose() != 0
+        line = f"[{self.stage}] epoch {epoch + 1}/{self.epochs}"
+        if logs and not live_bar:
+            line += ": " + ", ".join(f"{name} {metric_text(value)}" for name, value in logs.items()) + ";"
+        line += f" took {format_seconds(self._seconds[-1])}"
         if remaining > 0:
             # The first epoch includes tracing; later ones predict the rest better.
             recent = self._seconds[1:] or self._seconds
-            line += f"; about {format_seconds(remaining * sum(recent) / len(recent))} left"
+            line += f", about {format_seconds(remaining * sum(recent) / len(recent))} left"
         self._pending = line
+        if not live_bar:
+            self._flush()
 
     def on_train_end(self, logs=None):
         self._flush()
 
     def _flush(self) -> None:
-        import sys
-
         if self._pending is not None:
-            print(self._pending, file=sys.stderr, flush=True)
+            say(self._pending)
             self._pending = None
-
-
-def format_seconds(seconds: float) -> str:
-    """``75`` -> ``1m15s``; ``3700`` -> ``1h01m``."""
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 class StageCheckpoint(keras.callbacks.Callback):

@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-import click
-
 from keras_cnn.config import TrainingConfig
+from keras_cnn.progress import say
 from keras_cnn.runs import RunDirectory
 
 
@@ -80,5 +79,5 @@ def start_execution(training: TrainingConfig) -> Execution:
 
     plan = resolve_execution(training.mixed_precision, training.xla, training.strategy)
     strategy = apply_execution(plan)
-    click.echo(describe(plan), err=True)  # apply_execution has logged plan.notes as warnings
+    say(describe(plan))  # apply_execution has logged plan.notes as warnings
     return Execution(plan, strategy)

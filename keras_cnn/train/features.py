@@ -13,6 +13,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_cnn.progress import ProgressBar
+
 # Above this size the features go to a memory-mapped .npy file under the run.
 IN_MEMORY_LIMIT_BYTES = 1 << 30
 
@@ -31,10 +33,10 @@ def extract_features(feature_extractor: keras.Model, dataset: tf.data.Dataset, c
                      spill_path: str | Path | None = None, description: str = "features", forward=None):
     """Run ``feature_extractor`` over ``dataset`` once; returns (features, labels) as arrays.
 
-    ``dataset`` yields (images, labels) batches; features come out in its order.  A
-    progress bar goes to stderr.  Features larger than ``IN_MEMORY_LIMIT_BYTES`` are written
-    to ``spill_path`` (a memory-mapped ``.npy``).  ``forward``: a :func:`compiled_forward`
-    to reuse across calls.
+    ``dataset`` yields (images, labels) batches; features come out in its order.  Progress
+    (a bar, plain lines off a terminal) goes to stderr.  Features larger than
+    ``IN_MEMORY_LIMIT_BYTES`` are written to ``spill_path`` (a memory-mapped ``.npy``).
+    ``forward``: a :func:`compiled_forward` to reuse across calls.
     """
     width = int(np.prod(feature_extractor.output_shape[1:]))
     nbytes = count * width * 4
@@ -44,17 +46,16 @@ def extract_features(feature_extractor: keras.Model, dataset: tf.data.Dataset, c
     else:
         features = np.empty((count, width), dtype="float32")
     labels = np.empty((count,), dtype="int32")
-    progress = keras.utils.Progbar(count, unit_name="image")
-    print(f"extracting {description} ({count} images)", flush=True)
     position = 0
 
     forward = forward or compiled_forward(feature_extractor)
-    for images, batch_labels in dataset:
-        batch = forward(images).numpy().reshape(len(images), width)
-        features[position:position + len(batch)] = batch
-        labels[position:position + len(batch)] = np.asarray(batch_labels).reshape(-1)
-        position += len(batch)
-        progress.update(position)
+    with ProgressBar(count, f"extracting {description} ({count} images)") as progress:
+        for images, batch_labels in dataset:
+            batch = forward(images).numpy().reshape(len(images), width)
+            features[position:position + len(batch)] = batch
+            labels[position:position + len(batch)] = np.asarray(batch_labels).reshape(-1)
+            position += len(batch)
+            progress.update(position)
     if position != count:
         features, labels = features[:position], labels[:position]
     return features, labels

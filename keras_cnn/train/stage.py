@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -36,10 +35,13 @@ from keras_cnn.config import RunConfig, TrainingConfig
 from keras_cnn.data.collection import split_into_run
 from keras_cnn.data.regularize import soft_label_loss, uses_soft_labels
 from keras_cnn.errors import UserError
+from keras_cnn.progress import format_seconds, keras_verbose, say
 from keras_cnn.runs import (EXECUTION_OPTIONS, RunDirectory, RunLock, RunState, check_output_path,
                             differing_options, flatten_options, remove_stale_temporaries)
-from keras_cnn.train.callbacks import (HistoryRecorder, NanGuard, RunProgress, StageCheckpoint, format_seconds,
-                                      read_history, write_history)
+from keras_cnn.train.callbacks import (HistoryRecorder, NanGuard, RunProgress, StageCheckpoint, read_history,
+                                      write_history)
+from keras_cnn.train.discriminative import layer_rate_factors
+from keras_cnn.train.recipe import check_recipe, early_stopping_callbacks, ema_callbacks, stage_optimizer
 
 
 @dataclass
@@ -68,6 +70,7 @@ class StageContext:
     model: keras.Model | None = None
     loss: Any = None
     single_sigmoid: bool = False
+    fit_notes: dict[str, Any] = field(default_factory=dict)   # what the fit adds to the stage's metrics
 
     @property
     def training(self) -> TrainingConfig:
@@ -127,11 +130,6 @@ class StageOutcome:
     execution: Any = None
 
 
-def say(message: str) -> None:
-    """One line of the runner's progress on stderr."""
-    print(message, file=sys.stderr, flush=True)
-
-
 def run_stage(spec: StageSpec, out_dir: str | os.PathLike, overwrite: bool = False, execution=None,
               data=None, start_model: keras.Model | None = None, source_run: str | os.PathLike | None = None,
               ) -> StageOutcome:
@@ -148,6 +146,7 @@ def run_stage(spec: StageSpec, out_dir: str | os.PathLike, overwrite: bool = Fal
 
     out_dir = Path(out_dir)
     check_output_path(out_dir, directory=True, option="the run folder")
+    check_recipe(spec.training)   # bad recipe values fail before the run is touched
     keras.utils.set_random_seed(spec.training.seed)
     execution = execution or start_execution(spec.training)
     created = not out_dir.exists()
@@ -391,24 +390,32 @@ def _fit(context: StageContext, checkpoint: StageCheckpoint) -> None:
     from keras_cnn.train.data import as_model_targets
 
     spec, run, execution = context.spec, context.run, context.execution
+    training = spec.training
     inputs = spec.fit_inputs(context) if spec.fit_inputs else FitInputs(context.model, context.data.train,
                                                                           context.data.validation)
     with execution.scope():
-        optimizer = spec.optimizer(context) if spec.optimizer else spec.training.optimizer
+        optimizer = spec.optimizer(context) if spec.optimizer else _stage_optimizer(context, inputs)
         soft_labels = uses_soft_labels(spec.config.data.regularization)
         if inputs.model is not context.model:
             # The whole model is compiled too, so its saved file records a usable training setup.
-            execution.compile(context.model, spec.training.optimizer, spec.training.learning_rate, context.loss,
+            execution.compile(context.model, training.optimizer, training.learning_rate, context.loss,
                               soft_labels=soft_labels)
-        execution.compile(inputs.model, optimizer, spec.training.learning_rate, context.loss, soft_labels=soft_labels)
+        execution.compile(inputs.model, optimizer, training.learning_rate, context.loss, soft_labels=soft_labels)
     checkpoint.whole_model = context.model if inputs.model is not context.model else None
     history = HistoryRecorder(run.history_path, spec.name)
+    early_stopping = early_stopping_callbacks(
+        training, checkpoint.monitor, spec.name,
+        earlier_values=lambda: [float(row[checkpoint.monitor]) if row.get(checkpoint.monitor) not in (None, "")
+                                else None for row in history.stage_rows()])
     callbacks = [
         history,        # before the checkpoint: an epoch's row exists when the epoch commits
+        # --ema: the averaged weights are swapped in before the checkpoint saves (and judges) the model.
+        *ema_callbacks(training),
         checkpoint,
         NanGuard(),
-        RunProgress(spec.name, spec.training.epochs),
+        RunProgress(spec.name, training.epochs),
         keras.callbacks.TensorBoard(str(run.tensorboard_dir / spec.name), write_graph=False),
+        *early_stopping,
         *(spec.callbacks(context) if spec.callbacks else []),
     ]
     train = as_model_targets(inputs.train, context.single_sigmoid)
@@ -419,10 +426,32 @@ def _fit(context: StageContext, checkpoint: StageCheckpoint) -> None:
         else:
             # The datasets shuffle themselves (tf.data or the legacy generator); fit must not.
             inputs.model.fit(train, validation_data=validation, epochs=spec.training.epochs, callbacks=callbacks,
-                             class_weight=context.class_weight(), shuffle=False)
+                             class_weight=context.class_weight(), shuffle=False, verbose=keras_verbose())
     finally:
         if inputs.cleanup is not None:
             inputs.cleanup()
+    for callback in early_stopping:
+        if callback.stopped_epoch is not None:
+            context.fit_notes["early_stopping"] = {"stopped_after_epoch": callback.stopped_epoch,
+                                                   "best_epoch": callback.best_epoch, "patience": callback.patience}
+
+
+def _stage_optimizer(context: StageContext, inputs: FitInputs) -> keras.optimizers.Optimizer:
+    """The optimizer the training options describe: rate, schedule over the stage's steps, EMA, --lr-mult."""
+    from keras_cnn.train.schedules import steps_per_epoch
+
+    training = context.training
+    if context.execution.multiworker and context.data.per_worker is not None:
+        steps = context.data.per_worker.steps_per_epoch
+    else:
+        steps = steps_per_epoch(inputs.train, context.data.sizes.get("train"), training.batch_size)
+    rate_factors = None
+    if training.lr_mult and training.lr_mult != 1:
+        rate_factors, blocks = layer_rate_factors(inputs.model, training.lr_mult)
+        context.fit_notes["learning_rate_factors"] = blocks
+        say(f"[{context.spec.name}] learning rate x factor per block: "
+            + ", ".join(f"{block['block']} {block['factor']:.3g}" for block in blocks))
+    return stage_optimizer(training, training.epochs, steps, rate_factors)
 
 
 def _fit_multiworker(model: keras.Model, context: StageContext, callbacks: list) -> None:
@@ -445,7 +474,7 @@ def _fit_multiworker(model: keras.Model, context: StageContext, callbacks: list)
         validation_dataset_fn=(lambda input_context: as_model_targets(validation_fn(input_context), sigmoid))
         if validation_fn else None,
         validation_steps=per_worker.validation_steps, jit_compile=execution.jit_compile(model),
-        callbacks=callbacks, verbose=1,
+        callbacks=callbacks, verbose=keras_verbose(),
     )
 
 
@@ -468,7 +497,8 @@ def _finish(context: StageContext, best: keras.Model, counts: dict[str, int]) ->
     # Every epoch's time, including those trained before a kill: what the stage cost.
     seconds = round(sum(float(row.get("seconds") or 0) for row in rows), 2)
     metrics = run.read_metrics()
-    stage_metrics: dict[str, Any] = {"parameters": counts, "seconds": seconds, "epochs": len(rows)}
+    stage_metrics: dict[str, Any] = {"parameters": counts, "seconds": seconds, "epochs": len(rows),
+                                     **context.fit_notes}
     if rows:
         stage_metrics["final_epoch"] = {key: _number(value) for key, value in rows[-1].items()}
     if data.test is not None:

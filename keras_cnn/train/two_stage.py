@@ -143,6 +143,8 @@ def resolve_fine_tune_training(config: RunConfig, finetune: FineTuneConfig):
         mixed_precision=finetune.mixed_precision or stage1.mixed_precision,
         xla=finetune.xla or stage1.xla,
         strategy=finetune.strategy or stage1.strategy,
+        schedule=finetune.schedule, warmup_epochs=finetune.warmup_epochs, ema=finetune.ema,
+        early_stopping=finetune.early_stopping, lr_mult=finetune.lr_mult,
     ), finetune.unfreeze_from or spec.default_unfreeze
 
 
@@ -174,7 +176,9 @@ def _fine_tune_run(finetune, run_dir, out_dir, overwrite, execution=None, data=N
     training, boundary = resolve_fine_tune_training(config, finetune)
     record = {"unfreeze_from": boundary, "train_bn": finetune.train_bn, "epochs": training.epochs,
               "learning_rate": training.learning_rate, "optimizer": training.optimizer,
-              "batch_size": training.batch_size}
+              "batch_size": training.batch_size, "schedule": training.schedule,
+              "warmup_epochs": training.warmup_epochs, "ema": training.ema,
+              "early_stopping": training.early_stopping, "lr_mult": training.lr_mult}
 
     def prepare_data(context):
         return prepare_folder_data(config.data, config.data.image_size, 3, training.batch_size, training.seed,
