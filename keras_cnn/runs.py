@@ -208,7 +208,7 @@ class RunDirectory:
 
     # Everything a run writes (the lock aside): what removing a whole run removes, and no more.
     ENTRIES = ("config.json", "labels.txt", "history.csv", "model.keras", "metrics.json", "training.png",
-               "state.json", "skipped_images.csv", "stages", "logs", "backup", "eval", "features")
+               "state.json", "skipped_images.csv", "split.csv", "stages", "logs", "backup", "eval", "features")
 
     def clear(self) -> None:
         """Remove every file and folder of the run (not the lock, nor files kcnn did not write)."""

@@ -32,18 +32,33 @@ def history_rows(run: Path):
         return list(csv.DictReader(handle))
 
 
+EPOCHS = 2
+
+
 def train_args(sample_split, sample_data_dir, run, *extra):
-    return ["train", "lenet5_bn", "--split", sample_split, "--images", sample_data_dir, "--epochs", 1,
+    return ["train", "lenet5_bn", "--split", sample_split, "--images", sample_data_dir, "--epochs", EPOCHS,
             "--batch-size", 16, "--out", run, *extra]
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, sample_split, sample_data_dir):
-    """A finished one-epoch `kcnn train` run (copy it before changing it)."""
+def killed_then_finished(tmp_path_factory, sample_split, sample_data_dir):
+    """A two-epoch `kcnn train` run killed (SIGKILL) in the middle of its final best-model save, then re-run.
+
+    The finished run it leaves serves the other tests (copy it before changing it).
+    """
     run = tmp_path_factory.mktemp("finished") / "run"
-    result = invoke(*train_args(sample_split, sample_data_dir, run), "--json")
+    args = [str(arg) for arg in train_args(sample_split, sample_data_dir, run)]
+    killed = subprocess.run([sys.executable, "-c", KILL_DURING_FINAL_SAVE, str(run), str(EPOCHS), *args],
+                            capture_output=True, text=True, timeout=600)
+    rerun = invoke(*args, "--json")
+    return {"run": run, "killed": killed, "rerun": rerun}
+
+
+@pytest.fixture
+def finished_run(killed_then_finished):
+    result = killed_then_finished["rerun"]
     assert result.exit_code == 0, result.output[-3000:]
-    return run
+    return killed_then_finished["run"]
 
 
 def copy_run(run: Path, tmp_path: Path) -> Path:
@@ -64,9 +79,9 @@ def test_rerunning_a_finished_stage_does_no_work_and_prints_its_result(finished_
     assert result.exit_code == 0, result.output[-2000:]
     assert "already finished" in result.stderr
     summary = json.loads(result.stdout)
-    assert summary["epochs"] == 1 and summary["test_accuracy"] is not None
+    assert summary["epochs"] == EPOCHS and summary["test_accuracy"] is not None
     assert snapshot(run) == before  # not one file written again
-    assert len(history_rows(run)) == 1
+    assert len(history_rows(run)) == EPOCHS
 
 
 def test_a_different_architecture_into_an_existing_run_is_refused_and_nothing_written(
@@ -88,13 +103,15 @@ def test_overwrite_starts_the_stage_over_and_removes_what_was_its(finished_run, 
     (run / "eval").mkdir()
     (run / "eval" / "report.html").write_text("the old model's report")
     (run / "keep-me.txt").write_text("not kcnn's")
-    result = invoke(*train_args(sample_split, sample_data_dir, run, "--learning-rate", 0.01, "--overwrite"))
+    args = train_args(sample_split, sample_data_dir, run, "--learning-rate", 0.01, "--overwrite")
+    args[args.index("--epochs") + 1] = 1
+    result = invoke(*args)
     assert result.exit_code == 0, result.output[-2000:]
     assert not (run / "eval").exists()
     assert (run / "keep-me.txt").exists()  # only what kcnn wrote goes
     assert [row["epoch"] for row in history_rows(run)] == ["1"]
     config = json.loads((run / "config.json").read_text())
-    assert config["training"]["learning_rate"] == 0.01
+    assert config["training"]["learning_rate"] == 0.01 and config["training"]["epochs"] == 1
     state = json.loads((run / "state.json").read_text())
     assert state["stages"]["train"]["status"] == "finished"
     assert state["stages"]["train"]["options"]["training"]["learning_rate"] == 0.01
@@ -249,7 +266,6 @@ main()
 def validation_loss_of(model_path: Path, run: Path) -> float:
     """The saved model's loss on the run's validation part, as fit computes val_loss."""
     import keras
-    import numpy as np
 
     from keras_cnn.models.loading import load_model
     from keras_cnn.train.data import prepare_folder_data
@@ -266,19 +282,13 @@ def validation_loss_of(model_path: Path, run: Path) -> float:
     return total / count
 
 
-def test_a_kill_during_the_final_best_model_save_still_ends_with_the_best_model(tmp_path, sample_split,
-                                                                                  sample_data_dir):
-    run = tmp_path / "run"
-    args = [str(arg) for arg in train_args(sample_split, sample_data_dir, run)]
-    args[args.index("--epochs") + 1] = "2"
-    killed = subprocess.run([sys.executable, "-c", KILL_DURING_FINAL_SAVE, str(run), "2", *args],
-                            capture_output=True, text=True, timeout=600)
-    assert killed.returncode == -9, killed.stderr[-2000:]  # the second epoch improved, and its save was killed
-    result = invoke(*args)
-    assert result.exit_code == 0, result.output[-2000:]
-    assert "resuming" in result.stderr and "at epoch 2 of 2" in result.stderr
+def test_a_kill_during_the_final_best_model_save_still_ends_with_the_best_model(killed_then_finished):
+    run, killed, rerun = (killed_then_finished[key] for key in ("run", "killed", "rerun"))
+    assert killed.returncode == -9, killed.stderr[-2000:]  # the last epoch improved, and its save was killed
+    assert rerun.exit_code == 0, rerun.output[-2000:]
+    assert f"resuming {run} at epoch {EPOCHS} of {EPOCHS}" in rerun.stderr
     rows = history_rows(run)
-    assert [row["epoch"] for row in rows] == ["1", "2"]
+    assert [row["epoch"] for row in rows] == [str(epoch) for epoch in range(1, EPOCHS + 1)]
     best = min(float(row["val_loss"]) for row in rows)
     assert validation_loss_of(run / "model.keras", run) == pytest.approx(best, rel=1e-4, abs=1e-5)
     assert not list(run.rglob("*.tmp-*")) and not (run / "backup").exists() and not (run / ".lock").exists()

@@ -188,3 +188,41 @@ def test_killed_stage1_resumes_from_its_last_epoch(tmp_path, sample_data_dir, sa
         after = list(csv.DictReader(handle))
     assert [row["epoch"] for row in after] == ["1", "2", "3"] and after[:2] == before
     assert json.loads((run / "metrics.json").read_text())["stages"]["head"]["epochs"] == 3
+
+
+def test_fine_tune_hands_stage_1_model_and_data_to_stage_2_and_overwrite_restarts_stage_2(
+        tmp_path, sample_data_dir, sample_split, hub_module, monkeypatch):
+    from keras_cnn.config import FineTuneConfig
+    from keras_cnn.models import loading
+    from keras_cnn.train import data as data_module
+    from keras_cnn.train import two_stage
+
+    counts = {"load_model": 0, "prepare_folder_data": 0}
+
+    def counted(module, name):
+        original = getattr(module, name)
+
+        def wrapper(*args, **kwargs):
+            counts[name] += 1
+            return original(*args, **kwargs)
+        monkeypatch.setattr(module, name, wrapper)
+
+    counted(loading, "load_model")
+    counted(data_module, "prepare_folder_data")
+    config = RunConfig(command="transfer", model=ModelConfig(kind="transfer", name=f"hub:{hub_module}"),
+                       data=DataConfig(split=str(sample_split), images=str(sample_data_dir), image_size=(32, 32)),
+                       training=TrainingConfig(epochs=1, batch_size=16))
+    run = tmp_path / "run"
+    summary = two_stage.fine_tune(config, run, FineTuneConfig(epochs=1, unfreeze_from="all"))
+    # One decoding of the images and no reload: stage 2 started from stage 1's model in memory.
+    assert counts == {"load_model": 0, "prepare_folder_data": 1}
+    assert summary["stage"] == "finetune" and summary["head"]["stage"] == "head"
+    assert stages(run) == ["head", "finetune"] and (run / "stages" / "head.keras").exists()
+
+    tuned = two_stage.fine_tune_run(FineTuneConfig(epochs=1, unfreeze_from="all", learning_rate=1e-3), run,
+                                    overwrite=True)
+    assert tuned["stage"] == "finetune" and stages(run) == ["head", "finetune"]
+    state = json.loads((run / "state.json").read_text())
+    assert state["stages"]["finetune"]["options"]["training"]["learning_rate"] == 1e-3
+    config_json = json.loads((run / "config.json").read_text())
+    assert config_json["extra"]["stages"]["finetune"]["learning_rate"] == 1e-3
