@@ -32,6 +32,9 @@ class DataConfig:
     augment: bool = False
     augment_engine: str = "layers"        # "layers" (tf.data + preprocessing layers) | "legacy"
     augmentation: dict[str, Any] | None = None   # ImageDataGenerator-style ranges
+    # Training-part regularisation (keras_cnn.data.regularize.RegularizationSpec as a dict):
+    # label_smoothing, mixup, cutmix, randaugment [N, M], random_erasing; None = none.
+    regularization: dict[str, Any] | None = None
     cache: bool | str = True
     skip_bad_images: bool = False
     validation_split: float = 0.2         # only for array datasets without a validation part

@@ -411,13 +411,17 @@ class MistakeKeeper:
 
 
 def predict_subset(model, dataset, true_indices: np.ndarray, num_classes: int,
-                   keeper: MistakeKeeper | None = None) -> tuple[np.ndarray, np.ndarray, bool]:
-    """Predict every batch of ``dataset``: returns (raw outputs, class probabilities, from_logits).
+                   keeper: MistakeKeeper | None = None, tta_views: list[str] | None = None):
+    """Predict every batch of ``dataset``: returns (raw outputs, class probabilities, from_logits, tta).
 
-    The images of mistakes are offered to ``keeper`` on the way.
+    The images of mistakes are offered to ``keeper`` on the way.  With ``tta_views`` (names
+    from :func:`keras_cnn.tta.view_names`) each batch is also predicted on those views and
+    ``tta`` is ``(outputs, probabilities)`` of the averaged probabilities (``outputs`` in the
+    model's own form: the probability column of a sigmoid unit, else class probabilities);
+    without, ``tta`` is None.
     """
     from_logits = outputs_are_logits(model)
-    outputs, probabilities = [], []
+    outputs, probabilities, tta_probabilities = [], [], []
     position = 0
     with ProgressBar(len(true_indices), f"predicting {len(true_indices)} images") as progress:
         for batch in dataset:
@@ -425,6 +429,8 @@ def predict_subset(model, dataset, true_indices: np.ndarray, num_classes: int,
             batch_probabilities = outputs_to_probabilities(batch_outputs, num_classes, from_logits)
             outputs.append(batch_outputs.reshape(len(batch_outputs), -1))
             probabilities.append(batch_probabilities)
+            if tta_views:
+                tta_probabilities.append(_tta_probabilities(model, batch, tta_views, num_classes, from_logits))
             if keeper is not None:
                 predicted = batch_probabilities.argmax(axis=1)
                 truth = true_indices[position: position + len(predicted)]
@@ -435,7 +441,22 @@ def predict_subset(model, dataset, true_indices: np.ndarray, num_classes: int,
             progress.update(position)
     if position != len(true_indices):
         raise RunFailure(f"the data gave {position} images but the split lists {len(true_indices)}")
-    return np.concatenate(outputs, axis=0), np.concatenate(probabilities, axis=0), from_logits
+    tta = None
+    if tta_views:
+        averaged = np.concatenate(tta_probabilities, axis=0)
+        tta_outputs = averaged[:, 1:] if outputs[0].shape[1] == 1 else averaged
+        tta = (tta_outputs, averaged)
+    return np.concatenate(outputs, axis=0), np.concatenate(probabilities, axis=0), from_logits, tta
+
+
+def _tta_probabilities(model, batch, views: list[str], num_classes: int, from_logits: bool) -> np.ndarray:
+    """Class probabilities of one batch averaged over the TTA views."""
+    from keras_cnn.tta import tta_views
+
+    stacked = tta_views(batch, views)
+    view_outputs = np.asarray(model.predict_on_batch(stacked), dtype=np.float32)
+    view_probabilities = outputs_to_probabilities(view_outputs, num_classes, from_logits)
+    return view_probabilities.reshape(len(views), -1, num_classes).mean(axis=0)
 
 
 # --------------------------------------------------------------------------- the whole evaluation
@@ -459,7 +480,7 @@ def _predictions_csv(object_ids, true_indices, probabilities, labels) -> str:
 
 
 def evaluate_run(run_dir: str | os.PathLike, subset: str = "test", batch_size: int | None = None,
-                 output_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+                 output_dir: str | os.PathLike | None = None, tta: int | None = None) -> dict[str, Any]:
     """Evaluate a finished run on its ``subset`` ("test" or "validation") and write the report.
 
     Writes (each file atomically) into ``output_dir`` (default ``RUN/eval`` for the test part,
@@ -467,8 +488,14 @@ def evaluate_run(run_dir: str | os.PathLike, subset: str = "test", batch_size: i
     predictions.csv, confusion_matrix.png, training.png (when the run has history.csv),
     misclassified.png and report.html. Returns a summary: run, subset, num_samples,
     accuracy, loss, macro_f1, roc_auc (two classes), output_dir and the written files.
+
+    ``tta``: also predict each image on that many fixed views (:mod:`keras_cnn.tta`) and
+    average; metrics.json then holds the TTA metrics under ``"tta"`` beside the plain ones,
+    the report shows both side by side, and the summary gets ``tta`` (views, accuracy, loss,
+    macro_f1).  The other files describe the plain predictions.
     """
     from keras_cnn.config import RunConfig
+    from keras_cnn.tta import trained_with_flips, view_names
 
     run = RunDirectory(run_dir).require()
     if subset not in SUBSETS:
@@ -477,15 +504,16 @@ def evaluate_run(run_dir: str | os.PathLike, subset: str = "test", batch_size: i
     run_config = RunConfig.from_dict(config_payload)
     labels = run.read_labels()
     batch_size = int(batch_size or run_config.training.batch_size or DEFAULT_BATCH_SIZE)
+    views = view_names(int(tta), trained_with_flips(run_config)) if tta else None
     if output_dir is None:
         output_dir = run.eval_dir if subset == "test" else run.eval_dir / subset
     # The run's lock: no evaluation of a model that a training process is replacing.
     with RunLock(run.root):
-        return _evaluate_into(run, config_payload, run_config, labels, subset, batch_size, Path(output_dir))
+        return _evaluate_into(run, config_payload, run_config, labels, subset, batch_size, Path(output_dir), views)
 
 
 def _evaluate_into(run: RunDirectory, config_payload, run_config, labels, subset, batch_size,
-                   output_dir: Path) -> dict[str, Any]:
+                   output_dir: Path, views: list[str] | None = None) -> dict[str, Any]:
     from keras_cnn import report
 
     check_output_path(output_dir, directory=True, option="the evaluation folder")
@@ -497,10 +525,16 @@ def _evaluate_into(run: RunDirectory, config_payload, run_config, labels, subset
 
     model = load_model(run.model_path)
     keeper = MistakeKeeper()
-    outputs, probabilities, from_logits = predict_subset(model, dataset, true_indices, len(labels), keeper)
+    outputs, probabilities, from_logits, tta_result = predict_subset(
+        model, dataset, true_indices, len(labels), keeper, tta_views=views)
     loss = cross_entropy(outputs, true_indices, from_logits)
     metrics = compute_metrics(true_indices, probabilities, labels, loss=loss)
     metrics = {"run": str(run.root), "subset": subset, **metrics}
+    if tta_result is not None:
+        tta_outputs, tta_probabilities = tta_result
+        tta_metrics = compute_metrics(true_indices, tta_probabilities, labels,
+                                      loss=cross_entropy(tta_outputs, true_indices))
+        metrics["tta"] = {"views": views, **tta_metrics}
 
     files = {
         "metrics": atomic_write_json(output_dir / "metrics.json", metrics),
@@ -541,6 +575,8 @@ def _evaluate_into(run: RunDirectory, config_payload, run_config, labels, subset
     }
     if "roc_auc" in metrics:
         summary["roc_auc"] = metrics["roc_auc"]
+    if "tta" in metrics:
+        summary["tta"] = {key: metrics["tta"][key] for key in ("views", "accuracy", "loss", "macro_f1")}
     summary["output_dir"] = str(output_dir)
     summary["files"] = {name: str(path) for name, path in files.items()}
     return summary

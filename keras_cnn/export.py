@@ -22,6 +22,10 @@ kcnn nor any custom object to load: ``tf.saved_model.load(DIR/1)`` is enough.  S
     (channels = the model's).  Images of another size are resized exactly like training;
     images already at the model's size go to the model unchanged.
 
+``serving_tta`` (only with ``kcnn export --tta N``)
+    like ``serving_default``, with the probabilities averaged over N fixed test-time
+    augmentation views of each image (:mod:`keras_cnn.tta`; their names are in kcnn.json).
+
 Each returns ``probabilities`` (float32 [batch, classes], ``labels.txt`` order; a binary
 sigmoid model gives [1 - p, p]), ``class_index`` (int64 [batch]) and ``label`` (string
 [batch]).  The label lookup is a table initialised from the ``labels.txt`` asset, so the file
@@ -49,12 +53,14 @@ import datetime
 import importlib.util
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
 from keras_cnn.config import RunConfig
 from keras_cnn.errors import RunFailure, UserError
+from keras_cnn.quantize import DEFAULT_MAX_ACCURACY_DROP
+from keras_cnn.quantize import check_mode as check_quantization_mode
 from keras_cnn.quiet import native_stderr_silenced
 from keras_cnn.runs import RunDirectory, atomic_path, atomic_write_json, library_versions
 
@@ -68,6 +74,9 @@ SIGNATURE_DESCRIPTIONS = {
     "serving_images": "images: float32 [batch, height, width, channels] in 0..255 -> probabilities, class_index, label",
     "serving_images_uint8": "images: uint8 [batch, height, width, channels] -> probabilities, class_index, label",
 }
+TTA_SIGNATURE = "serving_tta"
+TTA_SIGNATURE_DESCRIPTION = ("image_bytes: string [batch] of encoded images -> probabilities averaged over the "
+                             "test-time augmentation views, class_index, label")
 
 
 @dataclass(frozen=True)
@@ -79,6 +88,7 @@ class ModelSpec:
     channels: int
     resize_mode: str
     binary: bool              # one sigmoid unit: probabilities are [1 - p, p]
+    tta_views: tuple[str, ...] = ()   # views of the serving_tta signature (none: no such signature)
 
 
 # --------------------------------------------------------------------------- run -> export
@@ -86,13 +96,20 @@ class ModelSpec:
 
 def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, version: int | None = None,
                formats: tuple[str, ...] | list[str] = ("saved_model",), verify: bool = True,
-               force: bool = False) -> dict[str, Any]:
+               force: bool = False, tta: int | None = None, quantize: str | None = None,
+               max_accuracy_drop: float | None = None) -> dict[str, Any]:
     """Export the model of a finished run into ``out_dir/<version>/``.
 
     ``version`` defaults to 1; an existing version folder is refused unless ``force``.
     ``formats`` is any of :data:`EXPORT_FORMATS` (``saved_model``, ``onnx``, ``litert``).
     With ``verify`` every written format is run on a few images and compared with the Keras
     model (``RunFailure`` above :data:`TOLERANCE`; nothing is left behind).
+    ``tta``: add the ``serving_tta`` signature, ``serving_default`` averaged over that many
+    test-time augmentation views (:mod:`keras_cnn.tta`); needs the SavedModel format.
+    ``quantize`` (dynamic, float16, int8; needs the litert format): also write
+    ``model_<mode>.tflite`` and measure both LiteRT files' size and accuracy on the run's
+    test part (validation when it has no test part); a quantized model that loses more than
+    ``max_accuracy_drop`` accuracy is refused (``UserError``, nothing written) unless ``force``.
 
     Returns ``{"path", "version", "files": {format: path}, "max_abs_diff": {format: float},
     "metadata": path, "labels", "image_size", "channels"}``.
@@ -112,7 +129,18 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, version: 
 
     model = load_model(run.model_path)
     spec = model_spec(model, run.read_labels(), config)
+    if tta:
+        from keras_cnn.tta import trained_with_flips, view_names
+
+        if "saved_model" not in formats:
+            raise UserError("--tta adds a signature to the SavedModel: add --format saved_model")
+        spec = replace(spec, tta_views=tuple(view_names(int(tta), trained_with_flips(config))))
+    if quantize is not None:
+        check_quantization_mode(quantize)
+        if "litert" not in formats:
+            raise UserError("--quantize makes a LiteRT file: add --format litert")
     probe_images = verification_images(config, spec) if verify else []
+    quantization = None
 
     files: dict[str, str] = {}
     differences: dict[str, float] = {}
@@ -129,7 +157,13 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, version: 
                         f"> {TOLERANCE:g} on {len(probe_images)} images; nothing was written"
                     )
                 differences[name] = difference
+        if quantize is not None:
+            quantization = quantize_litert(model, spec, config, run, temporary, quantize, force,
+                                           DEFAULT_MAX_ACCURACY_DROP if max_accuracy_drop is None
+                                           else max_accuracy_drop)
+            files[f"litert_{quantize}"] = str(version_dir / quantization["quantized"]["file"])
         metadata = export_metadata(config, spec, run.read_metrics(), run.root, formats, differences)
+        metadata["quantization"] = quantization
         atomic_write_json(temporary / METADATA_PATH, metadata)
     return {
         "path": str(version_dir),
@@ -141,7 +175,68 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, version: 
         "labels": list(spec.labels),
         "image_size": list(spec.image_size),
         "channels": spec.channels,
+        "tta": metadata["tta"],
+        "quantization": quantization,
     }
+
+
+def quantize_litert(model, spec: ModelSpec, config: RunConfig, run: RunDirectory, folder: Path, mode: str,
+                    force: bool, max_accuracy_drop: float) -> dict[str, Any]:
+    """Write ``model_<mode>.tflite`` beside ``model.tflite`` in ``folder``; compare size and accuracy.
+
+    Returns the record that goes into kcnn.json and the result (see :func:`export_run`).
+    """
+    from keras_cnn.evaluate import load_subset
+    from keras_cnn.quantize import (REPRESENTATIVE_IMAGES, first_images, litert_accuracy, quantized_file_name,
+                                    write_quantized_litert)
+
+    batch_size = int(config.training.batch_size or 32)
+    representative = None
+    if mode == "int8":
+        _, _, train_images = load_subset(config, run.root, "train", batch_size)
+        representative = first_images(train_images, REPRESENTATIVE_IMAGES)
+    float_path = folder / EXPORT_FORMATS["litert"].file_name
+    quantized_path = write_quantized_litert(model, mode, folder / quantized_file_name(mode), representative)
+    part, measured = _accuracy_part(config, run, batch_size)
+    record: dict[str, Any] = {
+        "mode": mode,
+        "representative_images": len(representative) if representative is not None else 0,
+        "float": {"file": float_path.name, "bytes": float_path.stat().st_size},
+        "quantized": {"file": quantized_path.name, "bytes": quantized_path.stat().st_size},
+        "size_ratio": round(quantized_path.stat().st_size / float_path.stat().st_size, 4),
+        "accuracy_part": part,
+        "max_accuracy_drop": max_accuracy_drop,
+    }
+    if measured is None:
+        return record
+    _, true_indices, dataset = measured
+    accuracy = litert_accuracy({"float": float_path, "quantized": quantized_path}, dataset, true_indices,
+                               len(spec.labels))
+    record["images"] = int(len(true_indices))
+    record["float"]["accuracy"] = accuracy["float"]
+    record["quantized"]["accuracy"] = accuracy["quantized"]
+    record["accuracy_change"] = accuracy["quantized"] - accuracy["float"]
+    if -record["accuracy_change"] > max_accuracy_drop and not force:
+        raise UserError(f"the {mode} LiteRT model is {accuracy['quantized']:.4f} accurate against "
+                        f"{accuracy['float']:.4f} for the float one on {len(true_indices)} {part} images "
+                        f"(a drop of more than {max_accuracy_drop:g}); nothing was written; pass --force to keep it")
+    return record
+
+
+def _accuracy_part(config: RunConfig, run: RunDirectory, batch_size: int):
+    """The part to measure accuracy on: (name, load_subset result), test first; (None, None) when both are empty."""
+    from keras_cnn.evaluate import load_subset
+
+    for part in ("test", "validation"):
+        try:
+            measured = load_subset(config, run.root, part, batch_size)
+        except UserError as error:
+            if "no images" in str(error):
+                continue
+            raise
+        if len(measured[1]):
+            return part, measured
+    return None, None
 
 
 def _check_formats(formats) -> tuple[str, ...]:
@@ -181,6 +276,8 @@ def model_spec(model, labels: list[str], config: RunConfig) -> ModelSpec:
 def export_metadata(config: RunConfig, spec: ModelSpec, metrics: dict[str, Any], run_root: Path,
                     formats: tuple[str, ...], differences: dict[str, float]) -> dict[str, Any]:
     """The ``kcnn.json`` written beside the SavedModel (``assets.extra/``)."""
+    from keras_cnn.tta import trained_with_flips
+
     return {
         "versions": library_versions(),
         "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -192,26 +289,39 @@ def export_metadata(config: RunConfig, spec: ModelSpec, metrics: dict[str, Any],
         "output": {"activation": "sigmoid" if spec.binary else "softmax", "classes": len(spec.labels)},
         "labels": list(spec.labels),
         "metrics": metrics,
-        "signatures": SIGNATURE_DESCRIPTIONS if "saved_model" in formats else {},
+        "signatures": signature_descriptions(spec) if "saved_model" in formats else {},
+        "tta": {"signature": TTA_SIGNATURE, "views": list(spec.tta_views)} if spec.tta_views else None,
+        # Lets `kcnn predict --tta N` choose the same views as `kcnn evaluate --tta N`.
+        "trained_with_horizontal_flips": trained_with_flips(config),
         "files": {name: EXPORT_FORMATS[name].file_name for name in formats},
         "max_abs_diff": differences,
     }
 
 
+def signature_descriptions(spec: ModelSpec) -> dict[str, str]:
+    """What each signature of the SavedModel takes and returns (for kcnn.json)."""
+    if not spec.tta_views:
+        return dict(SIGNATURE_DESCRIPTIONS)
+    return {**SIGNATURE_DESCRIPTIONS, TTA_SIGNATURE: f"{TTA_SIGNATURE_DESCRIPTION} ({', '.join(spec.tta_views)})"}
+
+
 # --------------------------------------------------------------------------- SavedModel
 
 
-def export_saved_model(model, labels, image_size, channels, resize_mode, path, metadata=None) -> Path:
+def export_saved_model(model, labels, image_size, channels, resize_mode, path, metadata=None,
+                       tta_views: tuple[str, ...] = ()) -> Path:
     """Write the serving SavedModel of ``model`` into ``path`` (missing or empty folder).
 
-    See the module docstring for the signatures.  ``metadata`` (a dict), when given, goes to
+    See the module docstring for the signatures; ``tta_views`` adds ``serving_tta``.
+    ``metadata`` (a dict), when given, goes to
     ``path/assets.extra/kcnn.json``.  Not atomic by itself: :func:`export_run` writes into a
     temporary folder and renames it.
     """
     import keras
     import tensorflow as tf
 
-    spec = ModelSpec(tuple(labels), tuple(image_size), int(channels), resize_mode, int(model.output_shape[-1]) == 1)
+    spec = ModelSpec(tuple(labels), tuple(image_size), int(channels), resize_mode, int(model.output_shape[-1]) == 1,
+                     tuple(tta_views))
     path = Path(path)
     with tempfile.TemporaryDirectory(prefix="kcnn-labels-") as labels_folder:
         # tf.saved_model.save copies an asset under its base name: assets/labels.txt.
@@ -229,8 +339,10 @@ def export_saved_model(model, labels, image_size, channels, resize_mode, path, m
         archive = keras.export.ExportArchive()
         archive.track(model)
         archive.track(label_table)  # tracked resources bring their asset into the SavedModel
-        archive.add_endpoint("serving_default", endpoints["serving_default"],
-                             input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+        for name in ("serving_default", TTA_SIGNATURE):
+            if name in endpoints:
+                archive.add_endpoint(name, endpoints[name],
+                                     input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
         for name, dtype in (("serving_images", tf.float32), ("serving_images_uint8", tf.uint8)):
             archive.add_endpoint(name, endpoints[name], input_signature=[
                 tf.TensorSpec([None, None, None, spec.channels], dtype, name="images")])
@@ -241,26 +353,39 @@ def export_saved_model(model, labels, image_size, channels, resize_mode, path, m
 
 
 def serving_functions(model, spec: ModelSpec, label_table) -> dict[str, Callable]:
-    """The Python functions behind the three signatures (traced by ``ExportArchive``)."""
+    """The Python functions behind the signatures (traced by ``ExportArchive``)."""
     import tensorflow as tf
 
     from keras_cnn.data.images import load_image, resize_image
+    from keras_cnn.tta import average_views, tta_views
 
     height, width = spec.image_size
 
-    def classify(pixels):
+    def probabilities_of(pixels):
         output = tf.cast(model(pixels, training=False), tf.float32)
-        probabilities = tf.concat([1.0 - output, output], axis=-1) if spec.binary else output
+        return tf.concat([1.0 - output, output], axis=-1) if spec.binary else output
+
+    def classify(pixels, views=()):
+        if views:
+            probabilities = average_views(probabilities_of(tta_views(pixels, list(views))), len(views))
+        else:
+            probabilities = probabilities_of(pixels)
         class_index = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
         return {"probabilities": probabilities, "class_index": class_index, "label": label_table.lookup(class_index)}
 
-    def from_bytes(image_bytes):
+    def decode(image_bytes):
         images = tf.map_fn(
             lambda encoded: load_image(encoded, spec.image_size, spec.channels, spec.resize_mode),
             image_bytes,
             fn_output_signature=tf.TensorSpec([height, width, spec.channels], tf.uint8),
         )
-        return classify(tf.cast(images, tf.float32))
+        return tf.cast(images, tf.float32)
+
+    def from_bytes(image_bytes):
+        return classify(decode(image_bytes))
+
+    def from_bytes_with_tta(image_bytes):
+        return classify(decode(image_bytes), spec.tta_views)
 
     def from_pixels(images):
         shape = tf.shape(images)
@@ -273,11 +398,15 @@ def serving_functions(model, spec: ModelSpec, label_table) -> dict[str, Callable
         )
         return classify(tf.ensure_shape(pixels, [None, height, width, spec.channels]))
 
-    return {"serving_default": from_bytes, "serving_images": from_pixels, "serving_images_uint8": from_pixels}
+    functions = {"serving_default": from_bytes, "serving_images": from_pixels, "serving_images_uint8": from_pixels}
+    if spec.tta_views:
+        functions[TTA_SIGNATURE] = from_bytes_with_tta
+    return functions
 
 
 def _write_saved_model(model, spec: ModelSpec, folder: Path) -> Path:
-    return export_saved_model(model, spec.labels, spec.image_size, spec.channels, spec.resize_mode, folder)
+    return export_saved_model(model, spec.labels, spec.image_size, spec.channels, spec.resize_mode, folder,
+                              tta_views=spec.tta_views)
 
 
 def _verify_saved_model(model, spec: ModelSpec, path: Path, images: list[bytes]) -> float:
@@ -289,7 +418,19 @@ def _verify_saved_model(model, spec: ModelSpec, path: Path, images: list[bytes])
     expected = keras_probabilities(model, pixels, spec)
     from_bytes = loaded.signatures["serving_default"](image_bytes=tf.constant(images))
     from_pixels = loaded.signatures["serving_images"](images=tf.constant(pixels))
-    for outputs in (from_bytes, from_pixels):
+    checked = [from_bytes, from_pixels]
+    differences = [max_abs_difference(expected, from_bytes["probabilities"].numpy()),
+                   max_abs_difference(expected, from_pixels["probabilities"].numpy())]
+    if spec.tta_views:
+        from keras_cnn.tta import average_views, tta_views
+
+        views = list(spec.tta_views)
+        expected_tta = average_views(keras_probabilities(model, tta_views(pixels, views).numpy(), spec),
+                                     len(views)).numpy()
+        with_tta = loaded.signatures[TTA_SIGNATURE](image_bytes=tf.constant(images))
+        checked.append(with_tta)
+        differences.append(max_abs_difference(expected_tta, with_tta["probabilities"].numpy()))
+    for outputs in checked:
         # Labels must follow the export's own probabilities (comparing with the Keras model's
         # argmax would flag near-ties that differ by rounding only).
         class_index = outputs["class_index"].numpy()
@@ -298,8 +439,7 @@ def _verify_saved_model(model, spec: ModelSpec, path: Path, images: list[bytes])
                 labels != [spec.labels[index] for index in class_index]:
             raise RunFailure(f"saved_model export returns labels {labels} for class indices {class_index.tolist()}, "
                              f"which do not match labels.txt {list(spec.labels)}")
-    return max(max_abs_difference(expected, from_bytes["probabilities"].numpy()),
-               max_abs_difference(expected, from_pixels["probabilities"].numpy()))
+    return max(differences)
 
 
 # --------------------------------------------------------------------------- ONNX and LiteRT

@@ -1,7 +1,8 @@
 """Classify image files with an exported SavedModel (``kcnn export``), without the training code.
 
-Only TensorFlow, numpy and kcnn's small ``errors`` / ``runs`` modules are used: the model
-directory alone is enough, the run it came from is not needed.  Files are read in Python
+Only TensorFlow, numpy and kcnn's small ``errors`` / ``runs`` modules are used (with
+``--tta``, also ``tta`` and ``data.images``): the model directory alone is enough, the run it
+came from is not needed.  Files are read in Python
 and sent as encoded bytes to the ``serving_default`` signature, which decodes and resizes
 them in the graph exactly as in training.  A batch that fails (an unreadable, truncated or
 non-image file) is retried file by file, so one bad file never costs the good ones.
@@ -19,10 +20,11 @@ import numpy as np
 import tensorflow as tf
 
 from keras_cnn.errors import UserError, first_line
-from keras_cnn.export_layout import (check_label_count, read_export_labels, read_export_metadata,
+from keras_cnn.export_layout import (METADATA_FILE, check_label_count, read_export_labels, read_export_metadata,
                                      resolve_version_dir)
 
 SIGNATURE = "serving_default"
+TTA_SIGNATURE = "serving_tta"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 
 
@@ -35,11 +37,61 @@ class ExportedModel:
     labels: list[str]
     metadata: dict[str, Any] = field(default_factory=dict)
     saved_model: Any = None                   # keeps the loaded object (and its variables) alive
+    tta_views: list[str] | None = None        # set by use_tta(): classify averages over these views
 
     def classify(self, encoded_images: list[bytes]) -> dict[str, np.ndarray]:
         """Run the signature on a batch of encoded images; raises TensorFlow's error on a bad one."""
+        if self.tta_views:
+            return self._classify_with_tta(encoded_images)
         outputs = self.signature(image_bytes=tf.constant(encoded_images, dtype=tf.string))
         return {name: value.numpy() for name, value in outputs.items()}
+
+    def use_tta(self, count: int) -> list[str]:
+        """Average the probabilities of ``count`` test-time augmentation views from now on.
+
+        The views are those of ``kcnn evaluate --tta`` for the run (mirrored views only when
+        it trained with flips).  An export made with ``--tta`` and the same number of views
+        answers through its own ``serving_tta`` signature; any other export through its
+        ``serving_images`` signature, fed the views of the images decoded as in training.
+        """
+        from keras_cnn.tta import view_names
+
+        baked = (self.metadata.get("tta") or {}).get("views")
+        if baked and len(baked) == count and TTA_SIGNATURE in self.saved_model.signatures:
+            self.tta_views = list(baked)
+        else:
+            self.tta_views = view_names(count, bool(self.metadata.get("trained_with_horizontal_flips")))
+            if "serving_images" not in self.saved_model.signatures or "input" not in self.metadata:
+                raise UserError(f"{self.path} has no 'serving_images' signature or no input description in "
+                                f"{METADATA_FILE}: --tta needs an export made by kcnn export")
+        return self.tta_views
+
+    def _classify_with_tta(self, encoded_images: list[bytes]) -> dict[str, np.ndarray]:
+        from keras_cnn.tta import average_views, tta_views
+
+        signatures = self.saved_model.signatures
+        if (self.metadata.get("tta") or {}).get("views") == self.tta_views and TTA_SIGNATURE in signatures:
+            outputs = signatures[TTA_SIGNATURE](image_bytes=tf.constant(encoded_images, dtype=tf.string))
+            return {name: value.numpy() for name, value in outputs.items()}
+        pixels = self._decode(encoded_images)
+        views = signatures["serving_images"](images=tta_views(pixels, self.tta_views))
+        probabilities = average_views(views["probabilities"], len(self.tta_views)).numpy()
+        class_index = probabilities.argmax(axis=-1)
+        labels = self.labels or [str(index) for index in range(probabilities.shape[-1])]
+        return {"probabilities": probabilities, "class_index": class_index,
+                "label": np.array([labels[index].encode("utf-8") for index in class_index], dtype=object)}
+
+    def _decode(self, encoded_images: list[bytes]) -> tf.Tensor:
+        """Decode and resize as the export's graph does (float32 [batch, H, W, C])."""
+        from keras_cnn.data.images import load_image
+
+        description = self.metadata["input"]
+        image_size = tuple(int(side) for side in description["image_size"])
+        channels, resize_mode = int(description["channels"]), description["resize_mode"]
+        # Traced with an unknown image shape, as in the export's graph and the tf.data pipeline.
+        decode = tf.function(lambda data: load_image(data, image_size, channels, resize_mode),
+                             input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
+        return tf.cast(tf.stack([decode(tf.constant(data)) for data in encoded_images]), tf.float32)
 
 
 def load_exported_model(path: str | os.PathLike) -> ExportedModel:
@@ -89,14 +141,15 @@ def expand_inputs(paths: list[str | os.PathLike]) -> tuple[list[Path], list[tupl
 
 
 def predict_files(model: ExportedModel, paths: list[str | os.PathLike], batch_size: int = 32,
-                  top_k: int = 1) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+                  top_k: int = 1, tta: int | None = None) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
     """Classify image files (directories are expanded) with an exported model.
 
     Returns ``(results, failures)``.  Each result is ``{"path", "label", "class_index",
     "probability", "probabilities", "top_k"}`` with ``probabilities`` in ``labels.txt``
     order and ``top_k`` a list of ``{"label", "class_index", "probability"}``, best first.
     Each failure is ``(path, reason)``: unreadable, empty, truncated or non-image files are
-    reported there while the others are still classified.
+    reported there while the others are still classified.  ``tta``: average the
+    probabilities over that many test-time augmentation views (:meth:`ExportedModel.use_tta`).
     """
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, received: {batch_size}")
@@ -104,6 +157,8 @@ def predict_files(model: ExportedModel, paths: list[str | os.PathLike], batch_si
         raise UserError(f"--top-k must be at least 1, received: {top_k}")
     if model.labels:
         top_k = min(top_k, len(model.labels))  # more than every class says nothing more
+    if tta:
+        model.use_tta(int(tta))
     files, failures = expand_inputs(paths)
     results: list[dict[str, Any]] = []
     # Files are read one batch at a time, so a large folder never sits in memory at once.

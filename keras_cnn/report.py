@@ -358,9 +358,19 @@ def write_html_report(run_dir: str | os.PathLike, metrics: Mapping[str, Any], co
         ),
     ]
 
-    summary_rows = [(html.escape(title), _text(metrics[key]))
-                    for key, title in SUMMARY_KEYS if key in metrics]
-    sections += ["<h2>Summary</h2>", _table(("metric", "value"), summary_rows)]
+    tta = metrics.get("tta")
+    if tta:
+        # Plain and test-time-augmented predictions side by side.
+        summary_rows = [(html.escape(title), _text(metrics[key]), _text(tta.get(key)))
+                        for key, title in SUMMARY_KEYS if key in metrics]
+        views = ", ".join(str(view) for view in tta.get("views", []))
+        sections += ["<h2>Summary</h2>",
+                     _table(("metric", "plain", f"TTA ({len(tta.get('views', []))} views)"), summary_rows),
+                     f"<p>TTA views: {html.escape(views)}; probabilities averaged over the views.</p>"]
+    else:
+        summary_rows = [(html.escape(title), _text(metrics[key]))
+                        for key, title in SUMMARY_KEYS if key in metrics]
+        sections += ["<h2>Summary</h2>", _table(("metric", "value"), summary_rows)]
 
     per_class = metrics.get("per_class", {})
     if per_class:

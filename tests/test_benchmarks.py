@@ -136,3 +136,16 @@ def test_schedules_benchmark_runs_one_short_seed(load_script, tmp_path, capsys):
     schedules.main(["--seeds", "1", "--epochs", "1", "--no-record", "--results", str(results)])
     output = capsys.readouterr().out
     assert "| onecycle |" in output and "| constant, EMA 0.9 |" in output and not results.exists()
+
+
+@pytest.mark.slow
+def test_recipe_benchmark_smoke(load_script, tmp_path):
+    pytest.importorskip("sklearn")
+    recipe = load_script("recipe")
+    results = tmp_path / "RESULTS.md"
+    outcome = recipe.main(["--limit", "300", "--epochs", "1", "--rows", "plain", "MixUp 0.2", "--no-record",
+                           "--results", str(results)])
+    assert set(outcome["rows"]) == {"plain", "MixUp 0.2"}
+    assert len(outcome["tta"]["views"]) == recipe.TTA_VIEWS
+    assert outcome["quantization"]["size_ratio"] < 0.34
+    assert not results.exists()

@@ -372,3 +372,56 @@ def test_kcnn_evaluate_json_prints_one_object(tmp_path, monkeypatch):
 
     result = CliRunner().invoke(cli, ["evaluate", "--run", str(run_root)])
     assert result.exit_code == 0 and "accuracy" in result.stdout and "report.html" in result.stdout
+
+
+# ----------------------------------------------------------------------------- test-time augmentation
+
+
+def test_tta_views_are_the_named_transformations():
+    import tensorflow as tf
+
+    from keras_cnn.errors import UserError
+    from keras_cnn.tta import average_views, tta_views, view_names
+
+    assert view_names(3, flip=False) == ["identity", "crop_center", "crop_top_left"]
+    assert view_names(3, flip=True) == ["identity", "flip", "crop_center"]
+    with pytest.raises(UserError, match="between 1 and 6 views"):
+        view_names(7, flip=False)
+    images = np.random.default_rng(0).uniform(0, 255, (2, 10, 10, 3)).astype(np.float32)
+    views = tta_views(images, ["identity", "flip", "crop_center"]).numpy()
+    np.testing.assert_array_equal(views[:2], images)
+    np.testing.assert_array_equal(views[2:4], images[:, :, ::-1])
+    expected = tf.image.crop_and_resize(images, [[0.05, 0.05, 0.95, 0.95]] * 2, [0, 1], (10, 10)).numpy()
+    np.testing.assert_allclose(views[4:], expected, atol=1e-4)
+    np.testing.assert_allclose(average_views(np.arange(6.0).reshape(6, 1), 3).numpy(), [[2.0], [3.0]])
+
+
+@pytest.mark.parametrize("outputs, activation, labels", [(3, "softmax", RUN_LABELS), (1, "sigmoid", ["0", "1"])])
+def test_evaluate_with_tta_reports_both_and_averages_the_views(tmp_path, monkeypatch, outputs, activation, labels):
+    from keras_cnn.models.loading import load_model
+    from keras_cnn.tta import tta_views
+
+    run_root = make_run(tmp_path, labels=labels, outputs=outputs, activation=activation)
+    _stub_load_subset(monkeypatch, run_root)
+    summary = evaluate.evaluate_run(run_root, tta=4)
+    metrics = json.loads((run_root / "eval" / "metrics.json").read_text())
+    assert summary["tta"]["views"] == metrics["tta"]["views"] == ["identity", "crop_center", "crop_top_left",
+                                                                   "crop_top_right"]
+    assert metrics["accuracy"] == summary["accuracy"]   # the plain numbers stay where they were
+    # The TTA loss is the cross-entropy of the view-averaged probabilities, computed here by hand.
+    from keras_cnn.config import RunConfig
+
+    config = RunConfig.from_dict(json.loads((run_root / "config.json").read_text()))
+    _, true_indices, dataset = evaluate.load_subset(config, run_root, "test", 4)
+    model = load_model(run_root / "model.keras")
+    averaged = []
+    for batch in dataset:
+        out = np.asarray(model.predict_on_batch(tta_views(batch, metrics["tta"]["views"])))
+        out = np.concatenate([1 - out, out], axis=1) if outputs == 1 else out
+        averaged.append(out.reshape(4, -1, len(labels)).mean(axis=0))
+    averaged = np.concatenate(averaged)
+    expected_loss = -np.mean(np.log(averaged[np.arange(len(true_indices)), true_indices]))
+    assert metrics["tta"]["loss"] == pytest.approx(expected_loss, rel=1e-3)
+    assert metrics["tta"]["loss"] != pytest.approx(metrics["loss"], rel=1e-6)
+    page = (run_root / "eval" / "report.html").read_text()
+    assert "TTA (4 views)" in page and "crop_top_right" in page

@@ -112,7 +112,7 @@ def grey_run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def rgb_export(rgb_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("rgb_export")
-    return export_run(rgb_run, out, formats=("litert", "onnx", "saved_model"))
+    return export_run(rgb_run, out, formats=("litert", "onnx", "saved_model"), tta=3)
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +159,10 @@ def test_export_layout_metadata_and_verification(rgb_export, rgb_run):
     assert metadata["versions"]["tensorflow"] == tf.__version__
     assert metadata["versions"]["keras"] == keras.__version__
     assert "kcnn" in metadata["versions"]
-    assert set(metadata["signatures"]) == {"serving_default", "serving_images", "serving_images_uint8"}
+    assert set(metadata["signatures"]) == {"serving_default", "serving_images", "serving_images_uint8", "serving_tta"}
+    assert metadata["tta"] == rgb_export["tta"] == {"signature": "serving_tta",
+                                                    "views": ["identity", "crop_center", "crop_top_left"]}
+    assert metadata["trained_with_horizontal_flips"] is False
     assert sorted(os.listdir(version_dir.parent)) == ["1"]  # no temporary folder left
 
 
@@ -178,6 +181,9 @@ for name, job in request.items():
     by_uint8 = loaded.signatures["serving_images_uint8"](images=tf.constant(np.round(pixels).astype(np.uint8)))
     at_size = np.load(job["pixels_at_size"])
     by_method = loaded.serving_images(tf.constant(at_size))
+    if "serving_tta" in loaded.signatures:
+        answer[name + "_tta"] = loaded.signatures["serving_tta"](image_bytes=tf.constant(images))[
+            "probabilities"].numpy().tolist()
     answer[name] = {
         "signatures": sorted(loaded.signatures),
         "bytes": {key: value.numpy().tolist() for key, value in by_bytes.items() if key != "label"},
@@ -227,9 +233,21 @@ def test_saved_model_round_trip_in_plain_tensorflow(rgb_export, grey_export, rgb
     answer = json.loads(completed.stdout.strip().splitlines()[-1])
     assert answer["keras_cnn_modules"] == []  # plain TensorFlow: no kcnn code was needed
 
+    # serving_tta averages the Keras model's probabilities over the views; serving_default is unchanged.
+    from keras_cnn.tta import tta_views
+
+    views = rgb_export["tta"]["views"]
+    decoded = decode_like_training(images.values(), (32, 32), 3, "crop")
+    expected_tta = keras_probabilities(rgb_run, tta_views(decoded, views).numpy()).reshape(
+        len(views), len(images), 3).mean(axis=0)
+    assert np.max(np.abs(np.array(answer["rgb_tta"]) - expected_tta)) < 1e-5
+    assert np.max(np.abs(np.array(answer["rgb_tta"]) - expected["rgb"]["bytes"])) > 1e-4
+    assert "grey_tta" not in answer
+
     for name, labels in (("rgb", RGB_LABELS), ("grey", ["0", "1"])):
         result = answer[name]
-        assert result["signatures"] == ["serving_default", "serving_images", "serving_images_uint8"]
+        tta_signature = ["serving_tta"] if name == "rgb" else []
+        assert result["signatures"] == ["serving_default", "serving_images", "serving_images_uint8", *tta_signature]
         probabilities = np.array(result["bytes"]["probabilities"])
         assert probabilities.shape == (len(images), len(labels))
         np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
@@ -341,3 +359,113 @@ def test_missing_optional_library_is_a_user_error(grey_run, tmp_path, monkeypatc
     with pytest.raises(UserError, match="--format onnx needs kcnn_no_such_module"):
         export_run(grey_run, tmp_path, formats=("saved_model", "onnx"))
     assert not (tmp_path / "1").exists()
+
+
+# ----------------------------------------------------------------------------- TTA in predict, quantized LiteRT
+
+
+def test_predict_tta_matches_the_baked_signature_and_works_on_any_export(rgb_export, rgb_run, tmp_path):
+    from keras_cnn.predict import load_exported_model, predict_files
+
+    files = []
+    for name, data in sample_images().items():
+        (tmp_path / name).write_bytes(data)
+        files.append(tmp_path / name)
+    plain_export = export_run(rgb_run, tmp_path / "plain", verify=False)
+    baked = load_exported_model(rgb_export["path"])
+    generic = load_exported_model(plain_export["path"])
+    with_signature, _ = predict_files(baked, files, tta=3)
+    without_signature, _ = predict_files(generic, files, batch_size=3, tta=3)
+    plain, _ = predict_files(load_exported_model(plain_export["path"]), files)
+    assert baked.tta_views == generic.tta_views == ["identity", "crop_center", "crop_top_left"]
+    first = np.array([row["probabilities"] for row in with_signature])
+    second = np.array([row["probabilities"] for row in without_signature])
+    assert np.max(np.abs(first - second)) < 1e-5
+    assert np.max(np.abs(first - np.array([row["probabilities"] for row in plain]))) > 1e-4
+    assert [row["label"] for row in without_signature] == [RGB_LABELS[row] for row in second.argmax(axis=1)]
+    with pytest.raises(UserError, match="between 1 and 6 views"):
+        predict_files(generic, files, tta=7)
+
+
+def make_split_run(root: Path) -> Path:
+    """A run with train/test images on disk and a model whose weights dominate its file (for quantization)."""
+    images = root / "images"
+    images.mkdir(parents=True)
+    rows = ["objectId,value,type"]
+    generator = np.random.default_rng(11)
+    for index in range(24):
+        label = RGB_LABELS[index % 3]
+        pixels = np.clip(generator.normal(60 + 70 * (index % 3), 30, (16, 16, 3)), 0, 255).astype(np.uint8)
+        name = f"{index:040x}.png"
+        (images / name).write_bytes(encode(pixels, "PNG"))
+        rows.append(f"{name},{label},{'test' if index % 4 == 0 else 'train'}")
+    (root / "split.csv").write_text("\n".join(rows) + "\n")
+    run = RunDirectory(root / "run").create()
+    keras.utils.set_random_seed(4)
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Rescaling(1 / 255.0)(inputs)
+    x = keras.layers.Conv2D(8, 3, activation="relu")(x)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dense(48, activation="relu")(x)
+    keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x)).save(run.model_path)
+    run.write_labels(RGB_LABELS)
+    data = DataConfig(split=str(root / "split.csv"), images=str(images), image_size=(16, 16), channels=3)
+    run.write_config(RunConfig("train", ModelConfig(name="dense_cnn"), data).to_dict())
+    return run.root
+
+
+@pytest.fixture(scope="module")
+def split_run(tmp_path_factory):
+    return make_split_run(tmp_path_factory.mktemp("split_run"))
+
+
+@pytest.mark.parametrize("mode, largest_ratio", [("int8", 0.34), pytest.param("float16", 0.6, marks=pytest.mark.slow)])
+def test_quantized_litert_is_smaller_and_its_accuracy_is_recorded(split_run, tmp_path, mode, largest_ratio):
+    from keras_cnn.quantize import litert_outputs
+
+    result = export_run(split_run, tmp_path, formats=("litert",), quantize=mode)
+    record = result["quantization"]
+    version_dir = Path(result["path"])
+    quantized = version_dir / f"model_{mode}.tflite"
+    assert result["files"][f"litert_{mode}"] == str(quantized) and quantized.is_file()
+    assert record["quantized"]["bytes"] == quantized.stat().st_size
+    float_bytes = (version_dir / "model.tflite").stat().st_size
+    assert record["size_ratio"] == pytest.approx(quantized.stat().st_size / float_bytes, abs=1e-3)
+    assert record["size_ratio"] <= largest_ratio
+    assert record["accuracy_part"] == "test" and record["images"] == 6
+    assert 0 <= record["quantized"]["accuracy"] <= 1 and 0 <= record["float"]["accuracy"] <= 1
+    assert record["representative_images"] == (18 if mode == "int8" else 0)
+    pixels = decode_like_training([encode(np.full((16, 16, 3), value, np.uint8), "PNG") for value in (30, 200)],
+                                  (16, 16), 3, "stretch")
+    float_out = litert_outputs(version_dir / "model.tflite", pixels)
+    quantized_out = litert_outputs(quantized, pixels)
+    assert 0 < np.max(np.abs(float_out - quantized_out)) < 0.1   # quantized, and still the same model
+    metadata = json.loads((version_dir / "assets.extra" / "kcnn.json").read_text())
+    assert metadata["quantization"] == record
+
+
+def test_quantized_model_that_lost_accuracy_is_refused_unless_forced(split_run, tmp_path, monkeypatch):
+    import keras_cnn.quantize
+
+    monkeypatch.setattr(keras_cnn.quantize, "litert_accuracy",
+                        lambda paths, dataset, true, classes: {"float": 0.9, "quantized": 0.8})
+    runner = CliRunner()
+    arguments = ["export", "--run", str(split_run), "--out", str(tmp_path), "--format", "litert",
+                 "--quantize", "dynamic", "--no-verify"]
+    refused = runner.invoke(cli, arguments)
+    assert refused.exit_code == 2 and refused.stderr.strip().count("\n") == 0
+    assert "0.8000 accurate against 0.9000" in refused.stderr and "--force" in refused.stderr
+    assert not (tmp_path / "1").exists()
+    kept = runner.invoke(cli, [*arguments, "--force"])
+    assert kept.exit_code == 0, kept.output
+    assert "accuracy change -0.1000" in kept.stdout and "model_dynamic.tflite" in kept.stdout
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ({"formats": ("saved_model",), "quantize": "int8"}, "add --format litert"),
+    ({"formats": ("litert",), "tta": 2}, "add --format saved_model"),
+    ({"formats": ("litert",), "quantize": "int4"}, "--quantize must be one of"),
+])
+def test_tta_and_quantize_need_their_formats(split_run, tmp_path, arguments, message):
+    with pytest.raises(UserError, match=message):
+        export_run(split_run, tmp_path, **arguments)

@@ -243,3 +243,15 @@ def test_predict_checks_the_model_folder_before_importing_tensorflow(tmp_path):
                                capture_output=True, text=True, timeout=120)
     assert completed.stdout.split() == ["2", "False"], completed.stderr[-2000:]
     assert "does not exist" in completed.stderr
+
+
+def test_cli_tta_averages_views(export_dir, images):
+    plain = invoke("--model", export_dir, images / "good" / "one.png", "--json")
+    averaged = invoke("--model", export_dir, images / "good" / "one.png", "--tta", "2", "--json")
+    assert plain.exit_code == 0 and averaged.exit_code == 0, averaged.output
+    plain_row = json.loads(plain.stdout)["predictions"][0]
+    tta_row = json.loads(averaged.stdout)["predictions"][0]
+    assert np.allclose(sum(tta_row["probabilities"]), 1.0, atol=1e-5)
+    assert not np.allclose(plain_row["probabilities"], tta_row["probabilities"], atol=1e-6)
+    too_many = invoke("--model", export_dir, images / "good" / "one.png", "--tta", "9")
+    assert too_many.exit_code == 2 and "between 1 and 6 views" in too_many.stderr

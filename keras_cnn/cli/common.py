@@ -148,6 +148,35 @@ image_folder_options = option_group(
 """``--class-weight``, ``--resize-mode``, ``--cache``, ``--skip-bad-images``, ``--layout``, ``--allow-label``."""
 
 
+regularization_options = option_group(
+    click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+                 help="Train on targets (1 - E) x one-hot + E / classes (Inception-v3's label smoothing). "
+                      "Off so the reference recipes stay reproducible; 0.1 gave the best test accuracy of "
+                      "these options on the digits benchmark (benchmarks/RESULTS.md)."),
+    click.option("--mixup", type=click.FloatRange(min=0), default=0.0, show_default=True,
+                 help="MixUp: blend image pairs and their labels by Beta(ALPHA, ALPHA) weights; 0 = off "
+                      "(timm uses 0.8 for ImageNet, 0.2 is milder)."),
+    click.option("--cutmix", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+                 help="CutMix: paste a box of another image, labels mixed by its area, Beta(ALPHA, ALPHA); "
+                      "0 = off. With --mixup too, each batch gets one of the two."),
+    click.option("--randaugment", default=None, metavar="N,M",
+                 help="RandAugment: N operations per image (of 11) at magnitude M of 10, e.g. 2,9 (timm's rand-m9)."),
+    click.option("--random-erasing", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+                 help="Erase one random rectangle (2-33 % of the image) with noise in this fraction of images."),
+)
+"""Training-part regularisation in the tf.data pipeline (validation and test stay untouched)."""
+
+
+def regularization_config(options: dict[str, Any]) -> dict[str, Any] | None:
+    """Take the regularisation options out of ``options`` (the command's extra keyword
+    arguments) and return the ``DataConfig.regularization`` dict (validated), None when all are off."""
+    from keras_cnn.data.regularize import RegularizationSpec
+
+    names = ("label_smoothing", "mixup", "cutmix", "randaugment", "random_erasing")
+    spec = RegularizationSpec(**{name: options.pop(name) for name in names})
+    return None if spec.is_identity else spec.to_dict()
+
+
 def run_command(as_json: bool, work: Callable[[], dict[str, Any]],
                 render: Callable[[dict[str, Any]], None] | None = None,
                 needs_tensorflow: bool = True) -> dict[str, Any]:

@@ -20,6 +20,10 @@ def render_summary(summary: dict[str, Any]) -> None:
     click.echo(f"  macro F1  {summary['macro_f1']:.4f}")
     if summary.get("roc_auc") is not None:
         click.echo(f"  ROC AUC   {summary['roc_auc']:.4f}")
+    tta = summary.get("tta")
+    if tta:
+        click.echo(f"  with TTA ({len(tta['views'])} views): accuracy {tta['accuracy']:.4f}, "
+                   f"loss {tta['loss']:.4f}, macro F1 {tta['macro_f1']:.4f}")
     click.echo(f"report: {summary['files']['report']}")
 
 
@@ -30,9 +34,13 @@ def render_summary(summary: dict[str, Any]) -> None:
               help="Which part of the run's data to evaluate.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Prediction batch size [default: the run's training batch size].")
+@click.option("--tta", type=click.IntRange(min=1), default=None,
+              help="Also report test-time augmentation: average each image's probabilities over N fixed "
+                   "views (the image, centre and corner crops of 90 %, and their mirror images when the "
+                   "run trained with flips); plain and TTA metrics side by side.")
 @json_option
 @debug_option
-def evaluate(run_dir: Path, subset: str, batch_size: int | None, as_json: bool) -> None:
+def evaluate(run_dir: Path, subset: str, batch_size: int | None, tta: int | None, as_json: bool) -> None:
     """Evaluate a run: write RUN/eval/ (metrics.json, predictions.csv, plots, report.html);
     the validation part goes to RUN/eval/validation/.
 
@@ -46,6 +54,6 @@ def evaluate(run_dir: Path, subset: str, batch_size: int | None, as_json: bool) 
     def work() -> dict[str, Any]:
         from keras_cnn.evaluate import evaluate_run
 
-        return evaluate_run(run_dir, subset=subset, batch_size=batch_size)
+        return evaluate_run(run_dir, subset=subset, batch_size=batch_size, tta=tta)
 
     run_command(as_json, work, render_summary)

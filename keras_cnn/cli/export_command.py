@@ -8,6 +8,7 @@ import click
 
 from keras_cnn.cli.common import debug_option, json_option, run_command
 from keras_cnn.export import EXPORT_FORMATS, TOLERANCE  # no TensorFlow at import time
+from keras_cnn.quantize import DEFAULT_MAX_ACCURACY_DROP, QUANTIZATION_MODES
 
 
 @click.command()
@@ -23,11 +24,23 @@ from keras_cnn.export import EXPORT_FORMATS, TOLERANCE  # no TensorFlow at impor
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help=f"Run each written format on a few images and fail if it differs from the "
                    f"Keras model by more than {TOLERANCE:g}.")
-@click.option("--force", is_flag=True, help="Replace an existing version folder.")
+@click.option("--tta", type=click.IntRange(min=1), default=None,
+              help="Add a serving_tta signature: serving_default with the probabilities averaged over N fixed "
+                   "test-time augmentation views (as kcnn evaluate --tta N). serving_default is unchanged.")
+@click.option("--quantize", type=click.Choice(QUANTIZATION_MODES), default=None,
+              help="With --format litert, also write model_<mode>.tflite: dynamic (int8 weights), float16 "
+                   "(float16 weights) or int8 (weights and activations, calibrated on training images). "
+                   "Prints and records both files' size and test accuracy.")
+@click.option("--max-accuracy-drop", type=click.FloatRange(0, 1), default=DEFAULT_MAX_ACCURACY_DROP,
+              show_default=True,
+              help="Refuse a quantized model whose test accuracy is lower than the float one's by more than this.")
+@click.option("--force", is_flag=True,
+              help="Replace an existing version folder, and keep a quantized model that lost more accuracy "
+                   "than --max-accuracy-drop.")
 @json_option
 @debug_option
-def export(run_dir: str, out_dir: str, version: int, formats: tuple[str, ...], verify: bool, force: bool,
-           as_json: bool) -> None:
+def export(run_dir: str, out_dir: str, version: int, formats: tuple[str, ...], verify: bool, tta: int | None,
+           quantize: str | None, max_accuracy_drop: float, force: bool, as_json: bool) -> None:
     """Export the model of a run for serving.
 
     \b
@@ -40,14 +53,18 @@ def export(run_dir: str, out_dir: str, version: int, formats: tuple[str, ...], v
     no version folder.
 
     \b
-    Example: kcnn export --run runs/a --out export/ --format saved_model --format onnx
+    \b
+    Examples:
+      kcnn export --run runs/a --out export/ --format saved_model --format onnx
+      kcnn export --run runs/a --out export/ --format saved_model --format litert --quantize int8 --tta 4
     """
 
     def work() -> dict[str, Any]:
         from keras_cnn.export import export_run
 
         return export_run(run_dir, out_dir, version=version, formats=formats or ("saved_model",),
-                          verify=verify, force=force)
+                          verify=verify, force=force, tta=tta, quantize=quantize,
+                          max_accuracy_drop=max_accuracy_drop)
 
     run_command(as_json, work, render)
 
@@ -60,5 +77,18 @@ def render(result: dict[str, Any]) -> None:
         check = (f"max abs diff {difference:.2g} on {result['verified_on_images']} images"
                  if difference is not None else "not verified")
         click.echo(f"  {name:<12} {path}  ({check})")
+    if result.get("tta"):
+        click.echo(f"  serving_tta  averages {len(result['tta']['views'])} views: {', '.join(result['tta']['views'])}")
+    quantization = result.get("quantization")
+    if quantization:
+        float_part, quantized = quantization["float"], quantization["quantized"]
+        part = quantization.get("accuracy_part")
+        for name, entry in (("float", float_part), (quantization["mode"], quantized)):
+            accuracy = (f"{part} accuracy {entry['accuracy']:.4f}" if "accuracy" in entry
+                        else "accuracy not measured (no test or validation images)")
+            click.echo(f"  litert {name:<7} {entry['file']}: {entry['bytes'] / 1e6:.3f} MB, {accuracy}")
+        change = quantization.get("accuracy_change")
+        click.echo(f"  quantized file is {quantization['size_ratio']:.0%} of the float one"
+                   + (f", accuracy change {change:+.4f}" if change is not None else ""))
     click.echo(f"  labels       {', '.join(result['labels'])}")
     click.echo(f"  metadata     {result['metadata']}")

@@ -21,11 +21,14 @@ from keras_cnn.progress import emit
               help="Show the K most likely labels per image (at most the number of classes).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
               help="Images per call of the model.")
+@click.option("--tta", type=click.IntRange(min=1), default=None,
+              help="Average each image's probabilities over N test-time augmentation views (as kcnn evaluate "
+                   "--tta N; an export made with --tta N answers through its serving_tta signature).")
 @json_option
 @debug_option
 @click.pass_context
 def predict(ctx: click.Context, model_dir: str, inputs: tuple[str, ...], top_k: int, batch_size: int,
-            as_json: bool) -> None:
+            tta: int | None, as_json: bool) -> None:
     """Classify images (files or directories of images) with an exported model; writes no files.
 
     \b
@@ -46,7 +49,7 @@ def predict(ctx: click.Context, model_dir: str, inputs: tuple[str, ...], top_k: 
         from keras_cnn.predict import load_exported_model, predict_files
 
         model = load_exported_model(model_dir)
-        results, failures = predict_files(model, list(inputs), batch_size=batch_size, top_k=top_k)
+        results, failures = predict_files(model, list(inputs), batch_size=batch_size, top_k=top_k, tta=tta)
         return {"predictions": results,
                 "failures": [{"path": path, "reason": reason} for path, reason in failures]}
 

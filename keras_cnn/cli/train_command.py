@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from keras_cnn.cli.common import (FiniteFloatRange, debug_option, execution_options, image_folder_options,
-                                  import_tensorflow_quietly, json_option, overwrite_option, parse_cache, run_command,
-                                  training_options)
+                                  import_tensorflow_quietly, json_option, overwrite_option, parse_cache,
+                                  regularization_config, regularization_options, run_command, training_options)
 
 
 @click.command()
@@ -31,6 +31,7 @@ from keras_cnn.cli.common import (FiniteFloatRange, debug_option, execution_opti
               help="Keras API used to build the network (same layers either way).")
 @click.option("--validation-split", type=FiniteFloatRange(0, 1, max_open=True), default=0.2, show_default=True,
               help="Fraction of the --dataset training images held out for validation (the last ones).")
+@regularization_options
 @image_folder_options
 @execution_options
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
@@ -68,6 +69,7 @@ def train(architecture, dataset, dataset_path, split_csv, images, epochs, batch_
     get_architecture(architecture)  # unknown names fail before any work
     if dataset_path and not dataset:
         raise UserError("--dataset-path needs --dataset mnist|cifar10 to say what the file holds")
+    regularization = regularization_config(recipe)  # takes its options out of recipe
     config = RunConfig(
         command="train",
         model=ModelConfig(kind="scratch", name=architecture, api=api),
@@ -75,6 +77,7 @@ def train(architecture, dataset, dataset_path, split_csv, images, epochs, batch_
                         resize_mode=resize_mode, augment=augment, augment_engine=augment_engine,
                         cache=parse_cache(cache), skip_bad_images=skip_bad_images, layout=layout,
                         allow_labels=list(allow_labels),
+                        regularization=regularization,
                         validation_split=validation_split),
         training=TrainingConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                                 optimizer=optimizer, seed=seed, class_weight=class_weight,

@@ -6,6 +6,7 @@ import click
 
 from keras_cnn.cli.common import (FiniteFloatRange, debug_option, execution_options, image_folder_options,
                                   import_tensorflow_quietly, json_option, overwrite_option, parse_cache, recipe_options,
+                                  regularization_config, regularization_options,
                                   run_command, training_options)
 from keras_cnn.errors import UserError
 from keras_cnn.messages import frozen_random_base_warning
@@ -50,9 +51,11 @@ def _render(result):
 @click.option("--augment/--no-augment", default=False, show_default=True,
               help="Augment training images (flips, small rotations, shifts, zoom) in the tf.data pipeline.")
 @click.option("--cache-features/--no-cache-features", default=None,
-              help="Run the frozen base once and train the head on its features [default: on unless --augment].")
+              help="Run the frozen base once and train the head on its features [default: on unless --augment "
+                   "or a regularisation option is given].")
 @click.option("--api", type=click.Choice(["functional", "sequential"]), default="functional", show_default=True,
               help="Keras API used to assemble base and head (same layers either way).")
+@regularization_options
 @image_folder_options
 @execution_options
 @overwrite_option
@@ -79,6 +82,7 @@ def transfer(base, images, split_csv, out_dir, image_size, weights, head_units, 
     import_tensorflow_quietly()
     from keras_cnn.config import DataConfig, ModelConfig, RunConfig, TrainingConfig
 
+    regularization = regularization_config(recipe)  # takes its options out of recipe
     config = RunConfig(
         command="transfer",
         model=ModelConfig(kind="transfer", name=base, api=api, weights=weights, head_units=list(head_units),
@@ -86,7 +90,8 @@ def transfer(base, images, split_csv, out_dir, image_size, weights, head_units, 
         data=DataConfig(split=split_csv, images=images, image_size=(image_size, image_size) if image_size else None,
                         channels=3, resize_mode=resize_mode, augment=augment,
                         cache=parse_cache(cache), skip_bad_images=skip_bad_images, layout=layout,
-                        allow_labels=list(allow_labels)),
+                        allow_labels=list(allow_labels),
+                        regularization=regularization),
         training=TrainingConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                                 optimizer=optimizer, seed=seed, class_weight=class_weight,
                                 cache_features=cache_features, mixed_precision=mixed_precision, xla=xla,

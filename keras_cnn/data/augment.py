@@ -131,6 +131,14 @@ DEFAULT_IMAGE_AUGMENTATION = AugmentationSpec(
 )
 
 
+def configured_augmentation(augment: bool, ranges: Mapping[str, Any] | None) -> AugmentationSpec | None:
+    """The augmentation a run's data options ask for: ``ranges`` when given, else the Keras
+    book's CIFAR-10 recipe; None when ``augment`` is off."""
+    if not augment:
+        return None
+    return AugmentationSpec.from_dict(ranges) if ranges else REFERENCE_CIFAR10_AUGMENTATION
+
+
 def as_augmentation_spec(augment: AugmentationSpec | Mapping[str, Any] | None) -> AugmentationSpec | None:
     """Accept a spec, a dict of ranges or None; returns None when nothing would change."""
     if augment is None:

@@ -50,13 +50,29 @@ class PreparedData:
 
 def augmentation_spec(data: DataConfig):
     """The augmentation of a run: the configured ranges, else the Keras book's CIFAR-10 recipe."""
-    if not data.augment:
-        return None
-    from keras_cnn.data.augment import REFERENCE_CIFAR10_AUGMENTATION, AugmentationSpec
+    from keras_cnn.data.augment import configured_augmentation
 
-    if data.augmentation:
-        return AugmentationSpec.from_dict(data.augmentation)
-    return REFERENCE_CIFAR10_AUGMENTATION
+    return configured_augmentation(data.augment, data.augmentation)
+
+
+def regularization_spec(data: DataConfig):
+    """The run's training-part regularisation (MixUp, CutMix, ...), or None when none is on."""
+    from keras_cnn.data.regularize import as_regularization_spec
+
+    return as_regularization_spec(data.regularization)
+
+
+def _regularized(data: DataConfig, subset: str, dataset, num_classes: int, seed: int):
+    """The training part through the regularisation map; with soft labels, the validation
+    part gets one-hot targets so both go through the same categorical loss."""
+    from keras_cnn.data.regularize import hard_targets, regularize_dataset
+
+    spec = regularization_spec(data)
+    if dataset is None or spec is None or not isinstance(dataset, tf.data.Dataset):
+        return dataset
+    if subset == "train":
+        return regularize_dataset(dataset, spec, num_classes, seed=seed)
+    return hard_targets(dataset, num_classes) if spec.soft_labels else dataset
 
 
 def _per_worker_steps(sizes: dict[str, int], batch_size: int) -> tuple[int, int | None]:
@@ -102,6 +118,9 @@ def prepare_array_data(data: DataConfig, input_shape: tuple[int, int, int], batc
     x_validation, y_validation = x_train[validation_part], arrays.y_train[validation_part]
 
     spec = augmentation_spec(data)
+    if data.augment_engine == "legacy" and regularization_spec(data) is not None:
+        raise UserError("MixUp, CutMix, RandAugment, random erasing and label smoothing run in the tf.data "
+                        "pipeline: use --augment-engine layers")
     if spec is not None and data.augment_engine == "legacy":
         from keras_cnn.data.augment import legacy_image_data_generator
 
@@ -109,6 +128,8 @@ def prepare_array_data(data: DataConfig, input_shape: tuple[int, int, int], batc
         train = generator.flow(x_fit.astype("float32"), y_fit, batch_size=batch_size, shuffle=True, seed=seed)
     else:
         train = array_pipeline(x_fit, y_fit, batch_size, shuffle=True, seed=seed, augment=spec)
+    num_classes = len(arrays.labels)
+    train = _regularized(data, "train", train, num_classes, seed)
 
     def evaluation_dataset(images, labels):
         if len(images) == 0:
@@ -118,15 +139,18 @@ def prepare_array_data(data: DataConfig, input_shape: tuple[int, int, int], batc
     sizes = {"train": len(x_fit), "validation": len(x_validation), "test": len(x_test)}
     steps, validation_steps = _per_worker_steps(sizes, batch_size)
     per_worker = PerWorkerInput(
-        train=lambda context: array_pipeline(x_fit, y_fit, batch_size, True, seed, spec, context),
-        validation=(lambda context: array_pipeline(x_validation, y_validation, batch_size, False, seed, None,
-                                                   context)) if len(x_validation) else None,
+        train=lambda context: _regularized(data, "train", array_pipeline(x_fit, y_fit, batch_size, True, seed,
+                                                                         spec, context), num_classes, seed),
+        validation=(lambda context: _regularized(
+            data, "validation", array_pipeline(x_validation, y_validation, batch_size, False, seed, None, context),
+            num_classes, seed)) if len(x_validation) else None,
         steps_per_epoch=steps, validation_steps=validation_steps,
     )
     counts = np.bincount(y_fit, minlength=len(arrays.labels))
     return PreparedData(
         train=train,
-        validation=evaluation_dataset(x_validation, y_validation),
+        validation=_regularized(data, "validation", evaluation_dataset(x_validation, y_validation), num_classes,
+                                seed),
         test=evaluation_dataset(x_test, arrays.y_test),
         labels=arrays.labels,
         train_counts={index: int(count) for index, count in enumerate(counts)},
@@ -165,9 +189,11 @@ def prepare_folder_data(data: DataConfig, image_size: tuple[int, int], channels:
             # Each worker decodes only its own files.
             part = part.iloc[shard_file_list(range(len(part)), input_context)]
             size = per_replica_batch_size(batch_size, input_context)
-        return make_dataset(part, data.images, subset, image_size, size, channels=channels,
-                            augment=augment, cache=data.cache if subset == "train" else True,
-                            seed=seed, labels=labels, resize_mode=data.resize_mode)
+        built = make_dataset(part, data.images, subset, image_size, size, channels=channels,
+                             augment=augment, cache=data.cache if subset == "train" else True,
+                             seed=seed, labels=labels, resize_mode=data.resize_mode)
+        # The test part keeps class indices: it is scored outside the loss (evaluate_test).
+        return built if subset == "test" else _regularized(data, subset, built, len(labels), seed)
 
     counts = np.bincount(label_indices(rows["train"]["value"], labels, "the train part"), minlength=len(labels))
     steps, validation_steps = _per_worker_steps(sizes, batch_size)
@@ -188,10 +214,13 @@ def prepare_folder_data(data: DataConfig, image_size: tuple[int, int], channels:
 
 
 def as_model_targets(dataset, single_sigmoid_output: bool):
-    """Shape labels for the model: (batch, 1) floats for a single sigmoid unit, else indices."""
+    """Shape labels for the model: (batch, 1) floats for a single sigmoid unit (the probability
+    of class 1 when the targets are soft), else unchanged (indices or class probabilities)."""
     if dataset is None or not single_sigmoid_output or not isinstance(dataset, tf.data.Dataset):
         return dataset
-    return dataset.map(lambda images, labels: (images, tf.cast(tf.reshape(labels, (-1, 1)), tf.float32)),
+    from keras_cnn.data.regularize import soft_targets
+
+    return dataset.map(lambda images, labels: (images, soft_targets(labels, 2, single_sigmoid=True)),
                        num_parallel_calls=tf.data.AUTOTUNE)
 
 

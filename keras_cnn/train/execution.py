@@ -38,18 +38,25 @@ class Execution:
 
         return jit_compile_for(model, self.plan)
 
-    def compile(self, model, optimizer, learning_rate: float | None, loss) -> None:
+    def compile(self, model, optimizer, learning_rate: float | None, loss, soft_labels: bool = False) -> None:
         """Compile ``model`` with accuracy and the plan's XLA setting (call in ``scope()``).
 
         ``optimizer``: a kcnn optimizer name (made with ``learning_rate``) or a ready
         ``keras.optimizers.Optimizer`` (a schedule, per-layer rates, EMA...).
+        ``soft_labels``: the targets are class probabilities (MixUp, CutMix, label smoothing):
+        categorical (or binary) cross-entropy, and accuracy against each target's dominant class.
         """
         from keras_cnn.train.distribute import synchronize_loss_scaling
         from keras_cnn.optimizers import make_optimizer
 
         if isinstance(optimizer, str):
             optimizer = make_optimizer(optimizer, learning_rate)
-        model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"], jit_compile=self.jit_compile(model))
+        metric = "accuracy"
+        if soft_labels:
+            from keras_cnn.data.regularize import hard_label_accuracy_metric, soft_label_loss
+
+            loss, metric = soft_label_loss(loss), hard_label_accuracy_metric()
+        model.compile(optimizer=optimizer, loss=loss, metrics=[metric], jit_compile=self.jit_compile(model))
         if self.plan.replicas > 1:
             # Replicas must agree on skipping a step whose scaled gradients overflowed.
             synchronize_loss_scaling(model.optimizer)

@@ -33,6 +33,7 @@ import numpy as np
 
 from keras_cnn.config import RunConfig, TrainingConfig
 from keras_cnn.data.collection import split_into_run
+from keras_cnn.data.regularize import soft_label_loss, uses_soft_labels
 from keras_cnn.errors import UserError
 from keras_cnn.progress import format_seconds, keras_verbose, say
 from keras_cnn.runs import (EXECUTION_OPTIONS, RunDirectory, RunLock, RunState, check_output_path,
@@ -302,6 +303,9 @@ def _run_checked_stage(context: StageContext, state: RunState, data) -> StageOut
         context.model = spec.build_model(context)
     context.single_sigmoid = context.model.output_shape[-1] == 1
     context.loss = spec.loss(context) if spec.loss else default_loss(context.single_sigmoid)
+    if uses_soft_labels(spec.config.data.regularization):
+        # MixUp, CutMix and label smoothing give class probabilities: categorical cross-entropy.
+        context.loss = soft_label_loss(context.loss)
     counts = parameter_counts(context.model)
     _write_config(context, counts)
     state.start(spec.name, spec.options)
@@ -392,10 +396,12 @@ def _fit(context: StageContext, checkpoint: StageCheckpoint) -> None:
                                                                           context.data.validation)
     with execution.scope():
         optimizer = spec.optimizer(context) if spec.optimizer else _stage_optimizer(context, inputs)
+        soft_labels = uses_soft_labels(spec.config.data.regularization)
         if inputs.model is not context.model:
             # The whole model is compiled too, so its saved file records a usable training setup.
-            execution.compile(context.model, training.optimizer, training.learning_rate, context.loss)
-        execution.compile(inputs.model, optimizer, training.learning_rate, context.loss)
+            execution.compile(context.model, training.optimizer, training.learning_rate, context.loss,
+                              soft_labels=soft_labels)
+        execution.compile(inputs.model, optimizer, training.learning_rate, context.loss, soft_labels=soft_labels)
     checkpoint.whole_model = context.model if inputs.model is not context.model else None
     history = HistoryRecorder(run.history_path, spec.name)
     early_stopping = early_stopping_callbacks(

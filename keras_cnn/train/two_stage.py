@@ -47,11 +47,13 @@ def resolve_transfer_config(config: RunConfig) -> RunConfig:
         batch_size=training.batch_size or HEAD_DEFAULTS["batch_size"],
         learning_rate=training.learning_rate or HEAD_DEFAULTS["learning_rate"],
         optimizer=training.optimizer or HEAD_DEFAULTS["optimizer"],
-        cache_features=(not config.data.augment) if training.cache_features is None else training.cache_features,
+        cache_features=(not (config.data.augment or config.data.regularization)) if training.cache_features is None
+        else training.cache_features,
     )
-    if training.cache_features and config.data.augment:
+    if training.cache_features and (config.data.augment or config.data.regularization):
         raise UserError("--cache-features computes each image's features once, so it cannot be combined "
-                        "with --augment; use --no-cache-features to augment")
+                        "with --augment, --mixup, --cutmix, --randaugment, --random-erasing or --label-smoothing; "
+                        "use --no-cache-features")
     augmentation = config.data.augmentation
     if config.data.augment and not augmentation:
         # Photos get the photo ranges (flips, small rotations, shifts, zoom), not the CIFAR-10 recipe.
