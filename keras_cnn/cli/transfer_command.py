@@ -114,11 +114,16 @@ def _photo_augmentation(augment: bool):
               help="Optimizer [default: adam]; sgd uses momentum 0.9 like the Keras InceptionV3 recipe.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Write stage 2 into a copy of the run here instead of into RUN.")
+@click.option("--cache-frozen/--no-cache-frozen", default=None,
+              help="Run the frozen layers below --unfreeze-from once per image and train only the layers "
+                   "above on their cached output; same results, several times faster per epoch "
+                   "[default: on unless stage 1 augmented; falls back, saying why, where the boundary is "
+                   "not a single tensor].")
 @execution_options
 @json_option
 @debug_option
 def finetune(run_dir, unfreeze_from, train_bn, epochs, learning_rate, batch_size, optimizer, out_dir,
-             mixed_precision, xla, strategy, as_json):
+             cache_frozen, mixed_precision, xla, strategy, as_json):
     """Stage 2: unfreeze the base from a layer on and train at a low learning rate.
 
     Reads the base, data and head from the stage-1 RUN. The named layer and every later
@@ -137,7 +142,7 @@ def finetune(run_dir, unfreeze_from, train_bn, epochs, learning_rate, batch_size
 
         return fine_tune_run(run_dir, unfreeze_from=unfreeze_from, train_bn=train_bn, epochs=epochs,
                              learning_rate=learning_rate, optimizer=optimizer, out_dir=out_dir,
-                             batch_size=batch_size,
+                             batch_size=batch_size, cache_frozen=cache_frozen,
                              execution={"mixed_precision": mixed_precision, "xla": xla, "strategy": strategy})
 
     run_command(as_json, work, _render)

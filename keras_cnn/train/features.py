@@ -3,10 +3,14 @@
 With the base frozen and no augmentation, every epoch would push the same images through
 the same base; computing the pooled features once makes a head epoch cost a few matrix
 products instead of a full forward pass (measured in benchmarks/transfer_stage1.py).
+Fine-tuning does the same with the frozen layers below the unfreeze point: their output at
+the boundary (:mod:`keras_cnn.models.boundary`) is cached and only the part above trains
+(measured in benchmarks/finetune_cache.py).
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import keras
@@ -31,18 +35,19 @@ def extract_features(feature_extractor: keras.Model, dataset: tf.data.Dataset, c
                      spill_path: str | Path | None = None, description: str = "features", forward=None):
     """Run ``feature_extractor`` over ``dataset`` once; returns (features, labels) as arrays.
 
-    ``dataset`` yields (images, labels) batches; features come out in its order.  A
-    progress bar goes to stderr.  Features larger than ``IN_MEMORY_LIMIT_BYTES`` are written
-    to ``spill_path`` (a memory-mapped ``.npy``).  ``forward``: a :func:`compiled_forward`
-    to reuse across calls.
+    ``dataset`` yields (images, labels) batches; features come out in its order, one row of
+    the extractor's output shape per image (pooled vectors, or a boundary tensor of a
+    partly frozen base).  A progress bar goes to stderr.  Features larger than
+    ``IN_MEMORY_LIMIT_BYTES`` are written to ``spill_path`` (a memory-mapped ``.npy``).
+    ``forward``: a :func:`compiled_forward` to reuse across calls.
     """
-    width = int(np.prod(feature_extractor.output_shape[1:]))
-    nbytes = count * width * 4
+    shape = tuple(int(size) for size in feature_extractor.output_shape[1:])
+    nbytes = count * int(np.prod(shape)) * 4
     if spill_path is not None and nbytes > IN_MEMORY_LIMIT_BYTES:
         Path(spill_path).parent.mkdir(parents=True, exist_ok=True)
-        features = np.lib.format.open_memmap(spill_path, mode="w+", dtype="float32", shape=(count, width))
+        features = np.lib.format.open_memmap(spill_path, mode="w+", dtype="float32", shape=(count, *shape))
     else:
-        features = np.empty((count, width), dtype="float32")
+        features = np.empty((count, *shape), dtype="float32")
     labels = np.empty((count,), dtype="int32")
     progress = keras.utils.Progbar(count, unit_name="image")
     print(f"extracting {description} ({count} images)", flush=True)
@@ -50,7 +55,7 @@ def extract_features(feature_extractor: keras.Model, dataset: tf.data.Dataset, c
 
     forward = forward or compiled_forward(feature_extractor)
     for images, batch_labels in dataset:
-        batch = forward(images).numpy().reshape(len(images), width)
+        batch = forward(images).numpy().reshape(len(images), *shape)
         features[position:position + len(batch)] = batch
         labels[position:position + len(batch)] = np.asarray(batch_labels).reshape(-1)
         position += len(batch)
@@ -67,3 +72,39 @@ def feature_dataset(features: np.ndarray, labels: np.ndarray, batch_size: int, s
     if shuffle:
         dataset = dataset.shuffle(len(features), seed=seed, reshuffle_each_iteration=True)
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def fit_on_cached(whole_model: keras.Model, frozen: keras.Model, trained: keras.Model, run, stage: str, data,
+                  training, loss: str, execution, single_sigmoid: bool, class_weight=None,
+                  initial_best: float | None = None, train_in_order: tf.data.Dataset | None = None) -> list[dict]:
+    """Fit ``trained`` on what ``frozen`` computes once per image; ``whole_model`` is what gets saved.
+
+    ``frozen`` and ``trained`` are the two halves of ``whole_model`` sharing its weights
+    (the feature extractor and head of stage 1, or the frozen bottom and trainable top of a
+    fine-tune).  ``train_in_order``: the train part unshuffled (file order), so the cached
+    rows get the same per-epoch shuffle as the image pipeline; default ``data.train``.
+    The cache lives in memory, or under ``RUN/features/`` when large, removed afterwards.
+    Returns the stage's history rows (see :func:`keras_cnn.train.fit.fit_stage`).
+    """
+    from keras_cnn.train.fit import fit_stage
+
+    cache_dir = run.root / "features"
+    forward = compiled_forward(frozen)
+    train_inputs, train_labels = extract_features(
+        frozen, train_in_order if train_in_order is not None else data.train, data.sizes["train"],
+        cache_dir / f"{stage}-train.npy", f"{stage} train inputs", forward=forward)
+    validation = None
+    if data.validation is not None:
+        validation_inputs, validation_labels = extract_features(
+            frozen, data.validation, data.sizes["validation"], cache_dir / f"{stage}-validation.npy",
+            f"{stage} validation inputs", forward=forward)
+        validation = feature_dataset(validation_inputs, validation_labels, training.batch_size, shuffle=False)
+    train = feature_dataset(train_inputs, train_labels, training.batch_size, shuffle=True, seed=training.seed)
+    with execution.scope():
+        execution.compile(trained, training.optimizer, training.learning_rate, loss)
+        # The whole model is compiled too, so its saved file records a usable training setup.
+        execution.compile(whole_model, training.optimizer, training.learning_rate, loss)
+    rows = fit_stage(trained, run, stage, data, training.epochs, execution, single_sigmoid, class_weight,
+                     whole_model=whole_model, initial_best=initial_best, train=train, validation=validation)
+    shutil.rmtree(cache_dir, ignore_errors=True)
+    return rows

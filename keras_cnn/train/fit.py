@@ -20,6 +20,7 @@ from keras_cnn.config import RunConfig
 from keras_cnn.errors import UserError
 from keras_cnn.runs import RunDirectory
 from keras_cnn.train.callbacks import BestModelCheckpoint, HistoryRecorder, NanGuard, RunProgress
+from keras_cnn.train.part_checkpoint import BestPartCheckpoint
 
 
 def fit_stage(model: keras.Model, run: RunDirectory, stage: str, data, epochs: int, execution,
@@ -32,8 +33,10 @@ def fit_stage(model: keras.Model, run: RunDirectory, stage: str, data, epochs: i
     features for a head).  A killed fit resumes from its last finished epoch when called
     again with the same run (``BackupAndRestore`` under ``RUN/backup/<stage>``).  The best
     model by validation loss (training loss without a validation part) is saved to
-    ``RUN/model.keras``: ``whole_model`` when ``model`` is only its head, and only once it
-    beats ``initial_best`` (the best of the earlier stages).  Under a multi-worker strategy
+    ``RUN/model.keras``: ``whole_model`` when ``model`` is only a part of it (a head on cached
+    features, a top on cached boundary tensors; then the part's best weights are kept per
+    epoch and the whole model is written once, at the end), and only once it beats
+    ``initial_best`` (the best of the earlier stages).  Under a multi-worker strategy
     the custom loop of ``keras_cnn.train.distribute`` replaces ``model.fit``.
     """
     from keras_cnn.train.data import as_model_targets
@@ -42,22 +45,31 @@ def fit_stage(model: keras.Model, run: RunDirectory, stage: str, data, epochs: i
     validation = as_model_targets(data.validation if validation is None else validation, single_sigmoid)
     monitor = "val_loss" if validation is not None else "loss"
     history = HistoryRecorder(run.history_path, stage)
+    if whole_model is not None:
+        checkpoint = BestPartCheckpoint(run.model_path, run.backup_dir / f"{stage}-best-part.weights.h5",
+                                        whole_model, monitor=monitor, history=history, initial_best=initial_best)
+    else:
+        checkpoint = BestModelCheckpoint(run.model_path, monitor=monitor, history=history, initial_best=initial_best)
     callbacks = [
         # Restore first, so the other callbacks see the resumed epoch.
         keras.callbacks.BackupAndRestore(str(run.backup_dir / stage), double_checkpoint=True),
         history,
-        BestModelCheckpoint(run.model_path, monitor=monitor, history=history, whole_model=whole_model,
-                            initial_best=initial_best),
+        checkpoint,
         NanGuard(),
         RunProgress(stage, epochs),
         keras.callbacks.TensorBoard(str(run.tensorboard_dir / stage), write_graph=False),
     ]
-    if execution.multiworker:
-        _fit_multiworker(model, data, epochs, execution, single_sigmoid, class_weight, callbacks)
-    else:
-        # The datasets shuffle themselves (tf.data or the legacy generator); fit must not.
-        model.fit(train, validation_data=validation, epochs=epochs, callbacks=callbacks,
-                  class_weight=class_weight, shuffle=False)
+    try:
+        if execution.multiworker:
+            _fit_multiworker(model, data, epochs, execution, single_sigmoid, class_weight, callbacks)
+        else:
+            # The datasets shuffle themselves (tf.data or the legacy generator); fit must not.
+            model.fit(train, validation_data=validation, epochs=epochs, callbacks=callbacks,
+                      class_weight=class_weight, shuffle=False)
+    except BaseException:
+        if isinstance(checkpoint, BestPartCheckpoint):
+            checkpoint.assemble()   # a NaN stop or Ctrl-C keeps the best whole model so far
+        raise
     # BackupAndRestore removed its stage folder on success; drop the empty parent too.
     if run.backup_dir.is_dir() and not any(run.backup_dir.iterdir()):
         run.backup_dir.rmdir()

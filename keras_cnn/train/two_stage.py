@@ -5,7 +5,9 @@ mode; only the new head trains.  Without augmentation the base's features are co
 once and the head trains on them (``--cache-features``), which is what makes stage 1 fast
 on a CPU.  Stage 2 (``fine_tune_run``, ``kcnn finetune``): layers of the base from a
 boundary on become trainable (BatchNorm stays frozen unless asked, as the Keras transfer
-guide advises), the model is recompiled and trained at a low learning rate.
+guide advises), the model is recompiled and trained at a low learning rate; without
+augmentation the frozen layers below the boundary run once per image and only the layers
+above train, on their cached output (``--cache-frozen``).
 ``fine_tune`` runs both, like fastai's ``fine_tune``.
 """
 
@@ -22,6 +24,7 @@ import keras
 from keras_cnn.config import RunConfig
 from keras_cnn.errors import UserError
 from keras_cnn.runs import RunDirectory
+from keras_cnn.train.features import fit_on_cached
 from keras_cnn.train.fit import absolute_data_paths, evaluate_test, fit_stage
 
 HEAD_STAGE = "head"
@@ -115,40 +118,26 @@ def train_head(config: RunConfig, out_dir: str | Path) -> dict[str, Any]:
 def _fit_head_on_features(model, run, data, training, loss, single_sigmoid, class_weight, execution):
     """Stage 1 with cached features: the head trains alone; the whole model is what gets saved."""
     from keras_cnn.models.transfer import split_feature_model
-    from keras_cnn.train.features import compiled_forward, extract_features, feature_dataset
+    from keras_cnn.train.features import fit_on_cached
 
     feature_extractor, head = split_feature_model(model)
-    forward = compiled_forward(feature_extractor)
-    train_features, train_labels = extract_features(
-        feature_extractor, data.train, data.sizes["train"], run.root / "features" / "train.npy", "train features",
-        forward=forward)
-    validation = None
-    if data.validation is not None:
-        validation_features, validation_labels = extract_features(
-            feature_extractor, data.validation, data.sizes["validation"],
-            run.root / "features" / "validation.npy", "validation features", forward=forward)
-        validation = feature_dataset(validation_features, validation_labels, training.batch_size, shuffle=False)
-    train = feature_dataset(train_features, train_labels, training.batch_size, shuffle=True, seed=training.seed)
-    with execution.scope():
-        execution.compile(head, training.optimizer, training.learning_rate, loss)
-        # The whole model is compiled too, so its saved file records a usable training setup.
-        execution.compile(model, training.optimizer, training.learning_rate, loss)
-    rows = fit_stage(head, run, HEAD_STAGE, data, training.epochs, execution, single_sigmoid, class_weight,
-                     whole_model=model, train=train, validation=validation)
-    shutil.rmtree(run.root / "features", ignore_errors=True)
-    return rows
+    return fit_on_cached(model, feature_extractor, head, run, HEAD_STAGE, data, training, loss, execution,
+                         single_sigmoid, class_weight)
 
 
 def fine_tune_run(run_dir: str | Path, unfreeze_from: str | None = None, train_bn: bool = False,
                   epochs: int | None = None, learning_rate: float | None = None, optimizer: str | None = None,
                   out_dir: str | Path | None = None, batch_size: int | None = None,
-                  execution: dict[str, str] | None = None) -> dict[str, Any]:
+                  execution: dict[str, str] | None = None, cache_frozen: bool | None = None) -> dict[str, Any]:
     """Stage 2 on a stage-1 run: unfreeze the base from ``unfreeze_from`` on and train at a low rate.
 
     ``unfreeze_from``: a layer name, a block prefix (first layer starting with it), or
     ``"all"``; default: the base's registry entry.  Results go into the same run, or into
     ``out_dir`` (a copy of the stage-1 run, which is then left untouched).  ``execution``
     overrides the stage-1 ``mixed_precision`` / ``xla`` / ``strategy`` options.
+    ``cache_frozen`` (default: on when stage 1 did not augment): the frozen layers below the
+    unfreeze point run once per image and only the layers above train, on their cached
+    output (see :func:`_frozen_split`); the saved model is the whole model either way.
     """
     from keras_cnn.models.bases import get_base_spec
     from keras_cnn.models.loading import load_model
@@ -187,27 +176,78 @@ def fine_tune_run(run_dir: str | Path, unfreeze_from: str | None = None, train_b
             unfreeze(model, boundary, train_bn=train_bn)
             session.compile(model, training.optimizer, training.learning_rate, config.training.loss)
         counts = parameter_counts(model)
+        frozen_split = _frozen_split(model, config, session, cache_frozen)
         data = prepare_folder_data(config.data, config.data.image_size, 3, training.batch_size, training.seed,
                                    skipped_record=run.skipped_images_path, labels=config.labels)
         stages = dict(config.extra.get("stages", {}))
         stages[FINETUNE_STAGE] = {"parameters": counts, "unfreeze_from": boundary, "train_bn": train_bn,
                                   "epochs": training.epochs, "learning_rate": training.learning_rate,
-                                  "optimizer": training.optimizer, "execution": session.plan.to_dict()}
+                                  "optimizer": training.optimizer, "execution": session.plan.to_dict(),
+                                  "cache_frozen": frozen_split is not None}
+        if frozen_split is not None:
+            stages[FINETUNE_STAGE]["frozen_cache"] = {"boundary_layer": frozen_split.boundary_layer,
+                                                      "boundary_shape": list(frozen_split.boundary_shape),
+                                                      "bytes_per_image": frozen_split.bytes_per_image}
         stage_config = replace(config, extra={**config.extra, "stages": stages})
         run.write_config(stage_config.to_dict())
 
         single_sigmoid = model.output_shape[-1] == 1
         class_weight = balanced_class_weights(data.train_counts) if training.class_weight == "balanced" else None
         started = time.perf_counter()
-        rows = fit_stage(model, run, FINETUNE_STAGE, data, training.epochs, session, single_sigmoid, class_weight,
-                         initial_best=_best_validation_loss(run, HEAD_STAGE))
+        initial_best = _best_validation_loss(run, HEAD_STAGE)
+        if frozen_split is not None:
+            rows = fit_on_cached(model, frozen_split.bottom, frozen_split.top, run, FINETUNE_STAGE, data, training,
+                                 config.training.loss, session, single_sigmoid, class_weight,
+                                 initial_best=initial_best,
+                                 train_in_order=_train_in_file_order(config, data, training.batch_size))
+        else:
+            rows = fit_stage(model, run, FINETUNE_STAGE, data, training.epochs, session, single_sigmoid,
+                             class_weight, initial_best=initial_best)
         seconds = time.perf_counter() - started
         summary = _finish_stage(run, stage_config, FINETUNE_STAGE, rows, seconds, counts, data, single_sigmoid)
     return {**summary, "run": str(target)}
 
 
+def _frozen_split(model, config: RunConfig, session, cache_frozen: bool | None):
+    """The model cut at its unfreeze point for caching the frozen part, or None to train it whole.
+
+    Default: cache when stage 1 did not augment (the frozen part then sees the same pixels
+    every epoch).  Where the part above the unfreeze point needs more than one tensor from
+    below it, the stage trains the whole model and says why in one line.
+    """
+    import sys
+
+    from keras_cnn.models.boundary import NoSingleBoundary, split_at_frozen_boundary
+
+    if cache_frozen and config.data.augment:
+        raise UserError("--cache-frozen computes the frozen layers once per image, so it cannot be used on a "
+                        "run trained with --augment; use --no-cache-frozen")
+    if cache_frozen and session.multiworker:
+        raise UserError("cached frozen layers are computed by one process; with --strategy multiworker pass "
+                        "--no-cache-frozen")
+    if cache_frozen is None:
+        cache_frozen = not config.data.augment and not session.multiworker
+    if not cache_frozen:
+        return None
+    try:
+        return split_at_frozen_boundary(model)
+    except NoSingleBoundary as reason:
+        print(f"Not caching the frozen layers (the whole model trains on images): {reason}", file=sys.stderr)
+        return None
+
+
+def _train_in_file_order(config: RunConfig, data, batch_size: int):
+    """The train part unshuffled, so cached rows are shuffled exactly like the images would be."""
+    from keras_cnn.data.pipeline import make_dataset
+
+    return make_dataset(config.data.split, config.data.images, "train", config.data.image_size, batch_size,
+                        shuffle=False, cache=False, labels=config.labels, resize_mode=config.data.resize_mode,
+                        skip=data.skipped)
+
+
 def fine_tune(config: RunConfig, out_dir: str | Path, finetune_epochs: int = 5, unfreeze_from: str | None = None,
-              train_bn: bool = False, finetune_learning_rate: float | None = None) -> dict[str, Any]:
+              train_bn: bool = False, finetune_learning_rate: float | None = None,
+              cache_frozen: bool | None = None) -> dict[str, Any]:
     """Both stages in one call: head epochs on the frozen base, then unfreeze and fine-tune.
 
     ``config`` is a stage-1 ``RunConfig`` (``config.training.epochs`` = head epochs).
@@ -215,7 +255,7 @@ def fine_tune(config: RunConfig, out_dir: str | Path, finetune_epochs: int = 5, 
     """
     head = train_head(config, out_dir)
     tuned = fine_tune_run(out_dir, unfreeze_from=unfreeze_from, train_bn=train_bn, epochs=finetune_epochs,
-                          learning_rate=finetune_learning_rate)
+                          learning_rate=finetune_learning_rate, cache_frozen=cache_frozen)
     return {**tuned, "head": head}
 
 
