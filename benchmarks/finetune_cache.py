@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -37,7 +36,15 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from common import RESULTS_PATH, command_line, describe_machine, load_average, machine_description, publish
+from common import (
+    add_recording_arguments,
+    command_line,
+    describe_machine,
+    load_average,
+    machine_description,
+    publish,
+    steady_epoch_seconds,
+)
 
 SECTION_TITLE = "Fine-tuning on cached frozen layers vs through the whole model"
 TARGET_RATIO = 5.0
@@ -63,11 +70,6 @@ class EpochTimes:
                 times.append(time.perf_counter() - self.started)
 
         self.callback = Callback()
-
-
-def steady(seconds: list[float]) -> float:
-    """Mean epoch time after the first (which traces the training step)."""
-    return statistics.fmean(seconds[1:] or seconds)
 
 
 def best_of(function, repeats: int = 3) -> float:
@@ -134,8 +136,8 @@ def measure_base(base: str, image_size: int, unfreeze: str, count: int, batch_si
         "base": base, "image_size": image_size, "unfreeze": unfreeze, "boundary_layer": split.boundary_layer,
         "boundary_shape": split.boundary_shape, "bytes_per_image": split.bytes_per_image,
         "uncached_epochs": uncached.seconds, "cached_epochs": cached.seconds, "extraction": extraction,
-        "uncached": steady(uncached.seconds), "cached": steady(cached.seconds),
-        "ratio": steady(uncached.seconds) / steady(cached.seconds),
+        "uncached": steady_epoch_seconds(uncached.seconds), "cached": steady_epoch_seconds(cached.seconds),
+        "ratio": steady_epoch_seconds(uncached.seconds) / steady_epoch_seconds(cached.seconds),
         "stage1_whole_save": stage1_whole, "stage1_part_save": stage1_part,
         "stage2_whole_save": stage2_whole, "stage2_part_save": stage2_part,
         "trainable_params": int(sum(np.prod(weight.shape) for weight in model.trainable_weights)),
@@ -181,9 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=None, help="override every base's input size")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=2, help="uncached epochs (>= 2; cached runs one more)")
-    parser.add_argument("--results", type=Path, default=RESULTS_PATH, help="Markdown file to append to")
-    parser.add_argument("--no-record", action="store_true", help="print only; do not touch RESULTS.md")
-    parser.add_argument("--note", default="", help="a sentence added under the table")
+    add_recording_arguments(parser)
     arguments = parser.parse_args(argv)
     if arguments.epochs < 2:
         parser.error(f"--epochs must be at least 2 (the first epoch traces), received: {arguments.epochs}")

@@ -89,20 +89,26 @@ def generate_images(folder: Path, count: int, width: int, height: int, seed: int
     return pd.DataFrame(rows, columns=["objectId", "value"])
 
 
-def measure(epochs: dict[str, Callable[[], int]], repeats: int) -> dict[str, float]:
+def measure(epochs: dict[str, Callable[[], int]], repeats: int,
+            cpu_ms: dict[str, float] | None = None) -> dict[str, float]:
     """Images per second of each epoch function, the best of ``repeats`` rounds.
 
     The readers take turns within each round, so a burst of load from other processes
-    hits them alike instead of spoiling all the runs of one.
+    hits them alike instead of spoiling all the runs of one.  ``cpu_ms``, when given, is
+    filled with each reader's lowest CPU time per image (milliseconds, all threads of this
+    process): the work a reader does, which other processes on a shared machine change
+    far less than its wall time.
     """
     best = {name: (float("inf"), 0) for name in epochs}
     for _round in range(repeats):
         for name, epoch in epochs.items():
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             count = epoch()
-            seconds = time.perf_counter() - start
+            seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
             if seconds < best[name][0]:
                 best[name] = (seconds, count)
+            if cpu_ms is not None and count:
+                cpu_ms[name] = min(cpu_ms.get(name, float("inf")), 1000 * cpu_seconds / count)
     return {name: count / seconds for name, (seconds, count) in best.items()}
 
 
@@ -199,7 +205,8 @@ def run_benchmark(count: int, width: int, height: int, size: int, batch_size: in
     """Generate the JPEGs in a temporary folder and time the readers on them.
 
     Returns (img/s of each reader plus ``"difference"``, the :func:`scaled_decode_difference`
-    triple; img/s of each breakdown variant or ``None``).
+    triple, and ``"cpu_ms"``, CPU milliseconds per image of each reader; img/s of each
+    breakdown variant or ``None``).
     """
     from keras_cnn.data.split import split_labels, write_split_csv
 
@@ -211,10 +218,20 @@ def run_benchmark(count: int, width: int, height: int, size: int, batch_size: in
         labels.to_csv(folder / "label.csv", index=False)
         split_csv = write_split_csv(split_labels(labels), folder / "split.csv")
 
-        rates = measure(reader_epochs(split_csv, labels, images, size, batch_size), repeats)
+        cpu_ms: dict[str, float] = {}
+        rates = measure(reader_epochs(split_csv, labels, images, size, batch_size), repeats, cpu_ms)
+        rates["cpu_ms"] = cpu_ms
         where = measure(breakdown_epochs(images, size, batch_size), repeats) if breakdown else None
         rates["difference"] = scaled_decode_difference(images, size)
     return rates, where
+
+
+def cpu_line(cpu_ms: dict[str, float]) -> str:
+    """CPU milliseconds per image of each reader and the work ratio (robust to a busy machine)."""
+    generator, uncached = cpu_ms["image_data_generator"], cpu_ms["uncached"]
+    return (f"CPU time per image (all threads, lowest of the rounds): ImageDataGenerator {generator:.1f} ms, "
+            f"`make_dataset` first epoch {uncached:.1f} ms, cached epoch {cpu_ms['cached']:.2f} ms; "
+            f"work ratio ImageDataGenerator / first epoch {generator / uncached:.2f}x.")
 
 
 def section_lines(arguments, rates: dict[str, float], machine: dict[str, str], load_after: str, note: str,
@@ -240,6 +257,8 @@ def section_lines(arguments, rates: dict[str, float], machine: dict[str, str], l
         "",
         (f"JPEG decode ratio used by kcnn: 1/{ratio}.  Mean absolute difference from a full decode + the same "
          f"resize: {mean_difference:.2f} grey levels (0..255; worst image {worst_difference:.2f})."),
+        "",
+        cpu_line(rates["cpu_ms"]),
         "",
     ]
     if breakdown:
@@ -282,6 +301,7 @@ def main(argv=None) -> int:
     mean_difference, worst_difference, decode_ratio = rates["difference"]
     print(f"JPEG decode ratio 1/{decode_ratio}; mean absolute difference from full decode + resize: "
           f"{mean_difference:.2f} grey levels (worst image {worst_difference:.2f})")
+    print(cpu_line(rates["cpu_ms"]))
     for name, rate in (breakdown or {}).items():
         print(f"  breakdown: {name:<54}: {rate:9,.0f} img/s")
     if not arguments.no_record:

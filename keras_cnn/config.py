@@ -9,8 +9,11 @@ resolved value is what gets written.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from keras_cnn.errors import UserError
 
 
 @dataclass
@@ -65,6 +68,27 @@ class TrainingConfig:
 
 
 @dataclass
+class FineTuneConfig:
+    """Stage 2 of transfer learning (``kcnn finetune``); ``None`` = the default, or stage 1's value.
+
+    Defaults: the base's own unfreeze point and fine-tuning learning rate (see
+    ``kcnn models``), 5 epochs, Adam, stage 1's batch size and execution options, the
+    frozen layers cached unless stage 1 augmented.
+    """
+
+    unfreeze_from: str | None = None      # a layer name, a block prefix, or "all"
+    train_bn: bool = False
+    epochs: int | None = None
+    learning_rate: float | None = None
+    optimizer: str | None = None
+    batch_size: int | None = None
+    mixed_precision: str | None = None
+    xla: str | None = None
+    strategy: str | None = None
+    cache_frozen: bool | None = None      # None = cache the frozen layers unless stage 1 augmented
+
+
+@dataclass
 class RunConfig:
     """Everything that defines one run; ``config.json`` is its ``to_dict()``."""
 
@@ -100,3 +124,35 @@ class RunConfig:
             labels=list(payload.get("labels", [])),
             extra=dict(payload.get("extra", {})),
         )
+
+
+# Option values checked before anything is written: (config section, field, option name).
+FINITE_FLOATS = [("training", "learning_rate", "--learning-rate"), ("model", "dropout", "--dropout"),
+                 ("data", "validation_split", "--validation-split")]
+POSITIVE_INTEGERS = [("training", "epochs", "--epochs"), ("training", "batch_size", "--batch-size")]
+
+
+def validate_config(config: RunConfig | FineTuneConfig) -> None:
+    """Refuse option values no run can use (NaN or infinite rates, zero epochs...) with one line.
+
+    Called by every training routine before it touches the run folder, so a refused value
+    never leaves a changed ``config.json`` behind.
+    """
+    def value_of(section: str, name: str):
+        holder = config if isinstance(config, FineTuneConfig) else getattr(config, section)
+        return getattr(holder, name, None)
+
+    for section, name, option in FINITE_FLOATS:
+        value = value_of(section, name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise UserError(f"{option} must be a finite number, received: {value}")
+        if name == "learning_rate" and value <= 0:
+            raise UserError(f"{option} must be greater than 0, received: {value}")
+        if name in ("dropout", "validation_split") and not 0 <= value < 1:
+            raise UserError(f"{option} must be in [0, 1), received: {value}")
+    for section, name, option in POSITIVE_INTEGERS:
+        value = value_of(section, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise UserError(f"{option} must be a whole number of at least 1, received: {value}")

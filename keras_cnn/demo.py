@@ -41,7 +41,7 @@ def run_demo(out_dir: str | Path = "kcnn-demo", per_class: int = 100, head_epoch
     random initial weights, said clearly; or any ``--weights`` value.
     """
     from keras_cnn.cli.split_command import split_label_file
-    from keras_cnn.config import DataConfig, ModelConfig, RunConfig, TrainingConfig
+    from keras_cnn.config import DataConfig, FineTuneConfig, ModelConfig, RunConfig, TrainingConfig
     from keras_cnn.data.sample import write_sample_data
     from keras_cnn.evaluate import evaluate_run
     from keras_cnn.export import export_run
@@ -82,7 +82,7 @@ def run_demo(out_dir: str | Path = "kcnn-demo", per_class: int = 100, head_epoch
     say(f"  stage 1: {_accuracy_text(head)}, trainable {head['trainable_params']:,} of {head['total_params']:,}")
 
     _step(4, "finetune: unfreeze from block7a (BatchNorm stays frozen), Adam 1e-5")
-    tuned = fine_tune_run(run_dir, unfreeze_from="block7a", epochs=finetune_epochs)
+    tuned = fine_tune_run(FineTuneConfig(unfreeze_from="block7a", epochs=finetune_epochs), run_dir)
     say(f"  stage 2: {_accuracy_text(tuned)}, trainable {tuned['trainable_params']:,}")
 
     # A very small sample set can leave the test part empty; then the validation part stands in.

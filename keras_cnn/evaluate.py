@@ -28,7 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from keras_cnn.errors import RunFailure, UserError
-from keras_cnn.runs import RunDirectory, atomic_write_json, atomic_write_text
+from keras_cnn.runs import RunDirectory, RunLock, atomic_write_json, atomic_write_text, check_output_path
 
 TOP_K_CANDIDATES = (2, 3, 5)
 MOST_CONFUSED_COUNT = 5
@@ -459,12 +459,12 @@ def evaluate_run(run_dir: str | os.PathLike, subset: str = "test", batch_size: i
                  output_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Evaluate a finished run on its ``subset`` ("test" or "validation") and write the report.
 
-    Writes (each file atomically) into ``output_dir`` (default ``RUN/eval``): metrics.json,
+    Writes (each file atomically) into ``output_dir`` (default ``RUN/eval`` for the test part,
+    ``RUN/eval/validation`` for the validation part, so one never replaces the other): metrics.json,
     predictions.csv, confusion_matrix.png, training.png (when the run has history.csv),
     misclassified.png and report.html. Returns a summary: run, subset, num_samples,
     accuracy, loss, macro_f1, roc_auc (two classes), output_dir and the written files.
     """
-    from keras_cnn import report
     from keras_cnn.config import RunConfig
 
     run = RunDirectory(run_dir).require()
@@ -474,9 +474,19 @@ def evaluate_run(run_dir: str | os.PathLike, subset: str = "test", batch_size: i
     run_config = RunConfig.from_dict(config_payload)
     labels = run.read_labels()
     batch_size = int(batch_size or run_config.training.batch_size or DEFAULT_BATCH_SIZE)
-    output_dir = Path(output_dir) if output_dir is not None else run.eval_dir
-    output_dir.mkdir(parents=True, exist_ok=True)
+    if output_dir is None:
+        output_dir = run.eval_dir if subset == "test" else run.eval_dir / subset
+    # The run's lock: no evaluation of a model that a training process is replacing.
+    with RunLock(run.root):
+        return _evaluate_into(run, config_payload, run_config, labels, subset, batch_size, Path(output_dir))
 
+
+def _evaluate_into(run: RunDirectory, config_payload, run_config, labels, subset, batch_size,
+                   output_dir: Path) -> dict[str, Any]:
+    from keras_cnn import report
+
+    check_output_path(output_dir, directory=True, option="the evaluation folder")
+    output_dir.mkdir(parents=True, exist_ok=True)
     object_ids, true_indices, dataset = load_subset(run_config, run.root, subset, batch_size)
     if len(true_indices) == 0:
         raise UserError(f"the {subset} part of {run.root} has no images")

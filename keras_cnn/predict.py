@@ -19,12 +19,11 @@ import numpy as np
 import tensorflow as tf
 
 from keras_cnn.errors import UserError, first_line
-from keras_cnn.runs import read_json, read_labels
+from keras_cnn.export_layout import (check_label_count, read_export_labels, read_export_metadata,
+                                     resolve_version_dir)
 
 SIGNATURE = "serving_default"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
-LABELS_ASSET = Path("assets") / "labels.txt"
-METADATA_FILE = Path("assets.extra") / "kcnn.json"
 
 
 @dataclass
@@ -43,25 +42,11 @@ class ExportedModel:
         return {name: value.numpy() for name, value in outputs.items()}
 
 
-def resolve_version_dir(path: str | os.PathLike) -> Path:
-    """``DIR/<version>`` itself, or the highest numeric version folder inside ``DIR``."""
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"model directory {path} does not exist")
-    if not path.is_dir():
-        raise UserError(f"--model must be an export directory, received a file: {path}")
-    if (path / "saved_model.pb").is_file():
-        return path
-    versions = [child for child in path.iterdir()
-                if child.name.isdigit() and (child / "saved_model.pb").is_file()]
-    if not versions:
-        raise UserError(f"{path} is not an exported model: no saved_model.pb in it or in a numbered version folder")
-    return max(versions, key=lambda child: int(child.name))
-
-
 def load_exported_model(path: str | os.PathLike) -> ExportedModel:
     """Load an export (``DIR`` or ``DIR/<version>``) for :func:`predict_files`."""
     version_dir = resolve_version_dir(path)
+    metadata = read_export_metadata(version_dir)
+    labels = read_export_labels(version_dir, metadata)
     try:
         saved_model = tf.saved_model.load(str(version_dir))
     except Exception as error:  # noqa: BLE001 - TensorFlow raises many kinds for a broken SavedModel
@@ -76,11 +61,9 @@ def load_exported_model(path: str | os.PathLike) -> ExportedModel:
     missing = {"probabilities", "class_index", "label"} - set(signature.structured_outputs)
     if missing:
         raise UserError(f"{version_dir}: {SIGNATURE!r} does not return {sorted(missing)}; is it a kcnn export?")
-    metadata = read_json(version_dir / METADATA_FILE) if (version_dir / METADATA_FILE).is_file() else {}
-    if (version_dir / LABELS_ASSET).is_file():
-        labels = read_labels(version_dir / LABELS_ASSET)
-    else:
-        labels = [str(label) for label in metadata.get("labels", [])]
+    classes = signature.structured_outputs["probabilities"].shape[-1]
+    if classes is not None:
+        check_label_count(version_dir, labels, int(classes))
     return ExportedModel(version_dir, signature, labels, metadata, saved_model)
 
 
@@ -119,6 +102,8 @@ def predict_files(model: ExportedModel, paths: list[str | os.PathLike], batch_si
         raise UserError(f"--batch-size must be at least 1, received: {batch_size}")
     if top_k < 1:
         raise UserError(f"--top-k must be at least 1, received: {top_k}")
+    if model.labels:
+        top_k = min(top_k, len(model.labels))  # more than every class says nothing more
     files, failures = expand_inputs(paths)
     results: list[dict[str, Any]] = []
     # Files are read one batch at a time, so a large folder never sits in memory at once.

@@ -60,6 +60,7 @@ def test_pipeline_benchmark_runs_on_tiny_images(load_script, tmp_path, capsys):
     assert "breakdown: load_image (DCT-scaled decode + area resize)" in output
     # 64x48 to 32: under twice the target, so the decode is full size and the difference none.
     assert "JPEG decode ratio 1/1; mean absolute difference from full decode + resize: 0.00" in output
+    assert "CPU time per image (all threads, lowest of the rounds): ImageDataGenerator" in output
     assert not results.exists()
 
 
@@ -107,3 +108,13 @@ def test_scratch_training_benchmark_times_both_approaches(load_script, tmp_path,
     output = capsys.readouterr().out
     assert "Ratio kcnn / reference, training" in output and "ImageDataGenerator.flow" in output
     assert not results.exists()
+
+
+@pytest.mark.slow
+def test_kill_safety_benchmark_survives_a_few_random_kills(load_script, tmp_path, capsys):
+    kill_safety = load_script("kill_safety")
+    results = tmp_path / "RESULTS.md"
+    assert kill_safety.main(["--kills", "3", "--epochs", "3", "--seed", "1", "--no-record",
+                             "--results", str(results)]) == 0
+    output = capsys.readouterr().out
+    assert "Kills survived / tried" in output and not results.exists()

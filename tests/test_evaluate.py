@@ -289,6 +289,18 @@ def test_evaluate_run_writes_every_file(tmp_path, monkeypatch):
     assert page.count("data:image/png;base64,") == 3
 
 
+def test_validation_evaluation_goes_beside_the_test_report(tmp_path, monkeypatch):
+    run_root = make_run(tmp_path)
+    _stub_load_subset(monkeypatch, run_root)
+    evaluate.evaluate_run(run_root)
+    test_report = (run_root / "eval" / "report.html").read_text()
+    summary = evaluate.evaluate_run(run_root, subset="validation")
+    assert summary["output_dir"] == str(run_root / "eval" / "validation")
+    assert json.loads((run_root / "eval" / "validation" / "metrics.json").read_text())["subset"] == "validation"
+    assert json.loads((run_root / "eval" / "metrics.json").read_text())["subset"] == "test"
+    assert (run_root / "eval" / "report.html").read_text() == test_report
+
+
 def test_evaluate_run_with_one_sigmoid_output(tmp_path, monkeypatch):
     run_root = make_run(tmp_path, labels=["0", "1"], outputs=1, activation="sigmoid")
     _stub_load_subset(monkeypatch, run_root)

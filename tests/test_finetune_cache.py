@@ -58,10 +58,11 @@ def test_cached_and_uncached_fine_tuning_give_the_same_weights(stage1_run, tmp_p
     the gradient's own running size, so for weights whose gradient is almost zero it turns
     float rounding (the bottom computed in other batches) into updates of about 1e-5.
     """
+    from keras_cnn.config import FineTuneConfig
     from keras_cnn.train.two_stage import fine_tune_run
 
-    cached = fine_tune_run(stage1_run, unfreeze_from="block7a", epochs=2, learning_rate=0.05, batch_size=8,
-                           optimizer="sgd", out_dir=tmp_path / "cached")
+    cached = fine_tune_run(FineTuneConfig(unfreeze_from="block7a", epochs=2, learning_rate=0.05, batch_size=8,
+                                          optimizer="sgd"), stage1_run, tmp_path / "cached")
     result = CliRunner().invoke(cli, ["finetune", "--run", str(stage1_run), "--unfreeze-from", "block7a",
                                       "--epochs", "2", "--learning-rate", "0.05", "--batch-size", "8",
                                       "--optimizer", "sgd",
@@ -73,8 +74,9 @@ def test_cached_and_uncached_fine_tuning_give_the_same_weights(stage1_run, tmp_p
     stages = {name: json.loads((tmp_path / name / "config.json").read_text())["extra"]["stages"]["finetune"]
               for name in ("cached", "uncached")}
     assert stages["cached"]["cache_frozen"] is True and stages["uncached"]["cache_frozen"] is False
-    assert stages["cached"]["frozen_cache"] == {"boundary_layer": "block6d_add", "boundary_shape": [1, 1, 192],
-                                                "bytes_per_image": 768}
+    assert stages["cached"]["frozen_cache"] == {"used": True, "boundary_layer": "block6d_add",
+                                                "boundary_shape": [1, 1, 192], "bytes_per_image": 768}
+    assert "frozen_cache" not in stages["uncached"]
     # 23 train images in batches of 8: 3 steps an epoch, shuffled alike.
     losses = [[float(row["loss"]) for row in history(tmp_path / name)] for name in ("cached", "uncached")]
     assert len(losses[0]) == 2
@@ -91,25 +93,87 @@ def test_cached_and_uncached_fine_tuning_give_the_same_weights(stage1_run, tmp_p
     assert not (tmp_path / "cached" / "features").exists() and not (tmp_path / "cached" / "backup").exists()
 
 
-def test_a_boundary_that_is_not_one_tensor_falls_back_with_one_line(capsys):
+def test_cache_frozen_defaults_to_on_without_augmentation():
+    from keras_cnn.config import FineTuneConfig
+    from keras_cnn.errors import UserError
+    from keras_cnn.train.two_stage import resolve_cache_frozen
+
+    plain, augmented = (RunConfig(command="transfer", data=DataConfig(augment=augment)) for augment in (False, True))
+    assert resolve_cache_frozen(plain, FineTuneConfig(), "auto") is True
+    assert resolve_cache_frozen(plain, FineTuneConfig(cache_frozen=False), "auto") is False
+    assert resolve_cache_frozen(augmented, FineTuneConfig(), "auto") is False
+    assert resolve_cache_frozen(plain, FineTuneConfig(), "multiworker") is False
+    for config, strategy in ((augmented, "auto"), (plain, "multiworker")):
+        with pytest.raises(UserError, match="--no-cache-frozen"):
+            resolve_cache_frozen(config, FineTuneConfig(cache_frozen=True), strategy)
+
+
+def test_a_boundary_that_is_not_one_tensor_falls_back_with_one_line(tmp_path, capsys):
     from keras_cnn.models.transfer import build_transfer_model, unfreeze_from
-    from keras_cnn.train.two_stage import _frozen_split
+    from keras_cnn.runs import RunDirectory
+    from keras_cnn.train.two_stage import top_on_cached_boundary
 
     model = build_transfer_model("vgg16", 3, image_size=32, weights=None)
-    config = RunConfig(command="transfer", data=DataConfig(augment=False))
-    session = SimpleNamespace(multiworker=False)
-    unfreeze_from(model, "block5_conv1")
-    assert _frozen_split(model, config, session, None).boundary_layer == "block4_pool"
-    assert _frozen_split(model, config, session, False) is None
     unfreeze_from(model, "all")
+    run = RunDirectory(tmp_path / "run").create()
+    run.write_config({"extra": {"stages": {"finetune": {"cache_frozen": True}}}})
+    data = SimpleNamespace(train="train images", validation="validation images")
+    context = SimpleNamespace(model=model, data=data, training=TrainingConfig(batch_size=4), run=run,
+                              spec=SimpleNamespace(name="finetune"))
     capsys.readouterr()
-    assert _frozen_split(model, config, session, None) is None
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert lines == ["Not caching the frozen layers (the whole model trains on images): nothing trainable in "
-                     "the base vgg16 is frozen"]
-    augmented = RunConfig(command="transfer", data=DataConfig(augment=True))
-    assert _frozen_split(model, augmented, session, None) is None
-    from keras_cnn.errors import UserError
+    inputs = top_on_cached_boundary(context)
+    assert (inputs.model, inputs.train, inputs.validation) == (model, "train images", "validation images")
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "Not caching the frozen layers (the whole model trains on images): nothing trainable in the base vgg16 "
+        "is frozen"]
+    recorded = run.read_config()["extra"]["stages"]["finetune"]
+    assert recorded == {"cache_frozen": True, "frozen_cache": {
+        "used": False, "reason": "nothing trainable in the base vgg16 is frozen"}}
 
-    with pytest.raises(UserError, match="--no-cache-frozen"):
-        _frozen_split(model, augmented, session, True)
+
+@pytest.mark.slow
+def test_a_cached_stage_saves_the_whole_model_once_and_survives_a_kill(tmp_path, sample_data_dir, sample_split,
+                                                                       monkeypatch):
+    """Cheap cached epochs: only the trained part's weights are checkpointed per epoch; the whole
+    model is assembled at the end; a kill before that resumes and still ends with the best epoch."""
+    from conftest import write_hub_module
+    from keras_cnn.data.pipeline import make_dataset
+    from keras_cnn.train import stage
+    from keras_cnn.train.callbacks import NanGuard, StageCheckpoint
+    from keras_cnn.train.two_stage import train_head
+
+    run = tmp_path / "run"
+    seen = []
+
+    class Spy(NanGuard):   # runs after the checkpoint: what is on disk once an epoch is committed
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append((run / "model.keras").exists())
+            if epoch == 2 and hard_kill:
+                raise SystemExit("killed")
+
+    hub = write_hub_module(tmp_path / "hub")
+    config = RunConfig(command="transfer", model=ModelConfig(kind="transfer", name=f"hub:{hub}"),
+                       data=DataConfig(split=str(sample_split), images=str(sample_data_dir), image_size=(32, 32)),
+                       training=TrainingConfig(epochs=5, learning_rate=0.05, batch_size=16, cache_features=True))
+    monkeypatch.setattr(stage, "NanGuard", Spy)
+    # A hard kill gets no chance to assemble the whole model.
+    monkeypatch.setattr(StageCheckpoint, "assemble", lambda self: None)
+    hard_kill = True
+    with pytest.raises(SystemExit):
+        train_head(config, run)
+    assert seen == [False, False, False] and not (run / "model.keras").exists()
+    monkeypatch.undo()
+    monkeypatch.setattr(stage, "NanGuard", Spy)
+    hard_kill = False
+    train_head(config, run)
+    assert seen[3:] == [False, False] and (run / "model.keras").exists()
+
+    rows = list(csv.DictReader(open(run / "history.csv", newline="")))
+    assert [row["epoch"] for row in rows] == ["1", "2", "3", "4", "5"]
+    model = keras.saving.load_model(run / "model.keras")
+    loss, count = 0.0, 0
+    for images, labels in make_dataset(sample_split, sample_data_dir, "validation", (32, 32), 16, shuffle=False):
+        loss += float(keras.losses.sparse_categorical_crossentropy(labels, model(images)).numpy().sum())
+        count += len(labels)
+    assert loss / count == pytest.approx(min(float(row["val_loss"]) for row in rows), rel=1e-4, abs=1e-5)
+    assert not (run / "backup").exists() and not (run / "features").exists()

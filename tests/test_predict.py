@@ -23,7 +23,8 @@ from keras_cnn.cli import cli  # noqa: E402
 from keras_cnn.config import DataConfig, ModelConfig, RunConfig  # noqa: E402
 from keras_cnn.errors import UserError  # noqa: E402
 from keras_cnn.export import export_run  # noqa: E402
-from keras_cnn.predict import load_exported_model, predict_files, resolve_version_dir  # noqa: E402
+from keras_cnn.export_layout import resolve_version_dir  # noqa: E402
+from keras_cnn.predict import load_exported_model, predict_files  # noqa: E402
 from keras_cnn.runs import RunDirectory  # noqa: E402
 
 LABELS = ["apple", "banana", "cherry"]
@@ -194,4 +195,46 @@ def test_predict_needs_no_training_code(export_dir, images):
     assert completed.returncode == 0, completed.stderr[-3000:]
     answer = json.loads(completed.stdout.strip().splitlines()[-1])
     assert len(answer["labels"]) == 3 and answer["failures"] == 3
-    assert answer["modules"] == ["keras_cnn", "keras_cnn.errors", "keras_cnn.predict", "keras_cnn.runs"]
+    assert answer["modules"] == ["keras_cnn", "keras_cnn.errors", "keras_cnn.export_layout", "keras_cnn.predict",
+                                 "keras_cnn.runs"]
+
+
+def test_missing_labels_file_is_one_line_naming_it_and_both_counts(export_dir, images, tmp_path):
+    shutil.copytree(export_dir, tmp_path / "export")
+    labels_file = tmp_path / "export" / "1" / "assets" / "labels.txt"
+    labels_file.unlink()
+    result = invoke("--model", tmp_path / "export", images / "good" / "one.png")
+    assert result.exit_code == 2 and result.stderr.strip().count("\n") == 0
+    assert str(labels_file) in result.stderr and "0 labels, 3 expected" in result.stderr
+
+
+def test_short_labels_file_is_one_line_and_top_k_is_clipped_to_the_classes(export_dir, images, tmp_path):
+    shutil.copytree(export_dir, tmp_path / "export")
+    labels_file = tmp_path / "export" / "1" / "assets" / "labels.txt"
+    result = invoke("--model", tmp_path / "export", "--top-k", "7", "--json", images / "good" / "one.png")
+    assert result.exit_code == 0, result.output
+    assert len(json.loads(result.stdout)[0]["top_k"]) == 3
+    table = invoke("--model", tmp_path / "export", "--top-k", "7", images / "good" / "one.png")
+    assert table.exit_code == 0 and "top-3" in table.stdout
+
+    labels_file.write_text("apple\nbanana\n")
+    result = invoke("--model", tmp_path / "export", "--top-k", "2", images / "good" / "one.png")
+    assert result.exit_code == 2 and result.stderr.strip().count("\n") == 0
+    assert str(labels_file) in result.stderr and "has 2 labels" in result.stderr and "3" in result.stderr
+
+
+CHECK_BEFORE_TENSORFLOW = r"""
+import sys
+from keras_cnn.cli import cli
+try:
+    cli.main(["predict", "--model", sys.argv[1], "image.jpg"], prog_name="kcnn")
+except SystemExit as stop:
+    print(stop.code, "tensorflow" in sys.modules)
+"""
+
+
+def test_predict_checks_the_model_folder_before_importing_tensorflow(tmp_path):
+    completed = subprocess.run([sys.executable, "-c", CHECK_BEFORE_TENSORFLOW, str(tmp_path / "missing")],
+                               capture_output=True, text=True, timeout=120)
+    assert completed.stdout.split() == ["2", "False"], completed.stderr[-2000:]
+    assert "does not exist" in completed.stderr

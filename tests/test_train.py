@@ -57,20 +57,20 @@ class KillAfterSecondEpoch(NanGuard):
 
 
 def test_a_killed_run_resumes_from_its_last_epoch(tmp_path, mnist_npz, monkeypatch):
-    from keras_cnn.train import fit
+    from keras_cnn.train import fit, stage
 
     config = RunConfig(command="train", model=ModelConfig(name="lenet"),
                        data=DataConfig(dataset="mnist", dataset_path=str(mnist_npz)),
                        training=TrainingConfig(epochs=3, batch_size=64))
     run = tmp_path / "run"
-    monkeypatch.setattr(fit, "NanGuard", KillAfterSecondEpoch)
+    monkeypatch.setattr(stage, "NanGuard", KillAfterSecondEpoch)
     with pytest.raises(KeyboardInterrupt):
         fit.train_scratch(config, run)
     before = read_rows(run / "history.csv")
     assert [row["epoch"] for row in before] == ["1", "2"]
     assert (run / "backup" / "train").exists() and (run / "model.keras").exists()
 
-    monkeypatch.setattr(fit, "NanGuard", NanGuard)
+    monkeypatch.setattr(stage, "NanGuard", NanGuard)
     fit.train_scratch(config, run)
     after = read_rows(run / "history.csv")
     assert [row["epoch"] for row in after] == ["1", "2", "3"]

@@ -164,7 +164,7 @@ def test_summary_of_transfer_bases_needs_no_download(hub_module):
 
 
 def test_killed_stage1_resumes_from_its_last_epoch(tmp_path, sample_data_dir, sample_split, hub_module, monkeypatch):
-    from keras_cnn.train import fit
+    from keras_cnn.train import stage
     from keras_cnn.train.callbacks import NanGuard
     from keras_cnn.train.two_stage import train_head
 
@@ -177,12 +177,12 @@ def test_killed_stage1_resumes_from_its_last_epoch(tmp_path, sample_data_dir, sa
                        data=DataConfig(split=str(sample_split), images=str(sample_data_dir), image_size=(32, 32)),
                        training=TrainingConfig(epochs=3, cache_features=False))
     run = tmp_path / "run"
-    monkeypatch.setattr(fit, "NanGuard", KillAfterSecondEpoch)
+    monkeypatch.setattr(stage, "NanGuard", KillAfterSecondEpoch)
     with pytest.raises(KeyboardInterrupt):
         train_head(config, run)
     with open(run / "history.csv", newline="") as handle:
         before = list(csv.DictReader(handle))
-    monkeypatch.setattr(fit, "NanGuard", NanGuard)
+    monkeypatch.setattr(stage, "NanGuard", NanGuard)
     train_head(config, run)
     with open(run / "history.csv", newline="") as handle:
         after = list(csv.DictReader(handle))

@@ -40,6 +40,24 @@ def option_group(*options: Callable) -> Callable:
     return decorate
 
 
+class FiniteFloatRange(click.FloatRange):
+    """``click.FloatRange`` that also refuses NaN and infinity (every comparison with NaN is false)."""
+
+    def convert(self, value, param, ctx):
+        import math
+
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
+overwrite_option = click.option(
+    "--overwrite", is_flag=True,
+    help="Start this stage over: removes its epochs, checkpoints, logs and eval/ (and any later stage's).",
+)
+
+
 def training_options(defaults_note: str = "the architecture's reference recipe") -> Callable:
     """Options every training command shares (epochs, batch size, learning rate, seed)."""
     return option_group(
@@ -47,7 +65,7 @@ def training_options(defaults_note: str = "the architecture's reference recipe")
                      help=f"Number of epochs [default: {defaults_note}]."),
         click.option("--batch-size", type=click.IntRange(min=1), default=None,
                      help=f"Batch size (global across replicas) [default: {defaults_note}]."),
-        click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=None,
+        click.option("--learning-rate", type=FiniteFloatRange(min=0, min_open=True), default=None,
                      help=f"Learning rate [default: {defaults_note}]."),
         click.option("--seed", type=int, default=1234, show_default=True,
                      help="Random seed for weights, shuffling and augmentation."),

@@ -33,7 +33,8 @@ def render_summary(summary: dict[str, Any]) -> None:
 @json_option
 @debug_option
 def evaluate(run_dir: Path, subset: str, batch_size: int | None, as_json: bool) -> None:
-    """Evaluate a run: write RUN/eval/ (metrics.json, predictions.csv, plots, report.html).
+    """Evaluate a run: write RUN/eval/ (metrics.json, predictions.csv, plots, report.html);
+    the validation part goes to RUN/eval/validation/.
 
     Metrics: accuracy, loss, top-k accuracy, macro/weighted precision, recall and F1,
     ROC AUC for two classes, per-class numbers, the confusion matrix and the most

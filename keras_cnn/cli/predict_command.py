@@ -9,6 +9,7 @@ import click
 
 from keras_cnn.cli.common import debug_option, run_command
 from keras_cnn.errors import UserError
+from keras_cnn.export_layout import read_export_labels, read_export_metadata, resolve_version_dir
 from keras_cnn.runs import to_jsonable
 
 
@@ -17,7 +18,7 @@ from keras_cnn.runs import to_jsonable
               help="Export directory (its highest version is used) or one version folder DIR/<version>.")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
 @click.option("--top-k", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Show the K most likely labels per image.")
+              help="Show the K most likely labels per image (at most the number of classes).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
               help="Images per call of the model.")
 @click.option("--json", "as_json", is_flag=True,
@@ -37,6 +38,9 @@ def predict(ctx: click.Context, model_dir: str, inputs: tuple[str, ...], top_k: 
 
     Example: kcnn predict --model export/ photos/ cat.jpg --top-k 3
     """
+    # A wrong folder or a damaged export is reported before TensorFlow's seconds of start-up.
+    version_dir = resolve_version_dir(model_dir)
+    read_export_labels(version_dir, read_export_metadata(version_dir))
 
     def work() -> dict[str, Any]:
         from keras_cnn.predict import load_exported_model, predict_files
@@ -66,6 +70,7 @@ def render(result: dict[str, Any], as_json: bool, top_k: int) -> None:
         return
     if not predictions:
         return
+    top_k = len(predictions[0]["top_k"])  # clipped to the number of classes
     header = ["file", "label", "confidence"] + ([f"top-{top_k}"] if top_k > 1 else [])
     rows = []
     for prediction in predictions:

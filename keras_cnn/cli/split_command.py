@@ -9,6 +9,7 @@ import click
 
 from keras_cnn.cli.common import debug_option, json_option, run_command
 from keras_cnn.errors import UserError
+from keras_cnn.runs import check_output_path
 
 
 @click.command("split")
@@ -53,6 +54,7 @@ def split_label_file(label_csv: str, output: str, test_keys_text: str = "0-24",
     test_keys = splitting.parse_key_range(test_keys_text, "--test-keys")
     validation_keys = splitting.parse_key_range(validation_keys_text, "--validation-keys")
     splitting.check_key_ranges(test_keys, validation_keys)
+    check_output_path(output, option="-o")
     if Path(output).resolve() == Path(label_csv).resolve():
         raise UserError(f"the output '{output}' is the input file; choose another -o")
     labels = splitting.read_label_csv(label_csv, id_column=id_column, label_column=label_column)

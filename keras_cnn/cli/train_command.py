@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
-
 import click
 
-from keras_cnn.cli.common import (debug_option, execution_options, image_folder_options, import_tensorflow_quietly,
-                                  json_option, parse_cache, run_command, training_options)
+from keras_cnn.cli.common import (FiniteFloatRange, debug_option, execution_options, image_folder_options,
+                                  import_tensorflow_quietly, json_option, overwrite_option, parse_cache, run_command,
+                                  training_options)
 
 
 @click.command()
@@ -29,17 +28,18 @@ from keras_cnn.cli.common import (debug_option, execution_options, image_folder_
               help="layers = Keras preprocessing layers in tf.data; legacy = ImageDataGenerator (--dataset only).")
 @click.option("--api", type=click.Choice(["functional", "sequential"]), default="functional", show_default=True,
               help="Keras API used to build the network (same layers either way).")
-@click.option("--validation-split", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True,
+@click.option("--validation-split", type=FiniteFloatRange(0, 1, max_open=True), default=0.2, show_default=True,
               help="Fraction of the --dataset training images held out for validation (the last ones).")
 @image_folder_options
 @execution_options
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Run directory [default: runs/ARCHITECTURE-TIMESTAMP]. Re-running into it resumes.")
+@overwrite_option
 @json_option
 @debug_option
 def train(architecture, dataset, dataset_path, split_csv, images, epochs, batch_size, learning_rate, seed,
           optimizer, augment, augment_engine, api, validation_split, class_weight, resize_mode, cache,
-          skip_bad_images, mixed_precision, xla, strategy, out_dir, as_json):
+          skip_bad_images, mixed_precision, xla, strategy, out_dir, overwrite, as_json):
     """Train from-scratch ARCHITECTURE (see `kcnn models`).
 
     \b
@@ -75,12 +75,11 @@ def train(architecture, dataset, dataset_path, split_csv, images, epochs, batch_
                                 optimizer=optimizer, seed=seed, class_weight=class_weight,
                                 mixed_precision=mixed_precision, xla=xla, strategy=strategy),
     )
-    out_dir = out_dir or f"runs/{architecture}-{time.strftime('%Y%m%d-%H%M%S')}"
 
     def work():
         from keras_cnn.train.fit import train_scratch
 
-        return train_scratch(config, out_dir)
+        return train_scratch(config, out_dir, overwrite=overwrite)
 
     def render(result):
         accuracy = result.get("test_accuracy")

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
-
 import click
 
-from keras_cnn.cli.common import (debug_option, execution_options, image_folder_options, import_tensorflow_quietly,
-                                  json_option, parse_cache, run_command, training_options)
+from keras_cnn.cli.common import (FiniteFloatRange, debug_option, execution_options, image_folder_options,
+                                  import_tensorflow_quietly, json_option, overwrite_option, parse_cache, run_command,
+                                  training_options)
 
 
 def _render(result):
@@ -34,7 +33,7 @@ def _render(result):
               help="imagenet (downloaded once into the Keras cache), none (random), or a weights file PATH.")
 @click.option("--head-units", type=click.IntRange(min=1), multiple=True,
               help="Hidden Dense layer(s) of the head, e.g. --head-units 1024 (repeatable) [default: none].")
-@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True,
+@click.option("--dropout", type=FiniteFloatRange(0, 1, max_open=True), default=0.2, show_default=True,
               help="Dropout before the classifier.")
 @click.option("--binary", is_flag=True, help="Two labels: one sigmoid unit instead of a 2-way softmax.")
 @training_options("10 epochs, batch 32, Adam 1e-3")
@@ -48,11 +47,12 @@ def _render(result):
               help="Keras API used to assemble base and head (same layers either way).")
 @image_folder_options
 @execution_options
+@overwrite_option
 @json_option
 @debug_option
 def transfer(base, split_csv, images, out_dir, image_size, weights, head_units, dropout, binary, epochs,
              batch_size, learning_rate, seed, optimizer, augment, cache_features, class_weight, api, resize_mode,
-             cache, skip_bad_images, mixed_precision, xla, strategy, as_json):
+             cache, skip_bad_images, mixed_precision, xla, strategy, overwrite, as_json):
     """Stage 1: train a new head on a frozen pretrained base.
 
     The base runs in inference mode with its weights frozen; the head is global average
@@ -72,31 +72,20 @@ def transfer(base, split_csv, images, out_dir, image_size, weights, head_units, 
         model=ModelConfig(kind="transfer", name=base, api=api, weights=weights, head_units=list(head_units),
                           dropout=dropout, binary=binary),
         data=DataConfig(split=split_csv, images=images, image_size=(image_size, image_size) if image_size else None,
-                        channels=3, resize_mode=resize_mode, augment=augment, augmentation=_photo_augmentation(augment),
+                        channels=3, resize_mode=resize_mode, augment=augment,
                         cache=parse_cache(cache), skip_bad_images=skip_bad_images),
         training=TrainingConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                                 optimizer=optimizer, seed=seed, class_weight=class_weight,
                                 cache_features=cache_features, mixed_precision=mixed_precision, xla=xla,
                                 strategy=strategy),
     )
-    safe_base = base.replace("hub:", "hub-").replace("/", "_").replace(":", "_")[-40:]
-    out_dir = out_dir or f"runs/{safe_base}-{time.strftime('%Y%m%d-%H%M%S')}"
 
     def work():
         from keras_cnn.train.two_stage import train_head
 
-        return train_head(config, out_dir)
+        return train_head(config, out_dir, overwrite=overwrite)
 
     run_command(as_json, work, _render)
-
-
-def _photo_augmentation(augment: bool):
-    """Photos get the default photo augmentation ranges (not the CIFAR-10 book recipe)."""
-    if not augment:
-        return None
-    from keras_cnn.data.augment import DEFAULT_IMAGE_AUGMENTATION
-
-    return DEFAULT_IMAGE_AUGMENTATION.to_dict()
 
 
 @click.command()
@@ -107,23 +96,29 @@ def _photo_augmentation(augment: bool):
                    "[default: the base's own, see `kcnn models`].")
 @click.option("--train-bn", is_flag=True, help="Also train BatchNorm layers (frozen by default, as advised).")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Fine-tuning epochs [default: 5].")
-@click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--learning-rate", type=FiniteFloatRange(min=0, min_open=True), default=None,
               help="Learning rate [default: the base's, 1e-5].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Batch size [default: stage 1's].")
 @click.option("--optimizer", type=click.Choice(["adam", "adamw", "rmsprop", "sgd"]), default=None,
               help="Optimizer [default: adam]; sgd uses momentum 0.9 like the Keras InceptionV3 recipe.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Write stage 2 into a copy of the run here instead of into RUN.")
+@click.option("--mixed-precision", type=click.Choice(["auto", "on", "off"]), default=None,
+              help="Mixed precision (auto, on, off) [default: stage 1's].")
+@click.option("--xla", type=click.Choice(["auto", "on", "off"]), default=None,
+              help="XLA compilation (auto, on, off) [default: stage 1's].")
+@click.option("--strategy", type=click.Choice(["auto", "default", "mirrored", "multiworker"]), default=None,
+              help="tf.distribute strategy [default: stage 1's].")
 @click.option("--cache-frozen/--no-cache-frozen", default=None,
               help="Run the frozen layers below --unfreeze-from once per image and train only the layers "
                    "above on their cached output; same results, several times faster per epoch "
-                   "[default: on unless stage 1 augmented; falls back, saying why, where the boundary is "
-                   "not a single tensor].")
-@execution_options
+                   "[default: on unless stage 1 augmented; where the boundary is not a single tensor the "
+                   "whole model trains and a line says why].")
+@overwrite_option
 @json_option
 @debug_option
 def finetune(run_dir, unfreeze_from, train_bn, epochs, learning_rate, batch_size, optimizer, out_dir,
-             cache_frozen, mixed_precision, xla, strategy, as_json):
+             mixed_precision, xla, strategy, cache_frozen, overwrite, as_json):
     """Stage 2: unfreeze the base from a layer on and train at a low learning rate.
 
     Reads the base, data and head from the stage-1 RUN. The named layer and every later
@@ -136,13 +131,16 @@ def finetune(run_dir, unfreeze_from, train_bn, epochs, learning_rate, batch_size
       kcnn finetune --run runs/inception --unfreeze-from mixed8 --optimizer sgd --learning-rate 1e-4
     """
     import_tensorflow_quietly()
+    from keras_cnn.config import FineTuneConfig
+
+    config = FineTuneConfig(unfreeze_from=unfreeze_from, train_bn=train_bn, epochs=epochs,
+                            learning_rate=learning_rate, optimizer=optimizer, batch_size=batch_size,
+                            mixed_precision=mixed_precision, xla=xla, strategy=strategy,
+                            cache_frozen=cache_frozen)
 
     def work():
         from keras_cnn.train.two_stage import fine_tune_run
 
-        return fine_tune_run(run_dir, unfreeze_from=unfreeze_from, train_bn=train_bn, epochs=epochs,
-                             learning_rate=learning_rate, optimizer=optimizer, out_dir=out_dir,
-                             batch_size=batch_size, cache_frozen=cache_frozen,
-                             execution={"mixed_precision": mixed_precision, "xla": xla, "strategy": strategy})
+        return fine_tune_run(config, run_dir, out_dir, overwrite=overwrite)
 
     run_command(as_json, work, _render)

@@ -3,9 +3,9 @@
 - ``HistoryRecorder`` writes ``history.csv`` (one row per epoch, with the stage and the
   epoch's wall time) atomically after every epoch; on resume it drops rows of epochs that
   will be trained again.
-- ``BestModelCheckpoint`` saves the best model so far to ``model.keras`` atomically, so a
-  kill never leaves a half-written model; on resume it remembers the best value already
-  reached.
+- ``StageCheckpoint`` commits every epoch (training state and, when it improved, the
+  best model) with one atomic rename, so a kill at any instant resumes from a consistent
+  epoch and ``model.keras`` is always the best epoch the history records.
 - ``NanGuard`` stops a run whose loss became NaN with a clear error instead of training on.
 """
 
@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -140,49 +143,135 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
-class BestModelCheckpoint(keras.callbacks.Callback):
-    """Save the whole model to ``path`` whenever ``monitor`` improves (atomic write)."""
+class StageCheckpoint(keras.callbacks.Callback):
+    """Kill-safe checkpoints of one stage: the training state after every epoch, and the best model.
 
-    def __init__(self, path: str | Path, monitor: str = "val_loss", history: HistoryRecorder | None = None,
+    Under ``backup_dir`` (``RUN/backup/<stage>/``)::
+
+        epoch-0003/state.weights.h5   weights and optimizer state after epoch 3
+        epoch-0003/best.keras         the model to keep, when epoch 3 was the best so far
+        latest.json                   {"epoch": 3, "directory": "epoch-0003", "best": ..., "best_epoch": ...}
+
+    An epoch is written in full under a new name first; replacing ``latest.json`` (one atomic
+    rename) commits it, and only then does its best model move to ``model_path`` (another
+    rename).  A kill at any instant therefore leaves either the previous commit (the epoch
+    is trained again, its history row dropped) or this one (whose best model
+    :meth:`recover` moves into place at the next start): ``model_path`` always holds the
+    best epoch that the history records.  ``HistoryRecorder`` must come before this
+    callback, so an epoch's history row exists when it commits.
+
+    ``monitor`` improves downwards (losses).  ``whole_model``: what is saved when the
+    fitted model is only a part of it (a head on cached features, the top of a base on cached
+    boundary tensors).  Such an epoch takes a fraction of a second and saving the whole model
+    would cost more than the epoch, so then the best epoch is only named in ``latest.json``
+    (``best_directory``, kept until the stage ends: its ``state.weights.h5`` holds the part's
+    weights) and :meth:`assemble` writes the whole model with them to ``model_path`` once,
+    when the fit ends, stops on an error or is interrupted; after a hard kill the resumed
+    stage assembles it.  ``initial_best``: the best value of earlier stages, which this
+    stage must beat to replace their model.
+    """
+
+    LATEST = "latest.json"
+    STATE = "state.weights.h5"
+    BEST = "best.keras"
+
+    def __init__(self, backup_dir: str | Path, model_path: str | Path, monitor: str = "val_loss",
                  whole_model: keras.Model | None = None, initial_best: float | None = None):
         super().__init__()
-        self.path = Path(path)
+        self.backup_dir = Path(backup_dir)
+        self.model_path = Path(model_path)
         self.monitor = monitor
-        self.mode = "max" if "acc" in monitor or "auc" in monitor else "min"
-        self.history = history
-        # When only a head is fitted on cached features, the whole model (base + head,
-        # sharing the head's weights) is what gets saved.
         self.whole_model = whole_model
-        # A later stage only replaces the saved model when it beats the earlier stages.
         self.best: float | None = initial_best
-        self._resumed_best_read = False
+        self.best_epoch: int | None = None
+        self.best_directory: str | None = None   # part-only: the epoch folder of the best part weights
+        self.saved_last_epoch = False
 
-    def _better(self, value: float) -> bool:
-        if self.best is None:
-            return True
-        return value > self.best if self.mode == "max" else value < self.best
+    @classmethod
+    def recover(cls, backup_dir: str | Path, model_path: str | Path) -> dict | None:
+        """Finish what a kill interrupted; returns the last committed epoch's record (or ``None``).
 
-    def on_epoch_begin(self, epoch, logs=None):
-        if not self._resumed_best_read and self.history is not None and epoch > 0:
-            # A resumed run: start from the best value already reached, not from scratch.
-            self._resumed_best_read = True
-            earlier = [float(row[self.monitor]) for row in self.history.stage_rows()
-                       if row.get(self.monitor) not in (None, "")]
-            for value in earlier:
-                if self._better(value):
-                    self.best = value
+        Removes epoch folders that were never committed (or are superseded) and moves a
+        committed best model that was not yet in place to ``model_path``.
+        """
+        backup_dir = Path(backup_dir)
+        latest_path = backup_dir / cls.LATEST
+        latest = json.loads(latest_path.read_text(encoding="utf-8")) if latest_path.exists() else None
+        keep = {latest["directory"], latest.get("best_directory")} if latest is not None else set()
+        if backup_dir.is_dir():
+            for child in backup_dir.iterdir():
+                if child.is_dir() and child.name not in keep:
+                    shutil.rmtree(child, ignore_errors=True)
+        if latest is not None:
+            candidate = backup_dir / latest["directory"] / cls.BEST
+            if candidate.exists():
+                os.replace(candidate, model_path)
+        return latest
+
+    def on_train_begin(self, logs=None):
+        latest = self.recover(self.backup_dir, self.model_path)
+        epoch = 0
+        if latest is not None:
+            if self.model.optimizer is not None and not self.model.optimizer.built:
+                self.model.optimizer.build(self.model.trainable_variables)
+            self.model.load_weights(self.backup_dir / latest["directory"] / self.STATE)
+            epoch = int(latest["epoch"])
+            self.best, self.best_epoch = latest.get("best"), latest.get("best_epoch")
+            self.best_directory = latest.get("best_directory")
+        # fit (and kcnn's multi-worker loop) start from this epoch; 0 falls back to fit's own.
+        self.model._initial_epoch = epoch
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
-        if value is None or math.isnan(float(value)):
-            return
-        if self._better(float(value)):
-            self.best = float(value)
-            self.save(self.whole_model or self.model)
+        improved = value is not None and math.isfinite(float(value)) and (self.best is None or float(value) < self.best)
+        if improved:
+            self.best, self.best_epoch = float(value), epoch + 1
+        name = f"epoch-{epoch + 1:04d}"
+        part_only = self.whole_model is not None
+        with atomic_path(self.backup_dir / name, directory=True) as folder:
+            self.model.save_weights(folder / self.STATE)
+            if improved and not part_only:
+                self.model.save(folder / self.BEST)
+        if improved and part_only:
+            self.best_directory = name
+        self._commit(epoch + 1, name)
+        # Committed: the best model moves into place and older epochs go.
+        self.recover(self.backup_dir, self.model_path)
+        self.saved_last_epoch = improved and not part_only
 
-    def save(self, model: keras.Model) -> None:
-        with atomic_path(self.path) as temporary:
-            model.save(temporary)
+    def _commit(self, epoch: int, directory: str) -> None:
+        atomic_write_text(self.backup_dir / self.LATEST, json.dumps(
+            {"epoch": epoch, "directory": directory, "best": self.best, "best_epoch": self.best_epoch,
+             "best_directory": self.best_directory}))
+
+    @classmethod
+    def needs_assembly(cls, backup_dir: str | Path) -> bool:
+        """Whether a part-only stage has best part weights not yet written as the whole model."""
+        latest_path = Path(backup_dir) / cls.LATEST
+        return latest_path.exists() and bool(json.loads(latest_path.read_text(encoding="utf-8")).get("best_directory"))
+
+    def on_train_end(self, logs=None):
+        self.assemble()
+
+    def assemble(self) -> None:
+        """Part-only: load the best part weights and save the whole model to ``model_path``; idempotent.
+
+        Afterwards the model in memory is the best one (``saved_last_epoch``).
+        """
+        if self.whole_model is None or not self.best_directory:
+            return
+        state = self.backup_dir / self.best_directory / self.STATE
+        if not state.exists():
+            return
+        self.model.load_weights(state)
+        with atomic_path(self.model_path) as temporary:
+            self.whole_model.save(temporary)
+        self.best_directory = None
+        latest_path = self.backup_dir / self.LATEST
+        if latest_path.exists():
+            latest = json.loads(latest_path.read_text(encoding="utf-8"))
+            self._commit(int(latest["epoch"]), latest["directory"])
+        self.saved_last_epoch = True
 
 
 class NanGuard(keras.callbacks.Callback):

@@ -39,13 +39,18 @@ class Execution:
 
         return jit_compile_for(model, self.plan)
 
-    def compile(self, model, optimizer: str, learning_rate: float, loss: str) -> None:
-        """Compile ``model`` with a kcnn optimizer, accuracy, and the plan's XLA setting (call in ``scope()``)."""
+    def compile(self, model, optimizer, learning_rate: float | None, loss) -> None:
+        """Compile ``model`` with accuracy and the plan's XLA setting (call in ``scope()``).
+
+        ``optimizer``: a kcnn optimizer name (made with ``learning_rate``) or a ready
+        ``keras.optimizers.Optimizer`` (a schedule, per-layer rates, EMA...).
+        """
         from keras_cnn.train.distribute import synchronize_loss_scaling
         from keras_cnn.train.optimizers import make_optimizer
 
-        model.compile(optimizer=make_optimizer(optimizer, learning_rate), loss=loss, metrics=["accuracy"],
-                      jit_compile=self.jit_compile(model))
+        if isinstance(optimizer, str):
+            optimizer = make_optimizer(optimizer, learning_rate)
+        model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"], jit_compile=self.jit_compile(model))
         if self.plan.replicas > 1:
             # Replicas must agree on skipping a step whose scaled gradients overflowed.
             synchronize_loss_scaling(model.optimizer)

@@ -74,37 +74,29 @@ def feature_dataset(features: np.ndarray, labels: np.ndarray, batch_size: int, s
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def fit_on_cached(whole_model: keras.Model, frozen: keras.Model, trained: keras.Model, run, stage: str, data,
-                  training, loss: str, execution, single_sigmoid: bool, class_weight=None,
-                  initial_best: float | None = None, train_in_order: tf.data.Dataset | None = None) -> list[dict]:
-    """Fit ``trained`` on what ``frozen`` computes once per image; ``whole_model`` is what gets saved.
+def cached_fit_inputs(frozen: keras.Model, trained: keras.Model, data, batch_size: int, seed: int,
+                      folder: str | Path, description: str, train_in_order: tf.data.Dataset | None = None):
+    """What a stage fits when ``trained`` learns from ``frozen``'s output, computed once per image.
 
-    ``frozen`` and ``trained`` are the two halves of ``whole_model`` sharing its weights
-    (the feature extractor and head of stage 1, or the frozen bottom and trainable top of a
-    fine-tune).  ``train_in_order``: the train part unshuffled (file order), so the cached
-    rows get the same per-epoch shuffle as the image pipeline; default ``data.train``.
-    The cache lives in memory, or under ``RUN/features/`` when large, removed afterwards.
-    Returns the stage's history rows (see :func:`keras_cnn.train.fit.fit_stage`).
+    ``frozen`` and ``trained`` are the two halves of the stage's whole model, sharing its
+    weights (the feature extractor and head of stage 1, or the frozen bottom and trainable
+    top of a fine-tune).  ``train_in_order``: the train part unshuffled (file order), so the
+    cached rows are shuffled every epoch exactly as the image pipeline would shuffle the
+    images; default ``data.train``.  Large caches spill to ``folder``, removed by the
+    returned cleanup.  Returns a :class:`keras_cnn.train.stage.FitInputs`.
     """
-    from keras_cnn.train.fit import fit_stage
+    from keras_cnn.train.stage import FitInputs
 
-    cache_dir = run.root / "features"
+    folder = Path(folder)
     forward = compiled_forward(frozen)
     train_inputs, train_labels = extract_features(
         frozen, train_in_order if train_in_order is not None else data.train, data.sizes["train"],
-        cache_dir / f"{stage}-train.npy", f"{stage} train inputs", forward=forward)
+        folder / "train.npy", f"train {description}", forward=forward)
     validation = None
     if data.validation is not None:
         validation_inputs, validation_labels = extract_features(
-            frozen, data.validation, data.sizes["validation"], cache_dir / f"{stage}-validation.npy",
-            f"{stage} validation inputs", forward=forward)
-        validation = feature_dataset(validation_inputs, validation_labels, training.batch_size, shuffle=False)
-    train = feature_dataset(train_inputs, train_labels, training.batch_size, shuffle=True, seed=training.seed)
-    with execution.scope():
-        execution.compile(trained, training.optimizer, training.learning_rate, loss)
-        # The whole model is compiled too, so its saved file records a usable training setup.
-        execution.compile(whole_model, training.optimizer, training.learning_rate, loss)
-    rows = fit_stage(trained, run, stage, data, training.epochs, execution, single_sigmoid, class_weight,
-                     whole_model=whole_model, initial_best=initial_best, train=train, validation=validation)
-    shutil.rmtree(cache_dir, ignore_errors=True)
-    return rows
+            frozen, data.validation, data.sizes["validation"], folder / "validation.npy",
+            f"validation {description}", forward=forward)
+        validation = feature_dataset(validation_inputs, validation_labels, batch_size, shuffle=False)
+    train = feature_dataset(train_inputs, train_labels, batch_size, shuffle=True, seed=seed)
+    return FitInputs(trained, train, validation, cleanup=lambda: shutil.rmtree(folder, ignore_errors=True))

@@ -8,35 +8,35 @@ boundary on become trainable (BatchNorm stays frozen unless asked, as the Keras 
 guide advises), the model is recompiled and trained at a low learning rate; without
 augmentation the frozen layers below the boundary run once per image and only the layers
 above train, on their cached output (``--cache-frozen``).
-``fine_tune`` runs both, like fastai's ``fine_tune``.
+``fine_tune`` runs both, like fastai's ``fine_tune``, handing the model and the decoded
+data of stage 1 to stage 2 in memory.  Both stages run through
+:func:`keras_cnn.train.stage.run_stage`.
 """
 
 from __future__ import annotations
 
 import shutil
-import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-import keras
-
-from keras_cnn.config import RunConfig
+from keras_cnn.config import FineTuneConfig, RunConfig, validate_config
 from keras_cnn.errors import UserError
-from keras_cnn.runs import RunDirectory
-from keras_cnn.train.features import fit_on_cached
-from keras_cnn.train.fit import absolute_data_paths, evaluate_test, fit_stage
+from keras_cnn.runs import RunDirectory, default_run_dir
+from keras_cnn.train.fit import stage_options
+from keras_cnn.train.stage import FitInputs, StageOutcome, StageSpec, absolute_data_paths, run_stage, say
 
 HEAD_STAGE = "head"
 FINETUNE_STAGE = "finetune"
 
-# Stage-1 defaults (modern guidance, REFERENCES.md §2): Adam 1e-3 on the head.
+# Stage-1 defaults (the Keras transfer-learning guide's advice): Adam 1e-3 on the head.
 HEAD_DEFAULTS = {"epochs": 10, "batch_size": 32, "learning_rate": 1e-3, "optimizer": "adam"}
 FINETUNE_DEFAULTS = {"epochs": 5, "optimizer": "adam"}
 
 
 def resolve_transfer_config(config: RunConfig) -> RunConfig:
-    """Fill the stage-1 defaults: base input size, head recipe, feature caching."""
+    """Fill the stage-1 defaults: base input size, head recipe, feature caching, photo augmentation."""
+    from keras_cnn.data.augment import DEFAULT_IMAGE_AUGMENTATION
     from keras_cnn.models.bases import get_base_spec, normalize_image_size
 
     spec = get_base_spec(config.model.name)
@@ -54,250 +54,220 @@ def resolve_transfer_config(config: RunConfig) -> RunConfig:
     if training.cache_features and config.data.augment:
         raise UserError("--cache-features computes each image's features once, so it cannot be combined "
                         "with --augment; use --no-cache-features to augment")
+    augmentation = config.data.augmentation
+    if config.data.augment and not augmentation:
+        # Photos get the photo ranges (flips, small rotations, shifts, zoom), not the CIFAR-10 recipe.
+        augmentation = DEFAULT_IMAGE_AUGMENTATION.to_dict()
     weights = config.model.weights or "imagenet"
-    data = replace(absolute_data_paths(config.data), image_size=image_size, channels=3)
+    data = replace(absolute_data_paths(config.data), image_size=image_size, channels=3, augmentation=augmentation)
     model = replace(config.model, kind="transfer", input_shape=(*image_size, 3), weights=weights)
     return replace(config, training=training, data=data, model=model)
 
 
-def train_head(config: RunConfig, out_dir: str | Path) -> dict[str, Any]:
-    """Stage 1 into ``out_dir``: build base + new head, train the head, test; returns a summary."""
-    from keras_cnn.models.bases import get_base_spec
-    from keras_cnn.models.transfer import build_transfer_model, parameter_counts
-    from keras_cnn.models.weights import resolve_weights
-    from keras_cnn.train.data import balanced_class_weights, prepare_folder_data
-    from keras_cnn.train.execution import start_execution
+def train_head(config: RunConfig, out_dir: str | Path | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Stage 1 into ``out_dir`` (default ``runs/BASE-TIMESTAMP``): base + new head, train the head, test."""
+    return _train_head(config, out_dir, overwrite).summary
 
+
+def _train_head(config: RunConfig, out_dir, overwrite: bool, execution=None) -> StageOutcome:
+    from keras_cnn.models.bases import get_base_spec
+    from keras_cnn.models.transfer import build_transfer_model
+    from keras_cnn.models.weights import resolve_weights
+    from keras_cnn.train.data import prepare_folder_data
+
+    validate_config(config)
     if not config.data.split or not config.data.images:
         raise UserError("transfer learning needs --split SPLIT_CSV and --images DIR")
     config = resolve_transfer_config(config)
     spec = get_base_spec(config.model.name)
     resolve_weights(spec, config.model.weights)  # offline without cached weights: fail before any work
     training = config.training
-    keras.utils.set_random_seed(training.seed)
-    execution = start_execution(training)
-    if execution.multiworker and training.cache_features:
+    if training.cache_features and training.strategy == "multiworker":
         raise UserError("cached features are computed by one process; with --strategy multiworker "
                         "pass --no-cache-features")
 
-    with execution.run_directory(out_dir) as run:
+    def prepare_data(context):
         data = prepare_folder_data(config.data, config.data.image_size, 3, training.batch_size, training.seed,
-                                   skipped_record=run.skipped_images_path)
+                                   skipped_record=context.run.skipped_images_path)
         if config.model.binary and len(data.labels) != 2:
             raise UserError(f"--binary needs exactly 2 labels, the split has {len(data.labels)}: {data.labels}")
-        with execution.scope():
-            model = build_transfer_model(spec, len(data.labels), image_size=config.data.image_size,
-                                         weights=config.model.weights, head_units=config.model.head_units,
-                                         dropout=config.model.dropout, binary=config.model.binary,
-                                         api=config.model.api, seed=training.seed)
-        single_sigmoid = model.output_shape[-1] == 1
-        loss = "binary_crossentropy" if single_sigmoid else "sparse_categorical_crossentropy"
-        counts = parameter_counts(model)
-        config = replace(config, labels=data.labels,
-                         model=replace(config.model, num_classes=len(data.labels)),
-                         training=replace(training, loss=loss),
-                         extra={**config.extra, "execution": execution.plan.to_dict(), "sizes": data.sizes,
-                                "skipped_images": len(data.skipped),
-                                "stages": {HEAD_STAGE: {"parameters": counts}}})
-        run.write_labels(data.labels)
-        run.write_config(config.to_dict())
-        class_weight = balanced_class_weights(data.train_counts) if training.class_weight == "balanced" else None
+        return data
 
-        started = time.perf_counter()
-        if training.cache_features:
-            rows = _fit_head_on_features(model, run, data, training, loss, single_sigmoid, class_weight, execution)
-        else:
-            with execution.scope():
-                execution.compile(model, training.optimizer, training.learning_rate, loss)
-            rows = fit_stage(model, run, HEAD_STAGE, data, training.epochs, execution, single_sigmoid, class_weight)
-        seconds = time.perf_counter() - started
-        summary = _finish_stage(run, config, HEAD_STAGE, rows, seconds, counts, data, single_sigmoid)
-    return {**summary, "run": str(Path(out_dir))}
+    def build_model(context):
+        return build_transfer_model(spec, len(context.data.labels), image_size=config.data.image_size,
+                                    weights=config.model.weights, head_units=config.model.head_units,
+                                    dropout=config.model.dropout, binary=config.model.binary,
+                                    api=config.model.api, seed=training.seed)
+
+    stage = StageSpec(HEAD_STAGE, config, training, stage_options(config), prepare_data, build_model,
+                      keep_model=True, fit_inputs=head_on_cached_features if training.cache_features else None)
+    outcome = run_stage(stage, out_dir or default_run_dir(config.model.name), overwrite=overwrite,
+                        execution=execution)
+    outcome.summary = {**outcome.summary, "base": config.model.name}
+    return outcome
 
 
-def _fit_head_on_features(model, run, data, training, loss, single_sigmoid, class_weight, execution):
-    """Stage 1 with cached features: the head trains alone; the whole model is what gets saved."""
+def head_on_cached_features(context) -> FitInputs:
+    """Fit only the head, on the frozen base's features computed once; the whole model is what is saved."""
     from keras_cnn.models.transfer import split_feature_model
-    from keras_cnn.train.features import fit_on_cached
+    from keras_cnn.train.features import cached_fit_inputs
 
-    feature_extractor, head = split_feature_model(model)
-    return fit_on_cached(model, feature_extractor, head, run, HEAD_STAGE, data, training, loss, execution,
-                         single_sigmoid, class_weight)
+    feature_extractor, head = split_feature_model(context.model)
+    return cached_fit_inputs(feature_extractor, head, context.data, context.training.batch_size,
+                             context.training.seed, context.run.root / "features", "features")
 
 
-def fine_tune_run(run_dir: str | Path, unfreeze_from: str | None = None, train_bn: bool = False,
-                  epochs: int | None = None, learning_rate: float | None = None, optimizer: str | None = None,
-                  out_dir: str | Path | None = None, batch_size: int | None = None,
-                  execution: dict[str, str] | None = None, cache_frozen: bool | None = None) -> dict[str, Any]:
-    """Stage 2 on a stage-1 run: unfreeze the base from ``unfreeze_from`` on and train at a low rate.
+def top_on_cached_boundary(context) -> FitInputs:
+    """Fine-tune only the layers above the unfreeze point, on the frozen layers' output computed once.
 
-    ``unfreeze_from``: a layer name, a block prefix (first layer starting with it), or
-    ``"all"``; default: the base's registry entry.  Results go into the same run, or into
-    ``out_dir`` (a copy of the stage-1 run, which is then left untouched).  ``execution``
-    overrides the stage-1 ``mixed_precision`` / ``xla`` / ``strategy`` options.
-    ``cache_frozen`` (default: on when stage 1 did not augment): the frozen layers below the
-    unfreeze point run once per image and only the layers above train, on their cached
-    output (see :func:`_frozen_split`); the saved model is the whole model either way.
+    Where that output is not a single tensor (see :mod:`keras_cnn.models.boundary`), says
+    why in one line and fits the whole model on the images instead.  The whole model is
+    what is saved either way.
     """
-    from keras_cnn.models.bases import get_base_spec
-    from keras_cnn.models.loading import load_model
-    from keras_cnn.models.transfer import parameter_counts
-    from keras_cnn.models.transfer import unfreeze_from as unfreeze
-    from keras_cnn.train.data import balanced_class_weights, prepare_folder_data
-    from keras_cnn.train.execution import start_execution
+    from keras_cnn.models.boundary import NoSingleBoundary, split_at_frozen_boundary
+    from keras_cnn.train.features import cached_fit_inputs
 
-    source = RunDirectory(run_dir).require()
+    data, training = context.data, context.training
+    try:
+        split = split_at_frozen_boundary(context.model)
+    except NoSingleBoundary as reason:
+        say(f"Not caching the frozen layers (the whole model trains on images): {reason}")
+        _record_frozen_cache(context, {"used": False, "reason": str(reason)})
+        return FitInputs(context.model, data.train, data.validation)
+    say(f"Caching the frozen layers up to {split.boundary_layer} "
+        f"({'x'.join(map(str, split.boundary_shape))}, {split.bytes_per_image:,} bytes per image)")
+    _record_frozen_cache(context, {"used": True, "boundary_layer": split.boundary_layer,
+                                   "boundary_shape": list(split.boundary_shape),
+                                   "bytes_per_image": split.bytes_per_image})
+    return cached_fit_inputs(split.bottom, split.top, data, training.batch_size, training.seed,
+                             context.run.root / "features", "boundary tensors",
+                             train_in_order=_train_in_file_order(context))
+
+
+def _record_frozen_cache(context, details: dict[str, Any]) -> None:
+    """Add what the frozen-layer cache did to the stage's entry in config.json."""
+    config = context.run.read_config()
+    config.setdefault("extra", {}).setdefault("stages", {}).setdefault(context.spec.name, {})["frozen_cache"] = details
+    context.run.write_config(config)
+
+
+def _train_in_file_order(context):
+    """The train part unshuffled, so cached rows are shuffled exactly like the images would be."""
+    from keras_cnn.data.pipeline import make_dataset
+
+    config = context.spec.config
+    return make_dataset(config.data.split, config.data.images, "train", config.data.image_size,
+                        context.training.batch_size, shuffle=False, cache=False, labels=config.labels,
+                        resize_mode=config.data.resize_mode, skip=context.data.skipped)
+
+
+def resolve_cache_frozen(config: RunConfig, finetune: FineTuneConfig, strategy: str) -> bool:
+    """Whether stage 2 caches its frozen layers: as asked, else when stage 1 did not augment."""
+    if finetune.cache_frozen and config.data.augment:
+        raise UserError("--cache-frozen computes the frozen layers once per image, so it cannot be used on a "
+                        "run trained with --augment; use --no-cache-frozen")
+    if finetune.cache_frozen and strategy == "multiworker":
+        raise UserError("cached frozen layers are computed by one process; with --strategy multiworker pass "
+                        "--no-cache-frozen")
+    if finetune.cache_frozen is None:
+        return not config.data.augment and strategy != "multiworker"
+    return bool(finetune.cache_frozen)
+
+
+def resolve_fine_tune_training(config: RunConfig, finetune: FineTuneConfig):
+    """Stage 2's training options: the given ones, else the defaults, else stage 1's."""
+    from keras_cnn.models.bases import get_base_spec
+
+    spec = get_base_spec(config.model.name)
+    stage1 = config.training
+    return replace(
+        stage1,
+        epochs=finetune.epochs or FINETUNE_DEFAULTS["epochs"],
+        learning_rate=finetune.learning_rate or spec.finetune_learning_rate,
+        optimizer=finetune.optimizer or FINETUNE_DEFAULTS["optimizer"],
+        batch_size=finetune.batch_size or stage1.batch_size,
+        mixed_precision=finetune.mixed_precision or stage1.mixed_precision,
+        xla=finetune.xla or stage1.xla,
+        strategy=finetune.strategy or stage1.strategy,
+    ), finetune.unfreeze_from or spec.default_unfreeze
+
+
+def fine_tune_run(finetune: FineTuneConfig, run_dir: str | Path, out_dir: str | Path | None = None,
+                  overwrite: bool = False, *, execution=None, data=None, start_model=None) -> dict[str, Any]:
+    """Stage 2 on a stage-1 run: unfreeze the base from ``finetune.unfreeze_from`` on and train at a low rate.
+
+    Results go into the same run, or into ``out_dir`` (a copy of the stage-1 run, which is
+    then left untouched).  The stage-1 run must have finished.  ``execution``, ``data`` and
+    ``start_model`` let :func:`fine_tune` hand over stage 1's execution, decoded data and
+    best model instead of starting, decoding and loading them again.
+    """
+    return _fine_tune_run(finetune, run_dir, out_dir, overwrite, execution, data, start_model).summary
+
+
+def _fine_tune_run(finetune, run_dir, out_dir, overwrite, execution=None, data=None, start_model=None):
+    from keras_cnn.models.loading import load_model
+    from keras_cnn.models.transfer import unfreeze_from as unfreeze
+    from keras_cnn.train.data import prepare_folder_data
+
+    validate_config(finetune)
+    source = RunDirectory(run_dir)
+    if not source.config_path.exists():
+        raise UserError(f"{run_dir} is not a kcnn run directory: config.json is missing")
     config = RunConfig.from_dict(source.read_config())
     if config.model.kind != "transfer":
         raise UserError(f"{run_dir} is a {config.model.kind or 'non-transfer'} run; finetune needs a "
                         "`kcnn transfer` run")
-    spec = get_base_spec(config.model.name)
-    training = replace(config.training, **(execution or {}))
-    training = replace(
-        training,
-        epochs=epochs or FINETUNE_DEFAULTS["epochs"],
-        learning_rate=learning_rate or spec.finetune_learning_rate,
-        optimizer=optimizer or FINETUNE_DEFAULTS["optimizer"],
-        batch_size=batch_size or config.training.batch_size,
-    )
-    boundary = unfreeze_from or spec.default_unfreeze
-    keras.utils.set_random_seed(training.seed)
-    session = start_execution(training)
+    training, boundary = resolve_fine_tune_training(config, finetune)
+    cache_frozen = resolve_cache_frozen(config, finetune, training.strategy)
+    record = {"unfreeze_from": boundary, "train_bn": finetune.train_bn, "epochs": training.epochs,
+              "learning_rate": training.learning_rate, "optimizer": training.optimizer,
+              "batch_size": training.batch_size, "cache_frozen": cache_frozen}
+
+    def prepare_data(context):
+        return prepare_folder_data(config.data, config.data.image_size, 3, training.batch_size, training.seed,
+                                   skipped_record=context.run.skipped_images_path, labels=config.labels)
+
+    def build_model(context):
+        run = context.run
+        # Stage 1's best model: kept under stages/ (model.keras may already be a fine-tuned one).
+        model = context.start_model
+        if model is None:
+            start = run.stage_model_path(HEAD_STAGE)
+            model = load_model(start if start.exists() else run.model_path)
+        unfreeze(model, boundary, train_bn=finetune.train_bn)
+        return model
+
+    options = {"training": asdict(training), "finetune": record}
+    stage = StageSpec(FINETUNE_STAGE, config, training, options, prepare_data, build_model,
+                      requires=HEAD_STAGE, record=record, fit_inputs=top_on_cached_boundary if cache_frozen else None)
     target = Path(out_dir) if out_dir is not None else source.root
-
-    with session.run_directory(target) as run:
-        if run.root.resolve() != source.root.resolve() and not run.config_path.exists():
-            # A new --out (or a non-chief worker's scratch folder) starts as a copy of stage 1;
-            # resuming a killed fine-tune into it keeps its own files.
-            shutil.copytree(source.root, run.root, dirs_exist_ok=True,
-                            ignore=shutil.ignore_patterns("backup", "eval", "logs"))
-        with session.scope():
-            model = load_model(run.model_path)
-            unfreeze(model, boundary, train_bn=train_bn)
-            session.compile(model, training.optimizer, training.learning_rate, config.training.loss)
-        counts = parameter_counts(model)
-        frozen_split = _frozen_split(model, config, session, cache_frozen)
-        data = prepare_folder_data(config.data, config.data.image_size, 3, training.batch_size, training.seed,
-                                   skipped_record=run.skipped_images_path, labels=config.labels)
-        stages = dict(config.extra.get("stages", {}))
-        stages[FINETUNE_STAGE] = {"parameters": counts, "unfreeze_from": boundary, "train_bn": train_bn,
-                                  "epochs": training.epochs, "learning_rate": training.learning_rate,
-                                  "optimizer": training.optimizer, "execution": session.plan.to_dict(),
-                                  "cache_frozen": frozen_split is not None}
-        if frozen_split is not None:
-            stages[FINETUNE_STAGE]["frozen_cache"] = {"boundary_layer": frozen_split.boundary_layer,
-                                                      "boundary_shape": list(frozen_split.boundary_shape),
-                                                      "bytes_per_image": frozen_split.bytes_per_image}
-        stage_config = replace(config, extra={**config.extra, "stages": stages})
-        run.write_config(stage_config.to_dict())
-
-        single_sigmoid = model.output_shape[-1] == 1
-        class_weight = balanced_class_weights(data.train_counts) if training.class_weight == "balanced" else None
-        started = time.perf_counter()
-        initial_best = _best_validation_loss(run, HEAD_STAGE)
-        if frozen_split is not None:
-            rows = fit_on_cached(model, frozen_split.bottom, frozen_split.top, run, FINETUNE_STAGE, data, training,
-                                 config.training.loss, session, single_sigmoid, class_weight,
-                                 initial_best=initial_best,
-                                 train_in_order=_train_in_file_order(config, data, training.batch_size))
-        else:
-            rows = fit_stage(model, run, FINETUNE_STAGE, data, training.epochs, session, single_sigmoid,
-                             class_weight, initial_best=initial_best)
-        seconds = time.perf_counter() - started
-        summary = _finish_stage(run, stage_config, FINETUNE_STAGE, rows, seconds, counts, data, single_sigmoid)
-    return {**summary, "run": str(target)}
+    outcome = run_stage(stage, target, overwrite=overwrite, execution=execution, data=data, start_model=start_model,
+                        source_run=source.root if out_dir is not None else None)
+    outcome.summary = {**outcome.summary, "base": config.model.name}
+    return outcome
 
 
-def _frozen_split(model, config: RunConfig, session, cache_frozen: bool | None):
-    """The model cut at its unfreeze point for caching the frozen part, or None to train it whole.
-
-    Default: cache when stage 1 did not augment (the frozen part then sees the same pixels
-    every epoch).  Where the part above the unfreeze point needs more than one tensor from
-    below it, the stage trains the whole model and says why in one line.
-    """
-    import sys
-
-    from keras_cnn.models.boundary import NoSingleBoundary, split_at_frozen_boundary
-
-    if cache_frozen and config.data.augment:
-        raise UserError("--cache-frozen computes the frozen layers once per image, so it cannot be used on a "
-                        "run trained with --augment; use --no-cache-frozen")
-    if cache_frozen and session.multiworker:
-        raise UserError("cached frozen layers are computed by one process; with --strategy multiworker pass "
-                        "--no-cache-frozen")
-    if cache_frozen is None:
-        cache_frozen = not config.data.augment and not session.multiworker
-    if not cache_frozen:
-        return None
-    try:
-        return split_at_frozen_boundary(model)
-    except NoSingleBoundary as reason:
-        print(f"Not caching the frozen layers (the whole model trains on images): {reason}", file=sys.stderr)
-        return None
-
-
-def _train_in_file_order(config: RunConfig, data, batch_size: int):
-    """The train part unshuffled, so cached rows are shuffled exactly like the images would be."""
-    from keras_cnn.data.pipeline import make_dataset
-
-    return make_dataset(config.data.split, config.data.images, "train", config.data.image_size, batch_size,
-                        shuffle=False, cache=False, labels=config.labels, resize_mode=config.data.resize_mode,
-                        skip=data.skipped)
-
-
-def fine_tune(config: RunConfig, out_dir: str | Path, finetune_epochs: int = 5, unfreeze_from: str | None = None,
-              train_bn: bool = False, finetune_learning_rate: float | None = None,
-              cache_frozen: bool | None = None) -> dict[str, Any]:
+def fine_tune(config: RunConfig, out_dir: str | Path | None = None, finetune: FineTuneConfig | None = None,
+              overwrite: bool = False) -> dict[str, Any]:
     """Both stages in one call: head epochs on the frozen base, then unfreeze and fine-tune.
 
-    ``config`` is a stage-1 ``RunConfig`` (``config.training.epochs`` = head epochs).
-    Returns the stage-2 summary with the stage-1 summary under ``"head"``.
+    ``config`` is a stage-1 ``RunConfig`` (``config.training.epochs`` = head epochs);
+    ``finetune`` the stage-2 options (defaults: :class:`FineTuneConfig`).  Stage 2 starts
+    from stage 1's best model and decoded images, still in memory.  Returns the stage-2
+    summary with the stage-1 summary under ``"head"``.
     """
-    head = train_head(config, out_dir)
-    tuned = fine_tune_run(out_dir, unfreeze_from=unfreeze_from, train_bn=train_bn, epochs=finetune_epochs,
-                          learning_rate=finetune_learning_rate, cache_frozen=cache_frozen)
-    return {**tuned, "head": head}
-
-
-def _best_validation_loss(run: RunDirectory, stage: str) -> float | None:
-    from keras_cnn.train.callbacks import read_history
-
-    values = [float(row["val_loss"]) for row in read_history(run.history_path)
-              if row.get("stage") == stage and row.get("val_loss") not in (None, "")]
-    return min(values) if values else None
-
-
-def _finish_stage(run: RunDirectory, config: RunConfig, stage: str, rows: list[dict], seconds: float,
-                  counts: dict[str, int], data, single_sigmoid: bool) -> dict[str, Any]:
-    """Test the saved (best) model, record per-stage metrics, redraw the curves; returns the summary."""
-    from keras_cnn.models.loading import load_model
-    from keras_cnn.train.data import as_model_targets
-    from keras_cnn.train.fit import plot_history
-
-    best = load_model(run.model_path)
-    metrics = run.read_metrics()
-    stage_metrics: dict[str, Any] = {"parameters": counts, "seconds": round(seconds, 2),
-                                     "epochs": len(rows)}
-    if rows:
-        stage_metrics["final_epoch"] = rows[-1]
-    if data.test is not None:
-        stage_metrics["test"] = evaluate_test(best, as_model_targets(data.test, single_sigmoid), data.labels)
-        metrics["test"] = stage_metrics["test"]
-    metrics.setdefault("stages", {})[stage] = stage_metrics
-    metrics["parameters"] = counts
-    run.write_metrics(metrics)
-    plot_history(run)
-    final = rows[-1] if rows else {}
-    return {
-        "run": str(run.root),
-        "stage": stage,
-        "base": config.model.name,
-        "epochs": len(rows),
-        **counts,
-        "val_loss": final.get("val_loss"),
-        "val_accuracy": final.get("val_accuracy"),
-        "test_accuracy": metrics.get("test", {}).get("accuracy"),
-        "test_loss": metrics.get("test", {}).get("loss"),
-        "model": str(run.model_path),
-        "seconds": round(seconds, 2),
-    }
+    finetune = finetune or FineTuneConfig()
+    validate_config(finetune)
+    out_dir = Path(out_dir or default_run_dir(config.model.name))
+    head = _train_head(config, out_dir, overwrite)
+    stage1 = RunConfig.from_dict(RunDirectory(out_dir).read_config())
+    training, _ = resolve_fine_tune_training(stage1, finetune)
+    # The decoded images serve stage 2 as they are when it batches them the same way.
+    data = head.data if training.batch_size == stage1.training.batch_size else None
+    # The model was built under stage 1's strategy: it goes over only with that same execution.
+    same_execution = all(getattr(training, name) == getattr(stage1.training, name)
+                         for name in ("mixed_precision", "xla", "strategy"))
+    start_model = head.model if same_execution else None
+    tuned = _fine_tune_run(finetune, out_dir, None, overwrite, execution=head.execution if start_model else None,
+                           data=data, start_model=start_model)
+    return {**tuned.summary, "head": head.summary}

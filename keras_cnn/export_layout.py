@@ -1,0 +1,67 @@
+"""The files of an exported model folder, read without TensorFlow.
+
+``kcnn predict`` checks the folder it is given (a version folder, or the export folder
+holding numbered versions) and the labels shipped inside it before it spends seconds
+importing TensorFlow, so a wrong path or a damaged export is reported at once.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from keras_cnn.errors import UserError
+from keras_cnn.runs import read_json, read_labels
+
+LABELS_ASSET = Path("assets") / "labels.txt"
+METADATA_FILE = Path("assets.extra") / "kcnn.json"
+
+
+def resolve_version_dir(path: str | os.PathLike) -> Path:
+    """``DIR/<version>`` itself, or the highest numeric version folder inside ``DIR``."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"model directory {path} does not exist")
+    if not path.is_dir():
+        raise UserError(f"--model must be an export directory, received a file: {path}")
+    if (path / "saved_model.pb").is_file():
+        return path
+    versions = [child for child in path.iterdir()
+                if child.name.isdigit() and (child / "saved_model.pb").is_file()]
+    if not versions:
+        raise UserError(f"{path} is not an exported model: no saved_model.pb in it or in a numbered version folder")
+    return max(versions, key=lambda child: int(child.name))
+
+
+def read_export_metadata(version_dir: Path) -> dict[str, Any]:
+    """``assets.extra/kcnn.json`` (empty for an export made by other tools)."""
+    path = version_dir / METADATA_FILE
+    return read_json(path) if path.is_file() else {}
+
+
+def read_export_labels(version_dir: Path, metadata: dict[str, Any]) -> list[str]:
+    """The export's ``labels.txt``; a missing one, or one whose length disagrees with the metadata, is refused.
+
+    The serving graph initialises its label table from this file, so without it loading
+    fails deep inside TensorFlow; saying so here names the file and what it should hold.
+    """
+    path = version_dir / LABELS_ASSET
+    expected = metadata.get("labels")
+    if not path.is_file():
+        if metadata:
+            count = f"{len(expected)} expected" if expected is not None else "the number of classes expected"
+            raise UserError(f"{path} is missing (0 labels, {count}); export the run again with kcnn export")
+        return []
+    labels = read_labels(path)
+    if expected is not None and len(labels) != len(expected):
+        raise UserError(f"{path} has {len(labels)} labels but the model was exported with {len(expected)}; "
+                        "export the run again with kcnn export")
+    return labels
+
+
+def check_label_count(version_dir: Path, labels: list[str], classes: int) -> None:
+    """Refuse ``labels.txt`` whose length differs from the model's number of output classes."""
+    if labels and len(labels) != classes:
+        raise UserError(f"{version_dir / LABELS_ASSET} has {len(labels)} labels but the model has {classes} classes; "
+                        "export the run again with kcnn export")

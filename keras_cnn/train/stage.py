@@ -1,0 +1,536 @@
+"""The stage runner: every training stage of a run goes through :func:`run_stage`.
+
+A stage (``train`` for a from-scratch net, ``head`` and ``finetune`` for transfer
+learning) is declared as a :class:`StageSpec`: its name, the run config it records, its
+training options, the options that must match to resume it, and a few hooks (data,
+model, and optionally loss, optimizer, what ``fit`` trains on, extra callbacks).  The
+runner does the rest, the same way for every stage:
+
+1. take the run's lock (a second process fails at once, naming the holder's pid) and
+   remove temporary files a killed write left;
+2. read the run state: a finished stage with the same options is not run again, other
+   options are refused (naming them) unless ``overwrite``, a stage that needs another
+   (``finetune`` after ``head``) needs it finished, and stages that depend on this one
+   are refused or, with ``overwrite``, removed with everything that was theirs;
+3. data, model, loss, optimizer; config.json and labels.txt; compile;
+4. fit with kill-safe checkpoints (resuming from the last committed epoch);
+5. test the best model, record metrics, draw the curves, mark the stage finished.
+
+A failed command leaves no run folder it created without progress in it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import keras
+import numpy as np
+
+from keras_cnn.config import RunConfig, TrainingConfig
+from keras_cnn.errors import UserError
+from keras_cnn.runs import (EXECUTION_OPTIONS, RunDirectory, RunLock, RunState, check_output_path,
+                            differing_options, flatten_options, remove_stale_temporaries)
+from keras_cnn.train.callbacks import (HistoryRecorder, NanGuard, RunProgress, StageCheckpoint, format_seconds,
+                                      read_history, write_history)
+
+
+@dataclass
+class FitInputs:
+    """What ``fit`` trains: a model (the whole one, or only its top) and its datasets.
+
+    ``cleanup`` runs after the fit (e.g. to delete cached tensors).  Whatever is fitted,
+    the stage's whole model is what gets saved and tested.
+    """
+
+    model: keras.Model
+    train: Any
+    validation: Any
+    cleanup: Callable[[], None] | None = None
+
+
+@dataclass
+class StageContext:
+    """What a hook sees: the spec, the run, the execution, and the data and model once made."""
+
+    spec: "StageSpec"
+    run: RunDirectory
+    execution: Any
+    start_model: keras.Model | None = None   # the previous stage's best model, when still in memory
+    data: Any = None
+    model: keras.Model | None = None
+    loss: Any = None
+    single_sigmoid: bool = False
+
+    @property
+    def training(self) -> TrainingConfig:
+        return self.spec.training
+
+    def class_weight(self) -> dict[int, float] | None:
+        from keras_cnn.train.data import balanced_class_weights
+
+        if self.training.class_weight != "balanced":
+            return None
+        return balanced_class_weights(self.data.train_counts)
+
+
+@dataclass
+class StageSpec:
+    """One stage of a run, declared by the training routine that runs it.
+
+    ``config``: the run's resolved config (config.json; labels, classes, loss and the
+    execution plan are added by the runner).  ``training``: this stage's training options
+    (epochs, optimizer, learning rate, batch size, seed, execution).  ``options``: what
+    defines the stage's result; a resume or re-run must match them (execution options
+    aside).  ``requires``: the stage that must have finished first.  ``record``: entries for
+    ``config.extra["stages"][name]``.  ``keep_model``: keep this stage's best model under
+    ``RUN/stages/`` for a later stage to start from.
+
+    Hooks (each gets the :class:`StageContext`): ``prepare_data`` -> ``PreparedData``;
+    ``build_model`` -> the uncompiled whole model (called inside the strategy scope);
+    ``loss`` -> a Keras loss (default: binary cross-entropy for one sigmoid unit, else
+    sparse categorical); ``optimizer`` -> a ``keras.optimizers.Optimizer`` (default: the
+    kcnn optimizer named by ``training.optimizer`` at ``training.learning_rate``);
+    ``fit_inputs`` -> :class:`FitInputs` (default: the whole model on the data's train and
+    validation datasets); ``callbacks`` -> extra Keras callbacks, run after the runner's.
+    """
+
+    name: str
+    config: RunConfig
+    training: TrainingConfig
+    options: dict[str, Any]
+    prepare_data: Callable[[StageContext], Any]
+    build_model: Callable[[StageContext], keras.Model]
+    requires: str | None = None
+    record: dict[str, Any] = field(default_factory=dict)
+    keep_model: bool = False
+    loss: Callable[[StageContext], Any] | None = None
+    optimizer: Callable[[StageContext], Any] | None = None
+    fit_inputs: Callable[[StageContext], FitInputs] | None = None
+    callbacks: Callable[[StageContext], list] | None = None
+
+
+@dataclass
+class StageOutcome:
+    """The stage's summary, and the best model, data and execution it leaves in memory (``None`` when skipped)."""
+
+    summary: dict[str, Any]
+    model: keras.Model | None = None
+    data: Any = None
+    execution: Any = None
+
+
+def say(message: str) -> None:
+    """One line of the runner's progress on stderr."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def run_stage(spec: StageSpec, out_dir: str | os.PathLike, overwrite: bool = False, execution=None,
+              data=None, start_model: keras.Model | None = None, source_run: str | os.PathLike | None = None,
+              ) -> StageOutcome:
+    """Run ``spec`` into the run folder ``out_dir``; see the module docstring for the steps.
+
+    ``execution``: an already started ``Execution`` (``fine_tune`` shares one between its
+    stages), else one is started from ``spec.training``.  ``data``: already prepared data,
+    used instead of ``spec.prepare_data``.  ``start_model``: the previous stage's best model
+    in memory, for ``spec.build_model`` to start from (``context.start_model``).
+    ``source_run``: a run to start from (a copy of it is made in ``out_dir`` when
+    ``out_dir`` is another folder).
+    """
+    from keras_cnn.train.execution import start_execution
+
+    out_dir = Path(out_dir)
+    check_output_path(out_dir, directory=True, option="the run folder")
+    keras.utils.set_random_seed(spec.training.seed)
+    execution = execution or start_execution(spec.training)
+    created = not out_dir.exists()
+    with execution.run_directory(out_dir) as run:
+        lock = RunLock(run.root).acquire()
+        state = None
+        try:
+            remove_stale_temporaries(run.root)
+            if source_run is not None:
+                _copy_source_run(Path(source_run), run, spec)
+            state = RunState.read(run)
+            finished = _check_state(run, state, spec, overwrite)
+            if finished is not None:
+                # A kill right after the stage was marked finished can leave its checkpoints.
+                _remove_backup(run, spec.name)
+                return StageOutcome(finished)
+            return _run_checked_stage(StageContext(spec, run, execution, start_model), state, data)
+        except BaseException:
+            if created and not _has_progress(run, spec.name, state):
+                shutil.rmtree(run.root, ignore_errors=True)
+            raise
+        finally:
+            lock.release()
+
+
+def _has_progress(run: RunDirectory, stage: str, state: RunState | None) -> bool:
+    """Whether the run holds anything a re-run would reuse: a finished stage or a committed epoch."""
+    if (run.backup_dir / stage / StageCheckpoint.LATEST).exists():
+        return True
+    return state is not None and any(entry.get("status") == "finished" for entry in state.stages.values())
+
+
+def _copy_source_run(source: Path, run: RunDirectory, spec: StageSpec) -> None:
+    """Start ``run`` as a copy of ``source`` up to ``spec.requires`` (``kcnn finetune --out``)."""
+    if source.resolve() == run.root.resolve() or run.state_path.exists() or run.config_path.exists():
+        return
+    with RunLock(source):
+        shutil.copytree(source, run.root, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("backup", "eval", "logs", RunLock.name))
+        copied = RunState.read(run)
+        later = [name for name in copied.stages if name != spec.requires]
+        _discard_stages(run, copied, later)
+
+
+def _check_state(run: RunDirectory, state: RunState, spec: StageSpec, overwrite: bool) -> dict[str, Any] | None:
+    """Apply the run-state rules; returns the stored summary when the stage already finished."""
+    if spec.requires and state.status(spec.requires) != "finished":
+        raise UserError(f"{run.root}: stage '{spec.requires}' has not finished "
+                        f"({_epochs_done(run, spec.requires)}); finish it before '{spec.name}'")
+    others = [name for name in state.stages if name not in (spec.name, spec.requires)]
+    if others and not overwrite:
+        raise UserError(f"{run.root} holds stage(s) {', '.join(others)}, which running '{spec.name}' would "
+                        "invalidate; pass --overwrite to remove them (or use another --out)")
+    entry = state.stages.get(spec.name)
+    if entry is not None and not overwrite:
+        recorded = entry.get("options")
+        if recorded is None:
+            raise UserError(f"{run.root} was written by an older kcnn without run state; pass --overwrite to run "
+                            f"'{spec.name}' again (or use another --out)")
+        differences = differing_options(_comparable(recorded), _comparable(spec.options))
+        if differences:
+            shown = "; ".join(differences[:5]) + (f"; and {len(differences) - 5} more" if len(differences) > 5 else "")
+            verb = "finished" if entry.get("status") == "finished" else "was started"
+            raise UserError(f"{run.root}: stage '{spec.name}' {verb} with other options: {shown}; pass --overwrite "
+                            "to start it over (or use another --out)")
+        if entry.get("status") == "finished":
+            say(f"{run.root}: stage '{spec.name}' already finished; nothing to do (--overwrite starts it over)")
+            return {**entry.get("result", {}), "run": str(run.root)}
+    if overwrite:
+        _discard_stages(run, state, others + ([spec.name] if entry is not None else []))
+    return None
+
+
+def _comparable(options: dict[str, Any]) -> dict[str, Any]:
+    """The options without those that only say how the stage executes."""
+    return {key: value for key, value in flatten_options(options).items() if key not in EXECUTION_OPTIONS}
+
+
+def _epochs_done(run: RunDirectory, stage: str) -> str:
+    rows = [row for row in read_history(run.history_path) if row.get("stage") == stage]
+    return f"{len(rows)} epoch(s) recorded" if rows else "no epoch recorded"
+
+
+def _discard_stages(run: RunDirectory, state: RunState, stages: list[str]) -> None:
+    """Remove what belonged to ``stages``: their state, history rows, checkpoints, logs, metrics, eval/.
+
+    The model goes back to the best model of the stage before them, when one was kept;
+    removing the first stage of a run empties the run (but for its lock).
+    """
+    if not stages:
+        return
+    remaining = [name for name in state.stages if name not in stages]
+    if not remaining:
+        run.clear()
+        state.stages.clear()
+        return
+    for name in stages:
+        for folder in (run.backup_dir / name, run.tensorboard_dir / name):
+            shutil.rmtree(folder, ignore_errors=True)
+        run.stage_model_path(name).unlink(missing_ok=True)
+    shutil.rmtree(run.eval_dir, ignore_errors=True)
+    rows = read_history(run.history_path)
+    if rows:
+        write_history(run.history_path, [row for row in rows if row.get("stage") not in stages])
+    metrics = run.read_metrics()
+    if metrics:
+        kept = {name: value for name, value in metrics.get("stages", {}).items() if name not in stages}
+        metrics["stages"] = kept
+        last = kept.get(remaining[-1], {})
+        for key in ("test", "parameters"):
+            if key in last:
+                metrics[key] = last[key]
+            else:
+                metrics.pop(key, None)
+        run.write_metrics(metrics)
+    if run.config_path.exists():
+        config = run.read_config()
+        recorded = config.get("extra", {}).get("stages", {})
+        for name in stages:
+            recorded.pop(name, None)
+        run.write_config(config)
+    previous = run.stage_model_path(remaining[-1])
+    if previous.exists():
+        _link_or_copy(previous, run.model_path)
+    for name in stages:
+        state.stages.pop(name, None)
+    state.write()
+    plot_history(run)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """Make ``target`` hold ``source``'s bytes, atomically: a hard link when possible, else a copy."""
+    from keras_cnn.runs import atomic_path
+
+    with atomic_path(target) as temporary:
+        temporary.unlink()
+        try:
+            os.link(source, temporary)
+        except OSError:
+            shutil.copyfile(source, temporary)
+
+
+def _run_checked_stage(context: StageContext, state: RunState, data) -> StageOutcome:
+    """Steps 3-5 of the module docstring, once the run state allows the stage."""
+    from keras_cnn.models.transfer import parameter_counts
+
+    spec, run = context.spec, context.run
+    context.data = data if data is not None else spec.prepare_data(context)
+    with context.execution.scope():
+        context.model = spec.build_model(context)
+    context.single_sigmoid = context.model.output_shape[-1] == 1
+    context.loss = spec.loss(context) if spec.loss else default_loss(context.single_sigmoid)
+    counts = parameter_counts(context.model)
+    _write_config(context, counts)
+    state.start(spec.name, spec.options)
+    # A new model is coming: an evaluation of the old one no longer describes the run.
+    shutil.rmtree(run.eval_dir, ignore_errors=True)
+    run.stage_model_path(spec.name).unlink(missing_ok=True)
+
+    checkpoint = StageCheckpoint(run.backup_dir / spec.name, run.model_path, monitor=_monitor(context.data),
+                                 whole_model=None, initial_best=_best_before(run, spec))
+    committed = StageCheckpoint.recover(checkpoint.backup_dir, run.model_path)
+    done = int(committed["epoch"]) if committed else 0
+    fit_seconds = 0.0
+    if done >= spec.training.epochs and not StageCheckpoint.needs_assembly(checkpoint.backup_dir):
+        say(f"{run.root}: all {spec.training.epochs} epochs of '{spec.name}' were trained before it stopped; "
+            "testing the best model")
+    else:
+        if done:
+            say(f"resuming {run.root} at epoch {done + 1} of {spec.training.epochs} ('{spec.name}')")
+        started = time.perf_counter()
+        _fit(context, checkpoint)
+        fit_seconds = time.perf_counter() - started
+    multiworker = context.execution.multiworker
+    # The model in memory is the best one when the last epoch was the best; under a multi-worker
+    # strategy it would predict on every worker's batch at once, so the test uses a plain copy.
+    best = context.model if checkpoint.saved_last_epoch and not multiworker else _load_best(context)
+    summary = {**_finish(context, best, counts), "fit_seconds": round(fit_seconds, 2)}
+    if spec.keep_model:
+        _link_or_copy(run.model_path, run.stage_model_path(spec.name))
+    state.finish(spec.name, summary)
+    _remove_backup(run, spec.name)
+    return StageOutcome(summary, None if multiworker else best, context.data, context.execution)
+
+
+def _remove_backup(run: RunDirectory, stage: str) -> None:
+    """Delete a finished stage's checkpoints (and ``backup/`` once empty)."""
+    shutil.rmtree(run.backup_dir / stage, ignore_errors=True)
+    if run.backup_dir.is_dir() and not any(run.backup_dir.iterdir()):
+        run.backup_dir.rmdir()
+
+
+def default_loss(single_sigmoid: bool) -> str:
+    """Binary cross-entropy for one sigmoid unit, else sparse categorical cross-entropy (class indices)."""
+    return "binary_crossentropy" if single_sigmoid else "sparse_categorical_crossentropy"
+
+
+def _monitor(data) -> str:
+    # Without a validation part the training loss decides which model is best.
+    return "val_loss" if data.validation is not None else "loss"
+
+
+def _best_before(run: RunDirectory, spec: StageSpec) -> float | None:
+    """The best validation loss of the stage this one follows: the saved model to beat."""
+    if not spec.requires:
+        return None
+    values = [float(row["val_loss"]) for row in read_history(run.history_path)
+              if row.get("stage") == spec.requires and row.get("val_loss") not in (None, "")]
+    return min(values) if values else None
+
+
+def _write_config(context: StageContext, counts: dict[str, int]) -> None:
+    """config.json (the spec's config, what the data and model resolved, this stage's record) and labels.txt."""
+    spec, run, data = context.spec, context.run, context.data
+    recorded = RunConfig.from_dict(run.read_config()) if spec.requires and run.config_path.exists() else None
+    config = spec.config
+    stages = dict((recorded or config).extra.get("stages", {}))
+    stages[spec.name] = {**spec.record, "parameters": counts, "execution": context.execution.plan.to_dict()}
+    if recorded is not None:
+        # A later stage keeps the run's config and adds its own record.
+        config = replace(recorded, extra={**recorded.extra, "stages": stages})
+    else:
+        config = replace(config, labels=list(data.labels),
+                         model=replace(config.model, num_classes=len(data.labels)),
+                         training=replace(config.training, loss=context.loss if isinstance(context.loss, str)
+                                          else getattr(context.loss, "name", str(context.loss))),
+                         extra={**config.extra, "execution": context.execution.plan.to_dict(), "sizes": data.sizes,
+                                "skipped_images": len(data.skipped), "stages": stages})
+        run.write_labels(data.labels)
+    run.write_config(config.to_dict())
+
+
+def _fit(context: StageContext, checkpoint: StageCheckpoint) -> None:
+    """Compile and fit (or the multi-worker loop) with the runner's callbacks, then the spec's."""
+    from keras_cnn.train.data import as_model_targets
+
+    spec, run, execution = context.spec, context.run, context.execution
+    inputs = spec.fit_inputs(context) if spec.fit_inputs else FitInputs(context.model, context.data.train,
+                                                                          context.data.validation)
+    with execution.scope():
+        optimizer = spec.optimizer(context) if spec.optimizer else spec.training.optimizer
+        if inputs.model is not context.model:
+            # The whole model is compiled too, so its saved file records a usable training setup.
+            execution.compile(context.model, spec.training.optimizer, spec.training.learning_rate, context.loss)
+        execution.compile(inputs.model, optimizer, spec.training.learning_rate, context.loss)
+    checkpoint.whole_model = context.model if inputs.model is not context.model else None
+    history = HistoryRecorder(run.history_path, spec.name)
+    callbacks = [
+        history,        # before the checkpoint: an epoch's row exists when the epoch commits
+        checkpoint,
+        NanGuard(),
+        RunProgress(spec.name, spec.training.epochs),
+        keras.callbacks.TensorBoard(str(run.tensorboard_dir / spec.name), write_graph=False),
+        *(spec.callbacks(context) if spec.callbacks else []),
+    ]
+    train = as_model_targets(inputs.train, context.single_sigmoid)
+    validation = as_model_targets(inputs.validation, context.single_sigmoid)
+    try:
+        if execution.multiworker:
+            _fit_multiworker(inputs.model, context, callbacks)
+        else:
+            # The datasets shuffle themselves (tf.data or the legacy generator); fit must not.
+            inputs.model.fit(train, validation_data=validation, epochs=spec.training.epochs, callbacks=callbacks,
+                             class_weight=context.class_weight(), shuffle=False)
+    except BaseException:
+        checkpoint.assemble()   # a part trained on cached inputs: a NaN stop or Ctrl-C keeps the best so far
+        raise
+    finally:
+        if inputs.cleanup is not None:
+            inputs.cleanup()
+
+
+def _fit_multiworker(model: keras.Model, context: StageContext, callbacks: list) -> None:
+    """``model.fit`` fails under MultiWorkerMirroredStrategy in Keras 3; run the custom loop instead."""
+    from keras_cnn.train.data import as_model_targets
+    from keras_cnn.train.distribute import fit_multiworker
+
+    per_worker, execution = context.data.per_worker, context.execution
+    if per_worker is None:
+        raise UserError("this data cannot be sharded across workers (the legacy ImageDataGenerator engine "
+                        "or cached features); use --augment-engine layers / --no-cache-features")
+    if context.training.class_weight == "balanced":
+        raise UserError("--class-weight balanced is not supported with --strategy multiworker")
+    sigmoid = context.single_sigmoid
+    validation_fn = per_worker.validation
+    fit_multiworker(
+        lambda: model,
+        lambda input_context: as_model_targets(per_worker.train(input_context), sigmoid),
+        epochs=context.training.epochs, steps_per_epoch=per_worker.steps_per_epoch, strategy=execution.strategy,
+        validation_dataset_fn=(lambda input_context: as_model_targets(validation_fn(input_context), sigmoid))
+        if validation_fn else None,
+        validation_steps=per_worker.validation_steps, jit_compile=execution.jit_compile(model),
+        callbacks=callbacks, verbose=1,
+    )
+
+
+def _load_best(context: StageContext) -> keras.Model:
+    """The saved best model (of this stage, or of the stage before when this one did not beat it)."""
+    from keras_cnn.models.loading import load_model
+
+    if context.execution.multiworker:
+        return load_model(context.run.model_path)
+    with context.execution.scope():
+        return load_model(context.run.model_path)
+
+
+def _finish(context: StageContext, best: keras.Model, counts: dict[str, int]) -> dict[str, Any]:
+    """Test the best model, record the stage's metrics, redraw the curves; returns the stage's summary."""
+    from keras_cnn.train.data import as_model_targets
+
+    spec, run, data = context.spec, context.run, context.data
+    rows = [row for row in read_history(run.history_path) if row.get("stage") == spec.name]
+    # Every epoch's time, including those trained before a kill: what the stage cost.
+    seconds = round(sum(float(row.get("seconds") or 0) for row in rows), 2)
+    metrics = run.read_metrics()
+    stage_metrics: dict[str, Any] = {"parameters": counts, "seconds": seconds, "epochs": len(rows)}
+    if rows:
+        stage_metrics["final_epoch"] = {key: _number(value) for key, value in rows[-1].items()}
+    if data.test is not None:
+        stage_metrics["test"] = evaluate_test(best, as_model_targets(data.test, context.single_sigmoid), data.labels)
+        metrics["test"] = stage_metrics["test"]
+    metrics.setdefault("stages", {})[spec.name] = stage_metrics
+    metrics["parameters"] = counts
+    run.write_metrics(metrics)
+    plot_history(run)
+    final = stage_metrics.get("final_epoch", {})
+    say(f"[{spec.name}] {len(rows)} epoch(s) took {format_seconds(seconds)} in all")
+    return {
+        "run": str(run.root),
+        "stage": spec.name,
+        "model_name": spec.config.model.name,
+        "epochs": len(rows),
+        **counts,
+        "val_loss": final.get("val_loss"),
+        "val_accuracy": final.get("val_accuracy"),
+        "test_accuracy": metrics.get("test", {}).get("accuracy") if data.test is not None else None,
+        "test_loss": metrics.get("test", {}).get("loss") if data.test is not None else None,
+        "model": str(run.model_path),
+        "seconds": seconds,
+    }
+
+
+def _number(value: Any) -> Any:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return value
+    return int(number) if number.is_integer() and "." not in str(value) else number
+
+
+def evaluate_test(model: keras.Model, test, labels: list[str]) -> dict[str, Any]:
+    """Loss, accuracy and per-class accuracy of ``model`` on the (unshuffled) ``test`` dataset.
+
+    Computed the way ``kcnn evaluate`` computes them, so the two always agree.
+    """
+    from keras_cnn.evaluate import cross_entropy, outputs_to_probabilities, per_class_accuracy
+
+    outputs, true_indices = [], []
+    for images, targets in test:
+        outputs.append(np.asarray(model.predict_on_batch(images)))
+        true_indices.append(np.asarray(targets).reshape(-1).astype("int64"))
+    outputs = np.concatenate(outputs)
+    true_indices = np.concatenate(true_indices)
+    predicted_indices = outputs_to_probabilities(outputs, len(labels)).argmax(axis=-1)
+    return {
+        "loss": cross_entropy(outputs, true_indices),
+        "accuracy": float((true_indices == predicted_indices).mean()),
+        "per_class_accuracy": per_class_accuracy(true_indices, predicted_indices, labels),
+        "count": int(len(true_indices)),
+    }
+
+
+def plot_history(run: RunDirectory) -> None:
+    """Draw RUN/training.png from RUN/history.csv (removed when no epoch is left)."""
+    from keras_cnn.report import plot_training_history
+
+    if run.history_path.exists() and read_history(run.history_path):
+        plot_training_history(run.history_path, run.plot_path)
+    else:
+        run.plot_path.unlink(missing_ok=True)
+
+
+def absolute_data_paths(data):
+    """The data config with absolute paths, so later commands work from any directory."""
+    return replace(data, **{name: os.path.abspath(getattr(data, name))
+                            for name in ("dataset_path", "split", "images")
+                            if getattr(data, name)})
+
