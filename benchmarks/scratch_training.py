@@ -12,7 +12,7 @@ change the speed) two ways, with the book's augmentation (shifts of 10 %, horizo
              height_shift_range=0.1, horizontal_flip=True).flow(x / 255, y, batch_size=128)``
              fed to ``model.fit``, with the bare architecture (it takes 0..1 pixels).
 
-Both compile RMSprop 1e-3 (:func:`keras_cnn.train.optimizers.make_optimizer`, the book's
+Both compile RMSprop 1e-3 (:func:`keras_cnn.optimizers.make_optimizer`, the book's
 recipe) with the same loss and Keras's default ``jit_compile``.  Every image is a training
 image (no validation part).  After one warm-up epoch each (tracing), the two take turns for
 ``--rounds`` epochs each (``model.fit(epochs=1)`` per turn), so a burst of load from other
@@ -74,7 +74,7 @@ def write_cifar10_archive(folder: Path, train_images: int, test_images: int = 10
 def compile_like_the_book(model):
     """RMSprop 1e-3 and the architecture's loss, as kcnn compiles it (Keras's default jit_compile)."""
     from keras_cnn.models.scratch import get_architecture
-    from keras_cnn.train.optimizers import make_optimizer
+    from keras_cnn.optimizers import make_optimizer
 
     spec = get_architecture(ARCHITECTURE)
     model.compile(optimizer=make_optimizer(spec.optimizer, spec.learning_rate), loss=spec.loss(10),

@@ -23,7 +23,9 @@ class DataConfig:
     dataset: str | None = None            # "mnist" | "cifar10" (keras.datasets) ...
     dataset_path: str | None = None       # ... or the same archive on disk
     split: str | None = None              # split CSV (objectId,value,type) ...
-    images: str | None = None             # ... and its image folder
+    images: str | None = None             # ... and its image folder; alone: split it into RUN/split.csv
+    layout: str | None = None             # how --images is organised: "csv" | "folders" | "split-folders"; None = detect
+    allow_labels: list[str] = field(default_factory=list)   # labels that look like missing data but are classes
     image_size: tuple[int, int] | None = None
     channels: int | None = None
     resize_mode: str = "stretch"
@@ -156,3 +158,5 @@ def validate_config(config: RunConfig | FineTuneConfig) -> None:
         value = value_of(section, name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise UserError(f"{option} must be a whole number of at least 1, received: {value}")
+    if isinstance(config, RunConfig) and config.data.layout and config.data.split:
+        raise UserError("--layout says how to read --images when there is no --split; a split CSV names its files")

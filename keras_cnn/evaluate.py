@@ -264,7 +264,7 @@ def _split_subset(run_config, run: RunDirectory, subset: str, batch_size: int):
         raise UserError(f"{run.config_path} names a split CSV ({data.split}) but no image folder")
     labels = run.read_labels()
     skip = read_skipped_record(run.skipped_images_path)
-    split = read_split_csv(data.split)
+    split = read_split_csv(data.split, data.allow_labels)
     frame = subset_frame(split, subset, skip)
     image_size, channels = _input_geometry(run_config)
     if image_size is None:

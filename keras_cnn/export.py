@@ -464,7 +464,7 @@ def run_validation_images(config: RunConfig, limit: int) -> list[bytes]:
     if not config.data.split or not config.data.images:
         return []
     try:
-        frame = read_split_csv(config.data.split)
+        frame = read_split_csv(config.data.split, config.data.allow_labels)
     except UserError:
         return []  # verification still runs on the generated images
     found: list[bytes] = []

@@ -111,6 +111,17 @@ def test_scratch_training_benchmark_times_both_approaches(load_script, tmp_path,
 
 
 @pytest.mark.slow
+def test_split_benchmark_runs_on_a_small_input(load_script, tmp_path, capsys):
+    split = load_script("split")
+    results = tmp_path / "RESULTS.md"
+    assert split.main(["--rows", "3000", "--files", "60", "--classes", "3", "--loop-sample", "20",
+                       "--no-record", "--results", str(results)]) == 0
+    output = capsys.readouterr().out
+    assert "`kcnn split DIR`, warm (list + hash + split) | 60 |" in output
+    assert "the original pandas split script, same file | 3,000 |" in output and "pre-flight" in output
+    assert not results.exists()
+
+
 def test_kill_safety_benchmark_survives_a_few_random_kills(load_script, tmp_path, capsys):
     kill_safety = load_script("kill_safety")
     results = tmp_path / "RESULTS.md"

@@ -117,3 +117,14 @@ def test_finetune_builds_a_fine_tune_config(calls, tmp_path):
 def test_non_finite_learning_rates_are_usage_errors(calls, command, value):
     result = CliRunner().invoke(cli, [*command, "--learning-rate", value])
     assert result.exit_code == 2 and "finite" in result.stderr and not calls
+
+
+def test_images_without_split_with_layout_and_allowed_labels(calls, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    invoke("train", "lenet", "--images", images, "--layout", "split-folders", "--allow-label", "None",
+           "--allow-label", "nan")
+    invoke("transfer", "--base", "vgg16", "--images", images, "--layout", "folders")
+    [(_, (scratch, _out), _), (_, (transfer, _out2), _)] = calls
+    assert scratch.data == DataConfig(images=str(images), layout="split-folders", allow_labels=["None", "nan"])
+    assert transfer.data.split is None and transfer.data.layout == "folders" and transfer.data.allow_labels == []

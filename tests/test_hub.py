@@ -23,7 +23,7 @@ from keras_cnn.models.transfer import (
     split_feature_model,
     unfreeze_from,
 )
-from keras_cnn.train.optimizers import make_optimizer
+from keras_cnn.optimizers import make_optimizer
 
 IMAGE_SIZE = 16
 FEATURES = HUB_FEATURES
@@ -156,7 +156,7 @@ def test_hub_model_saves_reloads_and_fine_tunes(hub_dir, tmp_path):
     reloaded.save(path)
     again = load_model(path, compile=True)
     np.testing.assert_allclose(again.predict(batch, verbose=0), tuned, rtol=1e-5, atol=1e-6)
-    assert type(again.optimizer).__name__ == "Adam" and again.optimizer.__module__ == "keras_cnn.train.optimizers"
+    assert type(again.optimizer).__name__ == "Adam" and again.optimizer.__module__ == "keras_cnn.optimizers"
 
 
 def tfsm_model(hub_dir):
@@ -180,7 +180,7 @@ def test_tfsm_layer_trains_with_kcnn_optimizers(hub_dir, optimizer):
 
 
 def test_stock_keras_optimizer_fails_on_restored_names(hub_dir):
-    """Why keras_cnn.train.optimizers exists (Keras 3.15); if this starts passing, the fix can go."""
+    """Why keras_cnn.optimizers exists (Keras 3.15); if this starts passing, the fix can go."""
     model, _ = tfsm_model(hub_dir)
     model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
     with pytest.raises(ValueError, match="not a valid scope name"):

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 from keras_cnn.errors import UserError
-from keras_cnn.models.scratch import (APIS, ARCHITECTURES, build_architecture, count_parameters,
+from keras_cnn.models.parameters import parameter_counts as count_parameters
+from keras_cnn.models.specs import APIS
+from keras_cnn.models.scratch import (ARCHITECTURES, build_architecture,
                                       with_input_scaling)
 
 # REFERENCES.md §1: total / trainable / non-trainable as model.summary() prints them.
@@ -70,5 +72,5 @@ def test_input_scaling_wrapper_takes_raw_pixels():
 def test_unknown_architecture_and_api_are_refused():
     with pytest.raises(UserError, match="unknown architecture 'resnet'"):
         build_architecture("resnet")
-    with pytest.raises(UserError, match="unknown API"):
+    with pytest.raises(UserError, match="unknown model API"):
         build_architecture("lenet", api="subclass")

@@ -397,7 +397,7 @@ def test_cli_custom_columns(tmp_path):
      "has no column 'value' (columns: objectId, label); use --label-column"),
     (f"objectId,value\n{sha(1)},0\n", ["--label-column", "objectId"], "both 'objectId'"),
     (f"objectId,value\n{sha(1)},0\n,1\n", [], "row 3: objectId is empty"),
-    (f"objectId,value\n{sha(1)},0\nimages/{sha(2)},1\n", [], f"row 3: objectId 'images/{sha(2)}'"),
+    (f"objectId,value\n{sha(1)},0\nimages/{sha(2)},1\n", [], "not named by their SHA-1: give --images DIR"),
     (f"objectId,value\n{sha(1)},0\n../../etc/passwd,1\n", [], "row 3: objectId '../../etc/passwd'"),
     (f"objectId,value\n/tmp/{sha(1)},0\n", [], f"row 2: objectId '/tmp/{sha(1)}'"),
     (f"objectId,value\n{sha(1)},0\n{sha(2)},1\n{sha(1)},1\n", [],
@@ -433,7 +433,7 @@ def test_cli_refusals_are_one_line_exit_2_and_write_nothing(tmp_path, content, e
 
 def test_cli_refuses_a_directory_and_overwriting_its_input(tmp_path):
     result = invoke(str(tmp_path), "-o", str(tmp_path / "split.csv"))
-    assert result.exit_code == 2 and "is a directory" in result.stderr
+    assert result.exit_code == 2 and f"no images found in {tmp_path}" in result.stderr
     label_csv = write_label_csv(tmp_path / "label.csv", [(sha(1), "0")])
     before = label_csv.read_bytes()
     result = invoke(str(label_csv), "-o", str(label_csv))

@@ -79,9 +79,16 @@ image_folder_options = option_group(
                  show_default=True, help="How image-folder pictures are fitted to the input size."),
     click.option("--cache", default="memory", show_default=True,
                  help="Cache decoded images: memory, none, or a file path prefix (large sets)."),
-    click.option("--skip-bad-images", is_flag=True, help="Train on the readable images and record the others."),
+    click.option("--skip-bad-images", is_flag=True,
+                 help="Train on the readable images and record the others (refused if a label would lose "
+                      "all its images in a part)."),
+    click.option("--layout", type=click.Choice(["csv", "folders", "split-folders"]), default=None,
+                 help="How --images is organised when no --split is given [default: detected]: folders = "
+                      "DIR/<label>/…, split-folders = DIR/{train,val,test}/<label>/…, csv = DIR/label.csv."),
+    click.option("--allow-label", "allow_labels", multiple=True, metavar="LABEL",
+                 help="Accept LABEL (nan, None, null, NA) as a real class (repeatable)."),
 )
-"""``--class-weight``, ``--resize-mode``, ``--cache``, ``--skip-bad-images``."""
+"""``--class-weight``, ``--resize-mode``, ``--cache``, ``--skip-bad-images``, ``--layout``, ``--allow-label``."""
 
 
 def run_command(as_json: bool, work: Callable[[], dict[str, Any]],

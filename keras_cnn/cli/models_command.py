@@ -2,40 +2,56 @@
 
 from __future__ import annotations
 
+from itertools import groupby
+
 import click
 
 from keras_cnn.cli.common import debug_option, import_tensorflow_quietly, json_option, run_command
 
 
-def _all_models() -> list[dict]:
-    from keras_cnn.models.scratch import describe_architectures
+def _all_models() -> dict:
+    import_tensorflow_quietly()
+    from keras_cnn.models.factory import describe_models
 
-    rows = describe_architectures()
-    try:
-        from keras_cnn.models.bases import describe_bases
-    except ImportError:  # transfer bases are optional for listing
-        return rows
-    return rows + describe_bases()
+    return {"models": describe_models()}
+
+
+def _render(result: dict) -> None:
+    """Scratch architectures first, then the transfer bases family by family."""
+    rows = result["models"]
+    click.echo("From-scratch architectures (kcnn train NAME):")
+    click.echo(f"  {'name':<20} {'input':<10} {'params':>12}  source")
+    for row in (row for row in rows if row["kind"] == "scratch"):
+        shape = "x".join(str(size) for size in row["input_shape"])
+        click.echo(f"  {row['name']:<20} {shape:<10} {row['params']:>12,}  {row['source']}")
+    bases = [row for row in rows if row["kind"] == "transfer"]
+    click.echo("")
+    click.echo(f"Transfer bases (kcnn transfer --base NAME), {len(bases)} keras.applications bases; parameters "
+               "without top, ImageNet top-1 from the Keras applications table:")
+    click.echo(f"  {'name':<20} {'size':>5} {'params':>12} {'top-1':>6}  unfreeze from")
+    for family, members in groupby(bases, key=lambda row: row["family"]):
+        click.echo(f"  {family}")
+        for row in members:
+            top1 = f"{row['top1']:.1f}" if row.get("top1") is not None else "-"
+            click.echo(f"    {row['name']:<18} {row['input_shape'][0]:>5} {row['params']:>12,} {top1:>6}  "
+                       f"{row['default_unfreeze']}")
+    click.echo("")
+    click.echo("Also: --base hub:URL_OR_DIR (a TF Hub module) and --base keras_hub:PRESET_OR_DIR "
+               "(a keras-hub preset; pip install 'kcnn[keras-hub]').")
 
 
 @click.command()
 @json_option
 @debug_option
 def models(as_json: bool) -> None:
-    """List the from-scratch architectures and transfer bases.
+    """List the from-scratch architectures and the transfer bases, grouped by family.
 
-    Shows each model's kind, default input shape and parameter count (transfer bases
-    without their top). Transfer bases also accept `hub:URL_OR_DIR` (a TF Hub module).
+    For each base: default input size, parameters without top, ImageNet top-1 accuracy
+    (the Keras applications table) and the layer fine-tuning starts from by default.
+    Transfer bases also accept `hub:URL_OR_DIR` (a TF Hub module) and
+    `keras_hub:PRESET_OR_DIR` (a keras-hub preset). `--json` gives the same fields.
     """
-
-    def render(result):
-        click.echo(f"{'name':<18} {'kind':<9} {'input':<13} {'params':>12}  notes")
-        for row in result["models"]:
-            shape = "x".join(str(size) for size in row["input_shape"])
-            note = row.get("source") or f"unfreeze from {row.get('default_unfreeze', '')}"
-            click.echo(f"{row['name']:<18} {row['kind']:<9} {shape:<13} {row['params']:>12,}  {note}")
-
-    run_command(as_json, lambda: {"models": _all_models()}, render)
+    run_command(as_json, _all_models, _render)
 
 
 @click.command()
@@ -43,26 +59,25 @@ def models(as_json: bool) -> None:
 @click.option("--api", type=click.Choice(["functional", "sequential"]), default="functional",
               show_default=True, help="Which Keras API builds the model (same layers either way).")
 @click.option("--num-classes", type=click.IntRange(min=2), default=None,
-              help="Number of classes [default: the architecture's reference].")
+              help="Number of classes [default: the architecture's reference; 2 for a transfer base].")
+@click.option("--image-size", type=click.IntRange(min=1), default=None,
+              help="Input size of a transfer base [default: the base's own].")
 @debug_option
-def summary(name: str, api: str, num_classes: int | None) -> None:
+def summary(name: str, api: str, num_classes: int | None, image_size: int | None) -> None:
     """Print the Keras summary of architecture or transfer base NAME.
 
-    For a from-scratch architecture this is the reference network (REFERENCES.md §1);
-    for a transfer base it is the frozen base with a new head, built without ImageNet
-    weights (no download needed).
+    For a from-scratch architecture this is the reference network; for a transfer base
+    it is the frozen base with a new head, built with random weights (nothing is
+    downloaded; a TF Hub module brings its own).
     """
     import_tensorflow_quietly()
-    from keras_cnn.models.scratch import ARCHITECTURES, build_architecture
+    from keras_cnn.models.bases import get_base_spec
+    from keras_cnn.models.factory import DEFAULT_WEIGHTS, create_model, is_architecture
 
-    if name in ARCHITECTURES:
-        model = build_architecture(name, num_classes=num_classes, api=api)
+    if is_architecture(name):
+        model = create_model(name, num_classes, api=api, input_scaling=False)
     else:
-        from keras_cnn.models.bases import get_base_spec
-        from keras_cnn.models.transfer import build_transfer_model
-
-        spec = get_base_spec(name)
-        # A hub module brings its own weights; keras.applications bases need no download here.
-        weights = "imagenet" if spec.kind == "hub" else "none"
-        model = build_transfer_model(spec, num_classes or 2, weights=weights, api=api)
+        # A TF Hub module cannot be re-initialised; every other base needs no download here.
+        weights = DEFAULT_WEIGHTS if get_base_spec(name).kind == "hub" else "none"
+        model = create_model(name, num_classes or 2, image_size=image_size, weights=weights, api=api)
     model.summary(print_fn=lambda line, **_: click.echo(line))

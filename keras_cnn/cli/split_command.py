@@ -1,4 +1,4 @@
-"""``kcnn split``: label.csv -> split CSV by the SHA-1 key of every objectId (seed 004)."""
+"""``kcnn split``: class folders, a pre-split tree or a label CSV -> split CSV by each image's SHA-1 key."""
 
 from __future__ import annotations
 
@@ -13,9 +13,15 @@ from keras_cnn.runs import check_output_path
 
 
 @click.command("split")
-@click.argument("label_csv", metavar="LABEL_CSV")
+@click.argument("source", metavar="LABEL_CSV|DIR")
 @click.option("-o", "--output", required=True, metavar="SPLIT_CSV",
-              help="Where to write objectId,value,type (written atomically).")
+              help="Where to write objectId,value,type[,sha1] (written atomically).")
+@click.option("--images", default=None, metavar="DIR",
+              help="Folder of the files a label CSV names, when they are not named by their SHA-1 "
+                   "(any names or relative paths; their bytes are hashed).")
+@click.option("--layout", type=click.Choice(["csv", "folders", "split-folders"]), default=None,
+              help="How the data is organised [default: detected]: csv = label CSV; folders = DIR/<label>/…; "
+                   "split-folders = DIR/{train,val,test}/<label>/….")
 @click.option("--test-keys", default="0-24", show_default=True, metavar="FIRST-LAST",
               help="Keys (last byte of the SHA-1, 0..255) that go to the test part; 'none' for no test part.")
 @click.option("--validation-keys", default="25-49", show_default=True, metavar="FIRST-LAST",
@@ -24,59 +30,83 @@ from keras_cnn.runs import check_output_path
               help="Keep the same number of rows per label in test and validation (the rest go to train).")
 @click.option("--id-column", default="objectId", show_default=True, help="Column holding the file names.")
 @click.option("--label-column", default="value", show_default=True, help="Column holding the labels.")
+@click.option("--allow-label", "allow_labels", multiple=True, metavar="LABEL",
+              help="Accept LABEL (nan, None, null, NA...) as a real class (repeatable); refused by default "
+                   "as it usually means missing data.")
 @json_option
 @debug_option
-def split(label_csv: str, output: str, test_keys: str, validation_keys: str, balance: bool,
-          id_column: str, label_column: str, as_json: bool) -> None:
-    """Split LABEL_CSV (objectId,value) into train/validation/test by each objectId's SHA-1.
+def split(source: str, output: str, images: str | None, layout: str | None, test_keys: str,
+          validation_keys: str, balance: bool, id_column: str, label_column: str,
+          allow_labels: tuple[str, ...], as_json: bool) -> None:
+    """Split images into train/validation/test by the SHA-1 of each one.
 
-    The key of an image is the last byte of its SHA-1 name, so the split is stable: adding
-    images never moves an existing one.  Prints the rows per label per part; warns when a
-    part is empty or tiny.
+    \b
+    LABEL_CSV|DIR is one of:
+      DIR/<label>/…/*.jpg                a folder per class (any file names)
+      DIR/{train,val,test}/<label>/…     a tree already split (kept; a missing part is drawn from train)
+      LABEL_CSV                          objectId,value with files named <sha1>.jpg
+      LABEL_CSV --images DIR             objectId = any file name or relative path under DIR
+
+    The key of an image is the last byte of its SHA-1 (of its name when that is a SHA-1,
+    else of its bytes), so the split is stable: adding, renaming or moving images never
+    moves an existing one. Identical images under two labels are refused; under one label
+    they are kept once. Prints the rows per label per part; warns when a part is empty,
+    tiny, or much shrunk by balancing.
+
+    \b
+    Examples:
+      kcnn split photos/ -o split.csv
+      kcnn split labels.csv --images photos/ -o split.csv
     """
     def work() -> dict[str, Any]:
-        return split_label_file(label_csv, output, test_keys, validation_keys, balance,
-                                id_column, label_column)
+        return split_source(source, output, images, layout, test_keys, validation_keys, balance,
+                            id_column, label_column, allow_labels)
 
     # pandas only: no TensorFlow start-up for a split.
     run_command(as_json, work, render_split, needs_tensorflow=False)
 
 
-def split_label_file(label_csv: str, output: str, test_keys_text: str = "0-24",
-                     validation_keys_text: str = "25-49", balance: bool = True,
-                     id_column: str = "objectId", label_column: str = "value") -> dict[str, Any]:
-    """Read, split and write; return ``{"output", "labels", "counts", "sizes", "warnings"}``.
+def split_source(source: str, output: str, images: str | None = None, layout: str | None = None,
+                 test_keys_text: str = "0-24", validation_keys_text: str = "25-49", balance: bool = True,
+                 id_column: str = "objectId", label_column: str = "value",
+                 allow_labels: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
+    """Read any layout, split and write; return ``{"output", "layout", "labels", "counts", "sizes", "warnings"}``.
 
     Every check happens before the output is written, so a refused input leaves no file.
     """
     from keras_cnn.data import split as splitting
+    from keras_cnn.data.collection import read_collection, split_with_report
 
     test_keys = splitting.parse_key_range(test_keys_text, "--test-keys")
     validation_keys = splitting.parse_key_range(validation_keys_text, "--validation-keys")
     splitting.check_key_ranges(test_keys, validation_keys)
     check_output_path(output, option="-o")
-    if Path(output).resolve() == Path(label_csv).resolve():
+    if Path(output).resolve() == Path(source).resolve():
         raise UserError(f"the output '{output}' is the input file; choose another -o")
-    labels = splitting.read_label_csv(label_csv, id_column=id_column, label_column=label_column)
-    frame = splitting.split_labels(labels, test_keys, validation_keys, balance=balance, source=label_csv)
-    names = splitting.class_names(frame["value"])
-    counts = splitting.split_counts(frame, names)
-    unbalanced = None
-    if balance:
-        unbalanced = splitting.split_counts(
-            splitting.split_labels(labels, test_keys, validation_keys, balance=False, source=label_csv), names
-        )
-    warnings = splitting.split_warnings(counts, unbalanced)
-    splitting.write_split_csv(frame, output)
-    for warning in warnings:
+    collection = read_collection(source, images=images, layout=layout, id_column=id_column,
+                                 label_column=label_column, allowed_labels=allow_labels,
+                                 list_prefix=f"{output}.")
+    click.echo(collection.describe(), err=True)
+    result = split_with_report(collection, test_keys, validation_keys, balance, allow_labels)
+    splitting.write_split_csv(result.frame, output)
+    for warning in result.warnings:
         click.echo(f"kcnn: warning: {warning}", err=True)
     return {
         "output": str(output),
-        "labels": names,
-        "counts": counts,
-        "sizes": splitting.part_sizes(counts),
-        "warnings": warnings,
+        "layout": collection.layout,
+        "labels": result.labels,
+        "counts": result.counts,
+        "sizes": splitting.part_sizes(result.counts),
+        "warnings": result.warnings,
     }
+
+
+def split_label_file(label_csv: str, output: str, test_keys_text: str = "0-24",
+                     validation_keys_text: str = "25-49", balance: bool = True,
+                     id_column: str = "objectId", label_column: str = "value") -> dict[str, Any]:
+    """A label CSV of SHA-1 names split into ``output`` (the demo's step); see :func:`split_source`."""
+    return split_source(label_csv, output, None, "csv", test_keys_text, validation_keys_text, balance,
+                        id_column, label_column)
 
 
 def render_split(result: dict[str, Any]) -> None:

@@ -18,7 +18,8 @@ from keras_cnn.cli.common import (FiniteFloatRange, debug_option, execution_opti
 @click.option("--split", "split_csv", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Split CSV (objectId,value,type) from `kcnn split`.")
 @click.option("--images", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Folder of the images named in --split (flat or ab/cd/ sharded).")
+              help="Image folder: a folder per class (DIR/<label>/…), a train/val/test tree, or DIR/label.csv; "
+                   "without --split it is split by SHA-1 into RUN/split.csv. With --split: the folder it names.")
 @training_options()
 @click.option("--optimizer", type=click.Choice(["adam", "adamw", "rmsprop", "sgd"]), default=None,
               help="Optimizer [default: the architecture's reference recipe].")
@@ -39,13 +40,14 @@ from keras_cnn.cli.common import (FiniteFloatRange, debug_option, execution_opti
 @debug_option
 def train(architecture, dataset, dataset_path, split_csv, images, epochs, batch_size, learning_rate, seed,
           optimizer, augment, augment_engine, api, validation_split, class_weight, resize_mode, cache,
-          skip_bad_images, mixed_precision, xla, strategy, out_dir, overwrite, as_json):
+          skip_bad_images, layout, allow_labels, mixed_precision, xla, strategy, out_dir, overwrite, as_json):
     """Train from-scratch ARCHITECTURE (see `kcnn models`).
 
     \b
     Data, one of:
       --dataset mnist|cifar10 [--dataset-path FILE]   20 % of the training images validate
-      --split SPLIT_CSV --images DIR                   train / validation / test parts
+      --images DIR                                     a folder per class, split by SHA-1 in the run
+      --split SPLIT_CSV --images DIR                   train / validation / test parts as given
     Defaults reproduce the reference recipe of the architecture (optimizer, learning rate,
     batch size, epochs). The run directory gets config.json, labels.txt, history.csv,
     model.keras (best by validation loss), training.png, logs/ and metrics.json (test part).
@@ -54,6 +56,7 @@ def train(architecture, dataset, dataset_path, split_csv, images, epochs, batch_
     Examples:
       kcnn train lenet --dataset mnist --dataset-path mnist.npz
       kcnn train cifar10_deep_net --dataset cifar10 --augment
+      kcnn train lenet --images digits/          # digits/0/*.png … digits/9/*.png
       kcnn train cifar10_net --split split.csv --images data/
     """
     import_tensorflow_quietly()
@@ -69,7 +72,8 @@ def train(architecture, dataset, dataset_path, split_csv, images, epochs, batch_
         model=ModelConfig(kind="scratch", name=architecture, api=api),
         data=DataConfig(dataset=dataset, dataset_path=dataset_path, split=split_csv, images=images,
                         resize_mode=resize_mode, augment=augment, augment_engine=augment_engine,
-                        cache=parse_cache(cache), skip_bad_images=skip_bad_images,
+                        cache=parse_cache(cache), skip_bad_images=skip_bad_images, layout=layout,
+                        allow_labels=list(allow_labels),
                         validation_split=validation_split),
         training=TrainingConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                                 optimizer=optimizer, seed=seed, class_weight=class_weight,

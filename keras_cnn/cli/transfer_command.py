@@ -19,12 +19,15 @@ def _render(result):
 
 @click.command()
 @click.option("--base", required=True,
-              help="efficientnet_b0, inception_v3, vgg16 (see `kcnn models`), or hub:URL_OR_DIR for a "
-                   "TF Hub module (a tfhub.dev / Kaggle URL, or a local SavedModel folder).")
-@click.option("--split", "split_csv", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="Split CSV (objectId,value,type) from `kcnn split`.")
+              help="A keras.applications base (resnet50, mobilenet_v3_small, efficientnet_b0, convnext_tiny ...; "
+                   "`kcnn models` lists all 40), keras_hub:PRESET_OR_DIR for a keras-hub preset (a Kaggle handle "
+                   "or a local preset folder), or hub:URL_OR_DIR for a TF Hub module (a tfhub.dev / Kaggle URL, "
+                   "or a local SavedModel folder).")
 @click.option("--images", required=True, type=click.Path(exists=True, file_okay=False),
-              help="Folder of the images named in --split (flat or ab/cd/ sharded).")
+              help="Image folder: a folder per class (DIR/<label>/…), a train/val/test tree, or DIR/label.csv; "
+                   "without --split it is split by SHA-1 into RUN/split.csv. With --split: the folder it names.")
+@click.option("--split", "split_csv", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Split CSV (objectId,value,type) from `kcnn split` [default: split --images in the run].")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Run directory [default: runs/BASE-TIMESTAMP]. Re-running into it resumes.")
 @click.option("--image-size", type=click.IntRange(min=32), default=None,
@@ -50,9 +53,9 @@ def _render(result):
 @overwrite_option
 @json_option
 @debug_option
-def transfer(base, split_csv, images, out_dir, image_size, weights, head_units, dropout, binary, epochs,
+def transfer(base, images, split_csv, out_dir, image_size, weights, head_units, dropout, binary, epochs,
              batch_size, learning_rate, seed, optimizer, augment, cache_features, class_weight, api, resize_mode,
-             cache, skip_bad_images, mixed_precision, xla, strategy, overwrite, as_json):
+             cache, skip_bad_images, layout, allow_labels, mixed_precision, xla, strategy, overwrite, as_json):
     """Stage 1: train a new head on a frozen pretrained base.
 
     The base runs in inference mode with its weights frozen; the head is global average
@@ -62,6 +65,7 @@ def transfer(base, split_csv, images, out_dir, image_size, weights, head_units, 
 
     \b
     Example:
+      kcnn transfer --base efficientnet_b0 --images photos/ --out runs/effnet
       kcnn transfer --base efficientnet_b0 --split split.csv --images data/ --out runs/effnet
     """
     import_tensorflow_quietly()
@@ -73,7 +77,8 @@ def transfer(base, split_csv, images, out_dir, image_size, weights, head_units, 
                           dropout=dropout, binary=binary),
         data=DataConfig(split=split_csv, images=images, image_size=(image_size, image_size) if image_size else None,
                         channels=3, resize_mode=resize_mode, augment=augment,
-                        cache=parse_cache(cache), skip_bad_images=skip_bad_images),
+                        cache=parse_cache(cache), skip_bad_images=skip_bad_images, layout=layout,
+                        allow_labels=list(allow_labels)),
         training=TrainingConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                                 optimizer=optimizer, seed=seed, class_weight=class_weight,
                                 cache_features=cache_features, mixed_precision=mixed_precision, xla=xla,

@@ -14,10 +14,12 @@ import csv
 import io
 import os
 import sys
-from collections.abc import Iterable, Sequence
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from keras_cnn.errors import UserError
+from keras_cnn.messages import MAX_ITEMS, MAX_LINE, summarize_items
 from keras_cnn.runs import atomic_write_text
 
 # Reasons a file cannot be used (the text shown to users and written to the record).
@@ -37,9 +39,11 @@ _SIGNATURES = (
 )
 
 
-def image_path_candidates(images_dir: str | os.PathLike, object_id: str) -> tuple[Path, Path]:
-    """The two places ``object_id`` may be: flat ``DIR/<id>`` and sharded ``DIR/ab/cd/<id>``."""
+def image_path_candidates(images_dir: str | os.PathLike, object_id: str) -> tuple[Path, ...]:
+    """Where ``object_id`` may be: ``DIR/<id>``, and for a bare name also sharded ``DIR/ab/cd/<id>``."""
     root = Path(images_dir)
+    if "/" in object_id:  # a relative path (class folders, label CSV with any names) is where it says
+        return (root / object_id,)
     return root / object_id, root / object_id[0:2] / object_id[2:4] / object_id
 
 
@@ -56,22 +60,57 @@ def _require_folder(images_dir: str | os.PathLike) -> None:
         raise UserError(f"image folder {images_dir} does not exist or is not a folder")
 
 
-def resolve_image_paths(images_dir: str | os.PathLike, object_ids: Sequence[str]) -> list[str]:
+def full_list_path(name: str, folder: str | os.PathLike | None = None) -> Path:
+    """Where the full list behind a shortened message goes: ``folder/name``, else the temp folder."""
+    if folder is not None:
+        return Path(folder) / name
+    return Path(tempfile.gettempdir()) / f"kcnn-{os.getpid()}-{name}"
+
+
+def bounded_list_message(compose: Callable[[str], str], items: Sequence[object],
+                         list_path: str | os.PathLike | None) -> str:
+    """``compose(listed)`` with as many of ``items`` (at most 5) as keep the line within 300 characters.
+
+    The full list goes to ``list_path`` when some are left out (see ``summarize_items``).
+    """
+    for limit in range(MAX_ITEMS, 0, -1):
+        message = compose(summarize_items(items, list_path, limit=limit))
+        if len(message) <= MAX_LINE:
+            break
+    return message
+
+
+def missing_files_message(missing: Sequence[str], total: int, images_dir: str | os.PathLike, named_by: str,
+                          list_path: str | os.PathLike | None = None) -> str:
+    """One line about files that are not where ``named_by`` says: a wrong folder when most are missing."""
+    found = total - len(missing)
+    if found * 2 < total:
+        def compose(listed):
+            return (f"only {found:,} of the {total:,} files named by {named_by} are in {images_dir}: "
+                    f"is --images the folder that holds them? Missing: {listed}")
+    else:
+        def compose(listed):
+            return f"{len(missing):,} of the {total:,} files named by {named_by} are missing in {images_dir}: {listed}"
+    return bounded_list_message(compose, list(missing), list_path or full_list_path("missing.txt"))
+
+
+def resolve_image_paths(images_dir: str | os.PathLike, object_ids: Sequence[str],
+                        named_by: str = "the split") -> list[str]:
     """Paths of ``object_ids`` (same order), each found flat or sharded.
 
-    Raises ``UserError`` naming every objectId that is in neither place.
+    Raises one ``UserError`` line when any is in neither place: how many were found, up to
+    five missing names, and the file listing all of them.
     """
     _require_folder(images_dir)
     paths, missing = [], []
     for object_id in object_ids:
         path = locate_image(images_dir, object_id)
         if path is None:
-            missing.append((object_id, MISSING))
+            missing.append(object_id)
         else:
             paths.append(os.fspath(path))
     if missing:
-        advice = f"looked in {images_dir} (flat and ab/cd/ sharded)"
-        raise UserError(_bad_images_message(missing, advice=advice))
+        raise UserError(missing_files_message(missing, len(object_ids), images_dir, named_by))
     return paths
 
 
@@ -158,10 +197,12 @@ def find_bad_images(images_dir: str | os.PathLike, object_ids: Iterable[str],
     return [(object_ids[position], bad[position]) for position in sorted(bad)]
 
 
-def _bad_images_message(bad: Sequence[tuple[str, str]], advice: str) -> str:
-    listed = ", ".join(f"{object_id} ({reason})" for object_id, reason in bad)
+def _bad_images_message(bad: Sequence[tuple[str, str]], advice: str,
+                        list_path: str | os.PathLike | None = None) -> str:
     noun = "image cannot" if len(bad) == 1 else "images cannot"
-    return f"{len(bad)} {noun} be used: {listed} — {advice}"
+    return bounded_list_message(lambda listed: f"{len(bad)} {noun} be used: {listed} — {advice}",
+                                [f"{object_id} ({reason})" for object_id, reason in bad],
+                                list_path or full_list_path("bad_images.txt"))
 
 
 def write_skipped_record(path: str | os.PathLike, bad: Sequence[tuple[str, str]]) -> Path:
@@ -191,12 +232,40 @@ def check_images_or_fail(images_dir: str | os.PathLike, object_ids: Iterable[str
     ``record_path`` is given, written there as ``objectId,reason`` (always written, header
     only when nothing was skipped, so the run shows the check happened).
     """
+    object_ids = list(object_ids)
     bad = find_bad_images(images_dir, object_ids, progress=progress)
+    list_folder = Path(record_path).parent if record_path is not None else None
+    missing = [object_id for object_id, reason in bad if reason == MISSING]
+    if len(missing) * 2 > len(object_ids):
+        # Most files absent: the folder is wrong, and skipping them would train on nothing.
+        raise UserError(missing_files_message(missing, len(object_ids), images_dir, "the split",
+                                              full_list_path("missing.txt", list_folder)))
     if bad and not skip_bad:
-        raise UserError(_bad_images_message(bad, advice="fix them or pass --skip-bad-images"))
+        raise UserError(_bad_images_message(bad, "fix them or pass --skip-bad-images",
+                                            full_list_path("bad_images.txt", list_folder)))
     if skip_bad and record_path is not None:
         write_skipped_record(record_path, bad)
     if bad:
         print(f"Skipping {len(bad)} bad image(s)" + (f"; listed in {record_path}" if record_path else ""),
               file=sys.stderr)
     return {object_id for object_id, _reason in bad}
+
+
+def refuse_emptied_groups(frame, skipped: Iterable[str], list_folder: str | os.PathLike | None = None) -> None:
+    """Refuse when leaving out ``skipped`` would take every image of a label out of a part.
+
+    ``frame`` is a split (objectId, value, type).  ``--skip-bad-images`` must never train
+    on a class it has no images of, nor test on a part that lost a class: that would report
+    a score for a problem other than the one asked.
+    """
+    skipped = set(skipped)
+    if not skipped:
+        return
+    gone = frame["objectId"].isin(skipped)
+    for (part, label), rows in frame.groupby(["type", "value"], sort=False):
+        if gone[rows.index].all():
+            names = rows["objectId"].tolist()
+            raise UserError(bounded_list_message(
+                lambda listed: (f"--skip-bad-images would leave label {label!r} with no {part} images: all "
+                                f"{len(names)} are bad ({listed}); fix or replace them"),
+                names, full_list_path(f"bad_{part}_images.txt", list_folder)))

@@ -48,7 +48,7 @@ def _as_split_frame(split_csv: str | os.PathLike | pd.DataFrame) -> pd.DataFrame
         frame = frame.assign(objectId=frame["objectId"].astype(str), value=frame["value"].astype(str),
                              type=frame["type"].astype(str))
         # A frame may not come from read_split_csv: refuse paths and '..' before they reach the disk.
-        validate_object_ids(frame["objectId"], "the split")
+        validate_object_ids(frame["objectId"], "the split", paths=True)
         return frame
     return read_split_csv(split_csv)
 

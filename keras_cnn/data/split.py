@@ -32,6 +32,14 @@ from keras_cnn.runs import atomic_path
 # Explicit ASCII classes rather than re.IGNORECASE: with IGNORECASE, Unicode folding would let
 # e.g. the Kelvin sign (U+212A) pass as "k" in an extension.
 OBJECT_ID_PATTERN = re.compile(r"[0-9A-Fa-f]{40}\.[0-9A-Za-z]+")
+# A file name whose part before the first dot is a SHA-1 (a relative path may end in one).
+SHA1_NAME_PATTERN = re.compile(r"(?:.*/)?([0-9A-Fa-f]{40})\.[^/]*")
+# Characters no objectId or label may hold: C0 controls (NUL, tab, newline...) and DEL.
+_CONTROL_PATTERN = r"[\x00-\x1f\x7f]"
+# Labels that are what spreadsheets and pandas write for a missing value: almost always a
+# mistake, so refused unless the user names them with --allow-label.
+MISSING_LOOKING_LABELS = ("nan", "NaN", "None", "null", "NA")
+_MISSING_FOLDED = {label.lower() for label in MISSING_LOOKING_LABELS}
 
 PARTS = ("train", "validation", "test")
 TOTAL = "total"
@@ -56,6 +64,40 @@ _OBJECT_ID_HINTS = (
 )
 
 
+# Why a relative path (objectId of a label CSV with --images, or of a split CSV) is refused.
+_PATH_HINTS = (
+    (lambda text: re.search(_CONTROL_PATTERN, text) is not None, "it contains a control character"),
+    (lambda text: "\\" in text, "a backslash: separate folders with /"),
+    (lambda text: text.startswith("/"), "an absolute path: give it relative to the image folder"),
+    (lambda text: re.match(r"[A-Za-z]:", text) is not None, "a drive letter: give it relative to the image folder"),
+    (lambda text: ".." in text.split("/"), "contains '..'"),
+    (lambda text: any(part in ("", ".") for part in text.split("/")), "an empty or '.' folder name"),
+)
+
+
+# A plain relative path: '/'-separated names, none empty, '.' or '..', no backslash, no control
+# character, not starting with a drive letter.  One regex checks a million rows quickly;
+# path_problem explains the first that fails.
+_SAFE_PATH_PATTERN = (r"(?![A-Za-z]:)(?:(?!\.\.?/)[^/\\\x00-\x1f\x7f]+/)*"
+                      r"(?!\.\.?$)[^/\\\x00-\x1f\x7f]+")
+
+
+def is_safe_path(texts: pd.Series) -> np.ndarray:
+    """Which of ``texts`` are plain relative paths (see :func:`path_problem`), as a bool array."""
+    return texts.str.fullmatch(_SAFE_PATH_PATTERN).fillna(False).to_numpy(dtype=bool)
+
+
+def path_problem(text: str) -> str | None:
+    """Why ``text`` is not a plain relative path under the image folder (None when it is)."""
+    return next((hint for test, hint in _PATH_HINTS if test(text)), None)
+
+
+def sha1_of_name(object_id: str) -> str | None:
+    """The SHA-1 a file name spells (lower case), when the name before its first dot is 40 hex digits."""
+    match = SHA1_NAME_PATTERN.fullmatch(object_id)
+    return match.group(1).lower() if match else None
+
+
 def _shorten(text: str) -> str:
     """The value as shown in a message: long values are cut so the message stays one line."""
     text = text.replace("\n", "\\n").replace("\r", "\\r")
@@ -64,10 +106,29 @@ def _shorten(text: str) -> str:
     return text
 
 
+def _printable_ascii(texts: list[str]) -> bool:
+    """True when no text holds whitespace, a control character or anything beyond ASCII.
+
+    Such texts need no stripping and hold no control character; checked on the bytes of all
+    of them at once, as numpy compares tens of megabytes in milliseconds.
+    """
+    joined = "".join(texts)
+    if not joined.isascii():
+        return False
+    codes = np.frombuffer(joined.encode("ascii"), dtype=np.uint8)
+    return not ((codes <= 0x20) | (codes >= 0x7F)).any()
+
+
 def _as_text(values: pd.Series | Iterable) -> pd.Series:
     """Values as stripped strings (object dtype), keeping the index; missing values become ''."""
     series = values if isinstance(values, pd.Series) else pd.Series(list(values), dtype=object)
     series = series.astype(object)
+    if pd.api.types.infer_dtype(series, skipna=False) == "string":
+        # Already strings (every reader's output): only stripping is left, and usually not even
+        # that (a per-value strip costs seconds a million rows).
+        if _printable_ascii(series.tolist()):
+            return series
+        return series.str.strip().astype(object)
     texts = series.where(series.notna(), "").astype(str).str.strip()
     return texts.astype(object)
 
@@ -77,27 +138,37 @@ def _line_numbers(count: int, line_numbers: Sequence[int] | None) -> Sequence[in
     return range(2, count + 2) if line_numbers is None else line_numbers
 
 
-def validate_object_ids(ids: pd.Series, source: str, line_numbers: Sequence[int] | None = None) -> None:
+def validate_object_ids(ids: pd.Series, source: str, line_numbers: Sequence[int] | None = None,
+                        paths: bool = False) -> None:
     """Refuse the first objectId that is not ``<40 hex digits>.<extension>``, then duplicates.
 
-    ``source`` names the input in the message (a file name); rows are numbered as a user
-    sees them in the file (header = line 1, first data row = line 2) unless the reader
-    passes the real ``line_numbers`` (they differ when the file has blank lines).
-    Duplicates are compared case-insensitively (the same SHA-1 is the same image).
+    With ``paths`` an objectId may also be a relative path under the image folder
+    (``cat/001.jpg``); ``..``, absolute paths, drive letters, backslashes and control
+    characters are still refused.  ``source`` names the input in the message (a file name);
+    rows are numbered as a user sees them in the file (header = line 1, first data row =
+    line 2) unless the reader passes the real ``line_numbers`` (they differ when the file
+    has blank lines).  SHA-1 names are compared case-insensitively (the same SHA-1 is the
+    same image), paths as written.
     """
     texts = _as_text(ids).reset_index(drop=True)
     lines = _line_numbers(len(texts), line_numbers)
     # Check every row, then explain only the first offender (the hints are slower).
-    bad = ~texts.map(lambda text: OBJECT_ID_PATTERN.fullmatch(text) is not None).to_numpy(dtype=bool)
+    is_sha1_name = _sha1_names(texts)
+    bad = ~is_sha1_name
+    if paths and bad.any():
+        bad[bad] = ~is_safe_path(texts[bad])
     if bad.any():
         position = int(np.flatnonzero(bad)[0])
         text, line = texts[position], lines[position]
         if text == "":
             raise UserError(f"{source} row {line}: objectId is empty")
+        if paths:
+            raise UserError(f"{source} row {line}: objectId '{_shorten(text)}' is not a relative path "
+                            f"under the image folder ({path_problem(text)})")
         hint = next(hint for test, hint in _OBJECT_ID_HINTS if test(text))
         raise UserError(f"{source} row {line}: objectId '{_shorten(text)}' "
                         f"is not 40 hex digits + extension ({hint})")
-    folded = texts.str.lower()
+    folded = texts.where(~is_sha1_name, texts.str.lower())
     duplicated = folded.duplicated().to_numpy()
     if duplicated.any():
         position = int(np.flatnonzero(duplicated)[0])
@@ -106,21 +177,46 @@ def validate_object_ids(ids: pd.Series, source: str, line_numbers: Sequence[int]
                         f"duplicates row {lines[first]}")
 
 
+def label_problem(label: str, allowed_labels: Iterable[str] = ()) -> str | None:
+    """Why ``label`` cannot be a class name (None when it can): empty, a control character, or
+    a value that looks like missing data and is not in ``allowed_labels``."""
+    if label == "":
+        return "is empty"
+    if re.search(_CONTROL_PATTERN, label):
+        return "contains a control character (newline, tab...)"
+    if label.lower() in _MISSING_FOLDED and label not in {str(item) for item in allowed_labels}:
+        return f"looks like missing data; if it is a real class, pass --allow-label {label}"
+    return None
+
+
 def validate_labels(values: pd.Series, ids: pd.Series, source: str,
-                    line_numbers: Sequence[int] | None = None) -> None:
-    """Refuse the first missing or empty label, naming its row and objectId."""
-    empty = (_as_text(values) == "").to_numpy()
-    if empty.any():
-        position = int(np.flatnonzero(empty)[0])
-        line = _line_numbers(len(empty), line_numbers)[position]
-        object_id = _as_text(ids).iloc[position]
-        raise UserError(f"{source} row {line}: the label (value) of objectId "
-                        f"'{_shorten(object_id)}' is missing")
+                    line_numbers: Sequence[int] | None = None, allowed_labels: Iterable[str] = ()) -> None:
+    """Refuse the first missing, empty or unusable label, naming its row and objectId.
+
+    Unusable: a control character (a newline would break ``labels.txt``), or a value that
+    looks like missing data (``nan``, ``NaN``, ``None``, ``null``, ``NA``, any case) unless
+    ``allowed_labels`` names it (``--allow-label``).
+    """
+    texts = _as_text(values).reset_index(drop=True)
+    # Labels repeat: judge each distinct one once, then find the first row holding a bad one.
+    bad = [label for label in pd.unique(texts.to_numpy()) if label_problem(label, allowed_labels)]
+    if not bad:
+        return
+    position = int(np.flatnonzero(texts.isin(bad).to_numpy(dtype=bool))[0])
+    label = texts[position]
+    line = _line_numbers(len(texts), line_numbers)[position]
+    object_id = _shorten(_as_text(ids).iloc[position])
+    if label == "":
+        raise UserError(f"{source} row {line}: the label (value) of objectId '{object_id}' is missing")
+    raise UserError(f"{source} row {line}: the label '{_shorten(label)}' of objectId '{object_id}' "
+                    f"{label_problem(label, allowed_labels)}")
 
 
-def _read_csv_columns(path: str | os.PathLike, wanted: dict[str, str],
-                      option_of: dict[str, str]) -> tuple[pd.DataFrame, list[int]]:
+def read_csv_columns(path: str | os.PathLike, wanted: dict[str, str],
+                     option_of: dict[str, str], optional: Iterable[str] = ()) -> tuple[pd.DataFrame, list[int]]:
     """Read the ``wanted`` columns (output name -> column in the file) as stripped strings.
+
+    Output names in ``optional`` may be absent from the file (the frame then lacks them).
 
     Returns the frame (RangeIndex, file order) and the file line of every row, so messages
     can name the line a user sees.  The csv module rather than ``pandas.read_csv``: pandas
@@ -151,6 +247,8 @@ def _read_csv_columns(path: str | os.PathLike, wanted: dict[str, str],
             header = [name.strip() for name in header]
             positions = {}
             for output_name, column in wanted.items():
+                if column not in header and output_name in set(optional):
+                    continue
                 if column not in header:
                     option = option_of.get(output_name)
                     advice = f"; use {option} to name another" if option else ""
@@ -173,51 +271,113 @@ def _read_csv_columns(path: str | os.PathLike, wanted: dict[str, str],
         raise UserError(f"cannot read {source}: {error}") from None
     if not rows:
         raise UserError(f"{source} has a header but no data rows")
-    frame = pd.DataFrame(rows, columns=list(wanted), dtype=object)
+    frame = pd.DataFrame(rows, columns=list(positions), dtype=object)
     return frame, lines
 
 
-def read_label_csv(path: str | os.PathLike, id_column: str = "objectId",
-                   label_column: str = "value") -> pd.DataFrame:
+def _read_csv_fast(path: str | os.PathLike, wanted: dict[str, str], optional: Iterable[str]) -> pd.DataFrame | None:
+    """The ``wanted`` columns read by pandas' C parser (a million rows in about a second), or
+    None when the file is anything but plain (the careful reader then finds and names the problem)."""
+    try:
+        raw = pd.read_csv(path, dtype=object, keep_default_na=False, na_filter=False, encoding="utf-8-sig",
+                          skip_blank_lines=True, engine="c")
+    except Exception:  # noqa: BLE001 - any trouble: the careful reader says what it is
+        return None
+    raw.columns = [str(name).strip() for name in raw.columns]
+    if not isinstance(raw.index, pd.RangeIndex) or raw.empty or raw.isna().any().any():
+        return None  # extra fields became an index, or a short row left holes
+    present = {name: column for name, column in wanted.items() if column in raw.columns}
+    if any(name not in present and name not in set(optional) for name in wanted):
+        return None
+    return pd.DataFrame({name: _as_text(raw[column]).to_numpy() for name, column in present.items()}, dtype=object)
+
+
+def _read_checked(path: str | os.PathLike, wanted: dict[str, str], option_of: dict[str, str],
+                  check, optional: Iterable[str] = ()) -> pd.DataFrame:
+    """Read ``wanted`` columns and ``check(frame, line_numbers)`` them: fast first, carefully on doubt.
+
+    When the fast reader cannot read the file or its rows fail the check, the file is read
+    again with the csv module, so the message names the line a user sees.
+    """
+    frame = _read_csv_fast(path, wanted, optional)
+    if frame is not None:
+        try:
+            check(frame, None)
+            return frame
+        except UserError:
+            pass
+    frame, lines = read_csv_columns(path, wanted, option_of, optional)
+    check(frame, lines)
+    return frame
+
+
+def read_label_csv(path: str | os.PathLike, id_column: str = "objectId", label_column: str = "value",
+                   paths: bool = False, allowed_labels: Iterable[str] = ()) -> pd.DataFrame:
     """Read and check a ``label.csv``; return columns ``objectId`` and ``value`` (strings).
 
     Rows stay in file order.  Raises ``UserError`` (naming the file and row) for a missing
-    file or column, an empty file, an objectId that is not ``<sha1>.<extension>``, a
-    duplicate objectId, or a missing label.
+    file or column, an empty file, an objectId that is not ``<sha1>.<extension>`` (with
+    ``paths``: nor a relative path under the image folder), a duplicate objectId, or a
+    missing or unusable label (see :func:`validate_labels`).
     """
     if id_column == label_column:
         raise UserError(f"the id column and the label column are both '{id_column}'")
-    frame, lines = _read_csv_columns(
-        path, {"objectId": id_column, "value": label_column},
-        {"objectId": "--id-column", "value": "--label-column"},
-    )
-    validate_object_ids(frame["objectId"], str(path), lines)
-    validate_labels(frame["value"], frame["objectId"], str(path), lines)
-    return frame
+
+    def check(frame, lines):
+        validate_object_ids(frame["objectId"], str(path), lines, paths=paths)
+        validate_labels(frame["value"], frame["objectId"], str(path), lines, allowed_labels)
+
+    return _read_checked(path, {"objectId": id_column, "value": label_column},
+                         {"objectId": "--id-column", "value": "--label-column"}, check)
 
 
-def read_split_csv(path: str | os.PathLike) -> pd.DataFrame:
-    """Read and check a split CSV; return columns ``objectId``, ``value`` (str) and ``type``.
+def read_split_csv(path: str | os.PathLike, allowed_labels: Iterable[str] = ()) -> pd.DataFrame:
+    """Read and check a split CSV; return columns ``objectId``, ``value``, ``type`` (and ``sha1`` if present).
 
-    Checked like :func:`read_label_csv`, and every ``type`` must be train, validation or test.
+    Checked like :func:`read_label_csv` (objectIds may be relative paths), and every
+    ``type`` must be train, validation or test.
     """
-    frame, lines = _read_csv_columns(path, {"objectId": "objectId", "value": "value", "type": "type"}, {})
-    validate_object_ids(frame["objectId"], str(path), lines)
-    validate_labels(frame["value"], frame["objectId"], str(path), lines)
-    for part, line in zip(frame["type"], lines):
-        if part not in PARTS:
-            raise UserError(f"{path} row {line}: type '{_shorten(part)}' is not one of {', '.join(PARTS)}")
-    return frame
+    def check(frame, lines):
+        validate_object_ids(frame["objectId"], str(path), lines, paths=True)
+        validate_labels(frame["value"], frame["objectId"], str(path), lines, allowed_labels)
+        bad = ~frame["type"].isin(PARTS).to_numpy(dtype=bool)
+        if bad.any():
+            position = int(np.flatnonzero(bad)[0])
+            line = _line_numbers(len(frame), lines)[position]
+            raise UserError(f"{path} row {line}: type '{_shorten(frame['type'][position])}' "
+                            f"is not one of {', '.join(PARTS)}")
+
+    return _read_checked(path, {"objectId": "objectId", "value": "value", "type": "type", "sha1": "sha1"}, {},
+                         check, optional=("sha1",))
 
 
 def write_split_csv(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Write ``objectId,value,type`` (in the frame's row order) atomically; return the path."""
+    """Write ``objectId,value,type`` (and ``sha1`` when the frame has it) atomically; return the path.
+
+    Rows keep the frame's order.  A split of SHA-1-named files has no ``sha1`` column (the
+    name is the hash), which keeps it byte for byte what the original split script writes.
+    """
     missing = [column for column in ("objectId", "value", "type") if column not in frame.columns]
     if missing:
         raise UserError(f"cannot write a split without the column(s) {', '.join(missing)}")
-    with atomic_path(path) as temporary:
-        frame[["objectId", "value", "type"]].to_csv(temporary, index=False, lineterminator="\n")
+    columns = ["objectId", "value", "type"] + (["sha1"] if "sha1" in frame.columns else [])
+    values = [frame[column].astype(str).tolist() for column in columns]
+    with atomic_path(path) as temporary, open(temporary, "w", encoding="utf-8", newline="") as handle:
+        if any(_needs_quotes(column) for column in values):
+            # The csv module's minimal quoting is what pandas' to_csv (and so the original split script) writes.
+            writer = csv.writer(handle, lineterminator="\n")
+            writer.writerow(columns)
+            writer.writerows(zip(*values))
+        else:  # nothing to quote: the same bytes, joined in C
+            handle.write(",".join(columns) + "\n")
+            handle.write("".join(f"{line}\n" for line in map(",".join, zip(*values))))
     return Path(path)
+
+
+def _needs_quotes(texts: list[str]) -> bool:
+    """Whether minimal CSV quoting would quote any of ``texts`` (a comma, a quote or a line break)."""
+    joined = "\x00".join(texts)
+    return any(character in joined for character in ',"\r\n')
 
 
 def class_names(values: Iterable) -> list[str]:
@@ -270,20 +430,118 @@ def check_key_ranges(test_keys: Iterable[int], validation_keys: Iterable[int]) -
 
 
 def split_keys(ids: pd.Series) -> np.ndarray:
-    """The split key (0..255) of each objectId: its last two hex digits before the first dot."""
-    last_two = _as_text(ids).str.split(".", n=1).str[0].str[-2:]
+    """The split key (0..255) of each objectId: its last two hex digits before the first dot.
+
+    Also the key of a content SHA-1 (40 hex digits, no dot): its last byte.
+    """
+    texts = _as_text(ids)
+    keys = _sha1_keys(texts)
+    if keys is not None:
+        return keys
+    last_two = texts.str.split(".", n=1).str[0].str[-2:]
     return np.array([int(text, 16) for text in last_two], dtype=np.int64)
+
+
+def _sha1_names(texts: pd.Series) -> np.ndarray:
+    """Which texts match ``OBJECT_ID_PATTERN``; all at once on their bytes when they all do."""
+    if _all_sha1_names(texts.tolist()):
+        return np.ones(len(texts), dtype=bool)
+    return texts.str.fullmatch(OBJECT_ID_PATTERN.pattern).fillna(False).to_numpy(dtype=bool)
+
+
+def _joined_codes(texts: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
+    """The ASCII bytes of ``texts`` joined by NUL (and one NUL at the end), and where each starts."""
+    joined = "\x00".join(texts) + "\x00"
+    if not joined.isascii():
+        return None
+    codes = np.frombuffer(joined.encode("ascii"), dtype=np.uint8)
+    ends = np.flatnonzero(codes == 0)
+    if len(ends) != len(texts):
+        return None  # a NUL inside a text
+    return codes, np.concatenate(([0], ends[:-1] + 1))
+
+
+def _hex_heads(codes: np.ndarray, starts: np.ndarray, width: int = 40) -> bool:
+    """Whether the ``width`` bytes from every start are hex digits (one row of bytes per start)."""
+    heads = np.lib.stride_tricks.sliding_window_view(codes, width)[starts]
+    return bool(_IS_HEX[heads].all())
+
+
+def _all_sha1_names(texts: list[str]) -> bool:
+    """True when every text is ``<40 hex digits>.<letters and digits>`` (a million in well under a second)."""
+    if not texts:
+        return True
+    found = _joined_codes(texts)
+    if found is None:
+        return False
+    codes, starts = found
+    lengths = np.diff(np.concatenate((starts, [len(codes)]))) - 1
+    alphanumeric = _ALPHANUMERIC[codes] | (codes == 0) | (codes == ord("."))
+    return bool(alphanumeric.all() and (lengths >= 42).all() and (codes == ord(".")).sum() == len(texts)
+                and (codes[starts + 40] == ord(".")).all() and _hex_heads(codes, starts))
+
+
+_ALPHANUMERIC = np.zeros(256, dtype=bool)
+for _character in "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ":
+    _ALPHANUMERIC[ord(_character)] = True
+
+_HEX_VALUES = np.full(256, -1, dtype=np.int64)
+for _digit in "0123456789abcdefABCDEF":
+    _HEX_VALUES[ord(_digit)] = int(_digit, 16)
+_IS_HEX = _HEX_VALUES >= 0
+
+
+def _sha1_keys(texts: pd.Series) -> np.ndarray | None:
+    """Keys read as bytes in one vectorised pass when every text is 40 hex digits, alone or before
+    a dot (SHA-1 names and digests: a million in well under a second); None otherwise."""
+    found = _joined_codes(texts.tolist())
+    if found is None or len(texts) == 0:
+        return None if found is None else np.zeros(0, dtype=np.int64)
+    codes, starts = found
+    lengths = np.diff(np.concatenate((starts, [len(codes)]))) - 1
+    if not (lengths >= 40).all():
+        return None
+    if not (np.isin(codes[starts + 40], (0, ord("."))).all() and _hex_heads(codes, starts)):
+        return None
+    return _HEX_VALUES[codes[starts + 38]] * 16 + _HEX_VALUES[codes[starts + 39]]
+
+
+def assign_parts(keys: np.ndarray, values: Sequence[str], test: Iterable[int], validation: Iterable[int],
+                 balance: bool = True) -> np.ndarray:
+    """``train`` / ``validation`` / ``test`` for each row from its key; balanced as the module says.
+
+    ``values`` are the rows' labels (strings, positional).  Returns an object array.
+    """
+    types = np.full(len(keys), "train", dtype=object)
+    types[np.isin(keys, sorted(test))] = "test"
+    types[np.isin(keys, sorted(validation))] = "validation"
+    if balance and len(keys):
+        positional_values = pd.Series(np.asarray(values, dtype=object), dtype=object)
+        labels = class_names(positional_values)
+        for part in ("test", "validation"):
+            in_part = types == part
+            part_values = positional_values[in_part]
+            counts = part_values.value_counts()
+            smallest = min(int(counts.get(label, 0)) for label in labels)
+            # Rank of each row among the rows of its label in this part, in file order.
+            rank = part_values.groupby(part_values, sort=False).cumcount().to_numpy()
+            surplus = np.flatnonzero(in_part)[rank >= smallest]
+            types[surplus] = "train"
+    return types
 
 
 def split_labels(frame: pd.DataFrame, test_keys: Iterable[int] = DEFAULT_TEST_KEYS,
                  validation_keys: Iterable[int] = DEFAULT_VALIDATION_KEYS, balance: bool = True,
-                 source: str = "labels") -> pd.DataFrame:
+                 source: str = "labels", allowed_labels: Iterable[str] = (), validate: bool = True) -> pd.DataFrame:
     """Assign every row to train, validation or test; return a copy with a ``type`` column.
 
-    ``frame`` needs columns ``objectId`` and ``value`` (other columns are kept).  Rows keep
-    their order and index (which need not be 0..n-1); ``objectId`` and ``value`` come back as
-    stripped strings.  The frame is checked like :func:`read_label_csv` (``source`` names it
-    in messages).  See the module docstring for the algorithm.
+    ``frame`` needs columns ``objectId`` and ``value`` (other columns are kept).  With a
+    ``sha1`` column (the SHA-1 of each file's bytes) the key comes from it and objectIds
+    may be relative paths; without, every objectId must be a SHA-1 name and is its own key.
+    Rows keep their order and index (which need not be 0..n-1); ``objectId`` and ``value``
+    come back as stripped strings.  The frame is checked like :func:`read_label_csv`
+    (``source`` names it in messages) unless ``validate`` is False (a caller that has just
+    checked it).  See the module docstring for the algorithm.
     """
     missing = [column for column in ("objectId", "value") if column not in frame.columns]
     if missing:
@@ -294,25 +552,13 @@ def split_labels(frame: pd.DataFrame, test_keys: Iterable[int] = DEFAULT_TEST_KE
     test, validation = check_key_ranges(test_keys, validation_keys)
     ids = _as_text(frame["objectId"])
     values = _as_text(frame["value"])
-    validate_object_ids(ids, source)
-    validate_labels(values, ids, source)
+    by_content = "sha1" in frame.columns
+    if validate:
+        validate_object_ids(ids, source, paths=by_content)
+        validate_labels(values, ids, source, allowed_labels=allowed_labels)
 
-    keys = split_keys(ids)
-    types = np.full(len(frame), "train", dtype=object)
-    types[np.isin(keys, sorted(test))] = "test"
-    types[np.isin(keys, sorted(validation))] = "validation"
-    if balance:
-        labels = class_names(values)
-        positional_values = pd.Series(values.to_numpy(), dtype=object)
-        for part in ("test", "validation"):
-            in_part = types == part
-            part_values = positional_values[in_part]
-            counts = part_values.value_counts()
-            smallest = min(int(counts.get(label, 0)) for label in labels)
-            # Rank of each row among the rows of its label in this part, in file order.
-            rank = part_values.groupby(part_values, sort=False).cumcount().to_numpy()
-            surplus = np.flatnonzero(in_part)[rank >= smallest]
-            types[surplus] = "train"
+    keys = split_keys(frame["sha1"] if by_content else ids)
+    types = assign_parts(keys, values.to_numpy(), test, validation, balance)
 
     result = frame.copy()
     # Plain arrays: assigning Series would align on the index, which may repeat labels.
@@ -371,6 +617,15 @@ def split_warnings(counts: dict[str, dict[str, int]],
             else:
                 warnings.append(f"the {part} part is empty: no objectId has a {part} key")
             continue
+        if unbalanced_counts is not None:
+            kept, possible = sum(by_label.values()), sum(unbalanced_counts[part].values())
+            if kept * 2 < possible:
+                smallest = min(labels, key=lambda label: unbalanced_counts[part].get(label, 0))
+                warnings.append(
+                    f"balancing kept {kept} of the {possible} {part} rows its keys give "
+                    f"(label {smallest!r} has only {unbalanced_counts[part].get(smallest, 0)}); "
+                    f"--no-balance keeps them all, a wider --{part}-keys range gives more"
+                )
         few = {label: count for label, count in by_label.items() if count < small}
         if few:
             if len(few) == len(by_label) and len(set(few.values())) == 1:  # balanced: one number says it

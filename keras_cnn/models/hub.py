@@ -13,7 +13,6 @@ Handles: a tfhub.dev or Kaggle URL (downloaded through tensorflow_hub's cache,
 
 from __future__ import annotations
 
-import functools
 import inspect
 import os
 import re
@@ -25,7 +24,7 @@ import keras
 import tensorflow as tf
 
 from keras_cnn.errors import UserError
-from keras_cnn.models.bases import HUB_PREFIX, BaseSpec
+from keras_cnn.models.specs import HUB_PREFIX, BaseSpec
 
 __all__ = ["HUB_PREFIX", "HubFeatureLayer", "build_hub_base", "hub_base_spec", "resolve_hub_handle"]
 
@@ -271,13 +270,11 @@ def hub_base_spec(handle: str, image_size: int = 224, input_range=(0.0, 1.0)) ->
     return BaseSpec(
         name=HUB_PREFIX + handle,
         family="hub",
-        builder=functools.partial(build_hub_base, handle, input_range=input_range),
+        kind="hub",
         default_image_size=int(image_size),
-        params=None,
-        feature_width=None,
         preprocessing="none",
         default_unfreeze="all",
         min_image_size=1,
-        hub_handle=handle,
+        handle=handle,
         input_range=input_range,
     )

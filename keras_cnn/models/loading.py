@@ -3,27 +3,40 @@
 from __future__ import annotations
 
 import os
+import zipfile
 
 import keras
 
+import keras_cnn.models.hub  # noqa: F401 - registers HubFeatureLayer
+import keras_cnn.models.preprocessing  # noqa: F401 - registers CaffePreprocessing, ChannelAffine
+import keras_cnn.optimizers  # noqa: F401 - registers kcnn>Adam ... of compiled models
 from keras_cnn.errors import UserError
+from keras_cnn.models.keras_hub import import_keras_hub
 
 
 def load_model(path: str | os.PathLike, compile: bool = False) -> keras.Model:
     """Load ``path`` (a ``.keras`` file); a broken or foreign file is a one-line ``UserError``.
 
-    kcnn's serializable classes register themselves when their modules are imported, so
-    those imports come first.  ``compile=False`` (the default) is right for inference and
-    for stages that recompile anyway.
+    kcnn's serializable classes register themselves when their modules are imported (at
+    the top of this module).  A model with keras-hub layers (a ``keras_hub:`` base) needs
+    keras-hub imported first, which is done only then.  ``compile=False`` (the default) is
+    right for inference and for stages that recompile anyway.
     """
-    import keras_cnn.models.bases  # noqa: F401 - CaffePreprocessing
-    import keras_cnn.models.hub  # noqa: F401 - HubFeatureLayer
-    import keras_cnn.train.optimizers  # noqa: F401 - kcnn>Adam ... in compiled models
-
+    if _uses_keras_hub(path):
+        import_keras_hub()
     try:
         return keras.saving.load_model(os.fspath(path), compile=compile)
     except (OSError, ValueError, TypeError) as error:
         raise UserError(f"cannot load model {path}: {_innermost_reason(error)}") from None
+
+
+def _uses_keras_hub(path: str | os.PathLike) -> bool:
+    """Whether the saved model's config names a keras_hub class (read from the archive, nothing built)."""
+    try:
+        with zipfile.ZipFile(os.fspath(path)) as archive:
+            return b'"keras_hub' in archive.read("config.json")
+    except (OSError, KeyError, zipfile.BadZipFile):
+        return False  # keras.saving.load_model says what is wrong with the file
 
 
 def _innermost_reason(error: BaseException) -> str:

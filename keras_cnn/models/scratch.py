@@ -1,8 +1,8 @@
-"""The from-scratch zoo: the Keras book's LeNet and CIFAR-10 nets and the seeds' networks.
+"""The from-scratch zoo: the Keras book's LeNet and CIFAR-10 nets and networks from blog posts.
 
 Each architecture is written once, as a function returning its layers in order; the
 Sequential builder stacks them and the functional builder calls them one after another,
-so both APIs always have identical layers and parameter counts (REFERENCES.md §1).
+so both APIs always have identical layers and the published parameter counts.
 ``ARCHITECTURES`` holds every architecture's metadata (default input shape, output
 activation, reference optimizer, loss, batch size, epochs): the CLI, the trainer and
 ``kcnn models`` read that table instead of branching on names.
@@ -17,8 +17,8 @@ import keras
 from keras import layers
 
 from keras_cnn.errors import UserError
-
-APIS = ("functional", "sequential")
+from keras_cnn.models.parameters import parameter_counts
+from keras_cnn.models.specs import check_api
 
 
 def _conv(filters: int, padding: str = "same", activation: str | None = "relu", kernel: int = 3, name=None):
@@ -72,7 +72,7 @@ def cifar10_deep_net_layers(num_classes: int) -> list[layers.Layer]:
 
 
 def lenet5_bn_layers(num_classes: int) -> list[layers.Layer]:
-    """Seed 001's LeNet-5 with BatchNorm after each convolution (valid 5x5 convs)."""
+    """The blog post's LeNet-5 with BatchNorm after each convolution (valid 5x5 convs)."""
     return [
         layers.Conv2D(6, 5, padding="valid", name="conv1"),
         layers.BatchNormalization(name="bn1"),
@@ -92,7 +92,7 @@ def lenet5_bn_layers(num_classes: int) -> list[layers.Layer]:
 
 
 def smile_cnn_layers(num_classes: int) -> list[layers.Layer]:
-    """Seed 000's CelebA smile classifier: four conv stages, global 8x8 average pool."""
+    """The CelebA smile classifier: four conv stages, global 8x8 average pool."""
     return [
         _conv(32, name="conv1"),
         layers.MaxPooling2D(2, name="pool1"),
@@ -110,7 +110,7 @@ def smile_cnn_layers(num_classes: int) -> list[layers.Layer]:
 
 
 def mini_alexnet_layers(num_classes: int) -> list[layers.Layer]:
-    """Seed 002's "mini AlexNet" for 32x32 images (filter counts are ours, see REFERENCES.md)."""
+    """The blog post's "mini AlexNet" for 32x32 images (filter counts are ours)."""
     return [
         _conv(48, activation=None, name="conv1"),
         layers.BatchNormalization(name="bn1"),
@@ -179,11 +179,11 @@ ARCHITECTURES: dict[str, ArchitectureSpec] = {
                          128, 12, "Keras book ch. 3 (CIFAR-10, deeper; 15 epochs with augmentation)",
                          augmented_epochs=15),
         ArchitectureSpec("lenet5_bn", lenet5_bn_layers, (32, 32, 3), 10, "softmax", "adam", 1e-2, 64, 10,
-                         "seed 001: LeNet-5 + BatchNorm (CIFAR-10)"),
+                         "blog post: LeNet-5 + BatchNorm (CIFAR-10)"),
         ArchitectureSpec("smile_cnn", smile_cnn_layers, (64, 64, 3), 2, "sigmoid", "adam", 1e-3, 32, 30,
-                         "seed 000: CelebA smile classifier"),
+                         "CelebA smile classifier"),
         ArchitectureSpec("mini_alexnet", mini_alexnet_layers, (32, 32, 3), 10, "softmax", "adam", 1e-3, 64, 20,
-                         "seed 002: mini AlexNet (CIFAR-10)"),
+                         "blog post: mini AlexNet (CIFAR-10)"),
     )
 }
 
@@ -224,9 +224,7 @@ BUILDERS = {"sequential": build_sequential, "functional": build_functional}
 def build_architecture(name: str, input_shape=None, num_classes: int | None = None,
                        api: str = "functional") -> keras.Model:
     """Build ``name`` with the chosen ``api`` ("functional" or "sequential"); uncompiled."""
-    if api not in BUILDERS:
-        raise UserError(f"unknown API {api!r}; choose one of: {', '.join(APIS)}")
-    return BUILDERS[api](name, input_shape, num_classes)
+    return BUILDERS[check_api(api)](name, input_shape, num_classes)
 
 
 def with_input_scaling(model: keras.Model, scale: float = 1 / 255.0) -> keras.Model:
@@ -241,21 +239,11 @@ def with_input_scaling(model: keras.Model, scale: float = 1 / 255.0) -> keras.Mo
     return keras.Model(inputs, model(scaled), name=f"{model.name}_classifier")
 
 
-def count_parameters(model: keras.Model) -> dict[str, int]:
-    """Total / trainable / non-trainable parameter counts as ``model.summary()`` prints them."""
-    import numpy as np
-
-    trainable = int(sum(np.prod(weight.shape) for weight in model.trainable_weights))
-    non_trainable = int(sum(np.prod(weight.shape) for weight in model.non_trainable_weights))
-    return {"total_params": trainable + non_trainable, "trainable_params": trainable,
-            "non_trainable_params": non_trainable}
-
-
 def describe_architectures() -> list[dict]:
     """One row per architecture for ``kcnn models`` (builds each model once, small and fast)."""
     rows = []
     for spec in ARCHITECTURES.values():
-        counts = count_parameters(build_functional(spec.name))
+        counts = parameter_counts(build_functional(spec.name))
         rows.append({
             "name": spec.name, "kind": "scratch", "input_shape": list(spec.input_shape),
             "params": counts["total_params"], "trainable_params": counts["trainable_params"],

@@ -5,7 +5,7 @@ The model (functional API, the default)::
     image (float 0..255) -> preprocessing -> BASE(training=False) -> head_pool
         -> head_dense_1 ... (relu) -> head_dropout -> predictions (softmax, or sigmoid for --binary)
 
-``api="sequential"`` puts the same layers in a ``keras.Sequential`` (as seed 004 built its
+``api="sequential"`` puts the same layers in a ``keras.Sequential`` (as the TF Hub recipe built its
 TF Hub model).  A Sequential model cannot call its base with ``training=False``: ``fit``
 passes ``training=True`` down.  Frozen BatchNorm layers still run in inference mode
 (Keras 3), but dropout inside a base (EfficientNet's stochastic depth) is then active while
@@ -30,10 +30,11 @@ from typing import Any
 import keras
 
 from keras_cnn.errors import UserError
-from keras_cnn.models.bases import BaseSpec, build_base, get_base_spec, preprocessing_layer
+from keras_cnn.models.bases import build_base, get_base_spec
 from keras_cnn.models.hub import HubFeatureLayer
-
-APIS = ("functional", "sequential")
+from keras_cnn.models.parameters import parameter_counts
+from keras_cnn.models.preprocessing import preprocessing_for
+from keras_cnn.models.specs import BaseSpec, check_api
 HEAD_POOL = "head_pool"
 HEAD_DROPOUT = "head_dropout"
 PREDICTIONS = "predictions"
@@ -57,8 +58,7 @@ def build_transfer_model(base: str | BaseSpec, num_classes: int, image_size: int
     """
     spec = get_base_spec(base)
     num_classes = _check_num_classes(num_classes, binary)
-    if api not in APIS:
-        raise UserError(f"unknown model API {api!r}; choose one of: {', '.join(APIS)}")
+    check_api(api)
     if not 0.0 <= float(dropout) < 1.0:
         raise UserError(f"dropout must be in [0, 1), received: {dropout!r}")
     head_units = [int(units) for units in head_units or ()]
@@ -68,7 +68,7 @@ def build_transfer_model(base: str | BaseSpec, num_classes: int, image_size: int
     input_shape = spec.input_shape(image_size)
     base_model = build_base(spec, input_shape[:2], weights)
     base_model.trainable = False
-    preprocessing = preprocessing_layer(spec)
+    preprocessing = preprocessing_for(spec)
     head = _head_layers(base_model.output.shape, num_classes, head_units, dropout, binary, seed)
     name = f"{spec.layer_name}_classifier"
 
@@ -106,9 +106,13 @@ def _head_layers(base_output_shape, num_classes: int, head_units: list[int], dro
     def initializer(offset: int):
         return keras.initializers.GlorotUniform(seed=None if seed is None else seed + offset)
 
-    # A hub feature-vector module is already pooled; keep the layer (and its name) anyway.
+    # A feature map (CNN) is averaged over its positions, a token sequence (ViT-like
+    # keras-hub backbones) over its tokens; a hub feature-vector module is already pooled:
+    # the layer (and its name) is kept anyway.
     if len(base_output_shape) == 4:
         pool = keras.layers.GlobalAveragePooling2D(name=HEAD_POOL)
+    elif len(base_output_shape) == 3:
+        pool = keras.layers.GlobalAveragePooling1D(name=HEAD_POOL)
     else:
         pool = keras.layers.Identity(name=HEAD_POOL)
     layers: list[keras.layers.Layer] = [pool]
@@ -196,30 +200,6 @@ def freeze_base(model: keras.Model) -> dict[str, Any]:
     """Freeze the whole base again (stage 1 state); returns the parameter counts."""
     get_base_layer(model).trainable = False
     return parameter_counts(model)
-
-
-def _count(weights) -> int:
-    seen: dict[int, Any] = {}
-    for weight in weights:
-        seen.setdefault(id(weight), weight)
-    total = 0
-    for weight in seen.values():
-        size = 1
-        for dimension in weight.shape:
-            size *= int(dimension)
-        total += size
-    return total
-
-
-def parameter_counts(model: keras.Model) -> dict[str, int]:
-    """Trainable / non-trainable / total parameters, as ``model.summary()`` counts them."""
-    trainable = _count(model.trainable_weights)
-    non_trainable = _count(model.non_trainable_weights)
-    return {
-        "trainable_params": trainable,
-        "non_trainable_params": non_trainable,
-        "total_params": trainable + non_trainable,
-    }
 
 
 def split_feature_model(model: keras.Model) -> tuple[keras.Model, keras.Model]:

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import os
 import tempfile
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from keras_cnn.errors import UserError, first_line
-
-CONNECTIVITY_TIMEOUT_SECONDS = 3.0
+from keras_cnn.models.downloads import can_download
+from keras_cnn.models.hub import resolve_hub_handle
+from keras_cnn.models.keras_hub import resolve_preset
+from keras_cnn.models.specs import BaseSpec
 
 
 def keras_cache_dirs() -> list[Path]:
@@ -35,7 +35,7 @@ def keras_cache_dirs() -> list[Path]:
     return unique
 
 
-def cached_weights_path(spec) -> Path | None:
+def cached_weights_path(spec: BaseSpec) -> Path | None:
     """The cached ImageNet weights file of ``spec`` (a BaseSpec), or ``None``."""
     if not spec.weights_file:
         return None
@@ -46,29 +46,16 @@ def cached_weights_path(spec) -> Path | None:
     return None
 
 
-def can_download(url: str, timeout: float = CONNECTIVITY_TIMEOUT_SECONDS) -> bool:
-    """Whether ``url`` answers a HEAD request within ``timeout`` seconds (proxies honoured)."""
-    request = urllib.request.Request(url, method="HEAD")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return 200 <= response.status < 400
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
-
-
-def imagenet_weights_available(spec) -> bool:
+def imagenet_weights_available(spec: BaseSpec) -> bool:
     """Whether ``--weights imagenet`` can work for ``spec`` here (cached, or downloadable now).
 
-    For a TF Hub base: whether its module resolves (local folder, cache, or download).
+    For a TF Hub base: whether its module resolves (local folder, cache, or download); for
+    a keras-hub preset: whether it is a local folder or can be downloaded.
     """
-    from keras_cnn.models.bases import get_base_spec
-
-    spec = get_base_spec(spec)
-    if spec.kind == "hub":
-        from keras_cnn.models.hub import resolve_hub_handle
-
+    resolvers = {"hub": resolve_hub_handle, "keras_hub": resolve_preset}
+    if spec.kind in resolvers:
         try:
-            resolve_hub_handle(spec.hub_handle)
+            resolvers[spec.kind](spec.handle)
         except UserError:
             return False
         return True
@@ -77,35 +64,35 @@ def imagenet_weights_available(spec) -> bool:
     )
 
 
-def resolve_weights(spec, weights: str | os.PathLike | None) -> str | None:
+def resolve_weights(spec: BaseSpec, weights: str | os.PathLike | None) -> str | None:
     """Check ``weights`` for base ``spec`` and say what to build with.
 
     Returns ``"imagenet"`` (cached or downloadable), ``None`` (random initialisation; for a
     TF Hub base: the module's own weights) or the absolute path of a weights file to load
     after building with ``weights=None``.  Raises a one-line ``UserError`` otherwise.
     For a TF Hub base the module itself is resolved here (found locally or in the cache,
-    or downloaded), since it is what carries the pretrained weights.
+    or downloaded), since it is what carries the pretrained weights.  For a keras-hub preset,
+    ``"imagenet"`` means the preset's own weights and ``None`` its architecture with random
+    weights; a remote preset is checked for a connection here.
     """
-    from keras_cnn.models.bases import get_base_spec
-
-    spec = get_base_spec(spec)
     choice = "none" if weights is None else os.fspath(weights)
     lowered = choice.strip().lower()
     if spec.kind == "hub":
         return _resolve_hub_weights(spec, choice, lowered)
+    if spec.kind == "keras_hub":
+        resolve_preset(spec.handle)  # a remote preset offline: fail before any work
     if lowered == "none":
         return None
     if lowered == "imagenet":
-        _check_imagenet_reachable(spec)
+        if spec.kind == "keras":
+            _check_imagenet_reachable(spec)
         return "imagenet"
     return _existing_weights_file(choice)
 
 
-def _resolve_hub_weights(spec, choice: str, lowered: str) -> str | None:
-    from keras_cnn.models.hub import resolve_hub_handle
-
+def _resolve_hub_weights(spec: BaseSpec, choice: str, lowered: str) -> str | None:
     # The module is the download here: fetch or find it now, so offline fails before any work.
-    resolve_hub_handle(spec.hub_handle)
+    resolve_hub_handle(spec.handle)
     if lowered == "imagenet":
         return None  # a hub module carries its own pretrained weights
     if lowered == "none":
@@ -116,7 +103,7 @@ def _resolve_hub_weights(spec, choice: str, lowered: str) -> str | None:
     return _existing_weights_file(choice)
 
 
-def _check_imagenet_reachable(spec) -> None:
+def _check_imagenet_reachable(spec: BaseSpec) -> None:
     if cached_weights_path(spec) is not None:
         return
     if spec.weights_url and can_download(spec.weights_url):

@@ -14,6 +14,7 @@ image folders) with the per-replica batch size.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -137,7 +138,7 @@ def prepare_array_data(data: DataConfig, input_shape: tuple[int, int, int], batc
 def prepare_folder_data(data: DataConfig, image_size: tuple[int, int], channels: int, batch_size: int,
                         seed: int, skipped_record=None, labels: list[str] | None = None) -> PreparedData:
     """The parts of a split CSV over an image folder, after checking every image once."""
-    from keras_cnn.data.files import check_images_or_fail
+    from keras_cnn.data.files import check_images_or_fail, refuse_emptied_groups
     from keras_cnn.data.pipeline import label_indices, make_dataset, subset_frame
     from keras_cnn.data.split import class_names, read_split_csv
     from keras_cnn.train.distribute import per_replica_batch_size, shard_file_list
@@ -145,10 +146,11 @@ def prepare_folder_data(data: DataConfig, image_size: tuple[int, int], channels:
     if data.augment and data.augment_engine == "legacy":
         raise UserError("--augment-engine legacy works with --dataset mnist|cifar10; "
                         "image folders are augmented with Keras preprocessing layers")
-    frame = read_split_csv(data.split)
+    frame = read_split_csv(data.split, data.allow_labels)
     labels = labels or class_names(frame["value"])
     skip = check_images_or_fail(data.images, list(frame["objectId"]), skip_bad=data.skip_bad_images,
                                 record_path=skipped_record)
+    refuse_emptied_groups(frame, skip, None if skipped_record is None else Path(skipped_record).parent)
     spec = augmentation_spec(data)
     rows = {subset: subset_frame(frame, subset, skip=skip) for subset in ("train", "validation", "test")}
     sizes = {subset: len(part) for subset, part in rows.items()}

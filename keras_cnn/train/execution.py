@@ -46,7 +46,7 @@ class Execution:
         ``keras.optimizers.Optimizer`` (a schedule, per-layer rates, EMA...).
         """
         from keras_cnn.train.distribute import synchronize_loss_scaling
-        from keras_cnn.train.optimizers import make_optimizer
+        from keras_cnn.optimizers import make_optimizer
 
         if isinstance(optimizer, str):
             optimizer = make_optimizer(optimizer, learning_rate)

@@ -57,12 +57,13 @@ def train_scratch(config: RunConfig, out_dir: str | Path | None = None, overwrit
     ``out_dir`` defaults to ``runs/ARCHITECTURE-TIMESTAMP``.  Re-running a finished run does
     nothing; a killed one resumes; ``overwrite`` starts the run over.
     """
-    from keras_cnn.models.scratch import build_architecture, get_architecture, with_input_scaling
+    from keras_cnn.models.factory import create_model
+    from keras_cnn.models.scratch import get_architecture
     from keras_cnn.train.data import prepare_array_data, prepare_folder_data
 
     validate_config(config)
-    if bool(config.data.dataset) == bool(config.data.split):
-        raise UserError("give either --dataset mnist|cifar10 or --split SPLIT_CSV --images DIR")
+    if bool(config.data.dataset) == bool(config.data.split or config.data.images):
+        raise UserError("give either --dataset mnist|cifar10 or --images DIR [--split SPLIT_CSV]")
     if config.data.split and not config.data.images:
         raise UserError("--split needs --images DIR (the folder holding the images)")
     config = resolve_scratch_config(config)
@@ -72,12 +73,13 @@ def train_scratch(config: RunConfig, out_dir: str | Path | None = None, overwrit
     def prepare_data(context):
         if config.data.dataset:
             return prepare_array_data(config.data, config.model.input_shape, training.batch_size, training.seed)
-        return prepare_folder_data(config.data, config.data.image_size, config.data.channels, training.batch_size,
+        data = context.spec.config.data  # names the run's own split when --images came without --split
+        return prepare_folder_data(data, data.image_size, data.channels, training.batch_size,
                                    training.seed, skipped_record=context.run.skipped_images_path)
 
     def build_model(context):
-        return with_input_scaling(build_architecture(config.model.name, config.model.input_shape,
-                                                     len(context.data.labels), api=config.model.api))
+        return create_model(config.model.name, len(context.data.labels), input_shape=config.model.input_shape,
+                            api=config.model.api)
 
     stage = StageSpec(TRAIN_STAGE, config, training, stage_options(config), prepare_data, build_model,
                       loss=lambda context: architecture.loss(len(context.data.labels)))

@@ -33,6 +33,7 @@ import keras
 import numpy as np
 
 from keras_cnn.config import RunConfig, TrainingConfig
+from keras_cnn.data.collection import split_into_run
 from keras_cnn.errors import UserError
 from keras_cnn.runs import (EXECUTION_OPTIONS, RunDirectory, RunLock, RunState, check_output_path,
                             differing_options, flatten_options, remove_stale_temporaries)
@@ -290,9 +291,12 @@ def _link_or_copy(source: Path, target: Path) -> None:
 
 def _run_checked_stage(context: StageContext, state: RunState, data) -> StageOutcome:
     """Steps 3-5 of the module docstring, once the run state allows the stage."""
-    from keras_cnn.models.transfer import parameter_counts
+    from keras_cnn.models.parameters import parameter_counts
 
     spec, run = context.spec, context.run
+    if data is None:
+        # --images without --split: the folder is split into RUN/split.csv, which config.json then names.
+        spec.config = replace(spec.config, data=split_into_run(spec.config.data, run.root))
     context.data = data if data is not None else spec.prepare_data(context)
     with context.execution.scope():
         context.model = spec.build_model(context)

@@ -71,13 +71,13 @@ def train_head(config: RunConfig, out_dir: str | Path | None = None, overwrite: 
 
 def _train_head(config: RunConfig, out_dir, overwrite: bool, execution=None) -> StageOutcome:
     from keras_cnn.models.bases import get_base_spec
-    from keras_cnn.models.transfer import build_transfer_model
+    from keras_cnn.models.factory import create_model
     from keras_cnn.models.weights import resolve_weights
     from keras_cnn.train.data import prepare_folder_data
 
     validate_config(config)
-    if not config.data.split or not config.data.images:
-        raise UserError("transfer learning needs --split SPLIT_CSV and --images DIR")
+    if not config.data.images:
+        raise UserError("transfer learning needs --images DIR (and optionally --split SPLIT_CSV)")
     config = resolve_transfer_config(config)
     spec = get_base_spec(config.model.name)
     resolve_weights(spec, config.model.weights)  # offline without cached weights: fail before any work
@@ -87,17 +87,18 @@ def _train_head(config: RunConfig, out_dir, overwrite: bool, execution=None) -> 
                         "pass --no-cache-features")
 
     def prepare_data(context):
-        data = prepare_folder_data(config.data, config.data.image_size, 3, training.batch_size, training.seed,
+        data_config = context.spec.config.data  # names the run's own split when --images came without --split
+        data = prepare_folder_data(data_config, data_config.image_size, 3, training.batch_size, training.seed,
                                    skipped_record=context.run.skipped_images_path)
         if config.model.binary and len(data.labels) != 2:
             raise UserError(f"--binary needs exactly 2 labels, the split has {len(data.labels)}: {data.labels}")
         return data
 
     def build_model(context):
-        return build_transfer_model(spec, len(context.data.labels), image_size=config.data.image_size,
-                                    weights=config.model.weights, head_units=config.model.head_units,
-                                    dropout=config.model.dropout, binary=config.model.binary,
-                                    api=config.model.api, seed=training.seed)
+        return create_model(spec, len(context.data.labels), image_size=config.data.image_size,
+                            weights=config.model.weights, head_units=config.model.head_units,
+                            dropout=config.model.dropout, binary=config.model.binary,
+                            api=config.model.api, seed=training.seed)
 
     stage = StageSpec(HEAD_STAGE, config, training, stage_options(config), prepare_data, build_model,
                       keep_model=True, fit_inputs=head_on_cached_features if training.cache_features else None)
@@ -154,11 +155,13 @@ def _record_frozen_cache(context, details: dict[str, Any]) -> None:
 def _train_in_file_order(context):
     """The train part unshuffled, so cached rows are shuffled exactly like the images would be."""
     from keras_cnn.data.pipeline import make_dataset
+    from keras_cnn.data.split import read_split_csv
 
     config = context.spec.config
-    return make_dataset(config.data.split, config.data.images, "train", config.data.image_size,
-                        context.training.batch_size, shuffle=False, cache=False, labels=config.labels,
-                        resize_mode=config.data.resize_mode, skip=context.data.skipped)
+    frame = read_split_csv(config.data.split, config.data.allow_labels)
+    return make_dataset(frame, config.data.images, "train", config.data.image_size, context.training.batch_size,
+                        shuffle=False, cache=False, labels=config.labels, resize_mode=config.data.resize_mode,
+                        skip=context.data.skipped)
 
 
 def resolve_cache_frozen(config: RunConfig, finetune: FineTuneConfig, strategy: str) -> bool:

@@ -1,0 +1,470 @@
+"""One reader for every way people keep labelled images, and the split of what it read.
+
+Each layout becomes the same table: ``objectId`` (the file's path relative to the images
+root), ``value`` (its label), ``type`` (the part a pre-split tree gives, else empty) and
+``sha1`` (the SHA-1 of the file's bytes)::
+
+    csv            a label CSV (objectId,value): files named by their SHA-1 (the original
+                   format), or any file names / relative paths under --images
+    folders        DIR/<label>/…/*.jpg   (Keras image_dataset_from_directory, torchvision
+                   ImageFolder, fastai from_folder: the top folder is the label)
+    split-folders  DIR/{train,val|validation|valid,test}/<label>/…
+
+The split key of a file is the last byte of its SHA-1: of its name when the name is a
+SHA-1, else of its bytes, so renaming or moving a file never moves it to another part.
+Hashing is streamed (1 MiB chunks) on a pool of threads (hashlib releases the
+GIL while it reads and hashes).  A label CSV of SHA-1 names is split exactly as the original
+split script did, byte for byte.  Like ``split.py``, this module never imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+
+from keras_cnn.config import DataConfig
+from keras_cnn.data.files import bounded_list_message, full_list_path, missing_files_message
+from keras_cnn.data.split import (
+    DEFAULT_TEST_KEYS,
+    DEFAULT_VALIDATION_KEYS,
+    OBJECT_ID_PATTERN,
+    assign_parts,
+    check_key_ranges,
+    class_names,
+    format_counts,
+    label_problem,
+    is_safe_path,
+    path_problem,
+    read_label_csv,
+    sha1_of_name,
+    split_counts,
+    split_keys,
+    split_labels,
+    split_warnings,
+    write_split_csv,
+)
+from keras_cnn.errors import UserError
+
+LAYOUTS = ("csv", "folders", "split-folders")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+# Folder names of a pre-split tree (compared in lower case) and the part each one is.
+PART_FOLDERS = {"train": "train", "val": "validation", "validation": "validation", "valid": "validation",
+                "test": "test"}
+LABEL_CSV_NAME = "label.csv"
+_HASH_CHUNK = 1 << 20
+# Files per task handed to a hashing thread: big enough that scheduling costs little.
+_HASH_BATCH = 256
+# Above this many files, hashing says what it is doing (it can take a while on a cold disk).
+_ANNOUNCE_HASHING = 5_000
+
+
+@dataclass
+class Collection:
+    """Labelled images as read from one layout (see the module docstring)."""
+
+    table: pd.DataFrame                  # objectId, value, type, sha1 (strings; sha1 "" when not read)
+    images: str | None                   # the folder objectIds are relative to
+    layout: str                          # one of LAYOUTS
+    source: str                          # what the user pointed at
+    named_by_sha1: bool = False          # bare SHA-1 names from a label CSV: the original split applies
+    skipped: Counter = field(default_factory=Counter)  # files left out while listing, by reason
+    warnings: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        """One line saying which layout was found and what it holds."""
+        labels = len(class_names(self.table["value"]))
+        images = len(self.table)
+        if self.layout == "csv":
+            where = "named by their SHA-1" if self.named_by_sha1 else f"under {self.images}"
+            line = f"found a label CSV ({self.source}): {images:,} images {where}, {_labels(labels)}"
+        elif self.layout == "folders":
+            line = f"found class folders in {self.source}: {images:,} images in {_labels(labels)}"
+        else:
+            parts = Counter(self.table["type"])
+            shown = ", ".join(f"{part} {parts[part]:,}" for part in ("train", "validation", "test") if parts[part])
+            absent = [part for part in ("validation", "test") if not parts[part]]
+            drawn = f"; {' and '.join(absent)} drawn from train by the SHA-1 rule" if absent else ""
+            line = f"found a pre-split tree in {self.source}: {shown} images in {_labels(labels)}{drawn}"
+        left_out = _left_out(self.skipped)
+        if left_out:
+            line += f" (left out: {left_out})"
+        return line
+
+
+def _left_out(skipped: Counter) -> str:
+    """``"3 not images, 1 hidden"``: what listing a folder passed over (empty when nothing)."""
+    return ", ".join(f"{count:,} {reason}" for reason, count in skipped.items() if count)
+
+
+def _labels(count: int) -> str:
+    return f"{count} label" if count == 1 else f"{count} labels"
+
+
+# ---------------------------------------------------------------------------------- layouts
+
+def detect_layout(source: str | os.PathLike, layout: str | None = None) -> str:
+    """The layout of ``source``: ``layout`` when given (checked), else guessed from what is there.
+
+    A file is a label CSV; a folder holding ``label.csv`` is a label CSV over that folder; a
+    folder whose sub-folders are all part names (train, val, validation, valid, test) and
+    include ``train`` is a pre-split tree; any other folder is a class-folder tree.
+    """
+    if layout is not None and layout not in LAYOUTS:
+        raise UserError(f"--layout must be one of {', '.join(LAYOUTS)}, received: {layout!r}")
+    path = Path(source)
+    if not path.exists():
+        raise UserError(f"{source} does not exist")
+    if path.is_file():
+        if layout not in (None, "csv"):
+            raise UserError(f"--layout {layout} needs a folder, but {source} is a file")
+        return "csv"
+    if layout == "csv" and not (path / LABEL_CSV_NAME).is_file():
+        raise UserError(f"--layout csv: {source} holds no {LABEL_CSV_NAME}; give the label CSV itself")
+    if layout is not None:
+        return layout
+    if (path / LABEL_CSV_NAME).is_file():
+        return "csv"
+    folders = [entry.name.lower() for entry in _visible_folders(path)]
+    if "train" in folders and all(name in PART_FOLDERS for name in folders):
+        return "split-folders"
+    return "folders"
+
+
+def _visible_folders(path: Path) -> list[os.DirEntry]:
+    with os.scandir(path) as entries:
+        return sorted((entry for entry in entries if entry.is_dir() and not entry.name.startswith(".")),
+                      key=lambda entry: entry.name)
+
+
+def _list_images(root: Path, top: Path, skipped: Counter) -> list[str]:
+    """Image files under ``top`` as paths relative to ``root`` (``/``-separated), sorted.
+
+    Hidden files and folders and files without an image extension are counted in ``skipped``.
+    """
+    found = []
+    prefix = top.relative_to(root).as_posix()
+    for directory, folders, files in os.walk(top):
+        skipped["hidden"] += sum(name.startswith(".") for name in folders)
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        inner = os.path.relpath(directory, top)
+        base = prefix if inner == "." else f"{prefix}/{Path(inner).as_posix()}"
+        for name in files:
+            if name.startswith("."):
+                skipped["hidden"] += 1
+            elif os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
+                skipped["not images"] += 1
+            else:
+                found.append(f"{base}/{name}")
+    found.sort()
+    return found
+
+
+def _loose_files(folder: Path, skipped: Counter) -> None:
+    """Count files lying beside the label folders (a README, a label file...): they have no label."""
+    with os.scandir(folder) as entries:
+        loose = sum(1 for entry in entries if entry.is_file() and not entry.name.startswith("."))
+    if loose:
+        skipped["outside a label folder"] += loose
+
+
+def _label_folders(root: Path, parent: Path, allowed_labels: Iterable[str], skipped: Counter,
+                   part: str = "") -> list[tuple[str, str, str]]:
+    """(objectId, label, part) for every image under ``parent/<label>/``."""
+    rows = []
+    _loose_files(parent, skipped)
+    for entry in _visible_folders(parent):
+        problem = label_problem(entry.name, allowed_labels)
+        if problem:
+            raise UserError(f"the folder name {entry.name!r} in {parent} cannot be a label: it {problem}")
+        rows.extend((path, entry.name, part) for path in _list_images(root, Path(entry.path), skipped))
+    return rows
+
+
+def _check_paths(rows: list[tuple[str, str, str]], root: Path) -> None:
+    paths = pd.Series([object_id for object_id, _label, _part in rows], dtype=object)
+    bad = ~is_safe_path(paths)
+    if bad.any():
+        object_id = paths[bad].iloc[0]
+        raise UserError(f"the file {object_id!r} in {root} cannot be used ({path_problem(object_id)}); rename it")
+
+
+def _read_folders(root: Path, allowed_labels: Iterable[str], skipped: Counter) -> pd.DataFrame:
+    rows = _label_folders(root, root, allowed_labels, skipped)
+    _check_paths(rows, root)
+    return pd.DataFrame(rows, columns=["objectId", "value", "type"], dtype=object)
+
+
+def _read_split_folders(root: Path, allowed_labels: Iterable[str], skipped: Counter) -> pd.DataFrame:
+    rows = []
+    _loose_files(root, skipped)
+    folders = _visible_folders(root)
+    others = [entry.name for entry in folders if entry.name.lower() not in PART_FOLDERS]
+    if others:
+        raise UserError(f"{root} is read as a pre-split tree, but {', '.join(map(repr, others[:5]))} "
+                        f"{'is' if len(others) == 1 else 'are'} not train, val, validation, valid or test")
+    if "train" not in {entry.name.lower() for entry in folders}:
+        raise UserError(f"{root} is read as a pre-split tree but has no train/ folder")
+    for entry in folders:
+        rows.extend(_label_folders(root, Path(entry.path), allowed_labels, skipped, PART_FOLDERS[entry.name.lower()]))
+    _check_paths(rows, root)
+    return pd.DataFrame(rows, columns=["objectId", "value", "type"], dtype=object)
+
+
+def _read_label_csv(label_csv: str, images: str | None, id_column: str, label_column: str,
+                    allowed_labels: Iterable[str]) -> tuple[pd.DataFrame, bool]:
+    """The CSV's rows (objectId, value) and whether every objectId is a bare SHA-1 name."""
+    if images is None:
+        try:
+            frame = read_label_csv(label_csv, id_column, label_column, allowed_labels=allowed_labels)
+        except UserError:
+            try:  # Named otherwise but usable with their folder: say so rather than why a name is no SHA-1.
+                read_label_csv(label_csv, id_column, label_column, paths=True, allowed_labels=allowed_labels)
+            except UserError:
+                raise
+            raise UserError(f"{label_csv} names files that are not named by their SHA-1: give --images DIR "
+                            f"(the folder they are in) and kcnn splits them by the SHA-1 of their bytes") from None
+        return frame, True
+    frame = read_label_csv(label_csv, id_column, label_column, paths=True, allowed_labels=allowed_labels)
+    named = frame["objectId"].map(lambda text: OBJECT_ID_PATTERN.fullmatch(text) is not None).all()
+    return frame, bool(named)
+
+
+# ---------------------------------------------------------------------------------- hashing
+
+def _file_sha1(path: str) -> str | None:
+    """The SHA-1 of a file's bytes, read in chunks of at most 1 MiB; None when the file is not there.
+
+    Not ``hashlib.file_digest``: it allocates a 256 KiB buffer per file, which costs more than
+    hashing a small image.
+    """
+    try:
+        with open(path, "rb", buffering=0) as handle:
+            digest = hashlib.sha1()
+            wanted = min(_HASH_CHUNK, os.fstat(handle.fileno()).st_size + 1)  # +1: the end in one read
+            while True:
+                chunk = handle.read(wanted)
+                digest.update(chunk)
+                if len(chunk) < wanted:
+                    return digest.hexdigest()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
+    except OSError as error:
+        raise UserError(f"cannot read {path}: {error.strerror}") from None
+
+
+def _hash_batch(paths: list[str]) -> list[str | None]:
+    return [_file_sha1(path) for path in paths]
+
+
+def content_sha1s(root: str | os.PathLike, object_ids: list[str], workers: int | None = None) -> list[str | None]:
+    """The SHA-1 (hex) of each file ``root/<objectId>``, in order; None for a missing file.
+
+    Files are hashed on ``workers`` threads (default: 4 per core, as reading overlaps with
+    hashing), each file streamed in chunks, never read whole into memory.
+    """
+    if not object_ids:
+        return []
+    workers = workers or min(32, 4 * (os.cpu_count() or 1))
+    if len(object_ids) >= _ANNOUNCE_HASHING:
+        print(f"Hashing {len(object_ids):,} images (the SHA-1 of their bytes is their split key)",
+              file=sys.stderr)
+    base = os.fspath(root)
+    paths = [os.path.join(base, object_id) for object_id in object_ids]
+    batches = [paths[start:start + _HASH_BATCH] for start in range(0, len(paths), _HASH_BATCH)]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return [digest for batch in pool.map(_hash_batch, batches) for digest in batch]
+
+
+def _fill_sha1(table: pd.DataFrame, images: str, named_by: str, list_prefix: str | None) -> pd.DataFrame:
+    """Add the ``sha1`` column: from the name when it is a SHA-1, else from the bytes."""
+    object_ids = table["objectId"].tolist()
+    from_names = [sha1_of_name(object_id) for object_id in object_ids]
+    to_hash = [position for position, digest in enumerate(from_names) if digest is None]
+    digests = content_sha1s(images, [object_ids[position] for position in to_hash])
+    for position, digest in zip(to_hash, digests):
+        from_names[position] = digest
+    missing = [object_id for object_id, digest in zip(table["objectId"], from_names) if digest is None]
+    if missing:
+        raise UserError(missing_files_message(missing, len(table), images, named_by,
+                                              _list_path(list_prefix, "missing.txt")))
+    return table.assign(sha1=from_names)
+
+
+def _list_path(list_prefix: str | None, name: str) -> Path:
+    return Path(f"{list_prefix}{name}") if list_prefix is not None else full_list_path(name)
+
+
+# ---------------------------------------------------------------------------------- duplicates
+
+def _drop_duplicates(table: pd.DataFrame, list_prefix: str | None) -> tuple[pd.DataFrame, list[str]]:
+    """Refuse identical bytes under two labels; keep one copy of identical bytes under one label."""
+    repeated = table[table["sha1"].duplicated(keep=False)]
+    if repeated.empty:
+        return table, []
+    conflicts = []
+    for _digest, group in repeated.groupby("sha1", sort=False):
+        labels = group["value"].tolist()
+        if len(set(labels)) > 1:
+            first = group.iloc[0]
+            other = group[group["value"] != first["value"]].iloc[0]
+            conflicts.append(f"{first['objectId']} ({first['value']}) = {other['objectId']} ({other['value']})")
+    if conflicts:
+        raise UserError(bounded_list_message(
+            lambda listed: (f"{len(conflicts)} image(s) are under two labels (identical bytes): {listed}; "
+                            f"keep each image under one label"),
+            conflicts, _list_path(list_prefix, "duplicates.txt")))
+    dropped = table["sha1"].duplicated(keep="first")
+    names = table.loc[dropped, "objectId"].tolist()
+    warning = bounded_list_message(
+        lambda listed: f"{len(names)} file(s) are copies of an image already under the same label, left out: {listed}",
+        names, _list_path(list_prefix, "duplicates.txt"))
+    return table[~dropped].reset_index(drop=True), [warning]
+
+
+# ---------------------------------------------------------------------------------- the reader
+
+def read_collection(source: str | os.PathLike, images: str | os.PathLike | None = None, layout: str | None = None,
+                    id_column: str = "objectId", label_column: str = "value",
+                    allowed_labels: Iterable[str] = (), list_prefix: str | None = None) -> Collection:
+    """Read labelled images in any layout into a :class:`Collection`.
+
+    ``source``: a label CSV, a folder holding ``label.csv``, a class-folder tree or a
+    pre-split tree; ``images``: the folder a label CSV's objectIds are relative to (needed
+    unless they are SHA-1 names); ``layout`` forces one of :data:`LAYOUTS`.
+    ``allowed_labels``: labels that look like missing data but are real classes.
+    ``list_prefix``: full lists behind shortened messages go to ``<prefix><name>.txt``
+    (default: the temp folder).  Raises ``UserError`` for unreadable input, missing files,
+    unusable labels or names, and identical images under two labels.
+    """
+    allowed_labels = list(allowed_labels)
+    found = detect_layout(source, layout)
+    path = Path(source)
+    skipped: Counter = Counter()
+    named_by_sha1 = False
+    if found == "csv":
+        label_csv = path / LABEL_CSV_NAME if path.is_dir() else path
+        if path.is_dir() and images is None:
+            images = path
+        if images is not None and not Path(images).is_dir():
+            raise UserError(f"image folder {images} does not exist or is not a folder")
+        frame, named_by_sha1 = _read_label_csv(str(label_csv), None if images is None else str(images),
+                                               id_column, label_column, allowed_labels)
+        table = frame[["objectId", "value"]].assign(type="")
+        named_by = str(label_csv)
+    else:
+        if images is not None and Path(images).resolve() != path.resolve():
+            raise UserError(f"--images is for a label CSV; {source} is a folder of images, which is their root")
+        images = path
+        reader = _read_folders if found == "folders" else _read_split_folders
+        table = reader(path, allowed_labels, skipped)
+        named_by = f"the listing of {source}"
+        if table.empty:
+            raise UserError(_empty_folder_message(path, found, skipped))
+    warnings: list[str] = []
+    if named_by_sha1:
+        table = table.assign(sha1="")
+    else:
+        table = _fill_sha1(table, str(images), named_by, list_prefix)
+        table, warnings = _drop_duplicates(table, list_prefix)
+    return Collection(table=table.reset_index(drop=True), images=None if images is None else str(images),
+                      layout=found, source=str(source), named_by_sha1=named_by_sha1, skipped=skipped,
+                      warnings=warnings)
+
+
+def _empty_folder_message(path: Path, layout: str, skipped: Counter) -> str:
+    shape = "DIR/<label>/*.jpg" if layout == "folders" else "DIR/train/<label>/*.jpg"
+    seen = f"; {_left_out(skipped)}" if _left_out(skipped) else ""
+    return (f"no images found in {path} (expected {shape}, extensions "
+            f"{', '.join(IMAGE_EXTENSIONS)}{seen}); a label CSV needs --images DIR or --layout csv")
+
+
+# ---------------------------------------------------------------------------------- the split
+
+def split_collection(collection: Collection, test_keys: Iterable[int] = DEFAULT_TEST_KEYS,
+                     validation_keys: Iterable[int] = DEFAULT_VALIDATION_KEYS, balance: bool = True,
+                     allowed_labels: Iterable[str] = ()) -> pd.DataFrame:
+    """The split of a collection: objectId, value, type (and sha1 unless named by SHA-1).
+
+    Bare SHA-1 names: the original split of the CSV, byte for byte.  Other files: the same
+    rule on the SHA-1 of their bytes.  A pre-split tree keeps its parts; a part it lacks
+    (validation, test) is drawn from its train part by the rule.
+    """
+    test, validation = check_key_ranges(test_keys, validation_keys)
+    table = collection.table
+    if collection.named_by_sha1:
+        # Read by read_label_csv, so already checked.
+        return split_labels(table[["objectId", "value"]], test, validation, balance, collection.source,
+                            allowed_labels, validate=False)
+    types = table["type"].to_numpy(dtype=object).copy()
+    given = set(types) - {""}
+    if not given:
+        return split_labels(table[["objectId", "value", "sha1"]], test, validation, balance, collection.source,
+                            allowed_labels, validate=False)[["objectId", "value", "type", "sha1"]]
+    absent = {"test", "validation"} - given
+    if absent:
+        from_train = types == "train"
+        types[from_train] = assign_parts(
+            split_keys(table.loc[from_train, "sha1"]), table.loc[from_train, "value"].to_numpy(),
+            test if "test" in absent else (), validation if "validation" in absent else (), balance)
+    return table.assign(type=types)[["objectId", "value", "type", "sha1"]]
+
+
+@dataclass
+class SplitResult:
+    """A split as ``kcnn split`` reports it."""
+
+    frame: pd.DataFrame
+    labels: list[str]
+    counts: dict[str, dict[str, int]]
+    warnings: list[str]
+
+
+def split_with_report(collection: Collection, test_keys: Iterable[int] = DEFAULT_TEST_KEYS,
+                      validation_keys: Iterable[int] = DEFAULT_VALIDATION_KEYS, balance: bool = True,
+                      allowed_labels: Iterable[str] = ()) -> SplitResult:
+    """Split, count rows per label per part, and gather every warning (the reader's and the split's)."""
+    test_keys, validation_keys = list(test_keys), list(validation_keys)
+    frame = split_collection(collection, test_keys, validation_keys, balance, allowed_labels)
+    labels = class_names(frame["value"])
+    counts = split_counts(frame, labels)
+    unbalanced = None
+    if balance:
+        unbalanced = split_counts(split_collection(collection, test_keys, validation_keys, False, allowed_labels),
+                                  labels)
+    return SplitResult(frame, labels, counts, [*collection.warnings, *split_warnings(counts, unbalanced)])
+
+
+def split_into_run(data: DataConfig, run_root: str | os.PathLike) -> DataConfig:
+    """The data of a run given ``--images DIR`` without ``--split``: split DIR, keep it in the run.
+
+    The split is written to ``RUN/split.csv`` (once: a resumed run reuses it, so its parts
+    never change under it) and the returned config names it, so ``evaluate``, ``export``
+    and ``finetune`` read the very split the model was trained on.  Any other data config
+    comes back unchanged.
+    """
+    if data.split and data.layout:
+        raise UserError("--layout says how to read --images when there is no --split; a split CSV names its files")
+    if data.split or data.dataset or not data.images:
+        return data
+    split_path = Path(run_root) / "split.csv"
+    if split_path.exists():
+        print(f"using the split stored in {split_path}", file=sys.stderr)
+    else:
+        collection = read_collection(data.images, layout=data.layout, allowed_labels=data.allow_labels,
+                                     list_prefix=f"{Path(run_root)}{os.sep}")
+        print(collection.describe(), file=sys.stderr)
+        result = split_with_report(collection, allowed_labels=data.allow_labels)
+        write_split_csv(result.frame, split_path)
+        print(format_counts(result.counts), file=sys.stderr)
+        for warning in result.warnings:
+            print(f"kcnn: warning: {warning}", file=sys.stderr)
+    return replace(data, split=os.path.abspath(split_path), images=os.path.abspath(data.images))
+
