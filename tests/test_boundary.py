@@ -73,15 +73,24 @@ def test_stage_and_block_boundaries_of_other_bases(application, size, boundary, 
     assert_split_reproduces(model, layer, shape)
 
 
-def test_a_boundary_inside_a_residual_block_is_refused_with_a_reason(efficientnet):
-    model = efficientnet
-    unfreeze_from(model, "block6b_project_conv")   # the block's shortcut jumps over it
-    with pytest.raises(NoSingleBoundary, match=r"reads 2 tensors of the frozen part \(block6a_project_bn, "
-                                               r"block6b_se_excite\), not one"):
-        split_at_frozen_boundary(model)
-    unfreeze_from(model, "all")
+def test_a_boundary_inside_a_residual_block_moves_down_to_the_block_input(efficientnet):
+    # block6b's shortcut jumps over block6b_project_conv: the top also reads block6a's output,
+    # so the cut is made there and the frozen layers of block6b are recomputed with the top.
+    unfreeze_from(efficientnet, "block6b_project_conv")
+    assert_split_reproduces(efficientnet, "block6a_project_bn", (1, 1, 192))
+
+
+def test_nothing_frozen_is_refused_with_a_reason(efficientnet):
+    unfreeze_from(efficientnet, "all")
     with pytest.raises(NoSingleBoundary, match="nothing trainable in the base efficientnet_b0 is frozen"):
-        split_at_frozen_boundary(model)
+        split_at_frozen_boundary(efficientnet)
+
+
+@pytest.mark.slow
+def test_densenet_block_boundary_recomputes_the_frozen_batch_norm_with_the_top():
+    model = hand_built_transfer_model(keras.applications.DenseNet121, 32)
+    unfreeze_from(model, "conv5_block1")
+    assert_split_reproduces(model, "pool4_pool", (1, 1, 512))
 
 
 def tiny_sequential_transfer_model(with_dropout: bool) -> keras.Model:

@@ -164,7 +164,8 @@ def _frozen_tensor_ids(base: keras.Model) -> set[int]:
     for layer, node in _graph_nodes(base):
         if isinstance(layer, keras.layers.InputLayer):
             continue
-        if not layer.trainable_weights and node.input_tensors and all(
+        # A graph may hold plain operations (keras.ops calls, as in ConvNeXt): no weights.
+        if not getattr(layer, "trainable_weights", None) and node.input_tensors and all(
                 id(source) in frozen for source in node.input_tensors):
             frozen.update(id(output) for output in node.outputs)
     return frozen
@@ -186,33 +187,42 @@ def _boundary_tensors(nodes, frozen: set[int], base: keras.Model) -> dict[int, o
 
 
 def _single_boundary_tensor(base: keras.Model):
-    """The one frozen tensor the trainable part reads; :class:`NoSingleBoundary` otherwise.
+    """The frozen tensor nearest the trainable part through which all of its inputs pass.
 
-    A weightless layer on the frozen side (InceptionV3's average pooling of ``mixed8`` for
-    the next block's pool branch) is handed to the trainable side when that leaves fewer
-    boundary tensors: recomputing it costs nothing.
+    When the trainable part reads one frozen tensor, that is it.  Otherwise (DenseNet's
+    ``conv5_block1`` reads both ``pool4_pool`` and a frozen BatchNorm + ReLU of it;
+    InceptionV3's next block reads ``mixed8`` and an average pooling of it; a residual
+    shortcut jumps over the unfreeze point) it is the nearest frozen tensor that every path
+    from the image to the trainable part goes through, and the frozen layers between it and
+    the trainable part are recomputed with the top: still exact, as frozen layers run in
+    inference mode.  The base's input always qualifies, so this finds a tensor; whether
+    anything worth caching lies below it is the caller's question.
     """
     nodes = _graph_nodes(base)
     frozen = _frozen_tensor_ids(base)
     boundary = _boundary_tensors(nodes, frozen, base)
-    improved = True
-    while len(boundary) > 1 and improved:
-        improved = False
-        for tensor in list(boundary.values()):
-            layer, node = _producer(tensor)
-            if layer.weights or isinstance(layer, keras.layers.InputLayer):
-                continue
-            moved = frozen - {id(output) for output in node.outputs}
-            candidate = _boundary_tensors(nodes, moved, base)
-            if len(candidate) < len(boundary):
-                frozen, boundary, improved = moved, candidate, True
-                break
-    if len(boundary) != 1:
-        names = sorted(_producer(tensor)[0].name for tensor in boundary.values())
-        shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
-        raise NoSingleBoundary(f"the trainable part of {base.name} reads {len(names)} tensors of the frozen "
-                               f"part ({shown}), not one")
-    return next(iter(boundary.values()))
+    if len(boundary) == 1:
+        return next(iter(boundary.values()))
+    trainable_nodes = {id(node) for layer, node in nodes if not isinstance(layer, keras.layers.InputLayer)
+                       and not all(id(output) in frozen for output in node.outputs)}
+    for _layer, node in reversed(nodes):
+        for output in node.outputs:
+            if id(output) in frozen and _dominates(output, nodes, base, trainable_nodes):
+                return output
+    raise NoSingleBoundary(f"no single tensor of {base.name} leads to its trainable part")
+
+
+def _dominates(candidate, nodes, base: keras.Model, trainable_nodes: set[int]) -> bool:
+    """Whether every path from the base's input to a trainable node passes through ``candidate``."""
+    reachable = {id(tensor) for tensor in base.inputs if tensor is not candidate}
+    for layer, node in nodes:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        if any(id(source) in reachable for source in node.input_tensors):
+            if id(node) in trainable_nodes:
+                return False
+            reachable.update(id(output) for output in node.outputs if output is not candidate)
+    return True
 
 
 def _bottom_layers(base: keras.Model, boundary) -> list[keras.layers.Layer]:
