@@ -203,3 +203,9 @@ def test_smallest_member_of_each_family_trains_fine_tunes_exports_and_predicts(f
                                                                                sample_split):
     spec = smallest_member(family)
     _end_to_end(spec, tmp_path, sample_data_dir, sample_split, max(spec.min_image_size, 48))
+
+
+def test_summary_builds_a_base_at_the_asked_size_without_download():
+    result = CliRunner().invoke(cli, ["summary", "mobilenet_v3_small", "--image-size", "40", "--num-classes", "3"])
+    assert result.exit_code == 0, result.output[-3000:]
+    assert "(None, 40, 40, 3)" in result.output and "mobilenet_v3_small" in result.output

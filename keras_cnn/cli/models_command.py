@@ -26,14 +26,14 @@ def _render(result: dict) -> None:
         click.echo(f"  {row['name']:<20} {shape:<10} {row['params']:>12,}  {row['source']}")
     bases = [row for row in rows if row["kind"] == "transfer"]
     click.echo("")
-    click.echo(f"Transfer bases (kcnn transfer --base NAME), {len(bases)} keras.applications bases; parameters "
-               "without top, ImageNet top-1 from the Keras applications table:")
-    click.echo(f"  {'name':<20} {'size':>5} {'params':>12} {'top-1':>6}  unfreeze from")
+    click.echo(f"Transfer bases (kcnn transfer --base NAME): {len(bases)} keras.applications bases by family; "
+               "params without top, ImageNet top-1 % (Keras applications table):")
+    click.echo(f"  {'name':<22} {'size':>5} {'params':>12} {'top-1':>6}  unfreeze from")
     for family, members in groupby(bases, key=lambda row: row["family"]):
         click.echo(f"  {family}")
         for row in members:
             top1 = f"{row['top1']:.1f}" if row.get("top1") is not None else "-"
-            click.echo(f"    {row['name']:<18} {row['input_shape'][0]:>5} {row['params']:>12,} {top1:>6}  "
+            click.echo(f"    {row['name']:<20} {row['input_shape'][0]:>5} {row['params']:>12,} {top1:>6}  "
                        f"{row['default_unfreeze']}")
     click.echo("")
     click.echo("Also: --base hub:URL_OR_DIR (a TF Hub module) and --base keras_hub:PRESET_OR_DIR "
