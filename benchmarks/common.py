@@ -142,3 +142,18 @@ def publish(title: str, lines: list[str], arguments) -> None:
 def ratio_verdict(ratio: float, target: float) -> str:
     """``"meets"`` or ``"MISSES"`` the ``target`` ratio, for the printed summary."""
     return "meets" if ratio >= target else "MISSES"
+
+
+def add_recording_arguments(parser) -> None:
+    """``--results``, ``--no-record`` and ``--note``: where and whether :func:`publish` records."""
+    parser.add_argument("--results", type=Path, default=RESULTS_PATH, help="Markdown file to append to")
+    parser.add_argument("--no-record", action="store_true", help="print only; do not touch RESULTS.md")
+    parser.add_argument("--note", default="", help="a sentence added under the table")
+
+
+def steady_epoch_seconds(epoch_seconds: list[float]) -> float:
+    """Mean epoch time after the first (which traces the step); the only epoch if there is one."""
+    import statistics
+
+    later = epoch_seconds[1:] or epoch_seconds
+    return statistics.fmean(later)

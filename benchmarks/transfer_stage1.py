@@ -41,13 +41,14 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from common import (
-    RESULTS_PATH,
+    add_recording_arguments,
     command_line,
     describe_machine,
     load_average,
     machine_description,
     publish,
     ratio_verdict,
+    steady_epoch_seconds,
 )
 
 SECTION_TITLE = "Transfer stage 1: head epochs on cached features vs through the frozen base"
@@ -112,12 +113,6 @@ def run_stage1(split_csv: Path, images: Path, out_dir: Path, cache_features: boo
         "extraction_seconds": sum(extraction),
         "stage_seconds": float(summary["fit_seconds"]),  # this process's fit, feature extraction included
     }
-
-
-def steady_epoch_seconds(epoch_seconds: list[float]) -> float:
-    """Mean epoch time after the first (which traces the step); the only epoch if there is one."""
-    later = epoch_seconds[1:] or epoch_seconds
-    return statistics.fmean(later)
 
 
 def analyse(cached: dict, uncached: dict) -> dict:
@@ -199,9 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classes", type=int, default=3, help="classes of the sample data")
     parser.add_argument("--per-class", type=int, default=60, help="sample images per class")
     parser.add_argument("--sample-size", type=int, default=128, help="side of the generated JPEGs (kcnn's default)")
-    parser.add_argument("--results", type=Path, default=RESULTS_PATH, help="Markdown file to append to")
-    parser.add_argument("--no-record", action="store_true", help="print only; do not touch RESULTS.md")
-    parser.add_argument("--note", default="", help="a sentence added under the table")
+    add_recording_arguments(parser)
     arguments = parser.parse_args(argv)
     if arguments.epochs < 2:
         parser.error(f"--epochs must be at least 2 (the first epoch traces), received: {arguments.epochs}")

@@ -82,7 +82,8 @@ class FineTuneConfig:
     """Stage 2 of transfer learning (``kcnn finetune``); ``None`` = the default, or stage 1's value.
 
     Defaults: the base's own unfreeze point and fine-tuning learning rate (see
-    ``kcnn models``), 5 epochs, Adam, stage 1's batch size and execution options.
+    ``kcnn models``), 5 epochs, Adam, stage 1's batch size and execution options, the
+    frozen layers cached unless stage 1 augmented.
     """
 
     unfreeze_from: str | None = None      # a layer name, a block prefix, or "all"
@@ -100,6 +101,7 @@ class FineTuneConfig:
     ema: float | None = None
     early_stopping: int | None = None
     lr_mult: float | None = None          # head rate / first unfrozen block's rate (fastai's lr_mult)
+    cache_frozen: bool | None = None      # None = cache the frozen layers unless stage 1 augmented
 
 
 @dataclass

@@ -67,6 +67,8 @@ def sample_images():
     return {
         "rgb.png": encode(picture(32, 32), "PNG"),
         "rgb.jpg": encode(picture(57, 41), "JPEG"),
+        # At least 4x both models' sizes: decoded at a reduced DCT scale, in training and serving.
+        "large.jpg": encode(picture(150, 140), "JPEG"),
         "grey.png": encode(picture(20, 30), "PNG", "L"),
         "grey.jpg": encode(picture(50, 50), "JPEG", "L"),
         "rgba.png": encode(picture(64, 48), "PNG", "RGBA"),

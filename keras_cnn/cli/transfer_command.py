@@ -133,11 +133,16 @@ def transfer(base, images, split_csv, out_dir, image_size, weights, head_units, 
               help="XLA compilation (auto, on, off) [default: stage 1's].")
 @click.option("--strategy", type=click.Choice(["auto", "default", "mirrored", "multiworker"]), default=None,
               help="tf.distribute strategy [default: stage 1's].")
+@click.option("--cache-frozen/--no-cache-frozen", default=None,
+              help="Run the frozen layers below --unfreeze-from once per image and train only the layers "
+                   "above on their cached output; same results, several times faster per epoch "
+                   "[default: on unless stage 1 augmented; where the boundary is not a single tensor the "
+                   "whole model trains and a line says why].")
 @overwrite_option
 @json_option
 @debug_option
 def finetune(run_dir, unfreeze_from, train_bn, epochs, learning_rate, batch_size, optimizer, out_dir,
-             mixed_precision, xla, strategy, overwrite, as_json, lr_mult, **recipe):
+             mixed_precision, xla, strategy, cache_frozen, overwrite, as_json, lr_mult, **recipe):
     """Stage 2: unfreeze the base from a layer on and train at a low learning rate.
 
     Reads the base, data and head from the stage-1 RUN. The named layer and every later
@@ -156,7 +161,7 @@ def finetune(run_dir, unfreeze_from, train_bn, epochs, learning_rate, batch_size
     config = FineTuneConfig(unfreeze_from=unfreeze_from, train_bn=train_bn, epochs=epochs,
                             learning_rate=learning_rate, optimizer=optimizer, batch_size=batch_size,
                             mixed_precision=mixed_precision, xla=xla, strategy=strategy, lr_mult=lr_mult,
-                            **recipe)
+                            cache_frozen=cache_frozen, **recipe)
 
     def work():
         from keras_cnn.train.two_stage import fine_tune_run

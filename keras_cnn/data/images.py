@@ -1,9 +1,13 @@
 """Decode and resize one image with TensorFlow ops.
 
-The training pipeline and the exported SavedModel both call these two functions, so an
+The training pipeline and the exported SavedModel both call :func:`load_image`, so an
 exported model sees exactly the pixels the model was trained on.  Every kcnn model takes
 float32 pixels in 0..255 of shape (height, width, channels); the scaling its weights
 expect lives inside the model.
+
+A JPEG much larger than the model's input is decoded at 1/2, 1/4 or 1/8 scale in the DCT
+domain (libjpeg's scaled decoding) before the resize: most of a photo's pixels would be
+averaged away by the resize anyway, and skipping them makes decoding several times faster.
 """
 
 from __future__ import annotations
@@ -12,16 +16,69 @@ import tensorflow as tf
 
 RESIZE_MODES = ("stretch", "pad", "crop")
 
+# The scales libjpeg decodes at directly (1/ratio of each side), smallest reduction first.
+JPEG_RATIOS = (1, 2, 4, 8)
 
-def decode_image(encoded: tf.Tensor, channels: int) -> tf.Tensor:
+
+# Any JPEG of at least 8x8 pixels decodes at 1/8 scale for this target: enough to learn
+# whether a file decodes at all (libjpeg reads the whole compressed stream at every scale).
+CHECK_TARGET_SIZE = (1, 1)
+
+
+def jpeg_decode_ratio(encoded: tf.Tensor, target_size: tuple[int, int] | None) -> tf.Tensor:
+    """The largest of 1, 2, 4, 8 that keeps a JPEG at least ``target_size`` on both sides.
+
+    Reads only the JPEG header.  Not a JPEG, or no ``target_size``: 1.  A JPEG is scaled
+    only when both of its sides are at least ``ratio`` times the target's, so the scaled
+    image is still shrunk (never enlarged) by the resize that follows.
+    """
+    return tf.gather(tf.constant(JPEG_RATIOS, tf.int32), _ratio_index(encoded, target_size))
+
+
+def _ratio_index(encoded: tf.Tensor, target_size: tuple[int, int] | None) -> tf.Tensor:
+    """Position in ``JPEG_RATIOS`` of :func:`jpeg_decode_ratio`'s ratio."""
+    if target_size is None:
+        return tf.constant(0, tf.int32)
+    height, width = int(target_size[0]), int(target_size[1])
+
+    def largest_fitting():
+        shape = tf.image.extract_jpeg_shape(encoded)
+        index = tf.constant(0, tf.int32)
+        for position, ratio in enumerate(JPEG_RATIOS):
+            fits = tf.logical_and(shape[0] >= ratio * height, shape[1] >= ratio * width)
+            index = tf.where(fits, tf.constant(position, tf.int32), index)
+        return index
+
+    # extract_jpeg_shape fails on other formats: read the header of JPEGs only.
+    return tf.cond(tf.io.is_jpeg(encoded), largest_fitting, lambda: tf.constant(0, tf.int32))
+
+
+def _decode_at_ratio(encoded: tf.Tensor, ratio_index: tf.Tensor) -> tf.Tensor:
+    """Full decode of any format at ratio 1; a DCT-scaled JPEG decode at 2, 4 or 8.
+
+    ``decode_jpeg`` takes its ratio as a Python int, so each ratio is its own branch.
+    """
+    def full():
+        return tf.io.decode_image(encoded, channels=0, expand_animations=False, dtype=tf.uint8)
+
+    def scaled(ratio):
+        return lambda: tf.io.decode_jpeg(encoded, channels=0, ratio=ratio)
+
+    return tf.switch_case(ratio_index, [full] + [scaled(ratio) for ratio in JPEG_RATIOS[1:]])
+
+
+def decode_image(encoded: tf.Tensor, channels: int, target_size: tuple[int, int] | None = None) -> tf.Tensor:
     """Decode JPEG/PNG/BMP/GIF bytes into a uint8 (height, width, ``channels``) tensor.
 
     Grey becomes RGB and RGB becomes grey as asked; an alpha channel is dropped;
-    an animated GIF gives its first frame.
+    an animated GIF gives its first frame.  With ``target_size`` = (height, width), a JPEG
+    at least twice that size on both sides is decoded at the smallest scale (1/2, 1/4 or
+    1/8) that stays at least ``target_size`` (see :func:`jpeg_decode_ratio`); every other
+    image is decoded at full size.
     """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, received: {channels}")
-    image = tf.io.decode_image(encoded, channels=0, expand_animations=False, dtype=tf.uint8)
+    image = _decode_at_ratio(encoded, _ratio_index(encoded, target_size))
     source_channels = tf.shape(image)[-1]
     # Keep colour channels only: grey+alpha -> grey, RGBA -> RGB.
     image = tf.cond(
@@ -111,7 +168,7 @@ def _crop_to_aspect(pixels: tf.Tensor, height: int, width: int) -> tf.Tensor:
 
 
 def load_image(encoded: tf.Tensor, image_size: tuple[int, int], channels: int, mode: str = "stretch") -> tf.Tensor:
-    """Decode and resize: encoded bytes -> uint8 (height, width, channels)."""
-    image = resize_image(decode_image(encoded, channels), image_size, mode)
+    """Decode (a large JPEG at a reduced DCT scale) and resize: encoded bytes -> uint8 (height, width, channels)."""
+    image = resize_image(decode_image(encoded, channels, target_size=image_size), image_size, mode)
     image.set_shape([int(image_size[0]), int(image_size[1]), channels])
     return image

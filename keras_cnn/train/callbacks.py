@@ -158,8 +158,14 @@ class StageCheckpoint(keras.callbacks.Callback):
     callback, so an epoch's history row exists when it commits.
 
     ``monitor`` improves downwards (losses).  ``whole_model``: what is saved when the
-    fitted model is only its top (a head on cached features).  ``initial_best``: the best
-    value of earlier stages, which this stage must beat to replace their model.
+    fitted model is only a part of it (a head on cached features, the top of a base on cached
+    boundary tensors).  Such an epoch takes a fraction of a second and saving the whole model
+    would cost more than the epoch, so then the best epoch is only named in ``latest.json``
+    (``best_directory``, kept until the stage ends: its ``state.weights.h5`` holds the part's
+    weights) and :meth:`assemble` writes the whole model with them to ``model_path`` once,
+    when the fit ends, stops on an error or is interrupted; after a hard kill the resumed
+    stage assembles it.  ``initial_best``: the best value of earlier stages, which this
+    stage must beat to replace their model.
     """
 
     LATEST = "latest.json"
@@ -175,6 +181,7 @@ class StageCheckpoint(keras.callbacks.Callback):
         self.whole_model = whole_model
         self.best: float | None = initial_best
         self.best_epoch: int | None = None
+        self.best_directory: str | None = None   # part-only: the epoch folder of the best part weights
         self.saved_last_epoch = False
 
     @classmethod
@@ -187,9 +194,10 @@ class StageCheckpoint(keras.callbacks.Callback):
         backup_dir = Path(backup_dir)
         latest_path = backup_dir / cls.LATEST
         latest = json.loads(latest_path.read_text(encoding="utf-8")) if latest_path.exists() else None
+        keep = {latest["directory"], latest.get("best_directory")} if latest is not None else set()
         if backup_dir.is_dir():
             for child in backup_dir.iterdir():
-                if child.is_dir() and (latest is None or child.name != latest["directory"]):
+                if child.is_dir() and child.name not in keep:
                     shutil.rmtree(child, ignore_errors=True)
         if latest is not None:
             candidate = backup_dir / latest["directory"] / cls.BEST
@@ -206,6 +214,7 @@ class StageCheckpoint(keras.callbacks.Callback):
             self.model.load_weights(self.backup_dir / latest["directory"] / self.STATE)
             epoch = int(latest["epoch"])
             self.best, self.best_epoch = latest.get("best"), latest.get("best_epoch")
+            self.best_directory = latest.get("best_directory")
         # fit (and kcnn's multi-worker loop) start from this epoch; 0 falls back to fit's own.
         self.model._initial_epoch = epoch
 
@@ -215,15 +224,51 @@ class StageCheckpoint(keras.callbacks.Callback):
         if improved:
             self.best, self.best_epoch = float(value), epoch + 1
         name = f"epoch-{epoch + 1:04d}"
+        part_only = self.whole_model is not None
         with atomic_path(self.backup_dir / name, directory=True) as folder:
             self.model.save_weights(folder / self.STATE)
-            if improved:
-                (self.whole_model or self.model).save(folder / self.BEST)
-        atomic_write_text(self.backup_dir / self.LATEST, json.dumps(
-            {"epoch": epoch + 1, "directory": name, "best": self.best, "best_epoch": self.best_epoch}))
+            if improved and not part_only:
+                self.model.save(folder / self.BEST)
+        if improved and part_only:
+            self.best_directory = name
+        self._commit(epoch + 1, name)
         # Committed: the best model moves into place and older epochs go.
         self.recover(self.backup_dir, self.model_path)
-        self.saved_last_epoch = improved
+        self.saved_last_epoch = improved and not part_only
+
+    def _commit(self, epoch: int, directory: str) -> None:
+        atomic_write_text(self.backup_dir / self.LATEST, json.dumps(
+            {"epoch": epoch, "directory": directory, "best": self.best, "best_epoch": self.best_epoch,
+             "best_directory": self.best_directory}))
+
+    @classmethod
+    def needs_assembly(cls, backup_dir: str | Path) -> bool:
+        """Whether a part-only stage has best part weights not yet written as the whole model."""
+        latest_path = Path(backup_dir) / cls.LATEST
+        return latest_path.exists() and bool(json.loads(latest_path.read_text(encoding="utf-8")).get("best_directory"))
+
+    def on_train_end(self, logs=None):
+        self.assemble()
+
+    def assemble(self) -> None:
+        """Part-only: load the best part weights and save the whole model to ``model_path``; idempotent.
+
+        Afterwards the model in memory is the best one (``saved_last_epoch``).
+        """
+        if self.whole_model is None or not self.best_directory:
+            return
+        state = self.backup_dir / self.best_directory / self.STATE
+        if not state.exists():
+            return
+        self.model.load_weights(state)
+        with atomic_path(self.model_path) as temporary:
+            self.whole_model.save(temporary)
+        self.best_directory = None
+        latest_path = self.backup_dir / self.LATEST
+        if latest_path.exists():
+            latest = json.loads(latest_path.read_text(encoding="utf-8"))
+            self._commit(int(latest["epoch"]), latest["directory"])
+        self.saved_last_epoch = True
 
 
 class NanGuard(keras.callbacks.Callback):

@@ -3,10 +3,14 @@
 With the base frozen and no augmentation, every epoch would push the same images through
 the same base; computing the pooled features once makes a head epoch cost a few matrix
 products instead of a full forward pass (measured in benchmarks/transfer_stage1.py).
+Fine-tuning does the same with the frozen layers below the unfreeze point: their output at
+the boundary (:mod:`keras_cnn.models.boundary`) is cached and only the part above trains
+(measured in benchmarks/finetune_cache.py).
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import keras
@@ -33,25 +37,26 @@ def extract_features(feature_extractor: keras.Model, dataset: tf.data.Dataset, c
                      spill_path: str | Path | None = None, description: str = "features", forward=None):
     """Run ``feature_extractor`` over ``dataset`` once; returns (features, labels) as arrays.
 
-    ``dataset`` yields (images, labels) batches; features come out in its order.  Progress
-    (a bar, plain lines off a terminal) goes to stderr.  Features larger than
+    ``dataset`` yields (images, labels) batches; features come out in its order, one row of
+    the extractor's output shape per image (pooled vectors, or a boundary tensor of a
+    partly frozen base).  Progress (a bar, plain lines off a terminal) goes to stderr.  Features larger than
     ``IN_MEMORY_LIMIT_BYTES`` are written to ``spill_path`` (a memory-mapped ``.npy``).
     ``forward``: a :func:`compiled_forward` to reuse across calls.
     """
-    width = int(np.prod(feature_extractor.output_shape[1:]))
-    nbytes = count * width * 4
+    shape = tuple(int(size) for size in feature_extractor.output_shape[1:])
+    nbytes = count * int(np.prod(shape)) * 4
     if spill_path is not None and nbytes > IN_MEMORY_LIMIT_BYTES:
         Path(spill_path).parent.mkdir(parents=True, exist_ok=True)
-        features = np.lib.format.open_memmap(spill_path, mode="w+", dtype="float32", shape=(count, width))
+        features = np.lib.format.open_memmap(spill_path, mode="w+", dtype="float32", shape=(count, *shape))
     else:
-        features = np.empty((count, width), dtype="float32")
+        features = np.empty((count, *shape), dtype="float32")
     labels = np.empty((count,), dtype="int32")
     position = 0
 
     forward = forward or compiled_forward(feature_extractor)
     with ProgressBar(count, f"extracting {description} ({count} images)") as progress:
         for images, batch_labels in dataset:
-            batch = forward(images).numpy().reshape(len(images), width)
+            batch = forward(images).numpy().reshape(len(images), *shape)
             features[position:position + len(batch)] = batch
             labels[position:position + len(batch)] = np.asarray(batch_labels).reshape(-1)
             position += len(batch)
@@ -68,3 +73,31 @@ def feature_dataset(features: np.ndarray, labels: np.ndarray, batch_size: int, s
     if shuffle:
         dataset = dataset.shuffle(len(features), seed=seed, reshuffle_each_iteration=True)
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def cached_fit_inputs(frozen: keras.Model, trained: keras.Model, data, batch_size: int, seed: int,
+                      folder: str | Path, description: str, train_in_order: tf.data.Dataset | None = None):
+    """What a stage fits when ``trained`` learns from ``frozen``'s output, computed once per image.
+
+    ``frozen`` and ``trained`` are the two halves of the stage's whole model, sharing its
+    weights (the feature extractor and head of stage 1, or the frozen bottom and trainable
+    top of a fine-tune).  ``train_in_order``: the train part unshuffled (file order), so the
+    cached rows are shuffled every epoch exactly as the image pipeline would shuffle the
+    images; default ``data.train``.  Large caches spill to ``folder``, removed by the
+    returned cleanup.  Returns a :class:`keras_cnn.train.stage.FitInputs`.
+    """
+    from keras_cnn.train.stage import FitInputs
+
+    folder = Path(folder)
+    forward = compiled_forward(frozen)
+    train_inputs, train_labels = extract_features(
+        frozen, train_in_order if train_in_order is not None else data.train, data.sizes["train"],
+        folder / "train.npy", f"train {description}", forward=forward)
+    validation = None
+    if data.validation is not None:
+        validation_inputs, validation_labels = extract_features(
+            frozen, data.validation, data.sizes["validation"], folder / "validation.npy",
+            f"validation {description}", forward=forward)
+        validation = feature_dataset(validation_inputs, validation_labels, batch_size, shuffle=False)
+    train = feature_dataset(train_inputs, train_labels, batch_size, shuffle=True, seed=seed)
+    return FitInputs(trained, train, validation, cleanup=lambda: shutil.rmtree(folder, ignore_errors=True))

@@ -318,7 +318,7 @@ def _run_checked_stage(context: StageContext, state: RunState, data) -> StageOut
     committed = StageCheckpoint.recover(checkpoint.backup_dir, run.model_path)
     done = int(committed["epoch"]) if committed else 0
     fit_seconds = 0.0
-    if done >= spec.training.epochs:
+    if done >= spec.training.epochs and not StageCheckpoint.needs_assembly(checkpoint.backup_dir):
         say(f"{run.root}: all {spec.training.epochs} epochs of '{spec.name}' were trained before it stopped; "
             "testing the best model")
     else:
@@ -428,6 +428,9 @@ def _fit(context: StageContext, checkpoint: StageCheckpoint) -> None:
             # The datasets shuffle themselves (tf.data or the legacy generator); fit must not.
             inputs.model.fit(train, validation_data=validation, epochs=spec.training.epochs, callbacks=callbacks,
                              class_weight=context.class_weight(), shuffle=False, verbose=keras_verbose())
+    except BaseException:
+        checkpoint.assemble()   # a part trained on cached inputs: a NaN stop or Ctrl-C keeps the best so far
+        raise
     finally:
         if inputs.cleanup is not None:
             inputs.cleanup()

@@ -5,7 +5,9 @@ mode; only the new head trains.  Without augmentation the base's features are co
 once and the head trains on them (``--cache-features``), which is what makes stage 1 fast
 on a CPU.  Stage 2 (``fine_tune_run``, ``kcnn finetune``): layers of the base from a
 boundary on become trainable (BatchNorm stays frozen unless asked, as the Keras transfer
-guide advises), the model is recompiled and trained at a low learning rate.
+guide advises), the model is recompiled and trained at a low learning rate; without
+augmentation the frozen layers below the boundary run once per image and only the layers
+above train, on their cached output (``--cache-frozen``).
 ``fine_tune`` runs both, like fastai's ``fine_tune``, handing the model and the decoded
 data of stage 1 to stage 2 in memory.  Both stages run through
 :func:`keras_cnn.train.stage.run_stage`.
@@ -13,7 +15,6 @@ data of stage 1 to stage 2 in memory.  Both stages run through
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from keras_cnn.config import FineTuneConfig, RunConfig, validate_config
 from keras_cnn.errors import UserError
 from keras_cnn.runs import RunDirectory, default_run_dir
 from keras_cnn.train.fit import stage_options
-from keras_cnn.train.stage import FitInputs, StageOutcome, StageSpec, absolute_data_paths, run_stage
+from keras_cnn.train.stage import FitInputs, StageOutcome, StageSpec, absolute_data_paths, run_stage, say
 
 HEAD_STAGE = "head"
 FINETUNE_STAGE = "finetune"
@@ -111,21 +112,73 @@ def _train_head(config: RunConfig, out_dir, overwrite: bool, execution=None) -> 
 def head_on_cached_features(context) -> FitInputs:
     """Fit only the head, on the frozen base's features computed once; the whole model is what is saved."""
     from keras_cnn.models.transfer import split_feature_model
-    from keras_cnn.train.features import compiled_forward, extract_features, feature_dataset
+    from keras_cnn.train.features import cached_fit_inputs
 
-    data, training, folder = context.data, context.training, context.run.root / "features"
     feature_extractor, head = split_feature_model(context.model)
-    forward = compiled_forward(feature_extractor)
-    train_features, train_labels = extract_features(
-        feature_extractor, data.train, data.sizes["train"], folder / "train.npy", "train features", forward=forward)
-    validation = None
-    if data.validation is not None:
-        validation_features, validation_labels = extract_features(
-            feature_extractor, data.validation, data.sizes["validation"], folder / "validation.npy",
-            "validation features", forward=forward)
-        validation = feature_dataset(validation_features, validation_labels, training.batch_size, shuffle=False)
-    train = feature_dataset(train_features, train_labels, training.batch_size, shuffle=True, seed=training.seed)
-    return FitInputs(head, train, validation, cleanup=lambda: shutil.rmtree(folder, ignore_errors=True))
+    return cached_fit_inputs(feature_extractor, head, context.data, context.training.batch_size,
+                             context.training.seed, context.run.root / "features", "features")
+
+
+def top_on_cached_boundary(context) -> FitInputs:
+    """Fine-tune only the layers above the unfreeze point, on the frozen layers' output computed once.
+
+    Where that output is not a single tensor (see :mod:`keras_cnn.models.boundary`), says
+    why in one line and fits the whole model on the images instead.  The whole model is
+    what is saved either way.
+    """
+    from keras_cnn.models.boundary import NoSingleBoundary, split_at_frozen_boundary
+    from keras_cnn.train.features import cached_fit_inputs
+
+    data, training = context.data, context.training
+    try:
+        split = split_at_frozen_boundary(context.model)
+    except NoSingleBoundary as reason:
+        say(f"Not caching the frozen layers (the whole model trains on images): {reason}")
+        _record_frozen_cache(context, {"used": False, "reason": str(reason)})
+        return FitInputs(context.model, data.train, data.validation)
+    say(f"Caching the frozen layers up to {split.boundary_layer} "
+        f"({'x'.join(map(str, split.boundary_shape))}, {split.bytes_per_image:,} bytes per image)")
+    _record_frozen_cache(context, {"used": True, "boundary_layer": split.boundary_layer,
+                                   "boundary_shape": list(split.boundary_shape),
+                                   "bytes_per_image": split.bytes_per_image})
+    return cached_fit_inputs(split.bottom, split.top, data, training.batch_size, training.seed,
+                             context.run.root / "features", "boundary tensors",
+                             train_in_order=_train_in_file_order(context))
+
+
+def _record_frozen_cache(context, details: dict[str, Any]) -> None:
+    """Add what the frozen-layer cache did to the stage's entry in config.json."""
+    config = context.run.read_config()
+    config.setdefault("extra", {}).setdefault("stages", {}).setdefault(context.spec.name, {})["frozen_cache"] = details
+    context.run.write_config(config)
+
+
+def _train_in_file_order(context):
+    """The train part unshuffled, so cached rows are shuffled exactly like the images would be."""
+    from keras_cnn.data.pipeline import make_dataset
+    from keras_cnn.data.split import read_split_csv
+
+    config = context.spec.config
+    frame = read_split_csv(config.data.split, config.data.allow_labels)
+    return make_dataset(frame, config.data.images, "train", config.data.image_size, context.training.batch_size,
+                        shuffle=False, cache=False, labels=config.labels, resize_mode=config.data.resize_mode,
+                        skip=context.data.skipped)
+
+
+def resolve_cache_frozen(config: RunConfig, finetune: FineTuneConfig, strategy: str) -> bool:
+    """Whether stage 2 caches its frozen layers: as asked, else when stage 1 did not vary its images."""
+    # Augmentation and MixUp-style regularisation change the images every epoch, so the
+    # frozen layers' output changes too and cannot be computed once.
+    varied = bool(config.data.augment or config.data.regularization)
+    if finetune.cache_frozen and varied:
+        raise UserError("--cache-frozen computes the frozen layers once per image, so it cannot be used on a "
+                        "run trained with --augment or MixUp-style options; use --no-cache-frozen")
+    if finetune.cache_frozen and strategy == "multiworker":
+        raise UserError("cached frozen layers are computed by one process; with --strategy multiworker pass "
+                        "--no-cache-frozen")
+    if finetune.cache_frozen is None:
+        return not varied and strategy != "multiworker"
+    return bool(finetune.cache_frozen)
 
 
 def resolve_fine_tune_training(config: RunConfig, finetune: FineTuneConfig):
@@ -174,11 +227,13 @@ def _fine_tune_run(finetune, run_dir, out_dir, overwrite, execution=None, data=N
         raise UserError(f"{run_dir} is a {config.model.kind or 'non-transfer'} run; finetune needs a "
                         "`kcnn transfer` run")
     training, boundary = resolve_fine_tune_training(config, finetune)
+    cache_frozen = resolve_cache_frozen(config, finetune, training.strategy)
     record = {"unfreeze_from": boundary, "train_bn": finetune.train_bn, "epochs": training.epochs,
               "learning_rate": training.learning_rate, "optimizer": training.optimizer,
               "batch_size": training.batch_size, "schedule": training.schedule,
               "warmup_epochs": training.warmup_epochs, "ema": training.ema,
-              "early_stopping": training.early_stopping, "lr_mult": training.lr_mult}
+              "early_stopping": training.early_stopping, "lr_mult": training.lr_mult,
+              "cache_frozen": cache_frozen}
 
     def prepare_data(context):
         return prepare_folder_data(config.data, config.data.image_size, 3, training.batch_size, training.seed,
@@ -196,7 +251,7 @@ def _fine_tune_run(finetune, run_dir, out_dir, overwrite, execution=None, data=N
 
     options = {"training": asdict(training), "finetune": record}
     stage = StageSpec(FINETUNE_STAGE, config, training, options, prepare_data, build_model,
-                      requires=HEAD_STAGE, record=record)
+                      requires=HEAD_STAGE, record=record, fit_inputs=top_on_cached_boundary if cache_frozen else None)
     target = Path(out_dir) if out_dir is not None else source.root
     outcome = run_stage(stage, target, overwrite=overwrite, execution=execution, data=data, start_model=start_model,
                         source_run=source.root if out_dir is not None else None)

@@ -1,0 +1,125 @@
+"""Decoding and resizing (keras_cnn.data.images): DCT-scaled JPEG decoding of large images.
+
+A JPEG at least twice the model's input on both sides is decoded at 1/2, 1/4 or 1/8 scale;
+the training pipeline, the bad-image check and the exported serving graph all decode the
+same way, so they must all produce the same pixels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+tf = pytest.importorskip("tensorflow")
+
+from keras_cnn.data.files import find_bad_images  # noqa: E402
+from keras_cnn.data.images import decode_image, jpeg_decode_ratio, load_image, resize_image  # noqa: E402
+from keras_cnn.data.pipeline import make_dataset  # noqa: E402
+
+
+def photo(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A smooth gradient with some noise: compresses like a photo, not like pure noise."""
+    generator = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    smooth = np.stack([255 * y / height, 255 * x / width, 128 + 100 * np.sin(x / 17.0 + y / 23.0)], axis=-1)
+    return np.clip(smooth + generator.normal(0, 12, smooth.shape), 0, 255).astype(np.uint8)
+
+
+def encode(array: np.ndarray, image_format: str = "JPEG") -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, image_format, **({"quality": 90} if image_format == "JPEG" else {}))
+    return buffer.getvalue()
+
+
+def full_decode(data: bytes, channels: int = 3) -> np.ndarray:
+    """What kcnn decoded before DCT scaling: the whole image."""
+    return decode_image(tf.constant(data), channels).numpy()
+
+
+@pytest.mark.parametrize("height, width, target, ratio", [
+    (150, 200, (28, 28), 4),     # a photo to 224 scaled by 8: 150 / 28 = 5.4, 1/4 keeps 38 x 50
+    (225, 250, (28, 28), 8),     # both sides >= 8 x 28
+    (45, 60, (28, 28), 1),       # less than twice the target: full decode
+    (62, 37, (28, 28), 1),       # one side too small
+    (75, 200, (28, 28), 2),      # the smaller side decides
+    (150, 200, (28, 40), 4),     # height and width are checked separately
+    (150, 200, (28, 60), 2),
+])
+def test_ratio_is_the_largest_that_stays_at_or_above_the_target(height, width, target, ratio):
+    data = encode(photo(height, width))
+    assert int(jpeg_decode_ratio(tf.constant(data), target)) == ratio
+    decoded = decode_image(tf.constant(data), 3, target_size=target).numpy()
+    assert decoded.shape == (-(-height // ratio), -(-width // ratio), 3)
+    assert decoded.shape[0] >= target[0] and decoded.shape[1] >= target[1]
+
+
+def test_small_jpegs_and_other_formats_decode_exactly_as_before():
+    image = photo(150, 200)
+    assert int(jpeg_decode_ratio(tf.constant(encode(image, "PNG")), (32, 32))) == 1
+    assert int(jpeg_decode_ratio(tf.constant(encode(photo(100, 140))), (64, 64))) == 1
+    for data, target in ((encode(image, "PNG"), (32, 32)), (encode(image, "BMP"), (16, 16)),
+                         (encode(photo(100, 140)), (64, 64)), (encode(photo(100, 140)), None)):
+        np.testing.assert_array_equal(decode_image(tf.constant(data), 3, target_size=target).numpy(),
+                                      full_decode(data))
+    grey = encode(photo(256, 256)[..., 0], "JPEG")
+    assert decode_image(tf.constant(grey), 3, target_size=(32, 32)).numpy().shape == (32, 32, 3)
+    assert decode_image(tf.constant(grey), 1, target_size=(32, 32)).numpy().shape == (32, 32, 1)
+
+
+@pytest.mark.parametrize("mode", ["stretch", "pad", "crop"])
+def test_scaled_decode_is_close_to_full_decode_and_resize(mode):
+    data = encode(photo(480, 640))
+    target = (48, 56)   # ratio 8
+    assert int(jpeg_decode_ratio(tf.constant(data), target)) == 8
+    scaled = load_image(tf.constant(data), target, 3, mode).numpy().astype(np.float32)
+    full = resize_image(full_decode(data), target, mode).numpy().astype(np.float32)
+    assert scaled.shape == full.shape == (*target, 3)
+    difference = np.abs(scaled - full)
+    # DCT scaling averages 8x8 blocks as the area resize does: off by about a grey level.
+    assert difference.mean() < 2.0, difference.mean()
+    assert not np.array_equal(scaled, full)   # the scaled path did run
+
+
+def test_training_pipeline_and_serving_graph_decode_the_same_pixels(tmp_path):
+    """tf.data (training), an eager call and a reloaded SavedModel function agree pixel for pixel."""
+    images = tmp_path / "images"
+    images.mkdir()
+    datas = [encode(photo(360, 480, seed)) for seed in range(2)] + [encode(photo(90, 70, 5), "PNG")]
+    rows = []
+    for index, data in enumerate(datas):
+        name = f"{hashlib.sha1(data).hexdigest()}.{'png' if index == 2 else 'jpg'}"
+        (images / name).write_bytes(data)
+        rows.append(f"{name},{'ab'[index % 2]},test")
+    split = tmp_path / "split.csv"
+    split.write_text("objectId,value,type\n" + "\n".join(rows) + "\n")
+    size = (40, 32)
+    training = np.concatenate([batch.numpy() for batch, _ in
+                               make_dataset(split, images, "test", size, batch_size=2, cache=False)])
+
+    class Serving(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+        def decode(self, encoded):
+            return tf.map_fn(lambda one: load_image(one, size, 3, "stretch"), encoded,
+                             fn_output_signature=tf.TensorSpec([*size, 3], tf.uint8))
+
+    tf.saved_model.save(Serving(), str(tmp_path / "serving"))
+    served = tf.saved_model.load(str(tmp_path / "serving")).decode(tf.constant(datas)).numpy()
+    eager = np.stack([load_image(tf.constant(data), size, 3).numpy() for data in datas])
+    np.testing.assert_array_equal(training, served.astype(np.float32))
+    np.testing.assert_array_equal(eager, served)
+    assert int(jpeg_decode_ratio(tf.constant(datas[0]), size)) == 8
+
+
+def test_bad_image_check_still_finds_a_truncated_large_jpeg(tmp_path):
+    data = encode(photo(320, 400))
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "whole.jpg").write_bytes(data)
+    (folder / "cut.jpg").write_bytes(data[: len(data) * 2 // 3])
+    (folder / "tail.jpg").write_bytes(data[:-200])
+    assert find_bad_images(folder, ["whole.jpg", "cut.jpg", "tail.jpg"], progress=False) == [
+        ("cut.jpg", "truncated or corrupt JPEG"), ("tail.jpg", "truncated or corrupt JPEG")]
