@@ -37,8 +37,9 @@ from pathlib import Path
 
 import common
 
-# Keras's first epoch line ("Epoch 1/3", or "Epoch 3/3" in a resumed run): training has begun.
-MARKER = "Epoch "
+# The closing line of the image check ("  120/120 images in 1s"), printed just before the
+# first epoch in a pipe (where Keras's own "Epoch 1/3" bars are off): training begins.
+MARKER = " images in "
 
 
 def prepare_data(folder: Path) -> tuple[Path, Path]:

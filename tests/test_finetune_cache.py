@@ -124,7 +124,7 @@ def test_a_boundary_that_is_not_one_tensor_falls_back_with_one_line(tmp_path, ca
     inputs = top_on_cached_boundary(context)
     assert (inputs.model, inputs.train, inputs.validation) == (model, "train images", "validation images")
     assert capsys.readouterr().err.strip().splitlines() == [
-        "Not caching the frozen layers (the whole model trains on images): nothing trainable in the base vgg16 "
+        "not caching the frozen layers (the whole model trains on images): nothing trainable in the base vgg16 "
         "is frozen"]
     recorded = run.read_config()["extra"]["stages"]["finetune"]
     assert recorded == {"cache_frozen": True, "frozen_cache": {

@@ -109,10 +109,10 @@ def _check_imagenet_reachable(spec: BaseSpec) -> None:
     if spec.weights_url and can_download(spec.weights_url):
         return
     cache = keras_cache_dirs()[0]
+    # The remedies come first: a long cache path must not push them past the message bound.
     raise UserError(
-        f"ImageNet weights for {spec.name} are not cached and cannot be downloaded "
-        f"(no connection to {spec.weights_url}): put {spec.weights_file} in {cache}, "
-        "pass --weights PATH, or --weights none"
+        f"ImageNet weights for {spec.name} are not cached and cannot be downloaded (no connection): "
+        f"pass --weights PATH or --weights none, or put {spec.weights_file} in {cache}"
     )
 
 

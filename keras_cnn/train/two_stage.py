@@ -133,10 +133,10 @@ def top_on_cached_boundary(context) -> FitInputs:
     try:
         split = split_at_frozen_boundary(context.model)
     except NoSingleBoundary as reason:
-        say(f"Not caching the frozen layers (the whole model trains on images): {reason}")
+        say(f"not caching the frozen layers (the whole model trains on images): {reason}")
         _record_frozen_cache(context, {"used": False, "reason": str(reason)})
         return FitInputs(context.model, data.train, data.validation)
-    say(f"Caching the frozen layers up to {split.boundary_layer} "
+    say(f"caching the frozen layers up to {split.boundary_layer} "
         f"({'x'.join(map(str, split.boundary_shape))}, {split.bytes_per_image:,} bytes per image)")
     _record_frozen_cache(context, {"used": True, "boundary_layer": split.boundary_layer,
                                    "boundary_shape": list(split.boundary_shape),
