@@ -286,8 +286,7 @@ def _array_subset(run_config, run: RunDirectory, subset: str, batch_size: int):
     import tensorflow as tf
 
     from keras_cnn.data.datasets import adapt_images, holdout_split, load_dataset
-    from keras_cnn.data.pipeline import label_indices
-    from keras_cnn.train.data import array_pipeline
+    from keras_cnn.data.pipeline import array_pipeline, label_indices
 
     data = run_config.data
     arrays = load_dataset(data.dataset, data.dataset_path)

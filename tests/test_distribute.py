@@ -59,7 +59,8 @@ def dataset_fn_for(x, y):
     """A ``dataset_fn`` that shards by file (index) and batches per replica, in order."""
     import tensorflow as tf
 
-    from keras_cnn.train.distribute import per_replica_batch_size, shard_file_list
+    from keras_cnn.data.pipeline import per_replica_batch_size
+    from keras_cnn.train.distribute import shard_file_list
 
     def dataset_fn(input_context=None):
         indices = shard_file_list(list(range(len(x))), input_context)
@@ -384,7 +385,7 @@ def test_shard_file_list_refuses_fewer_files_than_workers():
 
 def test_per_replica_batch_size_is_the_global_batch_split_evenly():
     from keras_cnn.errors import UserError
-    from keras_cnn.train.distribute import per_replica_batch_size
+    from keras_cnn.data.pipeline import per_replica_batch_size
 
     assert per_replica_batch_size(64, FakeInputContext(2, 0, 4)) == 16
     assert per_replica_batch_size(10, None) == 10

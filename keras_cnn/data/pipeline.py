@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import tensorflow as tf
 
@@ -209,3 +210,35 @@ def make_dataset(
 
 def _to_float(images, labels):
     return tf.cast(images, tf.float32), labels
+
+
+def array_pipeline(images: np.ndarray, labels: np.ndarray, batch_size: int, shuffle: bool, seed: int,
+                   augment=None, input_context=None) -> tf.data.Dataset:
+    """In-memory uint8 images -> (shuffled, augmented) float32 batches; one worker's shard if asked."""
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels))
+    if input_context is not None:
+        dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+        batch_size = per_replica_batch_size(batch_size, input_context)
+    if shuffle:
+        dataset = dataset.shuffle(min(len(images), 50_000), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size)
+    if augment is not None:
+        dataset = augment_dataset(dataset, augment, seed=seed)
+    return dataset.map(_float_images_int_labels, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def per_replica_batch_size(global_batch_size: int, input_context=None) -> int:
+    """The batch one replica gets from a global batch; it must divide evenly."""
+    if input_context is None:
+        return int(global_batch_size)
+    replicas = input_context.num_replicas_in_sync
+    if global_batch_size % replicas:
+        raise UserError(
+            f"the batch size is global and must divide by the {replicas} replicas, "
+            f"received: {global_batch_size}"
+        )
+    return global_batch_size // replicas
+
+
+def _float_images_int_labels(images, labels):
+    return tf.cast(images, tf.float32), tf.cast(labels, tf.int32)

@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_cnn.config import DataConfig
+from keras_cnn.data.pipeline import array_pipeline
 from keras_cnn.errors import UserError
 
 
@@ -79,25 +80,6 @@ def _per_worker_steps(sizes: dict[str, int], batch_size: int) -> tuple[int, int 
     """Steps per epoch when every worker must run the same number (whole global batches)."""
     validation_steps = max(1, sizes["validation"] // batch_size) if sizes["validation"] else None
     return max(1, sizes["train"] // batch_size), validation_steps
-
-
-def array_pipeline(images: np.ndarray, labels: np.ndarray, batch_size: int, shuffle: bool, seed: int,
-                   augment=None, input_context=None) -> tf.data.Dataset:
-    """In-memory uint8 images -> (shuffled, augmented) float32 batches; one worker's shard if asked."""
-    from keras_cnn.train.distribute import per_replica_batch_size
-
-    dataset = tf.data.Dataset.from_tensor_slices((images, labels))
-    if input_context is not None:
-        dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-        batch_size = per_replica_batch_size(batch_size, input_context)
-    if shuffle:
-        dataset = dataset.shuffle(min(len(images), 50_000), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size)
-    if augment is not None:
-        from keras_cnn.data.augment import augment_dataset
-
-        dataset = augment_dataset(dataset, augment, seed=seed)
-    return dataset.map(_to_float, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
 def prepare_array_data(data: DataConfig, input_shape: tuple[int, int, int], batch_size: int,
@@ -163,9 +145,9 @@ def prepare_folder_data(data: DataConfig, image_size: tuple[int, int], channels:
                         seed: int, skipped_record=None, labels: list[str] | None = None) -> PreparedData:
     """The parts of a split CSV over an image folder, after checking every image once."""
     from keras_cnn.data.files import check_images_or_fail, refuse_emptied_groups
-    from keras_cnn.data.pipeline import label_indices, make_dataset, subset_frame
+    from keras_cnn.data.pipeline import label_indices, make_dataset, per_replica_batch_size, subset_frame
     from keras_cnn.data.split import class_names, read_split_csv
-    from keras_cnn.train.distribute import per_replica_batch_size, shard_file_list
+    from keras_cnn.train.distribute import shard_file_list
 
     if data.augment and data.augment_engine == "legacy":
         raise UserError("--augment-engine legacy works with --dataset mnist|cifar10; "
@@ -230,6 +212,3 @@ def balanced_class_weights(counts: dict[int, int]) -> dict[int, float]:
     present = [index for index, count in counts.items() if count > 0]
     return {index: (total / (len(present) * count) if count else 1.0) for index, count in counts.items()}
 
-
-def _to_float(images, labels):
-    return tf.cast(images, tf.float32), tf.cast(labels, tf.int32)

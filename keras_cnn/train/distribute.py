@@ -10,7 +10,7 @@ is that loop, written to give what ``fit`` gives on one worker:
 * ``dataset_fn(input_context)`` builds each worker's input pipeline
   (``strategy.distribute_datasets_from_function``): it must shard its data itself
   (:func:`shard_file_list`, by file for the CSV pipeline) and batch with the per-replica
-  size (:func:`per_replica_batch_size`);
+  size (:func:`keras_cnn.data.pipeline.per_replica_batch_size`);
 * the batch size is **global**: a global batch of 64 on 4 replicas is 16 images each, and
   the loss is averaged over the global batch, so one step equals one ``fit`` step on one
   device with the same 64 images.  The learning rate is used as given: it is not scaled
@@ -101,19 +101,6 @@ def shard_file_list(paths: Sequence[Any], input_context=None) -> list[Any]:
             f"cannot shard {len(paths)} file(s) across {pipelines} workers: each worker needs at least one"
         )
     return paths[input_context.input_pipeline_id::pipelines]
-
-
-def per_replica_batch_size(global_batch_size: int, input_context=None) -> int:
-    """The batch one replica gets from a global batch; it must divide evenly."""
-    if input_context is None:
-        return int(global_batch_size)
-    replicas = input_context.num_replicas_in_sync
-    if global_batch_size % replicas:
-        raise UserError(
-            f"the batch size is global and must divide by the {replicas} replicas, "
-            f"received: {global_batch_size}"
-        )
-    return global_batch_size // replicas
 
 
 def _logs_to_floats(results: dict[str, Any]) -> dict[str, float]:
