@@ -29,11 +29,13 @@ def summarize_items(items: Iterable[object], full_list_path: str | os.PathLike |
     hidden = len(items) - limit
     if hidden <= 0:
         return shown
+    # With limit 0 (no room for examples) the count alone is given.
+    more = f"{shown} and {hidden} more" if shown else f"{hidden}"
     if full_list_path is None:
-        return f"{shown} and {hidden} more"
+        return more
     path = Path(full_list_path)
     atomic_write_text(path, "".join(f"{item}\n" for item in items))
-    return f"{shown} and {hidden} more (full list: {path})"
+    return f"{more} (full list: {path})"
 
 
 def bound_line(message: str, limit: int = MAX_LINE) -> str:

@@ -122,6 +122,7 @@ def test_split_benchmark_runs_on_a_small_input(load_script, tmp_path, capsys):
     assert not results.exists()
 
 
+@pytest.mark.slow
 def test_kill_safety_benchmark_survives_a_few_random_kills(load_script, tmp_path, capsys):
     kill_safety = load_script("kill_safety")
     results = tmp_path / "RESULTS.md"

@@ -69,11 +69,12 @@ def full_list_path(name: str, folder: str | os.PathLike | None = None) -> Path:
 
 def bounded_list_message(compose: Callable[[str], str], items: Sequence[object],
                          list_path: str | os.PathLike | None) -> str:
-    """``compose(listed)`` with as many of ``items`` (at most 5) as keep the line within 300 characters.
+    """``compose(listed)`` with as many of ``items`` (at most 5, maybe none) as keep the line within 300 characters.
 
     The full list goes to ``list_path`` when some are left out (see ``summarize_items``).
     """
-    for limit in range(MAX_ITEMS, 0, -1):
+    # Long paths leave less room: fewer examples, and none at all when even one does not fit.
+    for limit in range(MAX_ITEMS, -1, -1):
         message = compose(summarize_items(items, list_path, limit=limit))
         if len(message) <= MAX_LINE:
             break
