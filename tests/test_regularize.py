@@ -75,15 +75,20 @@ def test_label_smoothing_targets_exactly():
 
 
 def test_mixup_mixes_images_and_labels_by_the_same_weight():
+    # Keras's random layers also draw on the global seed, which other tests move: fix it here.
+    keras.utils.set_random_seed(0)
     images, labels, dataset = constant_class_batches()
-    out_images, targets = collect(regularize_dataset(dataset, {"mixup": 0.4}, 3, seed=1))
+    # alpha 1: mixing weights uniform in 0..1 (a small alpha puts most weights near 0 or 1).
+    out_images, targets = collect(regularize_dataset(dataset, {"mixup": 1.0}, 3, seed=1))
     np.testing.assert_allclose(targets.sum(axis=1), 1.0, atol=1e-5)
-    assert (np.abs(out_images - images).max(axis=(1, 2, 3)) > 1).mean() > 0.5  # most images changed
+    # Images paired with one of their own class cannot change (a third of the pairs here).
+    assert (np.abs(out_images - images).max(axis=(1, 2, 3)) > 1).mean() > 0.4
     # Every pixel is the label-weighted mix of the class values.
     np.testing.assert_allclose(out_images.mean(axis=(1, 2, 3)), targets @ CLASS_VALUES, rtol=1e-4, atol=1e-2)
 
 
 def test_cutmix_label_weight_is_the_pasted_area():
+    keras.utils.set_random_seed(0)
     images, labels, dataset = constant_class_batches(size=32)
     out_images, targets = collect(regularize_dataset(dataset, {"cutmix": 1.0}, 3, seed=2))
     assert (np.abs(out_images - images).max(axis=(1, 2, 3)) > 1).mean() > 0.4
