@@ -53,20 +53,41 @@ def _ratio_index(encoded: tf.Tensor, target_size: tuple[int, int] | None) -> tf.
     return tf.cond(tf.io.is_jpeg(encoded), largest_fitting, lambda: tf.constant(0, tf.int32))
 
 
-def _decode_at_ratio(encoded: tf.Tensor, ratio_index: tf.Tensor) -> tf.Tensor:
+def _decode_at_ratio(encoded: tf.Tensor, ratio_index: tf.Tensor, channels: int) -> tf.Tensor:
     """Full decode of any format at ratio 1; a DCT-scaled JPEG decode at 2, 4 or 8.
 
     ``decode_jpeg`` takes its ratio as a Python int, so each ratio is its own branch.
+    Each branch returns ``channels`` channels itself: libjpeg converts a grey JPEG to RGB
+    as it decodes, which saves the per-image conditionals of :func:`_to_channels` on the
+    path photos take.
     """
     def full():
-        return tf.io.decode_image(encoded, channels=0, expand_animations=False, dtype=tf.uint8)
+        return _to_channels(tf.io.decode_image(encoded, channels=0, expand_animations=False, dtype=tf.uint8),
+                            channels)
 
     def scaled(ratio):
-        return lambda: tf.io.decode_jpeg(encoded, channels=0, ratio=ratio)
+        if channels == 3:
+            return lambda: tf.io.decode_jpeg(encoded, channels=3, ratio=ratio)
+        # RGB -> grey the same way for every format (libjpeg's own grey output differs by a level).
+        return lambda: _to_channels(tf.io.decode_jpeg(encoded, channels=0, ratio=ratio), channels)
 
     return tf.switch_case(ratio_index, [full] + [scaled(ratio) for ratio in JPEG_RATIOS[1:]])
 
 
+def _to_channels(image: tf.Tensor, channels: int) -> tf.Tensor:
+    """Drop alpha (grey+alpha -> grey, RGBA -> RGB), then grey -> RGB or RGB -> grey as asked."""
+    source_channels = tf.shape(image)[-1]
+    image = tf.cond(
+        tf.logical_or(tf.equal(source_channels, 2), tf.equal(source_channels, 4)),
+        lambda: image[..., : source_channels - 1],
+        lambda: image,
+    )
+    if channels == 3:
+        return tf.cond(tf.equal(tf.shape(image)[-1], 1), lambda: tf.image.grayscale_to_rgb(image), lambda: image)
+    return tf.cond(tf.equal(tf.shape(image)[-1], 3), lambda: tf.image.rgb_to_grayscale(image), lambda: image)
+
+
+@tf.autograph.experimental.do_not_convert
 def decode_image(encoded: tf.Tensor, channels: int, target_size: tuple[int, int] | None = None) -> tf.Tensor:
     """Decode JPEG/PNG/BMP/GIF bytes into a uint8 (height, width, ``channels``) tensor.
 
@@ -78,26 +99,7 @@ def decode_image(encoded: tf.Tensor, channels: int, target_size: tuple[int, int]
     """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, received: {channels}")
-    image = _decode_at_ratio(encoded, _ratio_index(encoded, target_size))
-    source_channels = tf.shape(image)[-1]
-    # Keep colour channels only: grey+alpha -> grey, RGBA -> RGB.
-    image = tf.cond(
-        tf.logical_or(tf.equal(source_channels, 2), tf.equal(source_channels, 4)),
-        lambda: image[..., : source_channels - 1],
-        lambda: image,
-    )
-    if channels == 3:
-        image = tf.cond(
-            tf.equal(tf.shape(image)[-1], 1),
-            lambda: tf.image.grayscale_to_rgb(image),
-            lambda: image,
-        )
-    else:
-        image = tf.cond(
-            tf.equal(tf.shape(image)[-1], 3),
-            lambda: tf.image.rgb_to_grayscale(image),
-            lambda: image,
-        )
+    image = _decode_at_ratio(encoded, _ratio_index(encoded, target_size), channels)
     image.set_shape([None, None, channels])
     return image
 
@@ -167,6 +169,9 @@ def _crop_to_aspect(pixels: tf.Tensor, height: int, width: int) -> tf.Tensor:
     return tf.image.crop_to_bounding_box(pixels, offset_height, offset_width, crop_height_int, crop_width_int)
 
 
+# Plain TensorFlow ops without Python control flow on tensors: skipping AutoGraph's
+# conversion makes tracing, which every new tf.data pipeline and export pays, several times faster.
+@tf.autograph.experimental.do_not_convert
 def load_image(encoded: tf.Tensor, image_size: tuple[int, int], channels: int, mode: str = "stretch") -> tf.Tensor:
     """Decode (a large JPEG at a reduced DCT scale) and resize: encoded bytes -> uint8 (height, width, channels)."""
     image = resize_image(decode_image(encoded, channels, target_size=image_size), image_size, mode)
