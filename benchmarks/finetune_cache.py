@@ -18,7 +18,7 @@ printed: the boundary layer and the cache's bytes per image.
 Checkpoint cost (the overhead of a cached epoch beyond its training step): a cached stage
 (stage-1 head on pooled features, or the fine-tune top on boundary tensors) used to save the
 whole model after every improving epoch; it now saves the trained part's weights only and
-the whole model once at the end (``keras_cnn.train.part_checkpoint``).  Both saves are
+the whole model once at the end (``StageCheckpoint`` in ``keras_cnn.train.callbacks``).  Both saves are
 timed (best of 3) on the same model.
 
     python benchmarks/finetune_cache.py                       # both bases, 48 images each

@@ -70,6 +70,33 @@ def test_small_jpegs_and_other_formats_decode_exactly_as_before():
     assert decode_image(tf.constant(grey), 1, target_size=(32, 32)).numpy().shape == (32, 32, 1)
 
 
+def pil_encode(image: Image.Image, image_format: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, image_format)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("mode, image_format", [
+    ("RGB", "JPEG"), ("L", "JPEG"), ("RGB", "PNG"), ("RGBA", "PNG"), ("LA", "PNG"), ("L", "PNG"),
+    ("P", "PNG"), ("RGB", "BMP"), ("P", "GIF"),
+])
+@pytest.mark.parametrize("target", [None, (24, 24)])
+def test_every_format_gives_the_channels_asked_with_alpha_dropped(mode, image_format, target):
+    """Each decode branch converts channels itself (RGB requests go straight to the decoders);
+    the result must equal decoding the file's own channels, dropping alpha, then converting."""
+    data = tf.constant(pil_encode(Image.fromarray(photo(120, 160)).convert(mode), image_format))
+    own = tf.io.decode_image(data, channels=0, expand_animations=False)
+    colour = own[..., :-1] if own.shape[-1] in (2, 4) else own
+    expected = {3: colour if colour.shape[-1] == 3 else tf.image.grayscale_to_rgb(colour),
+                1: colour if colour.shape[-1] == 1 else tf.image.rgb_to_grayscale(colour)}
+    for channels in (3, 1):
+        decoded = decode_image(data, channels, target_size=target).numpy()
+        if target is None or image_format != "JPEG":
+            np.testing.assert_array_equal(decoded, expected[channels].numpy())
+        else:  # a JPEG 5x the target: decoded at 1/4 scale, same channels
+            assert decoded.shape == (30, 40, channels)
+
+
 @pytest.mark.parametrize("mode", ["stretch", "pad", "crop"])
 def test_scaled_decode_is_close_to_full_decode_and_resize(mode):
     data = encode(photo(480, 640))

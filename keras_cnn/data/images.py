@@ -62,6 +62,9 @@ def _decode_at_ratio(encoded: tf.Tensor, ratio_index: tf.Tensor, channels: int) 
     path photos take.
     """
     def full():
+        if channels == 3:
+            # The decoders drop alpha and turn grey into RGB themselves.
+            return tf.io.decode_image(encoded, channels=3, expand_animations=False, dtype=tf.uint8)
         return _to_channels(tf.io.decode_image(encoded, channels=0, expand_animations=False, dtype=tf.uint8),
                             channels)
 
