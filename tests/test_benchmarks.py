@@ -54,14 +54,18 @@ def test_pipeline_benchmark_runs_on_tiny_images(load_script, tmp_path, capsys):
     pipeline = load_script("pipeline")
     results = tmp_path / "RESULTS.md"
     assert pipeline.main(["--images", "12", "--width", "64", "--height", "48", "--size", "32", "--batch-size", "4",
-                          "--repeats", "1", "--breakdown", "--no-record", "--results", str(results)]) == 0
+                          "--repeats", "1", "--breakdown", "--results", str(results)]) == 0
     output = capsys.readouterr().out
     assert "ImageDataGenerator.flow_from_dataframe" in output and "make_dataset cached epoch" in output
+    assert "make_dataset later epoch, no cache" in output
     assert "breakdown: load_image (DCT-scaled decode + area resize)" in output
     # 64x48 to 32: under twice the target, so the decode is full size and the difference none.
-    assert "JPEG decode ratio 1/1; mean absolute difference from full decode + resize: 0.00" in output
+    assert "decode ratio 1/1; mean absolute difference from full decode + resize: 0.00" in output
     assert "CPU time per image (all threads, lowest of the rounds): ImageDataGenerator" in output
-    assert not results.exists()
+    assert "Ceiling: decoding alone" in output
+    section = results.read_text()
+    assert "| `make_dataset`, later epoch, no cache (every file read again) |" in section
+    assert "bits per pixel" in section and "Ceiling: decoding alone" in section
 
 
 def test_predict_benchmark_runs_on_a_tiny_export(load_script, tmp_path, capsys):
@@ -153,3 +157,17 @@ def test_recipe_benchmark_smoke(load_script, tmp_path):
     assert len(outcome["tta"]["views"]) == recipe.TTA_VIEWS
     assert outcome["quantization"]["size_ratio"] < 0.34
     assert not results.exists()
+
+
+@pytest.mark.slow
+def test_finetune_cache_benchmark_times_both_runs(load_script, tmp_path, capsys):
+    finetune_cache = load_script("finetune_cache")
+    results = tmp_path / "RESULTS.md"
+    assert finetune_cache.main(["--bases", "efficientnet_b0", "--images", "4", "--image-size", "32",
+                                "--batch-size", "2", "--epochs", "2", "--results", str(results)]) == 0
+    section = results.read_text()
+    assert "| efficientnet_b0 at 32, `block7a` |" in section
+    # Every epoch is listed: two uncached, at least six cached.
+    epochs = next(line for line in section.splitlines() if line.startswith("All epochs of efficientnet_b0"))
+    uncached, cached = epochs.split("; cached ")
+    assert len(uncached.split(", ")) == 2 and len(cached.split(", ")) >= 6
