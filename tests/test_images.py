@@ -30,8 +30,12 @@ def photo(height: int, width: int, seed: int = 0) -> np.ndarray:
 
 
 def encode(array: np.ndarray, image_format: str = "JPEG") -> bytes:
+    return pil_encode(Image.fromarray(array), image_format)
+
+
+def pil_encode(image: Image.Image, image_format: str) -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, image_format, **({"quality": 90} if image_format == "JPEG" else {}))
+    image.save(buffer, image_format, **({"quality": 90} if image_format == "JPEG" else {}))
     return buffer.getvalue()
 
 
@@ -68,12 +72,6 @@ def test_small_jpegs_and_other_formats_decode_exactly_as_before():
     grey = encode(photo(256, 256)[..., 0], "JPEG")
     assert decode_image(tf.constant(grey), 3, target_size=(32, 32)).numpy().shape == (32, 32, 3)
     assert decode_image(tf.constant(grey), 1, target_size=(32, 32)).numpy().shape == (32, 32, 1)
-
-
-def pil_encode(image: Image.Image, image_format: str) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, image_format)
-    return buffer.getvalue()
 
 
 @pytest.mark.parametrize("mode, image_format", [
