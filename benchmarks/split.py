@@ -52,7 +52,7 @@ extra = {{"rows": result["sizes"]["total"]}}
 """
 
 # The original SHA-1 split script (two labels, 0 and 1), reading and writing files as it did.
-SEED_SPLIT_CSV = """
+ORIGINAL_SPLIT_CSV = """
 import re, time
 import pandas as pd
 start = time.perf_counter()
@@ -153,7 +153,7 @@ def measure(rows: int, files: int, classes: int, side: int, loop_sample: int, sc
     label_csv = scratch / "label.csv"
     write_label_csv(label_csv, rows)
     csv_kcnn = run_child(KCNN_SPLIT, source=str(label_csv), output=str(scratch / "split_csv.csv"))
-    csv_seed = run_child(SEED_SPLIT_CSV, label_csv=str(label_csv), output=str(scratch / "seed_csv.csv"))
+    csv_original = run_child(ORIGINAL_SPLIT_CSV, label_csv=str(label_csv), output=str(scratch / "original_csv.csv"))
     label_csv.unlink()
 
     tree = scratch / "tree"
@@ -164,7 +164,7 @@ def measure(rows: int, files: int, classes: int, side: int, loop_sample: int, sc
     loop_hash = run_child(LOOP_HASH_TREE, tree=str(tree))
     preflight = run_child(KCNN_PREFLIGHT, tree=str(tree), split=str(split))
     loop_preflight = run_child(LOOP_PREFLIGHT, tree=str(tree), split=str(split), sample=min(loop_sample, files))
-    return {"csv_kcnn": csv_kcnn, "csv_seed": csv_seed, "tree_first": tree_first, "tree_warm": tree_warm,
+    return {"csv_kcnn": csv_kcnn, "csv_original": csv_original, "tree_first": tree_first, "tree_warm": tree_warm,
             "loop_hash": loop_hash, "preflight": preflight, "loop_preflight": loop_preflight}
 
 
@@ -192,7 +192,7 @@ def section_lines(result: dict, arguments, machine: dict[str, str], load_after: 
         "|---|---:|---:|---:|---:|---|",
         row("`kcnn split label.csv` (SHA-1 names)", result["csv_kcnn"],
             f"< 20 s, < 1,536 MiB: {'meets' if csv_ok else 'MISSES'}"),
-        row("the original pandas split script, same file", result["csv_seed"]),
+        row("the original pandas split script, same file", result["csv_original"]),
         row("`kcnn split DIR`, first run after writing", result["tree_first"]),
         row("`kcnn split DIR`, warm (list + hash + split)", result["tree_warm"],
             f">= 5,000 files/s: {'meets' if tree_ok else 'MISSES'}"),
@@ -200,7 +200,7 @@ def section_lines(result: dict, arguments, machine: dict[str, str], load_after: 
         row("pre-flight `find_bad_images` (tf.data, parallel decode)", result["preflight"]),
         row("pre-flight as a Python loop, one image at a time (sample)", result["loop_preflight"]),
         "",
-        (f"Ratios: label CSV, seed script / kcnn time {result['csv_seed']['seconds'] / result['csv_kcnn']['seconds']:.2f}x; "
+        (f"Ratios: label CSV, original script / kcnn time {result['csv_original']['seconds'] / result['csv_kcnn']['seconds']:.2f}x; "
          f"class tree, kcnn warm / one-thread hash loop {_rate(result['tree_warm']) / _rate(result['loop_hash']):.2f}x "
          f"(kcnn also lists, checks names and labels, splits and writes the CSV); pre-flight, tf.data / loop "
          f"{_rate(result['preflight']) / _rate(result['loop_preflight']):.1f}x."),

@@ -1,4 +1,4 @@
-"""The SHA-1 split: equivalence with seed 004's own script, the N-label generalisation,
+"""The SHA-1 split: equivalence with the original pandas split script, the N-label generalisation,
 the readers/writers, and every refusal (through the Python API and ``kcnn split``)."""
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".JPG")
 
 # --- the reference implementations -------------------------------------------------------------
 
-def seed_split(df: pd.DataFrame) -> pd.DataFrame:
-    """Seed 004's split script, verbatim except for reading/writing files and its prints."""
+def original_split(df: pd.DataFrame) -> pd.DataFrame:
+    """The original pandas split script, verbatim except for reading/writing files and its prints."""
     value_0 = df["value"] == 0
     value_1 = df["value"] == 1
     df["type"] = "train"
@@ -114,18 +114,18 @@ def invoke(*args: str):
     (3, 800, 0.02),   # label 0 has no test row: m = 0
     (4, 60, 0.5),     # label 1 is the smaller group in test
 ])
-def test_cli_output_equals_the_seed_script_byte_for_byte(tmp_path, seed, count, minority):
+def test_cli_output_equals_the_original_script_byte_for_byte(tmp_path, seed, count, minority):
     rows = make_rows(count, ["0", "1"], [minority, 1 - minority], seed)
     label_csv = write_label_csv(tmp_path / "label.csv", rows)
-    seed_split(pd.read_csv(label_csv)).to_csv(tmp_path / "seed.csv", index=False)
+    original_split(pd.read_csv(label_csv)).to_csv(tmp_path / "original.csv", index=False)
 
     result = invoke(str(label_csv), "-o", str(tmp_path / "split.csv"))
 
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "split.csv").read_bytes() == (tmp_path / "seed.csv").read_bytes()
+    assert (tmp_path / "split.csv").read_bytes() == (tmp_path / "original.csv").read_bytes()
 
 
-def test_seed_equivalence_covers_the_interesting_cases():
+def test_original_equivalence_covers_the_interesting_cases():
     # The parametrised files above must exercise balancing in both directions and m = 0.
     moved_both_ways = make_rows(3000, ["0", "1"], [0.34, 0.66], 1)
     frame = pd.DataFrame(moved_both_ways, columns=["objectId", "value"])
@@ -143,10 +143,10 @@ def test_seed_equivalence_covers_the_interesting_cases():
 
 
 @pytest.mark.parametrize("seed", [5, 6])
-def test_function_equals_the_seed_script_on_binary_frames(seed):
+def test_function_equals_the_original_script_on_binary_frames(seed):
     rows = make_rows(2000, ["0", "1"], [0.3, 0.7], seed)
     frame = pd.DataFrame(rows, columns=["objectId", "value"])
-    expected = seed_split(pd.DataFrame({"objectId": frame["objectId"], "value": frame["value"].astype(int)}))
+    expected = original_split(pd.DataFrame({"objectId": frame["objectId"], "value": frame["value"].astype(int)}))
     assert split_labels(frame)["type"].tolist() == expected["type"].tolist()
 
 

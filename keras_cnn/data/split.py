@@ -11,7 +11,7 @@ adding images never moves an existing one to another part.
    keeps its first m rows in file order and the rest move to ``train``;
 4. the result keeps the input's row order: ``objectId,value,type``.
 
-For two labels this is row for row what the seed's own script writes.  This module never
+For two labels this is row for row what the original pandas split script writes.  This module never
 imports TensorFlow: ``kcnn split`` and the readers below stay fast.
 """
 
@@ -641,7 +641,7 @@ def split_warnings(counts: dict[str, dict[str, int]],
 
 
 def format_counts(counts: dict[str, dict[str, int]], transpose_after: int = 8) -> str:
-    """The count table as text, like the seed's printout.
+    """The count table as text, like the original split script's printout.
 
     Rows are the parts (train, validation, test, total), columns the labels and a total.
     With more than ``transpose_after`` labels the table is turned (a row per label) so it

@@ -85,7 +85,7 @@ def lenet5_bn_layers(num_classes: int) -> list[layers.Layer]:
         layers.Flatten(name="flatten"),
         layers.Dense(120, activation="relu", name="dense1"),
         layers.Dense(84, activation="relu", name="dense2"),
-        # The seed returns logits for CrossEntropyLoss; softmax + cross-entropy is the same
+        # The original PyTorch LeNet-5 returns logits for CrossEntropyLoss; softmax + cross-entropy is the same
         # objective and gives the probabilities every kcnn model outputs.
         *output_layers(num_classes, "softmax"),
     ]
