@@ -94,6 +94,18 @@ def test_summary_prints_reference_counts(api):
     assert "2,149,002" in result.output and "2,148,650" in result.output
 
 
+@pytest.mark.parametrize("api", ["functional", "sequential"])
+def test_summary_json_gives_counts_and_one_row_per_layer(api):
+    result = CliRunner().invoke(cli, ["summary", "mini_alexnet", "--api", api, "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["total_params"] == 2_149_002 and payload["trainable_params"] == 2_148_650
+    assert payload["non_trainable_params"] == 352 and payload["num_classes"] == 10
+    assert sum(row["params"] for row in payload["layers"]) == payload["total_params"]
+    first_conv = next(row for row in payload["layers"] if row["class"] == "Conv2D")
+    assert first_conv["output_shape"][0] is None and len(first_conv["output_shape"]) == 4
+
+
 def test_sample_data_json(tmp_path):
     result = CliRunner().invoke(cli, ["sample-data", str(tmp_path), "--per-class", "2", "--size", "24", "--json"])
     assert result.exit_code == 0, result.output

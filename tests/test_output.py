@@ -132,6 +132,7 @@ def tiny_label_csv(tmp_path_factory):
 
 @pytest.mark.parametrize("arguments", [
     ["models"],
+    ["summary", "lenet"],
     ["devices"],
     ["sample-data", "{tmp}/data", "--per-class", "2", "--size", "24"],
     ["split", "{label_csv}", "-o", "{tmp}/split.csv"],

@@ -7,6 +7,7 @@ from itertools import groupby
 import click
 
 from keras_cnn.cli.common import debug_option, import_tensorflow_quietly, json_option, run_command
+from keras_cnn.models.parameters import parameter_counts
 
 
 def _all_models() -> dict:
@@ -54,6 +55,22 @@ def models(as_json: bool) -> None:
     run_command(as_json, _all_models, _render)
 
 
+def _layer_rows(model) -> list[dict]:
+    """One row per layer: name, class, output shape (batch axis as None) and parameters."""
+    rows = []
+    for layer in model.layers:
+        try:
+            output = layer.output
+        except (AttributeError, ValueError):  # a layer called more than once has no single output
+            output_shape = None
+        else:
+            output_shape = ([list(tensor.shape) for tensor in output] if isinstance(output, (list, tuple))
+                            else list(output.shape))
+        rows.append({"name": layer.name, "class": type(layer).__name__, "output_shape": output_shape,
+                     "params": parameter_counts(layer)["total_params"], "trainable": bool(layer.trainable)})
+    return rows
+
+
 @click.command()
 @click.argument("name")
 @click.option("--api", type=click.Choice(["functional", "sequential"]), default="functional",
@@ -62,22 +79,31 @@ def models(as_json: bool) -> None:
               help="Number of classes [default: the architecture's reference; 2 for a transfer base].")
 @click.option("--image-size", type=click.IntRange(min=1), default=None,
               help="Input size of a transfer base [default: the base's own].")
+@json_option
 @debug_option
-def summary(name: str, api: str, num_classes: int | None, image_size: int | None) -> None:
+def summary(name: str, api: str, num_classes: int | None, image_size: int | None, as_json: bool) -> None:
     """Print the Keras summary of architecture or transfer base NAME.
 
     For a from-scratch architecture this is the reference network; for a transfer base
     it is the frozen base with a new head, built with random weights (nothing is
-    downloaded; a TF Hub module brings its own).
+    downloaded; a TF Hub module brings its own).  `--json` gives the input shape, the
+    parameter counts and one row per layer (name, class, output shape, parameters).
     """
-    import_tensorflow_quietly()
-    from keras_cnn.models.bases import get_base_spec
-    from keras_cnn.models.factory import DEFAULT_WEIGHTS, create_model, is_architecture
+    built = {}
 
-    if is_architecture(name):
-        model = create_model(name, num_classes, api=api, input_scaling=False)
-    else:
-        # A TF Hub module cannot be re-initialised; every other base needs no download here.
-        weights = DEFAULT_WEIGHTS if get_base_spec(name).kind == "hub" else "none"
-        model = create_model(name, num_classes or 2, image_size=image_size, weights=weights, api=api)
-    model.summary(print_fn=lambda line, **_: click.echo(line))
+    def build() -> dict:
+        from keras_cnn.models.bases import get_base_spec
+        from keras_cnn.models.factory import DEFAULT_WEIGHTS, create_model, is_architecture
+
+        if is_architecture(name):
+            model = create_model(name, num_classes, api=api, input_scaling=False)
+        else:
+            # A TF Hub module cannot be re-initialised; every other base needs no download here.
+            weights = DEFAULT_WEIGHTS if get_base_spec(name).kind == "hub" else "none"
+            model = create_model(name, num_classes or 2, image_size=image_size, weights=weights, api=api)
+        built["model"] = model
+        return {"name": name, "api": api, "input_shape": list(model.input_shape[1:]),
+                "num_classes": int(model.output_shape[-1]), **parameter_counts(model),
+                "layers": _layer_rows(model)}
+
+    run_command(as_json, build, lambda _result: built["model"].summary(print_fn=lambda line, **_: click.echo(line)))
