@@ -20,7 +20,7 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 # execution line, step and epoch lines ("[3/7] ...", "[head] epoch ..."), indented details,
 # the titles of its progress, and what it found and split (the count table).  Anything
 # else on stderr is another library's noise.
-KCNN_LINE = re.compile(r"^(kcnn: |device: |\[|  |$|checking |extracting |predicting |resuming |hashing |found |caching |not caching |"
+KCNN_LINE = re.compile(r"^(kcnn: |device: |\[|  |$|checking |extracting |predicting |resuming |hashing |found |caching |not caching |stage |"
                        r"using the split |(part|train|validation|test|total) )")
 INTERNAL_WORDS = re.compile(r"seed[ -]0\d\d|REFERENCES|DESIGN\.md|shared documents", re.IGNORECASE)
 MAX_LINE = 300

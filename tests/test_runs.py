@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import stderr_problems
 
 from keras_cnn.cli import cli
 from keras_cnn.config import DataConfig, FineTuneConfig, ModelConfig, RunConfig, TrainingConfig
@@ -78,6 +79,7 @@ def test_rerunning_a_finished_stage_does_no_work_and_prints_its_result(finished_
     result = invoke(*train_args(sample_split, sample_data_dir, run), "--json")
     assert result.exit_code == 0, result.output[-2000:]
     assert "already finished" in result.stderr
+    assert stderr_problems(result.stderr) == [], result.stderr
     summary = json.loads(result.stdout)
     assert summary["epochs"] == EPOCHS and summary["test_accuracy"] is not None
     assert snapshot(run) == before  # not one file written again

@@ -214,7 +214,7 @@ def _check_state(run: RunDirectory, state: RunState, spec: StageSpec, overwrite:
             raise UserError(f"{run.root}: stage '{spec.name}' {verb} with other options (--overwrite starts it "
                             f"over, or use another --out): {shown}")
         if entry.get("status") == "finished":
-            say(f"{run.root}: stage '{spec.name}' already finished; nothing to do (--overwrite starts it over)")
+            say(f"stage '{spec.name}' of {run.root} already finished; nothing to do (--overwrite starts it over)")
             return {**entry.get("result", {}), "run": str(run.root)}
     if overwrite:
         _discard_stages(run, state, others + ([spec.name] if entry is not None else []))
