@@ -45,7 +45,7 @@ def _render(result):
               help="Batches in the sweep, one learning rate each (100-300 is usual).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Picture to write [default: RUN/lr_find.png with --run, else ./lr_find.png]; "
-                   "the CSV of the sweep goes beside it.")
+                   "the CSV of the sweep goes beside it, and lr_find_split.csv when --images comes without --split.")
 @json_option
 @debug_option
 def lr_find(architecture, base, run_dir, unfreeze_from, train_bn, dataset, dataset_path, split_csv, images,
@@ -68,7 +68,7 @@ def lr_find(architecture, base, run_dir, unfreeze_from, train_bn, dataset, datas
     \b
     Examples:
       kcnn lr-find --architecture cifar10_net --dataset cifar10
-      kcnn lr-find --base efficientnet_b0 --split split.csv --images data/
+      kcnn lr-find --base efficientnet_b0 --images photos/   (splits photos/ as transfer would)
       kcnn lr-find --run runs/effnet --unfreeze-from block6a --json
     """
     from keras_cnn.errors import UserError

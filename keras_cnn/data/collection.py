@@ -457,17 +457,26 @@ def split_into_run(data: DataConfig, run_root: str | os.PathLike) -> DataConfig:
     if data.split or data.dataset or not data.images:
         return data
     split_path = Path(run_root) / "split.csv"
-    if split_path.exists():
-        say(f"using the split stored in {split_path}")
-    else:
-        collection = read_collection(data.images, layout=data.layout, allowed_labels=data.allow_labels,
-                                     list_prefix=f"{Path(run_root)}{os.sep}")
-        say(collection.describe())
-        result = split_with_report(collection, allowed_labels=data.allow_labels)
-        write_split_csv(result.frame, split_path)
-        say(format_counts(result.counts))
-        for warning in result.warnings:
-            warn(warning)
+    if not split_path.exists():
+        return split_images(data, split_path, list_prefix=f"{Path(run_root)}{os.sep}")
+    say(f"using the split stored in {split_path}")
+    return replace(data, split=os.path.abspath(split_path), images=os.path.abspath(data.images))
+
+
+def split_images(data: DataConfig, split_path: str | os.PathLike, list_prefix: str) -> DataConfig:
+    """Split ``data.images`` (any layout) into ``split_path``; the returned config names it.
+
+    Prints what was found, the counts per label per part and every warning, as ``kcnn split``
+    does.  ``list_prefix``: where full lists behind shortened messages go.
+    """
+    collection = read_collection(data.images, layout=data.layout, allowed_labels=data.allow_labels,
+                                 list_prefix=list_prefix)
+    say(collection.describe())
+    result = split_with_report(collection, allowed_labels=data.allow_labels)
+    write_split_csv(result.frame, split_path)
+    say(format_counts(result.counts))
+    for warning in result.warnings:
+        warn(warning)
     return replace(data, split=os.path.abspath(split_path), images=os.path.abspath(data.images))
 
 

@@ -6,8 +6,9 @@ Three cases, as the training commands have them:
   as stage 1 trains, unless augmenting);
 - stage 2 of a run (``run_dir`` + ``unfreeze_from``): the run's model with the base
   unfrozen from that layer.
-The run's files are never written except the picture and the table of the sweep; the
-weights in memory are put back after the sweep (see ``lr_finder``).
+The run's files are never written except the picture and the table of the sweep (and,
+for ``--images`` without ``--split``, the split it made, beside them); the weights in
+memory are put back after the sweep (see ``lr_finder``).
 """
 
 from __future__ import annotations
@@ -17,12 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from keras_cnn.config import RunConfig
+from keras_cnn.data.collection import split_images
 from keras_cnn.errors import UserError
 from keras_cnn.progress import say
 from keras_cnn.runs import RunDirectory, atomic_write_text
 from keras_cnn.train.lr_finder import DEFAULT_END, DEFAULT_START, DEFAULT_STEPS, LearningRateSweep, find_learning_rate
 
 PLOT_NAME = "lr_find.png"
+# Written beside the picture when --images comes without --split.
+SPLIT_NAME = "lr_find_split.csv"
 TABLE_NAME = "lr_find.csv"
 
 
@@ -49,10 +53,16 @@ def lr_find(config: RunConfig | None = None, run_dir: str | Path | None = None, 
             raise UserError("--unfreeze-from needs --run RUN (a stage-1 run to fine-tune)")
         config = replace(config, training=replace(config.training, batch_size=batch_size or config.training.batch_size,
                                                   optimizer=optimizer or config.training.optimizer))
+        default_out = Path(PLOT_NAME)
+        if config.data.images and not config.data.split and not config.data.dataset:
+            # --images without --split: split the folder as train/transfer would, into a file
+            # beside the picture, so the sweep's data can be looked at and reused (--split).
+            picture = Path(out) if out is not None else default_out
+            config = replace(config, data=split_images(config.data, picture.with_name(SPLIT_NAME),
+                                                       list_prefix=str(picture.with_name("lr_find_"))))
         keras.utils.set_random_seed(config.training.seed)
         setup = _scratch_setup if config.model.kind == "scratch" else _head_setup
         model, dataset, loss, optimizer, seed, stage = setup(config)
-        default_out = Path(PLOT_NAME)
 
     def progress(step: int, rate: float, smoothed: float) -> None:
         if (step + 1) % max(1, steps // 10) == 0:
@@ -87,7 +97,7 @@ def _scratch_setup(config: RunConfig):
     from keras_cnn.train.fit import resolve_scratch_config
 
     if bool(config.data.dataset) == bool(config.data.split):
-        raise UserError("give either --dataset mnist|cifar10 or --split SPLIT_CSV --images DIR")
+        raise UserError("give either --dataset mnist|cifar10 or --images DIR [--split SPLIT_CSV]")
     config = resolve_scratch_config(config)
     training = config.training
     if config.data.dataset:
@@ -111,7 +121,7 @@ def _head_setup(config: RunConfig):
     from keras_cnn.train.two_stage import HEAD_STAGE, resolve_transfer_config
 
     if not config.data.split or not config.data.images:
-        raise UserError("lr-find for a transfer head needs --split SPLIT_CSV and --images DIR")
+        raise UserError("lr-find for a transfer head needs --images DIR [--split SPLIT_CSV]")
     config = resolve_transfer_config(config)
     training = config.training
     data = prepare_folder_data(config.data, config.data.image_size, 3, training.batch_size, training.seed)
