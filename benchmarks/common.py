@@ -151,9 +151,10 @@ def add_recording_arguments(parser) -> None:
     parser.add_argument("--note", default="", help="a sentence added under the table")
 
 
-def steady_epoch_seconds(epoch_seconds: list[float]) -> float:
-    """Mean epoch time after the first (which traces the step); the only epoch if there is one."""
+def steady_epoch_seconds(epoch_seconds: list[float], statistic: str = "mean") -> float:
+    """Mean (or ``statistic="median"``) epoch time after the first, which traces the step;
+    the only epoch if there is one."""
     import statistics
 
     later = epoch_seconds[1:] or epoch_seconds
-    return statistics.fmean(later)
+    return statistics.median(later) if statistic == "median" else statistics.fmean(later)

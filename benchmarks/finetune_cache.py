@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -47,6 +46,7 @@ from common import (
     load_average,
     machine_description,
     publish,
+    steady_epoch_seconds,
 )
 
 SECTION_TITLE = "Fine-tuning on cached frozen layers vs through the whole model"
@@ -74,11 +74,6 @@ class EpochTimes:
                 times.append(time.perf_counter() - self.started)
 
         self.callback = Callback()
-
-
-def later_median(epoch_seconds: list[float]) -> float:
-    """Median epoch time after the first (which traces the training step)."""
-    return statistics.median(epoch_seconds[1:])
 
 
 def best_of(function, repeats: int = 3) -> float:
@@ -141,12 +136,13 @@ def measure_base(base: str, image_size: int, unfreeze: str, count: int, batch_si
     # Stage-2 checkpoint costs: whole model (with the top's optimizer state) vs the top's weights.
     stage2_whole = best_of(lambda: model.save(work / "whole.keras"))
     stage2_part = best_of(lambda: split.top.save_weights(work / "top.weights.h5"))
+    uncached_epoch = steady_epoch_seconds(uncached.seconds, "median")
+    cached_epoch = steady_epoch_seconds(cached.seconds, "median")
     return {
         "base": base, "image_size": image_size, "unfreeze": unfreeze, "boundary_layer": split.boundary_layer,
         "boundary_shape": split.boundary_shape, "bytes_per_image": split.bytes_per_image,
         "uncached_epochs": uncached.seconds, "cached_epochs": cached.seconds, "extraction": extraction,
-        "uncached": later_median(uncached.seconds), "cached": later_median(cached.seconds),
-        "ratio": later_median(uncached.seconds) / later_median(cached.seconds),
+        "uncached": uncached_epoch, "cached": cached_epoch, "ratio": uncached_epoch / cached_epoch,
         "stage1_whole_save": stage1_whole, "stage1_part_save": stage1_part,
         "stage2_whole_save": stage2_whole, "stage2_part_save": stage2_part,
         "trainable_params": int(sum(np.prod(weight.shape) for weight in model.trainable_weights)),

@@ -32,7 +32,6 @@ import argparse
 import contextlib
 import math
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -119,8 +118,8 @@ def analyse(cached: dict, uncached: dict) -> dict:
     """Ratio of steady epoch times, extraction cost and break-even epochs of the two runs."""
     cached_epoch = steady_epoch_seconds(cached["epoch_seconds"])
     uncached_epoch = steady_epoch_seconds(uncached["epoch_seconds"])
-    cached_median = statistics.median(cached["epoch_seconds"][1:] or cached["epoch_seconds"])
-    uncached_median = statistics.median(uncached["epoch_seconds"][1:] or uncached["epoch_seconds"])
+    cached_median = steady_epoch_seconds(cached["epoch_seconds"], "median")
+    uncached_median = steady_epoch_seconds(uncached["epoch_seconds"], "median")
     extraction = cached["extraction_seconds"]
     saved_per_epoch = uncached_epoch - cached_epoch
     break_even = extraction / saved_per_epoch if saved_per_epoch > 0 else math.inf
