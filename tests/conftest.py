@@ -173,3 +173,32 @@ def train_tiny_hub_head(folder: Path, split: Path, images: Path) -> Path:
                          data=DataConfig(split=str(split), images=str(images), image_size=(32, 32)),
                          training=TrainingConfig(epochs=1, batch_size=16, learning_rate=0.01)), run)
     return run
+
+
+CHROMIUM = "/usr/bin/chromium"
+BROWSER_INSTALL_HINT = "apt-get install -y chromium (Debian's browser) and pip install -e '.[test]' (playwright)"
+# Flags that keep a headless Chromium off the network (the machine has none) and out of the user's profile.
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture
+def chromium_page():
+    """A page of a headless Debian Chromium driven by Playwright; skips when either is missing.
+
+    Nothing downloads a browser: Playwright is pointed at the system's ``chromium``.
+    """
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip(f"browser tests need playwright: {BROWSER_INSTALL_HINT}")
+    executable = CHROMIUM if os.path.exists(CHROMIUM) else None
+    if executable is None:
+        pytest.skip(f"browser tests need Chromium at {CHROMIUM}: {BROWSER_INSTALL_HINT}")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            yield page
+        finally:
+            browser.close()
