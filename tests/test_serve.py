@@ -228,6 +228,11 @@ def test_floats_are_written_as_tf_serving_writes_float32():
     assert text == '{"outputs": [[0.2, 0.333333343, 1.0, 1e-07]]}'
     single = predict_response({"scores": values[0], "ids_bytes": np.array([b"\x00\xff"] * 4, object)}, "instances")
     assert single["predictions"][0] == {"ids_bytes": {"b64": "AP8="}, "scores": 0.2}
+    # NaN and Infinity are written as TF Serving writes them (strict JSON has no such numbers).
+    from keras_cnn.serve.app import JSON
+
+    assert JSON(predict_response({"p": np.array([np.nan, -np.inf], np.float32)}, "inputs")).body == \
+        b'{"outputs":[NaN,-Infinity]}'
 
 
 BAD_REQUESTS = [

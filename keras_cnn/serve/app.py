@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import re
 from dataclasses import dataclass
@@ -68,6 +69,13 @@ class ServeOptions:
     request_timeout: float = 30.0
     max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
     max_files: int = 64
+
+
+class JSON(JSONResponse):
+    """A JSON response that writes ``NaN`` and ``Infinity`` as TF Serving does (Starlette's refuses them)."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=False, allow_nan=True, separators=(",", ":")).encode("utf-8")
 
 
 class Service:
@@ -159,8 +167,9 @@ class Service:
         signature_name = answer_signature(version, form.get("signature") or None)
         signature = version.signatures.get(signature_name)
         if signature is None or list(signature.inputs) != [IMAGE_INPUT]:
-            raise bad_request(f"signature {signature_name!r} does not take encoded images; "
-                              f"use one of {sorted(name for name, found in version.signatures.items() if list(found.inputs) == [IMAGE_INPUT])}")
+            takes_images = sorted(name for name, found in version.signatures.items()
+                                  if list(found.inputs) == [IMAGE_INPUT])
+            raise bad_request(f"signature {signature_name!r} does not take encoded images; use one of {takes_images}")
         names, images, problems = [], [], {}
         for index, upload in enumerate(uploads):
             data = await upload.read()
@@ -235,7 +244,7 @@ def create_app(repository: ModelRepository, options: ServeOptions | None = None)
                                       "tensorflow/serving/predict): use :predict")
                 async with service.work():
                     body = await request.body()
-                    return JSONResponse(await service.predict(name, _version(number), body))
+                    return JSON(await service.predict(name, _version(number), body))
         elif method == "GET":
             found = STATUS_PATH.fullmatch(path)
             if found:
@@ -244,19 +253,19 @@ def create_app(repository: ModelRepository, options: ServeOptions | None = None)
                 if not name:
                     raise bad_request("Missing model name in request.")
                 if metadata:
-                    return JSONResponse(service.metadata(name, _version(number)))
-                return JSONResponse(service.status(name, _version(number)))
+                    return JSON(service.metadata(name, _version(number)))
+                return JSON(service.status(name, _version(number)))
         raise bad_request(f"Malformed request: {method} {path}")
 
     @json_errors
     async def models(request: Request):
-        return JSONResponse({"models": [model_description(repository, repository.latest)]})
+        return JSON({"models": [model_description(repository, repository.latest)]})
 
     @json_errors
     async def classify(request: Request):
         number = request.path_params.get("version")
         async with service.work():
-            return JSONResponse(await service.classify(request.path_params["name"], number, request))
+            return JSON(await service.classify(request.path_params["name"], number, request))
 
     async def page(request: Request):
         return HTMLResponse(page_html())
@@ -316,16 +325,16 @@ def _refuse_label(label: str | None) -> None:
         raise not_found(f"Unrecognized servable version label: {label} (kcnn serve has version numbers only)")
 
 
-async def _serving_error(request: Request, error: ServingError) -> JSONResponse:
-    return JSONResponse({"error": error.message}, status_code=error.status, headers=error.headers)
+async def _serving_error(request: Request, error: ServingError) -> JSON:
+    return JSON({"error": error.message}, status_code=error.status, headers=error.headers)
 
 
-async def _http_error(request: Request, error: HTTPException) -> JSONResponse:
+async def _http_error(request: Request, error: HTTPException) -> JSON:
     # Starlette's own: unknown paths (404), wrong methods (405), unreadable multipart bodies (400).
-    return JSONResponse({"error": str(error.detail)}, status_code=error.status_code, headers=error.headers)
+    return JSON({"error": str(error.detail)}, status_code=error.status_code, headers=error.headers)
 
 
-async def _internal_error(request: Request, error: Exception) -> JSONResponse:
+async def _internal_error(request: Request, error: Exception) -> JSON:
     LOGGER.warning("%s %s failed: %s: %s", request.method, request.url.path, type(error).__name__,
                    first_line(error))
-    return JSONResponse({"error": f"internal error: {type(error).__name__}: {first_line(error)}"}, status_code=500)
+    return JSON({"error": f"internal error: {type(error).__name__}: {first_line(error)}"}, status_code=500)
