@@ -445,26 +445,43 @@ def test_heatmap_answer_has_the_peak_where_the_map_is_largest():
 
 
 def test_page_classifies_an_uploaded_image_in_chromium(server, chromium_page, image_files, kcnn_predictions):
-    url, _ = server
+    url, app = server
     plain, _ = kcnn_predictions
+    latest = app.service.repository.latest.model.metadata
+    saved = dict(latest)
     page = chromium_page
-    page.set_viewport_size({"width": 375, "height": 740})      # a phone
-    page.goto(url)
-    page.wait_for_function("document.getElementById('model-name').textContent === 'fruit'")
-    assert "version 2" in page.text_content("#model-summary")
-    assert page.text_content("#label-count") == "3"
-    page.keyboard.press("Tab")
-    assert page.evaluate("document.activeElement.id") == "files"      # reachable from the keyboard
-    page.select_option("#version", "1")
-    page.set_input_files("#files", [str(image_files[0]), str(image_files[1])])
-    page.wait_for_selector(".result .label")
-    labels = page.eval_on_selector_all(".result .label", "nodes => nodes.map(node => node.dataset.label)")
-    # Newest first: the page prepends each answer.
-    assert sorted(labels) == sorted([plain[0]["label"], plain[1]["label"]])
-    first_text = page.text_content(".result:last-child .label")
-    assert first_text.startswith(plain[0]["label"]) and f"{100 * plain[0]['probability']:.1f} %" in first_text
-    assert page.evaluate("document.scrollingElement.scrollWidth") <= 375    # no sideways scrolling
-    assert "classified by version 1" in page.text_content("#status")
+    try:
+        # Version 2 as an export with metrics and a rejection threshold would be; version 1 as it is.
+        latest.update({"metrics": {"test": {"accuracy": 0.75, "count": 1200}, "stages": {"head": {"seconds": 3}}},
+                       "reject_below": 0.999})
+        page.set_viewport_size({"width": 375, "height": 740})      # a phone
+        page.goto(url)
+        page.wait_for_function("document.getElementById('model-name').textContent === 'fruit'")
+        assert "version 2" in page.text_content("#model-summary")
+        assert page.text_content("#label-count") == "3"
+        about = page.text_content("#about")
+        assert "test accuracy0.7500" in about and "test count1,200" in about and "shown as unknown" in about
+        page.keyboard.press("Tab")
+        assert page.evaluate("document.activeElement.id") == "files"      # reachable from the keyboard
+
+        page.set_input_files("#files", [str(image_files[0])])
+        page.wait_for_selector(".result .label")
+        rejected = page.text_content(".result .label")
+        assert rejected.startswith(f"unknown (top: {plain[0]['label']} ") and "version 2" in page.text_content(".result")
+
+        page.select_option("#version", "1")
+        page.set_input_files("#files", [str(image_files[0]), str(image_files[1])])
+        page.wait_for_function("document.querySelectorAll('.result').length === 3")
+        # Newest first: the page puts each answer on top, so image 1, image 0, then the rejected one.
+        labels = page.eval_on_selector_all(".result .label", "nodes => nodes.map(node => node.dataset.label)")
+        assert labels == [plain[1]["label"], plain[0]["label"], plain[0]["label"]]
+        texts = page.eval_on_selector_all(".result .label", "nodes => nodes.map(node => node.textContent)")
+        assert texts[1] == f"{plain[0]['label']} · {100 * plain[0]['probability']:.1f} %"
+        assert page.evaluate("document.scrollingElement.scrollWidth") <= 375    # no sideways scrolling
+        assert "classified by version 1" in page.text_content("#status")
+    finally:
+        latest.clear()
+        latest.update(saved)
 
 
 # --------------------------------------------------------------------------- the command line

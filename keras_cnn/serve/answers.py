@@ -131,6 +131,16 @@ def model_description(repository: ModelRepository, version: ServedVersion) -> di
 
 
 def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    """The numbers among a run's metrics (tables and lists are for the report, not the page)."""
-    return {name: value for name, value in metrics.items()
-            if isinstance(value, (int, float)) and not isinstance(value, bool)}
+    """The numbers among a run's metrics, one level of nesting spelled out (``test accuracy``,
+    ``parameters total_params``); per-class tables and the per-stage history are for the report."""
+    shown = {}
+    for name, value in metrics.items():
+        if _is_number(value):
+            shown[name] = value
+        elif isinstance(value, dict) and name != "stages":
+            shown.update({f"{name} {inner}": number for inner, number in value.items() if _is_number(number)})
+    return shown
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
