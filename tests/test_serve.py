@@ -476,7 +476,7 @@ def test_page_classifies_an_uploaded_image_in_chromium(server, chromium_page, im
         labels = page.eval_on_selector_all(".result .label", "nodes => nodes.map(node => node.dataset.label)")
         assert labels == [plain[1]["label"], plain[0]["label"], plain[0]["label"]]
         texts = page.eval_on_selector_all(".result .label", "nodes => nodes.map(node => node.textContent)")
-        assert texts[1] == f"{plain[0]['label']} · {100 * plain[0]['probability']:.1f} %"
+        assert texts[1] == f"{plain[0]['label']} · {100 * plain[0]['probability']:.1f}\u00a0%"
         assert page.evaluate("document.scrollingElement.scrollWidth") <= 375    # no sideways scrolling
         assert "classified by version 1" in page.text_content("#status")
     finally:
