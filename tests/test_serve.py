@@ -305,24 +305,39 @@ def test_non_images_huge_images_and_huge_bodies_are_refused_and_the_server_stays
 # --------------------------------------------------------------------------- batching and limits
 
 
-class SlowModel:
-    """Makes every model call of the running server take ``seconds`` longer (in the model thread)."""
+class WrappedModel:
+    """Runs every model call of the running server through ``wrap(run, key, inputs)`` (in the model thread)."""
 
-    def __init__(self, app, seconds: float):
-        self.batcher, self.seconds = app.service.batcher, seconds
+    def __init__(self, app, wrap):
+        self.batcher, self.wrap = app.service.batcher, wrap
 
     def __enter__(self):
-        self.original = self.batcher.run
-
-        def slow(key, inputs):
-            time.sleep(self.seconds)
-            return self.original(key, inputs)
-
-        self.batcher.run = slow
+        self.original = run = self.batcher.run
+        self.batcher.run = lambda key, inputs: self.wrap(run, key, inputs)
         return self
 
     def __exit__(self, *exc_info):
         self.batcher.run = self.original
+
+
+def slow_model(app, seconds: float) -> WrappedModel:
+    """Every model call takes ``seconds`` longer."""
+    def slow(run, key, inputs):
+        time.sleep(seconds)
+        return run(key, inputs)
+
+    return WrappedModel(app, slow)
+
+
+def heatmap_output(app) -> WrappedModel:
+    """Every model call also returns a ``heatmap`` (a bright spot), as a signature returning one would."""
+    def with_heatmap(run, key, inputs):
+        outputs = run(key, inputs)
+        heatmap = np.zeros((len(outputs["label"]), 6, 6), np.float32)
+        heatmap[:, 2, 3] = 1.0
+        return {**outputs, "heatmap": heatmap}
+
+    return WrappedModel(app, with_heatmap)
 
 
 def test_concurrent_requests_are_batched_and_answered_alike(server, client, image_files):
@@ -346,7 +361,7 @@ def test_concurrent_requests_are_batched_and_answered_alike(server, client, imag
 
 def test_status_answers_while_the_model_computes(server, client, image_files):
     url, app = server
-    with SlowModel(app, 1.5), ThreadPoolExecutor(1) as pool:
+    with slow_model(app, 1.5), ThreadPoolExecutor(1) as pool:
         busy = pool.submit(httpx.post, f"{url}v1/models/{NAME}:predict",
                            json={"instances": [b64(image_files[0].read_bytes())]}, timeout=30)
         time.sleep(0.3)
@@ -364,7 +379,7 @@ def test_requests_beyond_the_in_flight_limit_get_503_and_slow_ones_504(server, c
     limit, timeout = work.max_in_flight, work.timeout
     try:
         work.max_in_flight = 1
-        with SlowModel(app, 1.0), ThreadPoolExecutor(1) as pool:
+        with slow_model(app, 1.0), ThreadPoolExecutor(1) as pool:
             first = pool.submit(httpx.post, f"{url}v1/models/{NAME}:predict", json=body, timeout=30)
             time.sleep(0.3)
             refused = client.post(f"/v1/models/{NAME}:predict", json=body)
@@ -373,7 +388,7 @@ def test_requests_beyond_the_in_flight_limit_get_503_and_slow_ones_504(server, c
             assert client.get(f"/v1/models/{NAME}/metadata").status_code == 200   # status is never limited
             assert first.result().status_code == 200
         work.max_in_flight, work.timeout = limit, 0.3
-        with SlowModel(app, 1.0):
+        with slow_model(app, 1.0):
             late = client.post(f"/v1/models/{NAME}:predict", json=body)
         assert late.status_code == 504 and "longer than 0.3 s" in late.json()["error"]
     finally:
@@ -464,10 +479,12 @@ def test_page_classifies_an_uploaded_image_in_chromium(server, chromium_page, im
         page.keyboard.press("Tab")
         assert page.evaluate("document.activeElement.id") == "files"      # reachable from the keyboard
 
-        page.set_input_files("#files", [str(image_files[0])])
-        page.wait_for_selector(".result .label")
+        with heatmap_output(app):   # as a signature returning a heat map would answer
+            page.set_input_files("#files", [str(image_files[0])])
+            page.wait_for_selector(".result .label")
         rejected = page.text_content(".result .label")
         assert rejected.startswith(f"unknown (top: {plain[0]['label']} ") and "version 2" in page.text_content(".result")
+        assert page.get_attribute(".result img.heatmap", "src").startswith("data:image/png;base64,")
 
         page.select_option("#version", "1")
         page.set_input_files("#files", [str(image_files[0]), str(image_files[1])])
