@@ -106,7 +106,7 @@ def server(export_dir):
         max_batch=16, batch_timeout_ms=30, max_body_bytes=BODY_LIMIT, max_in_flight=32, request_timeout=20,
         max_image_pixels=PIXEL_LIMIT))
     server_socket = bind_socket("127.0.0.1", 0)
-    uvicorn_server = DrainingServer(uvicorn.Config(app, log_config=None, lifespan="on"), "kcnn: started",
+    uvicorn_server = DrainingServer(uvicorn.Config(app, log_config=None, lifespan="on"), lambda: None,
                                     lambda: app.service.work.in_flight)
     thread = threading.Thread(target=lambda: asyncio.run(uvicorn_server.serve(sockets=[server_socket])), daemon=True)
     thread.start()

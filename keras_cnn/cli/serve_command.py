@@ -62,7 +62,8 @@ def serve(model_dir: str, host: str, port: int, name: str | None, max_batch: int
 
     \b
     Stops on Ctrl-C or SIGTERM after answering the requests in flight (exit 0).
-    With --json, one JSON object {"url", "name", "versions"} is printed on stdout once it listens.
+    With --json, one JSON object {"url", "name", "versions"} is printed on stdout once it listens
+    (with --port 0, the url names the port it picked).
 
     Example: kcnn serve --model export/ --port 8501
     """
@@ -87,11 +88,13 @@ def serve(model_dir: str, host: str, port: int, name: str | None, max_batch: int
                            max_body_bytes=int(max_body_mb * 2 ** 20), max_in_flight=max_in_flight,
                            request_timeout=request_timeout, max_image_pixels=max_image_pixels or None)
     url = url_of(server_socket)
-    started = (f"kcnn: serving {repository.name} (version {repository.latest.number}) at {url} — the page; "
-               f"TF Serving REST API at {url}v1/models/{repository.name}; Ctrl-C or SIGTERM stops it")
-    if as_json:
-        # Printed once the socket is bound, before it listens: clients may retry until it answers.
-        click.echo(json.dumps({"url": url, "name": repository.name, "versions": sorted(repository.versions)}))
+
+    def started() -> None:
+        say(f"kcnn: serving {repository.name} (version {repository.latest.number}) at {url} — the page; "
+            f"TF Serving REST API at {url}v1/models/{repository.name}; Ctrl-C or SIGTERM stops it")
+        if as_json:
+            click.echo(json.dumps({"url": url, "name": repository.name, "versions": sorted(repository.versions)}))
+
     run_server(create_app(repository, options), server_socket, started)
 
 

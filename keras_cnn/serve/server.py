@@ -13,6 +13,7 @@ import contextlib
 import signal
 import socket
 import threading
+from typing import Callable
 
 import uvicorn
 
@@ -49,15 +50,16 @@ def url_of(server_socket: socket.socket) -> str:
 
 
 class DrainingServer(uvicorn.Server):
-    """Uvicorn's server that prints kcnn's start and stop lines and returns (exit 0) after a signal.
+    """Uvicorn's server that calls ``on_started`` once it listens, prints kcnn's stop lines, and
+    returns (exit 0) after a signal.
 
     Uvicorn re-raises a caught SIGTERM once it has shut down, so the process would die of the
     signal; a server that drained every request has done its job, so kcnn returns instead.
     """
 
-    def __init__(self, config: uvicorn.Config, started_line: str, in_flight):
+    def __init__(self, config: uvicorn.Config, on_started: Callable[[], None], in_flight: Callable[[], int]):
         super().__init__(config)
-        self.started_line = started_line
+        self.on_started = on_started
         self.in_flight = in_flight
 
     @contextlib.contextmanager
@@ -75,7 +77,7 @@ class DrainingServer(uvicorn.Server):
     async def startup(self, sockets=None) -> None:
         await super().startup(sockets=sockets)
         if self.started:
-            say(self.started_line)
+            self.on_started()
 
     async def shutdown(self, sockets=None) -> None:
         busy = self.in_flight()
@@ -84,12 +86,16 @@ class DrainingServer(uvicorn.Server):
         say("kcnn: stopped")
 
 
-def serve(app, server_socket: socket.socket, started_line: str, drain_seconds: float | None = None) -> None:
-    """Serve ``app`` on ``server_socket`` until SIGTERM / Ctrl-C; returns when every request is answered."""
+def serve(app, server_socket: socket.socket, on_started: Callable[[], None],
+          drain_seconds: float | None = None) -> None:
+    """Serve ``app`` on ``server_socket`` until SIGTERM / Ctrl-C; returns when every request is answered.
+
+    ``on_started`` is called once the socket listens (``kcnn serve`` prints where).
+    """
     route_server_logs()
     config = uvicorn.Config(app, log_config=None, access_log=True, lifespan="on",
                             timeout_graceful_shutdown=drain_seconds)
-    server = DrainingServer(config, started_line, lambda: app.service.work.in_flight)
+    server = DrainingServer(config, on_started, lambda: app.service.work.in_flight)
     asyncio.run(server.serve(sockets=[server_socket]))
     if not server.started:
         raise RunFailure("the server could not start (see the lines above)")
