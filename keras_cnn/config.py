@@ -88,6 +88,9 @@ class FineTuneConfig:
 
     unfreeze_from: str | None = None      # a layer name, a block prefix, or "all"
     train_bn: bool = False
+    # Dropout and stochastic depth in the unfrozen layers of the base act while training
+    # (frozen layers never do); off = the keras-io recipe, on = timm's and fastai's.
+    base_dropout: bool = False
     epochs: int | None = None
     learning_rate: float | None = None
     optimizer: str | None = None

@@ -17,6 +17,7 @@ from typing import Any, Callable
 import click
 
 from keras_cnn.cli import QUIET_HELP, enable_debug, enable_quiet
+from keras_cnn.config import FineTuneConfig
 from keras_cnn.progress import say
 from keras_cnn.quiet import import_tensorflow_quietly
 from keras_cnn.runs import to_jsonable
@@ -165,6 +166,14 @@ regularization_options = option_group(
                  help="Erase one random rectangle (2-33 % of the image) with noise in this fraction of images."),
 )
 """Training-part regularisation in the tf.data pipeline (validation and test stay untouched)."""
+
+
+base_dropout_option = click.option(
+    "--base-dropout/--no-base-dropout", default=FineTuneConfig.base_dropout, show_default=True,
+    help="While fine-tuning, let dropout and stochastic depth (EfficientNet's, ConvNeXt's) act in the unfrozen "
+         "layers of the base, as timm and fastai fine-tune; off, they run in inference mode as in the Keras "
+         "fine-tuning recipe. Frozen layers always run in inference mode.")
+"""``--base-dropout/--no-base-dropout`` (``kcnn finetune`` and ``kcnn lr-find --run``)."""
 
 
 def regularization_config(options: dict[str, Any]) -> dict[str, Any] | None:

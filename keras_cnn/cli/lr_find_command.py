@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import click
 
-from keras_cnn.cli.common import (FiniteFloatRange, data_source_options, debug_option, import_tensorflow_quietly, json_option,
-                                  parse_cache, run_command, transfer_model_options)
+from keras_cnn.cli.common import (FiniteFloatRange, base_dropout_option, data_source_options, debug_option,
+                                  import_tensorflow_quietly, json_option, parse_cache, run_command,
+                                  transfer_model_options)
 
 
 def _render(result):
@@ -24,6 +25,7 @@ def _render(result):
 @click.option("--unfreeze-from", default=None,
               help="With --run: first base layer to train, as `kcnn finetune` [default: the base's own].")
 @click.option("--train-bn", is_flag=True, help="With --run: also train BatchNorm layers.")
+@base_dropout_option
 @data_source_options
 @transfer_model_options
 @click.option("--augment/--no-augment", default=False, show_default=True,
@@ -48,8 +50,8 @@ def _render(result):
                    "the CSV of the sweep goes beside it, and lr_find_split.csv when --images comes without --split.")
 @json_option
 @debug_option
-def lr_find(architecture, base, run_dir, unfreeze_from, train_bn, dataset, dataset_path, split_csv, images,
-            image_size, weights, head_units, dropout, binary, augment, resize_mode, cache, batch_size, optimizer,
+def lr_find(architecture, base, run_dir, unfreeze_from, train_bn, base_dropout, dataset, dataset_path, split_csv,
+            images, image_size, weights, head_units, dropout, binary, augment, resize_mode, cache, batch_size, optimizer,
             seed, start_lr, end_lr, steps, out, as_json):
     """Find a learning rate: train briefly while it grows from --start-lr to --end-lr.
 
@@ -99,7 +101,8 @@ def lr_find(architecture, base, run_dir, unfreeze_from, train_bn, dataset, datas
     def work():
         from keras_cnn.train.lr_find import lr_find as find
 
-        return find(config, run_dir=run_dir, unfreeze_from=unfreeze_from, train_bn=train_bn, out=out,
+        return find(config, run_dir=run_dir, unfreeze_from=unfreeze_from, train_bn=train_bn,
+                    base_dropout=base_dropout, out=out,
                     start=start_lr, end=end_lr, steps=steps, batch_size=batch_size, optimizer=optimizer)
 
     run_command(as_json, work, _render)

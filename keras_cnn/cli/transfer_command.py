@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from keras_cnn.cli.common import (FiniteFloatRange, debug_option, execution_options, image_folder_options,
-                                  import_tensorflow_quietly, json_option, overwrite_option, parse_cache, recipe_options,
+from keras_cnn.cli.common import (FiniteFloatRange, base_dropout_option, debug_option, execution_options,
+                                  image_folder_options, import_tensorflow_quietly, json_option, overwrite_option, parse_cache, recipe_options,
                                   regularization_config, regularization_options,
                                   run_command, training_options)
 from keras_cnn.errors import UserError
@@ -113,6 +113,7 @@ def transfer(base, images, split_csv, out_dir, image_size, weights, head_units, 
               help="First base layer to train: a layer name (mixed8), a block prefix (block7a), or all "
                    "[default: the base's own, see `kcnn models`].")
 @click.option("--train-bn", is_flag=True, help="Also train BatchNorm layers (frozen by default, as advised).")
+@base_dropout_option
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Fine-tuning epochs [default: 5].")
 @click.option("--learning-rate", type=FiniteFloatRange(min=0, min_open=True), default=None,
               help="Learning rate [default: the base's, 1e-5].")
@@ -141,12 +142,13 @@ def transfer(base, images, split_csv, out_dir, image_size, weights, head_units, 
 @overwrite_option
 @json_option
 @debug_option
-def finetune(run_dir, unfreeze_from, train_bn, epochs, learning_rate, batch_size, optimizer, out_dir,
-             mixed_precision, xla, strategy, cache_frozen, overwrite, as_json, lr_mult, **recipe):
+def finetune(run_dir, unfreeze_from, train_bn, base_dropout, epochs, learning_rate, batch_size, optimizer,
+             out_dir, mixed_precision, xla, strategy, cache_frozen, overwrite, as_json, lr_mult, **recipe):
     """Stage 2: unfreeze the base from a layer on and train at a low learning rate.
 
     Reads the base, data and head from the stage-1 RUN. The named layer and every later
-    layer of the base become trainable; BatchNorm layers stay frozen unless --train-bn.
+    layer of the base become trainable; BatchNorm layers stay frozen unless --train-bn, and
+    frozen layers always run in inference mode.
     The model is recompiled; the best model (validation loss over both stages) is kept.
 
     \b
@@ -158,8 +160,8 @@ def finetune(run_dir, unfreeze_from, train_bn, epochs, learning_rate, batch_size
     import_tensorflow_quietly()
     from keras_cnn.config import FineTuneConfig
 
-    config = FineTuneConfig(unfreeze_from=unfreeze_from, train_bn=train_bn, epochs=epochs,
-                            learning_rate=learning_rate, optimizer=optimizer, batch_size=batch_size,
+    config = FineTuneConfig(unfreeze_from=unfreeze_from, train_bn=train_bn, base_dropout=base_dropout,
+                            epochs=epochs, learning_rate=learning_rate, optimizer=optimizer, batch_size=batch_size,
                             mixed_precision=mixed_precision, xla=xla, strategy=strategy, lr_mult=lr_mult,
                             cache_frozen=cache_frozen, **recipe)
 

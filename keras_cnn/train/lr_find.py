@@ -31,7 +31,8 @@ TABLE_NAME = "lr_find.csv"
 
 
 def lr_find(config: RunConfig | None = None, run_dir: str | Path | None = None, unfreeze_from: str | None = None,
-            train_bn: bool = False, out: str | Path | None = None, start: float = DEFAULT_START,
+            train_bn: bool = False, base_dropout: bool = False, out: str | Path | None = None,
+            start: float = DEFAULT_START,
             end: float = DEFAULT_END, steps: int = DEFAULT_STEPS, batch_size: int | None = None,
             optimizer: str | None = None) -> dict[str, Any]:
     """Run the range test and write ``lr_find.png`` and ``lr_find.csv``; returns the suggestions.
@@ -46,7 +47,7 @@ def lr_find(config: RunConfig | None = None, run_dir: str | Path | None = None, 
         raise UserError("lr-find needs either the data and model options of train / transfer, or --run RUN")
     if run_dir is not None:
         model, dataset, loss, optimizer, seed, stage = _finetune_setup(run_dir, unfreeze_from, train_bn,
-                                                                       batch_size, optimizer)
+                                                                       base_dropout, batch_size, optimizer)
         default_out = Path(run_dir) / PLOT_NAME
     else:
         if unfreeze_from:
@@ -140,7 +141,7 @@ def _head_setup(config: RunConfig):
     return model, as_model_targets(data.train, single_sigmoid), loss, training.optimizer, training.seed, HEAD_STAGE
 
 
-def _finetune_setup(run_dir, unfreeze_from, train_bn, batch_size, optimizer):
+def _finetune_setup(run_dir, unfreeze_from, train_bn, base_dropout, batch_size, optimizer):
     from keras_cnn.models.bases import get_base_spec
     from keras_cnn.models.loading import load_model
     from keras_cnn.models.transfer import unfreeze_from as unfreeze
@@ -158,7 +159,8 @@ def _finetune_setup(run_dir, unfreeze_from, train_bn, batch_size, optimizer):
     if not start.exists():
         raise UserError(f"{run_dir} has no model.keras yet; train stage 1 first (kcnn transfer)")
     model = load_model(start)   # a copy in memory: the run's files are only read
-    unfreeze(model, unfreeze_from or get_base_spec(config.model.name).default_unfreeze, train_bn=train_bn)
+    unfreeze(model, unfreeze_from or get_base_spec(config.model.name).default_unfreeze, train_bn=train_bn,
+             base_dropout=base_dropout)
     batch_size = batch_size or config.training.batch_size
     data = prepare_folder_data(config.data, config.data.image_size, 3, batch_size, config.training.seed,
                                labels=config.labels)

@@ -228,8 +228,8 @@ def _fine_tune_run(finetune, run_dir, out_dir, overwrite, execution=None, data=N
                         "`kcnn transfer` run")
     training, boundary = resolve_fine_tune_training(config, finetune)
     cache_frozen = resolve_cache_frozen(config, finetune, training.strategy)
-    record = {"unfreeze_from": boundary, "train_bn": finetune.train_bn, "epochs": training.epochs,
-              "learning_rate": training.learning_rate, "optimizer": training.optimizer,
+    record = {"unfreeze_from": boundary, "train_bn": finetune.train_bn, "base_dropout": finetune.base_dropout,
+              "epochs": training.epochs, "learning_rate": training.learning_rate, "optimizer": training.optimizer,
               "batch_size": training.batch_size, "schedule": training.schedule,
               "warmup_epochs": training.warmup_epochs, "ema": training.ema,
               "early_stopping": training.early_stopping, "lr_mult": training.lr_mult,
@@ -246,7 +246,7 @@ def _fine_tune_run(finetune, run_dir, out_dir, overwrite, execution=None, data=N
         if model is None:
             start = run.stage_model_path(HEAD_STAGE)
             model = load_model(start if start.exists() else run.model_path)
-        unfreeze(model, boundary, train_bn=finetune.train_bn)
+        unfreeze(model, boundary, train_bn=finetune.train_bn, base_dropout=finetune.base_dropout)
         return model
 
     options = {"training": asdict(training), "finetune": record}
