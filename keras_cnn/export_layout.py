@@ -27,11 +27,30 @@ def resolve_version_dir(path: str | os.PathLike) -> Path:
         raise UserError(f"--model must be an export directory, received a file: {path}")
     if (path / "saved_model.pb").is_file():
         return path
+    return version_dirs(path)[-1]
+
+
+def version_dirs(path: str | os.PathLike) -> list[Path]:
+    """The numbered version folders of an export directory (an existing folder) that hold a SavedModel,
+    lowest version first."""
+    path = Path(path)
     versions = [child for child in path.iterdir()
                 if child.name.isdigit() and (child / "saved_model.pb").is_file()]
     if not versions:
         raise UserError(f"{path} is not an exported model: no saved_model.pb in it or in a numbered version folder")
-    return max(versions, key=lambda child: int(child.name))
+    return sorted(versions, key=lambda child: int(child.name))
+
+
+def served_version_dirs(path: str | os.PathLike) -> list[Path]:
+    """Every version folder of an export (PATH itself when it is one), lowest version first: what
+    ``kcnn serve`` serves, as TF Serving's "all versions" policy does."""
+    resolved = resolve_version_dir(path)   # checks the folder and names the problem in one line
+    return [resolved] if resolved == Path(path) else version_dirs(path)
+
+
+def version_number(folder: Path) -> int:
+    """A version folder's number (a lone version folder given directly that is not numbered is version 1)."""
+    return int(folder.name) if folder.name.isdigit() else 1
 
 
 def read_export_metadata(version_dir: Path) -> dict[str, Any]:

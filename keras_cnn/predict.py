@@ -172,7 +172,7 @@ def predict_files(model: ExportedModel, paths: list[str | os.PathLike], batch_si
             # Some file in this batch does not decode: find it by trying them one by one.
             results.extend(_classify_one_by_one(model, batch, top_k, failures))
             continue
-        results.extend(_results(model, [path for path, _ in batch], outputs, top_k))
+        results.extend(prediction_records(model, [path for path, _ in batch], outputs, top_k))
     return results, failures
 
 
@@ -198,13 +198,13 @@ def _classify_one_by_one(model: ExportedModel, batch: list[tuple[Path, bytes]], 
         try:
             outputs = model.classify([data])
         except (tf.errors.InvalidArgumentError, tf.errors.UnknownError):
-            failures.append((str(path), _decode_failure_reason(data)))
+            failures.append((str(path), decode_failure_reason(data)))
             continue
-        results.extend(_results(model, [path], outputs, top_k))
+        results.extend(prediction_records(model, [path], outputs, top_k))
     return results
 
 
-def _decode_failure_reason(data: bytes) -> str:
+def decode_failure_reason(data: bytes) -> str:
     """A clean one-line reason why ``data`` is not an image (the graph's error is verbose)."""
     try:
         tf.io.decode_image(data, channels=0, expand_animations=False)
@@ -213,8 +213,10 @@ def _decode_failure_reason(data: bytes) -> str:
     return "the model could not classify this image"
 
 
-def _results(model: ExportedModel, paths: list[Path], outputs: dict[str, np.ndarray],
-             top_k: int) -> list[dict[str, Any]]:
+def prediction_records(model: ExportedModel, paths: list[Path] | list[str], outputs: dict[str, np.ndarray],
+                       top_k: int) -> list[dict[str, Any]]:
+    """One prediction record per row of the signature's ``outputs`` (see :func:`predict_files`);
+    ``kcnn serve``'s own endpoint answers with the same records."""
     labels = model.labels or [str(index) for index in range(outputs["probabilities"].shape[-1])]
     results = []
     for row, path in enumerate(paths):

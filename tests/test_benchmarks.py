@@ -171,3 +171,16 @@ def test_finetune_cache_benchmark_times_both_runs(load_script, tmp_path, capsys)
     epochs = next(line for line in section.splitlines() if line.startswith("All epochs of efficientnet_b0"))
     uncached, cached = epochs.split("; cached ")
     assert len(uncached.split(", ")) == 2 and len(cached.split(", ")) >= 6
+
+
+@pytest.mark.slow
+def test_serve_benchmark_loads_both_servers_without_errors(load_script, tmp_path, capsys):
+    pytest.importorskip("uvicorn", reason="kcnn serve needs the serve extra: pip install -e '.[serve]'")
+    serve = load_script("serve")
+    results = tmp_path / "RESULTS.md"
+    assert serve.main(["--requests", "40", "--clients", "4", "--images", "6", "--image-height", "48",
+                       "--image-width", "64", "--model-size", "32", "--repeats", "1", "--results", str(results)]) == 0
+    output = capsys.readouterr().out
+    assert "| batching (`--max-batch 32" in output and "| no batching (`--max-batch 1`) | 0 |" in output
+    assert "Server exit codes after SIGTERM: batching 0, no batching 0." in output
+    assert results.read_text().count("## kcnn serve under load") == 1

@@ -35,6 +35,7 @@ COMMANDS = {
     "evaluate": "keras_cnn.cli.evaluate_command:evaluate",
     "export": "keras_cnn.cli.export_command:export",
     "predict": "keras_cnn.cli.predict_command:predict",
+    "serve": "keras_cnn.cli.serve_command:serve",
     "demo": "keras_cnn.cli.demo_command:demo",
     "devices": "keras_cnn.cli.devices_command:devices",
 }
