@@ -293,3 +293,20 @@ def test_finetune_records_its_base_dropout_choice(tmp_path, sample_data_dir, sam
     assert get_base_layer(load_model(run / "model.keras")).base_dropout is True
     result = CliRunner().invoke(cli, [*finetune, "--no-base-dropout"])
     assert result.exit_code == 2 and "finetune.base_dropout (run: true, now: false)" in result.output
+
+
+def test_resuming_from_a_checkpoint_of_the_older_layout_is_one_line(tmp_path):
+    """A stage an older kcnn started (plain base) cannot load its epoch checkpoint into a TransferBase."""
+    from keras_cnn.errors import UserError
+    from keras_cnn.train.callbacks import StageCheckpoint
+
+    new = tiny_transfer_model()
+    backup = tmp_path / "backup"
+    (backup / "epoch-0001").mkdir(parents=True)
+    old_style_model(new).save_weights(backup / "epoch-0001" / StageCheckpoint.STATE)
+    (backup / StageCheckpoint.LATEST).write_text(json.dumps({"epoch": 1, "directory": "epoch-0001"}))
+    new.compile("sgd", "sparse_categorical_crossentropy")
+    checkpoint = StageCheckpoint(backup, tmp_path / "model.keras")
+    checkpoint.set_model(new)
+    with pytest.raises(UserError, match="does not fit this model .*--overwrite starts the stage over"):
+        checkpoint.on_train_begin()

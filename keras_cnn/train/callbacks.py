@@ -22,7 +22,7 @@ from pathlib import Path
 
 import keras
 
-from keras_cnn.errors import RunFailure
+from keras_cnn.errors import RunFailure, UserError, first_line
 from keras_cnn.progress import format_seconds, keras_verbose, metric_text, say
 from keras_cnn.runs import atomic_path, atomic_write_text
 
@@ -211,7 +211,13 @@ class StageCheckpoint(keras.callbacks.Callback):
         if latest is not None:
             if self.model.optimizer is not None and not self.model.optimizer.built:
                 self.model.optimizer.build(self.model.trainable_variables)
-            self.model.load_weights(self.backup_dir / latest["directory"] / self.STATE)
+            state = self.backup_dir / latest["directory"] / self.STATE
+            try:
+                self.model.load_weights(state)
+            except ValueError as error:
+                # A checkpoint written for another layout of the model (e.g. by an older kcnn).
+                raise UserError(f"cannot resume from {state}: it does not fit this model ({first_line(error)}); "
+                                "--overwrite starts the stage over") from None
             epoch = int(latest["epoch"])
             self.best, self.best_epoch = latest.get("best"), latest.get("best_epoch")
             self.best_directory = latest.get("best_directory")
