@@ -29,7 +29,8 @@ import numpy as np
 
 from keras_cnn.errors import RunFailure, UserError
 from keras_cnn.progress import ProgressBar
-from keras_cnn.runs import RunDirectory, RunLock, atomic_write_json, atomic_write_text, check_output_path
+from keras_cnn.io import atomic_write_json, atomic_write_text, check_output_path
+from keras_cnn.runs import RunDirectory, RunLock
 
 TOP_K_CANDIDATES = (2, 3, 5)
 MOST_CONFUSED_COUNT = 5

@@ -61,8 +61,10 @@ from keras_cnn.config import RunConfig
 from keras_cnn.errors import RunFailure, UserError
 from keras_cnn.quantize import DEFAULT_MAX_ACCURACY_DROP
 from keras_cnn.quantize import check_mode as check_quantization_mode
-from keras_cnn.quiet import native_stderr_silenced
-from keras_cnn.runs import RunDirectory, atomic_path, atomic_write_json, library_versions
+from keras_cnn.library_chatter import native_stderr_silenced
+from keras_cnn.io import atomic_path, atomic_write_json
+from keras_cnn.runs import RunDirectory
+from keras_cnn.versions import library_versions
 
 TOLERANCE = 1e-4
 METADATA_PATH = Path("assets.extra") / "kcnn.json"

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from keras_cnn.errors import UserError
-from keras_cnn.runs import read_json, read_labels
+from keras_cnn.io import read_json, read_labels
 
 LABELS_ASSET = Path("assets") / "labels.txt"
 METADATA_FILE = Path("assets.extra") / "kcnn.json"

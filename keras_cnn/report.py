@@ -18,7 +18,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from keras_cnn.runs import atomic_path, atomic_write_text, to_jsonable
+from keras_cnn.io import atomic_path, atomic_write_text, to_jsonable
 
 TICK_LABEL_CHARACTERS = 18      # longer class names are shortened on the axes
 ANNOTATE_CELLS_UP_TO = 20       # beyond this many classes the cell numbers become unreadable

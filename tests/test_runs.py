@@ -17,7 +17,8 @@ from conftest import stderr_problems
 from keras_cnn.cli import cli
 from keras_cnn.config import DataConfig, FineTuneConfig, ModelConfig, RunConfig, TrainingConfig
 from keras_cnn.errors import UserError
-from keras_cnn.runs import RunDirectory, RunLock, RunState, atomic_write_text, check_output_path
+from keras_cnn.io import atomic_write_text
+from keras_cnn.runs import RunDirectory, RunLock, RunState
 
 
 def invoke(*args):
@@ -231,17 +232,6 @@ def test_split_refuses_a_fifo_output_and_leaves_it_alone(tmp_path, sample_data_d
     assert stat.S_ISFIFO(fifo.stat().st_mode)
     result = invoke("split", sample_data_dir / "label.csv", "-o", tmp_path)
     assert result.exit_code == 2 and "directory" in result.stderr
-
-
-def test_output_paths_must_be_new_or_regular(tmp_path):
-    assert check_output_path(tmp_path / "new.csv") == tmp_path / "new.csv"
-    (tmp_path / "old.csv").write_text("x")
-    check_output_path(tmp_path / "old.csv")
-    check_output_path(tmp_path, directory=True)
-    with pytest.raises(UserError, match="character device"):
-        check_output_path("/dev/null")
-    with pytest.raises(UserError, match="regular file"):
-        check_output_path(tmp_path / "old.csv", directory=True)
 
 
 KILL_DURING_FINAL_SAVE = """

@@ -11,15 +11,34 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 from typing import Any, Callable
 
 import click
 
-from keras_cnn.cli import QUIET_HELP, enable_debug, enable_quiet
-from keras_cnn.progress import say
-from keras_cnn.quiet import import_tensorflow_quietly
-from keras_cnn.runs import to_jsonable
+from keras_cnn.io import to_jsonable
+from keras_cnn.library_chatter import import_tensorflow_quietly
+
+
+def enable_debug(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    """``--debug``: tracebacks and every library message (sets ``KCNN_DEBUG``)."""
+    if value:
+        # keras_cnn.library_chatter and the error handler read the environment, so one switch serves all.
+        os.environ["KCNN_DEBUG"] = "1"
+    return value
+
+
+def enable_quiet(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    """``--quiet``: no progress, only the result, warnings and errors (sets ``KCNN_QUIET``)."""
+    if value:
+        # keras_cnn.progress reads the environment, as deep down as the epoch lines.
+        os.environ["KCNN_QUIET"] = "1"
+    return value
+
+
+QUIET_HELP = "Print only the result (and warnings or errors): no progress bars or step lines."
+
 
 json_option = click.option(
     "--json", "as_json", is_flag=True,
@@ -197,11 +216,6 @@ def run_command(as_json: bool, work: Callable[[], dict[str, Any]],
         for key, value in result.items():
             click.echo(f"{key}: {value}")
     return result
-
-
-def progress(message: str) -> None:
-    """One line of progress on stderr (on a fresh line; nothing with --quiet)."""
-    say(message)
 
 
 execution_options = option_group(

@@ -54,7 +54,7 @@ from keras_cnn.data.split import (
 )
 from keras_cnn.errors import UserError
 from keras_cnn.progress import say, warn
-from keras_cnn.runs import check_output_path
+from keras_cnn.io import check_output_path
 
 LAYOUTS = ("csv", "folders", "split-folders")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from keras_cnn.errors import UserError
-from keras_cnn.runs import atomic_path
+from keras_cnn.io import atomic_path
 
 # Explicit ASCII classes rather than re.IGNORECASE: with IGNORECASE, Unicode folding would let
 # e.g. the Kelvin sign (U+212A) pass as "k" in an extension.

@@ -29,8 +29,6 @@ KERAS_HUB_PREFIX = "keras_hub:"
 #          a TF Hub module, a keras-hub preset whose image converter kcnn puts inside the base)
 PREPROCESSING_MODES = ("caffe", "tf", "torch", "none")
 
-BASE_KINDS = ("keras", "hub", "keras_hub")
-
 
 @dataclass(frozen=True)
 class BaseSpec:

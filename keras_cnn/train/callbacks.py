@@ -24,7 +24,7 @@ import keras
 
 from keras_cnn.errors import RunFailure
 from keras_cnn.progress import format_seconds, keras_verbose, metric_text, say
-from keras_cnn.runs import atomic_path, atomic_write_text
+from keras_cnn.io import atomic_path, atomic_write_text
 
 HISTORY_LEAD_COLUMNS = ["stage", "epoch", "seconds"]
 

@@ -296,7 +296,7 @@ def visible_gpus() -> list[dict[str, Any]]:
     """The GPUs TensorFlow sees, with name and compute capability, without initialising them."""
     import tensorflow as tf
 
-    from keras_cnn.quiet import native_stderr_silenced
+    from keras_cnn.library_chatter import native_stderr_silenced
 
     gpus = []
     # Listing GPUs probes CUDA, which logs an error line on every machine without one.

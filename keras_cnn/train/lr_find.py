@@ -21,13 +21,13 @@ from keras_cnn.config import RunConfig
 from keras_cnn.data.collection import split_images
 from keras_cnn.errors import UserError
 from keras_cnn.progress import say
-from keras_cnn.runs import RunDirectory, atomic_write_text
+from keras_cnn.io import atomic_write_text
+from keras_cnn.runs import RunDirectory
 from keras_cnn.train.lr_finder import DEFAULT_END, DEFAULT_START, DEFAULT_STEPS, LearningRateSweep, find_learning_rate
 
 PLOT_NAME = "lr_find.png"
 # Written beside the picture when --images comes without --split.
 SPLIT_NAME = "lr_find_split.csv"
-TABLE_NAME = "lr_find.csv"
 
 
 def lr_find(config: RunConfig | None = None, run_dir: str | Path | None = None, unfreeze_from: str | None = None,

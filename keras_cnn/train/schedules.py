@@ -38,7 +38,6 @@ SCHEDULES: dict[str, ScheduleSpec] = {
     "onecycle": ScheduleSpec("up from rate/25 to the rate, then down to nearly 0 (fastai's fit_one_cycle)",
                              default_warmup_fraction=0.25),
 }
-DEFAULT_SCHEDULE = "constant"
 
 # fastai's fit_one_cycle: start at peak/div, end at peak/(div*div_final).
 ONECYCLE_DIV = 25.0

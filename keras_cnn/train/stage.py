@@ -36,8 +36,8 @@ from keras_cnn.data.collection import split_into_run
 from keras_cnn.data.regularize import soft_label_loss, uses_soft_labels
 from keras_cnn.errors import UserError
 from keras_cnn.progress import format_seconds, keras_verbose, say
-from keras_cnn.runs import (EXECUTION_OPTIONS, RunDirectory, RunLock, RunState, check_output_path,
-                            differing_options, flatten_options, remove_stale_temporaries)
+from keras_cnn.io import atomic_path, check_output_path, remove_stale_temporaries
+from keras_cnn.runs import EXECUTION_OPTIONS, RunDirectory, RunLock, RunState, differing_options, flatten_options
 from keras_cnn.train.callbacks import (HistoryRecorder, NanGuard, RunProgress, StageCheckpoint, read_history,
                                       write_history)
 from keras_cnn.train.discriminative import layer_rate_factors
@@ -280,8 +280,6 @@ def _discard_stages(run: RunDirectory, state: RunState, stages: list[str]) -> No
 
 def _link_or_copy(source: Path, target: Path) -> None:
     """Make ``target`` hold ``source``'s bytes, atomically: a hard link when possible, else a copy."""
-    from keras_cnn.runs import atomic_path
-
     with atomic_path(target) as temporary:
         temporary.unlink()
         try:
