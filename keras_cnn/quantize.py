@@ -22,9 +22,10 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
+from keras_cnn.choices import QuantizationMode, names
 from keras_cnn.errors import RunFailure, UserError
 
-QUANTIZATION_MODES = ("dynamic", "float16", "int8")
+QUANTIZATION_MODES = names(QuantizationMode)
 REPRESENTATIVE_IMAGES = 200            # int8 calibration images from the training part
 DEFAULT_MAX_ACCURACY_DROP = 0.01       # refuse a quantized model more than 1 point less accurate
 

@@ -168,7 +168,7 @@ def test_the_api_validates_float_options_before_touching_the_run(finished_run, t
             train_scratch(RunConfig(command="train", model=config.model, data=config.data,
                                     training=TrainingConfig(epochs=1, learning_rate=bad)), run)
         with pytest.raises(UserError, match="finite"):
-            fine_tune_run(FineTuneConfig(learning_rate=bad), run)
+            fine_tune_run(FineTuneConfig(training=TrainingConfig(learning_rate=bad)), run)
     with pytest.raises(UserError, match="--dropout"):
         train_scratch(RunConfig(command="train", model=ModelConfig(name="lenet5_bn", dropout=float("nan")),
                                 data=config.data), run)

@@ -213,13 +213,13 @@ def test_fine_tune_hands_stage_1_model_and_data_to_stage_2_and_overwrite_restart
                        data=DataConfig(split=str(sample_split), images=str(sample_data_dir), image_size=(32, 32)),
                        training=TrainingConfig(epochs=1, batch_size=16))
     run = tmp_path / "run"
-    summary = two_stage.fine_tune(config, run, FineTuneConfig(epochs=1, unfreeze_from="all"))
+    summary = two_stage.fine_tune(config, run, FineTuneConfig(unfreeze_from="all", training=TrainingConfig(epochs=1)))
     # One decoding of the images and no reload: stage 2 started from stage 1's model in memory.
     assert counts == {"load_model": 0, "prepare_folder_data": 1}
     assert summary["stage"] == "finetune" and summary["head"]["stage"] == "head"
     assert stages(run) == ["head", "finetune"] and (run / "stages" / "head.keras").exists()
 
-    tuned = two_stage.fine_tune_run(FineTuneConfig(epochs=1, unfreeze_from="all", learning_rate=1e-3), run,
+    tuned = two_stage.fine_tune_run(FineTuneConfig(unfreeze_from="all", training=TrainingConfig(epochs=1, learning_rate=1e-3)), run,
                                     overwrite=True)
     assert tuned["stage"] == "finetune" and stages(run) == ["head", "finetune"]
     state = json.loads((run / "state.json").read_text())

@@ -26,6 +26,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from keras_cnn.choices import Part, names
 from keras_cnn.errors import UserError
 from keras_cnn.io import atomic_path
 
@@ -41,7 +42,7 @@ _CONTROL_PATTERN = r"[\x00-\x1f\x7f]"
 MISSING_LOOKING_LABELS = ("nan", "NaN", "None", "null", "NA")
 _MISSING_FOLDED = {label.lower() for label in MISSING_LOOKING_LABELS}
 
-PARTS = ("train", "validation", "test")
+PARTS = names(Part)
 TOTAL = "total"
 DEFAULT_TEST_KEYS = range(0, 25)
 DEFAULT_VALIDATION_KEYS = range(25, 50)

@@ -13,10 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from keras_cnn.choices import ModelApi, names
 from keras_cnn.errors import UserError
 
 # The Keras APIs a model can be built with (same layers and parameters either way).
-APIS = ("functional", "sequential")
+APIS = names(ModelApi)
 
 HUB_PREFIX = "hub:"
 KERAS_HUB_PREFIX = "keras_hub:"

@@ -43,12 +43,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from keras_cnn.choices import StrategyName, Switch, names
 from keras_cnn.errors import UserError
 
 logger = logging.getLogger(__name__)
 
-SWITCH_CHOICES = ("auto", "on", "off")
-STRATEGY_CHOICES = ("auto", "default", "mirrored", "multiworker")
+SWITCH_CHOICES = names(Switch)
+STRATEGY_CHOICES = names(StrategyName)
 
 # Tensor cores (fast float16 matrix math) arrived with Volta, compute capability 7.0.
 MIXED_PRECISION_MIN_CAPABILITY = (7, 0)

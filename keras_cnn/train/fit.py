@@ -14,6 +14,7 @@ from typing import Any
 from keras_cnn.config import RunConfig, validate_config
 from keras_cnn.errors import UserError
 from keras_cnn.runs import default_run_dir
+from keras_cnn.train.execution import with_execution_defaults
 from keras_cnn.train.stage import StageSpec, absolute_data_paths, run_stage
 
 TRAIN_STAGE = "train"
@@ -36,6 +37,7 @@ def resolve_scratch_config(config: RunConfig) -> RunConfig:
         learning_rate=training.learning_rate or spec.learning_rate,
         optimizer=training.optimizer or spec.optimizer,
     )
+    training = with_execution_defaults(training)
     input_shape = tuple(config.model.input_shape or spec.input_shape)
     augmentation = config.data.augmentation
     if config.data.augment and not augmentation:

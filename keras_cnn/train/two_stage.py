@@ -15,13 +15,14 @@ data of stage 1 to stage 2 in memory.  Both stages run through
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
-from keras_cnn.config import FineTuneConfig, RunConfig, validate_config
+from keras_cnn.config import FineTuneConfig, RunConfig, TrainingConfig, validate_config
 from keras_cnn.errors import UserError
 from keras_cnn.runs import RunDirectory, default_run_dir
+from keras_cnn.train.execution import EXECUTION_FIELDS, with_execution_defaults
 from keras_cnn.train.fit import stage_options
 from keras_cnn.train.stage import FitInputs, StageOutcome, StageSpec, absolute_data_paths, run_stage, say
 
@@ -30,7 +31,13 @@ FINETUNE_STAGE = "finetune"
 
 # Stage-1 defaults (the Keras transfer-learning guide's advice): Adam 1e-3 on the head.
 HEAD_DEFAULTS = {"epochs": 10, "batch_size": 32, "learning_rate": 1e-3, "optimizer": "adam"}
+# Stage-2 defaults; its learning rate is the base's (BaseSpec.finetune_learning_rate).
 FINETUNE_DEFAULTS = {"epochs": 5, "optimizer": "adam"}
+# Stage 2 trains on stage 1's data towards stage 1's loss: these always come from stage 1.
+FROM_STAGE_ONE = ("seed", "class_weight", "cache_features", "loss")
+# Unset, these are stage 1's too (the same batches, the same devices); every other training
+# option of stage 2 is its own (given, or the stage-2 default, or unset).
+STAGE_ONE_UNLESS_SET = ("batch_size", *EXECUTION_FIELDS)
 
 
 def resolve_transfer_config(config: RunConfig) -> RunConfig:
@@ -51,6 +58,7 @@ def resolve_transfer_config(config: RunConfig) -> RunConfig:
         cache_features=(not (config.data.augment or config.data.regularization)) if training.cache_features is None
         else training.cache_features,
     )
+    training = with_execution_defaults(training)
     if training.cache_features and (config.data.augment or config.data.regularization):
         raise UserError("--cache-features computes each image's features once, so it cannot be combined "
                         "with --augment, --mixup, --cutmix, --randaugment, --random-erasing or --label-smoothing; "
@@ -181,24 +189,37 @@ def resolve_cache_frozen(config: RunConfig, finetune: FineTuneConfig, strategy: 
     return bool(finetune.cache_frozen)
 
 
-def resolve_fine_tune_training(config: RunConfig, finetune: FineTuneConfig):
-    """Stage 2's training options: the given ones, else the defaults, else stage 1's."""
+def resolve_fine_tune_training(config: RunConfig, finetune: FineTuneConfig) -> tuple[TrainingConfig, str]:
+    """Stage 2's training options and unfreeze point: the given ones, else stage 2's defaults or stage 1's.
+
+    ``config`` is the stage-1 run's config; see :data:`FROM_STAGE_ONE` and
+    :data:`STAGE_ONE_UNLESS_SET` for what comes from it.
+    """
     from keras_cnn.models.bases import get_base_spec
 
     spec = get_base_spec(config.model.name)
-    stage1 = config.training
-    return replace(
-        stage1,
-        epochs=finetune.epochs or FINETUNE_DEFAULTS["epochs"],
-        learning_rate=finetune.learning_rate or spec.finetune_learning_rate,
-        optimizer=finetune.optimizer or FINETUNE_DEFAULTS["optimizer"],
-        batch_size=finetune.batch_size or stage1.batch_size,
-        mixed_precision=finetune.mixed_precision or stage1.mixed_precision,
-        xla=finetune.xla or stage1.xla,
-        strategy=finetune.strategy or stage1.strategy,
-        schedule=finetune.schedule, warmup_epochs=finetune.warmup_epochs, ema=finetune.ema,
-        early_stopping=finetune.early_stopping, lr_mult=finetune.lr_mult,
-    ), finetune.unfreeze_from or spec.default_unfreeze
+    stage1, asked = config.training, finetune.training
+    defaults = {**FINETUNE_DEFAULTS, "learning_rate": spec.finetune_learning_rate}
+    values = {}
+    for name in (item.name for item in fields(TrainingConfig)):
+        value = getattr(asked, name)
+        if name in FROM_STAGE_ONE or (value is None and name in STAGE_ONE_UNLESS_SET):
+            value = getattr(stage1, name)
+        values[name] = defaults.get(name) if value is None else value
+    return TrainingConfig(**values), finetune.unfreeze_from or spec.default_unfreeze
+
+
+def fine_tune_record(finetune: FineTuneConfig, training: TrainingConfig, boundary: str,
+                     cache_frozen: bool) -> dict[str, Any]:
+    """What stage 2 records as its options (``config.json``'s ``extra.stages.finetune``, ``state.json``).
+
+    The fine-tuning options, resolved, and the training options stage 2 sets itself (not
+    those it takes from stage 1, nor where it runs).
+    """
+    own = [item.name for item in fields(TrainingConfig)
+           if item.name not in FROM_STAGE_ONE + EXECUTION_FIELDS]
+    return {"unfreeze_from": boundary, "train_bn": finetune.train_bn,
+            **{name: getattr(training, name) for name in own}, "cache_frozen": cache_frozen}
 
 
 def fine_tune_run(finetune: FineTuneConfig, run_dir: str | Path, out_dir: str | Path | None = None,
@@ -228,12 +249,7 @@ def _fine_tune_run(finetune, run_dir, out_dir, overwrite, execution=None, data=N
                         "`kcnn transfer` run")
     training, boundary = resolve_fine_tune_training(config, finetune)
     cache_frozen = resolve_cache_frozen(config, finetune, training.strategy)
-    record = {"unfreeze_from": boundary, "train_bn": finetune.train_bn, "epochs": training.epochs,
-              "learning_rate": training.learning_rate, "optimizer": training.optimizer,
-              "batch_size": training.batch_size, "schedule": training.schedule,
-              "warmup_epochs": training.warmup_epochs, "ema": training.ema,
-              "early_stopping": training.early_stopping, "lr_mult": training.lr_mult,
-              "cache_frozen": cache_frozen}
+    record = fine_tune_record(finetune, training, boundary, cache_frozen)
 
     def prepare_data(context):
         return prepare_folder_data(config.data, config.data.image_size, 3, training.batch_size, training.seed,
@@ -277,8 +293,7 @@ def fine_tune(config: RunConfig, out_dir: str | Path | None = None, finetune: Fi
     # The decoded images serve stage 2 as they are when it batches them the same way.
     data = head.data if training.batch_size == stage1.training.batch_size else None
     # The model was built under stage 1's strategy: it goes over only with that same execution.
-    same_execution = all(getattr(training, name) == getattr(stage1.training, name)
-                         for name in ("mixed_precision", "xla", "strategy"))
+    same_execution = all(getattr(training, name) == getattr(stage1.training, name) for name in EXECUTION_FIELDS)
     start_model = head.model if same_execution else None
     tuned = _fine_tune_run(finetune, out_dir, None, overwrite, execution=head.execution if start_model else None,
                            data=data, start_model=start_model)
