@@ -188,15 +188,14 @@ def quantize_litert(model, spec: ModelSpec, config: RunConfig, run: RunDirectory
 
     Returns the record that goes into kcnn.json and the result (see :func:`export_run`).
     """
-    from keras_cnn.evaluate import load_subset
     from keras_cnn.quantize import (REPRESENTATIVE_IMAGES, first_images, litert_accuracy, quantized_file_name,
                                     write_quantized_litert)
+    from keras_cnn.run_data import load_part
 
     batch_size = int(config.training.batch_size or 32)
     representative = None
     if mode == "int8":
-        _, _, train_images = load_subset(config, run.root, "train", batch_size)
-        representative = first_images(train_images, REPRESENTATIVE_IMAGES)
+        representative = first_images(load_part(run, config, "train", batch_size).images(), REPRESENTATIVE_IMAGES)
     float_path = folder / EXPORT_FORMATS["litert"].file_name
     quantized_path = write_quantized_litert(model, mode, folder / quantized_file_name(mode), representative)
     part, measured = _accuracy_part(config, run, batch_size)
@@ -211,8 +210,8 @@ def quantize_litert(model, spec: ModelSpec, config: RunConfig, run: RunDirectory
     }
     if measured is None:
         return record
-    _, true_indices, dataset = measured
-    accuracy = litert_accuracy({"float": float_path, "quantized": quantized_path}, dataset, true_indices,
+    true_indices = measured.true_indices
+    accuracy = litert_accuracy({"float": float_path, "quantized": quantized_path}, measured.images(), true_indices,
                                len(spec.labels))
     record["images"] = int(len(true_indices))
     record["float"]["accuracy"] = accuracy["float"]
@@ -226,18 +225,15 @@ def quantize_litert(model, spec: ModelSpec, config: RunConfig, run: RunDirectory
 
 
 def _accuracy_part(config: RunConfig, run: RunDirectory, batch_size: int):
-    """The part to measure accuracy on: (name, load_subset result), test first; (None, None) when both are empty."""
-    from keras_cnn.evaluate import load_subset
+    """The part to measure accuracy on: (name, its Part), test first; (None, None) when both are empty."""
+    from keras_cnn.data.pipeline import EmptyPart
+    from keras_cnn.run_data import load_part
 
-    for part in ("test", "validation"):
+    for name in ("test", "validation"):
         try:
-            measured = load_subset(config, run.root, part, batch_size)
-        except UserError as error:
-            if "no images" in str(error):
-                continue
-            raise
-        if len(measured[1]):
-            return part, measured
+            return name, load_part(run, config, name, batch_size)
+        except EmptyPart:
+            continue
     return None, None
 
 

@@ -113,7 +113,7 @@ def litert_accuracy(paths: dict[str, Path], dataset, true_indices, num_classes: 
     """
     import numpy as np
 
-    from keras_cnn.evaluate import outputs_to_probabilities
+    from keras_cnn.metrics import outputs_to_probabilities
 
     images = np.concatenate([np.asarray(batch, np.float32) for batch in dataset], axis=0)
     if len(images) != len(true_indices):

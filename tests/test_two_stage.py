@@ -194,7 +194,7 @@ def test_fine_tune_hands_stage_1_model_and_data_to_stage_2_and_overwrite_restart
         tmp_path, sample_data_dir, sample_split, hub_module, monkeypatch):
     from keras_cnn.config import FineTuneConfig
     from keras_cnn.models import loading
-    from keras_cnn.train import data as data_module
+    from keras_cnn.train import stage_data as data_module
     from keras_cnn.train import two_stage
 
     counts = {"load_model": 0, "prepare_folder_data": 0}

@@ -61,7 +61,7 @@ def train_scratch(config: RunConfig, out_dir: str | Path | None = None, overwrit
     """
     from keras_cnn.models.factory import create_model
     from keras_cnn.models.scratch import get_architecture
-    from keras_cnn.train.data import prepare_array_data, prepare_folder_data
+    from keras_cnn.train.stage_data import prepare_array_data, prepare_folder_data
 
     validate_config(config)
     if bool(config.data.dataset) == bool(config.data.split or config.data.images):

@@ -93,7 +93,7 @@ def write_sweep(sweep: LearningRateSweep, suggestions: dict[str, float], plot: P
 def _scratch_setup(config: RunConfig):
     from keras_cnn.models.factory import create_model
     from keras_cnn.models.scratch import get_architecture
-    from keras_cnn.train.data import as_model_targets, prepare_array_data, prepare_folder_data
+    from keras_cnn.train.stage_data import as_model_targets, prepare_array_data, prepare_folder_data
     from keras_cnn.train.fit import resolve_scratch_config
 
     if bool(config.data.dataset) == bool(config.data.split):
@@ -116,7 +116,7 @@ def _scratch_setup(config: RunConfig):
 def _head_setup(config: RunConfig):
     from keras_cnn.models.factory import create_model
     from keras_cnn.models.transfer import split_feature_model
-    from keras_cnn.train.data import as_model_targets, prepare_folder_data
+    from keras_cnn.train.stage_data import as_model_targets, prepare_folder_data
     from keras_cnn.train.features import extract_features, feature_dataset
     from keras_cnn.train.two_stage import HEAD_STAGE, resolve_transfer_config
 
@@ -144,7 +144,7 @@ def _finetune_setup(run_dir, unfreeze_from, train_bn, batch_size, optimizer):
     from keras_cnn.models.bases import get_base_spec
     from keras_cnn.models.loading import load_model
     from keras_cnn.models.transfer import unfreeze_from as unfreeze
-    from keras_cnn.train.data import as_model_targets, prepare_folder_data
+    from keras_cnn.train.stage_data import as_model_targets, prepare_folder_data
     from keras_cnn.train.two_stage import FINETUNE_DEFAULTS, FINETUNE_STAGE, HEAD_STAGE
 
     run = RunDirectory(run_dir).require()

@@ -77,7 +77,7 @@ class StageContext:
         return self.spec.training
 
     def class_weight(self) -> dict[int, float] | None:
-        from keras_cnn.train.data import balanced_class_weights
+        from keras_cnn.train.stage_data import balanced_class_weights
 
         if self.training.class_weight != "balanced":
             return None
@@ -386,7 +386,7 @@ def _write_config(context: StageContext, counts: dict[str, int]) -> None:
 
 def _fit(context: StageContext, checkpoint: StageCheckpoint) -> None:
     """Compile and fit (or the multi-worker loop) with the runner's callbacks, then the spec's."""
-    from keras_cnn.train.data import as_model_targets
+    from keras_cnn.train.stage_data import as_model_targets
 
     spec, run, execution = context.spec, context.run, context.execution
     training = spec.training
@@ -458,7 +458,7 @@ def _stage_optimizer(context: StageContext, inputs: FitInputs) -> keras.optimize
 
 def _fit_multiworker(model: keras.Model, context: StageContext, callbacks: list) -> None:
     """``model.fit`` fails under MultiWorkerMirroredStrategy in Keras 3; run the custom loop instead."""
-    from keras_cnn.train.data import as_model_targets
+    from keras_cnn.train.stage_data import as_model_targets
     from keras_cnn.train.distribute import fit_multiworker
 
     per_worker, execution = context.data.per_worker, context.execution
@@ -492,7 +492,7 @@ def _load_best(context: StageContext) -> keras.Model:
 
 def _finish(context: StageContext, best: keras.Model, counts: dict[str, int]) -> dict[str, Any]:
     """Test the best model, record the stage's metrics, redraw the curves; returns the stage's summary."""
-    from keras_cnn.train.data import as_model_targets
+    from keras_cnn.train.stage_data import as_model_targets
 
     spec, run, data = context.spec, context.run, context.data
     rows = [row for row in read_history(run.history_path) if row.get("stage") == spec.name]
@@ -540,7 +540,7 @@ def evaluate_test(model: keras.Model, test, labels: list[str]) -> dict[str, Any]
 
     Computed the way ``kcnn evaluate`` computes them, so the two always agree.
     """
-    from keras_cnn.evaluate import cross_entropy, outputs_to_probabilities, per_class_accuracy
+    from keras_cnn.metrics import cross_entropy, outputs_to_probabilities, per_class_accuracy
 
     outputs, true_indices = [], []
     for images, targets in test:

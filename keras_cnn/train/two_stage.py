@@ -82,7 +82,7 @@ def _train_head(config: RunConfig, out_dir, overwrite: bool, execution=None) -> 
     from keras_cnn.models.bases import get_base_spec
     from keras_cnn.models.factory import create_model
     from keras_cnn.models.weights import resolve_weights
-    from keras_cnn.train.data import prepare_folder_data
+    from keras_cnn.train.stage_data import prepare_folder_data
 
     validate_config(config)
     if not config.data.images:
@@ -163,14 +163,11 @@ def _record_frozen_cache(context, details: dict[str, Any]) -> None:
 
 def _train_in_file_order(context):
     """The train part unshuffled, so cached rows are shuffled exactly like the images would be."""
-    from keras_cnn.data.pipeline import make_dataset
-    from keras_cnn.data.split import read_split_csv
+    from keras_cnn.data.parts import part_options
 
-    config = context.spec.config
-    frame = read_split_csv(config.data.split, config.data.allow_labels)
-    return make_dataset(frame, config.data.images, "train", config.data.image_size, context.training.batch_size,
-                        shuffle=False, cache=False, labels=config.labels, resize_mode=config.data.resize_mode,
-                        skip=context.data.skipped)
+    data = context.spec.config.data
+    return context.data.parts.dataset("train", part_options(data, data.image_size, 3, context.training.batch_size,
+                                                            shuffle=False, cache=False))
 
 
 def resolve_cache_frozen(config: RunConfig, finetune: FineTuneConfig, strategy: str) -> bool:
@@ -237,7 +234,7 @@ def fine_tune_run(finetune: FineTuneConfig, run_dir: str | Path, out_dir: str | 
 def _fine_tune_run(finetune, run_dir, out_dir, overwrite, execution=None, data=None, start_model=None):
     from keras_cnn.models.loading import load_model
     from keras_cnn.models.transfer import unfreeze_from as unfreeze
-    from keras_cnn.train.data import prepare_folder_data
+    from keras_cnn.train.stage_data import prepare_folder_data
 
     validate_config(finetune)
     source = RunDirectory(run_dir)
