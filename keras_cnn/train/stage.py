@@ -21,6 +21,7 @@ A failed command leaves no run folder it created without progress in it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -63,7 +64,7 @@ class StageContext:
     """What a hook sees: the spec, the run, the execution, and the data and model once made."""
 
     spec: "StageSpec"
-    run: RunDirectory
+    run: RunDirectory | None                 # None when a stage is only built, not run (lr-find)
     execution: Any
     start_model: keras.Model | None = None   # the previous stage's best model, when still in memory
     data: Any = None
@@ -75,6 +76,15 @@ class StageContext:
     @property
     def training(self) -> TrainingConfig:
         return self.spec.training
+
+    @property
+    def skipped_record(self) -> Path | None:
+        """Where the images left out are listed (RUN/skipped_images.csv); None outside a run (lr-find)."""
+        return self.run.skipped_images_path if self.run is not None else None
+
+    def work_folder(self, name: str) -> Path | None:
+        """A folder of the run for the stage's large temporary files; None outside a run."""
+        return self.run.root / name if self.run is not None else None
 
     def class_weight(self) -> dict[int, float] | None:
         from keras_cnn.train.stage_data import balanced_class_weights
@@ -296,14 +306,7 @@ def _run_checked_stage(context: StageContext, state: RunState, data) -> StageOut
     if data is None:
         # --images without --split: the folder is split into RUN/split.csv, which config.json then names.
         spec.config = replace(spec.config, data=split_into_run(spec.config.data, run.root))
-    context.data = data if data is not None else spec.prepare_data(context)
-    with context.execution.scope():
-        context.model = spec.build_model(context)
-    context.single_sigmoid = context.model.output_shape[-1] == 1
-    context.loss = spec.loss(context) if spec.loss else default_loss(context.single_sigmoid)
-    if uses_soft_labels(spec.config.data.regularization):
-        # MixUp, CutMix and label smoothing give class probabilities: categorical cross-entropy.
-        context.loss = soft_label_loss(context.loss)
+    build_stage(context, data)
     counts = parameter_counts(context.model)
     _write_config(context, counts)
     state.start(spec.name, spec.options)
@@ -335,6 +338,21 @@ def _run_checked_stage(context: StageContext, state: RunState, data) -> StageOut
     state.finish(spec.name, summary)
     _remove_backup(run, spec.name)
     return StageOutcome(summary, None if multiworker else best, context.data, context.execution)
+
+
+def build_stage(context: StageContext, data=None) -> StageContext:
+    """The stage's data (``data`` when given, else its ``prepare_data``), model (in the execution's
+    scope, when there is one) and loss, into ``context``; run_stage and lr-find build stages so."""
+    spec = context.spec
+    context.data = data if data is not None else spec.prepare_data(context)
+    with context.execution.scope() if context.execution is not None else contextlib.nullcontext():
+        context.model = spec.build_model(context)
+    context.single_sigmoid = context.model.output_shape[-1] == 1
+    context.loss = spec.loss(context) if spec.loss else default_loss(context.single_sigmoid)
+    if uses_soft_labels(spec.config.data.regularization):
+        # MixUp, CutMix and label smoothing give class probabilities: categorical cross-entropy.
+        context.loss = soft_label_loss(context.loss)
+    return context
 
 
 def _remove_backup(run: RunDirectory, stage: str) -> None:

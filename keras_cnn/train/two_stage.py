@@ -79,6 +79,15 @@ def train_head(config: RunConfig, out_dir: str | Path | None = None, overwrite: 
 
 
 def _train_head(config: RunConfig, out_dir, overwrite: bool, execution=None) -> StageOutcome:
+    stage = head_stage(config)
+    outcome = run_stage(stage, out_dir or default_run_dir(stage.config.model.name), overwrite=overwrite,
+                        execution=execution)
+    outcome.summary = {**outcome.summary, "base": stage.config.model.name}
+    return outcome
+
+
+def head_stage(config: RunConfig) -> StageSpec:
+    """Stage 1 of ``config`` (checked and resolved), the one way it is built (``kcnn transfer``, lr-find, demo)."""
     from keras_cnn.models.bases import get_base_spec
     from keras_cnn.models.factory import create_model
     from keras_cnn.models.weights import resolve_weights
@@ -98,7 +107,7 @@ def _train_head(config: RunConfig, out_dir, overwrite: bool, execution=None) -> 
     def prepare_data(context):
         data_config = context.spec.config.data  # names the run's own split when --images came without --split
         data = prepare_folder_data(data_config, data_config.image_size, 3, training.batch_size, training.seed,
-                                   skipped_record=context.run.skipped_images_path)
+                                   skipped_record=context.skipped_record)
         if config.model.binary and len(data.labels) != 2:
             raise UserError(f"--binary needs exactly 2 labels, the split has {len(data.labels)}: {data.labels}")
         return data
@@ -109,12 +118,8 @@ def _train_head(config: RunConfig, out_dir, overwrite: bool, execution=None) -> 
                             dropout=config.model.dropout, binary=config.model.binary,
                             api=config.model.api, seed=training.seed)
 
-    stage = StageSpec(HEAD_STAGE, config, training, stage_options(config), prepare_data, build_model,
-                      keep_model=True, fit_inputs=head_on_cached_features if training.cache_features else None)
-    outcome = run_stage(stage, out_dir or default_run_dir(config.model.name), overwrite=overwrite,
-                        execution=execution)
-    outcome.summary = {**outcome.summary, "base": config.model.name}
-    return outcome
+    return StageSpec(HEAD_STAGE, config, training, stage_options(config), prepare_data, build_model,
+                     keep_model=True, fit_inputs=head_on_cached_features if training.cache_features else None)
 
 
 def head_on_cached_features(context) -> FitInputs:
@@ -124,7 +129,7 @@ def head_on_cached_features(context) -> FitInputs:
 
     feature_extractor, head = split_feature_model(context.model)
     return cached_fit_inputs(feature_extractor, head, context.data, context.training.batch_size,
-                             context.training.seed, context.run.root / "features", "features")
+                             context.training.seed, context.work_folder("features"), "features")
 
 
 def top_on_cached_boundary(context) -> FitInputs:
@@ -150,12 +155,14 @@ def top_on_cached_boundary(context) -> FitInputs:
                                    "boundary_shape": list(split.boundary_shape),
                                    "bytes_per_image": split.bytes_per_image})
     return cached_fit_inputs(split.bottom, split.top, data, training.batch_size, training.seed,
-                             context.run.root / "features", "boundary tensors",
+                             context.work_folder("features"), "boundary tensors",
                              train_in_order=_train_in_file_order(context))
 
 
 def _record_frozen_cache(context, details: dict[str, Any]) -> None:
-    """Add what the frozen-layer cache did to the stage's entry in config.json."""
+    """Add what the frozen-layer cache did to the stage's entry in config.json (a stage in a run only)."""
+    if context.run is None:
+        return
     config = context.run.read_config()
     config.setdefault("extra", {}).setdefault("stages", {}).setdefault(context.spec.name, {})["frozen_cache"] = details
     context.run.write_config(config)
@@ -232,12 +239,24 @@ def fine_tune_run(finetune: FineTuneConfig, run_dir: str | Path, out_dir: str | 
 
 
 def _fine_tune_run(finetune, run_dir, out_dir, overwrite, execution=None, data=None, start_model=None):
+    source = RunDirectory(run_dir)
+    stage = finetune_stage(source, finetune)
+    target = Path(out_dir) if out_dir is not None else source.root
+    outcome = run_stage(stage, target, overwrite=overwrite, execution=execution, data=data, start_model=start_model,
+                        source_run=source.root if out_dir is not None else None)
+    outcome.summary = {**outcome.summary, "base": stage.config.model.name}
+    return outcome
+
+
+def finetune_stage(source: RunDirectory, finetune: FineTuneConfig) -> StageSpec:
+    """Stage 2 of the stage-1 run ``source`` with ``finetune`` (checked and resolved), the one way it is
+    built (``kcnn finetune``, lr-find --run, demo); its model starts from stage 1's best model."""
     from keras_cnn.models.loading import load_model
     from keras_cnn.models.transfer import unfreeze_from as unfreeze
     from keras_cnn.train.stage_data import prepare_folder_data
 
     validate_config(finetune)
-    source = RunDirectory(run_dir)
+    run_dir = source.root
     if not source.config_path.exists():
         raise UserError(f"{run_dir} is not a kcnn run directory: config.json is missing")
     config = RunConfig.from_dict(source.read_config())
@@ -250,10 +269,10 @@ def _fine_tune_run(finetune, run_dir, out_dir, overwrite, execution=None, data=N
 
     def prepare_data(context):
         return prepare_folder_data(config.data, config.data.image_size, 3, training.batch_size, training.seed,
-                                   skipped_record=context.run.skipped_images_path, labels=config.labels)
+                                   skipped_record=context.skipped_record, labels=config.labels)
 
     def build_model(context):
-        run = context.run
+        run = context.run or source
         # Stage 1's best model: kept under stages/ (model.keras may already be a fine-tuned one).
         model = context.start_model
         if model is None:
@@ -263,13 +282,8 @@ def _fine_tune_run(finetune, run_dir, out_dir, overwrite, execution=None, data=N
         return model
 
     options = {"training": asdict(training), "finetune": record}
-    stage = StageSpec(FINETUNE_STAGE, config, training, options, prepare_data, build_model,
-                      requires=HEAD_STAGE, record=record, fit_inputs=top_on_cached_boundary if cache_frozen else None)
-    target = Path(out_dir) if out_dir is not None else source.root
-    outcome = run_stage(stage, target, overwrite=overwrite, execution=execution, data=data, start_model=start_model,
-                        source_run=source.root if out_dir is not None else None)
-    outcome.summary = {**outcome.summary, "base": config.model.name}
-    return outcome
+    return StageSpec(FINETUNE_STAGE, config, training, options, prepare_data, build_model,
+                     requires=HEAD_STAGE, record=record, fit_inputs=top_on_cached_boundary if cache_frozen else None)
 
 
 def fine_tune(config: RunConfig, out_dir: str | Path | None = None, finetune: FineTuneConfig | None = None,
