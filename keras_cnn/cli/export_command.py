@@ -9,7 +9,7 @@ import click
 from keras_cnn.choices import ExportFormatName, QuantizationMode, names
 from keras_cnn.cli.common import debug_option, json_option, run_command
 from keras_cnn.export import TOLERANCE  # no TensorFlow at import time
-from keras_cnn.quantize import DEFAULT_MAX_ACCURACY_DROP
+from keras_cnn.export.quantize import DEFAULT_MAX_ACCURACY_DROP
 
 
 @click.command()
