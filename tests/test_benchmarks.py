@@ -171,3 +171,11 @@ def test_finetune_cache_benchmark_times_both_runs(load_script, tmp_path, capsys)
     epochs = next(line for line in section.splitlines() if line.startswith("All epochs of efficientnet_b0"))
     uncached, cached = epochs.split("; cached ")
     assert len(uncached.split(", ")) == 2 and len(cached.split(", ")) >= 6
+
+
+def test_cli_startup_benchmark_times_help_against_the_bare_interpreter(load_script, capsys):
+    startup = load_script("cli_startup")
+    assert startup.main(["--rounds", "1", "--no-record"]) == 0
+    output = capsys.readouterr().out
+    assert "| `kcnn --help` |" in output and "x the bare interpreter with click" in output
+

@@ -30,12 +30,16 @@ HISTORY_LEAD_COLUMNS = ["stage", "epoch", "seconds"]
 
 
 def read_history(path: str | Path) -> list[dict[str, str]]:
-    """Rows of an existing ``history.csv`` (empty list if there is none)."""
+    """Rows of an existing ``history.csv`` as text (empty list if there is none or it is empty).
+
+    Values stay as written (a missing value is ``""``), so a row written back is unchanged.
+    """
+    import pandas as pd
+
     path = Path(path)
-    if not path.exists():
+    if not path.exists() or path.stat().st_size == 0:
         return []
-    with path.open(newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
+    return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8").to_dict("records")
 
 
 def write_history(path: str | Path, rows: list[dict]) -> None:

@@ -10,7 +10,7 @@ run folder.  Three cases, as the training commands have them:
   unfrozen from that layer.
 The run's files are never written except the picture and the table of the sweep (and,
 for ``--images`` without ``--split``, the split it made, beside them); the weights in
-memory are put back after the sweep (see ``lr_finder``).
+memory are put back after the sweep (see ``lr_sweep``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from keras_cnn.errors import UserError
 from keras_cnn.io import atomic_write_text
 from keras_cnn.progress import say
 from keras_cnn.runs import RunDirectory
-from keras_cnn.train.lr_finder import DEFAULT_END, DEFAULT_START, DEFAULT_STEPS, LearningRateSweep, find_learning_rate
+from keras_cnn.train.lr_sweep import DEFAULT_END, DEFAULT_START, DEFAULT_STEPS, LearningRateSweep, find_learning_rate
 from keras_cnn.train.stage import StageContext, StageSpec, build_stage
 from keras_cnn.train.stage_data import as_model_targets
 
