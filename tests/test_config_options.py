@@ -57,6 +57,11 @@ def test_every_user_settable_field_has_exactly_one_option():
     assert len(flags) == len(set(flags))
 
 
+def test_fine_tuning_declares_no_training_field_again():
+    training = {item.name for item in dataclasses.fields(TrainingConfig)}
+    assert not training & {item.name for item in dataclasses.fields(FineTuneConfig)}
+
+
 def test_commands_take_config_options_only_through_their_one_definition():
     flag_of = {option.flag.split("/")[0]: path for path, option in OPTIONS.items()}
     used = set()
