@@ -153,19 +153,24 @@ def evaluate_run(run_dir: str | os.PathLike, subset: str = "test", batch_size: i
         raise UserError(f"subset must be one of {SUBSETS}, received {subset!r}")
     config_payload = run.read_config()
     run_config = RunConfig.from_dict(config_payload)
-    labels = run.read_labels()
     batch_size = int(batch_size or run_config.training.batch_size or DEFAULT_BATCH_SIZE)
     views = view_names(int(tta), trained_with_flips(run_config)) if tta else None
     if output_dir is None:
         output_dir = run.eval_dir if subset == "test" else run.eval_dir / subset
     # The run's lock: no evaluation of a model that a training process is replacing.
     with RunLock(run.root):
-        return _evaluate_into(run, config_payload, run_config, labels, subset, batch_size, Path(output_dir), views)
+        return _evaluate_into(run, config_payload, subset=subset, batch_size=batch_size, output_dir=Path(output_dir),
+                              views=views)
 
 
-def _evaluate_into(run: RunDirectory, config_payload, run_config, labels, subset, batch_size,
-                   output_dir: Path, views: list[str] | None = None) -> dict[str, Any]:
+def _evaluate_into(run: RunDirectory, config_payload: dict[str, Any], *, subset: str, batch_size: int,
+                   output_dir: Path, views: list[str] | None) -> dict[str, Any]:
+    """The evaluation itself, under the run's lock (see :func:`evaluate_run`)."""
     from keras_cnn import report
+    from keras_cnn.config import RunConfig
+
+    run_config = RunConfig.from_dict(config_payload)
+    labels = run.read_labels()
 
     check_output_path(output_dir, directory=True, option="the evaluation folder")
     output_dir.mkdir(parents=True, exist_ok=True)
