@@ -102,6 +102,9 @@ class FineTuneConfig:
 
     unfreeze_from: str | None = None      # a layer name, a block prefix, or "all"; None = the base's own
     train_bn: bool = False
+    # Dropout and stochastic depth in the unfrozen layers of the base act while training
+    # (frozen layers never do); off = the keras-io recipe, on = timm's and fastai's.
+    base_dropout: bool = False
     cache_frozen: bool | None = None      # None = cache the frozen layers unless stage 1 augmented
     training: TrainingConfig = field(default_factory=TrainingConfig)
 

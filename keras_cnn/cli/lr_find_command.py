@@ -23,6 +23,7 @@ def _render(result):
               help="A stage-1 run from `kcnn transfer`: sweep stage 2 (the base unfrozen from --unfreeze-from).")
 @options.unfreeze_from(note="With --run, as `kcnn finetune`.")
 @options.train_bn(note="With --run.")
+@options.base_dropout(note="With --run.")
 @options.data_source_options(split_default="split --images into lr_find_split.csv beside the picture")
 @options.transfer_model_options()
 @options.augment(note="During the sweep a head then trains on images, not cached features.")

@@ -209,6 +209,10 @@ unfreeze_from = _option("finetune.unfreeze_from", "--unfreeze-from", "First base
                         default=None)
 train_bn = _option("finetune.train_bn", "--train-bn", "Also train BatchNorm layers (frozen by default, as advised).",
                    is_flag=True)
+base_dropout = _option("finetune.base_dropout", "--base-dropout/--no-base-dropout", "While fine-tuning, let dropout "
+                       "and stochastic depth (EfficientNet's, ConvNeXt's) act in the unfrozen layers of the base, as "
+                       "timm and fastai fine-tune; off, they run in inference mode as in the Keras fine-tuning recipe. "
+                       "Frozen layers always run in inference mode.", default=False, show_default=True)
 cache_frozen = _option("finetune.cache_frozen", "--cache-frozen/--no-cache-frozen", "Run the frozen layers below "
                        "--unfreeze-from once per image and train only the layers above on their cached output; "
                        "same results, several times faster per epoch [default: on unless stage 1 augmented; where "
@@ -221,7 +225,7 @@ OPTIONS: dict[str, ConfigOption] = {option.path: option for option in (
     api, weights, head_units, dropout, binary,
     epochs, batch_size, learning_rate, optimizer, seed, class_weight, cache_features, mixed_precision, xla, strategy,
     schedule, warmup_epochs, ema, early_stopping, lr_mult,
-    unfreeze_from, train_bn, cache_frozen,
+    unfreeze_from, train_bn, base_dropout, cache_frozen,
 )}
 if len({option.name for option in OPTIONS.values()}) != len(OPTIONS):
     raise RuntimeError("two config options would pass the same keyword argument")

@@ -79,6 +79,7 @@ def transfer(base, out_dir, overwrite, as_json, **option_values):
               help="A stage-1 run directory from `kcnn transfer`.")
 @options.unfreeze_from()
 @options.train_bn()
+@options.base_dropout()
 @options.training_options("5", "stage 1's", "the base's, 1e-5", "adam")
 @options.recipe_options()
 @options.lr_mult()
@@ -94,7 +95,8 @@ def finetune(run_dir, out_dir, overwrite, as_json, **option_values):
     """Stage 2: unfreeze the base from a layer on and train at a low learning rate.
 
     Reads the base, data and head from the stage-1 RUN. The named layer and every later
-    layer of the base become trainable; BatchNorm layers stay frozen unless --train-bn.
+    layer of the base become trainable; BatchNorm layers stay frozen unless --train-bn, and
+    frozen layers always run in inference mode.
     The model is recompiled; the best model (validation loss over both stages) is kept.
 
     \b

@@ -11,7 +11,9 @@ trainable part can train on it alone::
     top:          boundary tensor ->                 base top -> head    -> output
 
 Both parts are built from the whole model's own layers, so they share its weights: training
-the top trains the whole model, which stays the thing that is saved and exported.
+the top trains the whole model, which stays the thing that is saved and exported.  Both keep
+the base's rule for ``training`` (:class:`~keras_cnn.models.frozen.TransferBase`): the frozen
+layers run in inference mode in the whole model too, so computing them once is exact.
 
 The frozen part is found from the layers' ``trainable`` flags (set them first, e.g. with
 :func:`keras_cnn.models.transfer.unfreeze_from`): a layer belongs to the bottom when it has
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
+from keras_cnn.models.frozen import TransferBase, acts_only_in_training, sub_base
 from keras_cnn.models.transfer import get_base_layer
 
 
@@ -81,16 +84,19 @@ def split_at_frozen_boundary(model: keras.Model) -> FrozenSplit:
     if not any(getattr(layer, "_trainable_variables", None) for layer in bottom_layers):
         raise NoSingleBoundary(f"nothing trainable in the base {base.name} is frozen")
     boundary_layer = boundary._keras_history.operation
-    if base_training is not False:
-        # A Sequential model runs its base in training mode while fitting: dropout in the
-        # frozen part would then be random, which a cache of one pass cannot reproduce.
-        noisy = [layer.name for layer in bottom_layers if _behaves_differently_in_training(layer)]
+    if not isinstance(base, TransferBase):
+        # Decided by what the frozen layers will do, not by a recorded training=False (Keras 3
+        # replaces it by fit's training=True): a plain functional base runs dropout in its
+        # frozen part while training, which a cache of one pass cannot reproduce.
+        noisy = [layer.name for layer in bottom_layers if acts_only_in_training(layer)]
         if noisy:
-            raise NoSingleBoundary(f"{model.name} calls its base in training mode and the frozen part has "
-                                   f"training-time behaviour ({noisy[0]})")
-
-    base_bottom = keras.Model(base.inputs[0], boundary, name=f"{base.name}_bottom")
-    base_top = keras.Model(boundary, base.outputs[0], name=f"{base.name}_top")
+            raise NoSingleBoundary(f"the frozen part of {base.name} would run in training mode while fitting "
+                                   f"and acts differently there ({noisy[0]})")
+        base_bottom = keras.Model(base.inputs[0], boundary, name=f"{base.name}_bottom")
+        base_top = keras.Model(boundary, base.outputs[0], name=f"{base.name}_top")
+    else:
+        base_bottom = sub_base(base, base.inputs[0], boundary, name=f"{base.name}_bottom")
+        base_top = sub_base(base, boundary, base.outputs[0], name=f"{base.name}_top")
 
     image = keras.Input(shape=tuple(model.input_shape[1:]), name="image")
     features = image
@@ -231,9 +237,3 @@ def _bottom_layers(base: keras.Model, boundary) -> list[keras.layers.Layer]:
     bottom = keras.Model(base.inputs[0], boundary)
     return [layer for layer in bottom.layers if not isinstance(layer, keras.layers.InputLayer)]
 
-
-def _behaves_differently_in_training(layer: keras.layers.Layer) -> bool:
-    """Dropout-like layers; frozen BatchNorm runs in inference mode either way (Keras 3)."""
-    if isinstance(layer, keras.layers.BatchNormalization):
-        return False
-    return bool(getattr(layer, "_call_has_training_arg", False))

@@ -35,9 +35,9 @@ SPLIT_NAME = "lr_find_split.csv"
 
 
 def lr_find(config: RunConfig | None = None, run_dir: str | Path | None = None, unfreeze_from: str | None = None,
-            train_bn: bool = False, out: str | Path | None = None, start: float = DEFAULT_START,
-            end: float = DEFAULT_END, steps: int = DEFAULT_STEPS, batch_size: int | None = None,
-            optimizer: str | None = None) -> dict[str, Any]:
+            train_bn: bool = False, base_dropout: bool = False, out: str | Path | None = None,
+            start: float = DEFAULT_START, end: float = DEFAULT_END, steps: int = DEFAULT_STEPS,
+            batch_size: int | None = None, optimizer: str | None = None) -> dict[str, Any]:
     """Run the range test and write ``lr_find.png`` and ``lr_find.csv``; returns the suggestions.
 
     ``config`` (command ``train`` or ``transfer``) for a new model, or ``run_dir`` for
@@ -49,7 +49,7 @@ def lr_find(config: RunConfig | None = None, run_dir: str | Path | None = None, 
     if (config is None) == (run_dir is None):
         raise UserError("lr-find needs either the data and model options of train / transfer, or --run RUN")
     if run_dir is not None:
-        stage = _finetune_stage(run_dir, unfreeze_from, train_bn, batch_size, optimizer)
+        stage = _finetune_stage(run_dir, unfreeze_from, train_bn, base_dropout, batch_size, optimizer)
         default_out = Path(run_dir) / PLOT_NAME
     else:
         if unfreeze_from:
@@ -102,7 +102,7 @@ def _first_stage(config: RunConfig) -> StageSpec:
     return head_stage(config)
 
 
-def _finetune_stage(run_dir, unfreeze_from, train_bn, batch_size, optimizer) -> StageSpec:
+def _finetune_stage(run_dir, unfreeze_from, train_bn, base_dropout, batch_size, optimizer) -> StageSpec:
     """The stage ``kcnn finetune`` would run on ``run_dir`` (whose files are only read)."""
     from keras_cnn.train.two_stage import finetune_stage
 
@@ -111,7 +111,7 @@ def _finetune_stage(run_dir, unfreeze_from, train_bn, batch_size, optimizer) -> 
     if kind != "transfer":
         raise UserError(f"{run_dir} is a {kind or 'non-transfer'} run; lr-find --run needs a "
                         "`kcnn transfer` run (for a from-scratch model give its training options instead)")
-    return finetune_stage(run, FineTuneConfig(unfreeze_from=unfreeze_from, train_bn=train_bn,
+    return finetune_stage(run, FineTuneConfig(unfreeze_from=unfreeze_from, train_bn=train_bn, base_dropout=base_dropout,
                                               training=TrainingConfig(batch_size=batch_size, optimizer=optimizer)))
 
 

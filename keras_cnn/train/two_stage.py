@@ -222,7 +222,7 @@ def fine_tune_record(finetune: FineTuneConfig, training: TrainingConfig, boundar
     """
     own = [item.name for item in fields(TrainingConfig)
            if item.name not in FROM_STAGE_ONE + EXECUTION_FIELDS]
-    return {"unfreeze_from": boundary, "train_bn": finetune.train_bn,
+    return {"unfreeze_from": boundary, "train_bn": finetune.train_bn, "base_dropout": finetune.base_dropout,
             **{name: getattr(training, name) for name in own}, "cache_frozen": cache_frozen}
 
 
@@ -278,7 +278,7 @@ def finetune_stage(source: RunDirectory, finetune: FineTuneConfig) -> StageSpec:
         if model is None:
             start = run.stage_model_path(HEAD_STAGE)
             model = load_model(start if start.exists() else run.model_path)
-        unfreeze(model, boundary, train_bn=finetune.train_bn)
+        unfreeze(model, boundary, train_bn=finetune.train_bn, base_dropout=finetune.base_dropout)
         return model
 
     options = {"training": asdict(training), "finetune": record}
