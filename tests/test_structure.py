@@ -106,3 +106,31 @@ def test_only_the_command_group_imports_kcnn_modules_by_name():
             names_other_library = (isinstance(argument, ast.Constant) and isinstance(argument.value, str)
                                    and not argument.value.startswith("keras_cnn"))
             assert names_other_library or name == "keras_cnn.cli", f"{name} imports a kcnn module by name"
+
+
+def private_keras_uses(path: Path) -> list[str]:
+    """``obj._name`` on anything but ``self``/``cls``, ``getattr(obj, "_name")`` and ``keras.src`` imports."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+            if not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
+                found.append(f"{path.name}:{node.lineno} {ast.unparse(node)}")
+        elif isinstance(node, ast.Call) and getattr(node.func, "id", "") in ("getattr", "hasattr", "setattr"):
+            owner, name = (node.args + [None, None])[:2]
+            private = isinstance(name, ast.Constant) and str(name.value).startswith("_") \
+                and not str(name.value).startswith("__")
+            if private and not (isinstance(owner, ast.Name) and owner.id == "self"):
+                found.append(f"{path.name}:{node.lineno} {ast.unparse(node)}")
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            modules = [node.module or ""] if isinstance(node, ast.ImportFrom) else [alias.name for alias in node.names]
+            found += [f"{path.name}:{node.lineno} import {module}" for module in modules if module.startswith("keras.src")]
+    return found
+
+
+def test_private_keras_parts_are_used_only_in_keras_internals():
+    """Every private Keras attribute or ``keras.src`` module kcnn needs is behind keras_cnn.keras_internals,
+    where tests/test_keras_internals.py watches it."""
+    uses = [use for name, path in MODULES.items() if name != "keras_cnn.keras_internals"
+            for use in private_keras_uses(path)]
+    assert not uses, f"private Keras parts outside keras_cnn/keras_internals.py: {uses}"
+

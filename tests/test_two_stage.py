@@ -56,11 +56,11 @@ def test_cached_features_equal_a_fresh_forward_pass_of_the_frozen_base(sample_da
 
     from keras_cnn.data import make_dataset
     from keras_cnn.models.bases import preprocessing_layer
-    from keras_cnn.models.transfer import build_transfer_model, get_base_layer, split_feature_model
+    from keras_cnn.models.transfer import build_transfer_model, get_base_layer, cut_at_features
     from keras_cnn.train.features import extract_features
 
     model = build_transfer_model("vgg16", 3, image_size=32, weights="none")
-    feature_extractor, _ = split_feature_model(model)
+    feature_extractor, _ = cut_at_features(model)
     dataset = make_dataset(sample_split, sample_data_dir, "validation", (32, 32), 8, shuffle=False)
     count = sum(int(labels.shape[0]) for _, labels in dataset)
     cached, cached_labels = extract_features(feature_extractor, dataset, count)

@@ -25,6 +25,7 @@ import keras
 from keras_cnn.errors import RunFailure
 from keras_cnn.progress import format_seconds, keras_verbose, metric_text, say
 from keras_cnn.io import atomic_path, atomic_write_text
+from keras_cnn.keras_internals import set_initial_epoch
 
 HISTORY_LEAD_COLUMNS = ["stage", "epoch", "seconds"]
 
@@ -220,7 +221,7 @@ class StageCheckpoint(keras.callbacks.Callback):
             self.best, self.best_epoch = latest.get("best"), latest.get("best_epoch")
             self.best_directory = latest.get("best_directory")
         # fit (and kcnn's multi-worker loop) start from this epoch; 0 falls back to fit's own.
-        self.model._initial_epoch = epoch
+        set_initial_epoch(self.model, epoch)
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)

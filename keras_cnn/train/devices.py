@@ -410,7 +410,9 @@ def jit_compile_for(model, plan: ExecutionPlan) -> bool:
     """
     if not plan.jit_compile:
         return False
-    blocking = [layer.name for layer in model._flatten_layers() if not getattr(layer, "supports_jit", True)]
+    from keras_cnn.keras_internals import nested_layers
+
+    blocking = [layer.name for layer in nested_layers(model) if not getattr(layer, "supports_jit", True)]
     if blocking:
         logger.warning("XLA off: layers %s cannot be compiled (keep augmentation in the tf.data pipeline)",
                        ", ".join(blocking))

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from keras_cnn.errors import UserError
+from keras_cnn.keras_internals import initial_epoch as initial_epoch_of
 
 
 @dataclass
@@ -106,7 +107,7 @@ def synchronize_loss_scaling(optimizer):
     import tensorflow as tf
 
     if not isinstance(optimizer, keras.optimizers.LossScaleOptimizer) or getattr(
-            optimizer, "_kcnn_synchronized", False):
+            optimizer, "kcnn_synchronized_loss_scaling", False):
         return optimizer
     local_check = optimizer.check_finite
 
@@ -119,7 +120,7 @@ def synchronize_loss_scaling(optimizer):
         return tf.equal(overflowed, 0.0)
 
     optimizer.check_finite = check_finite
-    optimizer._kcnn_synchronized = True
+    optimizer.kcnn_synchronized_loss_scaling = True
     return optimizer
 
 
@@ -251,7 +252,7 @@ def fit_multiworker(
     model.stop_training = False
     callback_list.on_train_begin()
     # BackupAndRestore tells fit where to resume through this attribute; honour it the same way.
-    initial_epoch = getattr(model, "_initial_epoch", None) or initial_epoch
+    initial_epoch = initial_epoch_of(model) or initial_epoch
     for epoch in range(initial_epoch, epochs):
         reset_metrics()
         callback_list.on_epoch_begin(epoch)

@@ -124,10 +124,10 @@ def head_stage(config: RunConfig) -> StageSpec:
 
 def head_on_cached_features(context) -> FitInputs:
     """Fit only the head, on the frozen base's features computed once; the whole model is what is saved."""
-    from keras_cnn.models.transfer import split_feature_model
+    from keras_cnn.models.transfer import cut_at_features
     from keras_cnn.train.features import cached_fit_inputs
 
-    feature_extractor, head = split_feature_model(context.model)
+    feature_extractor, head = cut_at_features(context.model)
     return cached_fit_inputs(feature_extractor, head, context.data, context.training.batch_size,
                              context.training.seed, context.work_folder("features"), "features")
 
@@ -139,22 +139,22 @@ def top_on_cached_boundary(context) -> FitInputs:
     why in one line and fits the whole model on the images instead.  The whole model is
     what is saved either way.
     """
-    from keras_cnn.models.boundary import NoSingleBoundary, split_at_frozen_boundary
+    from keras_cnn.models.boundary import NoSingleBoundary, cut_at_frozen_boundary
     from keras_cnn.train.features import cached_fit_inputs
 
     data, training = context.data, context.training
     try:
-        split = split_at_frozen_boundary(context.model)
+        cut = cut_at_frozen_boundary(context.model)
     except NoSingleBoundary as reason:
         say(f"not caching the frozen layers (the whole model trains on images): {reason}")
         _record_frozen_cache(context, {"used": False, "reason": str(reason)})
         return FitInputs(context.model, data.train, data.validation)
-    say(f"caching the frozen layers up to {split.boundary_layer} "
-        f"({'x'.join(map(str, split.boundary_shape))}, {split.bytes_per_image:,} bytes per image)")
-    _record_frozen_cache(context, {"used": True, "boundary_layer": split.boundary_layer,
-                                   "boundary_shape": list(split.boundary_shape),
-                                   "bytes_per_image": split.bytes_per_image})
-    return cached_fit_inputs(split.bottom, split.top, data, training.batch_size, training.seed,
+    say(f"caching the frozen layers up to {cut.boundary_layer} "
+        f"({'x'.join(map(str, cut.boundary_shape))}, {cut.bytes_per_image:,} bytes per image)")
+    _record_frozen_cache(context, {"used": True, "boundary_layer": cut.boundary_layer,
+                                   "boundary_shape": list(cut.boundary_shape),
+                                   "bytes_per_image": cut.bytes_per_image})
+    return cached_fit_inputs(cut.bottom, cut.top, data, training.batch_size, training.seed,
                              context.work_folder("features"), "boundary tensors",
                              train_in_order=_train_in_file_order(context))
 
