@@ -15,6 +15,7 @@ from conftest import HUB_FEATURES, write_hub_module
 from keras_cnn.errors import UserError
 from keras_cnn.models import hub
 from keras_cnn.models.bases import get_base_spec
+from keras_cnn.models.frozen import TransferBase
 from keras_cnn.models.loading import load_model
 from keras_cnn.models.transfer import (
     build_transfer_model,
@@ -127,7 +128,7 @@ def test_hub_transfer_model_stage1_counts(hub_dir, api):
     assert parameter_counts(model) == {
         "trainable_params": head, "non_trainable_params": module_params, "total_params": head + module_params,
     }
-    assert get_base_layer(model).name == "hub_base"
+    assert get_base_layer(model).name == "hub_base" and isinstance(get_base_layer(model), TransferBase)
     assert model.predict(images(), verbose=0).shape == (4, 3)
 
 
