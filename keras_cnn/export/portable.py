@@ -15,7 +15,6 @@ from pathlib import Path
 from keras_cnn.export.spec import ModelSpec
 from keras_cnn.export.verify import call_once, decoded_pixels, keras_outputs
 from keras_cnn.export_layout import LITERT_FILE, ONNX_FILE
-from keras_cnn.keras_internals import patch_tf2onnx
 from keras_cnn.library_chatter import native_stderr_silenced
 
 
@@ -30,6 +29,8 @@ def write_onnx(model, spec: ModelSpec, folder: Path) -> Path:
     import tensorflow as tf
     import tf2onnx
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    from keras_cnn.keras_internals import patch_tf2onnx
 
     patch_tf2onnx()   # Keras' numpy-2 compatibility shim for tf2onnx (what model.export applies too)
     path = folder / ONNX_FILE
