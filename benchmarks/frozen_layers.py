@@ -149,8 +149,9 @@ def measure_equality(work: Path, per_class: int, epochs: int) -> list[str]:
         print(f"fine-tuning {name} ...", file=sys.stderr, flush=True)
         spy = DropoutSpy()
         try:
-            fine_tune_run(FineTuneConfig(unfreeze_from="block7a", epochs=epochs, optimizer="sgd", learning_rate=0.01,
-                                         cache_frozen=cached), stage1, work / name)
+            fine_tune_run(FineTuneConfig(unfreeze_from="block7a", cache_frozen=cached,
+                                         training=TrainingConfig(epochs=epochs, optimizer="sgd", learning_rate=0.01)),
+                          stage1, work / name)
         finally:
             spy.remove()
         runs[name], spies[name] = work / name, spy.calls
@@ -249,8 +250,9 @@ def measure_base_dropout(work: Path, seeds: int, pretrain_epochs: int, epochs: i
             for on in (False, True):
                 print(f"seed {seed}: fine-tuning from {point}, base dropout {'on' if on else 'off'} ...",
                       file=sys.stderr, flush=True)
-                summary = fine_tune_run(FineTuneConfig(unfreeze_from=point, epochs=epochs, learning_rate=1e-4,
-                                                       base_dropout=on), stage1,
+                summary = fine_tune_run(FineTuneConfig(unfreeze_from=point, base_dropout=on,
+                                                       training=TrainingConfig(epochs=epochs, learning_rate=1e-4)),
+                                        stage1,
                                         work / f"{point}-{on}-{seed}")
                 results.setdefault((point, on), []).append((summary["test_accuracy"], summary["val_loss"]))
                 keras.backend.clear_session()

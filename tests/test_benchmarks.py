@@ -184,3 +184,11 @@ def test_serve_benchmark_loads_both_servers_without_errors(load_script, tmp_path
     assert "| batching (`--max-batch 32" in output and "| no batching (`--max-batch 1`) | 0 |" in output
     assert "Server exit codes after SIGTERM: batching 0, no batching 0." in output
     assert results.read_text().count("## kcnn serve under load") == 1
+
+
+def test_cli_startup_benchmark_times_help_against_the_bare_interpreter(load_script, capsys):
+    startup = load_script("cli_startup")
+    assert startup.main(["--rounds", "1", "--no-record"]) == 0
+    output = capsys.readouterr().out
+    assert "| `kcnn --help` |" in output and "x the bare interpreter with click" in output
+

@@ -77,11 +77,11 @@ def test_cached_and_uncached_fine_tuning_give_the_same_weights(stage1_run, tmp_p
     the gradient's own running size, so for weights whose gradient is almost zero it turns
     float rounding (the bottom computed in other batches) into updates of about 1e-5.
     """
-    from keras_cnn.config import FineTuneConfig
+    from keras_cnn.config import FineTuneConfig, TrainingConfig
     from keras_cnn.train.two_stage import fine_tune_run
 
-    cached = fine_tune_run(FineTuneConfig(unfreeze_from="block7a", epochs=2, learning_rate=0.005, batch_size=8,
-                                          optimizer="sgd"), stage1_run, tmp_path / "cached")
+    cached = fine_tune_run(FineTuneConfig(unfreeze_from="block7a", training=TrainingConfig(
+        epochs=2, learning_rate=0.005, batch_size=8, optimizer="sgd")), stage1_run, tmp_path / "cached")
     result = CliRunner().invoke(cli, ["finetune", "--run", str(stage1_run), "--unfreeze-from", "block7a",
                                       "--epochs", "2", "--learning-rate", "0.005", "--batch-size", "8",
                                       "--optimizer", "sgd",

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from keras_cnn.models.applications import APPLICATION_BASES
-from keras_cnn.models.boundary import NoSingleBoundary, split_at_frozen_boundary
+from keras_cnn.models.boundary import NoSingleBoundary, cut_at_frozen_boundary
 from keras_cnn.models.frozen import TransferBase, acts_only_in_training, layer_training, with_transfer_base
 from keras_cnn.models.loading import load_model
-from keras_cnn.models.transfer import build_transfer_model, get_base_layer, split_feature_model, unfreeze_from
+from keras_cnn.models.transfer import build_transfer_model, get_base_layer, cut_at_features, unfreeze_from
 from keras_cnn.models.weights import set_batch_norm_statistics
 
 SIZE = 32
@@ -79,10 +79,10 @@ def test_training_the_whole_model_equals_training_the_top_on_the_bottom(base, bo
     base_layer = get_base_layer(model)
     frozen_noise = [layer.name for layer in base_layer.layers if acts_only_in_training(layer) and not layer.trainable]
     assert frozen_noise   # stochastic depth below the boundary: what this test is about
-    split = split_at_frozen_boundary(model)
+    cut = cut_at_frozen_boundary(model)
     images = pictures()
     np.testing.assert_allclose(np.asarray(model(images, training=True)),
-                               np.asarray(split.top(split.bottom(images), training=True)), rtol=1e-5, atol=1e-6)
+                               np.asarray(cut.top(cut.bottom(images), training=True)), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.slow
@@ -100,10 +100,10 @@ def test_every_base_trains_its_frozen_layers_in_inference_mode(base):
     whole = np.asarray(model(images, training=True))
     np.testing.assert_allclose(whole, np.asarray(model(images, training=False)), rtol=1e-4, atol=1e-5)
     try:
-        split = split_at_frozen_boundary(model)
+        cut = cut_at_frozen_boundary(model)
     except NoSingleBoundary:
         return
-    np.testing.assert_allclose(np.asarray(split.top(split.bottom(images), training=True)), whole,
+    np.testing.assert_allclose(np.asarray(cut.top(cut.bottom(images), training=True)), whole,
                                rtol=1e-4, atol=1e-5)
 
 
@@ -232,7 +232,7 @@ def test_a_model_saved_by_an_older_kcnn_gets_the_base_class_on_load(tmp_path):
     unfreeze_from(old, "upper_conv")
     images = pictures()
     with pytest.raises(NoSingleBoundary, match=r"would run in training mode .*\(lower_drop\)"):
-        split_at_frozen_boundary(old)
+        cut_at_frozen_boundary(old)
     # What that plain base did while fitting: its frozen dropout fired.
     assert np.abs(np.asarray(old(images, training=True)) - np.asarray(old(images, training=False))).max() > 1e-4
     path = tmp_path / "old.keras"
@@ -242,8 +242,8 @@ def test_a_model_saved_by_an_older_kcnn_gets_the_base_class_on_load(tmp_path):
     assert isinstance(get_base_layer(loaded), TransferBase)
     np.testing.assert_allclose(np.asarray(loaded(images, training=True)),
                                np.asarray(old(images, training=False)), rtol=1e-5, atol=1e-6)
-    split = split_at_frozen_boundary(loaded)   # now exact, so it may be cached
-    np.testing.assert_allclose(np.asarray(split.top(split.bottom(images), training=True)),
+    cut = cut_at_frozen_boundary(loaded)   # now exact, so it may be cached
+    np.testing.assert_allclose(np.asarray(cut.top(cut.bottom(images), training=True)),
                                np.asarray(loaded(images, training=True)), rtol=1e-5, atol=1e-6)
     assert with_transfer_base(loaded) is loaded
 
@@ -254,8 +254,8 @@ def test_a_sequential_transfer_model_keeps_its_frozen_layers_in_inference_mode()
     images = pictures()
     np.testing.assert_allclose(np.asarray(model(images, training=True)),
                                np.asarray(model(images, training=False)), rtol=1e-5, atol=1e-6)
-    split = split_at_frozen_boundary(model)
-    np.testing.assert_allclose(np.asarray(split.top(split.bottom(images), training=True)),
+    cut = cut_at_frozen_boundary(model)
+    np.testing.assert_allclose(np.asarray(cut.top(cut.bottom(images), training=True)),
                                np.asarray(model(images, training=True)), rtol=1e-5, atol=1e-6)
 
 
@@ -266,7 +266,7 @@ def test_stage_1_on_cached_features_gives_the_same_head_as_on_images():
     heads = []
     for cached in (False, True):
         model = tiny_transfer_model()
-        extractor, head = split_feature_model(model)
+        extractor, head = cut_at_features(model)
         trained, inputs = (head, extractor.predict(images, verbose=0)) if cached else (model, images)
         trained.compile(keras.optimizers.SGD(0.5), "sparse_categorical_crossentropy")
         trained.fit(inputs, labels, epochs=1, batch_size=8, shuffle=False, verbose=0)

@@ -21,7 +21,7 @@ from keras_cnn.models.transfer import (
     build_transfer_model,
     get_base_layer,
     parameter_counts,
-    split_feature_model,
+    cut_at_features,
     unfreeze_from,
 )
 from keras_cnn.optimizers import make_optimizer
@@ -204,7 +204,7 @@ def test_train_bn_runs_module_in_training_mode(hub_dir, train_bn):
 
 def test_feature_split_shares_weights(hub_dir):
     model = build_transfer_model("hub:" + hub_dir, 3, image_size=IMAGE_SIZE, head_units=(4,), dropout=0.0)
-    features, head = split_feature_model(model)
+    features, head = cut_at_features(model)
     batch = images()
     pooled = features.predict(batch, verbose=0)
     assert pooled.shape == (4, FEATURES)

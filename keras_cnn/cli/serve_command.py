@@ -12,7 +12,7 @@ from keras_cnn.data.pixel_limit import DEFAULT_MAX_IMAGE_PIXELS
 from keras_cnn.export_layout import (read_export_labels, read_export_metadata, served_version_dirs,
                                      version_number)
 from keras_cnn.progress import say, warn
-from keras_cnn.quiet import import_tensorflow_quietly
+from keras_cnn.library_chatter import import_tensorflow_quietly
 from keras_cnn.serve import require_serve_extra
 
 DEFAULT_PORT = 8501   # TF Serving's REST port

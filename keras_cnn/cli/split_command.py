@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from keras_cnn.cli import options
 from keras_cnn.cli.common import debug_option, json_option, run_command
 
 
@@ -16,9 +17,7 @@ from keras_cnn.cli.common import debug_option, json_option, run_command
 @click.option("--images", default=None, metavar="DIR",
               help="Folder of the files a label CSV names, when they are not named by their SHA-1 "
                    "(any names or relative paths; their bytes are hashed).")
-@click.option("--layout", type=click.Choice(["csv", "folders", "split-folders"]), default=None,
-              help="How the data is organised [default: detected]: csv = label CSV; folders = DIR/<label>/…; "
-                   "split-folders = DIR/{train,val,test}/<label>/….")
+@options.layout()
 @click.option("--test-keys", default="0-24", show_default=True, metavar="FIRST-LAST",
               help="Keys (last byte of the SHA-1, 0..255) that go to the test part; 'none' for no test part.")
 @click.option("--validation-keys", default="25-49", show_default=True, metavar="FIRST-LAST",
@@ -27,9 +26,7 @@ from keras_cnn.cli.common import debug_option, json_option, run_command
               help="Keep the same number of rows per label in test and validation (the rest go to train).")
 @click.option("--id-column", default="objectId", show_default=True, help="Column holding the file names.")
 @click.option("--label-column", default="value", show_default=True, help="Column holding the labels.")
-@click.option("--allow-label", "allow_labels", multiple=True, metavar="LABEL",
-              help="Accept LABEL (nan, None, null, NA...) as a real class (repeatable); refused by default "
-                   "as it usually means missing data.")
+@options.allow_labels()
 @json_option
 @debug_option
 def split(source: str, output: str, images: str | None, layout: str | None, test_keys: str,

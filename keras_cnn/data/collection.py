@@ -29,6 +29,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from keras_cnn.choices import Layout, names
 from keras_cnn.config import DataConfig
 from keras_cnn.data.files import bounded_list_message, full_list_path, missing_files_message
 from keras_cnn.data.split import (
@@ -54,9 +55,9 @@ from keras_cnn.data.split import (
 )
 from keras_cnn.errors import UserError
 from keras_cnn.progress import say, warn
-from keras_cnn.runs import check_output_path
+from keras_cnn.io import check_output_path
 
-LAYOUTS = ("csv", "folders", "split-folders")
+LAYOUTS = names(Layout)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 # Folder names of a pre-split tree (compared in lower case) and the part each one is.
 PART_FOLDERS = {"train": "train", "val": "validation", "validation": "validation", "valid": "validation",

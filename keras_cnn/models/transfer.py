@@ -15,7 +15,7 @@ rule there.
 Layer names are stable so later stages find their parts: the base is named by its spec (``efficientnet_b0``, ``hub_base`` ...), the head layers ``head_pool``,
 ``head_dense_N``, ``head_dropout`` and ``predictions``.
 
-Stage 1 trains the head with the base frozen (:func:`split_feature_model` lets it train on
+Stage 1 trains the head with the base frozen (:func:`cut_at_features` lets it train on
 cached pooled features); stage 2 calls :func:`unfreeze_from` and recompiles.
 BatchNorm layers stay frozen in stage 2 unless asked: with a small dataset their batch
 statistics are noisy and would wreck the pretrained ones (Keras transfer-learning guide).
@@ -211,7 +211,7 @@ def freeze_base(model: keras.Model) -> dict[str, Any]:
     return parameter_counts(model)
 
 
-def split_feature_model(model: keras.Model) -> tuple[keras.Model, keras.Model]:
+def cut_at_features(model: keras.Model) -> tuple[keras.Model, keras.Model]:
     """(feature extractor: image -> pooled features, head: features -> predictions).
 
     Both reuse the transfer model's own layers, so they share its weights: training the

@@ -13,7 +13,7 @@ import logging
 
 from keras_cnn.errors import first_line
 from keras_cnn.progress import emit, quiet, say, warn
-from keras_cnn.quiet import debugging
+from keras_cnn.library_chatter import debugging
 
 UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "keras_cnn.serve")
 
