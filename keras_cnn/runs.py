@@ -194,9 +194,17 @@ def options_fingerprint(options: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def differing_options(recorded: dict[str, Any], requested: dict[str, Any]) -> list[str]:
-    """Keys whose values differ, as ``key (run: A, now: B)``."""
+def differing_options(recorded: dict[str, Any], requested: dict[str, Any],
+                      defaults: dict[str, Any] | None = None) -> list[str]:
+    """Keys whose values differ, as ``key (run: A, now: B)``.
+
+    ``defaults``: the options a default config records.  An option the recorded options lack
+    (a run recorded before kcnn had it) counts as its default there, so such a run resumes
+    and is found finished as long as the option is left at its default.
+    """
     old, new = flatten_options(recorded), flatten_options(requested)
+    missing = {key: value for key, value in flatten_options(defaults or {}).items() if key not in old}
+    old = {**missing, **old}
     return [f"{key} (run: {json.dumps(old.get(key))}, now: {json.dumps(new.get(key))})"
             for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
 

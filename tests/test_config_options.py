@@ -152,9 +152,8 @@ def test_every_user_settable_field_round_trips_through_config_json():
 RUN_FORMAT_1 = Path(__file__).parent / "data" / "run_format_1"
 
 
-def test_a_run_written_before_resumes_with_the_options_it_recorded(tmp_path, sample_split, sample_data_dir):
-    """config.json and state.json of a transfer + finetune run written before the options were
-    restructured: the same commands find each stage finished with the same options."""
+def recorded_run(tmp_path, sample_split, sample_data_dir) -> tuple[Path, dict[str, str]]:
+    """A run folder holding RUN_FORMAT_1's config.json (state.json is the caller's) and the texts recorded."""
     shutil.copy(sample_split, tmp_path / "split.csv")
     (tmp_path / "data").symlink_to(sample_data_dir)
     run = tmp_path / "run"
@@ -162,6 +161,17 @@ def test_a_run_written_before_resumes_with_the_options_it_recorded(tmp_path, sam
     recorded = {name: (RUN_FORMAT_1 / name).read_text().replace("{ROOT}", str(tmp_path))
                 for name in ("config.json", "state.json")}
     (run / "config.json").write_text(recorded["config.json"])
+    return run, recorded
+
+
+FINETUNE_AS_RECORDED = ["finetune", "--unfreeze-from", "expanded_conv_10", "--epochs", "1", "--learning-rate", "1e-4",
+                        "--ema", "0.9"]
+
+
+def test_a_run_written_before_resumes_with_the_options_it_recorded(tmp_path, sample_split, sample_data_dir):
+    """config.json and state.json of a transfer + finetune run written before the options were
+    restructured: the same commands find each stage finished with the same options."""
+    run, recorded = recorded_run(tmp_path, sample_split, sample_data_dir)
     # First as it was after stage 1 (a finished fine-tune would make a stage-1 re-run a conflict).
     state = json.loads(recorded["state.json"])
     (run / "state.json").write_text(json.dumps({**state, "stages": {"head": state["stages"]["head"]}}))
@@ -175,8 +185,7 @@ def test_a_run_written_before_resumes_with_the_options_it_recorded(tmp_path, sam
 
     (run / "state.json").write_text(recorded["state.json"])
     before = {path.name: path.read_bytes() for path in run.iterdir()}
-    tuned = runner.invoke(cli, ["finetune", "--run", str(run), "--unfreeze-from", "expanded_conv_10", "--epochs", "1",
-                                "--learning-rate", "1e-4", "--ema", "0.9", "--json"])
+    tuned = runner.invoke(cli, [*FINETUNE_AS_RECORDED, "--run", str(run), "--json"])
     assert tuned.exit_code == 0, tuned.output[-2000:]
     assert "stage 'finetune' of" in tuned.stderr and "already finished" in tuned.stderr
     assert {path.name: path.read_bytes() for path in run.iterdir()} == before
@@ -184,6 +193,20 @@ def test_a_run_written_before_resumes_with_the_options_it_recorded(tmp_path, sam
     other = runner.invoke(cli, ["finetune", "--run", str(run), "--unfreeze-from", "expanded_conv_10", "--epochs", "2",
                                 "--learning-rate", "1e-4", "--ema", "0.9"])
     assert other.exit_code == 2 and "finetune.epochs (run: 1, now: 2)" in other.stderr
+
+
+def test_an_option_added_after_a_run_was_recorded_counts_as_its_default(tmp_path, sample_split, sample_data_dir):
+    """A fine-tune recorded before --base-dropout existed is finished for the same command, and
+    refused when the new option is given another value than its default."""
+    run, recorded = recorded_run(tmp_path, sample_split, sample_data_dir)
+    state = json.loads(recorded["state.json"])
+    del state["stages"]["finetune"]["options"]["finetune"]["base_dropout"]
+    (run / "state.json").write_text(json.dumps(state))
+    runner = CliRunner()
+    tuned = runner.invoke(cli, [*FINETUNE_AS_RECORDED, "--run", str(run)])
+    assert tuned.exit_code == 0 and "already finished" in tuned.stderr, tuned.output[-2000:]
+    other = runner.invoke(cli, [*FINETUNE_AS_RECORDED, "--run", str(run), "--base-dropout"])
+    assert other.exit_code == 2 and "finetune.base_dropout (run: false, now: true)" in other.stderr
 
 
 def test_recorded_fingerprints_are_what_the_options_give_today():

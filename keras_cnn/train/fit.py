@@ -54,6 +54,11 @@ def stage_options(config: RunConfig) -> dict[str, Any]:
     return {"command": config.command, "model": config.model, "data": config.data, "training": config.training}
 
 
+def stage_option_defaults(config: RunConfig) -> dict[str, Any]:
+    """:func:`stage_options` of a config with every option at its default (for runs recorded before an option)."""
+    return stage_options(RunConfig(command=config.command))
+
+
 def train_scratch(config: RunConfig, out_dir: str | Path | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Train a from-scratch architecture into ``out_dir`` and report test metrics (``kcnn train``).
 
@@ -92,4 +97,5 @@ def scratch_stage(config: RunConfig) -> StageSpec:
                             api=config.model.api)
 
     return StageSpec(TRAIN_STAGE, config, training, stage_options(config), prepare_data, build_model,
+                     option_defaults=stage_option_defaults(config),
                      loss=lambda context: architecture.loss(len(context.data.labels)))

@@ -104,7 +104,8 @@ class StageSpec:
     defines the stage's result; a resume or re-run must match them (execution options
     aside).  ``requires``: the stage that must have finished first.  ``record``: entries for
     ``config.extra["stages"][name]``.  ``keep_model``: keep this stage's best model under
-    ``RUN/stages/`` for a later stage to start from.
+    ``RUN/stages/`` for a later stage to start from.  ``option_defaults``: the options a
+    default config gives; an option missing from an older run's record counts as its default.
 
     Hooks (each gets the :class:`StageContext`): ``prepare_data`` -> ``PreparedData``;
     ``build_model`` -> the uncompiled whole model (called inside the strategy scope);
@@ -123,6 +124,7 @@ class StageSpec:
     build_model: Callable[[StageContext], keras.Model]
     requires: str | None = None
     record: dict[str, Any] = field(default_factory=dict)
+    option_defaults: dict[str, Any] = field(default_factory=dict)
     keep_model: bool = False
     loss: Callable[[StageContext], Any] | None = None
     optimizer: Callable[[StageContext], Any] | None = None
@@ -216,7 +218,8 @@ def _check_state(run: RunDirectory, state: RunState, spec: StageSpec, overwrite:
         if recorded is None:
             raise UserError(f"{run.root} was written by an older kcnn without run state; pass --overwrite to run "
                             f"'{spec.name}' again (or use another --out)")
-        differences = differing_options(_comparable(recorded), _comparable(spec.options))
+        differences = differing_options(_comparable(recorded), _comparable(spec.options),
+                                        _comparable(spec.option_defaults))
         if differences:
             shown = "; ".join(differences[:5]) + (f"; and {len(differences) - 5} more" if len(differences) > 5 else "")
             verb = "finished" if entry.get("status") == "finished" else "was started"

@@ -23,7 +23,7 @@ from keras_cnn.config import FineTuneConfig, RunConfig, TrainingConfig, validate
 from keras_cnn.errors import UserError
 from keras_cnn.runs import RunDirectory, default_run_dir
 from keras_cnn.train.execution import EXECUTION_FIELDS, with_execution_defaults
-from keras_cnn.train.fit import stage_options
+from keras_cnn.train.fit import stage_option_defaults, stage_options
 from keras_cnn.train.stage import FitInputs, StageOutcome, StageSpec, absolute_data_paths, run_stage, say
 
 HEAD_STAGE = "head"
@@ -119,7 +119,8 @@ def head_stage(config: RunConfig) -> StageSpec:
                             api=config.model.api, seed=training.seed)
 
     return StageSpec(HEAD_STAGE, config, training, stage_options(config), prepare_data, build_model,
-                     keep_model=True, fit_inputs=head_on_cached_features if training.cache_features else None)
+                     option_defaults=stage_option_defaults(config), keep_model=True,
+                     fit_inputs=head_on_cached_features if training.cache_features else None)
 
 
 def head_on_cached_features(context) -> FitInputs:
@@ -213,8 +214,8 @@ def resolve_fine_tune_training(config: RunConfig, finetune: FineTuneConfig) -> t
     return TrainingConfig(**values), finetune.unfreeze_from or spec.default_unfreeze
 
 
-def fine_tune_record(finetune: FineTuneConfig, training: TrainingConfig, boundary: str,
-                     cache_frozen: bool) -> dict[str, Any]:
+def fine_tune_record(finetune: FineTuneConfig, training: TrainingConfig, boundary: str | None,
+                     cache_frozen: bool | None) -> dict[str, Any]:
     """What stage 2 records as its options (``config.json``'s ``extra.stages.finetune``, ``state.json``).
 
     The fine-tuning options, resolved, and the training options stage 2 sets itself (not
@@ -282,8 +283,11 @@ def finetune_stage(source: RunDirectory, finetune: FineTuneConfig) -> StageSpec:
         return model
 
     options = {"training": asdict(training), "finetune": record}
+    defaults = {"training": asdict(TrainingConfig()),
+                "finetune": fine_tune_record(FineTuneConfig(), TrainingConfig(), None, None)}
     return StageSpec(FINETUNE_STAGE, config, training, options, prepare_data, build_model,
-                     requires=HEAD_STAGE, record=record, fit_inputs=top_on_cached_boundary if cache_frozen else None)
+                     requires=HEAD_STAGE, record=record, option_defaults=defaults,
+                     fit_inputs=top_on_cached_boundary if cache_frozen else None)
 
 
 def fine_tune(config: RunConfig, out_dir: str | Path | None = None, finetune: FineTuneConfig | None = None,
