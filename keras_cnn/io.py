@@ -28,6 +28,17 @@ from keras_cnn.errors import UserError
 # such a file, which :func:`remove_stale_temporaries` deletes at the next start.
 TEMPORARY_MARK = ".tmp-"
 
+# The file kcnn writes into every run folder it makes (its record of what it wrote there), and
+# the run state every run since run states exist has: either one marks a folder as a kcnn run.
+RUN_MARKER = ".kcnn-run.json"
+RUN_STATE = "state.json"
+
+
+def is_kcnn_run(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` is a run folder kcnn made (its marker, or the run state of an older run)."""
+    folder = Path(folder)
+    return (folder / RUN_MARKER).is_file() or (folder / RUN_STATE).is_file()
+
 
 def check_output_path(path: str | os.PathLike, directory: bool = False, option: str = "output") -> Path:
     """Refuse an output path that is not a new path or a regular file (a folder for ``directory``).
