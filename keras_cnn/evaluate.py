@@ -131,7 +131,8 @@ def _predictions_csv(object_ids, true_indices, probabilities, labels) -> str:
 
 
 def evaluate_run(run_dir: str | os.PathLike, subset: str = "test", batch_size: int | None = None,
-                 output_dir: str | os.PathLike | None = None, tta: int | None = None) -> dict[str, Any]:
+                 output_dir: str | os.PathLike | None = None, tta: int | None = None,
+                 trust_hub: bool = False) -> dict[str, Any]:
     """Evaluate a finished run on its ``subset`` ("test" or "validation") and write the report.
 
     Writes (each file atomically) into ``output_dir`` (default ``RUN/eval`` for the test part,
@@ -143,7 +144,8 @@ def evaluate_run(run_dir: str | os.PathLike, subset: str = "test", batch_size: i
     ``tta``: also predict each image on that many fixed views (:mod:`keras_cnn.tta`) and
     average; metrics.json then holds the TTA metrics under ``"tta"`` beside the plain ones,
     the report shows both side by side, and the summary gets ``tta`` (views, accuracy, loss,
-    macro_f1).  The other files describe the plain predictions.
+    macro_f1).  The other files describe the plain predictions.  ``trust_hub``: the model may
+    load the TF Hub module the run records as its base (see :mod:`keras_cnn.models.loading`).
     """
     from keras_cnn.config import RunConfig
     from keras_cnn.tta import trained_with_flips, view_names
@@ -159,12 +161,14 @@ def evaluate_run(run_dir: str | os.PathLike, subset: str = "test", batch_size: i
         output_dir = run.eval_dir if subset == "test" else run.eval_dir / subset
     # The run's lock: no evaluation of a model that a training process is replacing.
     with RunLock(run.root):
+        run.check_ownership()
+        run.claim()
         return _evaluate_into(run, config_payload, subset=subset, batch_size=batch_size, output_dir=Path(output_dir),
-                              views=views)
+                              views=views, trust_hub=trust_hub)
 
 
 def _evaluate_into(run: RunDirectory, config_payload: dict[str, Any], *, subset: str, batch_size: int,
-                   output_dir: Path, views: list[str] | None) -> dict[str, Any]:
+                   output_dir: Path, views: list[str] | None, trust_hub: bool) -> dict[str, Any]:
     """The evaluation itself, under the run's lock (see :func:`evaluate_run`)."""
     from keras_cnn import report
     from keras_cnn.config import RunConfig
@@ -177,9 +181,9 @@ def _evaluate_into(run: RunDirectory, config_payload: dict[str, Any], *, subset:
     object_ids, true_indices, dataset = load_subset(run_config, run.root, subset, batch_size)
     if len(true_indices) == 0:
         raise UserError(f"the {subset} part of {run.root} has no images")
-    from keras_cnn.models.loading import load_model
+    from keras_cnn.models.loading import hub_base_of, load_model
 
-    model = load_model(run.model_path)
+    model = load_model(run.model_path, trust_hub=hub_base_of(run_config.model.name) if trust_hub else None)
     keeper = MistakeKeeper()
     outputs, probabilities, from_logits, tta_result = predict_subset(
         model, dataset, true_indices, len(labels), keeper, tta_views=views)

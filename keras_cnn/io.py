@@ -1,9 +1,11 @@
 """File helpers every part of kcnn writes and reads with: atomic writes, JSON, output-path checks.
 
 A result is never half-written: :func:`atomic_path` yields a temporary name beside the
-final one and renames it into place only when the write succeeded (a killed write leaves
-a temporary name with :data:`TEMPORARY_MARK`, which :func:`remove_stale_temporaries`
-deletes at the next start).  :func:`check_output_path` refuses, with one line, an output
+final one and renames it into place only when the write succeeded.  Temporary names have
+one shape, ``.FINAL.tmp-PID-XXXXXXXX[.suffixes]`` (:func:`temporary_owner` recognises it),
+so a killed write's leftovers can be told from anything else: :func:`remove_stale_temporaries`
+(a run folder, under its lock) and :func:`remove_abandoned_temporaries` (beside one output,
+when the process that wrote them is gone) delete only names of that shape.  :func:`check_output_path` refuses, with one line, an output
 path that is neither new nor the kind of file asked for (a FIFO, a device, a folder in a
 file's place).  The run folder (:mod:`keras_cnn.runs`), the data package, reports and
 exports all write through these; this module imports nothing else of kcnn but its errors.
@@ -13,13 +15,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import json
 import os
+import re
 import shutil
 import stat
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from keras_cnn.errors import UserError
 
@@ -67,18 +71,76 @@ def _file_kind(mode: int) -> str:
     return next((name for test, name in kinds if test(mode)), "a special file")
 
 
-def remove_stale_temporaries(root: str | os.PathLike) -> list[Path]:
-    """Delete the temporary files and folders a killed write left under ``root``; returns them."""
-    removed = []
+# ".FINAL.tmp-PID-XXXXXXXX.SUFFIXES": what atomic_path names a temporary (tempfile's 8 random
+# characters; older kcnn versions wrote no PID).
+_TEMPORARY_NAME = re.compile(r"^\.(?P<final>.+)" + re.escape(TEMPORARY_MARK)
+                             + r"(?:(?P<pid>\d+)-)?[a-z0-9_]{8}(?P<suffixes>(?:\.[^.]+)*)$")
+
+
+def temporary_owner(name: str) -> tuple[str, int | None] | None:
+    """``(final name, writer's pid or None)`` when ``name`` is a temporary kcnn made, else ``None``."""
+    match = _TEMPORARY_NAME.match(name)
+    if match is None or match["suffixes"] not in ("", "".join(Path(match["final"]).suffixes)):
+        return None
+    return match["final"], int(match["pid"]) if match["pid"] else None
+
+
+def _process_gone(pid: int | None) -> bool:
+    """Whether the process that wrote a temporary has ended (``None``: written by an older kcnn)."""
+    if pid is None:
+        return True
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # another user's process: alive
+        return False
+    return False
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(root: str | os.PathLike, names: Iterable[str] = (),
+                             folders: Iterable[str] = ()) -> list[Path]:
+    """Delete the temporaries a killed write left in a run folder (whose lock the caller holds).
+
+    Only kcnn's temporary names go: in ``root``, those of the files ``names``; anywhere
+    under ``root``'s sub-folders ``folders``, every one.  Returns what was removed.
+    """
     root = Path(root)
-    if not root.is_dir():
-        return removed
-    for path in sorted(root.rglob(f".*{TEMPORARY_MARK}*"), key=lambda item: len(item.parts), reverse=True):
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
+    names = set(names)
+    candidates = []
+    if root.is_dir():
+        candidates += [path for path in root.iterdir() if (temporary_owner(path.name) or ("",))[0] in names]
+    for folder in folders:
+        if (root / folder).is_dir() and not (root / folder).is_symlink():
+            candidates += [path for path in (root / folder).rglob(f".*{TEMPORARY_MARK}*")
+                           if temporary_owner(path.name)]
+    removed = []
+    for path in sorted(candidates, key=lambda item: len(item.parts), reverse=True):
+        _remove(path)
         removed.append(path)
+    return removed
+
+
+def remove_abandoned_temporaries(final_path: str | os.PathLike) -> list[Path]:
+    """Delete the temporaries of ``final_path`` that a killed kcnn left beside it (its process is gone)."""
+    final_path = Path(final_path)
+    removed = []
+    if not final_path.parent.is_dir():
+        return removed
+    for path in final_path.parent.glob(f".{glob.escape(final_path.name)}{TEMPORARY_MARK}*"):
+        owner = temporary_owner(path.name)
+        if owner is not None and owner[0] == final_path.name and _process_gone(owner[1]):
+            _remove(path)
+            removed.append(path)
     return removed
 
 
@@ -92,7 +154,8 @@ def atomic_path(final_path: str | os.PathLike, directory: bool = False) -> Itera
     final_path = Path(final_path)
     check_output_path(final_path, directory=directory)
     final_path.parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".{final_path.name}{TEMPORARY_MARK}"
+    # The writer's pid in the name: a later process removes it only once this one is gone.
+    prefix = f".{final_path.name}{TEMPORARY_MARK}{os.getpid()}-"
     if directory:
         temporary = Path(tempfile.mkdtemp(prefix=prefix, dir=final_path.parent))
         os.chmod(temporary, 0o777 & ~_current_umask())

@@ -11,7 +11,8 @@ a model at its frozen boundary (:func:`producer`, :func:`node_inputs`, :func:`no
 :func:`node_training`, :func:`is_functional`, :func:`trainable_variable_slots`); the TF Hub
 layer (:func:`track_variable`, :func:`trainable_variable_slots`); kill-safe resumption
 (:func:`set_initial_epoch`, :func:`initial_epoch`, :func:`set_ema_weights_in_model`); XLA's layer check (:func:`nested_layers`);
-per-layer learning rates (:func:`variable_index`); the ONNX export
+per-layer learning rates (:func:`variable_index`); the TF Hub layer's consent rule
+(:func:`in_safe_mode`); the ONNX export
 (:func:`patch_tf2onnx`); the legacy augmentation engine (:func:`image_data_generator_class`).
 """
 
@@ -167,3 +168,15 @@ def image_data_generator_class() -> type:
     except ImportError:
         from tf_keras.preprocessing.image import ImageDataGenerator
     return ImageDataGenerator
+
+
+def in_safe_mode() -> bool | None:
+    """Whether Keras is deserializing in safe mode right now (``None`` outside any loading).
+
+    Keras has no public accessor; a layer's ``from_config`` that loads code of its own (the
+    TF Hub layer) reads it to honour ``safe_mode``.  Uses
+    ``keras.src.saving.serialization_lib.in_safe_mode``.
+    """
+    from keras.src.saving import serialization_lib
+
+    return serialization_lib.in_safe_mode()

@@ -10,15 +10,23 @@ Layout (every file is written atomically through :mod:`keras_cnn.io`)::
       metrics.json       test-set metrics
       training.png       training curves
       state.json         run state: stages finished / running, each stage's options and fingerprint
+      .kcnn-run.json     the run's record: marks the folder as a kcnn run, lists the names kcnn writes here
       .lock              held (flock) by the process writing the run; names its pid
       stages/            the best model of a finished stage that a later stage starts from
       logs/              TensorBoard logs
       backup/            per-stage checkpoints, so a killed run resumes
       eval/              ``kcnn evaluate`` output (eval/validation/ for the validation part)
+
+A run folder owns only what kcnn made (:meth:`RunDirectory.check_ownership`,
+:meth:`RunDirectory.claim`): kcnn writes, replaces and removes only the names its record
+lists (:data:`RunDirectory.ENTRIES`; a folder among them is kcnn's with all it holds), and
+never a file it did not make.  A run made before the record existed (it has kcnn's
+``state.json``) counts as kcnn's for those names.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -28,7 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from keras_cnn.errors import UserError
-from keras_cnn.io import atomic_write_json, atomic_write_text, read_json, read_labels, to_jsonable
+from keras_cnn.io import (RUN_MARKER, atomic_write_json, atomic_write_text, is_kcnn_run, read_json, read_labels,
+                          remove_stale_temporaries, to_jsonable)
+from keras_cnn.data.files import bounded_list_message
 from keras_cnn.versions import library_versions
 
 
@@ -51,25 +61,92 @@ class RunDirectory:
     state_path = property(lambda self: self.root / "state.json")
     stages_dir = property(lambda self: self.root / "stages")
 
-    # Everything a run writes (the lock aside): what removing a whole run removes, and no more.
+    record_path = property(lambda self: self.root / RUN_MARKER)
+
+    # Every name a run writes (its record and lock aside): what kcnn may write, replace or remove
+    # in a run folder, and no more.
     ENTRIES = ("config.json", "labels.txt", "history.csv", "model.keras", "metrics.json", "training.png",
-               "state.json", "skipped_images.csv", "split.csv", "stages", "logs", "backup", "eval", "features")
+               "state.json", "skipped_images.csv", "split.csv", "stages", "logs", "backup", "eval", "features",
+               "lr_find.png", "lr_find.csv")
+
+    # What a finished run of a kcnn older than run states holds.
+    OLDER_RUN = ("config.json", "labels.txt", "model.keras", "history.csv")
+
+    def recorded_entries(self) -> set[str] | None:
+        """The names the run's record lists; an older run's :data:`ENTRIES`; ``None`` for a folder kcnn did not make."""
+        if self.record_path.is_file():
+            try:
+                record = read_json(self.record_path)
+                return set(record["entries"]) & set(self.ENTRIES)
+            except (UserError, KeyError, TypeError):
+                # A damaged record still marks a run; the names kcnn writes are the ones it knows.
+                return set(self.ENTRIES)
+        if is_kcnn_run(self.root) or all((self.root / name).is_file() for name in self.OLDER_RUN):
+            return set(self.ENTRIES)   # made before runs had a record: kcnn's names are kcnn's
+        return None
+
+    def check_ownership(self, overwrite: bool = False) -> None:
+        """Refuse, before anything is written, a folder whose files kcnn would replace without having made them.
+
+        A new or empty folder, or a kcnn run, is fine.  A folder that holds other files is
+        refused unless ``overwrite``, and even then when one of them has a name kcnn writes.
+        """
+        if not self.root.is_dir():
+            return
+        recorded = self.recorded_entries()
+        if recorded is None:
+            contents = sorted(path.name for path in self.root.iterdir() if path.name != RunLock.name)
+            if contents and not overwrite:
+                raise UserError(bounded_list_message(
+                    lambda listed: f"{self.root} is not a kcnn run and is not empty ({listed}): use a new --out, "
+                                   "or --overwrite to put a run beside those files (kcnn never removes a file it "
+                                   "did not make)", contents, None))
+            recorded = set()
+        foreign = [name for name in self.ENTRIES
+                   if name not in recorded and ((self.root / name).exists() or (self.root / name).is_symlink())]
+        if foreign:
+            raise UserError(bounded_list_message(
+                lambda listed: f"{self.root} holds {listed}, which kcnn did not make and a run would replace; "
+                               "move them, or use another --out", foreign, None))
+
+    def claim(self) -> None:
+        """Record the folder as a kcnn run owning :data:`ENTRIES` (call after :meth:`check_ownership`)."""
+        recorded = self.recorded_entries() or set()
+        if self.record_path.is_file() and recorded >= set(self.ENTRIES):
+            return
+        from keras_cnn import __version__
+
+        atomic_write_json(self.record_path, {
+            "format": 1, "made_by": f"kcnn {__version__}",
+            "note": "a kcnn run: kcnn writes, replaces and removes only the entries listed here",
+            "entries": sorted(recorded | set(self.ENTRIES)),
+        })
+
+    def remove_stale_temporaries(self) -> list[Path]:
+        """Delete what killed writes of this run left (only kcnn's temporary names); hold the lock."""
+        recorded = self.recorded_entries() or set()
+        return remove_stale_temporaries(self.root, names=recorded | {RUN_MARKER}, folders=recorded)
 
     def clear(self) -> None:
-        """Remove every file and folder of the run (not the lock, nor files kcnn did not write)."""
-        for name in self.ENTRIES:
+        """Remove every file and folder of the run that kcnn recorded (not the record, the lock, nor other files)."""
+        for name in sorted(self.recorded_entries() or ()):
             path = self.root / name
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
             elif path.exists() or path.is_symlink():
                 path.unlink()
 
+    def forget(self) -> None:
+        """Remove the run kcnn made here entirely: its files, then its record (a command that failed at once)."""
+        self.clear()
+        self.record_path.unlink(missing_ok=True)
+
     def stage_model_path(self, stage: str) -> Path:
         """The best model at the end of ``stage``, kept for the stage that starts from it."""
         return self.stages_dir / f"{stage}.keras"
 
     def create(self) -> "RunDirectory":
-        """Make the folder (and parents); an existing run is kept so it can resume."""
+        """Make the folder (and parents); an existing run is kept so it can resume (nothing is claimed yet)."""
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -105,6 +182,35 @@ class RunDirectory:
         return read_json(self.metrics_path) if self.metrics_path.exists() else {}
 
 
+def check_run_inputs(root: str | os.PathLike, images: str | os.PathLike | None = None,
+                     files: dict[str, str | os.PathLike | None] | None = None) -> None:
+    """Refuse a run folder that would mix with its inputs, before anything is written.
+
+    ``images``: the image folder (the run may be neither it, inside it, nor around it:
+    a class folder named ``eval`` or ``logs`` would be taken for the run's own).  ``files``:
+    input files by option (``{"--split": path}``); none may be where the run writes one of
+    its own files.  A split file beside the run folder is fine.
+    """
+    out = Path(os.path.realpath(root))
+    if images:
+        folder = Path(os.path.realpath(images))
+        if out == folder or folder in out.parents:
+            raise UserError(f"the run folder {root} is {'' if out == folder else 'inside '}the image folder "
+                            f"{images}: the run's files would mix with the images; choose an --out outside it")
+        if out in folder.parents:
+            raise UserError(f"the image folder {images} is inside the run folder {root}: choose an --out that "
+                            "does not hold the images")
+    for option, path in (files or {}).items():
+        if not path:
+            continue
+        target = Path(os.path.realpath(path))
+        if out in target.parents:
+            name = target.relative_to(out).parts[0]
+            if name in RunDirectory.ENTRIES or name == RUN_MARKER:
+                raise UserError(f"{option} {path} is where the run keeps its own {name}, which the run would "
+                                "replace: move that file out of the run folder (beside it is fine)")
+
+
 def default_run_dir(name: str) -> Path:
     """``runs/NAME-YYYYmmdd-HHMMSS``: where a run goes when no ``--out`` is given."""
     safe = name.replace("hub:", "hub-").replace("/", "_").replace(":", "_").replace("\\", "_")[-40:]
@@ -120,26 +226,51 @@ class RunLock:
 
     The operating system releases a ``flock`` when its process dies, so a killed run never
     leaves a lock behind; the file itself is removed on release.  A second process fails
-    at once (no waiting) with the holder's pid in the message.
+    at once (no waiting) with the holder's pid in the message.  A ``reentrant`` lock may be
+    taken again by the same process: the command line takes it so before TensorFlow loads,
+    and the work under it takes it again without waiting on itself.  A folder the lock had
+    to create is removed again on release when nothing else was left in it.
     """
 
     name = ".lock"
+    _reentrant: dict[str, "RunLock"] = {}   # run folder (real path) -> this process's reentrant lock on it
 
-    def __init__(self, root: str | os.PathLike):
-        self.path = Path(root) / self.name
+    def __init__(self, root: str | os.PathLike, reentrant: bool = False):
+        self.root = Path(root)
+        self.path = self.root / self.name
+        self.reentrant = reentrant
         self._handle = None
+        self._nested = False
+        self.created_folder = False
 
     def acquire(self) -> "RunLock":
         import fcntl
 
+        key = os.path.realpath(self.root)
+        if key in RunLock._reentrant:
+            self._nested = True
+            return self
+        if not self.root.exists():
+            try:
+                self.root.mkdir(parents=True)
+            except FileExistsError:
+                pass
+            except OSError as error:
+                raise UserError(f"cannot create run directory {self.root}: {error.strerror}") from None
+            else:
+                self.created_folder = True
         while True:
-            handle = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held until release()
+            try:
+                handle = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held until release()
+            except OSError as error:
+                raise UserError(f"cannot lock {self.root}: {error.strerror}") from None
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 handle.seek(0)
                 holder = handle.read().strip() or "unknown"
                 handle.close()
+                self._remove_created_folder()
                 raise RunLocked(f"{self.path.parent} is in use by another kcnn process (pid {holder}); "
                                 "wait for it to finish or use another --out") from None
             # The holder before us may have removed the file after we opened it: lock the file
@@ -156,14 +287,28 @@ class RunLock:
         handle.write(f"{os.getpid()}\n")
         handle.flush()
         self._handle = handle
+        if self.reentrant:
+            RunLock._reentrant[key] = self
         return self
 
     def release(self) -> None:
+        if self._nested:
+            self._nested = False
+            return
         if self._handle is None:
             return
+        if self.reentrant:
+            RunLock._reentrant.pop(os.path.realpath(self.root), None)
         self.path.unlink(missing_ok=True)
         self._handle.close()
         self._handle = None
+        self._remove_created_folder()
+
+    def _remove_created_folder(self) -> None:
+        """A folder this lock made goes again when nothing was written into it (a refused command)."""
+        if self.created_folder:
+            with contextlib.suppress(OSError):
+                self.root.rmdir()
 
     def __enter__(self) -> "RunLock":
         return self.acquire()
@@ -205,8 +350,29 @@ def differing_options(recorded: dict[str, Any], requested: dict[str, Any],
     old, new = flatten_options(recorded), flatten_options(requested)
     missing = {key: value for key, value in flatten_options(defaults or {}).items() if key not in old}
     old = {**missing, **old}
-    return [f"{key} (run: {json.dumps(old.get(key))}, now: {json.dumps(new.get(key))})"
-            for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
+    differences, seen = [], set()
+    for key in sorted(set(old) | set(new), key=_importance):
+        if old.get(key) == new.get(key):
+            continue
+        before, after = json.dumps(old.get(key)), json.dumps(new.get(key))
+        # One option can be recorded under two sections (fine-tuning records its own training
+        # options beside the training ones): each change is named once.
+        change = (key.rsplit(".", 1)[-1], before, after)
+        if change not in seen:
+            seen.add(change)
+            differences.append(f"{key} (run: {before}, now: {after})")
+    return differences
+
+
+# The order a refusal names changed options in: what the model is first (its name before the
+# input shape that follows from it), then how it trains, then the data's resolved settings.
+_SECTION_ORDER = ("command", "model.name", "model", "finetune", "training", "data")
+
+
+def _importance(key: str) -> tuple[int, str]:
+    rank = next((index for index, prefix in enumerate(_SECTION_ORDER)
+                 if key == prefix or key.startswith(f"{prefix}.")), len(_SECTION_ORDER))
+    return rank, key
 
 
 class RunState:
@@ -217,15 +383,28 @@ class RunState:
     atomically at every change, so a kill leaves the last consistent state.
     """
 
-    def __init__(self, path: str | os.PathLike, stages: dict[str, dict[str, Any]] | None = None):
+    STATUSES = ("running", "finished")
+
+    def __init__(self, path: str | os.PathLike, stages: dict[str, dict[str, Any]] | None = None,
+                 damaged: bool = False):
         self.path = Path(path)
         self.stages: dict[str, dict[str, Any]] = dict(stages or {})
+        self.damaged = damaged   # the file could not be read: nothing is known of the run's stages
 
     @classmethod
-    def read(cls, run: "RunDirectory") -> "RunState":
-        """The run's state; for a run written before run state existed, what its metrics say finished."""
-        if run.state_path.exists():
-            return cls(run.state_path, read_json(run.state_path).get("stages", {}))
+    def read(cls, run: "RunDirectory", overwrite: bool = False) -> "RunState":
+        """The run's state; for a run written before run state existed, what its metrics say finished.
+
+        A state file kcnn cannot read is one line naming ``--overwrite``; with ``overwrite``
+        the state comes back ``damaged`` (and empty), for the caller to start the run over.
+        """
+        if run.state_path.exists() or run.state_path.is_symlink():
+            try:
+                return cls(run.state_path, cls._stages_of(read_json(run.state_path), run.state_path))
+            except UserError as error:
+                if not overwrite:
+                    raise UserError(f"{error}; --overwrite starts the run over") from None
+                return cls(run.state_path, damaged=True)
         stages: dict[str, dict[str, Any]] = {}
         metrics = run.read_metrics()
         for name in metrics.get("stages", {}) or ({"train": {}} if "test" in metrics or "parameters" in metrics
@@ -234,11 +413,32 @@ class RunState:
             stages[name] = {"status": "finished", "options": None, "fingerprint": None}
         return cls(run.state_path, stages)
 
+    @classmethod
+    def _stages_of(cls, payload: Any, path: Path) -> dict[str, dict[str, Any]]:
+        """The ``stages`` of a state file's content, checked (``UserError`` naming what is wrong)."""
+        stages = payload.get("stages") if isinstance(payload, dict) else None
+        if not isinstance(stages, dict) or not all(
+                isinstance(entry, dict) and entry.get("status") in cls.STATUSES for entry in stages.values()):
+            raise UserError(f"{path} is not a kcnn run state (it must list each stage with its status)")
+        return stages
+
     def write(self) -> None:
         atomic_write_json(self.path, {"format": 1, "stages": self.stages})
 
     def status(self, stage: str) -> str | None:
         return self.stages.get(stage, {}).get("status")
+
+    def unfinished(self) -> str | None:
+        """Why the run's model is not a finished one (a stage running or stopped, none finished), or ``None``.
+
+        A run without a state file (made by hand, or by a kcnn older than run states) is taken as it is.
+        """
+        stopped = [name for name, entry in self.stages.items() if entry.get("status") != "finished"]
+        if stopped:
+            return f"stage '{stopped[-1]}' has not finished (it is training now, or was stopped)"
+        if not self.stages and self.path.exists():
+            return "no stage has finished"
+        return None
 
     def start(self, stage: str, options: dict[str, Any]) -> None:
         self.stages[stage] = {"status": "running", "options": to_jsonable(options),

@@ -210,15 +210,19 @@ def test_a_failed_command_leaves_no_run_folder(tmp_path, sample_split, sample_da
     assert not run.exists()
 
 
-def test_stale_temporary_files_are_removed_at_the_next_start(finished_run, sample_split, sample_data_dir,
-                                                             tmp_path):
+def test_stale_temporary_files_are_removed_at_the_next_start_and_only_kcnns(finished_run, sample_split,
+                                                                            sample_data_dir, tmp_path):
     run = copy_run(finished_run, tmp_path)
-    (run / ".model.keras.tmp-x1y2.keras").write_bytes(b"half a model")
-    (run / "logs" / ".history.csv.tmp-abc").parent.mkdir(exist_ok=True)
-    (run / "logs" / ".history.csv.tmp-abc").write_text("half")
+    (run / ".model.keras.tmp-4242-x1y2z3w4.keras").write_bytes(b"half a model")       # a killed save
+    (run / "logs" / ".history.csv.tmp-abcdefgh").parent.mkdir(exist_ok=True)          # an older kcnn's name
+    (run / "logs" / ".history.csv.tmp-abcdefgh").write_text("half")
+    mine = [run / ".notes.txt.tmp-keep", run / ".my-data.tmp-12-abcdefgh", run / "mine" / ".a.tmp-12-abcdefgh"]
+    for path in mine:   # look-alikes kcnn did not make: not its names, or not where it writes
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("the user's")
     result = invoke(*train_args(sample_split, sample_data_dir, run))
     assert result.exit_code == 0, result.output[-2000:]
-    assert not list(run.rglob("*.tmp-*"))
+    assert sorted(run.rglob("*.tmp-*")) == sorted(mine)
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes need a POSIX system")

@@ -11,9 +11,12 @@ out (``keras_cnn.library_chatter``), and every message starts on a fresh line an
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
+import signal
 import sys
+import threading
 
 import click
 
@@ -40,6 +43,27 @@ COMMANDS = {
     "demo": "keras_cnn.cli.demo_command:demo",
     "devices": "keras_cnn.cli.devices_command:devices",
 }
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised as an exception: every atomic write removes its temporary, as on Ctrl-C."""
+
+
+@contextlib.contextmanager
+def _terminate_like_ctrl_c():
+    """While a command runs, SIGTERM unwinds it like Ctrl-C (Python's default would end it on the spot)."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 class KcnnGroup(click.Group):
@@ -73,13 +97,19 @@ class KcnnGroup(click.Group):
         track_stderr()
         quiet_library_messages()
         route_kcnn_logs()
+        with _terminate_like_ctrl_c():
+            self._main(args, prog_name, complete_var, **extra)
+
+    def _main(self, args, prog_name, complete_var, **extra):
         try:
             result = super().main(args, prog_name or "kcnn", complete_var, standalone_mode=False, **extra)
         except click.exceptions.Exit as stop:
             sys.exit(stop.exit_code)
-        except click.exceptions.Abort:
-            emit("kcnn: interrupted")
-            sys.exit(130)
+        except click.exceptions.Abort as stop:
+            # click turns Ctrl-C (and so SIGTERM, see Terminated) into Abort.
+            terminated = isinstance(stop.__cause__, Terminated)
+            emit("kcnn: terminated" if terminated else "kcnn: interrupted")
+            sys.exit(143 if terminated else 130)
         except click.ClickException as error:
             # Usage errors (unknown option, bad value, missing argument): one line, exit 2.
             if debugging():

@@ -75,9 +75,38 @@ class FiniteFloatRange(click.FloatRange):
         return number
 
 
+@contextlib.contextmanager
+def holding_run(out_dir: str | os.PathLike | None, overwrite: bool = False, strategy: str | None = None,
+                data: dict[str, Any] | None = None):
+    """Hold the run folder's lock, and check kcnn may write there, before TensorFlow loads.
+
+    A second writer is refused at once (not after TensorFlow's start-up), and a folder of
+    someone else's files, or one that mixes with the inputs (``data``: the data options of
+    a first stage), before any work; the stage runner takes the same lock again
+    (re-entrant) and repeats every check.  Skipped without ``--out`` (a new timestamped
+    folder) and on multi-worker processes that are not the chief (they write elsewhere).
+    """
+    from keras_cnn.runs import RunDirectory, RunLock, check_run_inputs
+    from keras_cnn.train.devices import parse_slurm, parse_tf_config
+
+    task = parse_tf_config(os.environ.get("TF_CONFIG"))
+    if task is None and strategy == "multiworker":
+        task = parse_slurm(os.environ)
+    if out_dir is None or (task is not None and not task.is_chief):
+        yield
+        return
+    with RunLock(out_dir, reentrant=True):
+        if data is not None:
+            check_run_inputs(out_dir, images=data.get("images"),
+                             files={"--split": data.get("split"), "--dataset-path": data.get("dataset_path")})
+        RunDirectory(out_dir).check_ownership(overwrite)
+        yield
+
+
 overwrite_option = click.option(
     "--overwrite", is_flag=True,
-    help="Start this stage over: removes its epochs, checkpoints, logs and eval/ (and any later stage's).",
+    help="Start this stage over: removes its epochs, checkpoints, logs and eval/ (and any later stage's). "
+         "Into a folder that is not a run, adds a run beside its files. kcnn never removes a file it did not make.",
 )
 
 

@@ -8,8 +8,9 @@ from typing import Any
 import click
 
 from keras_cnn.choices import EvaluationPart, names
+from keras_cnn.cli import options
 from keras_cnn.cli.common import debug_option, json_option, run_command
-from keras_cnn.runs import RunDirectory
+from keras_cnn.runs import RunDirectory, RunLock
 
 
 def render_summary(summary: dict[str, Any]) -> None:
@@ -39,9 +40,11 @@ def render_summary(summary: dict[str, Any]) -> None:
               help="Also report test-time augmentation: average each image's probabilities over N fixed "
                    "views (the image, centre and corner crops of 90 %, and their mirror images when the "
                    "run trained with flips); plain and TTA metrics side by side.")
+@options.trust_hub
 @json_option
 @debug_option
-def evaluate(run_dir: Path, subset: str, batch_size: int | None, tta: int | None, as_json: bool) -> None:
+def evaluate(run_dir: Path, subset: str, batch_size: int | None, tta: int | None, trust_hub: bool,
+             as_json: bool) -> None:
     """Evaluate a run: write RUN/eval/ (metrics.json, predictions.csv, plots, report.html);
     the validation part goes to RUN/eval/validation/.
 
@@ -49,12 +52,13 @@ def evaluate(run_dir: Path, subset: str, batch_size: int | None, tta: int | None
     ROC AUC for two classes, per-class numbers, the confusion matrix and the most
     confused pairs. Open RUN/eval/report.html in a browser to read them.
     """
-    # Fail fast (and without importing TensorFlow) when the folder is not a run.
+    # Fail fast (and without importing TensorFlow) when the folder is not a run or another process writes it.
     RunDirectory(run_dir).require()
 
     def work() -> dict[str, Any]:
         from keras_cnn.evaluate import evaluate_run
 
-        return evaluate_run(run_dir, subset=subset, batch_size=batch_size, tta=tta)
+        return evaluate_run(run_dir, subset=subset, batch_size=batch_size, tta=tta, trust_hub=trust_hub)
 
-    run_command(as_json, work, render_summary)
+    with RunLock(run_dir, reentrant=True):
+        run_command(as_json, work, render_summary)

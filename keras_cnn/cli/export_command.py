@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from keras_cnn.choices import ExportFormatName, QuantizationMode, names
+from keras_cnn.cli import options
 from keras_cnn.cli.common import debug_option, json_option, run_command
 from keras_cnn.export import TOLERANCE  # no TensorFlow at import time
 from keras_cnn.export.quantize import DEFAULT_MAX_ACCURACY_DROP
@@ -36,12 +37,15 @@ from keras_cnn.export.quantize import DEFAULT_MAX_ACCURACY_DROP
               show_default=True,
               help="Refuse a quantized model whose test accuracy is lower than the float one's by more than this.")
 @click.option("--force", is_flag=True,
-              help="Replace an existing version folder, and keep a quantized model that lost more accuracy "
-                   "than --max-accuracy-drop.")
+              help="Replace an existing version folder (only a kcnn export), and keep a quantized model that "
+                   "lost more accuracy than --max-accuracy-drop.")
+@options.allow_unfinished
+@options.trust_hub
 @json_option
 @debug_option
 def export(run_dir: str, out_dir: str, version: int, formats: tuple[str, ...], verify: bool, tta: int | None,
-           quantize: str | None, max_accuracy_drop: float, force: bool, as_json: bool) -> None:
+           quantize: str | None, max_accuracy_drop: float, force: bool, allow_unfinished: bool, trust_hub: bool,
+           as_json: bool) -> None:
     """Export the model of a run for serving.
 
     \b
@@ -65,7 +69,8 @@ def export(run_dir: str, out_dir: str, version: int, formats: tuple[str, ...], v
 
         return export_run(run_dir, out_dir, version=version, formats=formats or ("saved_model",),
                           verify=verify, force=force, tta=tta, quantize=quantize,
-                          max_accuracy_drop=max_accuracy_drop)
+                          max_accuracy_drop=max_accuracy_drop, allow_unfinished=allow_unfinished,
+                          trust_hub=trust_hub)
 
     run_command(as_json, work, render)
 

@@ -219,6 +219,18 @@ cache_frozen = _option("finetune.cache_frozen", "--cache-frozen/--no-cache-froze
                        "the boundary is not a single tensor the whole model trains and a line says why].",
                        default=None)
 
+# --------------------------------------------------------------------------- not config fields
+
+trust_hub = click.option(
+    "--trust-hub", is_flag=True,
+    help="Let the run's model load the TF Hub module the run records as its base. A SavedModel is a program "
+         "that Keras's safe mode cannot vet, so a model with a TF Hub base is refused without this; a model "
+         "naming any other module is refused even with it.")
+allow_unfinished = click.option(
+    "--allow-unfinished", is_flag=True,
+    help="Export a run whose last stage has not finished (stopped, or training now): its best model so far. "
+         "Recorded in kcnn.json.")
+
 OPTIONS: dict[str, ConfigOption] = {option.path: option for option in (
     dataset, dataset_path, split, images, layout, allow_labels, image_size, resize_mode, augment, augment_engine,
     cache, skip_bad_images, validation_split, label_smoothing, mixup, cutmix, randaugment, random_erasing,

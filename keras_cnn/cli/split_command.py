@@ -54,7 +54,9 @@ def split(source: str, output: str, images: str | None, layout: str | None, test
     """
     def work() -> dict[str, Any]:
         from keras_cnn.data.collection import split_to_file  # pandas: not imported for --help
+        from keras_cnn.io import remove_abandoned_temporaries
 
+        remove_abandoned_temporaries(output)   # what a killed split of this file left
         return split_to_file(source, output, images, layout, test_keys, validation_keys, balance,
                             id_column, label_column, allow_labels)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from keras_cnn.cli import options
-from keras_cnn.cli.common import debug_option, import_tensorflow_quietly, json_option, overwrite_option, run_command
+from keras_cnn.cli.common import (debug_option, holding_run, import_tensorflow_quietly, json_option, overwrite_option,
+                                  run_command)
 
 RECIPE = "the architecture's reference recipe"
 
@@ -48,27 +49,30 @@ def train(architecture, out_dir, overwrite, as_json, **option_values):
       kcnn train lenet --images digits/          # digits/0/*.png … digits/9/*.png
       kcnn train cifar10_net --split split.csv --images data/
     """
-    import_tensorflow_quietly()
-    from keras_cnn.config import DataConfig, ModelConfig, RunConfig, TrainingConfig
     from keras_cnn.errors import UserError
-    from keras_cnn.models.scratch import get_architecture
 
-    get_architecture(architecture)  # unknown names fail before any work
     values = options.config_values(option_values)
     if values["data"]["dataset_path"] and not values["data"]["dataset"]:
         raise UserError("--dataset-path needs --dataset mnist|cifar10 to say what the file holds")
-    config = RunConfig(command="train", model=ModelConfig(kind="scratch", name=architecture, **values["model"]),
-                       data=DataConfig(**values["data"]), training=TrainingConfig(**values["training"]))
+    with holding_run(out_dir, overwrite, values["training"]["strategy"], values["data"]):
+        import_tensorflow_quietly()
+        from keras_cnn.config import DataConfig, ModelConfig, RunConfig, TrainingConfig
+        from keras_cnn.models.scratch import get_architecture
 
-    def work():
-        from keras_cnn.train.fit import train_scratch
+        get_architecture(architecture)  # unknown names fail before any work
+        config = RunConfig(command="train", model=ModelConfig(kind="scratch", name=architecture, **values["model"]),
+                           data=DataConfig(**values["data"]), training=TrainingConfig(**values["training"]))
 
-        return train_scratch(config, out_dir, overwrite=overwrite)
+        def work():
+            from keras_cnn.train.fit import train_scratch
 
-    def render(result):
-        accuracy = result.get("test_accuracy")
-        shown = f"test accuracy {accuracy:.4f}" if accuracy is not None else "no test part"
-        click.echo(f"{result['architecture']}: {shown} after {result['epochs']} epochs "
-                   f"({result['seconds']:.0f} s); run in {result['run']}")
+            return train_scratch(config, out_dir, overwrite=overwrite)
 
-    run_command(as_json, work, render)
+        run_command(as_json, work, _render)
+
+
+def _render(result):
+    accuracy = result.get("test_accuracy")
+    shown = f"test accuracy {accuracy:.4f}" if accuracy is not None else "no test part"
+    click.echo(f"{result['architecture']}: {shown} after {result['epochs']} epochs "
+               f"({result['seconds']:.0f} s); run in {result['run']}")

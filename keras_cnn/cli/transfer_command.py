@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from keras_cnn.cli import options
-from keras_cnn.cli.common import debug_option, import_tensorflow_quietly, json_option, overwrite_option, run_command
+from keras_cnn.cli.common import (debug_option, holding_run, import_tensorflow_quietly, json_option, overwrite_option,
+                                  run_command)
 from keras_cnn.errors import UserError
 from keras_cnn.messages import frozen_random_base_warning
 from keras_cnn.progress import warn
@@ -58,20 +59,21 @@ def transfer(base, out_dir, overwrite, as_json, **option_values):
       kcnn transfer --base efficientnet_b0 --split split.csv --images data/ --out runs/effnet
     """
     values = options.config_values(option_values)
-    if values["model"]["weights"] == "none":
-        warn(frozen_random_base_warning(base))
-    import_tensorflow_quietly()
-    from keras_cnn.config import DataConfig, ModelConfig, RunConfig, TrainingConfig
+    with holding_run(out_dir, overwrite, values["training"]["strategy"], values["data"]):
+        if values["model"]["weights"] == "none":
+            warn(frozen_random_base_warning(base))
+        import_tensorflow_quietly()
+        from keras_cnn.config import DataConfig, ModelConfig, RunConfig, TrainingConfig
 
-    config = RunConfig(command="transfer", model=ModelConfig(kind="transfer", name=base, **values["model"]),
-                       data=DataConfig(**values["data"], channels=3), training=TrainingConfig(**values["training"]))
+        config = RunConfig(command="transfer", model=ModelConfig(kind="transfer", name=base, **values["model"]),
+                           data=DataConfig(**values["data"], channels=3), training=TrainingConfig(**values["training"]))
 
-    def work():
-        from keras_cnn.train.two_stage import train_head
+        def work():
+            from keras_cnn.train.two_stage import train_head
 
-        return train_head(config, out_dir, overwrite=overwrite)
+            return train_head(config, out_dir, overwrite=overwrite)
 
-    run_command(as_json, work, _render)
+        run_command(as_json, work, _render)
 
 
 @click.command()
@@ -88,10 +90,11 @@ def transfer(base, out_dir, overwrite, as_json, **option_values):
                    "history.csv, training.png and metrics.json.")
 @options.execution_options(shown_default="stage 1's")
 @options.cache_frozen()
+@options.trust_hub
 @overwrite_option
 @json_option
 @debug_option
-def finetune(run_dir, out_dir, overwrite, as_json, **option_values):
+def finetune(run_dir, out_dir, overwrite, trust_hub, as_json, **option_values):
     """Stage 2: unfreeze the base from a layer on and train at a low learning rate.
 
     Reads the base, data and head from the stage-1 RUN. The named layer and every later
@@ -105,18 +108,19 @@ def finetune(run_dir, out_dir, overwrite, as_json, **option_values):
       kcnn finetune --run runs/inception --unfreeze-from mixed8 --optimizer sgd --learning-rate 1e-4
     """
     values = options.config_values(option_values)
-    _warn_if_random_base_stays_frozen(run_dir, values["finetune"]["unfreeze_from"])
-    import_tensorflow_quietly()
-    from keras_cnn.config import FineTuneConfig, TrainingConfig
+    with holding_run(out_dir or run_dir, overwrite, values["training"]["strategy"]):
+        _warn_if_random_base_stays_frozen(run_dir, values["finetune"]["unfreeze_from"])
+        import_tensorflow_quietly()
+        from keras_cnn.config import FineTuneConfig, TrainingConfig
 
-    config = FineTuneConfig(**values["finetune"], training=TrainingConfig(**values["training"]))
+        config = FineTuneConfig(**values["finetune"], training=TrainingConfig(**values["training"]))
 
-    def work():
-        from keras_cnn.train.two_stage import fine_tune_run
+        def work():
+            from keras_cnn.train.two_stage import fine_tune_run
 
-        return fine_tune_run(config, run_dir, out_dir, overwrite=overwrite)
+            return fine_tune_run(config, run_dir, out_dir, overwrite=overwrite, trust_hub=trust_hub)
 
-    run_command(as_json, work, _render)
+        run_command(as_json, work, _render)
 
 
 def _warn_if_random_base_stays_frozen(run_dir: str, unfreeze_from: str | None) -> None:

@@ -41,8 +41,8 @@ from keras_cnn.export.saved_model import compare_saved_model, signature_descript
 from keras_cnn.export.spec import ModelSpec, model_spec
 from keras_cnn.export.verify import TOLERANCE, check_format, verification_images
 from keras_cnn.export_layout import LITERT_FILE, METADATA_FILE, ONNX_FILE, SAVED_MODEL_FILE, TTA_SIGNATURE
-from keras_cnn.io import atomic_path, atomic_write_json
-from keras_cnn.runs import RunDirectory
+from keras_cnn.io import atomic_path, atomic_write_json, remove_abandoned_temporaries
+from keras_cnn.runs import RunDirectory, RunState
 from keras_cnn.versions import library_versions
 
 __all__ = ["EXPORT_FORMATS", "TOLERANCE", "ExportFormat", "export_run"]
@@ -69,10 +69,15 @@ EXPORT_FORMATS: dict[str, ExportFormat] = {
 def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, version: int | None = None,
                formats: tuple[str, ...] | list[str] = ("saved_model",), verify: bool = True,
                force: bool = False, tta: int | None = None, quantize: str | None = None,
-               max_accuracy_drop: float | None = None) -> dict[str, Any]:
+               max_accuracy_drop: float | None = None, allow_unfinished: bool = False,
+               trust_hub: bool = False) -> dict[str, Any]:
     """Export the model of a finished run into ``out_dir/<version>/``.
 
-    ``version`` defaults to 1; an existing version folder is refused unless ``force``.
+    ``version`` defaults to 1; an existing version folder is refused unless ``force``, and
+    even then when it is not a kcnn export (no ``assets.extra/kcnn.json``).  A run whose
+    state says no stage finished, or a stage is running (or was stopped), is refused
+    unless ``allow_unfinished``, which ``kcnn.json`` then records.  ``trust_hub``: the
+    model may load the TF Hub module the run records as its base.
     ``formats`` is any of :data:`EXPORT_FORMATS` (``saved_model``, ``onnx``, ``litert``).
     With ``verify`` every written format is run on a few images and compared with the Keras
     model (``RunFailure`` above :data:`TOLERANCE`; nothing is left behind).
@@ -91,15 +96,18 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, version: 
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise UserError(f"--version must be a positive integer, received: {version!r}")
     version_dir = Path(out_dir) / str(version)
-    if version_dir.exists() and not force:
-        raise UserError(f"{version_dir} already exists: choose another --version or pass --force to replace it")
+    _check_version_folder(version_dir, force)
 
     run = RunDirectory(run_dir).require()
+    unfinished = RunState.read(run).unfinished()
+    if unfinished and not allow_unfinished:
+        raise UserError(f"{run.root}: {unfinished}, so its model.keras is not a finished model; finish the run, "
+                        "or pass --allow-unfinished to export its best model so far")
     config = RunConfig.from_dict(run.read_config())
     # Registers kcnn's custom layers first; the written export needs none of them.
-    from keras_cnn.models.loading import load_model
+    from keras_cnn.models.loading import hub_base_of, load_model
 
-    model = load_model(run.model_path)
+    model = load_model(run.model_path, trust_hub=hub_base_of(config.model.name) if trust_hub else None)
     spec = model_spec(model, run.read_labels(), config)
     if tta:
         from keras_cnn.tta import trained_with_flips, view_names
@@ -130,6 +138,7 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, version: 
             files[f"litert_{quantize}"] = str(version_dir / quantization["quantized"]["file"])
         metadata = export_metadata(config, spec, run.read_metrics(), run.root, formats, differences)
         metadata["quantization"] = quantization
+        metadata["unfinished"] = unfinished
         atomic_write_json(temporary / METADATA_FILE, metadata)
     return {
         "path": str(version_dir),
@@ -144,6 +153,18 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, version: 
         "tta": metadata["tta"],
         "quantization": quantization,
     }
+
+
+def _check_version_folder(version_dir: Path, force: bool) -> None:
+    """Refuse a version folder that exists (unless ``force``) or is not kcnn's; remove a killed export's leftovers."""
+    remove_abandoned_temporaries(version_dir)
+    if not (version_dir.exists() or version_dir.is_symlink()):
+        return
+    if not force:
+        raise UserError(f"{version_dir} already exists: choose another --version or pass --force to replace it")
+    if version_dir.is_symlink() or not (version_dir / METADATA_FILE).is_file():
+        raise UserError(f"{version_dir} is not a kcnn export (it has no {METADATA_FILE}), and kcnn replaces only "
+                        "its own: choose another --version or --out")
 
 
 def _check_formats(formats) -> tuple[str, ...]:

@@ -9,25 +9,34 @@ the optimizer updates them, and ``.keras`` files save and restore their values.
 
 Handles: a tfhub.dev or Kaggle URL (downloaded through tensorflow_hub's cache,
 ``$TFHUB_CACHE_DIR``) or a local SavedModel directory.
+
+A SavedModel is a program (TensorFlow runs its graph as given), which Keras's safe mode
+cannot vet.  So a ``.keras`` file that names a hub layer loads, in safe mode, only the
+modules the caller trusts (:func:`trusted_hub_modules`; ``kcnn`` commands: ``--trust-hub``
+for the base the run records), and always from the trusted handle itself, never from a
+folder the file names.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import inspect
 import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import keras
 import tensorflow as tf
 
 from keras_cnn.errors import UserError
-from keras_cnn.keras_internals import track_variable, trainable_variable_slots
+from keras_cnn.keras_internals import in_safe_mode, track_variable, trainable_variable_slots
 from keras_cnn.models.specs import HUB_PREFIX, BaseSpec
 
-__all__ = ["HUB_PREFIX", "HubFeatureLayer", "build_hub_base", "hub_base_spec", "resolve_hub_handle"]
+__all__ = ["HUB_PREFIX", "HubFeatureLayer", "HubModuleNotTrusted", "build_hub_base", "hub_base_spec",
+           "resolve_hub_handle", "trusted_hub_modules"]
 
 _URL_SCHEMES = ("http://", "https://", "gs://")
 
@@ -37,6 +46,31 @@ _URL_SCHEMES = ("http://", "https://", "gs://")
 _BATCH_NORM_VARIABLE = re.compile(
     r"(batch_?norm|batchnormalization|(^|[/_])bn\d*)[^/]*[/_](gamma|beta)(:\d+)?$", re.IGNORECASE
 )
+
+
+# The hub modules that saved models may load in safe mode (see trusted_hub_modules).
+_TRUSTED_MODULES: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar("kcnn_trusted_hub_modules",
+                                                                                  default=frozenset())
+
+
+class HubModuleNotTrusted(UserError):
+    """A saved model names a TF Hub module the caller did not trust."""
+
+
+@contextlib.contextmanager
+def trusted_hub_modules(*handles: str | None) -> Iterator[None]:
+    """Within this block, ``.keras`` files may load the TF Hub modules ``handles`` (``None`` ignored)."""
+    token = _TRUSTED_MODULES.set(_TRUSTED_MODULES.get() | {_handle_key(handle) for handle in handles if handle})
+    try:
+        yield
+    finally:
+        _TRUSTED_MODULES.reset(token)
+
+
+def _handle_key(handle: str) -> str:
+    """A handle as compared for trust: a URL as written, a folder by its real path."""
+    handle = str(handle).strip().removeprefix(HUB_PREFIX)
+    return handle if handle.lower().startswith(_URL_SCHEMES) else os.path.realpath(os.path.expanduser(handle))
 
 
 def hub_cache_dir() -> str:
@@ -202,6 +236,21 @@ class HubFeatureLayer(keras.layers.Layer):
         raise UserError(
             f"TF Hub module {self.handle} returns several outputs {sorted(outputs)}; choose one with output_key"
         )
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "HubFeatureLayer":
+        """Rebuild a saved layer; in Keras's safe mode only for a trusted module, loaded from its handle."""
+        if in_safe_mode() is not False:
+            handle = str(config.get("handle", ""))
+            trusted = _TRUSTED_MODULES.get()
+            if _handle_key(handle) not in trusted:
+                consent = ("kcnn loads it only with --trust-hub" if not trusted
+                           else f"it is not the base the run records ({', '.join(sorted(trusted))})")
+                raise HubModuleNotTrusted(f"the model runs the TF Hub module {handle}, a SavedModel, which is a "
+                                          f"program that Keras's safe mode cannot vet; {consent}")
+            # The trusted handle's own module: a folder named by the file could hold another program.
+            config = {**config, "module_path": None}
+        return cls(**config)
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()

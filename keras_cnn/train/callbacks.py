@@ -283,20 +283,29 @@ class StageCheckpoint(keras.callbacks.Callback):
 
 
 class NanGuard(keras.callbacks.Callback):
-    """Raise a clear ``RunFailure`` as soon as the training loss is NaN or infinite."""
+    """Raise a clear ``RunFailure`` as soon as the training or validation loss is NaN or infinite.
 
-    def __init__(self):
+    ``advice`` names the options that most likely caused it.  Put it before the checkpoint:
+    an epoch whose validation loss is not a number is then never committed.
+    """
+
+    def __init__(self, advice: str = "try a lower --learning-rate"):
         super().__init__()
+        self.advice = advice
         self._epoch = 0
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
+        self._check((logs or {}).get("loss"), f"the loss became {{}} at epoch {self._epoch + 1}, batch {batch + 1}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key, name in (("loss", "loss"), ("val_loss", "validation loss")):
+            self._check((logs or {}).get(key), f"the {name} became {{}} at epoch {epoch + 1}")
+
+    def _check(self, value, what: str) -> None:
+        if value is not None and not math.isfinite(float(value)):
             self.model.stop_training = True
-            raise RunFailure(
-                f"the loss became {float(loss)} at epoch {self._epoch + 1}, batch {batch + 1}; "
-                "try a lower --learning-rate (the run stopped; the best model so far is kept)"
-            )
+            raise RunFailure(f"{what.format(float(value))}; {self.advice} (the run is kept at its last good epoch; "
+                             "--overwrite starts it over with other options)")

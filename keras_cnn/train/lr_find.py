@@ -37,19 +37,20 @@ SPLIT_NAME = "lr_find_split.csv"
 def lr_find(config: RunConfig | None = None, run_dir: str | Path | None = None, unfreeze_from: str | None = None,
             train_bn: bool = False, base_dropout: bool = False, out: str | Path | None = None,
             start: float = DEFAULT_START, end: float = DEFAULT_END, steps: int = DEFAULT_STEPS,
-            batch_size: int | None = None, optimizer: str | None = None) -> dict[str, Any]:
+            batch_size: int | None = None, optimizer: str | None = None, trust_hub: bool = False) -> dict[str, Any]:
     """Run the range test and write ``lr_find.png`` and ``lr_find.csv``; returns the suggestions.
 
     ``config`` (command ``train`` or ``transfer``) for a new model, or ``run_dir`` for
     stage 2 of that run.  ``out``: the picture's path [default: ``RUN/lr_find.png`` with a
-    run, else ``./lr_find.png``]; the table goes beside it.
+    run, else ``./lr_find.png``]; the table goes beside it.  ``trust_hub``: the run's model
+    may load the TF Hub module the run records as its base.
     """
     import keras
 
     if (config is None) == (run_dir is None):
         raise UserError("lr-find needs either the data and model options of train / transfer, or --run RUN")
     if run_dir is not None:
-        stage = _finetune_stage(run_dir, unfreeze_from, train_bn, base_dropout, batch_size, optimizer)
+        stage = _finetune_stage(run_dir, unfreeze_from, train_bn, base_dropout, batch_size, optimizer, trust_hub)
         default_out = Path(run_dir) / PLOT_NAME
     else:
         if unfreeze_from:
@@ -102,7 +103,7 @@ def _first_stage(config: RunConfig) -> StageSpec:
     return head_stage(config)
 
 
-def _finetune_stage(run_dir, unfreeze_from, train_bn, base_dropout, batch_size, optimizer) -> StageSpec:
+def _finetune_stage(run_dir, unfreeze_from, train_bn, base_dropout, batch_size, optimizer, trust_hub) -> StageSpec:
     """The stage ``kcnn finetune`` would run on ``run_dir`` (whose files are only read)."""
     from keras_cnn.train.two_stage import finetune_stage
 
@@ -112,7 +113,8 @@ def _finetune_stage(run_dir, unfreeze_from, train_bn, base_dropout, batch_size, 
         raise UserError(f"{run_dir} is a {kind or 'non-transfer'} run; lr-find --run needs a "
                         "`kcnn transfer` run (for a from-scratch model give its training options instead)")
     return finetune_stage(run, FineTuneConfig(unfreeze_from=unfreeze_from, train_bn=train_bn, base_dropout=base_dropout,
-                                              training=TrainingConfig(batch_size=batch_size, optimizer=optimizer)))
+                                              training=TrainingConfig(batch_size=batch_size, optimizer=optimizer)),
+                          trust_hub=trust_hub)
 
 
 def _sweep_inputs(context: StageContext):

@@ -6,17 +6,21 @@ training options, the options that must match to resume it, and a few hooks (dat
 model, and optionally loss, optimizer, what ``fit`` trains on, extra callbacks).  The
 runner does the rest, the same way for every stage:
 
-1. take the run's lock (a second process fails at once, naming the holder's pid) and
-   remove temporary files a killed write left;
-2. read the run state: a finished stage with the same options is not run again, other
-   options are refused (naming them) unless ``overwrite``, a stage that needs another
-   (``finetune`` after ``head``) needs it finished, and stages that depend on this one
-   are refused or, with ``overwrite``, removed with everything that was theirs;
+1. take the run's lock (a second process fails at once, naming the holder's pid), refuse
+   a folder that mixes with the inputs or holds files kcnn did not make
+   (:meth:`~keras_cnn.runs.RunDirectory.check_ownership`), record it as a run and remove
+   the temporary files a killed write left;
+2. read the run state: a finished stage with the same options (and its model file) is not
+   run again, other options are refused (naming them) unless ``overwrite``, a stage that
+   needs another (``finetune`` after ``head``) needs it finished, and stages that depend on
+   this one are refused or, with ``overwrite``, removed with everything that was theirs —
+   only once every check passed, the model of a stage that builds it without data included;
 3. data, model, loss, optimizer; config.json and labels.txt; compile;
-4. fit with kill-safe checkpoints (resuming from the last committed epoch);
+4. fit with kill-safe checkpoints (resuming from the last committed epoch), stopping on a
+   NaN or infinite loss;
 5. test the best model, record metrics, draw the curves, mark the stage finished.
 
-A failed command leaves no run folder it created without progress in it.
+A failed command leaves no run it started without progress in it.
 """
 
 from __future__ import annotations
@@ -37,8 +41,11 @@ from keras_cnn.data.collection import split_into_run
 from keras_cnn.data.regularize import soft_label_loss, uses_soft_labels
 from keras_cnn.errors import UserError
 from keras_cnn.progress import format_seconds, keras_verbose, say
-from keras_cnn.io import atomic_path, check_output_path, remove_stale_temporaries
-from keras_cnn.runs import EXECUTION_OPTIONS, RunDirectory, RunLock, RunState, differing_options, flatten_options
+from keras_cnn.data.files import bounded_list_message, full_list_path
+from keras_cnn.io import atomic_path, check_output_path
+from keras_cnn.models.loading import model_file_problem
+from keras_cnn.runs import (EXECUTION_OPTIONS, RunDirectory, RunLock, RunState, check_run_inputs, differing_options,
+                            flatten_options)
 from keras_cnn.train.callbacks import (HistoryRecorder, NanGuard, RunProgress, StageCheckpoint, read_history,
                                       write_history)
 from keras_cnn.train.discriminative import layer_rate_factors
@@ -106,6 +113,8 @@ class StageSpec:
     ``config.extra["stages"][name]``.  ``keep_model``: keep this stage's best model under
     ``RUN/stages/`` for a later stage to start from.  ``option_defaults``: the options a
     default config gives; an option missing from an older run's record counts as its default.
+    ``model_before_data``: ``build_model`` needs no data, so the runner builds the model
+    before ``--overwrite`` removes anything (a wrong ``--unfreeze-from`` leaves the run as it was).
 
     Hooks (each gets the :class:`StageContext`): ``prepare_data`` -> ``PreparedData``;
     ``build_model`` -> the uncompiled whole model (called inside the strategy scope);
@@ -126,6 +135,7 @@ class StageSpec:
     record: dict[str, Any] = field(default_factory=dict)
     option_defaults: dict[str, Any] = field(default_factory=dict)
     keep_model: bool = False
+    model_before_data: bool = False
     loss: Callable[[StageContext], Any] | None = None
     optimizer: Callable[[StageContext], Any] | None = None
     fit_inputs: Callable[[StageContext], FitInputs] | None = None
@@ -163,48 +173,87 @@ def run_stage(spec: StageSpec, out_dir: str | os.PathLike, overwrite: bool = Fal
     execution = execution or start_execution(spec.training)
     created = not out_dir.exists()
     with execution.run_directory(out_dir) as run:
-        lock = RunLock(run.root).acquire()
-        state = None
-        try:
-            remove_stale_temporaries(run.root)
-            if source_run is not None:
-                _copy_source_run(Path(source_run), run, spec)
-            state = RunState.read(run)
-            finished = _check_state(run, state, spec, overwrite)
-            if finished is not None:
-                # A kill right after the stage was marked finished can leave its checkpoints.
-                _remove_backup(run, spec.name)
-                return StageOutcome(finished)
-            return _run_checked_stage(StageContext(spec, run, execution, start_model), state, data)
-        except BaseException:
-            if created and not _has_progress(run, spec.name, state):
-                shutil.rmtree(run.root, ignore_errors=True)
-            raise
-        finally:
-            lock.release()
+        failed = False
+        with RunLock(run.root):
+            _check_run_folder(run, spec, overwrite, out_dir)
+            new_run = run.recorded_entries() is None
+            state = None
+            try:
+                run.claim()
+                run.remove_stale_temporaries()
+                if source_run is not None:
+                    _copy_source_run(Path(source_run), run, spec)
+                state = RunState.read(run, overwrite)
+                context = StageContext(spec, run, execution, start_model)
+                plan = _check_state(run, state, spec, overwrite)
+                if isinstance(plan, dict):
+                    # A kill right after the stage was marked finished can leave its checkpoints.
+                    _remove_backup(run, spec.name)
+                    return StageOutcome(plan)
+                if spec.model_before_data:
+                    _build_model(context)   # every check that needs the model, before anything is removed
+                if state.damaged:
+                    run.clear()
+                _discard_stages(run, state, plan)
+                return _run_checked_stage(context, state, data)
+            except BaseException:
+                failed = True
+                if new_run and not _has_progress(run, spec.name, state):
+                    run.forget()
+                raise
+        if failed and created:
+            _remove_if_empty(run.root)
+
+
+def _check_run_folder(run: RunDirectory, spec: StageSpec, overwrite: bool, out_dir: Path) -> None:
+    """Step 1's refusals, before anything is written: inputs inside the run or around it, files not kcnn's."""
+    data = spec.config.data
+    # A later stage reads the run's own split; only a first stage's inputs are the user's files.
+    files = {} if spec.requires else {"--split": data.split, "--dataset-path": data.dataset_path}
+    check_run_inputs(out_dir, images=data.images, files=files)
+    run.check_ownership(overwrite)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        folder.rmdir()
 
 
 def _has_progress(run: RunDirectory, stage: str, state: RunState | None) -> bool:
-    """Whether the run holds anything a re-run would reuse: a finished stage or a committed epoch."""
+    """Whether this stage has something a re-run would reuse: a committed epoch, or it finished."""
     if (run.backup_dir / stage / StageCheckpoint.LATEST).exists():
         return True
-    return state is not None and any(entry.get("status") == "finished" for entry in state.stages.values())
+    return state is not None and state.status(stage) == "finished"
 
 
 def _copy_source_run(source: Path, run: RunDirectory, spec: StageSpec) -> None:
-    """Start ``run`` as a copy of ``source`` up to ``spec.requires`` (``kcnn finetune --out``)."""
+    """Start ``run`` as a copy of ``source`` up to ``spec.requires`` (``kcnn finetune --out``).
+
+    Only what kcnn wrote in ``source`` is copied (not its checkpoints, logs or evaluations).
+    """
     if source.resolve() == run.root.resolve() or run.state_path.exists() or run.config_path.exists():
         return
+    source_run = RunDirectory(source)
     with RunLock(source):
-        shutil.copytree(source, run.root, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns("backup", "eval", "logs", RunLock.name))
+        for name in sorted((source_run.recorded_entries() or set()) - {"backup", "eval", "logs"}):
+            path = source / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.copytree(path, run.root / name)
+            elif path.is_file():
+                shutil.copy2(path, run.root / name)
         copied = RunState.read(run)
         later = [name for name in copied.stages if name != spec.requires]
         _discard_stages(run, copied, later)
 
 
-def _check_state(run: RunDirectory, state: RunState, spec: StageSpec, overwrite: bool) -> dict[str, Any] | None:
-    """Apply the run-state rules; returns the stored summary when the stage already finished."""
+def _check_state(run: RunDirectory, state: RunState, spec: StageSpec, overwrite: bool) -> dict[str, Any] | list[str]:
+    """Apply the run-state rules: the stored summary when the stage already finished, else the
+    stages ``--overwrite`` removes before it runs (nothing is removed here)."""
+    if state.damaged:
+        if spec.requires:
+            raise UserError(f"{run.state_path} cannot be read, so nothing is known of stage '{spec.requires}': "
+                            f"run it again with --overwrite before '{spec.name}'")
+        return []
     if spec.requires and state.status(spec.requires) != "finished":
         raise UserError(f"{run.root}: stage '{spec.requires}' has not finished "
                         f"({_epochs_done(run, spec.requires)}); finish it before '{spec.name}'")
@@ -221,17 +270,21 @@ def _check_state(run: RunDirectory, state: RunState, spec: StageSpec, overwrite:
         differences = differing_options(_comparable(recorded), _comparable(spec.options),
                                         _comparable(spec.option_defaults))
         if differences:
-            shown = "; ".join(differences[:5]) + (f"; and {len(differences) - 5} more" if len(differences) > 5 else "")
             verb = "finished" if entry.get("status") == "finished" else "was started"
-            # The remedy first: a long list of differences may be cut to fit the terminal.
-            raise UserError(f"{run.root}: stage '{spec.name}' {verb} with other options (--overwrite starts it "
-                            f"over, or use another --out): {shown}")
+            raise UserError(bounded_list_message(
+                lambda listed: f"{run.root}: stage '{spec.name}' {verb} with other options (--overwrite starts it "
+                               f"over, or use another --out): {listed}",
+                differences, full_list_path("changed_options.txt")))
         if entry.get("status") == "finished":
+            problem = model_file_problem(run.model_path)
+            if problem is not None:
+                raise UserError(f"stage '{spec.name}' of {run.root} is not finished: its model file {problem}; "
+                                "run the same command with --overwrite to train it again")
             say(f"stage '{spec.name}' of {run.root} already finished; nothing to do (--overwrite starts it over)")
             return {**entry.get("result", {}), "run": str(run.root)}
     if overwrite:
-        _discard_stages(run, state, others + ([spec.name] if entry is not None else []))
-    return None
+        return others + ([spec.name] if entry is not None else [])
+    return []
 
 
 def _comparable(options: dict[str, Any]) -> dict[str, Any]:
@@ -345,17 +398,23 @@ def _run_checked_stage(context: StageContext, state: RunState, data) -> StageOut
 
 def build_stage(context: StageContext, data=None) -> StageContext:
     """The stage's data (``data`` when given, else its ``prepare_data``), model (in the execution's
-    scope, when there is one) and loss, into ``context``; run_stage and lr-find build stages so."""
+    scope, when there is one; unless already built) and loss, into ``context``; run_stage and
+    lr-find build stages so."""
     spec = context.spec
     context.data = data if data is not None else spec.prepare_data(context)
-    with context.execution.scope() if context.execution is not None else contextlib.nullcontext():
-        context.model = spec.build_model(context)
+    if context.model is None:
+        _build_model(context)
     context.single_sigmoid = context.model.output_shape[-1] == 1
     context.loss = spec.loss(context) if spec.loss else default_loss(context.single_sigmoid)
     if uses_soft_labels(spec.config.data.regularization):
         # MixUp, CutMix and label smoothing give class probabilities: categorical cross-entropy.
         context.loss = soft_label_loss(context.loss)
     return context
+
+
+def _build_model(context: StageContext) -> None:
+    with context.execution.scope() if context.execution is not None else contextlib.nullcontext():
+        context.model = context.spec.build_model(context)
 
 
 def _remove_backup(run: RunDirectory, stage: str) -> None:
@@ -428,11 +487,12 @@ def _fit(context: StageContext, checkpoint: StageCheckpoint) -> None:
         earlier_values=lambda: [float(row[checkpoint.monitor]) if row.get(checkpoint.monitor) not in (None, "")
                                 else None for row in history.stage_rows()])
     callbacks = [
+        # First: an epoch whose loss is not a number is neither recorded nor committed.
+        NanGuard(_nan_advice(spec)),
         history,        # before the checkpoint: an epoch's row exists when the epoch commits
         # --ema: the averaged weights are swapped in before the checkpoint saves (and judges) the model.
         *ema_callbacks(training),
         checkpoint,
-        NanGuard(),
         RunProgress(spec.name, training.epochs),
         keras.callbacks.TensorBoard(str(run.tensorboard_dir / spec.name), write_graph=False),
         *early_stopping,
@@ -457,6 +517,17 @@ def _fit(context: StageContext, checkpoint: StageCheckpoint) -> None:
         if callback.stopped_epoch is not None:
             context.fit_notes["early_stopping"] = {"stopped_after_epoch": callback.stopped_epoch,
                                                    "best_epoch": callback.best_epoch, "patience": callback.patience}
+
+
+def _nan_advice(spec: StageSpec) -> str:
+    """What to change when the loss stops being a number: the rate, and any mixing option in use."""
+    rate = spec.training.learning_rate
+    advice = f"--learning-rate {rate:g} is likely too high: try a lower one" if rate else "try a lower --learning-rate"
+    mixing = {name: value for name, value in (spec.config.data.regularization or {}).items()
+              if name in ("mixup", "cutmix") and value}
+    if mixing:
+        advice += ", or check " + " and ".join(f"--{name} {value:g}" for name, value in mixing.items())
+    return advice
 
 
 def _stage_optimizer(context: StageContext, inputs: FitInputs) -> keras.optimizers.Optimizer:
@@ -503,12 +574,12 @@ def _fit_multiworker(model: keras.Model, context: StageContext, callbacks: list)
 
 def _load_best(context: StageContext) -> keras.Model:
     """The saved best model (of this stage, or of the stage before when this one did not beat it)."""
-    from keras_cnn.models.loading import load_model
+    from keras_cnn.models.loading import hub_base_of, load_model
 
-    if context.execution.multiworker:
-        return load_model(context.run.model_path)
-    with context.execution.scope():
-        return load_model(context.run.model_path)
+    # The model this stage saved: its hub module, if any, is the run's base, which this stage runs anyway.
+    trust = hub_base_of(context.spec.config.model.name)
+    with contextlib.nullcontext() if context.execution.multiworker else context.execution.scope():
+        return load_model(context.run.model_path, trust_hub=trust)
 
 
 def _finish(context: StageContext, best: keras.Model, counts: dict[str, int]) -> dict[str, Any]:

@@ -228,20 +228,23 @@ def fine_tune_record(finetune: FineTuneConfig, training: TrainingConfig, boundar
 
 
 def fine_tune_run(finetune: FineTuneConfig, run_dir: str | Path, out_dir: str | Path | None = None,
-                  overwrite: bool = False, *, execution=None, data=None, start_model=None) -> dict[str, Any]:
+                  overwrite: bool = False, *, execution=None, data=None, start_model=None,
+                  trust_hub: bool = False) -> dict[str, Any]:
     """Stage 2 on a stage-1 run: unfreeze the base from ``finetune.unfreeze_from`` on and train at a low rate.
 
     Results go into the same run, or into ``out_dir`` (a copy of the stage-1 run, which is
     then left untouched).  The stage-1 run must have finished.  ``execution``, ``data`` and
     ``start_model`` let :func:`fine_tune` hand over stage 1's execution, decoded data and
-    best model instead of starting, decoding and loading them again.
+    best model instead of starting, decoding and loading them again.  ``trust_hub``: the
+    stage-1 model may load the TF Hub module the run records as its base (``--trust-hub``).
     """
-    return _fine_tune_run(finetune, run_dir, out_dir, overwrite, execution, data, start_model).summary
+    return _fine_tune_run(finetune, run_dir, out_dir, overwrite, execution, data, start_model, trust_hub).summary
 
 
-def _fine_tune_run(finetune, run_dir, out_dir, overwrite, execution=None, data=None, start_model=None):
+def _fine_tune_run(finetune, run_dir, out_dir, overwrite, execution=None, data=None, start_model=None,
+                   trust_hub=False):
     source = RunDirectory(run_dir)
-    stage = finetune_stage(source, finetune)
+    stage = finetune_stage(source, finetune, trust_hub=trust_hub)
     target = Path(out_dir) if out_dir is not None else source.root
     outcome = run_stage(stage, target, overwrite=overwrite, execution=execution, data=data, start_model=start_model,
                         source_run=source.root if out_dir is not None else None)
@@ -249,10 +252,11 @@ def _fine_tune_run(finetune, run_dir, out_dir, overwrite, execution=None, data=N
     return outcome
 
 
-def finetune_stage(source: RunDirectory, finetune: FineTuneConfig) -> StageSpec:
+def finetune_stage(source: RunDirectory, finetune: FineTuneConfig, trust_hub: bool = False) -> StageSpec:
     """Stage 2 of the stage-1 run ``source`` with ``finetune`` (checked and resolved), the one way it is
-    built (``kcnn finetune``, lr-find --run, demo); its model starts from stage 1's best model."""
-    from keras_cnn.models.loading import load_model
+    built (``kcnn finetune``, lr-find --run, demo); its model starts from stage 1's best model
+    (``trust_hub``: which may load the TF Hub module the run records as its base)."""
+    from keras_cnn.models.loading import hub_base_of, load_model
     from keras_cnn.models.transfer import unfreeze_from as unfreeze
     from keras_cnn.train.stage_data import prepare_folder_data
 
@@ -278,7 +282,8 @@ def finetune_stage(source: RunDirectory, finetune: FineTuneConfig) -> StageSpec:
         model = context.start_model
         if model is None:
             start = run.stage_model_path(HEAD_STAGE)
-            model = load_model(start if start.exists() else run.model_path)
+            model = load_model(start if start.exists() else run.model_path,
+                               trust_hub=hub_base_of(config.model.name) if trust_hub else None)
         unfreeze(model, boundary, train_bn=finetune.train_bn, base_dropout=finetune.base_dropout)
         return model
 
@@ -286,7 +291,7 @@ def finetune_stage(source: RunDirectory, finetune: FineTuneConfig) -> StageSpec:
     defaults = {"training": asdict(TrainingConfig()),
                 "finetune": fine_tune_record(FineTuneConfig(), TrainingConfig(), None, None)}
     return StageSpec(FINETUNE_STAGE, config, training, options, prepare_data, build_model,
-                     requires=HEAD_STAGE, record=record, option_defaults=defaults,
+                     requires=HEAD_STAGE, record=record, option_defaults=defaults, model_before_data=True,
                      fit_inputs=top_on_cached_boundary if cache_frozen else None)
 
 
@@ -310,6 +315,7 @@ def fine_tune(config: RunConfig, out_dir: str | Path | None = None, finetune: Fi
     # The model was built under stage 1's strategy: it goes over only with that same execution.
     same_execution = all(getattr(training, name) == getattr(stage1.training, name) for name in EXECUTION_FIELDS)
     start_model = head.model if same_execution else None
+    # The base was given in this call: its hub module, if any, is the caller's own choice.
     tuned = _fine_tune_run(finetune, out_dir, None, overwrite, execution=head.execution if start_model else None,
-                           data=data, start_model=start_model)
+                           data=data, start_model=start_model, trust_hub=True)
     return {**tuned.summary, "head": head.summary}
