@@ -221,6 +221,10 @@ class RunLocked(UserError):
     """Another process holds the run's lock."""
 
 
+# run folder (real path) -> this process's reentrant lock on it
+_REENTRANT_LOCKS: dict[str, "RunLock"] = {}
+
+
 class RunLock:
     """An exclusive lock on a run folder (``RUN/.lock``, ``flock``), naming the holder's pid.
 
@@ -233,7 +237,6 @@ class RunLock:
     """
 
     name = ".lock"
-    _reentrant: dict[str, "RunLock"] = {}   # run folder (real path) -> this process's reentrant lock on it
 
     def __init__(self, root: str | os.PathLike, reentrant: bool = False):
         self.root = Path(root)
@@ -247,7 +250,7 @@ class RunLock:
         import fcntl
 
         key = os.path.realpath(self.root)
-        if key in RunLock._reentrant:
+        if key in _REENTRANT_LOCKS:
             self._nested = True
             return self
         if not self.root.exists():
@@ -288,7 +291,7 @@ class RunLock:
         handle.flush()
         self._handle = handle
         if self.reentrant:
-            RunLock._reentrant[key] = self
+            _REENTRANT_LOCKS[key] = self
         return self
 
     def release(self) -> None:
@@ -298,7 +301,7 @@ class RunLock:
         if self._handle is None:
             return
         if self.reentrant:
-            RunLock._reentrant.pop(os.path.realpath(self.root), None)
+            _REENTRANT_LOCKS.pop(os.path.realpath(self.root), None)
         self.path.unlink(missing_ok=True)
         self._handle.close()
         self._handle = None

@@ -25,6 +25,7 @@ from keras_cnn.config import DataConfig, ModelConfig, RunConfig  # noqa: E402
 from keras_cnn.data.images import load_image, resize_image  # noqa: E402
 from keras_cnn.errors import RunFailure, UserError  # noqa: E402
 from keras_cnn.export import export_run  # noqa: E402
+from keras_cnn.export_layout import METADATA_FILE  # noqa: E402
 from keras_cnn.runs import RunDirectory  # noqa: E402
 
 RGB_LABELS = ["cat", "dog", "fish"]
@@ -293,7 +294,8 @@ def test_failed_verification_leaves_no_version_and_keeps_the_old_one(grey_run, t
 
     # --force over an existing version: the failed export must not destroy it.
     old = tmp_path / "existing" / "1"
-    old.mkdir(parents=True)
+    (old / METADATA_FILE).parent.mkdir(parents=True)
+    (old / METADATA_FILE).write_text("{}")   # a kcnn export, which --force may replace
     (old / "marker").write_text("old export")
     with pytest.raises(RunFailure):
         export_run(grey_run, tmp_path / "existing", force=True)

@@ -157,6 +157,7 @@ def test_a_cached_stage_saves_the_whole_model_once_and_survives_a_kill(tmp_path,
     model is assembled at the end; a kill before that resumes and still ends with the best epoch."""
     from conftest import write_hub_module
     from keras_cnn.data.pipeline import make_dataset
+    from keras_cnn.models.loading import load_model
     from keras_cnn.train import stage
     from keras_cnn.train.callbacks import NanGuard, StageCheckpoint
     from keras_cnn.train.two_stage import train_head
@@ -189,7 +190,7 @@ def test_a_cached_stage_saves_the_whole_model_once_and_survives_a_kill(tmp_path,
 
     rows = list(csv.DictReader(open(run / "history.csv", newline="")))
     assert [row["epoch"] for row in rows] == ["1", "2", "3", "4", "5"]
-    model = keras.saving.load_model(run / "model.keras")
+    model = load_model(run / "model.keras", trust_hub=f"hub:{hub}")
     loss, count = 0.0, 0
     for images, labels in make_dataset(sample_split, sample_data_dir, "validation", (32, 32), 16, shuffle=False):
         loss += float(keras.losses.sparse_categorical_crossentropy(labels, model(images)).numpy().sum())

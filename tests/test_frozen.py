@@ -283,14 +283,15 @@ def test_finetune_records_its_base_dropout_choice(tmp_path, sample_data_dir, sam
     from keras_cnn.cli import cli
 
     run = train_tiny_hub_head(tmp_path, sample_split, sample_data_dir)
-    finetune = ["finetune", "--run", str(run), "--unfreeze-from", "all", "--epochs", "1"]
+    finetune = ["finetune", "--run", str(run), "--unfreeze-from", "all", "--epochs", "1", "--trust-hub"]
     result = CliRunner().invoke(cli, [*finetune, "--base-dropout"])
     assert result.exit_code == 0, result.output[-2000:]
     stage = json.loads((run / "config.json").read_text())["extra"]["stages"]["finetune"]
     assert stage["base_dropout"] is True
     state = json.loads((run / "state.json").read_text())["stages"]["finetune"]["options"]["finetune"]
     assert state["base_dropout"] is True
-    assert get_base_layer(load_model(run / "model.keras")).base_dropout is True
+    base = json.loads((run / "config.json").read_text())["model"]["name"]
+    assert get_base_layer(load_model(run / "model.keras", trust_hub=base)).base_dropout is True
     result = CliRunner().invoke(cli, [*finetune, "--no-base-dropout"])
     assert result.exit_code == 2 and "finetune.base_dropout (run: true, now: false)" in result.output
 

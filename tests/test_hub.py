@@ -115,7 +115,7 @@ def test_reload_with_module_gone_is_one_line(hub_dir, tmp_path):
     build_transfer_model("hub:" + str(copy), 2, image_size=IMAGE_SIZE).save(path)
     shutil.rmtree(copy)
     with pytest.raises(UserError) as caught:
-        load_model(path)
+        load_model(path, trust_hub="hub:" + str(copy))
     message = str(caught.value)
     assert "\n" not in message and "neither a URL nor an existing SavedModel directory" in message
 
@@ -139,7 +139,7 @@ def test_hub_model_saves_reloads_and_fine_tunes(hub_dir, tmp_path):
 
     path = tmp_path / "model.keras"
     model.save(path)
-    reloaded = load_model(path, compile=True)
+    reloaded = load_model(path, compile=True, trust_hub="hub:" + hub_dir)
     np.testing.assert_allclose(reloaded.predict(batch, verbose=0), before, rtol=1e-5, atol=1e-6)
     assert parameter_counts(reloaded) == parameter_counts(model)  # still frozen after the reload
 
@@ -155,7 +155,7 @@ def test_hub_model_saves_reloads_and_fine_tunes(hub_dir, tmp_path):
     # The fine-tuned module weights (and the optimizer) round-trip through .keras too.
     tuned = reloaded.predict(batch, verbose=0)
     reloaded.save(path)
-    again = load_model(path, compile=True)
+    again = load_model(path, compile=True, trust_hub="hub:" + hub_dir)
     np.testing.assert_allclose(again.predict(batch, verbose=0), tuned, rtol=1e-5, atol=1e-6)
     assert type(again.optimizer).__name__ == "Adam" and again.optimizer.__module__ == "keras_cnn.optimizers"
 

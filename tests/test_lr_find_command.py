@@ -19,7 +19,7 @@ def test_stage2_sweep_suggests_rates_and_never_changes_the_run(tmp_path, sample_
     run = train_tiny_hub_head(tmp_path, sample_split, sample_data_dir)
     model_bytes = hashlib.sha1((run / "model.keras").read_bytes()).hexdigest()
     result = invoke("lr-find", "--run", run, "--unfreeze-from", "all", "--steps", 30, "--start-lr", 1e-5,
-                    "--json")
+                    "--trust-hub", "--json")
     assert result.exit_code == 0, result.output[-3000:]
     found = json.loads(result.stdout)
     assert found["stage"] == "finetune" and 0 < found["steps"] <= 30

@@ -94,7 +94,7 @@ def test_early_stopping_keeps_the_best_epoch_and_its_patience_across_a_kill(tmp_
 def test_finetune_lr_mult_gives_the_base_a_smaller_rate(tmp_path, sample_data_dir, sample_split):
     run = train_tiny_hub_head(tmp_path, sample_split, sample_data_dir)
     result = invoke("finetune", "--run", run, "--unfreeze-from", "all", "--epochs", 1, "--learning-rate", 1e-3,
-                    "--lr-mult", 4, "--schedule", "onecycle", "--json")
+                    "--lr-mult", 4, "--schedule", "onecycle", "--trust-hub", "--json")
     assert result.exit_code == 0, result.output[-3000:]
     record = json.loads((run / "config.json").read_text())["extra"]["stages"]["finetune"]
     assert (record["lr_mult"], record["schedule"]) == (4.0, "onecycle")

@@ -115,7 +115,7 @@ def test_hub_base_fine_tunes_all_its_variables(tmp_path, sample_data_dir, sample
                        sample_data_dir, "--out", run, "--image-size", 32, "--epochs", 2, "--no-cache-features",
                        "--augment")
     tuned = invoke_json("finetune", "--run", run, "--unfreeze-from", "all", "--train-bn", "--epochs", 1,
-                        "--learning-rate", 1e-2)
+                        "--learning-rate", 1e-2, "--trust-hub")
     # conv kernel 3*3*3*6 + bias 6 + BN gamma/beta 6+6 join the head's 21.
     assert tuned["trainable_params"] == head["trainable_params"] + 162 + 6 + 12
 
@@ -220,7 +220,7 @@ def test_fine_tune_hands_stage_1_model_and_data_to_stage_2_and_overwrite_restart
     assert stages(run) == ["head", "finetune"] and (run / "stages" / "head.keras").exists()
 
     tuned = two_stage.fine_tune_run(FineTuneConfig(unfreeze_from="all", training=TrainingConfig(epochs=1, learning_rate=1e-3)), run,
-                                    overwrite=True)
+                                    overwrite=True, trust_hub=True)
     assert tuned["stage"] == "finetune" and stages(run) == ["head", "finetune"]
     state = json.loads((run / "state.json").read_text())
     assert state["stages"]["finetune"]["options"]["training"]["learning_rate"] == 1e-3

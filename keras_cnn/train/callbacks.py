@@ -285,8 +285,8 @@ class StageCheckpoint(keras.callbacks.Callback):
 class NanGuard(keras.callbacks.Callback):
     """Raise a clear ``RunFailure`` as soon as the training or validation loss is NaN or infinite.
 
-    ``advice`` names the options that most likely caused it.  Put it before the checkpoint:
-    an epoch whose validation loss is not a number is then never committed.
+    ``advice`` names the options that most likely caused it.  An epoch whose validation loss
+    is not a number is never the best one, so the model file keeps the last good epoch.
     """
 
     def __init__(self, advice: str = "try a lower --learning-rate"):

@@ -487,12 +487,11 @@ def _fit(context: StageContext, checkpoint: StageCheckpoint) -> None:
         earlier_values=lambda: [float(row[checkpoint.monitor]) if row.get(checkpoint.monitor) not in (None, "")
                                 else None for row in history.stage_rows()])
     callbacks = [
-        # First: an epoch whose loss is not a number is neither recorded nor committed.
-        NanGuard(_nan_advice(spec)),
         history,        # before the checkpoint: an epoch's row exists when the epoch commits
         # --ema: the averaged weights are swapped in before the checkpoint saves (and judges) the model.
         *ema_callbacks(training),
         checkpoint,
+        NanGuard(_nan_advice(spec)),
         RunProgress(spec.name, training.epochs),
         keras.callbacks.TensorBoard(str(run.tensorboard_dir / spec.name), write_graph=False),
         *early_stopping,
