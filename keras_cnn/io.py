@@ -158,19 +158,18 @@ def atomic_path(final_path: str | os.PathLike, directory: bool = False) -> Itera
     prefix = f".{final_path.name}{TEMPORARY_MARK}{os.getpid()}-"
     if directory:
         temporary = Path(tempfile.mkdtemp(prefix=prefix, dir=final_path.parent))
-        os.chmod(temporary, 0o777 & ~_current_umask())
     else:
         handle, name = tempfile.mkstemp(prefix=prefix, dir=final_path.parent)
         os.close(handle)
         temporary = Path(name)
-        # mkstemp creates 0600 files; results are meant to be shared like any other file.
-        os.chmod(temporary, 0o666 & ~_current_umask())
+    try:
+        # mkstemp/mkdtemp make private files; results are meant to be shared like any other file.
+        os.chmod(temporary, (0o777 if directory else 0o666) & ~_current_umask())
         # Keras refuses some file names by their suffix (".keras", ".weights.h5"): keep it.
-        if final_path.suffixes:
+        if not directory and final_path.suffixes:
             suffixed = temporary.with_name(temporary.name + "".join(final_path.suffixes))
             temporary.rename(suffixed)
             temporary = suffixed
-    try:
         yield temporary
         if directory and final_path.exists():
             shutil.rmtree(final_path)

@@ -14,6 +14,8 @@ from typing import Iterable
 from keras_cnn.io import atomic_write_text
 
 MAX_LINE = 300        # characters; longer message lines are shortened
+# The room a message has once "kcnn: error: " or "kcnn: warning: " leads its line.
+MAX_MESSAGE = MAX_LINE - len("kcnn: warning: ")
 MAX_ITEMS = 5         # items shown in a message before "and N more"
 
 

@@ -69,8 +69,8 @@ class RunDirectory:
                "state.json", "skipped_images.csv", "split.csv", "stages", "logs", "backup", "eval", "features",
                "lr_find.png", "lr_find.csv")
 
-    # What a finished run of a kcnn older than run states holds.
-    OLDER_RUN = ("config.json", "labels.txt", "model.keras", "history.csv")
+    # What a finished run of a kcnn older than run states holds (what :meth:`require` asks for).
+    OLDER_RUN = ("config.json", "labels.txt", "model.keras")
 
     def recorded_entries(self) -> set[str] | None:
         """The names the run's record lists; an older run's :data:`ENTRIES`; ``None`` for a folder kcnn did not make."""
@@ -155,7 +155,7 @@ class RunDirectory:
 
     def require(self) -> "RunDirectory":
         """Check this is a finished run (config, labels and model present)."""
-        for path in (self.config_path, self.labels_path, self.model_path):
+        for path in (self.root / name for name in self.OLDER_RUN):
             if not path.exists():
                 raise UserError(f"{self.root} is not a kcnn run directory: {path.name} is missing")
         return self

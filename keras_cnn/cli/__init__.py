@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import threading
+from typing import Iterator
 
 import click
 
@@ -50,18 +51,24 @@ class Terminated(KeyboardInterrupt):
 
 
 @contextlib.contextmanager
-def _terminate_like_ctrl_c():
-    """While a command runs, SIGTERM unwinds it like Ctrl-C (Python's default would end it on the spot)."""
+def _terminate_like_ctrl_c() -> Iterator[threading.Event]:
+    """While a command runs, SIGTERM unwinds it like Ctrl-C (Python's default would end it on the spot).
+
+    Yields an event set once SIGTERM came: the exception can surface as another one when it
+    interrupts a library half-way, and the command still ends as terminated.
+    """
+    received = threading.Event()
     if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
-        yield
+        yield received
         return
 
     def terminate(signum, frame):
+        received.set()
         raise Terminated()
 
     signal.signal(signal.SIGTERM, terminate)
     try:
-        yield
+        yield received
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
@@ -97,19 +104,27 @@ class KcnnGroup(click.Group):
         track_stderr()
         quiet_library_messages()
         route_kcnn_logs()
-        with _terminate_like_ctrl_c():
-            self._main(args, prog_name, complete_var, **extra)
+        with _terminate_like_ctrl_c() as terminated:
+            try:
+                result = super().main(args, prog_name or "kcnn", complete_var, standalone_mode=False, **extra)
+            except click.exceptions.Exit as stop:
+                sys.exit(stop.exit_code)
+            except BaseException:
+                if terminated.is_set() and not debugging():
+                    emit("kcnn: terminated")
+                    sys.exit(143)
+                self._report_failure()
+        sys.exit(result if isinstance(result, int) else 0)
 
-    def _main(self, args, prog_name, complete_var, **extra):
+    @staticmethod
+    def _report_failure() -> None:
+        """The exception being handled as one line and its exit code (re-raised under --debug)."""
         try:
-            result = super().main(args, prog_name or "kcnn", complete_var, standalone_mode=False, **extra)
-        except click.exceptions.Exit as stop:
-            sys.exit(stop.exit_code)
-        except click.exceptions.Abort as stop:
-            # click turns Ctrl-C (and so SIGTERM, see Terminated) into Abort.
-            terminated = isinstance(stop.__cause__, Terminated)
-            emit("kcnn: terminated" if terminated else "kcnn: interrupted")
-            sys.exit(143 if terminated else 130)
+            raise
+        except click.exceptions.Abort:
+            # click turns Ctrl-C into Abort.
+            emit("kcnn: interrupted")
+            sys.exit(130)
         except click.ClickException as error:
             # Usage errors (unknown option, bad value, missing argument): one line, exit 2.
             if debugging():
@@ -130,7 +145,6 @@ class KcnnGroup(click.Group):
             emit(f"kcnn: error: {type(error).__name__}: {first_line(error)} "
                  "(run with --debug for the traceback)")
             sys.exit(1)
-        sys.exit(result if isinstance(result, int) else 0)
 
 
 @click.group(cls=KcnnGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from keras_cnn.errors import UserError
-from keras_cnn.messages import MAX_ITEMS, MAX_LINE, summarize_items
+from keras_cnn.messages import MAX_ITEMS, MAX_MESSAGE, summarize_items
 from keras_cnn.progress import ProgressBar, warn
 from keras_cnn.io import atomic_write_text
 
@@ -76,7 +76,7 @@ def bounded_list_message(compose: Callable[[str], str], items: Sequence[object],
     # Long paths leave less room: fewer examples, and none at all when even one does not fit.
     for limit in range(MAX_ITEMS, -1, -1):
         message = compose(summarize_items(items, list_path, limit=limit))
-        if len(message) <= MAX_LINE:
+        if len(message) <= MAX_MESSAGE:
             break
     return message
 

@@ -243,11 +243,12 @@ class HubFeatureLayer(keras.layers.Layer):
         if in_safe_mode() is not False:
             handle = str(config.get("handle", ""))
             trusted = _TRUSTED_MODULES.get()
+            if _handle_key(handle) not in trusted and trusted:
+                raise HubModuleNotTrusted(f"its TF Hub layer names {handle}, which is not the base the run "
+                                          "records: refused (a SavedModel is a program)")
             if _handle_key(handle) not in trusted:
-                consent = ("kcnn loads it only with --trust-hub" if not trusted
-                           else f"it is not the base the run records ({', '.join(sorted(trusted))})")
-                raise HubModuleNotTrusted(f"the model runs the TF Hub module {handle}, a SavedModel, which is a "
-                                          f"program that Keras's safe mode cannot vet; {consent}")
+                raise HubModuleNotTrusted(f"it runs the TF Hub module {handle}, a SavedModel: a program that "
+                                          "Keras's safe mode cannot vet, loaded only with --trust-hub")
             # The trusted handle's own module: a folder named by the file could hold another program.
             config = {**config, "module_path": None}
         return cls(**config)
