@@ -37,6 +37,7 @@ COMMANDS = {
     "predict": "keras_cnn.cli.predict_command:predict",
     "demo": "keras_cnn.cli.demo_command:demo",
     "devices": "keras_cnn.cli.devices_command:devices",
+    "doctor": "keras_cnn.cli.doctor_command:doctor",
 }
 
 

@@ -92,11 +92,16 @@ data_source_options = option_group(
 )
 """``--dataset``, ``--dataset-path``, ``--split``, ``--images``: where training images come from."""
 
-transfer_model_options = option_group(
+base_input_options = option_group(
     click.option("--image-size", type=click.IntRange(min=32), default=None,
                  help="Input side in pixels [default: the base's own, e.g. 224; smaller is faster]."),
     click.option("--weights", default="imagenet", show_default=True,
                  help="imagenet (downloaded once into the Keras cache), none (random), or a weights file PATH."),
+)
+"""``--image-size``, ``--weights``: the input and the weights of a transfer base."""
+
+transfer_model_options = option_group(
+    base_input_options,
     click.option("--head-units", type=click.IntRange(min=1), multiple=True,
                  help="Hidden Dense layer(s) of the head, e.g. --head-units 1024 (repeatable) [default: none]."),
     click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True,
@@ -146,6 +151,43 @@ image_folder_options = option_group(
                  help="Accept LABEL (nan, None, null, NA) as a real class (repeatable)."),
 )
 """``--class-weight``, ``--resize-mode``, ``--cache``, ``--skip-bad-images``, ``--layout``, ``--allow-label``."""
+
+
+collection_options = option_group(
+    click.option("--images", default=None, metavar="DIR",
+                 help="Folder of the files a label CSV names, when they are not named by their SHA-1 "
+                      "(any names or relative paths; their bytes are hashed)."),
+    click.option("--layout", type=click.Choice(["csv", "folders", "split-folders"]), default=None,
+                 help="How the data is organised [default: detected]: csv = label CSV; folders = DIR/<label>/…; "
+                      "split-folders = DIR/{train,val,test}/<label>/…."),
+    click.option("--id-column", default="objectId", show_default=True, help="Column holding the file names."),
+    click.option("--label-column", default="value", show_default=True, help="Column holding the labels."),
+    click.option("--allow-label", "allow_labels", multiple=True, metavar="LABEL",
+                 help="Accept LABEL (nan, None, null, NA...) as a real class (repeatable); refused by default "
+                      "as it usually means missing data."),
+)
+"""``--images``, ``--layout``, ``--id-column``, ``--label-column``, ``--allow-label``: how labelled images are read."""
+
+split_rule_options = option_group(
+    click.option("--test-keys", default="0-24", show_default=True, metavar="FIRST-LAST",
+                 help="Keys (last byte of the SHA-1, 0..255) that go to the test part; 'none' for no test part."),
+    click.option("--validation-keys", default="25-49", show_default=True, metavar="FIRST-LAST",
+                 help="Keys that go to the validation part; 'none' for no validation part."),
+    click.option("--balance/--no-balance", default=True, show_default=True,
+                 help="Keep the same number of rows per label in test and validation (the rest go to train)."),
+)
+"""``--test-keys``, ``--validation-keys``, ``--balance``: the SHA-1 split rule."""
+
+data_edit_options = option_group(
+    click.option("--exclude", type=click.Path(exists=True, dir_okay=False), default=None, metavar="FILE",
+                 help="Leave the images FILE lists out of every part: one path under the image folder per line "
+                      "(`kcnn doctor`'s exclude.txt); counted in the 'found' line, recorded in a run's "
+                      "config.json. The files themselves are not touched."),
+    click.option("--relabel", type=click.Path(exists=True, dir_okay=False), default=None, metavar="CSV",
+                 help="New labels for the images an objectId,value CSV names (a label CSV); counted in the "
+                      "'found' line, recorded in a run's config.json."),
+)
+"""``--exclude`` and ``--relabel``: recorded changes to the images a command reads."""
 
 
 regularization_options = option_group(

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from keras_cnn.cli.common import (FiniteFloatRange, data_source_options, debug_option, import_tensorflow_quietly, json_option,
+from keras_cnn.cli.common import (FiniteFloatRange, data_edit_options, data_source_options, debug_option,
+                                  import_tensorflow_quietly, json_option,
                                   parse_cache, run_command, transfer_model_options)
 
 
@@ -25,6 +26,7 @@ def _render(result):
               help="With --run: first base layer to train, as `kcnn finetune` [default: the base's own].")
 @click.option("--train-bn", is_flag=True, help="With --run: also train BatchNorm layers.")
 @data_source_options
+@data_edit_options
 @transfer_model_options
 @click.option("--augment/--no-augment", default=False, show_default=True,
               help="Augment training images during the sweep (a head then trains on images, not cached features).")
@@ -49,7 +51,7 @@ def _render(result):
 @json_option
 @debug_option
 def lr_find(architecture, base, run_dir, unfreeze_from, train_bn, dataset, dataset_path, split_csv, images,
-            image_size, weights, head_units, dropout, binary, augment, resize_mode, cache, batch_size, optimizer,
+            exclude, relabel, image_size, weights, head_units, dropout, binary, augment, resize_mode, cache, batch_size, optimizer,
             seed, start_lr, end_lr, steps, out, as_json):
     """Find a learning rate: train briefly while it grows from --start-lr to --end-lr.
 
@@ -75,6 +77,9 @@ def lr_find(architecture, base, run_dir, unfreeze_from, train_bn, dataset, datas
 
     if sum(bool(choice) for choice in (architecture, base, run_dir)) != 1:
         raise UserError("give exactly one of --architecture NAME, --base NAME or --run RUN")
+    if (run_dir or dataset) and (exclude or relabel):
+        raise UserError("--exclude and --relabel work on image folders (--images [--split]); "
+                        "with --run the run's own split is used")
     import_tensorflow_quietly()
     from keras_cnn.config import DataConfig, ModelConfig, RunConfig, TrainingConfig
 
@@ -91,6 +96,7 @@ def lr_find(architecture, base, run_dir, unfreeze_from, train_bn, dataset, datas
         config = RunConfig(
             command="lr-find", model=model,
             data=DataConfig(dataset=dataset, dataset_path=dataset_path, split=split_csv, images=images,
+                            exclude=exclude, relabel=relabel,
                             image_size=(image_size, image_size) if image_size and base else None,
                             resize_mode=resize_mode, augment=augment,
                             cache=parse_cache(cache)),

@@ -6,35 +6,22 @@ from typing import Any
 
 import click
 
-from keras_cnn.cli.common import debug_option, json_option, run_command
+from keras_cnn.cli.common import (collection_options, data_edit_options, debug_option, json_option, run_command,
+                                  split_rule_options)
 
 
 @click.command("split")
 @click.argument("source", metavar="LABEL_CSV|DIR")
 @click.option("-o", "--output", required=True, metavar="SPLIT_CSV",
               help="Where to write objectId,value,type[,sha1] (written atomically).")
-@click.option("--images", default=None, metavar="DIR",
-              help="Folder of the files a label CSV names, when they are not named by their SHA-1 "
-                   "(any names or relative paths; their bytes are hashed).")
-@click.option("--layout", type=click.Choice(["csv", "folders", "split-folders"]), default=None,
-              help="How the data is organised [default: detected]: csv = label CSV; folders = DIR/<label>/…; "
-                   "split-folders = DIR/{train,val,test}/<label>/….")
-@click.option("--test-keys", default="0-24", show_default=True, metavar="FIRST-LAST",
-              help="Keys (last byte of the SHA-1, 0..255) that go to the test part; 'none' for no test part.")
-@click.option("--validation-keys", default="25-49", show_default=True, metavar="FIRST-LAST",
-              help="Keys that go to the validation part; 'none' for no validation part.")
-@click.option("--balance/--no-balance", default=True, show_default=True,
-              help="Keep the same number of rows per label in test and validation (the rest go to train).")
-@click.option("--id-column", default="objectId", show_default=True, help="Column holding the file names.")
-@click.option("--label-column", default="value", show_default=True, help="Column holding the labels.")
-@click.option("--allow-label", "allow_labels", multiple=True, metavar="LABEL",
-              help="Accept LABEL (nan, None, null, NA...) as a real class (repeatable); refused by default "
-                   "as it usually means missing data.")
+@collection_options
+@split_rule_options
+@data_edit_options
 @json_option
 @debug_option
 def split(source: str, output: str, images: str | None, layout: str | None, test_keys: str,
           validation_keys: str, balance: bool, id_column: str, label_column: str,
-          allow_labels: tuple[str, ...], as_json: bool) -> None:
+          allow_labels: tuple[str, ...], exclude: str | None, relabel: str | None, as_json: bool) -> None:
     """Split images into train/validation/test by the SHA-1 of each one.
 
     \b
@@ -59,7 +46,7 @@ def split(source: str, output: str, images: str | None, layout: str | None, test
         from keras_cnn.data.collection import split_to_file  # pandas: not imported for --help
 
         return split_to_file(source, output, images, layout, test_keys, validation_keys, balance,
-                            id_column, label_column, allow_labels)
+                             id_column, label_column, allow_labels, exclude, relabel)
 
     # pandas only: no TensorFlow start-up for a split.
     run_command(as_json, work, render_split, needs_tensorflow=False)

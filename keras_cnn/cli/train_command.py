@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from keras_cnn.cli.common import (FiniteFloatRange, debug_option, execution_options, image_folder_options,
+from keras_cnn.cli.common import (FiniteFloatRange, data_edit_options, debug_option, execution_options,
+                                  image_folder_options,
                                   import_tensorflow_quietly, json_option, overwrite_option, parse_cache,
                                   regularization_config, regularization_options, run_command, training_options)
 
@@ -33,6 +34,7 @@ from keras_cnn.cli.common import (FiniteFloatRange, debug_option, execution_opti
               help="Fraction of the --dataset training images held out for validation (the last ones).")
 @regularization_options
 @image_folder_options
+@data_edit_options
 @execution_options
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Run directory [default: runs/ARCHITECTURE-TIMESTAMP] (its files: see above). "
@@ -42,7 +44,8 @@ from keras_cnn.cli.common import (FiniteFloatRange, debug_option, execution_opti
 @debug_option
 def train(architecture, dataset, dataset_path, split_csv, images, epochs, batch_size, learning_rate, seed,
           optimizer, augment, augment_engine, api, validation_split, class_weight, resize_mode, cache,
-          skip_bad_images, layout, allow_labels, mixed_precision, xla, strategy, out_dir, overwrite, as_json, **recipe):
+          skip_bad_images, layout, allow_labels, exclude, relabel, mixed_precision, xla, strategy, out_dir, overwrite,
+          as_json, **recipe):
     """Train from-scratch ARCHITECTURE (see `kcnn models`).
 
     \b
@@ -76,7 +79,7 @@ def train(architecture, dataset, dataset_path, split_csv, images, epochs, batch_
         data=DataConfig(dataset=dataset, dataset_path=dataset_path, split=split_csv, images=images,
                         resize_mode=resize_mode, augment=augment, augment_engine=augment_engine,
                         cache=parse_cache(cache), skip_bad_images=skip_bad_images, layout=layout,
-                        allow_labels=list(allow_labels),
+                        allow_labels=list(allow_labels), exclude=exclude, relabel=relabel,
                         regularization=regularization,
                         validation_split=validation_split),
         training=TrainingConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,

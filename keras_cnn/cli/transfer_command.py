@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from keras_cnn.cli.common import (FiniteFloatRange, debug_option, execution_options, image_folder_options,
+from keras_cnn.cli.common import (FiniteFloatRange, data_edit_options, debug_option, execution_options,
+                                  image_folder_options,
                                   import_tensorflow_quietly, json_option, overwrite_option, parse_cache, recipe_options,
                                   regularization_config, regularization_options,
                                   run_command, training_options)
@@ -57,14 +58,15 @@ def _render(result):
               help="Keras API used to assemble base and head (same layers either way).")
 @regularization_options
 @image_folder_options
+@data_edit_options
 @execution_options
 @overwrite_option
 @json_option
 @debug_option
 def transfer(base, images, split_csv, out_dir, image_size, weights, head_units, dropout, binary, epochs,
              batch_size, learning_rate, seed, optimizer, augment, cache_features, class_weight, api, resize_mode,
-             cache, skip_bad_images, layout, allow_labels, mixed_precision, xla, strategy, overwrite, as_json,
-             **recipe):
+             cache, skip_bad_images, layout, allow_labels, exclude, relabel, mixed_precision, xla, strategy, overwrite,
+             as_json, **recipe):
     """Stage 1: train a new head on a frozen pretrained base.
 
     The base runs in inference mode with its weights frozen; the head is global average
@@ -90,7 +92,7 @@ def transfer(base, images, split_csv, out_dir, image_size, weights, head_units, 
         data=DataConfig(split=split_csv, images=images, image_size=(image_size, image_size) if image_size else None,
                         channels=3, resize_mode=resize_mode, augment=augment,
                         cache=parse_cache(cache), skip_bad_images=skip_bad_images, layout=layout,
-                        allow_labels=list(allow_labels),
+                        allow_labels=list(allow_labels), exclude=exclude, relabel=relabel,
                         regularization=regularization),
         training=TrainingConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                                 optimizer=optimizer, seed=seed, class_weight=class_weight,
