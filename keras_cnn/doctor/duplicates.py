@@ -26,6 +26,7 @@ import pandas as pd
 
 from keras_cnn.doctor.findings import empty_findings, finding_rows, ordered_findings
 from keras_cnn.doctor.neighbours import nearest_neighbours
+from keras_cnn.doctor.thumbnails import is_flat
 
 HASH_SIDE = 8                 # 8x8 frequencies: 64 bits
 HASH_NEIGHBOURS = 5
@@ -40,9 +41,6 @@ HASH_CANDIDATE_LIMIT = 20
 PIXEL_LIMIT = 0.045
 RANK_LIMIT = 0.013
 SEARCH_FACTOR = 7
-# Thumbnails flatter than this (grey levels of deviation) are not compared: blank frames
-# look alike whatever they show (the dark and light checks report them).
-FLAT_DEVIATION = 3.0
 _BORDER = 2                   # pixels of the thumbnail edge left out (alignment fills them in)
 _BLOCK = 2048                 # pairs verified at once
 PART_ORDER = {"train": 0, "validation": 1, "test": 2}
@@ -175,9 +173,8 @@ def near_duplicate_pairs(grey_thumbnails: np.ndarray, hashes: np.ndarray,
     if len(pairs):
         pairs = pairs[same_content[pairs[:, 0]] != same_content[pairs[:, 1]]]
         bits = hash_distances(hashes, pairs[:, 0], pairs[:, 1])
-        deviation = grey_thumbnails.reshape(len(grey_thumbnails), -1).std(axis=1)
-        textured = (deviation[pairs[:, 0]] >= FLAT_DEVIATION) & (deviation[pairs[:, 1]] >= FLAT_DEVIATION)
-        keep = (bits <= HASH_CANDIDATE_LIMIT) & textured
+        flat = is_flat(grey_thumbnails)  # blank frames look alike whatever they show
+        keep = (bits <= HASH_CANDIDATE_LIMIT) & ~flat[pairs[:, 0]] & ~flat[pairs[:, 1]]
         pairs, bits = pairs[keep], bits[keep]
     if not len(pairs):
         return pd.DataFrame({"first": [], "second": [], "score": [], "detail": []})

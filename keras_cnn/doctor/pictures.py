@@ -2,10 +2,17 @@
 
 Which check comes from where, and why:
 
-- dark, light, blurry, odd_aspect: cleanvision's checks, with its default thresholds
+- dark, light, odd_aspect: cleanvision's checks, with its default thresholds
   (``Imagelab.find_issues``); its score (low = bad) becomes ours as 1 - score.
 - unreadable: kcnn's own image check (the decoder training uses; cleanvision stops at the
   first file Pillow cannot open, so only readable files are handed to it).
+- blurry: cleanvision's edge measure runs Pillow's FIND_EDGES on a picture shrunk to 64
+  pixels, where the filter's own border dominates: a picture blurred to a smear scored as
+  sharp as a noisy photo here.  Doctor measures the blur effect (Crété-Roffet et al.,
+  as ``skimage.measure.blur_effect``; :mod:`keras_cnn.doctor.thumbnails`) and flags a
+  picture clearly blurred (at least ``BLUR_FLOOR``) and far blurrier than the set's own
+  level (Tukey's far-out rule), so a set of soft pictures is not all "blurry"; blank
+  frames are left to the dark and light checks.
 - small: cleanvision's ``odd_size`` flags sizes far from the median in both directions;
   what hurts a classifier is a picture blown up to the input size, so doctor flags a
   shorter side under half the set's median shorter side.
@@ -25,9 +32,11 @@ import numpy as np
 import pandas as pd
 
 from keras_cnn.doctor.findings import empty_findings, finding_rows, ordered_findings
+from keras_cnn.doctor.thumbnails import grey as grey_levels
+from keras_cnn.doctor.thumbnails import is_flat
 
 # cleanvision issue type -> doctor issue.
-CLEANVISION_CHECKS = {"dark": "dark", "light": "light", "blurry": "blurry", "odd_aspect_ratio": "odd_aspect"}
+CLEANVISION_CHECKS = {"dark": "dark", "light": "light", "odd_aspect_ratio": "odd_aspect"}
 # A shorter side under this share of the set's median shorter side is "small".
 SMALL_SHARE = 0.5
 # Mean spread between the largest and smallest RGB channel (grey levels) under which a
@@ -35,6 +44,9 @@ SMALL_SHARE = 0.5
 GREY_SPREAD = 4.0
 # Grey pictures are reported only where at most this share of the set is grey.
 GREY_MINORITY = 0.5
+# Blurry: a blur effect above the upper quartile by this many inter-quartile ranges, and at least the floor.
+BLUR_IQR_FACTOR = 3.0
+BLUR_FLOOR = 0.5
 # cleanvision's own process pool pays off only on many images; fewer are checked in-process.
 PARALLEL_FROM = 2_000
 
@@ -50,7 +62,7 @@ def unreadable_findings(table: pd.DataFrame, bad: Sequence[tuple[str, str]]) -> 
 
 
 def cleanvision_findings(table: pd.DataFrame, paths: Sequence[str]) -> pd.DataFrame:
-    """Rows for cleanvision's dark, light, blurry and odd-aspect checks of readable image files.
+    """Rows for cleanvision's dark, light and odd-aspect checks of readable image files.
 
     ``table`` holds the images of ``paths``, row for row.  cleanvision's printing and progress
     bars are kept out of kcnn's output.
@@ -98,7 +110,7 @@ def grayscale_findings(table: pd.DataFrame, thumbnails: np.ndarray) -> pd.DataFr
     if not len(thumbnails):
         return empty_findings()
     spread = colour_spread(thumbnails)
-    grey = spread < GREY_SPREAD
+    grey = (spread < GREY_SPREAD) & ~is_flat(grey_levels(thumbnails))
     if grey.mean() > GREY_MINORITY:
         return empty_findings()
     flagged = np.flatnonzero(grey)
@@ -106,3 +118,15 @@ def grayscale_findings(table: pd.DataFrame, thumbnails: np.ndarray) -> pd.DataFr
     share = f"{grey.mean():.0%} of the set is grey"
     return finding_rows("grayscale", table, flagged, scores,
                         details=[f"colour spread {spread[row]:.1f} grey levels; {share}" for row in flagged])
+
+
+def blurry_findings(table: pd.DataFrame, blur: np.ndarray, thumbnails: np.ndarray) -> pd.DataFrame:
+    """Rows for pictures far blurrier than the set's own (see the module docstring); score = blur effect."""
+    if len(blur) < 4:
+        return empty_findings()
+    lower, upper = np.percentile(blur, [25, 75])
+    limit = max(upper + BLUR_IQR_FACTOR * (upper - lower), BLUR_FLOOR)
+    flagged = np.flatnonzero((blur > limit) & ~is_flat(grey_levels(thumbnails)))
+    details = [f"blur effect {blur[row]:.2f} (limit {limit:.2f}, set's median {np.median(blur):.2f})"
+               for row in flagged]
+    return finding_rows("blurry", table, flagged, blur[flagged], details=details)

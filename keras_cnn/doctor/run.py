@@ -31,11 +31,11 @@ from keras_cnn.doctor.labels import DEFAULT_FOLDS, label_issue_findings, out_of_
 from keras_cnn.doctor.libraries import require_doctor_libraries
 from keras_cnn.doctor.neighbours import nearest_neighbours, unit_rows
 from keras_cnn.doctor.outliers import OUTLIER_NEIGHBOURS, outlier_findings
-from keras_cnn.doctor.pictures import (cleanvision_findings, grayscale_findings, small_findings,
+from keras_cnn.doctor.pictures import (blurry_findings, cleanvision_findings, grayscale_findings, small_findings,
                                        unreadable_findings)
 from keras_cnn.doctor.report import write_doctor_report
 from keras_cnn.doctor.source import read_doctor_source
-from keras_cnn.doctor.thumbnails import grey, image_sizes, read_thumbnails
+from keras_cnn.doctor.thumbnails import grey, image_sizes, read_pixels
 from keras_cnn.errors import UserError
 from keras_cnn.progress import say, warn
 from keras_cnn.runs import atomic_write_json, check_output_path
@@ -128,11 +128,11 @@ def run_doctor(options: DoctorOptions) -> dict[str, Any]:
     paths = resolve_image_paths(data.images, readable["objectId"].tolist())
     findings = [unreadable_findings(table, bad), pair_findings(table, exact_duplicate_pairs(table), "exact_duplicate")]
 
-    thumbnails = read_thumbnails(paths)
+    thumbnails, blur = read_pixels(paths)
     grey_thumbnails = grey(thumbnails)
     say("[doctor] checking the pictures (exposure, sharpness, size, aspect, colour)")
-    findings += [cleanvision_findings(readable, paths), small_findings(readable, image_sizes(paths)),
-                 grayscale_findings(readable, thumbnails)]
+    findings += [cleanvision_findings(readable, paths), blurry_findings(readable, blur, thumbnails),
+                 small_findings(readable, image_sizes(paths)), grayscale_findings(readable, thumbnails)]
 
     features = image_features(features_from, readable, data.images, options.batch_size) if len(readable) else None
     feature_neighbours = distances = None
