@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import html.parser
-import io
 import json
 from pathlib import Path
 
@@ -102,7 +101,8 @@ def test_planted_copies_are_paired_and_leakage_is_called(digits):
         assert issue_of[frozenset((copy, original))] == wanted, (copy, original, parts[copy], parts[original])
 
 
-def test_exclude_file_lists_leakage_and_label_suspects_and_split_reads_it(digits, tmp_path):
+def test_exclude_file_lists_leakage_and_label_suspects_and_split_reads_it(digits, tmp_path, monkeypatch):
+    monkeypatch.delenv("KCNN_QUIET", raising=False)
     issues = digits["issues"]
     exclude = digits["out"] / "exclude.txt"
     listed = [line for line in exclude.read_text().splitlines() if line and not line.startswith("#")]
@@ -171,7 +171,10 @@ def test_report_renders_in_chromium(digits, chromium_page):
     assert errors == []
 
 
-def test_a_rerun_replaces_its_own_files_but_not_foreign_ones(digits, tmp_path):
+def test_an_output_folder_may_hold_an_earlier_doctor_but_no_foreign_file(digits, tmp_path):
+    from keras_cnn.doctor.run import check_out_folder
+
+    assert check_out_folder(digits["out"]) == digits["out"]  # a re-run replaces doctor's own files
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "issues.csv").write_text("my own notes\n")
