@@ -31,12 +31,13 @@ LABEL_FILTER = "prune_by_class"
 
 
 def out_of_fold_probabilities(features: np.ndarray, label_indices: np.ndarray, num_classes: int,
-                              folds: int = DEFAULT_FOLDS, seed: int = 0) -> np.ndarray:
+                              folds: int = DEFAULT_FOLDS, seed: int = 0, blas_threads: int | None = 1) -> np.ndarray:
     """(n, num_classes) class probabilities, each row predicted by a head that never saw that image.
 
     Stratified folds; a class too small to appear in every fold's training part simply
     gets probability 0 from the heads that did not see it.  Features are standardised
-    inside each fold (on its training part only).
+    inside each fold (on its training part only).  ``blas_threads``: threads the matrix
+    products may use (None: BLAS's own choice).
     """
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
@@ -51,7 +52,7 @@ def out_of_fold_probabilities(features: np.ndarray, label_indices: np.ndarray, n
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     # One BLAS thread: the head's matrices are small, and threads that spin waiting for a
     # busy core made the folds 10-20 times slower on a shared 2-core machine.
-    with warnings.catch_warnings(), threadpool_limits(1, user_api="blas"):
+    with warnings.catch_warnings(), threadpool_limits(blas_threads, user_api="blas"):
         # A class smaller than the number of folds, a head stopping at its iteration limit:
         # expected on small sets, and the probabilities are still usable.
         warnings.simplefilter("ignore", ConvergenceWarning)
