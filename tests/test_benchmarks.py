@@ -171,3 +171,15 @@ def test_finetune_cache_benchmark_times_both_runs(load_script, tmp_path, capsys)
     epochs = next(line for line in section.splitlines() if line.startswith("All epochs of efficientnet_b0"))
     uncached, cached = epochs.split("; cached ")
     assert len(uncached.split(", ")) == 2 and len(cached.split(", ")) >= 6
+
+
+@pytest.mark.slow
+def test_doctor_benchmark_runs_on_a_small_input(load_script, tmp_path, capsys):
+    pytest.importorskip("cleanlab", reason="kcnn doctor needs pip install 'kcnn[doctor]'")
+    doctor = load_script("doctor")
+    assert doctor.main(["--images", "120", "--copies", "8", "--side", "64", "--base", "mobilenet_v3_small",
+                        "--image-size", "32", "--vectors", "3000", "--dimensions", "64", "--reference-size", "1000",
+                        "--no-record"]) == 0
+    output = capsys.readouterr().out
+    assert "| 5-fold head (1 BLAS thread) |" in output and "| full n x n distance matrix | 1,000 |" in output
+    assert "Planted copies paired: " in output
