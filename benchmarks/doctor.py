@@ -50,7 +50,7 @@ from keras_cnn.doctor.neighbours import nearest_neighbours, unit_rows
 from keras_cnn.doctor.report import write_doctor_report
 from keras_cnn.doctor.balance import balance_summary
 from keras_cnn.doctor.source import read_doctor_source
-from keras_cnn.doctor.thumbnails import grey, image_sizes, read_pixels
+from keras_cnn.doctor.thumbnails import image_sizes, read_pixels
 
 seconds, started = {{}}, time.perf_counter()
 def lap(name):
@@ -60,30 +60,42 @@ def lap(name):
     started = now
 
 with contextlib.redirect_stdout(sys.stderr):
-    data = read_doctor_source({images!r}); lap("read and split (hash every file)")
+    data = read_doctor_source({images!r})
     table = data.table
-    bad = find_bad_images(data.images, table["objectId"].tolist(), progress=False); lap("image check (decode every file)")
+    lap("read and split (hash every file)")
+    bad = find_bad_images(data.images, table["objectId"].tolist(), progress=False)
+    lap("image check (decode every file)")
     paths = resolve_image_paths(data.images, table["objectId"].tolist())
-    thumbnails, blur = read_pixels(paths); grey_thumbnails = grey(thumbnails); lap("thumbnails and blur (decode again)")
-    rows = [pictures.cleanvision_findings(table, paths)]; lap("cleanvision: dark, light, odd aspect (Pillow decode)")
+    thumbnails, blur = read_pixels(paths)
+    lap("thumbnails and blur (decode again)")
+    rows = [pictures.cleanvision_findings(table, paths)]
+    lap("cleanvision: dark, light, odd aspect (Pillow decode)")
     rows += [pictures.blurry_findings(table, blur, thumbnails), pictures.small_findings(table, image_sizes(paths)),
-             pictures.grayscale_findings(table, thumbnails)]; lap("own picture checks (blurry, small, grey)")
-    source = base_feature_source({base!r}, "none", {image_size!r}); lap("build the base")
-    features = image_features(source, table, data.images); lap("features")
-    distances, neighbours = nearest_neighbours(unit_rows(features), 10); lap("neighbour search (k = 10)")
+             pictures.grayscale_findings(table, thumbnails)]
+    lap("own picture checks (blurry, small, grey)")
+    source = base_feature_source({base!r}, "none", {image_size!r})
+    lap("build the base")
+    features = image_features(source, table, data.images)
+    lap("features")
+    distances, neighbours = nearest_neighbours(unit_rows(features), 10)
+    lap("neighbour search (k = 10)")
     indices = table["value"].map({{label: index for index, label in enumerate(data.labels)}}).to_numpy()
-    probabilities = labels.out_of_fold_probabilities(features, indices, len(data.labels), 5, 0); lap("5-fold head (1 BLAS thread)")
-    rows.append(labels.label_issue_findings(table, indices, probabilities, data.labels)); lap("cleanlab")
-    rows.append(outliers.outlier_findings(table, distances)); lap("outliers")
-    hashes = duplicates.perceptual_hashes(grey_thumbnails)
-    near = duplicates.near_duplicate_pairs(grey_thumbnails, hashes, neighbours, table["sha1"].to_numpy(dtype=object))
-    rows.append(duplicates.pair_findings(table, near, "near_duplicate")); lap("near-duplicates (hash search + pixel check)")
+    probabilities = labels.out_of_fold_probabilities(features, indices, len(data.labels), 5, 0)
+    lap("5-fold head (1 BLAS thread)")
+    rows.append(labels.label_issue_findings(table, indices, probabilities, data.labels))
+    lap("cleanlab")
+    rows.append(outliers.outlier_findings(table, distances))
+    lap("outliers")
+    near = duplicates.near_duplicate_pairs(thumbnails, neighbours, table["sha1"].to_numpy(dtype=object))
+    rows.append(duplicates.pair_findings(table, near, "near_duplicate"))
+    lap("near-duplicates (hash search + pixel check)")
     found = findings.ordered_findings(rows)
     findings.write_issues_csv(found, {scratch!r} + "/issues.csv")
     summary = {{"source": "bench", "images": len(table), "labels": data.labels, "features": source.description,
                "counts": findings.issue_counts(found), "excluded": 0, "balance": balance_summary(table, data.labels),
                "notes": []}}
-    write_doctor_report({scratch!r} + "/doctor.html", found, table, data.images, summary, {{}}); lap("issues.csv and doctor.html")
+    write_doctor_report({scratch!r} + "/doctor.html", found, table, data.images, summary, {{}})
+    lap("issues.csv and doctor.html")
     labels.out_of_fold_probabilities(features, indices, len(data.labels), 5, 0, blas_threads=None)
     lap("reference: 5-fold head, BLAS on every core")
 
@@ -158,9 +170,10 @@ def write_pictures(root: Path, count: int, copies: int, side: int) -> Path:
         picture = Image.fromarray(np.clip(start + (end - start) * (weight - weight.min()) /
                                           (np.ptp(weight) + 1e-6), 0, 255).astype(np.uint8))
         draw = ImageDraw.Draw(picture)
-        for _shape in range(generator.integers(3, 7)):
-            box = sorted(generator.uniform(-0.2, 1.2, size=2) * side), sorted(generator.uniform(-0.2, 1.2, size=2) * side)
-            corners = [box[0][0], box[1][0], box[0][1], box[1][1]]
+        for _shape in range(generator.integers(4, 9)):
+            width, height = generator.uniform(0.15, 0.5, size=2) * side
+            left, top = generator.uniform(0, side - width), generator.uniform(0, side - height)
+            corners = [left, top, left + width, top + height]
             colour = tuple(int(value) for value in generator.integers(0, 256, size=3))
             (draw.ellipse if generator.random() < 0.5 else draw.rectangle)(corners, fill=colour)
         angle = np.pi * label / 10

@@ -103,6 +103,7 @@ def test_a_split_with_edits_is_written_into_the_run_with_its_parts_kept(tree, tm
     assert written["objectId"].tolist() == given["objectId"].tolist()[1:]
     assert written["type"].tolist() == given["type"].tolist()[1:]
     assert written["value"].tolist()[0] == "bird"
+    assert written["sha1"].tolist() == given["sha1"].tolist()[1:]
 
 
 def test_edits_are_refused_on_array_datasets():

@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image, ImageFilter
 
-from conftest import write_planted_digits
+from conftest import stderr_problems, write_planted_digits
 from keras_cnn.cli import cli
 from keras_cnn.errors import UserError
 
@@ -40,11 +40,13 @@ def digits(tmp_path_factory):
     trained = invoke("train", "lenet", "--images", str(images), "--epochs", "4", "--out", str(run))
     assert trained.exit_code == 0, trained.output
     out = root / "doctor"
-    result = invoke("doctor", str(images), "--run", str(run), "--out", str(out), "--json")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("KCNN_QUIET", raising=False)  # the progress lines are checked below
+        result = invoke("doctor", str(images), "--run", str(run), "--out", str(out), "--json")
     assert result.exit_code == 0, result.output
     issues = pd.read_csv(out / "issues.csv", dtype=str, keep_default_na=False)
     return {"images": images, "planted": planted, "run": run, "out": out, "issues": issues,
-            "summary": json.loads(result.stdout)}
+            "summary": json.loads(result.stdout), "stderr": result.stderr}
 
 
 def expected_parts(images: Path) -> dict[str, str]:
@@ -114,6 +116,11 @@ def test_exclude_file_lists_leakage_and_label_suspects_and_split_reads_it(digits
     assert f"left out: {len(listed)} excluded by --exclude" in result.output
     kept = set(pd.read_csv(tmp_path / "split.csv", dtype=str)["objectId"])
     assert not kept & set(listed)
+
+
+def test_progress_is_kcnn_lines_only(digits):
+    assert stderr_problems(digits["stderr"]) == []
+    assert "[doctor] comparing look-alike images" in digits["stderr"]
 
 
 def test_json_summary_counts_every_issue_and_matches_the_files(digits):

@@ -51,8 +51,8 @@ def _render(result):
 @json_option
 @debug_option
 def lr_find(architecture, base, run_dir, unfreeze_from, train_bn, dataset, dataset_path, split_csv, images,
-            exclude, relabel, image_size, weights, head_units, dropout, binary, augment, resize_mode, cache, batch_size, optimizer,
-            seed, start_lr, end_lr, steps, out, as_json):
+            exclude, relabel, image_size, weights, head_units, dropout, binary, augment, resize_mode, cache,
+            batch_size, optimizer, seed, start_lr, end_lr, steps, out, as_json):
     """Find a learning rate: train briefly while it grows from --start-lr to --end-lr.
 
     The loss is recorded at every step (one batch each, smoothed) and the sweep stops

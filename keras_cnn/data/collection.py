@@ -472,7 +472,8 @@ def split_collection(collection: Collection, test_keys: Iterable[int] = DEFAULT_
     test, validation = check_key_ranges(test_keys, validation_keys)
     table = collection.table
     if collection.layout == SPLIT_CSV_LAYOUT:
-        return table[["objectId", "value", "type", "sha1"]]
+        # Its parts as given; the sha1 column only when the CSV had it (or it was hashed).
+        return table[["objectId", "value", "type"] + (["sha1"] if (table["sha1"] != "").any() else [])]
     if collection.named_by_sha1:
         # Read by read_label_csv, so already checked.
         return split_labels(table[["objectId", "value"]], test, validation, balance, collection.source,

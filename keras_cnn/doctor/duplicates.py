@@ -7,13 +7,15 @@
   64 bits compared by Hamming distance) and by feature vector.  Verification: the grey
   thumbnails of a candidate pair, lightly blurred (a copy resampled anew carries new
   noise), are compared pixel by pixel after the alignment (a scale and a shift per axis:
-  what a slight crop or resize does) that brings them closest, once standardised (mean 0, deviation 1: contrast and brightness offsets do not count)
-  and once rank-normalised (any monotonic brightness curve, clipping included, does not
-  count).  A pair is a near-duplicate when either mean difference is under its limit: a
-  fixed one, raised (up to 3x) on a set whose distinct look-alikes differ more than the
-  digits' do (:func:`limit_scale`).  The check is on pixels, so it means the same whatever the features (a random base included), and it
-  tells a copy from a merely similar image of the same class, which feature distance alone
-  cannot on small, similar pictures.
+  what a slight crop or resize does) that brings them closest, once standardised (mean
+  0, deviation 1: contrast and brightness offsets do not count) and once rank-normalised
+  (any monotonic brightness curve, clipping included, does not count).  A pair is a
+  near-duplicate when either mean difference is under its limit: a fixed one, raised (up
+  to 3x) on a set whose distinct look-alikes differ more than the digits' do
+  (:func:`limit_scale`), and when their colours agree (:func:`colour_differences`).  The
+  check is on pixels, so it means the same whatever the features (a random base
+  included), and it tells a copy from a merely similar image of the same class, which
+  feature distance alone cannot on small, similar pictures.
 - A pair whose members sit in different parts is leakage, reported first.
 
 Memory stays linear: neighbours come from :mod:`keras_cnn.doctor.neighbours`, and pairs are
@@ -27,7 +29,7 @@ import pandas as pd
 
 from keras_cnn.doctor.findings import empty_findings, finding_rows, ordered_findings
 from keras_cnn.doctor.neighbours import nearest_neighbours
-from keras_cnn.doctor.thumbnails import is_flat
+from keras_cnn.doctor.thumbnails import grey, is_flat
 
 HASH_SIDE = 8                 # 8x8 frequencies: 64 bits
 HASH_NEIGHBOURS = 5
@@ -42,6 +44,9 @@ HASH_CANDIDATE_LIMIT = 20
 PIXEL_LIMIT = 0.045
 RANK_LIMIT = 0.013
 SEARCH_FACTOR = 9
+# Mean chromaticity difference over which a pair is two colourings, not a copy: planted
+# copies (brightened ones included) stayed under 0.018, distinct pictures were mostly above 0.04.
+COLOUR_LIMIT = 0.035
 # The limits rise with the set (limit_scale): up to this factor, to a third of the unaligned
 # difference of the closest 2 % of candidate pairs, when there are enough pairs to tell.
 MAX_LIMIT_SCALE = 3.0
@@ -75,6 +80,19 @@ def perceptual_hashes(grey_thumbnails: np.ndarray) -> np.ndarray:
     frequencies = dct(dct(np.asarray(grey_thumbnails, dtype=np.float64), axis=1), axis=2)
     lowest = frequencies[:, :HASH_SIDE, :HASH_SIDE].reshape(len(grey_thumbnails), -1)
     return lowest > np.median(lowest, axis=1, keepdims=True)
+
+
+def colour_differences(thumbnails: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """Mean difference of the two pictures' colours (chromaticity r, g on an 8x8 grid) for each pair.
+
+    The pixel check compares grey levels; this keeps the same picture in another colour (a
+    product photographed in red and in blue) from passing for a copy.  Brightening keeps
+    the chromaticity, grey pictures have none to differ in.
+    """
+    side = thumbnails.shape[1]
+    cells = thumbnails.astype(np.float32).reshape(len(thumbnails), 8, side // 8, 8, side // 8, 3).mean(axis=(2, 4))
+    chromaticity = cells[..., :2] / (cells.sum(axis=-1, keepdims=True) + 1.0)
+    return np.abs(chromaticity[pairs[:, 0]] - chromaticity[pairs[:, 1]]).mean(axis=(1, 2, 3))
 
 
 def hash_distances(hashes: np.ndarray, first: np.ndarray, second: np.ndarray) -> np.ndarray:
@@ -154,7 +172,8 @@ class _Comparison:
         moved = (rows @ images).reshape(len(images), rows.shape[1], 2, self.side) @ columns.transpose(0, 2, 1)[:, None]
         return moved[:, :, 0].reshape(len(images), -1), moved[:, :, 1].reshape(len(images), -1)
 
-    def differences(self, alignment: np.ndarray, pairs: np.ndarray | slice = slice(None)) -> tuple[np.ndarray, np.ndarray]:
+    def differences(self, alignment: np.ndarray,
+                    pairs: np.ndarray | slice = slice(None)) -> tuple[np.ndarray, np.ndarray]:
         """Mean |difference| of standardised and of rank-normalised thumbnails of ``pairs`` (positions in
         the block), the second moved by ``alignment`` (one row per pair: row scale, row shift,
         column scale, column shift)."""
@@ -241,13 +260,16 @@ def limit_scale(unaligned_ratios: np.ndarray) -> float:
     return float(np.clip(closest_distinct / CALIBRATION_MARGIN, 1.0, MAX_LIMIT_SCALE))
 
 
-def near_duplicate_pairs(grey_thumbnails: np.ndarray, hashes: np.ndarray,
-                         feature_neighbours: np.ndarray | None, same_content: np.ndarray) -> pd.DataFrame:
-    """Verified near-duplicate pairs: columns first, second (positions), score, detail.
+def near_duplicate_pairs(thumbnails: np.ndarray, feature_neighbours: np.ndarray | None,
+                         same_content: np.ndarray) -> pd.DataFrame:
+    """Verified near-duplicate pairs of RGB ``thumbnails``: columns first, second (positions), score, detail.
 
-    ``same_content``: each image's content id (its SHA-1); pairs of identical files are
-    left to the exact check.
+    ``feature_neighbours``: each image's nearest neighbours in feature space (candidates
+    beside the hash's; None without features).  ``same_content``: each image's content id
+    (its SHA-1); pairs of identical files are left to the exact check.
     """
+    grey_thumbnails = grey(thumbnails)
+    hashes = perceptual_hashes(grey_thumbnails)
     pairs = candidate_pairs(hashes, feature_neighbours)
     if len(pairs):
         pairs = pairs[same_content[pairs[:, 0]] != same_content[pairs[:, 1]]]
@@ -257,12 +279,14 @@ def near_duplicate_pairs(grey_thumbnails: np.ndarray, hashes: np.ndarray,
         pairs, bits = pairs[keep], bits[keep]
     if not len(pairs):
         return pd.DataFrame({"first": [], "second": [], "score": [], "detail": []})
-    # Compared as they are first: that calibrates the limits, and only pairs close enough that
-    # an alignment could bring them under the limits are searched (unaligned, a planted
-    # 1-pixel crop of a 32-pixel digit stayed within 5 times the limits, a 2-pixel crop of a
-    # noisy 96-pixel picture within 8.5).
+    # Compared as they are first: that calibrates the limits (on every candidate, whatever its
+    # colour), and only pairs of one colouring close enough that an alignment could bring
+    # them under the limits are searched (unaligned, a planted 1-pixel crop of a 32-pixel
+    # digit stayed within 5 times the limits, a 2-pixel crop of a noisy 96-pixel picture within 8.5).
     pixel, rank = alignment_differences(grey_thumbnails, pairs, search=False)
     scale = limit_scale(np.minimum(pixel / PIXEL_LIMIT, rank / RANK_LIMIT))
+    same_colours = colour_differences(thumbnails, pairs) <= COLOUR_LIMIT
+    pixel[~same_colours] = rank[~same_colours] = np.inf
     close = (pixel <= SEARCH_FACTOR * scale * PIXEL_LIMIT) & (rank <= SEARCH_FACTOR * scale * RANK_LIMIT)
     if close.any():
         pixel[close], rank[close] = alignment_differences(grey_thumbnails, pairs[close])

@@ -23,7 +23,7 @@ import pandas as pd
 
 from keras_cnn.data.files import find_bad_images, resolve_image_paths
 from keras_cnn.doctor.balance import balance_summary
-from keras_cnn.doctor.duplicates import exact_duplicate_pairs, near_duplicate_pairs, pair_findings, perceptual_hashes
+from keras_cnn.doctor.duplicates import exact_duplicate_pairs, near_duplicate_pairs, pair_findings
 from keras_cnn.doctor.features import FeatureSource, base_feature_source, image_features, run_feature_source
 from keras_cnn.doctor.findings import (excluded_paths, issue_counts, ordered_findings, write_exclude_file,
                                        write_issues_csv)
@@ -35,7 +35,7 @@ from keras_cnn.doctor.pictures import (blurry_findings, cleanvision_findings, gr
                                        unreadable_findings)
 from keras_cnn.doctor.report import write_doctor_report
 from keras_cnn.doctor.source import read_doctor_source
-from keras_cnn.doctor.thumbnails import grey, image_sizes, read_pixels
+from keras_cnn.doctor.thumbnails import image_sizes, read_pixels
 from keras_cnn.errors import UserError
 from keras_cnn.progress import say, warn
 from keras_cnn.runs import atomic_write_json, check_output_path
@@ -112,53 +112,29 @@ def run_doctor(options: DoctorOptions) -> dict[str, Any]:
                               options.validation_keys, options.balance)
     say(data.found)
     features_from = feature_source(options)
-    notes, skipped = [], {}
-    if not features_from.meaningful:
-        notes.append(f"{features_from.description}: label and outlier findings would be meaningless, so they "
-                     "are skipped; the pixel checks still run (use --weights imagenet, a weights file, or --run)")
-        warn(notes[-1])
-        skipped.update(label="the features come from random weights", outlier="the features come from random weights")
-    if len(data.labels) < 2:
-        skipped["label"] = "the set has one label"
+    notes, skipped = skipped_checks(features_from, data.labels)
+    for note in notes:
+        warn(note)
 
     table = data.table
     bad = find_bad_images(data.images, table["objectId"].tolist())
-    unreadable = set(object_id for object_id, _reason in bad)
+    unreadable = {object_id for object_id, _reason in bad}
     readable = table[~table["objectId"].isin(unreadable)].reset_index(drop=True)
     paths = resolve_image_paths(data.images, readable["objectId"].tolist())
     findings = [unreadable_findings(table, bad), pair_findings(table, exact_duplicate_pairs(table), "exact_duplicate")]
-
     thumbnails, blur = read_pixels(paths)
-    grey_thumbnails = grey(thumbnails)
     say("[doctor] checking the pictures (exposure, sharpness, size, aspect, colour)")
     findings += [cleanvision_findings(readable, paths), blurry_findings(readable, blur, thumbnails),
                  small_findings(readable, image_sizes(paths)), grayscale_findings(readable, thumbnails)]
-
-    features = image_features(features_from, readable, data.images, options.batch_size) if len(readable) else None
-    feature_neighbours = distances = None
-    if features is not None and len(readable) > 1:
-        say(f"[doctor] finding the nearest neighbours of {len(readable):,} images")
-        distances, feature_neighbours = nearest_neighbours(unit_rows(features), OUTLIER_NEIGHBOURS)
-    if "label" not in skipped and features is not None:
-        say(f"[doctor] predicting every label out of sample ({options.folds}-fold head on the features)")
-        label_indices = label_positions(readable, data.labels)
-        probabilities = out_of_fold_probabilities(features, label_indices, len(data.labels), options.folds,
-                                                  options.seed)
-        findings.append(label_issue_findings(readable, label_indices, probabilities, data.labels))
-    if "outlier" not in skipped and distances is not None:
-        findings.append(outlier_findings(readable, distances))
     if len(readable) > 1:
-        say("[doctor] comparing look-alike images (perceptual hash, features, pixels)")
-        near = near_duplicate_pairs(grey_thumbnails, perceptual_hashes(grey_thumbnails), feature_neighbours,
-                                    readable["sha1"].to_numpy(dtype=object))
-        findings.append(pair_findings(readable, near, "near_duplicate"))
+        features = image_features(features_from, readable, data.images, options.batch_size)
+        findings += feature_findings(readable, features, thumbnails, data.labels, options, skipped)
 
     findings = ordered_findings(findings)
     excluded = excluded_paths(findings)
-    counts = issue_counts(findings)
     summary = {
         "source": str(options.source), "images": len(table), "labels": data.labels,
-        "features": features_from.description, "counts": counts, "excluded": len(excluded),
+        "features": features_from.description, "counts": issue_counts(findings), "excluded": len(excluded),
         "balance": balance_summary(table, data.labels), "skipped": skipped, "notes": notes,
         "report": str(out / REPORT_NAME), "issues": str(out / ISSUES_NAME), "exclude": str(out / EXCLUDE_NAME),
     }
@@ -169,6 +145,37 @@ def run_doctor(options: DoctorOptions) -> dict[str, Any]:
     write_doctor_report(out / REPORT_NAME, findings, table, data.images, summary, skipped)
     atomic_write_json(out / SUMMARY_NAME, summary)
     return summary
+
+
+def skipped_checks(features_from: FeatureSource, labels: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Notes for the user, and the checks that cannot mean anything here (issue -> why)."""
+    notes, skipped = [], {}
+    if not features_from.meaningful:
+        notes.append(f"{features_from.description}: label and outlier findings would be meaningless, so they "
+                     "are skipped; the pixel checks still run (use --weights imagenet, a weights file, or --run)")
+        skipped.update(label="the features come from random weights", outlier="the features come from random weights")
+    if len(labels) < 2:
+        skipped["label"] = "the set has one label"
+    return notes, skipped
+
+
+def feature_findings(readable: pd.DataFrame, features: np.ndarray, thumbnails: np.ndarray, labels: list[str],
+                     options: DoctorOptions, skipped: dict[str, str]) -> list[pd.DataFrame]:
+    """Label issues, outliers and near-duplicates (with leakage) of the readable images."""
+    found = []
+    say(f"[doctor] finding the nearest neighbours of {len(readable):,} images")
+    distances, neighbours = nearest_neighbours(unit_rows(features), OUTLIER_NEIGHBOURS)
+    if "label" not in skipped:
+        say(f"[doctor] predicting every label out of sample ({options.folds}-fold head on the features)")
+        label_indices = label_positions(readable, labels)
+        probabilities = out_of_fold_probabilities(features, label_indices, len(labels), options.folds, options.seed)
+        found.append(label_issue_findings(readable, label_indices, probabilities, labels))
+    if "outlier" not in skipped:
+        found.append(outlier_findings(readable, distances))
+    say("[doctor] comparing look-alike images (perceptual hash, features, pixels)")
+    near = near_duplicate_pairs(thumbnails, neighbours, readable["sha1"].to_numpy(dtype=object))
+    found.append(pair_findings(readable, near, "near_duplicate"))
+    return found
 
 
 def label_positions(table: pd.DataFrame, labels: list[str]) -> np.ndarray:

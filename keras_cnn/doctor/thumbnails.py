@@ -6,7 +6,8 @@ thumbnail, on which doctor compares images (perceptual hash, near-duplicate chec
 judges colour, and a grey copy (shrunk to at most 128 pixels a side, never enlarged)
 whose blur is measured there and then: the blur effect of Crété-Roffet et al. (2007,
 also ``skimage.measure.blur_effect``), how little blurring the picture once more changes
-its neighbouring-pixel differences; 0 = sharp, 1 = fully blurred, whatever the contrast.  The original sizes come from the file headers (Pillow reads only the header).
+its neighbouring-pixel differences; 0 = sharp, 1 = fully blurred, whatever the contrast.
+The original sizes come from the file headers (Pillow reads only the header).
 """
 
 from __future__ import annotations
