@@ -5,9 +5,9 @@ Euclidean distances to every row (|a|² + |b|² - 2a·b), ``argpartition`` keeps
 smallest, whose distances are then computed again directly (the product form loses
 precision for close pairs), and the block is dropped.  Memory grows with n·k plus one block (at most
 ``BLOCK_ELEMENTS`` distances), not with n²; time is the matrix products', which BLAS runs
-near the machine's peak (``benchmarks/doctor.py``: twice as fast here as scikit-learn's
+near the machine's peak (``benchmarks/doctor.py``: 1.6x as fast here as scikit-learn's
 brute-force ``NearestNeighbors``, which takes the same blocked approach with its own
-kernels).  Exact search needs no index to tune, and on a CPU it costs far less than the
+kernels; 100,000 vectors of 1,280 dimensions in about 4 minutes and 1.5 GiB on 2 cores).  Exact search needs no index to tune, and on a CPU it costs far less than the
 feature extraction that precedes it.
 """
 
