@@ -11,6 +11,9 @@ from __future__ import annotations
 import csv
 import html.parser
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -222,15 +225,18 @@ def pictures(tmp_path_factory):
     (images / "b" / "same_as_a00.png").write_bytes((images / "b" / "photo_00.png").read_bytes())
     (images / "a" / "photo_00_copy.png").write_bytes((images / "b" / "photo_00.png").read_bytes())
     out = root / "doctor"
-    result = invoke("doctor", str(images), "--base", "mobilenet_v3_small", "--weights", "none",
-                    "--image-size", "32", "--out", str(out), "--json")
+    # A real process: what reaches its stderr (TensorFlow's native logs included) is checked.
+    environment = {key: value for key, value in os.environ.items() if key not in ("KCNN_QUIET", "KCNN_DEBUG")}
+    result = subprocess.run([sys.executable, "-m", "keras_cnn", "doctor", str(images), "--base", "mobilenet_v3_small",
+                             "--weights", "none", "--image-size", "32", "--out", str(out), "--json"],
+                            capture_output=True, text=True, env=environment, check=False)
     return {"images": images, "out": out, "result": result,
-            "issues": pd.read_csv(out / "issues.csv", dtype=str, keep_default_na=False) if result.exit_code == 0
+            "issues": pd.read_csv(out / "issues.csv", dtype=str, keep_default_na=False) if result.returncode == 0
             else None}
 
 
 def test_bad_pictures_are_each_found_by_their_check(pictures):
-    assert pictures["result"].exit_code == 0, pictures["result"].output
+    assert pictures["result"].returncode == 0, pictures["result"].stderr
     issues = pictures["issues"]
     found = {(row.issue, row.objectId) for row in issues.itertuples()}
     for wanted in [("dark", "a/black.png"), ("light", "a/white.png"), ("blurry", "b/blurred.png"),
@@ -255,6 +261,7 @@ def test_identical_files_under_two_labels_are_reported_not_refused(pictures):
 def test_random_weights_skip_labels_and_outliers_in_one_line(pictures):
     result = pictures["result"]
     assert "label and outlier findings would be meaningless" in result.stderr
+    assert stderr_problems(result.stderr) == []
     summary = json.loads(result.stdout)
     assert set(summary["skipped"]) == {"label", "outlier"}
     assert summary["counts"]["label"] == summary["counts"]["outlier"] == 0

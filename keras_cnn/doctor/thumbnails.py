@@ -26,6 +26,7 @@ SHARPNESS_SIDE = 128
 # and have no colour whatever they show (the dark and light checks report them).
 FLAT_DEVIATION = 3.0
 _BATCH = 256
+_LUMA_WEIGHTS = (0.299, 0.587, 0.114)   # ITU-R BT.601, as Pillow's "L"
 
 
 def _filtered(image, kernel):
@@ -72,7 +73,10 @@ def read_pixels(paths: Sequence[str], side: int = THUMBNAIL_SIDE) -> tuple[np.nd
         shape = tf.cast(tf.shape(image)[:2], tf.float32)
         scale = tf.minimum(1.0, SHARPNESS_SIDE / tf.reduce_max(shape))
         size = tf.maximum(tf.cast(tf.round(shape * scale), tf.int32), 9)
-        grey = tf.image.resize(tf.image.rgb_to_grayscale(tf.cast(image, tf.float32)), size, method="area")
+        # A weighted sum, not tf.image.rgb_to_grayscale: inside tf.data its cast + matrix product
+        # is fused into a oneDNN kernel that logs an error line for uint8 input on this CPU.
+        luma = tf.reduce_sum(tf.cast(image, tf.float32) * _LUMA_WEIGHTS, axis=-1, keepdims=True)
+        grey = tf.image.resize(luma, size, method="area")
         return tf.ensure_shape(thumbnail, (side, side, 3)), _blur_effect(grey)
 
     thumbnails = np.empty((len(paths), side, side, 3), dtype=np.uint8)
@@ -103,8 +107,7 @@ def image_sizes(paths: Sequence[str]) -> np.ndarray:
 
 def grey(thumbnails: np.ndarray) -> np.ndarray:
     """Luma (ITU-R BT.601, as Pillow's "L") of RGB thumbnails, float32 (n, side, side)."""
-    weights = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    return thumbnails.astype(np.float32) @ weights
+    return thumbnails.astype(np.float32) @ np.asarray(_LUMA_WEIGHTS, dtype=np.float32)
 
 
 def is_flat(grey_thumbnails: np.ndarray) -> np.ndarray:
