@@ -8,7 +8,7 @@ memory (as the pipeline's memory cache holds them):
   uncached  ``model.fit`` of the whole model, the base unfrozen from the boundary on (what
             ``kcnn finetune --no-cache-frozen`` trains): every epoch runs the frozen layers too;
   cached    kcnn's own pieces of ``kcnn finetune`` (the default without augmentation):
-            :func:`keras_cnn.models.boundary.split_at_frozen_boundary` cuts the model, the
+            :func:`keras_cnn.models.boundary.cut_at_frozen_boundary` cuts the model, the
             bottom runs once over the images (:func:`keras_cnn.train.features.extract_features`,
             timed as "extraction"), and the top trains on the cached boundary tensors.
 
@@ -92,8 +92,8 @@ def measure_base(base: str, image_size: int, unfreeze: str, count: int, batch_si
     import numpy as np
     import tensorflow as tf
 
-    from keras_cnn.models.boundary import split_at_frozen_boundary
-    from keras_cnn.models.transfer import build_transfer_model, split_feature_model, unfreeze_from
+    from keras_cnn.models.boundary import cut_at_frozen_boundary
+    from keras_cnn.models.transfer import build_transfer_model, cut_at_features, unfreeze_from
     from keras_cnn.train.features import compiled_forward, extract_features, feature_dataset
 
     keras.utils.set_random_seed(0)
@@ -104,14 +104,14 @@ def measure_base(base: str, image_size: int, unfreeze: str, count: int, batch_si
     labels = rng.integers(0, classes, count).astype("int32")
 
     # Stage-1 checkpoint costs, measured on the frozen model: whole model vs head weights.
-    _, head = split_feature_model(model)
+    _, head = cut_at_features(model)
     for part in (model, head):
         part.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
     stage1_whole = best_of(lambda: model.save(work / "whole.keras"))
     stage1_part = best_of(lambda: head.save_weights(work / "head.weights.h5"))
 
     unfreeze_from(model, unfreeze)
-    split = split_at_frozen_boundary(model)
+    cut = cut_at_frozen_boundary(model)
     optimizer = lambda: keras.optimizers.Adam(1e-5)  # noqa: E731 - one fresh optimizer per fit
 
     # Uncached: the whole model on the images.
@@ -125,22 +125,22 @@ def measure_base(base: str, image_size: int, unfreeze: str, count: int, batch_si
     print(f"{base}: cached fine-tuning ...", file=sys.stderr, flush=True)
     ordered = tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch_size)
     start = time.perf_counter()
-    boundary, boundary_labels = extract_features(split.bottom, ordered, count, work / "boundary.npy",
-                                                 f"{base} boundary", forward=compiled_forward(split.bottom))
+    boundary, boundary_labels = extract_features(cut.bottom, ordered, count, work / "boundary.npy",
+                                                 f"{base} boundary", forward=compiled_forward(cut.bottom))
     extraction = time.perf_counter() - start
-    split.top.compile(optimizer=optimizer(), loss="sparse_categorical_crossentropy")
+    cut.top.compile(optimizer=optimizer(), loss="sparse_categorical_crossentropy")
     cached = EpochTimes()
-    split.top.fit(feature_dataset(boundary, boundary_labels, batch_size, shuffle=True, seed=0),
+    cut.top.fit(feature_dataset(boundary, boundary_labels, batch_size, shuffle=True, seed=0),
                   epochs=max(epochs + 1, CACHED_EPOCHS), verbose=0, callbacks=[cached.callback])
 
     # Stage-2 checkpoint costs: whole model (with the top's optimizer state) vs the top's weights.
     stage2_whole = best_of(lambda: model.save(work / "whole.keras"))
-    stage2_part = best_of(lambda: split.top.save_weights(work / "top.weights.h5"))
+    stage2_part = best_of(lambda: cut.top.save_weights(work / "top.weights.h5"))
     uncached_epoch = steady_epoch_seconds(uncached.seconds, "median")
     cached_epoch = steady_epoch_seconds(cached.seconds, "median")
     return {
-        "base": base, "image_size": image_size, "unfreeze": unfreeze, "boundary_layer": split.boundary_layer,
-        "boundary_shape": split.boundary_shape, "bytes_per_image": split.bytes_per_image,
+        "base": base, "image_size": image_size, "unfreeze": unfreeze, "boundary_layer": cut.boundary_layer,
+        "boundary_shape": cut.boundary_shape, "bytes_per_image": cut.bytes_per_image,
         "uncached_epochs": uncached.seconds, "cached_epochs": cached.seconds, "extraction": extraction,
         "uncached": uncached_epoch, "cached": cached_epoch, "ratio": uncached_epoch / cached_epoch,
         "stage1_whole_save": stage1_whole, "stage1_part_save": stage1_part,

@@ -139,7 +139,7 @@ def validation_loss(model_path: Path, run: Path) -> float:
 
     from keras_cnn.config import RunConfig
     from keras_cnn.models.loading import load_model
-    from keras_cnn.train.data import prepare_folder_data
+    from keras_cnn.train.stage_data import prepare_folder_data
 
     config = RunConfig.from_dict(json.loads((run / "config.json").read_text()))
     data = prepare_folder_data(config.data, config.data.image_size, config.data.channels, config.training.batch_size,

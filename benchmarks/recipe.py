@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
                 exported = export_run(plain_run, folder / "export", formats=("litert",), quantize="int8",
                                       force=True)
             quantization = exported["quantization"]
-            from keras_cnn.runs import read_json
+            from keras_cnn.io import read_json
 
             sizes = read_json(Path(plain_run) / "config.json")["extra"]["sizes"]
     load_after = load_average()

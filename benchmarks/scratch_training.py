@@ -5,7 +5,7 @@ uint8, written as a ``cifar-10-python.tar.gz`` in a temporary folder; content do
 change the speed) two ways, with the book's augmentation (shifts of 10 %, horizontal flips):
 
   kcnn       what ``kcnn train --dataset cifar10 --augment`` runs:
-             :func:`keras_cnn.train.data.prepare_array_data` (tf.data: shuffle, batch, Keras
+             :func:`keras_cnn.train.stage_data.prepare_array_data` (tf.data: shuffle, batch, Keras
              random preprocessing layers, prefetch) feeding the architecture wrapped by
              ``with_input_scaling`` (it takes 0..255 pixels);
   reference  the book's way on Keras 3: ``ImageDataGenerator(width_shift_range=0.1,
@@ -86,7 +86,7 @@ def kcnn_setup(archive: Path, batch_size: int, seed: int):
     """(model, training dataset, images per epoch) as ``kcnn train --dataset cifar10 --augment`` builds them."""
     from keras_cnn.config import DataConfig
     from keras_cnn.models.scratch import build_architecture, get_architecture, with_input_scaling
-    from keras_cnn.train.data import prepare_array_data
+    from keras_cnn.train.stage_data import prepare_array_data
 
     spec = get_architecture(ARCHITECTURE)
     data = prepare_array_data(DataConfig(dataset="cifar10", dataset_path=str(archive), augment=True,

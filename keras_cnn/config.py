@@ -3,7 +3,13 @@
 The CLI collects options into these objects and passes them to pure functions; the same
 objects are written into the run directory so a result can be traced and repeated.
 ``None`` means "use the model's reference default"; the training code resolves it and the
-resolved value is what gets written.
+resolved value is what gets written.  A field whose value is one of a few names has its
+type in :mod:`keras_cnn.choices`.
+
+Adding an option: one field here (a default of ``None``, or the value runs had before it
+existed, keeps older runs resumable) and one command-line option in
+:mod:`keras_cnn.cli.options`; fine-tuning takes a new training field from its own options
+by itself (see ``keras_cnn.train.two_stage``).
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from keras_cnn.choices import (AugmentEngine, ClassWeight, DatasetName, Layout, ModelApi, ModelKind, OptimizerName,
+                               ResizeMode, ScheduleName, StrategyName, Switch)
 from keras_cnn.errors import UserError
 
 
@@ -20,19 +28,19 @@ from keras_cnn.errors import UserError
 class DataConfig:
     """Where the images come from and how they are prepared."""
 
-    dataset: str | None = None            # "mnist" | "cifar10" (keras.datasets) ...
+    dataset: DatasetName | None = None    # a keras.datasets dataset ...
     dataset_path: str | None = None       # ... or the same archive on disk
     split: str | None = None              # split CSV (objectId,value,type) ...
     images: str | None = None             # ... and its image folder; alone: split it into RUN/split.csv
-    layout: str | None = None             # how --images is organised: "csv" | "folders" | "split-folders"; None = detect
+    layout: Layout | None = None          # how --images is organised; None = detect
     allow_labels: list[str] = field(default_factory=list)   # labels that look like missing data but are classes
     exclude: str | None = None            # file of objectIds left out of every part (kcnn doctor's exclude.txt)
     relabel: str | None = None            # objectId,value CSV whose labels replace the read ones
     image_size: tuple[int, int] | None = None
     channels: int | None = None
-    resize_mode: str = "stretch"
+    resize_mode: ResizeMode = "stretch"
     augment: bool = False
-    augment_engine: str = "layers"        # "layers" (tf.data + preprocessing layers) | "legacy"
+    augment_engine: AugmentEngine = "layers"
     augmentation: dict[str, Any] | None = None   # ImageDataGenerator-style ranges
     # Training-part regularisation (keras_cnn.data.regularize.RegularizationSpec as a dict):
     # label_smoothing, mixup, cutmix, randaugment [N, M], random_erasing; None = none.
@@ -46,9 +54,9 @@ class DataConfig:
 class ModelConfig:
     """What network is trained."""
 
-    kind: str = "scratch"                 # "scratch" | "transfer"
+    kind: ModelKind = "scratch"
     name: str = ""                        # architecture or base name (e.g. "lenet", "efficientnet_b0", "hub:...")
-    api: str = "functional"
+    api: ModelApi = "functional"
     num_classes: int | None = None
     input_shape: tuple[int, int, int] | None = None
     weights: str | None = None            # "imagenet" | "none" | PATH (transfer bases)
@@ -59,20 +67,25 @@ class ModelConfig:
 
 @dataclass
 class TrainingConfig:
-    """How it is trained."""
+    """How one training stage trains; ``None`` = the stage's default.
+
+    The first stage of a run (``train``, ``transfer``) fills ``None`` from its recipe (the
+    architecture's, or the head's); stage 2 (``finetune``, :class:`FineTuneConfig`) from
+    its own defaults and stage 1's run (see ``keras_cnn.train.two_stage``).
+    """
 
     epochs: int | None = None
     batch_size: int | None = None
     learning_rate: float | None = None
-    optimizer: str | None = None
+    optimizer: OptimizerName | None = None
     loss: str | None = None
     seed: int = 1234
-    class_weight: str = "none"            # "none" | "balanced"
+    class_weight: ClassWeight = "none"
     cache_features: bool | None = None    # transfer stage 1; None = on when not augmenting
-    mixed_precision: str = "auto"         # "auto" | "on" | "off"
-    xla: str = "auto"                     # "auto" | "on" | "off"
-    strategy: str = "auto"                # "auto" | "default" | "mirrored" | "multiworker"
-    schedule: str = "constant"            # learning-rate curve: "constant" | "cosine" | "onecycle"
+    mixed_precision: Switch | None = None   # None = auto (stage 2: stage 1's)
+    xla: Switch | None = None               # None = auto (stage 2: stage 1's)
+    strategy: StrategyName | None = None    # None = auto (stage 2: stage 1's)
+    schedule: ScheduleName = "constant"   # learning-rate curve
     warmup_epochs: float | None = None    # warm-up length (per step, fractions allowed); None = the schedule's
     ema: float | None = None              # decay of the weight average the saved model uses; None = off
     early_stopping: int | None = None     # patience in epochs; None = train every epoch
@@ -81,29 +94,21 @@ class TrainingConfig:
 
 @dataclass
 class FineTuneConfig:
-    """Stage 2 of transfer learning (``kcnn finetune``); ``None`` = the default, or stage 1's value.
+    """Stage 2 of transfer learning (``kcnn finetune``): what only fine-tuning has, and how it trains.
 
-    Defaults: the base's own unfreeze point and fine-tuning learning rate (see
-    ``kcnn models``), 5 epochs, Adam, stage 1's batch size and execution options, the
-    frozen layers cached unless stage 1 augmented.
+    ``training`` is stage 2's :class:`TrainingConfig`; its ``None`` fields take the
+    defaults of stage 2 (5 epochs, Adam, the base's fine-tuning learning rate, see ``kcnn
+    models``) or, for the batch size and the execution options, stage 1's.  The seed, the
+    class weights and the loss are always stage 1's.
     """
 
-    unfreeze_from: str | None = None      # a layer name, a block prefix, or "all"
+    unfreeze_from: str | None = None      # a layer name, a block prefix, or "all"; None = the base's own
     train_bn: bool = False
-    epochs: int | None = None
-    learning_rate: float | None = None
-    optimizer: str | None = None
-    batch_size: int | None = None
-    mixed_precision: str | None = None
-    xla: str | None = None
-    strategy: str | None = None
-    # The training recipe of stage 2 (not taken from stage 1: the defaults, as for the optimizer).
-    schedule: str = "constant"
-    warmup_epochs: float | None = None
-    ema: float | None = None
-    early_stopping: int | None = None
-    lr_mult: float | None = None          # head rate / first unfrozen block's rate (fastai's lr_mult)
+    # Dropout and stochastic depth in the unfrozen layers of the base act while training
+    # (frozen layers never do); off = the keras-io recipe, on = timm's and fastai's.
+    base_dropout: bool = False
     cache_frozen: bool | None = None      # None = cache the frozen layers unless stage 1 augmented
+    training: TrainingConfig = field(default_factory=TrainingConfig)
 
 
 @dataclass
@@ -157,9 +162,10 @@ def validate_config(config: RunConfig | FineTuneConfig) -> None:
     Called by every training routine before it touches the run folder, so a refused value
     never leaves a changed ``config.json`` behind.
     """
+    sections = vars(config) if isinstance(config, RunConfig) else {"training": config.training}
+
     def value_of(section: str, name: str):
-        holder = config if isinstance(config, FineTuneConfig) else getattr(config, section)
-        return getattr(holder, name, None)
+        return getattr(sections.get(section), name, None)
 
     for section, name, option in FINITE_FLOATS:
         value = value_of(section, name)

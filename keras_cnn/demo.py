@@ -83,7 +83,8 @@ def run_demo(out_dir: str | Path = "kcnn-demo", per_class: int = 100, head_epoch
     say(f"  stage 1: {_accuracy_text(head)}, trainable {head['trainable_params']:,} of {head['total_params']:,}")
 
     _step(4, "finetune: unfreeze from block7a (BatchNorm stays frozen), Adam 1e-5")
-    tuned = fine_tune_run(FineTuneConfig(unfreeze_from="block7a", epochs=finetune_epochs), run_dir)
+    tuned = fine_tune_run(FineTuneConfig(unfreeze_from="block7a", training=TrainingConfig(epochs=finetune_epochs)),
+                          run_dir)
     say(f"  stage 2: {_accuracy_text(tuned)}, trainable {tuned['trainable_params']:,}")
 
     # A very small sample set can leave the test part empty; then the validation part stands in.

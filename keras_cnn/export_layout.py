@@ -1,6 +1,7 @@
-"""The files of an exported model folder, read without TensorFlow.
+"""The layout of an exported model folder, declared once, and its files read without TensorFlow.
 
-``kcnn predict`` checks the folder it is given (a version folder, or the export folder
+``kcnn export`` (:mod:`keras_cnn.export`) writes these names and ``kcnn predict`` reads
+them.  ``predict`` checks the folder it is given (a version folder, or the export folder
 holding numbered versions) and the labels shipped inside it before it spends seconds
 importing TensorFlow, so a wrong path or a damaged export is reported at once.
 """
@@ -12,10 +13,25 @@ from pathlib import Path
 from typing import Any
 
 from keras_cnn.errors import UserError
-from keras_cnn.runs import read_json, read_labels
+from keras_cnn.io import read_json, read_labels
 
-LABELS_ASSET = Path("assets") / "labels.txt"
-METADATA_FILE = Path("assets.extra") / "kcnn.json"
+# Files of DIR/<version>/ (TF Serving loads the highest numeric version folder).
+SAVED_MODEL_FILE = "saved_model.pb"
+LABELS_ASSET = Path("assets") / "labels.txt"              # class names in class-index order
+METADATA_FILE = Path("assets.extra") / "kcnn.json"        # what kcnn knows about the export
+ONNX_FILE = "model.onnx"
+LITERT_FILE = "model.tflite"
+
+# Signatures of the SavedModel.
+SERVING_SIGNATURE = "serving_default"          # image_bytes: encoded images
+IMAGES_SIGNATURE = "serving_images"            # images: float32 decoded pixels
+IMAGES_UINT8_SIGNATURE = "serving_images_uint8"   # images: uint8 decoded pixels
+TTA_SIGNATURE = "serving_tta"                  # serving_default averaged over test-time augmentation views
+
+
+def quantized_litert_file(mode: str) -> str:
+    """``model_int8.tflite`` etc., beside the float ``model.tflite``."""
+    return f"model_{mode}.tflite"
 
 
 def resolve_version_dir(path: str | os.PathLike) -> Path:
@@ -25,13 +41,33 @@ def resolve_version_dir(path: str | os.PathLike) -> Path:
         raise UserError(f"model directory {path} does not exist")
     if not path.is_dir():
         raise UserError(f"--model must be an export directory, received a file: {path}")
-    if (path / "saved_model.pb").is_file():
+    if (path / SAVED_MODEL_FILE).is_file():
         return path
+    return version_dirs(path)[-1]
+
+
+def version_dirs(path: str | os.PathLike) -> list[Path]:
+    """The numbered version folders of an export directory (an existing folder) that hold a SavedModel,
+    lowest version first."""
+    path = Path(path)
     versions = [child for child in path.iterdir()
-                if child.name.isdigit() and (child / "saved_model.pb").is_file()]
+                if child.name.isdigit() and (child / SAVED_MODEL_FILE).is_file()]
     if not versions:
-        raise UserError(f"{path} is not an exported model: no saved_model.pb in it or in a numbered version folder")
-    return max(versions, key=lambda child: int(child.name))
+        raise UserError(f"{path} is not an exported model: no {SAVED_MODEL_FILE} in it or in a numbered "
+                        "version folder")
+    return sorted(versions, key=lambda child: int(child.name))
+
+
+def served_version_dirs(path: str | os.PathLike) -> list[Path]:
+    """Every version folder of an export (PATH itself when it is one), lowest version first: what
+    ``kcnn serve`` serves, as TF Serving's "all versions" policy does."""
+    resolved = resolve_version_dir(path)   # checks the folder and names the problem in one line
+    return [resolved] if resolved == Path(path) else version_dirs(path)
+
+
+def version_number(folder: Path) -> int:
+    """A version folder's number (a lone version folder given directly that is not numbered is version 1)."""
+    return int(folder.name) if folder.name.isdigit() else 1
 
 
 def read_export_metadata(version_dir: Path) -> dict[str, Any]:

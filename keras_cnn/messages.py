@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from keras_cnn.runs import atomic_write_text
+from keras_cnn.io import atomic_write_text
 
 MAX_LINE = 300        # characters; longer message lines are shortened
 MAX_ITEMS = 5         # items shown in a message before "and N more"

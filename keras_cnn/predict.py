@@ -20,11 +20,9 @@ import numpy as np
 import tensorflow as tf
 
 from keras_cnn.errors import UserError, first_line
-from keras_cnn.export_layout import (METADATA_FILE, check_label_count, read_export_labels, read_export_metadata,
-                                     resolve_version_dir)
+from keras_cnn.export_layout import (IMAGES_SIGNATURE, METADATA_FILE, SERVING_SIGNATURE, TTA_SIGNATURE,
+                                     check_label_count, read_export_labels, read_export_metadata, resolve_version_dir)
 
-SIGNATURE = "serving_default"
-TTA_SIGNATURE = "serving_tta"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 
 
@@ -61,8 +59,8 @@ class ExportedModel:
             self.tta_views = list(baked)
         else:
             self.tta_views = view_names(count, bool(self.metadata.get("trained_with_horizontal_flips")))
-            if "serving_images" not in self.saved_model.signatures or "input" not in self.metadata:
-                raise UserError(f"{self.path} has no 'serving_images' signature or no input description in "
+            if IMAGES_SIGNATURE not in self.saved_model.signatures or "input" not in self.metadata:
+                raise UserError(f"{self.path} has no {IMAGES_SIGNATURE!r} signature or no input description in "
                                 f"{METADATA_FILE}: --tta needs an export made by kcnn export")
         return self.tta_views
 
@@ -74,7 +72,7 @@ class ExportedModel:
             outputs = signatures[TTA_SIGNATURE](image_bytes=tf.constant(encoded_images, dtype=tf.string))
             return {name: value.numpy() for name, value in outputs.items()}
         pixels = self._decode(encoded_images)
-        views = signatures["serving_images"](images=tta_views(pixels, self.tta_views))
+        views = signatures[IMAGES_SIGNATURE](images=tta_views(pixels, self.tta_views))
         probabilities = average_views(views["probabilities"], len(self.tta_views)).numpy()
         class_index = probabilities.argmax(axis=-1)
         labels = self.labels or [str(index) for index in range(probabilities.shape[-1])]
@@ -104,15 +102,15 @@ def load_exported_model(path: str | os.PathLike) -> ExportedModel:
     except Exception as error:  # noqa: BLE001 - TensorFlow raises many kinds for a broken SavedModel
         raise UserError(f"cannot load the SavedModel {version_dir}: {first_line(error)}") from error
     signatures = getattr(saved_model, "signatures", {})
-    if SIGNATURE not in signatures:
-        raise UserError(f"{version_dir} has no {SIGNATURE!r} signature (found: {sorted(signatures)})")
-    signature = signatures[SIGNATURE]
+    if SERVING_SIGNATURE not in signatures:
+        raise UserError(f"{version_dir} has no {SERVING_SIGNATURE!r} signature (found: {sorted(signatures)})")
+    signature = signatures[SERVING_SIGNATURE]
     inputs = signature.structured_input_signature[1]
     if list(inputs) != ["image_bytes"] or inputs["image_bytes"].dtype != tf.string:
-        raise UserError(f"{version_dir}: {SIGNATURE!r} must take 'image_bytes' (string), received: {inputs}")
+        raise UserError(f"{version_dir}: {SERVING_SIGNATURE!r} must take 'image_bytes' (string), received: {inputs}")
     missing = {"probabilities", "class_index", "label"} - set(signature.structured_outputs)
     if missing:
-        raise UserError(f"{version_dir}: {SIGNATURE!r} does not return {sorted(missing)}; is it a kcnn export?")
+        raise UserError(f"{version_dir}: {SERVING_SIGNATURE!r} does not return {sorted(missing)}; is it a kcnn export?")
     classes = signature.structured_outputs["probabilities"].shape[-1]
     if classes is not None:
         check_label_count(version_dir, labels, int(classes))
@@ -172,7 +170,7 @@ def predict_files(model: ExportedModel, paths: list[str | os.PathLike], batch_si
             # Some file in this batch does not decode: find it by trying them one by one.
             results.extend(_classify_one_by_one(model, batch, top_k, failures))
             continue
-        results.extend(_results(model, [path for path, _ in batch], outputs, top_k))
+        results.extend(prediction_records(model, [path for path, _ in batch], outputs, top_k))
     return results, failures
 
 
@@ -198,13 +196,13 @@ def _classify_one_by_one(model: ExportedModel, batch: list[tuple[Path, bytes]], 
         try:
             outputs = model.classify([data])
         except (tf.errors.InvalidArgumentError, tf.errors.UnknownError):
-            failures.append((str(path), _decode_failure_reason(data)))
+            failures.append((str(path), decode_failure_reason(data)))
             continue
-        results.extend(_results(model, [path], outputs, top_k))
+        results.extend(prediction_records(model, [path], outputs, top_k))
     return results
 
 
-def _decode_failure_reason(data: bytes) -> str:
+def decode_failure_reason(data: bytes) -> str:
     """A clean one-line reason why ``data`` is not an image (the graph's error is verbose)."""
     try:
         tf.io.decode_image(data, channels=0, expand_animations=False)
@@ -213,8 +211,10 @@ def _decode_failure_reason(data: bytes) -> str:
     return "the model could not classify this image"
 
 
-def _results(model: ExportedModel, paths: list[Path], outputs: dict[str, np.ndarray],
-             top_k: int) -> list[dict[str, Any]]:
+def prediction_records(model: ExportedModel, paths: list[Path] | list[str], outputs: dict[str, np.ndarray],
+                       top_k: int) -> list[dict[str, Any]]:
+    """One prediction record per row of the signature's ``outputs`` (see :func:`predict_files`);
+    ``kcnn serve``'s own endpoint answers with the same records."""
     labels = model.labels or [str(index) for index in range(outputs["probabilities"].shape[-1])]
     results = []
     for row, path in enumerate(paths):

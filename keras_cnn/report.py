@@ -18,7 +18,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from keras_cnn.runs import atomic_path, atomic_write_text, to_jsonable
+from keras_cnn.io import atomic_path, atomic_write_text, to_jsonable
 
 TICK_LABEL_CHARACTERS = 18      # longer class names are shortened on the axes
 ANNOTATE_CELLS_UP_TO = 20       # beyond this many classes the cell numbers become unreadable
@@ -342,7 +342,7 @@ def write_html_report(run_dir: str | os.PathLike, metrics: Mapping[str, Any], co
                       links: Mapping[str, Any] | None = None) -> Path:
     """Write one self-contained HTML page about an evaluated run and return its path.
 
-    ``metrics``: the dict of :func:`keras_cnn.evaluate.compute_metrics` (plus run/subset);
+    ``metrics``: the dict of :func:`keras_cnn.metrics.compute_metrics` (plus run/subset);
     ``config``: the run's config.json contents; ``pictures``: {caption: png path} or a list
     of png paths, embedded as base64 data URIs (missing files are left out); ``links``:
     optional {text: path} of files to link to (e.g. predictions.csv), written as paths

@@ -1,6 +1,6 @@
-"""The run directory: where one training run keeps everything it produced.
+"""The run directory: where one training run keeps everything it produced, its lock and its state.
 
-Layout (every file is written atomically: temporary name in the same folder, then rename)::
+Layout (every file is written atomically through :mod:`keras_cnn.io`)::
 
     RUN/
       config.json        every option with defaults resolved, library versions, seed
@@ -19,172 +19,17 @@ Layout (every file is written atomically: temporary name in the same folder, the
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import math
 import os
-import platform
 import shutil
-import stat
-import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from keras_cnn.errors import UserError
-
-
-# Every temporary name written by :func:`atomic_path` holds this mark; a killed write leaves
-# such a file, which :func:`remove_stale_temporaries` deletes at the next start.
-TEMPORARY_MARK = ".tmp-"
-
-
-def check_output_path(path: str | os.PathLike, directory: bool = False, option: str = "output") -> Path:
-    """Refuse an output path that is not a new path or a regular file (a folder for ``directory``).
-
-    Writing by rename would silently replace a FIFO, a device or a socket with a regular
-    file, and a folder cannot take a file's place; both are user mistakes worth one line.
-    """
-    path = Path(path)
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        return path
-    except OSError as error:
-        raise UserError(f"cannot use {path} as {option}: {error.strerror}") from None
-    if directory and stat.S_ISDIR(mode):
-        return path
-    if not directory and stat.S_ISREG(mode):
-        return path
-    wanted = "a folder" if directory else "a regular file"
-    raise UserError(f"{path} exists and is {_file_kind(mode)}; {option} must be a new path or {wanted}")
-
-
-def _file_kind(mode: int) -> str:
-    kinds = [(stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
-             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISREG, "a regular file")]
-    return next((name for test, name in kinds if test(mode)), "a special file")
-
-
-def remove_stale_temporaries(root: str | os.PathLike) -> list[Path]:
-    """Delete the temporary files and folders a killed write left under ``root``; returns them."""
-    removed = []
-    root = Path(root)
-    if not root.is_dir():
-        return removed
-    for path in sorted(root.rglob(f".*{TEMPORARY_MARK}*"), key=lambda item: len(item.parts), reverse=True):
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-        removed.append(path)
-    return removed
-
-
-@contextlib.contextmanager
-def atomic_path(final_path: str | os.PathLike, directory: bool = False) -> Iterator[Path]:
-    """Yield a temporary path beside ``final_path``; on success rename it into place.
-
-    On any exception the temporary file or folder is removed and ``final_path`` is
-    left as it was, so a crash never leaves a half-written result.
-    """
-    final_path = Path(final_path)
-    check_output_path(final_path, directory=directory)
-    final_path.parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".{final_path.name}{TEMPORARY_MARK}"
-    if directory:
-        temporary = Path(tempfile.mkdtemp(prefix=prefix, dir=final_path.parent))
-        os.chmod(temporary, 0o777 & ~_current_umask())
-    else:
-        handle, name = tempfile.mkstemp(prefix=prefix, dir=final_path.parent)
-        os.close(handle)
-        temporary = Path(name)
-        # mkstemp creates 0600 files; results are meant to be shared like any other file.
-        os.chmod(temporary, 0o666 & ~_current_umask())
-        # Keras refuses some file names by their suffix (".keras", ".weights.h5"): keep it.
-        if final_path.suffixes:
-            suffixed = temporary.with_name(temporary.name + "".join(final_path.suffixes))
-            temporary.rename(suffixed)
-            temporary = suffixed
-    try:
-        yield temporary
-        if directory and final_path.exists():
-            shutil.rmtree(final_path)
-        os.replace(temporary, final_path)
-    except BaseException:
-        if temporary.is_dir():
-            shutil.rmtree(temporary, ignore_errors=True)
-        else:
-            temporary.unlink(missing_ok=True)
-        raise
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically and return the path."""
-    with atomic_path(path) as temporary:
-        temporary.write_bytes(data)
-    return Path(path)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write UTF-8 ``text`` to ``path`` atomically and return the path."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def to_jsonable(value: Any) -> Any:
-    """Turn numpy scalars/arrays, paths, tuples and dataclasses into plain JSON values."""
-    import dataclasses
-
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return to_jsonable(dataclasses.asdict(value))
-    if isinstance(value, dict):
-        return {str(key): to_jsonable(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_jsonable(item) for item in value]
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if hasattr(value, "tolist"):  # numpy arrays and numpy scalars
-        return value.tolist()
-    return value
-
-
-def atomic_write_json(path: str | os.PathLike, payload: Any) -> Path:
-    """Write ``payload`` as indented JSON atomically and return the path."""
-    return atomic_write_text(path, json.dumps(to_jsonable(payload), indent=2, sort_keys=False) + "\n")
-
-
-def read_json(path: str | os.PathLike) -> Any:
-    """Read a JSON file, turning a missing or broken file into a one-line ``UserError``."""
-    path = Path(path)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path} does not exist") from None
-    except (OSError, ValueError) as error:
-        raise UserError(f"cannot read {path}: {error}") from None
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of Python and of the libraries a result depends on (imported lazily)."""
-    from importlib import metadata
-
-    import keras_cnn
-
-    versions = {"kcnn": keras_cnn.__version__, "python": platform.python_version()}
-    for distribution in ("tensorflow", "keras", "numpy", "pandas", "pillow", "tensorflow-hub"):
-        try:
-            versions[distribution] = metadata.version(distribution)
-        except metadata.PackageNotFoundError:
-            continue
-    versions["platform"] = platform.platform()
-    return versions
+from keras_cnn.io import atomic_write_json, atomic_write_text, read_json, read_labels, to_jsonable
+from keras_cnn.versions import library_versions
 
 
 class RunDirectory:
@@ -258,15 +103,6 @@ class RunDirectory:
 
     def read_metrics(self) -> dict[str, Any]:
         return read_json(self.metrics_path) if self.metrics_path.exists() else {}
-
-
-def read_labels(path: str | os.PathLike) -> list[str]:
-    """Read a ``labels.txt`` (one label per line, class-index order)."""
-    path = Path(path)
-    try:
-        return [line for line in path.read_text(encoding="utf-8").splitlines() if line != ""]
-    except FileNotFoundError:
-        raise UserError(f"{path} does not exist") from None
 
 
 def default_run_dir(name: str) -> Path:
@@ -358,17 +194,19 @@ def options_fingerprint(options: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def differing_options(recorded: dict[str, Any], requested: dict[str, Any]) -> list[str]:
-    """Keys whose values differ, as ``key (run: A, now: B)``."""
+def differing_options(recorded: dict[str, Any], requested: dict[str, Any],
+                      defaults: dict[str, Any] | None = None) -> list[str]:
+    """Keys whose values differ, as ``key (run: A, now: B)``.
+
+    ``defaults``: the options a default config records.  An option the recorded options lack
+    (a run recorded before kcnn had it) counts as its default there, so such a run resumes
+    and is found finished as long as the option is left at its default.
+    """
     old, new = flatten_options(recorded), flatten_options(requested)
+    missing = {key: value for key, value in flatten_options(defaults or {}).items() if key not in old}
+    old = {**missing, **old}
     return [f"{key} (run: {json.dumps(old.get(key))}, now: {json.dumps(new.get(key))})"
             for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
-
-
-def check_finite(value: Any, name: str) -> None:
-    """Refuse NaN and infinity for a float option (they pass every range check)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        raise UserError(f"{name} must be a finite number, received: {value}")
 
 
 class RunState:

@@ -27,7 +27,6 @@ _CROP_BOXES = {  # [y1, x1, y2, x2] in 0..1 of the image
     "crop_bottom_left": (1 - CROP_FRACTION, 0.0, 1.0, CROP_FRACTION),
     "crop_bottom_right": (1 - CROP_FRACTION, 1 - CROP_FRACTION, 1.0, 1.0),
 }
-MAX_VIEWS_WITHOUT_FLIP = 1 + len(_CROP_BOXES)
 
 
 def view_names(count: int, flip: bool) -> list[str]:

@@ -174,6 +174,26 @@ def test_finetune_cache_benchmark_times_both_runs(load_script, tmp_path, capsys)
 
 
 @pytest.mark.slow
+def test_serve_benchmark_loads_both_servers_without_errors(load_script, tmp_path, capsys):
+    pytest.importorskip("uvicorn", reason="kcnn serve needs the serve extra: pip install -e '.[serve]'")
+    serve = load_script("serve")
+    results = tmp_path / "RESULTS.md"
+    assert serve.main(["--requests", "40", "--clients", "4", "--images", "6", "--image-height", "48",
+                       "--image-width", "64", "--model-size", "32", "--repeats", "1", "--results", str(results)]) == 0
+    output = capsys.readouterr().out
+    assert "| batching (`--max-batch 32" in output and "| no batching (`--max-batch 1`) | 0 |" in output
+    assert "Server exit codes after SIGTERM: batching 0, no batching 0." in output
+    assert results.read_text().count("## kcnn serve under load") == 1
+
+
+def test_cli_startup_benchmark_times_help_against_the_bare_interpreter(load_script, capsys):
+    startup = load_script("cli_startup")
+    assert startup.main(["--rounds", "1", "--no-record"]) == 0
+    output = capsys.readouterr().out
+    assert "| `kcnn --help` |" in output and "x the bare interpreter with click" in output
+
+
+@pytest.mark.slow
 def test_doctor_benchmark_runs_on_a_small_input(load_script, tmp_path, capsys):
     pytest.importorskip("cleanlab", reason="kcnn doctor needs pip install 'kcnn[doctor]'")
     doctor = load_script("doctor")

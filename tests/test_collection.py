@@ -292,7 +292,7 @@ def test_skipping_bad_images_never_empties_a_label_in_a_part(tmp_path):
 
 
 def test_skip_bad_images_in_training_data_refuses_an_emptied_label(tmp_path):
-    from keras_cnn.train.data import prepare_folder_data
+    from keras_cnn.train.stage_data import prepare_folder_data
 
     tree = tmp_path / "tree"
     write_tree(tree, {"a": 3, "b": 3})

@@ -60,7 +60,7 @@ def dataset_fn_for(x, y):
     import tensorflow as tf
 
     from keras_cnn.data.pipeline import per_replica_batch_size
-    from keras_cnn.train.distribute import shard_file_list
+    from keras_cnn.data.pipeline import shard_file_list
 
     def dataset_fn(input_context=None):
         indices = shard_file_list(list(range(len(x))), input_context)
@@ -366,7 +366,7 @@ class FakeInputContext:
 
 
 def test_shard_file_list_splits_by_file_without_overlap():
-    from keras_cnn.train.distribute import shard_file_list
+    from keras_cnn.data.pipeline import shard_file_list
 
     files = [f"{index:040x}.jpg" for index in range(7)]
     shards = [shard_file_list(files, FakeInputContext(3, pipeline, 3)) for pipeline in range(3)]
@@ -377,7 +377,7 @@ def test_shard_file_list_splits_by_file_without_overlap():
 
 def test_shard_file_list_refuses_fewer_files_than_workers():
     from keras_cnn.errors import UserError
-    from keras_cnn.train.distribute import shard_file_list
+    from keras_cnn.data.pipeline import shard_file_list
 
     with pytest.raises(UserError, match="1 file"):
         shard_file_list(["a.jpg"], FakeInputContext(2, 0, 2))

@@ -286,7 +286,7 @@ def test_litert_round_trip(rgb_export, rgb_run):
 
 
 def test_failed_verification_leaves_no_version_and_keeps_the_old_one(grey_run, tmp_path, monkeypatch):
-    monkeypatch.setattr(export_module, "max_abs_difference", lambda expected, actual: 0.5)
+    monkeypatch.setattr(export_module.verify, "max_abs_difference", lambda expected, actual: 0.5)
     with pytest.raises(RunFailure, match="max abs difference 0.5"):
         export_run(grey_run, tmp_path / "fresh")
     assert not (tmp_path / "fresh").exists() or os.listdir(tmp_path / "fresh") == []
@@ -423,7 +423,7 @@ def split_run(tmp_path_factory):
 
 @pytest.mark.parametrize("mode, largest_ratio", [("int8", 0.34), pytest.param("float16", 0.6, marks=pytest.mark.slow)])
 def test_quantized_litert_is_smaller_and_its_accuracy_is_recorded(split_run, tmp_path, mode, largest_ratio):
-    from keras_cnn.quantize import litert_outputs
+    from keras_cnn.export.portable import litert_outputs
 
     result = export_run(split_run, tmp_path, formats=("litert",), quantize=mode)
     record = result["quantization"]
@@ -447,9 +447,9 @@ def test_quantized_litert_is_smaller_and_its_accuracy_is_recorded(split_run, tmp
 
 
 def test_quantized_model_that_lost_accuracy_is_refused_unless_forced(split_run, tmp_path, monkeypatch):
-    import keras_cnn.quantize
+    import keras_cnn.export.quantize
 
-    monkeypatch.setattr(keras_cnn.quantize, "litert_accuracy",
+    monkeypatch.setattr(keras_cnn.export.quantize, "litert_accuracy",
                         lambda paths, dataset, true, classes: {"float": 0.9, "quantized": 0.8})
     runner = CliRunner()
     arguments = ["export", "--run", str(split_run), "--out", str(tmp_path), "--format", "litert",

@@ -15,12 +15,13 @@ from conftest import HUB_FEATURES, write_hub_module
 from keras_cnn.errors import UserError
 from keras_cnn.models import hub
 from keras_cnn.models.bases import get_base_spec
+from keras_cnn.models.frozen import TransferBase
 from keras_cnn.models.loading import load_model
 from keras_cnn.models.transfer import (
     build_transfer_model,
     get_base_layer,
     parameter_counts,
-    split_feature_model,
+    cut_at_features,
     unfreeze_from,
 )
 from keras_cnn.optimizers import make_optimizer
@@ -127,7 +128,7 @@ def test_hub_transfer_model_stage1_counts(hub_dir, api):
     assert parameter_counts(model) == {
         "trainable_params": head, "non_trainable_params": module_params, "total_params": head + module_params,
     }
-    assert get_base_layer(model).name == "hub_base"
+    assert get_base_layer(model).name == "hub_base" and isinstance(get_base_layer(model), TransferBase)
     assert model.predict(images(), verbose=0).shape == (4, 3)
 
 
@@ -203,7 +204,7 @@ def test_train_bn_runs_module_in_training_mode(hub_dir, train_bn):
 
 def test_feature_split_shares_weights(hub_dir):
     model = build_transfer_model("hub:" + hub_dir, 3, image_size=IMAGE_SIZE, head_units=(4,), dropout=0.0)
-    features, head = split_feature_model(model)
+    features, head = cut_at_features(model)
     batch = images()
     pooled = features.predict(batch, verbose=0)
     assert pooled.shape == (4, FEATURES)

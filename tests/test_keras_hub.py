@@ -60,6 +60,24 @@ def test_base_is_the_converter_then_the_backbone_layers(preset):
     np.testing.assert_allclose(np.asarray(base(pixels)), np.asarray(expected), atol=1e-5, rtol=0)
 
 
+def test_a_frozen_preset_base_runs_in_inference_mode(preset):
+    """Its backbone's layers sit in kcnn's TransferBase, which keeps frozen layers in inference mode."""
+    from keras_cnn.models.frozen import TransferBase
+    from keras_cnn.models.transfer import build_transfer_model, get_base_layer, unfreeze_from
+    from keras_cnn.models.weights import set_batch_norm_statistics
+
+    model = build_transfer_model(f"keras_hub:{preset}", 3, image_size=32, dropout=0.0, seed=0)
+    pixels, others = np.random.default_rng(0).uniform(0, 255, size=(2, 4, 32, 32, 3)).astype("float32")
+    set_batch_norm_statistics(model, others)
+    assert isinstance(get_base_layer(model), TransferBase)
+    unfreeze_from(model, "stack1", train_bn=True)
+    # Trainable BatchNorm (--train-bn) learns from the batch; the frozen ones keep their statistics.
+    assert np.abs(np.asarray(model(pixels, training=True)) - np.asarray(model(pixels, training=False))).max() > 1e-4
+    unfreeze_from(model, "stack1")
+    np.testing.assert_allclose(np.asarray(model(pixels, training=True)), np.asarray(model(pixels, training=False)),
+                               rtol=1e-5, atol=1e-6)
+
+
 PLAIN_TENSORFLOW = """
 import json, sys
 import tensorflow as tf

@@ -144,7 +144,7 @@ def test_kcnn_train_records_the_options_and_trains_on_soft_targets(tmp_path):
     from conftest import write_cifar10_archive
     from keras_cnn.cli import cli
     from keras_cnn.config import RunConfig
-    from keras_cnn.train.data import prepare_array_data
+    from keras_cnn.train.stage_data import prepare_array_data
 
     archive = write_cifar10_archive(tmp_path, per_batch=12)
     run = tmp_path / "run"

@@ -17,7 +17,8 @@ from conftest import stderr_problems
 from keras_cnn.cli import cli
 from keras_cnn.config import DataConfig, FineTuneConfig, ModelConfig, RunConfig, TrainingConfig
 from keras_cnn.errors import UserError
-from keras_cnn.runs import RunDirectory, RunLock, RunState, atomic_write_text, check_output_path
+from keras_cnn.io import atomic_write_text
+from keras_cnn.runs import RunDirectory, RunLock, RunState
 
 
 def invoke(*args):
@@ -167,7 +168,7 @@ def test_the_api_validates_float_options_before_touching_the_run(finished_run, t
             train_scratch(RunConfig(command="train", model=config.model, data=config.data,
                                     training=TrainingConfig(epochs=1, learning_rate=bad)), run)
         with pytest.raises(UserError, match="finite"):
-            fine_tune_run(FineTuneConfig(learning_rate=bad), run)
+            fine_tune_run(FineTuneConfig(training=TrainingConfig(learning_rate=bad)), run)
     with pytest.raises(UserError, match="--dropout"):
         train_scratch(RunConfig(command="train", model=ModelConfig(name="lenet5_bn", dropout=float("nan")),
                                 data=config.data), run)
@@ -233,17 +234,6 @@ def test_split_refuses_a_fifo_output_and_leaves_it_alone(tmp_path, sample_data_d
     assert result.exit_code == 2 and "directory" in result.stderr
 
 
-def test_output_paths_must_be_new_or_regular(tmp_path):
-    assert check_output_path(tmp_path / "new.csv") == tmp_path / "new.csv"
-    (tmp_path / "old.csv").write_text("x")
-    check_output_path(tmp_path / "old.csv")
-    check_output_path(tmp_path, directory=True)
-    with pytest.raises(UserError, match="character device"):
-        check_output_path("/dev/null")
-    with pytest.raises(UserError, match="regular file"):
-        check_output_path(tmp_path / "old.csv", directory=True)
-
-
 KILL_DURING_FINAL_SAVE = """
 import os, signal, sys
 from pathlib import Path
@@ -270,7 +260,7 @@ def validation_loss_of(model_path: Path, run: Path) -> float:
     import keras
 
     from keras_cnn.models.loading import load_model
-    from keras_cnn.train.data import prepare_folder_data
+    from keras_cnn.train.stage_data import prepare_folder_data
 
     config = RunConfig.from_dict(json.loads((run / "config.json").read_text()))
     data = prepare_folder_data(config.data, config.data.image_size, config.data.channels, config.training.batch_size,

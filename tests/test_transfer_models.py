@@ -16,7 +16,7 @@ from keras_cnn.models.transfer import (
     freeze_base,
     get_base_layer,
     parameter_counts,
-    split_feature_model,
+    cut_at_features,
     unfreeze_from,
 )
 
@@ -90,7 +90,7 @@ def test_block_prefix_picks_the_first_layer_of_the_block():
     assert trainable[0] == "block7a_expand_conv" and "top_conv" in trainable
     assert not any(isinstance(base.get_layer(name), keras.layers.BatchNormalization) for name in trainable)
 
-    features, head = split_feature_model(model)
+    features, head = cut_at_features(model)
     images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
     # Eager calls: tracing EfficientNet for predict() would cost more than the whole check.
     pooled = features(images, training=False)

@@ -56,11 +56,11 @@ def test_cached_features_equal_a_fresh_forward_pass_of_the_frozen_base(sample_da
 
     from keras_cnn.data import make_dataset
     from keras_cnn.models.bases import preprocessing_layer
-    from keras_cnn.models.transfer import build_transfer_model, get_base_layer, split_feature_model
+    from keras_cnn.models.transfer import build_transfer_model, get_base_layer, cut_at_features
     from keras_cnn.train.features import extract_features
 
     model = build_transfer_model("vgg16", 3, image_size=32, weights="none")
-    feature_extractor, _ = split_feature_model(model)
+    feature_extractor, _ = cut_at_features(model)
     dataset = make_dataset(sample_split, sample_data_dir, "validation", (32, 32), 8, shuffle=False)
     count = sum(int(labels.shape[0]) for _, labels in dataset)
     cached, cached_labels = extract_features(feature_extractor, dataset, count)
@@ -194,7 +194,7 @@ def test_fine_tune_hands_stage_1_model_and_data_to_stage_2_and_overwrite_restart
         tmp_path, sample_data_dir, sample_split, hub_module, monkeypatch):
     from keras_cnn.config import FineTuneConfig
     from keras_cnn.models import loading
-    from keras_cnn.train import data as data_module
+    from keras_cnn.train import stage_data as data_module
     from keras_cnn.train import two_stage
 
     counts = {"load_model": 0, "prepare_folder_data": 0}
@@ -213,13 +213,13 @@ def test_fine_tune_hands_stage_1_model_and_data_to_stage_2_and_overwrite_restart
                        data=DataConfig(split=str(sample_split), images=str(sample_data_dir), image_size=(32, 32)),
                        training=TrainingConfig(epochs=1, batch_size=16))
     run = tmp_path / "run"
-    summary = two_stage.fine_tune(config, run, FineTuneConfig(epochs=1, unfreeze_from="all"))
+    summary = two_stage.fine_tune(config, run, FineTuneConfig(unfreeze_from="all", training=TrainingConfig(epochs=1)))
     # One decoding of the images and no reload: stage 2 started from stage 1's model in memory.
     assert counts == {"load_model": 0, "prepare_folder_data": 1}
     assert summary["stage"] == "finetune" and summary["head"]["stage"] == "head"
     assert stages(run) == ["head", "finetune"] and (run / "stages" / "head.keras").exists()
 
-    tuned = two_stage.fine_tune_run(FineTuneConfig(epochs=1, unfreeze_from="all", learning_rate=1e-3), run,
+    tuned = two_stage.fine_tune_run(FineTuneConfig(unfreeze_from="all", training=TrainingConfig(epochs=1, learning_rate=1e-3)), run,
                                     overwrite=True)
     assert tuned["stage"] == "finetune" and stages(run) == ["head", "finetune"]
     state = json.loads((run / "state.json").read_text())

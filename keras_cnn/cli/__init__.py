@@ -5,7 +5,7 @@ never import TensorFlow; each command module imports the heavy parts inside its 
 Errors are mapped here, once: ``UserError`` and click usage errors exit 2 with one line,
 other failures exit 1 with one line, and ``--debug`` (or ``KCNN_DEBUG=1``) re-raises so
 the traceback shows.  Output is set up here too: other packages' warnings and logs stay
-out (``keras_cnn.quiet``), and every message starts on a fresh line and stays bounded
+out (``keras_cnn.library_chatter``), and every message starts on a fresh line and stays bounded
 (``keras_cnn.progress``).
 """
 
@@ -18,9 +18,10 @@ import sys
 import click
 
 import keras_cnn
+from keras_cnn.cli.common import QUIET_HELP, enable_debug, enable_quiet
 from keras_cnn.errors import KcnnError, first_line
 from keras_cnn.progress import emit, route_kcnn_logs, track_stderr
-from keras_cnn.quiet import debugging, quiet_library_messages
+from keras_cnn.library_chatter import debugging, quiet_library_messages
 
 # command name -> "module:attribute"; adding a command = one line here plus its module.
 COMMANDS = {
@@ -35,6 +36,7 @@ COMMANDS = {
     "evaluate": "keras_cnn.cli.evaluate_command:evaluate",
     "export": "keras_cnn.cli.export_command:export",
     "predict": "keras_cnn.cli.predict_command:predict",
+    "serve": "keras_cnn.cli.serve_command:serve",
     "demo": "keras_cnn.cli.demo_command:demo",
     "devices": "keras_cnn.cli.devices_command:devices",
     "doctor": "keras_cnn.cli.doctor_command:doctor",
@@ -100,23 +102,6 @@ class KcnnGroup(click.Group):
                  "(run with --debug for the traceback)")
             sys.exit(1)
         sys.exit(result if isinstance(result, int) else 0)
-
-
-def enable_debug(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
-    if value:
-        # keras_cnn.quiet and the error handler read the environment, so one switch serves all.
-        os.environ["KCNN_DEBUG"] = "1"
-    return value
-
-
-def enable_quiet(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
-    if value:
-        # keras_cnn.progress reads the environment, as deep down as the epoch lines.
-        os.environ["KCNN_QUIET"] = "1"
-    return value
-
-
-QUIET_HELP = "Print only the result (and warnings or errors): no progress bars or step lines."
 
 
 @click.group(cls=KcnnGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

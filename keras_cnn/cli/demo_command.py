@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from keras_cnn.cli import options
 from keras_cnn.cli.common import debug_option, json_option, run_command
 
 
@@ -16,9 +17,8 @@ from keras_cnn.cli.common import debug_option, json_option, run_command
               help="Stage-1 epochs (head on cached features).")
 @click.option("--finetune-epochs", type=click.IntRange(min=1), default=3, show_default=True,
               help="Stage-2 epochs (base unfrozen from block7a).")
-@click.option("--weights", default=None,
-              help="imagenet, none or a weights file [default: imagenet when downloadable or cached, "
-                   "else none, said clearly].")
+@options.weights(shown_default="imagenet when downloadable or cached, else none, said clearly", default=None,
+                 show_default=False)
 @json_option
 @debug_option
 def demo(out_dir, per_class, head_epochs, finetune_epochs, weights, as_json):

@@ -6,8 +6,9 @@ from typing import Any
 
 import click
 
-from keras_cnn.cli.common import (base_input_options, collection_options, debug_option, json_option, run_command,
-                                  split_rule_options)
+from keras_cnn.cli import options
+from keras_cnn.cli.common import debug_option, json_option, run_command
+from keras_cnn.cli.source_options import source_options, split_rule_options
 
 
 @click.command()
@@ -19,14 +20,16 @@ from keras_cnn.cli.common import (base_input_options, collection_options, debug_
                    "`kcnn models` lists them). With --weights none only the pixel checks mean anything.")
 @click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="Compare images by the penultimate layer of this run's model (its input size and channels).")
-@base_input_options
-@collection_options
-@split_rule_options
+@options.image_size(shown_default="the base's own, e.g. 224; smaller is faster")
+@options.weights()
+@source_options()
+@split_rule_options()
 @click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True,
               help="Folds of the head that predicts every label out of sample.")
-@click.option("--seed", type=int, default=1234, show_default=True, help="Seed of the folds.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Images per batch while extracting features.")
+@click.option("--seed", type=int, default=1234, show_default=True,
+              help="How the images are dealt into the folds (no model is trained).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Images per batch while extracting features [default: 64].")
 @json_option
 @debug_option
 def doctor(source, out_dir, base, run_dir, image_size, weights, images, layout, id_column, label_column,
@@ -59,17 +62,18 @@ def doctor(source, out_dir, base, run_dir, image_size, weights, images, layout, 
       kcnn train lenet --images digits/ --exclude doctor/exclude.txt
     """
     from keras_cnn.doctor.libraries import require_doctor_libraries
+    from keras_cnn.doctor.run import DEFAULT_BATCH_SIZE
 
     require_doctor_libraries()  # before TensorFlow starts: a missing extra is one line at once
 
     def work() -> dict[str, Any]:
-        from keras_cnn.doctor.run import DoctorOptions, run_doctor
+        from keras_cnn.doctor.run import DoctorOptions, run_doctor  # scikit-learn, TensorFlow: after --help
 
         return run_doctor(DoctorOptions(
             source=source, out=out_dir, base=base, run=run_dir, weights=weights, image_size=image_size,
             images=images, layout=layout, id_column=id_column, label_column=label_column,
             allow_labels=tuple(allow_labels), test_keys=test_keys, validation_keys=validation_keys,
-            balance=balance, folds=folds, seed=seed, batch_size=batch_size))
+            balance=balance, folds=folds, seed=seed, batch_size=batch_size or DEFAULT_BATCH_SIZE))
 
     run_command(as_json, work, render_doctor)
 

@@ -6,9 +6,10 @@ from typing import Any
 
 import click
 
+from keras_cnn.choices import ExportFormatName, QuantizationMode, names
 from keras_cnn.cli.common import debug_option, json_option, run_command
-from keras_cnn.export import EXPORT_FORMATS, TOLERANCE  # no TensorFlow at import time
-from keras_cnn.quantize import DEFAULT_MAX_ACCURACY_DROP, QUANTIZATION_MODES
+from keras_cnn.export import TOLERANCE  # no TensorFlow at import time
+from keras_cnn.export.quantize import DEFAULT_MAX_ACCURACY_DROP
 
 
 @click.command()
@@ -18,7 +19,7 @@ from keras_cnn.quantize import DEFAULT_MAX_ACCURACY_DROP, QUANTIZATION_MODES
               help="Export directory; the model goes to OUT/<version>/ (TF Serving layout).")
 @click.option("--version", "version", type=click.IntRange(min=1), default=1, show_default=True,
               help="Version folder number.")
-@click.option("--format", "formats", type=click.Choice(list(EXPORT_FORMATS)), multiple=True,
+@click.option("--format", "formats", type=click.Choice(names(ExportFormatName)), multiple=True,
               help="What to write (repeatable) [default: saved_model]. onnx and litert take "
                    "float32 pixels already at the model's size.")
 @click.option("--verify/--no-verify", default=True, show_default=True,
@@ -27,7 +28,7 @@ from keras_cnn.quantize import DEFAULT_MAX_ACCURACY_DROP, QUANTIZATION_MODES
 @click.option("--tta", type=click.IntRange(min=1), default=None,
               help="Add a serving_tta signature: serving_default with the probabilities averaged over N fixed "
                    "test-time augmentation views (as kcnn evaluate --tta N). serving_default is unchanged.")
-@click.option("--quantize", type=click.Choice(QUANTIZATION_MODES), default=None,
+@click.option("--quantize", type=click.Choice(names(QuantizationMode)), default=None,
               help="With --format litert, also write model_<mode>.tflite: dynamic (int8 weights), float16 "
                    "(float16 weights) or int8 (weights and activations, calibrated on training images). "
                    "Prints and records both files' size and test accuracy.")

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import click
 
-from keras_cnn.cli.common import (FiniteFloatRange, data_edit_options, data_source_options, debug_option,
-                                  import_tensorflow_quietly, json_option,
-                                  parse_cache, run_command, transfer_model_options)
+from keras_cnn.cli import options
+from keras_cnn.cli.common import FiniteFloatRange, debug_option, import_tensorflow_quietly, json_option, run_command
 
 
 def _render(result):
@@ -22,23 +21,18 @@ def _render(result):
 @click.option("--base", default=None, help="A transfer base, as `kcnn transfer --base`: the head is swept.")
 @click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="A stage-1 run from `kcnn transfer`: sweep stage 2 (the base unfrozen from --unfreeze-from).")
-@click.option("--unfreeze-from", default=None,
-              help="With --run: first base layer to train, as `kcnn finetune` [default: the base's own].")
-@click.option("--train-bn", is_flag=True, help="With --run: also train BatchNorm layers.")
-@data_source_options
-@data_edit_options
-@transfer_model_options
-@click.option("--augment/--no-augment", default=False, show_default=True,
-              help="Augment training images during the sweep (a head then trains on images, not cached features).")
-@click.option("--resize-mode", type=click.Choice(["stretch", "pad", "crop"]), default="stretch", show_default=True,
-              help="How image-folder pictures are fitted to the input size.")
-@click.option("--cache", default="memory", show_default=True,
-              help="Cache decoded images: memory, none, or a file path prefix (large sets).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None,
-              help="Batch size [default: what the stage would use].")
-@click.option("--optimizer", type=click.Choice(["adam", "adamw", "rmsprop", "sgd"]), default=None,
-              help="Optimizer [default: what the stage would use].")
-@click.option("--seed", type=int, default=1234, show_default=True, help="Random seed.")
+@options.unfreeze_from(note="With --run, as `kcnn finetune`.")
+@options.train_bn(note="With --run.")
+@options.base_dropout(note="With --run.")
+@options.data_source_options(split_default="split --images into lr_find_split.csv beside the picture")
+@options.data_edit_options()
+@options.transfer_model_options()
+@options.augment(note="During the sweep a head then trains on images, not cached features.")
+@options.resize_mode()
+@options.cache()
+@options.batch_size(shown_default="what the stage would use")
+@options.optimizer(shown_default="what the stage would use")
+@options.seed()
 @click.option("--start-lr", type=FiniteFloatRange(min=0, min_open=True), default=1e-7, show_default=True,
               help="First learning rate of the sweep.")
 @click.option("--end-lr", type=FiniteFloatRange(min=0, min_open=True), default=10.0, show_default=True,
@@ -50,9 +44,7 @@ def _render(result):
                    "the CSV of the sweep goes beside it, and lr_find_split.csv when --images comes without --split.")
 @json_option
 @debug_option
-def lr_find(architecture, base, run_dir, unfreeze_from, train_bn, dataset, dataset_path, split_csv, images,
-            exclude, relabel, image_size, weights, head_units, dropout, binary, augment, resize_mode, cache,
-            batch_size, optimizer, seed, start_lr, end_lr, steps, out, as_json):
+def lr_find(architecture, base, run_dir, start_lr, end_lr, steps, out, as_json, **option_values):
     """Find a learning rate: train briefly while it grows from --start-lr to --end-lr.
 
     The loss is recorded at every step (one batch each, smoothed) and the sweep stops
@@ -77,7 +69,8 @@ def lr_find(architecture, base, run_dir, unfreeze_from, train_bn, dataset, datas
 
     if sum(bool(choice) for choice in (architecture, base, run_dir)) != 1:
         raise UserError("give exactly one of --architecture NAME, --base NAME or --run RUN")
-    if (run_dir or dataset) and (exclude or relabel):
+    values = options.config_values(option_values)
+    if (run_dir or values["data"]["dataset"]) and (values["data"]["exclude"] or values["data"]["relabel"]):
         raise UserError("--exclude and --relabel work on image folders (--images [--split]); "
                         "with --run the run's own split is used")
     import_tensorflow_quietly()
@@ -86,26 +79,20 @@ def lr_find(architecture, base, run_dir, unfreeze_from, train_bn, dataset, datas
     config = None
     if not run_dir:
         if base:
-            model = ModelConfig(kind="transfer", name=base, weights=weights, head_units=list(head_units),
-                                dropout=dropout, binary=binary)
+            model = ModelConfig(kind="transfer", name=base, **values["model"])
         else:
             from keras_cnn.models.scratch import get_architecture
 
             get_architecture(architecture)  # unknown names fail before any work
             model = ModelConfig(kind="scratch", name=architecture)
-        config = RunConfig(
-            command="lr-find", model=model,
-            data=DataConfig(dataset=dataset, dataset_path=dataset_path, split=split_csv, images=images,
-                            exclude=exclude, relabel=relabel,
-                            image_size=(image_size, image_size) if image_size and base else None,
-                            resize_mode=resize_mode, augment=augment,
-                            cache=parse_cache(cache)),
-            training=TrainingConfig(seed=seed))
+            values["data"]["image_size"] = None   # a from-scratch network has its own input size
+        config = RunConfig(command="lr-find", model=model, data=DataConfig(**values["data"]),
+                           training=TrainingConfig(seed=values["training"]["seed"]))
 
     def work():
         from keras_cnn.train.lr_find import lr_find as find
 
-        return find(config, run_dir=run_dir, unfreeze_from=unfreeze_from, train_bn=train_bn, out=out,
-                    start=start_lr, end=end_lr, steps=steps, batch_size=batch_size, optimizer=optimizer)
+        return find(config, run_dir=run_dir, **values["finetune"], out=out, start=start_lr, end=end_lr, steps=steps,
+                    batch_size=values["training"]["batch_size"], optimizer=values["training"]["optimizer"])
 
     run_command(as_json, work, _render)

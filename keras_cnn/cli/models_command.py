@@ -6,6 +6,7 @@ from itertools import groupby
 
 import click
 
+from keras_cnn.cli import options
 from keras_cnn.cli.common import debug_option, import_tensorflow_quietly, json_option, run_command
 from keras_cnn.models.parameters import parameter_counts
 
@@ -73,12 +74,10 @@ def _layer_rows(model) -> list[dict]:
 
 @click.command()
 @click.argument("name")
-@click.option("--api", type=click.Choice(["functional", "sequential"]), default="functional",
-              show_default=True, help="Which Keras API builds the model (same layers either way).")
+@options.api()
 @click.option("--num-classes", type=click.IntRange(min=2), default=None,
               help="Number of classes [default: the architecture's reference; 2 for a transfer base].")
-@click.option("--image-size", type=click.IntRange(min=1), default=None,
-              help="Input size of a transfer base [default: the base's own].")
+@options.image_size(shown_default="a transfer base's own")
 @json_option
 @debug_option
 def summary(name: str, api: str, num_classes: int | None, image_size: int | None, as_json: bool) -> None:

@@ -6,17 +6,18 @@ from typing import Any
 
 import click
 
-from keras_cnn.cli.common import (collection_options, data_edit_options, debug_option, json_option, run_command,
-                                  split_rule_options)
+from keras_cnn.cli import options
+from keras_cnn.cli.common import debug_option, json_option, run_command
+from keras_cnn.cli.source_options import source_options, split_rule_options
 
 
 @click.command("split")
 @click.argument("source", metavar="LABEL_CSV|DIR")
 @click.option("-o", "--output", required=True, metavar="SPLIT_CSV",
               help="Where to write objectId,value,type[,sha1] (written atomically).")
-@collection_options
-@split_rule_options
-@data_edit_options
+@source_options()
+@split_rule_options()
+@options.data_edit_options()
 @json_option
 @debug_option
 def split(source: str, output: str, images: str | None, layout: str | None, test_keys: str,

@@ -4,48 +4,33 @@ from __future__ import annotations
 
 import click
 
-from keras_cnn.cli.common import (FiniteFloatRange, data_edit_options, debug_option, execution_options,
-                                  image_folder_options,
-                                  import_tensorflow_quietly, json_option, overwrite_option, parse_cache,
-                                  regularization_config, regularization_options, run_command, training_options)
+from keras_cnn.cli import options
+from keras_cnn.cli.common import debug_option, import_tensorflow_quietly, json_option, overwrite_option, run_command
+
+RECIPE = "the architecture's reference recipe"
 
 
 @click.command()
 @click.argument("architecture")
-@click.option("--dataset", type=click.Choice(["mnist", "cifar10"]), default=None,
-              help="Train on a keras.datasets dataset (downloaded once, or read from --dataset-path).")
-@click.option("--dataset-path", type=click.Path(exists=True), default=None,
-              help="The dataset archive on disk: mnist.npz, cifar-10-python.tar.gz or cifar-10-batches-py/.")
-@click.option("--split", "split_csv", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Split CSV (objectId,value,type) from `kcnn split`.")
-@click.option("--images", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Image folder: a folder per class (DIR/<label>/…), a train/val/test tree, or DIR/label.csv; "
-                   "without --split it is split by SHA-1 into RUN/split.csv. With --split: the folder it names.")
-@training_options()
-@click.option("--optimizer", type=click.Choice(["adam", "adamw", "rmsprop", "sgd"]), default=None,
-              help="Optimizer [default: the architecture's reference recipe].")
-@click.option("--augment/--no-augment", default=False, show_default=True,
-              help="Augment training images (the Keras book's CIFAR-10 recipe: shifts 0.1, horizontal flip).")
-@click.option("--augment-engine", type=click.Choice(["layers", "legacy"]), default="layers", show_default=True,
-              help="layers = Keras preprocessing layers in tf.data; legacy = ImageDataGenerator (--dataset only).")
-@click.option("--api", type=click.Choice(["functional", "sequential"]), default="functional", show_default=True,
-              help="Keras API used to build the network (same layers either way).")
-@click.option("--validation-split", type=FiniteFloatRange(0, 1, max_open=True), default=0.2, show_default=True,
-              help="Fraction of the --dataset training images held out for validation (the last ones).")
-@regularization_options
-@image_folder_options
-@data_edit_options
-@execution_options
+@options.data_source_options(split_default="split --images into RUN/split.csv")
+@options.training_options(RECIPE, RECIPE, RECIPE, RECIPE)
+@options.seed()
+@options.recipe_options()
+@options.augment()
+@options.augment_engine()
+@options.api()
+@options.validation_split()
+@options.regularization_options()
+@options.image_folder_options()
+@options.data_edit_options()
+@options.execution_options(shown_default="auto")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Run directory [default: runs/ARCHITECTURE-TIMESTAMP] (its files: see above). "
                    "Re-running into it resumes.")
 @overwrite_option
 @json_option
 @debug_option
-def train(architecture, dataset, dataset_path, split_csv, images, epochs, batch_size, learning_rate, seed,
-          optimizer, augment, augment_engine, api, validation_split, class_weight, resize_mode, cache,
-          skip_bad_images, layout, allow_labels, exclude, relabel, mixed_precision, xla, strategy, out_dir, overwrite,
-          as_json, **recipe):
+def train(architecture, out_dir, overwrite, as_json, **option_values):
     """Train from-scratch ARCHITECTURE (see `kcnn models`).
 
     \b
@@ -70,22 +55,11 @@ def train(architecture, dataset, dataset_path, split_csv, images, epochs, batch_
     from keras_cnn.models.scratch import get_architecture
 
     get_architecture(architecture)  # unknown names fail before any work
-    if dataset_path and not dataset:
+    values = options.config_values(option_values)
+    if values["data"]["dataset_path"] and not values["data"]["dataset"]:
         raise UserError("--dataset-path needs --dataset mnist|cifar10 to say what the file holds")
-    regularization = regularization_config(recipe)  # takes its options out of recipe
-    config = RunConfig(
-        command="train",
-        model=ModelConfig(kind="scratch", name=architecture, api=api),
-        data=DataConfig(dataset=dataset, dataset_path=dataset_path, split=split_csv, images=images,
-                        resize_mode=resize_mode, augment=augment, augment_engine=augment_engine,
-                        cache=parse_cache(cache), skip_bad_images=skip_bad_images, layout=layout,
-                        allow_labels=list(allow_labels), exclude=exclude, relabel=relabel,
-                        regularization=regularization,
-                        validation_split=validation_split),
-        training=TrainingConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-                                optimizer=optimizer, seed=seed, class_weight=class_weight,
-                                mixed_precision=mixed_precision, xla=xla, strategy=strategy, **recipe),
-    )
+    config = RunConfig(command="train", model=ModelConfig(kind="scratch", name=architecture, **values["model"]),
+                       data=DataConfig(**values["data"]), training=TrainingConfig(**values["training"]))
 
     def work():
         from keras_cnn.train.fit import train_scratch

@@ -238,18 +238,15 @@ def legacy_image_data_generator(spec: AugmentationSpec | Mapping[str, Any] | Non
     """The Keras 2 ``ImageDataGenerator`` configured with the same ranges as ``spec``.
 
     Under TF 2.21 with Keras 3 installed, ``tf.keras`` is Keras 3, and the class survives
-    (deprecated) as ``tf.keras.preprocessing.image.ImageDataGenerator``, which is
-    ``keras.src.legacy.preprocessing.image.ImageDataGenerator``; it needs scipy for the
-    affine transforms.  ``tf_keras`` (Keras 2) has the same class; it is used only if the
-    Keras 3 path is missing.  ``contrast_range`` has no ImageDataGenerator option and is
+    (deprecated) as ``tf.keras.preprocessing.image.ImageDataGenerator``, a legacy class of
+    Keras 3 (:func:`keras_cnn.keras_internals.image_data_generator_class`); it needs scipy for
+    the affine transforms.  ``contrast_range`` has no ImageDataGenerator option and is
     applied through ``preprocessing_function`` (drawn from ``seed``); ``kwargs`` (e.g.
     ``rescale``) pass through to the class.
     """
-    try:
-        from keras.src.legacy.preprocessing.image import ImageDataGenerator
-    except ImportError:  # a future Keras without the legacy module
-        from tf_keras.preprocessing.image import ImageDataGenerator
+    from keras_cnn.keras_internals import image_data_generator_class
 
+    ImageDataGenerator = image_data_generator_class()
     spec = AugmentationSpec() if spec is None else spec
     spec = spec if isinstance(spec, AugmentationSpec) else AugmentationSpec.from_dict(spec)
     options = {

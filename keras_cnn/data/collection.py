@@ -34,6 +34,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from keras_cnn.choices import Layout, names
 from keras_cnn.config import DataConfig
 from keras_cnn.data.edits import DataEdits, EditReport, apply_edits, read_data_edits
 from keras_cnn.data.files import bounded_list_message, full_list_path, missing_files_message
@@ -61,9 +62,9 @@ from keras_cnn.data.split import (
 )
 from keras_cnn.errors import UserError
 from keras_cnn.progress import say, warn
-from keras_cnn.runs import check_output_path
+from keras_cnn.io import check_output_path
 
-LAYOUTS = ("csv", "folders", "split-folders")
+LAYOUTS = names(Layout)
 # The layout of a split CSV read by read_split_collection (not a --layout choice: a split
 # CSV is given with --split, or recognised by its type column).
 SPLIT_CSV_LAYOUT = "split-csv"

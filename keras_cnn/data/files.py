@@ -20,7 +20,7 @@ from pathlib import Path
 from keras_cnn.errors import UserError
 from keras_cnn.messages import MAX_ITEMS, MAX_LINE, summarize_items
 from keras_cnn.progress import ProgressBar, warn
-from keras_cnn.runs import atomic_write_text
+from keras_cnn.io import atomic_write_text
 
 # Reasons a file cannot be used (the text shown to users and written to the record).
 MISSING = "missing"

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-RESIZE_MODES = ("stretch", "pad", "crop")
+from keras_cnn.choices import ResizeMode, names
+
+RESIZE_MODES = names(ResizeMode)
 
 # The scales libjpeg decodes at directly (1/ratio of each side), smallest reduction first.
 JPEG_RATIOS = (1, 2, 4, 8)

@@ -18,6 +18,7 @@ import glob
 import hashlib
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -122,27 +123,14 @@ def _remove_abandoned_cache(prefix: str) -> None:
             entry.unlink(missing_ok=True)
 
 
-def make_dataset(
-    split_csv: str | os.PathLike | pd.DataFrame,
-    images_dir: str | os.PathLike,
-    subset: str,
-    image_size: tuple[int, int] | int,
-    batch_size: int,
-    channels: int = 3,
-    augment: AugmentationSpec | Mapping[str, Any] | None = None,
-    cache: bool | str | os.PathLike = True,
-    shuffle: bool | None = None,
-    seed: int | None = None,
-    labels: list[str] | None = None,
-    resize_mode: str = "stretch",
-    skip: Iterable[str] | None = None,
-    drop_remainder: bool = False,
-) -> tf.data.Dataset:
-    """Batches of ``(float32 images 0..255 [B, H, W, C], int32 class indices [B])``.
+class EmptyPart(UserError):
+    """A part of the data (train, validation, test) has no images to give."""
 
-    ``split_csv``: a split CSV path or its frame (objectId, value, type).
-    ``images_dir``: the image folder, flat or ``ab/cd/`` sharded.
-    ``subset``: train, validation, test, or all.
+
+@dataclass(frozen=True)
+class DatasetOptions:
+    """How :func:`make_dataset` turns the rows of a part into batches (everything but which rows).
+
     ``image_size``: (height, width) or one side; ``resize_mode``: stretch, pad or crop.
     ``channels``: 3 (grey becomes RGB) or 1 (RGB becomes grey); alpha is dropped.
     ``augment``: an :class:`AugmentationSpec` or a dict of its ranges, applied to batches
@@ -153,12 +141,44 @@ def make_dataset(
     ``labels``: the class list (index order); default: the sorted distinct values of the
     whole split, so every subset maps labels the same way.
     ``skip``: objectIds to leave out (e.g. the bad images found before training).
-    Without shuffling, batches follow :func:`subset_frame` order.  An empty subset is a
-    ``UserError`` naming it.
+    The fields keep the order of :func:`make_dataset`'s former parameters, so
+    ``DatasetOptions(image_size, batch_size, ...)`` reads as those calls did.
     """
+
+    image_size: tuple[int, int] | int
+    batch_size: int
+    channels: int = 3
+    augment: AugmentationSpec | Mapping[str, Any] | None = None
+    cache: bool | str | os.PathLike = True
+    shuffle: bool | None = None
+    seed: int | None = None
+    labels: Sequence[str] | None = None
+    resize_mode: str = "stretch"
+    skip: Iterable[str] | None = None
+    drop_remainder: bool = False
+
+
+def make_dataset(split_csv: str | os.PathLike | pd.DataFrame, images_dir: str | os.PathLike, subset: str,
+                 *settings: Any, **named_settings: Any) -> tf.data.Dataset:
+    """Batches of ``(float32 images 0..255 [B, H, W, C], int32 class indices [B])``.
+
+    ``split_csv``: a split CSV path or its frame (objectId, value, type).
+    ``images_dir``: the image folder, flat or ``ab/cd/`` sharded.
+    ``subset``: train, validation, test, or all.
+    ``settings``: one :class:`DatasetOptions`, or its fields as arguments
+    (``make_dataset(split, folder, "train", image_size=224, batch_size=32)``).
+    Without shuffling, batches follow :func:`subset_frame` order.  An empty subset is an
+    :class:`EmptyPart` naming it.
+    """
+    if len(settings) == 1 and not named_settings and isinstance(settings[0], DatasetOptions):
+        options = settings[0]
+    else:
+        options = DatasetOptions(*settings, **named_settings)
+    image_size = options.image_size
     if isinstance(image_size, int):
         image_size = (image_size, image_size)
     image_size = (int(image_size[0]), int(image_size[1]))
+    channels, resize_mode, batch_size, skip = options.channels, options.resize_mode, options.batch_size, options.skip
     if min(image_size) < 1:
         raise UserError(f"image size must be positive, received: {image_size}")
     if channels not in (1, 3):
@@ -167,17 +187,18 @@ def make_dataset(
         raise UserError(f"resize mode must be one of {', '.join(RESIZE_MODES)}, received: {resize_mode!r}")
     if int(batch_size) < 1:
         raise UserError(f"batch size must be at least 1, received: {batch_size}")
-    spec = as_augmentation_spec(augment)
+    spec = as_augmentation_spec(options.augment)
 
     frame = _as_split_frame(split_csv)
-    labels = [str(label) for label in labels] if labels is not None else class_names(frame["value"])
+    labels = [str(label) for label in options.labels] if options.labels is not None else class_names(frame["value"])
     rows = subset_frame(frame, subset, skip)
     if len(rows) == 0:
         source = split_csv if not isinstance(split_csv, pd.DataFrame) else "the split"
-        raise UserError(f"the {subset!r} part of {source} has no images"
+        raise EmptyPart(f"the {subset!r} part of {source} has no images"
                         + (" left after skipping bad ones" if skip else ""))
     indices = label_indices(rows["value"], labels, f"the {subset} part")
     paths = resolve_image_paths(images_dir, rows["objectId"].tolist())
+    shuffle, seed, cache = options.shuffle, options.seed, options.cache
     if shuffle is None:
         shuffle = subset == "train"
 
@@ -201,7 +222,8 @@ def make_dataset(
             buffer_size = max(int(batch_size), min(len(paths), FILE_CACHE_SHUFFLE_BYTES // image_bytes))
         if shuffle:
             dataset = dataset.shuffle(buffer_size, seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(int(batch_size), drop_remainder=drop_remainder, num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.batch(int(batch_size), drop_remainder=options.drop_remainder,
+                            num_parallel_calls=tf.data.AUTOTUNE)
     if spec is not None:
         dataset = augment_dataset(dataset, spec, seed=seed)
     dataset = dataset.map(_to_float, num_parallel_calls=tf.data.AUTOTUNE)
@@ -225,6 +247,24 @@ def array_pipeline(images: np.ndarray, labels: np.ndarray, batch_size: int, shuf
     if augment is not None:
         dataset = augment_dataset(dataset, augment, seed=seed)
     return dataset.map(_float_images_int_labels, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def shard_file_list(paths: Sequence[Any], input_context=None) -> list[Any]:
+    """The files this input pipeline reads: every ``num_input_pipelines``-th one, from its own offset.
+
+    Sharding by file (not by element after reading) means no worker decodes images another
+    worker uses.  ``input_context`` is the ``tf.distribute.InputContext`` handed to a
+    ``dataset_fn``; ``None`` keeps every file.
+    """
+    paths = list(paths)
+    if input_context is None or input_context.num_input_pipelines == 1:
+        return paths
+    pipelines = input_context.num_input_pipelines
+    if len(paths) < pipelines:
+        raise UserError(
+            f"cannot shard {len(paths)} file(s) across {pipelines} workers: each worker needs at least one"
+        )
+    return paths[input_context.input_pipeline_id::pipelines]
 
 
 def per_replica_batch_size(global_batch_size: int, input_context=None) -> int:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from keras_cnn.errors import UserError
-from keras_cnn.runs import atomic_write_bytes, atomic_write_text
+from keras_cnn.io import atomic_write_bytes, atomic_write_text
 
 # Each class is a shape drawn in its own hue family, on a noisy background: learnable
 # from shape or colour, by a from-scratch net or by a frozen base with random weights.

@@ -26,8 +26,9 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from keras_cnn.choices import Part, names
 from keras_cnn.errors import UserError
-from keras_cnn.runs import atomic_path
+from keras_cnn.io import atomic_path
 
 # Explicit ASCII classes rather than re.IGNORECASE: with IGNORECASE, Unicode folding would let
 # e.g. the Kelvin sign (U+212A) pass as "k" in an extension.
@@ -41,7 +42,7 @@ _CONTROL_PATTERN = r"[\x00-\x1f\x7f]"
 MISSING_LOOKING_LABELS = ("nan", "NaN", "None", "null", "NA")
 _MISSING_FOLDED = {label.lower() for label in MISSING_LOOKING_LABELS}
 
-PARTS = ("train", "validation", "test")
+PARTS = names(Part)
 TOTAL = "total"
 DEFAULT_TEST_KEYS = range(0, 25)
 DEFAULT_VALIDATION_KEYS = range(25, 50)

@@ -2,7 +2,7 @@
 
 - ``--base NAME``: the pooled output of the base, frozen, as ``kcnn transfer`` builds it
   (``--weights``, ``--image-size``); the head ``create_model`` puts on top is cut off by
-  :func:`keras_cnn.models.transfer.split_feature_model`.
+  :func:`keras_cnn.models.transfer.cut_at_features`.
 - ``--run RUN``: the input of the run model's last layer (its penultimate layer), with the
   run's image size, channels and resize mode.
 
@@ -37,10 +37,10 @@ class FeatureSource:
 def base_feature_source(base: str, weights: str = "imagenet", image_size: int | None = None) -> FeatureSource:
     """The frozen base ``base`` (pooled output), as ``kcnn transfer --base`` would build it."""
     from keras_cnn.models.factory import create_model
-    from keras_cnn.models.transfer import split_feature_model
+    from keras_cnn.models.transfer import cut_at_features
 
     model = create_model(base, 2, image_size=image_size, weights=weights)
-    extractor, _head = split_feature_model(model)
+    extractor, _head = cut_at_features(model)
     random = str(weights).lower() == "none"
     return FeatureSource(extractor=extractor, image_size=tuple(int(side) for side in model.input_shape[1:3]),
                          channels=3, resize_mode="stretch", meaningful=not random,

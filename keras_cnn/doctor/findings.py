@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from keras_cnn.runs import atomic_write_text
+from keras_cnn.io import atomic_write_text
 
 ISSUE_COLUMNS = ["objectId", "issue", "score", "type", "value", "suggested_value", "other_objectId"]
 # Shown in the report beside each row; not a column of issues.csv.

@@ -21,7 +21,7 @@ from PIL import Image
 from keras_cnn.data.files import locate_image
 from keras_cnn.data.split import PARTS, TOTAL
 from keras_cnn.doctor.findings import ISSUE_TYPES, IssueType
-from keras_cnn.runs import atomic_write_text
+from keras_cnn.io import atomic_write_text
 
 MAX_ROWS_SHOWN = 100
 THUMBNAIL_PIXELS = 96

@@ -37,14 +37,15 @@ from keras_cnn.doctor.report import write_doctor_report
 from keras_cnn.doctor.source import read_doctor_source
 from keras_cnn.doctor.thumbnails import image_sizes, read_pixels
 from keras_cnn.errors import UserError
+from keras_cnn.io import atomic_write_json, check_output_path
 from keras_cnn.progress import say, warn
-from keras_cnn.runs import atomic_write_json, check_output_path
 
 REPORT_NAME = "doctor.html"
 ISSUES_NAME = "issues.csv"
 EXCLUDE_NAME = "exclude.txt"
 SUMMARY_NAME = "doctor.json"
 OUTPUT_NAMES = (REPORT_NAME, ISSUES_NAME, EXCLUDE_NAME, SUMMARY_NAME)
+DEFAULT_BATCH_SIZE = 64   # images per batch of the feature pass
 
 
 @dataclass
@@ -67,7 +68,7 @@ class DoctorOptions:
     balance: bool = True
     folds: int = DEFAULT_FOLDS
     seed: int = 1234
-    batch_size: int = 64
+    batch_size: int = DEFAULT_BATCH_SIZE
 
 
 def check_options(options: DoctorOptions) -> None:

@@ -1,4 +1,4 @@
-"""Split a partly unfrozen transfer model at its frozen boundary, for caching the frozen part.
+"""Cut a partly unfrozen transfer model at its frozen boundary, for caching the frozen part.
 
 During fine-tuning without augmentation, the frozen layers below the unfreeze point compute
 the same output for an image every epoch.  If everything the trainable part needs from them
@@ -11,13 +11,15 @@ trainable part can train on it alone::
     top:          boundary tensor ->                 base top -> head    -> output
 
 Both parts are built from the whole model's own layers, so they share its weights: training
-the top trains the whole model, which stays the thing that is saved and exported.
+the top trains the whole model, which stays the thing that is saved and exported.  Both keep
+the base's rule for ``training`` (:class:`~keras_cnn.models.frozen.TransferBase`): the frozen
+layers run in inference mode in the whole model too, so computing them once is exact.
 
 The frozen part is found from the layers' ``trainable`` flags (set them first, e.g. with
 :func:`keras_cnn.models.transfer.unfreeze_from`): a layer belongs to the bottom when it has
 no trainable weights and all of its inputs come from the bottom.  Where the top needs more
 than one tensor of the bottom (a residual connection that jumps over the unfreeze point,
-a branch that starts below it), :func:`split_at_frozen_boundary` raises
+a branch that starts below it), :func:`cut_at_frozen_boundary` raises
 :class:`NoSingleBoundary` with a one-line reason, and the caller trains the whole model.
 """
 
@@ -28,6 +30,9 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
+from keras_cnn.keras_internals import (is_functional, node_inputs, node_outputs, node_training, producer,
+                                       trainable_variable_slots)
+from keras_cnn.models.frozen import TransferBase, acts_only_in_training, sub_base
 from keras_cnn.models.transfer import get_base_layer
 
 
@@ -36,7 +41,7 @@ class NoSingleBoundary(ValueError):
 
 
 @dataclass
-class FrozenSplit:
+class FrozenCut:
     """The two halves of a model, sharing its weights: ``top(bottom(x)) == model(x)``."""
 
     bottom: keras.Model      # image -> boundary tensor; frozen, always in inference mode
@@ -50,7 +55,7 @@ class FrozenSplit:
         return int(np.prod(self.boundary_shape)) * 4
 
 
-def split_at_frozen_boundary(model: keras.Model) -> FrozenSplit:
+def cut_at_frozen_boundary(model: keras.Model) -> FrozenCut:
     """Cut a kcnn transfer model between its frozen bottom and its trainable top.
 
     ``model``: image -> layers without trainable weights (preprocessing) -> a nested base
@@ -68,7 +73,7 @@ def split_at_frozen_boundary(model: keras.Model) -> FrozenSplit:
     for layer, _training in before:
         if layer.trainable_weights:
             raise NoSingleBoundary(f"layer {layer.name} before the base has trainable weights")
-    if not isinstance(base, keras.Model) or not hasattr(base, "_nodes_by_depth"):
+    if not is_functional(base):
         raise NoSingleBoundary(f"the base {base.name} is not a functional Keras model (a hub module "
                                "or a subclassed model cannot be cut)")
     if len(base.inputs) != 1 or len(base.outputs) != 1:
@@ -76,21 +81,23 @@ def split_at_frozen_boundary(model: keras.Model) -> FrozenSplit:
 
     boundary = _single_boundary_tensor(base)
     bottom_layers = _bottom_layers(base, boundary)
-    # Keras keeps the variables a layer can train in _trainable_variables whether or not
-    # it is frozen now; a bottom without any (only rescaling/normalisation) saves no work.
-    if not any(getattr(layer, "_trainable_variables", None) for layer in bottom_layers):
+    # A bottom without any variable it could train (only rescaling/normalisation) saves no work.
+    if not any(trainable_variable_slots(layer) for layer in bottom_layers):
         raise NoSingleBoundary(f"nothing trainable in the base {base.name} is frozen")
-    boundary_layer = boundary._keras_history.operation
-    if base_training is not False:
-        # A Sequential model runs its base in training mode while fitting: dropout in the
-        # frozen part would then be random, which a cache of one pass cannot reproduce.
-        noisy = [layer.name for layer in bottom_layers if _behaves_differently_in_training(layer)]
+    boundary_layer, _ = producer(boundary)
+    if not isinstance(base, TransferBase):
+        # Decided by what the frozen layers will do, not by a recorded training=False (Keras 3
+        # replaces it by fit's training=True): a plain functional base runs dropout in its
+        # frozen part while training, which a cache of one pass cannot reproduce.
+        noisy = [layer.name for layer in bottom_layers if acts_only_in_training(layer)]
         if noisy:
-            raise NoSingleBoundary(f"{model.name} calls its base in training mode and the frozen part has "
-                                   f"training-time behaviour ({noisy[0]})")
-
-    base_bottom = keras.Model(base.inputs[0], boundary, name=f"{base.name}_bottom")
-    base_top = keras.Model(boundary, base.outputs[0], name=f"{base.name}_top")
+            raise NoSingleBoundary(f"the frozen part of {base.name} would run in training mode while fitting "
+                                   f"and acts differently there ({noisy[0]})")
+        base_bottom = keras.Model(base.inputs[0], boundary, name=f"{base.name}_bottom")
+        base_top = keras.Model(boundary, base.outputs[0], name=f"{base.name}_top")
+    else:
+        base_bottom = sub_base(base, base.inputs[0], boundary, name=f"{base.name}_bottom")
+        base_top = sub_base(base, boundary, base.outputs[0], name=f"{base.name}_top")
 
     image = keras.Input(shape=tuple(model.input_shape[1:]), name="image")
     features = image
@@ -103,19 +110,13 @@ def split_at_frozen_boundary(model: keras.Model) -> FrozenSplit:
     for layer, training in after:
         outputs = _call(layer, outputs, training)
     top = keras.Model(boundary_input, outputs, name=f"{model.name}_top")
-    return FrozenSplit(bottom=bottom, top=top, boundary_layer=boundary_layer.name,
-                       boundary_shape=tuple(int(size) for size in boundary.shape[1:]))
+    return FrozenCut(bottom=bottom, top=top, boundary_layer=boundary_layer.name,
+                     boundary_shape=tuple(int(size) for size in boundary.shape[1:]))
 
 
 def _call(layer, tensor, training):
     """Call ``layer`` as the whole model called it (``training`` forced only where it was)."""
     return layer(tensor) if training is None else layer(tensor, training=training)
-
-
-def _producer(tensor):
-    """(layer, node) that produced a symbolic tensor."""
-    operation, node_index, _ = tensor._keras_history
-    return operation, operation._inbound_nodes[node_index]
 
 
 def _model_chain(model: keras.Model) -> list[tuple[keras.layers.Layer, bool | None]]:
@@ -128,20 +129,20 @@ def _model_chain(model: keras.Model) -> list[tuple[keras.layers.Layer, bool | No
     chain = []
     tensor = model.outputs[0]
     while tensor is not model.inputs[0]:
-        layer, node = _producer(tensor)
+        layer, node = producer(tensor)
         if isinstance(layer, keras.layers.InputLayer):
             break
-        if len(node.input_tensors) != 1:
+        if len(node_inputs(node)) != 1:
             raise NoSingleBoundary(f"layer {layer.name} of {model.name} takes several inputs")
-        chain.append((layer, node.arguments.kwargs.get("training")))
-        tensor = node.input_tensors[0]
+        chain.append((layer, node_training(node)))
+        tensor = node_inputs(node)[0]
     return chain[::-1]
 
 
 def _graph_nodes(base: keras.Model):
     """Every (layer, node) of the base's graph, each after the nodes that feed it."""
     order, done = [], set()
-    stack = [(*_producer(tensor), False) for tensor in base.outputs]
+    stack = [(*producer(tensor), False) for tensor in base.outputs]
     while stack:
         layer, node, inputs_done = stack.pop()
         if id(node) in done:
@@ -151,8 +152,8 @@ def _graph_nodes(base: keras.Model):
             order.append((layer, node))
             continue
         stack.append((layer, node, True))
-        for source in node.input_tensors:
-            source_layer, source_node = _producer(source)
+        for source in node_inputs(node):
+            source_layer, source_node = producer(source)
             if id(source_node) not in done:
                 stack.append((source_layer, source_node, False))
     return order
@@ -165,9 +166,9 @@ def _frozen_tensor_ids(base: keras.Model) -> set[int]:
         if isinstance(layer, keras.layers.InputLayer):
             continue
         # A graph may hold plain operations (keras.ops calls, as in ConvNeXt): no weights.
-        if not getattr(layer, "trainable_weights", None) and node.input_tensors and all(
-                id(source) in frozen for source in node.input_tensors):
-            frozen.update(id(output) for output in node.outputs)
+        if not getattr(layer, "trainable_weights", None) and node_inputs(node) and all(
+                id(source) in frozen for source in node_inputs(node)):
+            frozen.update(id(output) for output in node_outputs(node))
     return frozen
 
 
@@ -175,9 +176,9 @@ def _boundary_tensors(nodes, frozen: set[int], base: keras.Model) -> dict[int, o
     """Frozen tensors that a trainable node or the base's output reads, by id."""
     boundary: dict[int, object] = {}
     for layer, node in nodes:
-        if isinstance(layer, keras.layers.InputLayer) or all(id(output) in frozen for output in node.outputs):
+        if isinstance(layer, keras.layers.InputLayer) or all(id(output) in frozen for output in node_outputs(node)):
             continue
-        for source in node.input_tensors:
+        for source in node_inputs(node):
             if id(source) in frozen:
                 boundary[id(source)] = source
     for output in base.outputs:
@@ -204,9 +205,9 @@ def _single_boundary_tensor(base: keras.Model):
     if len(boundary) == 1:
         return next(iter(boundary.values()))
     trainable_nodes = {id(node) for layer, node in nodes if not isinstance(layer, keras.layers.InputLayer)
-                       and not all(id(output) in frozen for output in node.outputs)}
+                       and not all(id(output) in frozen for output in node_outputs(node))}
     for _layer, node in reversed(nodes):
-        for output in node.outputs:
+        for output in node_outputs(node):
             if id(output) in frozen and _dominates(output, nodes, base, trainable_nodes):
                 return output
     raise NoSingleBoundary(f"no single tensor of {base.name} leads to its trainable part")
@@ -218,10 +219,10 @@ def _dominates(candidate, nodes, base: keras.Model, trainable_nodes: set[int]) -
     for layer, node in nodes:
         if isinstance(layer, keras.layers.InputLayer):
             continue
-        if any(id(source) in reachable for source in node.input_tensors):
+        if any(id(source) in reachable for source in node_inputs(node)):
             if id(node) in trainable_nodes:
                 return False
-            reachable.update(id(output) for output in node.outputs if output is not candidate)
+            reachable.update(id(output) for output in node_outputs(node) if output is not candidate)
     return True
 
 
@@ -231,9 +232,3 @@ def _bottom_layers(base: keras.Model, boundary) -> list[keras.layers.Layer]:
     bottom = keras.Model(base.inputs[0], boundary)
     return [layer for layer in bottom.layers if not isinstance(layer, keras.layers.InputLayer)]
 
-
-def _behaves_differently_in_training(layer: keras.layers.Layer) -> bool:
-    """Dropout-like layers; frozen BatchNorm runs in inference mode either way (Keras 3)."""
-    if isinstance(layer, keras.layers.BatchNormalization):
-        return False
-    return bool(getattr(layer, "_call_has_training_arg", False))

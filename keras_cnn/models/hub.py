@@ -24,6 +24,7 @@ import keras
 import tensorflow as tf
 
 from keras_cnn.errors import UserError
+from keras_cnn.keras_internals import track_variable, trainable_variable_slots
 from keras_cnn.models.specs import HUB_PREFIX, BaseSpec
 
 __all__ = ["HUB_PREFIX", "HubFeatureLayer", "build_hub_base", "hub_base_spec", "resolve_hub_handle"]
@@ -138,7 +139,8 @@ class HubFeatureLayer(keras.layers.Layer):
         self._call_function = self._module.__call__
         self._pass_training = _accepts_training(self._call_function)
         for variable, trainable in _module_variables(self._module):
-            self._track_variable(
+            track_variable(
+                self,
                 keras.Variable(
                     initializer=variable,  # a tf.Variable: Keras wraps it, sharing storage
                     trainable=trainable,
@@ -153,7 +155,7 @@ class HubFeatureLayer(keras.layers.Layer):
 
     @property
     def trainable(self) -> bool:
-        return self._trainable
+        return keras.layers.Layer.trainable.fget(self)
 
     @trainable.setter
     def trainable(self, value: bool) -> None:
@@ -172,7 +174,7 @@ class HubFeatureLayer(keras.layers.Layer):
     def _apply_batch_norm_policy(self) -> None:
         if not getattr(self, "_ready", False) or not self.trainable:
             return
-        for variable in self._trainable_variables:
+        for variable in trainable_variable_slots(self):
             if is_batch_norm_variable(variable.name):
                 variable.trainable = self._train_batch_norm
 

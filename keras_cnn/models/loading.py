@@ -11,6 +11,7 @@ import keras_cnn.models.hub  # noqa: F401 - registers HubFeatureLayer
 import keras_cnn.models.preprocessing  # noqa: F401 - registers CaffePreprocessing, ChannelAffine
 import keras_cnn.optimizers  # noqa: F401 - registers kcnn>Adam ... of compiled models
 from keras_cnn.errors import UserError
+from keras_cnn.models.frozen import with_transfer_base  # also registers TransferBase
 from keras_cnn.models.keras_hub import import_keras_hub
 
 
@@ -20,14 +21,20 @@ def load_model(path: str | os.PathLike, compile: bool = False) -> keras.Model:
     kcnn's serializable classes register themselves when their modules are imported (at
     the top of this module).  A model with keras-hub layers (a ``keras_hub:`` base) needs
     keras-hub imported first, which is done only then.  ``compile=False`` (the default) is
-    right for inference and for stages that recompile anyway.
+    right for inference and for stages that recompile anyway.  A transfer model saved by an
+    older kcnn gets the base class that keeps its frozen layers in inference mode
+    (:func:`keras_cnn.models.frozen.with_transfer_base`).
     """
     if _uses_keras_hub(path):
         import_keras_hub()
     try:
-        return keras.saving.load_model(os.fspath(path), compile=compile)
+        model = keras.saving.load_model(os.fspath(path), compile=compile)
     except (OSError, ValueError, TypeError) as error:
         raise UserError(f"cannot load model {path}: {_innermost_reason(error)}") from None
+    rebuilt = with_transfer_base(model)
+    if rebuilt is not model and compile and model.compiled:
+        rebuilt.compile_from_config(model.get_compile_config())
+    return rebuilt
 
 
 def _uses_keras_hub(path: str | os.PathLike) -> bool:

@@ -13,10 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from keras_cnn.choices import ModelApi, names
 from keras_cnn.errors import UserError
 
 # The Keras APIs a model can be built with (same layers and parameters either way).
-APIS = ("functional", "sequential")
+APIS = names(ModelApi)
 
 HUB_PREFIX = "hub:"
 KERAS_HUB_PREFIX = "keras_hub:"
@@ -28,8 +29,6 @@ KERAS_HUB_PREFIX = "keras_hub:"
 #   none:  the base scales its own input (EfficientNet, EfficientNetV2, ConvNeXt, MobileNetV3,
 #          a TF Hub module, a keras-hub preset whose image converter kcnn puts inside the base)
 PREPROCESSING_MODES = ("caffe", "tf", "torch", "none")
-
-BASE_KINDS = ("keras", "hub", "keras_hub")
 
 
 @dataclass(frozen=True)

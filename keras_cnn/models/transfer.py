@@ -2,22 +2,25 @@
 
 The model (functional API, the default)::
 
-    image (float 0..255) -> preprocessing -> BASE(training=False) -> head_pool
+    image (float 0..255) -> preprocessing -> BASE -> head_pool
         -> head_dense_1 ... (relu) -> head_dropout -> predictions (softmax, or sigmoid for --binary)
 
-``api="sequential"`` puts the same layers in a ``keras.Sequential`` (as the TF Hub recipe built its
-TF Hub model).  A Sequential model cannot call its base with ``training=False``: ``fit``
-passes ``training=True`` down.  Frozen BatchNorm layers still run in inference mode
-(Keras 3), but dropout inside a base (EfficientNet's stochastic depth) is then active while
-training; the functional API, the default, keeps the whole base in inference mode.
+The base is a :class:`~keras_cnn.models.frozen.TransferBase`: its frozen layers run in
+inference mode whatever ``training`` the model is called with (``fit`` calls it with
+``training=True``, which in Keras 3 would otherwise reach every layer of the base, dropout and
+stochastic depth included).  ``api="sequential"`` puts the same layers in a
+``keras.Sequential`` (as the TF Hub recipe built its TF Hub model); the base keeps the same
+rule there.
 
 Layer names are stable so later stages find their parts: the base is named by its spec (``efficientnet_b0``, ``hub_base`` ...), the head layers ``head_pool``,
 ``head_dense_N``, ``head_dropout`` and ``predictions``.
 
-Stage 1 trains the head with the base frozen (:func:`split_feature_model` lets it train on
+Stage 1 trains the head with the base frozen (:func:`cut_at_features` lets it train on
 cached pooled features); stage 2 calls :func:`unfreeze_from` and recompiles.
 BatchNorm layers stay frozen in stage 2 unless asked: with a small dataset their batch
 statistics are noisy and would wreck the pretrained ones (Keras transfer-learning guide).
+Dropout and stochastic depth in the unfrozen layers act while training only with
+``base_dropout`` (``kcnn finetune --base-dropout``).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import keras
 
 from keras_cnn.errors import UserError
 from keras_cnn.models.bases import build_base, get_base_spec
+from keras_cnn.models.frozen import TransferBase, as_transfer_base
 from keras_cnn.models.hub import HubFeatureLayer
 from keras_cnn.models.parameters import parameter_counts
 from keras_cnn.models.preprocessing import preprocessing_for
@@ -66,7 +70,7 @@ def build_transfer_model(base: str | BaseSpec, num_classes: int, image_size: int
         raise UserError(f"head units must be positive, received: {head_units}")
 
     input_shape = spec.input_shape(image_size)
-    base_model = build_base(spec, input_shape[:2], weights)
+    base_model = as_transfer_base(build_base(spec, input_shape[:2], weights))
     base_model.trainable = False
     preprocessing = preprocessing_for(spec)
     head = _head_layers(base_model.output.shape, num_classes, head_units, dropout, binary, seed)
@@ -79,9 +83,9 @@ def build_transfer_model(base: str | BaseSpec, num_classes: int, image_size: int
 
     inputs = keras.Input(shape=input_shape, name="image")
     features = preprocessing(inputs) if preprocessing is not None else inputs
-    # training=False keeps the base (its BatchNorm layers above all) in inference mode,
-    # also after it is unfrozen for fine-tuning.
-    outputs = base_model(features, training=False)
+    # No training=False here: Keras 3 would replace it by fit's training=True.  The base's
+    # own class keeps its frozen layers in inference mode (keras_cnn.models.frozen).
+    outputs = base_model(features)
     for layer in head:
         outputs = layer(outputs)
     return keras.Model(inputs, outputs, name=name)
@@ -162,17 +166,21 @@ def find_boundary(base: keras.Model, layer_name: str) -> int:
     )
 
 
-def unfreeze_from(model: keras.Model, layer_name: str, train_bn: bool = False) -> dict[str, Any]:
+def unfreeze_from(model: keras.Model, layer_name: str, train_bn: bool = False,
+                  base_dropout: bool = False) -> dict[str, Any]:
     """Make base layer ``layer_name`` and every later base layer trainable; freeze the ones before.
 
     ``layer_name``: an exact layer name, a block prefix (``block7a``: the first layer whose
     name starts with it) or ``"all"``.  BatchNorm layers stay frozen unless ``train_bn``
-    (for a TF Hub base: the module's BatchNorm scales/offsets, recognised by name).  The
-    head stays trainable.  Recompile the model afterwards.  Returns the boundary and the
-    parameter counts.
+    (for a TF Hub base: the module's BatchNorm scales/offsets, recognised by name).
+    ``base_dropout``: whether dropout and stochastic depth in the unfrozen layers act while
+    training (the frozen ones never do).  The head stays trainable.  Recompile the model
+    afterwards.  Returns the boundary and the parameter counts.
     """
     base = get_base_layer(model)
     index = find_boundary(base, layer_name)
+    if isinstance(base, TransferBase):
+        base.base_dropout = bool(base_dropout)
     for layer in base.layers:
         if isinstance(layer, HubFeatureLayer):
             layer.train_batch_norm = train_bn
@@ -192,6 +200,7 @@ def unfreeze_from(model: keras.Model, layer_name: str, train_bn: bool = False) -
         "boundary_index": index,
         "trainable_base_layers": sum(1 for layer in base.layers if layer.trainable and layer.trainable_weights),
         "train_bn": bool(train_bn),
+        "base_dropout": bool(base_dropout),
         **parameter_counts(model),
     }
 
@@ -202,12 +211,12 @@ def freeze_base(model: keras.Model) -> dict[str, Any]:
     return parameter_counts(model)
 
 
-def split_feature_model(model: keras.Model) -> tuple[keras.Model, keras.Model]:
+def cut_at_features(model: keras.Model) -> tuple[keras.Model, keras.Model]:
     """(feature extractor: image -> pooled features, head: features -> predictions).
 
     Both reuse the transfer model's own layers, so they share its weights: training the
-    head on cached features trains the whole model's head.  The feature extractor calls
-    the base in inference mode.
+    head on cached features trains the whole model's head.  The feature extractor runs the
+    frozen base in inference mode, as the whole model does while it trains.
     """
     layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
     names = [layer.name for layer in layers]

@@ -131,3 +131,31 @@ def load_weights_file(model, path: str | os.PathLike) -> None:
         model.load_weights(os.fspath(path))
     except (ValueError, OSError, KeyError) as error:
         raise UserError(f"cannot load weights from {path} into {model.name}: {first_line(error)}") from None
+
+
+def set_batch_norm_statistics(model, images) -> None:
+    """Give every BatchNormalization layer of ``model`` the statistics of ``images`` (in place).
+
+    For checks and measurements without pretrained weights: a randomly initialised base
+    predicts almost the same for every input (its BatchNorm layers expect mean 0 and variance
+    1 everywhere); with statistics taken from real images its outputs depend on the input, so
+    two computations that differ can be told apart.  One call in training mode with momentum
+    0 makes each moving statistic its batch's; the other layers of a kcnn base keep their
+    frozen, inference-mode behaviour meanwhile.
+    """
+    import keras
+
+    def batch_norm_layers(container):
+        for layer in container.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                yield layer
+            elif isinstance(layer, keras.Model):
+                yield from batch_norm_layers(layer)
+
+    layers = list(batch_norm_layers(model))
+    saved = [(layer.trainable, layer.momentum) for layer in layers]
+    for layer in layers:
+        layer.trainable, layer.momentum = True, 0.0
+    model(images, training=True)
+    for layer, (trainable, momentum) in zip(layers, saved):
+        layer.trainable, layer.momentum = trainable, momentum

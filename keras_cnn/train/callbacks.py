@@ -22,20 +22,25 @@ from pathlib import Path
 
 import keras
 
-from keras_cnn.errors import RunFailure
+from keras_cnn.errors import RunFailure, UserError, first_line
 from keras_cnn.progress import format_seconds, keras_verbose, metric_text, say
-from keras_cnn.runs import atomic_path, atomic_write_text
+from keras_cnn.io import atomic_path, atomic_write_text
+from keras_cnn.keras_internals import set_initial_epoch
 
 HISTORY_LEAD_COLUMNS = ["stage", "epoch", "seconds"]
 
 
 def read_history(path: str | Path) -> list[dict[str, str]]:
-    """Rows of an existing ``history.csv`` (empty list if there is none)."""
+    """Rows of an existing ``history.csv`` as text (empty list if there is none or it is empty).
+
+    Values stay as written (a missing value is ``""``), so a row written back is unchanged.
+    """
+    import pandas as pd
+
     path = Path(path)
-    if not path.exists():
+    if not path.exists() or path.stat().st_size == 0:
         return []
-    with path.open(newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
+    return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8").to_dict("records")
 
 
 def write_history(path: str | Path, rows: list[dict]) -> None:
@@ -211,12 +216,18 @@ class StageCheckpoint(keras.callbacks.Callback):
         if latest is not None:
             if self.model.optimizer is not None and not self.model.optimizer.built:
                 self.model.optimizer.build(self.model.trainable_variables)
-            self.model.load_weights(self.backup_dir / latest["directory"] / self.STATE)
+            state = self.backup_dir / latest["directory"] / self.STATE
+            try:
+                self.model.load_weights(state)
+            except ValueError as error:
+                # A checkpoint written for another layout of the model (e.g. by an older kcnn).
+                raise UserError(f"cannot resume from {state}: it does not fit this model ({first_line(error)}); "
+                                "--overwrite starts the stage over") from None
             epoch = int(latest["epoch"])
             self.best, self.best_epoch = latest.get("best"), latest.get("best_epoch")
             self.best_directory = latest.get("best_directory")
         # fit (and kcnn's multi-worker loop) start from this epoch; 0 falls back to fit's own.
-        self.model._initial_epoch = epoch
+        set_initial_epoch(self.model, epoch)
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)

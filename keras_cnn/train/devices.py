@@ -43,12 +43,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from keras_cnn.choices import StrategyName, Switch, names
 from keras_cnn.errors import UserError
 
 logger = logging.getLogger(__name__)
 
-SWITCH_CHOICES = ("auto", "on", "off")
-STRATEGY_CHOICES = ("auto", "default", "mirrored", "multiworker")
+SWITCH_CHOICES = names(Switch)
+STRATEGY_CHOICES = names(StrategyName)
 
 # Tensor cores (fast float16 matrix math) arrived with Volta, compute capability 7.0.
 MIXED_PRECISION_MIN_CAPABILITY = (7, 0)
@@ -296,7 +297,7 @@ def visible_gpus() -> list[dict[str, Any]]:
     """The GPUs TensorFlow sees, with name and compute capability, without initialising them."""
     import tensorflow as tf
 
-    from keras_cnn.quiet import native_stderr_silenced
+    from keras_cnn.library_chatter import native_stderr_silenced
 
     gpus = []
     # Listing GPUs probes CUDA, which logs an error line on every machine without one.
@@ -409,7 +410,9 @@ def jit_compile_for(model, plan: ExecutionPlan) -> bool:
     """
     if not plan.jit_compile:
         return False
-    blocking = [layer.name for layer in model._flatten_layers() if not getattr(layer, "supports_jit", True)]
+    from keras_cnn.keras_internals import nested_layers
+
+    blocking = [layer.name for layer in nested_layers(model) if not getattr(layer, "supports_jit", True)]
     if blocking:
         logger.warning("XLA off: layers %s cannot be compiled (keep augmentation in the tf.data pipeline)",
                        ", ".join(blocking))

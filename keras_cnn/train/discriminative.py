@@ -23,6 +23,7 @@ from typing import Any
 import keras
 
 from keras_cnn.errors import UserError
+from keras_cnn.keras_internals import variable_index
 from keras_cnn.models.transfer import get_base_layer
 from keras_cnn.optimizers import OPTIMIZERS
 
@@ -105,7 +106,7 @@ class LayerRates:
         super().build(variables)
 
     def update_step(self, gradient, variable, learning_rate):
-        factor = self._factor_by_index[self._get_variable_index(variable)]
+        factor = self._factor_by_index[variable_index(self, variable)]
         if factor != 1.0:
             learning_rate = keras.ops.multiply(keras.ops.cast(learning_rate, variable.dtype), factor)
         return super().update_step(gradient, variable, learning_rate)

@@ -9,7 +9,7 @@ is that loop, written to give what ``fit`` gives on one worker:
   ``strategy.scope()``, so every variable (weights, optimizer slots, metrics) is mirrored;
 * ``dataset_fn(input_context)`` builds each worker's input pipeline
   (``strategy.distribute_datasets_from_function``): it must shard its data itself
-  (:func:`shard_file_list`, by file for the CSV pipeline) and batch with the per-replica
+  (``keras_cnn.data.pipeline.shard_file_list``, by file for the CSV pipeline) and batch with the per-replica
   size (:func:`keras_cnn.data.pipeline.per_replica_batch_size`);
 * the batch size is **global**: a global batch of 64 on 4 replicas is 16 images each, and
   the loss is averaged over the global batch, so one step equals one ``fit`` step on one
@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from keras_cnn.errors import UserError
+from keras_cnn.keras_internals import initial_epoch as initial_epoch_of
 
 
 @dataclass
@@ -85,24 +86,6 @@ def chief_or_temporary_dir(run_dir: str | os.PathLike, plan=None) -> Iterator[Pa
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def shard_file_list(paths: Sequence[Any], input_context=None) -> list[Any]:
-    """The files this input pipeline reads: every ``num_input_pipelines``-th one, from its own offset.
-
-    Sharding by file (not by element after reading) means no worker decodes images another
-    worker uses.  ``input_context`` is the ``tf.distribute.InputContext`` handed to a
-    ``dataset_fn``; ``None`` keeps every file.
-    """
-    paths = list(paths)
-    if input_context is None or input_context.num_input_pipelines == 1:
-        return paths
-    pipelines = input_context.num_input_pipelines
-    if len(paths) < pipelines:
-        raise UserError(
-            f"cannot shard {len(paths)} file(s) across {pipelines} workers: each worker needs at least one"
-        )
-    return paths[input_context.input_pipeline_id::pipelines]
-
-
 def _logs_to_floats(results: dict[str, Any]) -> dict[str, float]:
     return {name: float(value) for name, value in results.items()}
 
@@ -124,7 +107,7 @@ def synchronize_loss_scaling(optimizer):
     import tensorflow as tf
 
     if not isinstance(optimizer, keras.optimizers.LossScaleOptimizer) or getattr(
-            optimizer, "_kcnn_synchronized", False):
+            optimizer, "kcnn_synchronized_loss_scaling", False):
         return optimizer
     local_check = optimizer.check_finite
 
@@ -137,7 +120,7 @@ def synchronize_loss_scaling(optimizer):
         return tf.equal(overflowed, 0.0)
 
     optimizer.check_finite = check_finite
-    optimizer._kcnn_synchronized = True
+    optimizer.kcnn_synchronized_loss_scaling = True
     return optimizer
 
 
@@ -269,7 +252,7 @@ def fit_multiworker(
     model.stop_training = False
     callback_list.on_train_begin()
     # BackupAndRestore tells fit where to resume through this attribute; honour it the same way.
-    initial_epoch = getattr(model, "_initial_epoch", None) or initial_epoch
+    initial_epoch = initial_epoch_of(model) or initial_epoch
     for epoch in range(initial_epoch, epochs):
         reset_metrics()
         callback_list.on_epoch_begin(epoch)

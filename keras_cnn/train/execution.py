@@ -9,7 +9,7 @@ directory: the real one on the chief, a temporary one on other multi-worker proc
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -70,6 +70,16 @@ class Execution:
             yield RunDirectory(directory).create()
 
 
+# The TrainingConfig fields that say where and how a stage runs, not what it computes.
+EXECUTION_FIELDS = ("mixed_precision", "xla", "strategy")
+
+
+def with_execution_defaults(training: TrainingConfig, inherited: TrainingConfig | None = None) -> TrainingConfig:
+    """``training`` with each unset (``None``) execution option taken from ``inherited``, else ``auto``."""
+    return replace(training, **{name: getattr(training, name) or (getattr(inherited, name) if inherited else None)
+                                or "auto" for name in EXECUTION_FIELDS})
+
+
 def start_execution(training: TrainingConfig) -> Execution:
     """Resolve and apply the execution options; print the resolved settings once on stderr.
 
@@ -77,6 +87,7 @@ def start_execution(training: TrainingConfig) -> Execution:
     """
     from keras_cnn.train.devices import apply_execution, describe, resolve_execution
 
+    training = with_execution_defaults(training)
     plan = resolve_execution(training.mixed_precision, training.xla, training.strategy)
     strategy = apply_execution(plan)
     say(describe(plan))  # apply_execution has logged plan.notes as warnings

@@ -1,8 +1,9 @@
 """The from-scratch training routine (``kcnn train``): one stage, ``train``, of the stage runner.
 
-``train_scratch`` resolves the architecture's reference recipe, declares the stage (its
-data, its model, its loss) and hands it to :func:`keras_cnn.train.stage.run_stage`, which
-owns the lock, the run state, the kill-safe fit, the test and the metrics.
+:func:`scratch_stage` resolves the architecture's reference recipe and declares the stage
+(its data, its model, its loss); ``train_scratch`` hands it to
+:func:`keras_cnn.train.stage.run_stage`, which owns the lock, the run state, the kill-safe
+fit, the test and the metrics, and ``kcnn lr-find`` sweeps the same stage.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 from keras_cnn.config import RunConfig, validate_config
 from keras_cnn.errors import UserError
 from keras_cnn.runs import default_run_dir
+from keras_cnn.train.execution import with_execution_defaults
 from keras_cnn.train.stage import StageSpec, absolute_data_paths, run_stage
 
 TRAIN_STAGE = "train"
@@ -36,6 +38,7 @@ def resolve_scratch_config(config: RunConfig) -> RunConfig:
         learning_rate=training.learning_rate or spec.learning_rate,
         optimizer=training.optimizer or spec.optimizer,
     )
+    training = with_execution_defaults(training)
     input_shape = tuple(config.model.input_shape or spec.input_shape)
     augmentation = config.data.augmentation
     if config.data.augment and not augmentation:
@@ -51,15 +54,27 @@ def stage_options(config: RunConfig) -> dict[str, Any]:
     return {"command": config.command, "model": config.model, "data": config.data, "training": config.training}
 
 
+def stage_option_defaults(config: RunConfig) -> dict[str, Any]:
+    """:func:`stage_options` of a config with every option at its default (for runs recorded before an option)."""
+    return stage_options(RunConfig(command=config.command))
+
+
 def train_scratch(config: RunConfig, out_dir: str | Path | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Train a from-scratch architecture into ``out_dir`` and report test metrics (``kcnn train``).
 
     ``out_dir`` defaults to ``runs/ARCHITECTURE-TIMESTAMP``.  Re-running a finished run does
     nothing; a killed one resumes; ``overwrite`` starts the run over.
     """
+    stage = scratch_stage(config)
+    outcome = run_stage(stage, out_dir or default_run_dir(stage.config.model.name), overwrite=overwrite)
+    return {**outcome.summary, "architecture": stage.config.model.name}
+
+
+def scratch_stage(config: RunConfig) -> StageSpec:
+    """The ``train`` stage of ``config`` (checked and resolved): the one way it is built (``kcnn train``, lr-find)."""
     from keras_cnn.models.factory import create_model
     from keras_cnn.models.scratch import get_architecture
-    from keras_cnn.train.data import prepare_array_data, prepare_folder_data
+    from keras_cnn.train.stage_data import prepare_array_data, prepare_folder_data
 
     validate_config(config)
     if bool(config.data.dataset) == bool(config.data.split or config.data.images):
@@ -75,13 +90,12 @@ def train_scratch(config: RunConfig, out_dir: str | Path | None = None, overwrit
             return prepare_array_data(config.data, config.model.input_shape, training.batch_size, training.seed)
         data = context.spec.config.data  # names the run's own split when --images came without --split
         return prepare_folder_data(data, data.image_size, data.channels, training.batch_size,
-                                   training.seed, skipped_record=context.run.skipped_images_path)
+                                   training.seed, skipped_record=context.skipped_record)
 
     def build_model(context):
         return create_model(config.model.name, len(context.data.labels), input_shape=config.model.input_shape,
                             api=config.model.api)
 
-    stage = StageSpec(TRAIN_STAGE, config, training, stage_options(config), prepare_data, build_model,
-                      loss=lambda context: architecture.loss(len(context.data.labels)))
-    outcome = run_stage(stage, out_dir or default_run_dir(config.model.name), overwrite=overwrite)
-    return {**outcome.summary, "architecture": config.model.name}
+    return StageSpec(TRAIN_STAGE, config, training, stage_options(config), prepare_data, build_model,
+                     option_defaults=stage_option_defaults(config),
+                     loss=lambda context: architecture.loss(len(context.data.labels)))

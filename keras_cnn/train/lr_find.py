@@ -1,6 +1,8 @@
 """``kcnn lr-find``: the learning-rate range test on exactly what a stage would train.
 
-Three cases, as the training commands have them:
+The stage is built by the function its training command uses (``scratch_stage``,
+``head_stage``, ``finetune_stage``), through the runner's :func:`build_stage`, without a
+run folder.  Three cases, as the training commands have them:
 - a from-scratch architecture (the options of ``kcnn train``);
 - the head on a frozen base (the options of ``kcnn transfer``; on cached base features,
   as stage 1 trains, unless augmenting);
@@ -8,7 +10,7 @@ Three cases, as the training commands have them:
   unfrozen from that layer.
 The run's files are never written except the picture and the table of the sweep (and,
 for ``--images`` without ``--split``, the split it made, beside them); the weights in
-memory are put back after the sweep (see ``lr_finder``).
+memory are put back after the sweep (see ``lr_sweep``).
 """
 
 from __future__ import annotations
@@ -17,23 +19,25 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from keras_cnn.config import RunConfig
+from keras_cnn.config import FineTuneConfig, RunConfig, TrainingConfig
 from keras_cnn.data.collection import needs_split_file, split_images
 from keras_cnn.errors import UserError
+from keras_cnn.io import atomic_write_text
 from keras_cnn.progress import say
-from keras_cnn.runs import RunDirectory, atomic_write_text
-from keras_cnn.train.lr_finder import DEFAULT_END, DEFAULT_START, DEFAULT_STEPS, LearningRateSweep, find_learning_rate
+from keras_cnn.runs import RunDirectory
+from keras_cnn.train.lr_sweep import DEFAULT_END, DEFAULT_START, DEFAULT_STEPS, LearningRateSweep, find_learning_rate
+from keras_cnn.train.stage import StageContext, StageSpec, build_stage
+from keras_cnn.train.stage_data import as_model_targets
 
 PLOT_NAME = "lr_find.png"
 # Written beside the picture when --images comes without --split.
 SPLIT_NAME = "lr_find_split.csv"
-TABLE_NAME = "lr_find.csv"
 
 
 def lr_find(config: RunConfig | None = None, run_dir: str | Path | None = None, unfreeze_from: str | None = None,
-            train_bn: bool = False, out: str | Path | None = None, start: float = DEFAULT_START,
-            end: float = DEFAULT_END, steps: int = DEFAULT_STEPS, batch_size: int | None = None,
-            optimizer: str | None = None) -> dict[str, Any]:
+            train_bn: bool = False, base_dropout: bool = False, out: str | Path | None = None,
+            start: float = DEFAULT_START, end: float = DEFAULT_END, steps: int = DEFAULT_STEPS,
+            batch_size: int | None = None, optimizer: str | None = None) -> dict[str, Any]:
     """Run the range test and write ``lr_find.png`` and ``lr_find.csv``; returns the suggestions.
 
     ``config`` (command ``train`` or ``transfer``) for a new model, or ``run_dir`` for
@@ -45,8 +49,7 @@ def lr_find(config: RunConfig | None = None, run_dir: str | Path | None = None, 
     if (config is None) == (run_dir is None):
         raise UserError("lr-find needs either the data and model options of train / transfer, or --run RUN")
     if run_dir is not None:
-        model, dataset, loss, optimizer, seed, stage = _finetune_setup(run_dir, unfreeze_from, train_bn,
-                                                                       batch_size, optimizer)
+        stage = _finetune_stage(run_dir, unfreeze_from, train_bn, base_dropout, batch_size, optimizer)
         default_out = Path(run_dir) / PLOT_NAME
     else:
         if unfreeze_from:
@@ -61,23 +64,73 @@ def lr_find(config: RunConfig | None = None, run_dir: str | Path | None = None, 
             picture = Path(out) if out is not None else default_out
             config = replace(config, data=split_images(config.data, picture.with_name(SPLIT_NAME),
                                                        list_prefix=str(picture.with_name("lr_find_"))))
-        keras.utils.set_random_seed(config.training.seed)
-        setup = _scratch_setup if config.model.kind == "scratch" else _head_setup
-        model, dataset, loss, optimizer, seed, stage = setup(config)
+        stage = _first_stage(config)
+        keras.utils.set_random_seed(stage.training.seed)
+    context = build_stage(StageContext(stage, run=None, execution=None))
+    model, dataset, cleanup = _sweep_inputs(context)
 
     def progress(step: int, rate: float, smoothed: float) -> None:
         if (step + 1) % max(1, steps // 10) == 0:
             say(f"[lr-find] step {step + 1}/{steps}: learning rate {rate:.2e}, smoothed loss {smoothed:.4f}")
 
-    keras.utils.set_random_seed(seed)
-    sweep = find_learning_rate(model, dataset, loss, optimizer, start=start, end=end, steps=steps,
-                               progress=progress)
+    keras.utils.set_random_seed(stage.training.seed)
+    try:
+        sweep = find_learning_rate(model, as_model_targets(dataset, context.single_sigmoid), context.loss,
+                                   stage.training.optimizer, start=start, end=end, steps=steps, progress=progress)
+    finally:
+        if cleanup is not None:
+            cleanup()
     suggestions = sweep.suggestions()
     plot = Path(out) if out is not None else default_out
     table = plot.with_suffix(".csv")
     write_sweep(sweep, suggestions, plot, table)
-    return {"stage": stage, "optimizer": optimizer, "suggestions": suggestions, "steps": len(sweep.losses),
-            "diverged": sweep.diverged, "start": start, "end": end, "plot": str(plot), "table": str(table)}
+    return {"stage": stage.name, "optimizer": stage.training.optimizer, "suggestions": suggestions,
+            "steps": len(sweep.losses), "diverged": sweep.diverged, "start": start, "end": end, "plot": str(plot),
+            "table": str(table)}
+
+
+def _first_stage(config: RunConfig) -> StageSpec:
+    """The stage ``kcnn train`` or ``kcnn transfer`` would run with ``config``."""
+    from keras_cnn.train.fit import scratch_stage
+    from keras_cnn.train.two_stage import head_stage
+
+    if config.model.kind == "scratch":
+        if bool(config.data.dataset) == bool(config.data.split):
+            raise UserError("give either --dataset mnist|cifar10 or --images DIR [--split SPLIT_CSV]")
+        return scratch_stage(config)
+    if not config.data.split or not config.data.images:
+        raise UserError("lr-find for a transfer head needs --images DIR [--split SPLIT_CSV]")
+    return head_stage(config)
+
+
+def _finetune_stage(run_dir, unfreeze_from, train_bn, base_dropout, batch_size, optimizer) -> StageSpec:
+    """The stage ``kcnn finetune`` would run on ``run_dir`` (whose files are only read)."""
+    from keras_cnn.train.two_stage import finetune_stage
+
+    run = RunDirectory(run_dir).require()
+    kind = RunConfig.from_dict(run.read_config()).model.kind
+    if kind != "transfer":
+        raise UserError(f"{run_dir} is a {kind or 'non-transfer'} run; lr-find --run needs a "
+                        "`kcnn transfer` run (for a from-scratch model give its training options instead)")
+    return finetune_stage(run, FineTuneConfig(unfreeze_from=unfreeze_from, train_bn=train_bn, base_dropout=base_dropout,
+                                              training=TrainingConfig(batch_size=batch_size, optimizer=optimizer)))
+
+
+def _sweep_inputs(context: StageContext):
+    """(model, train batches, cleanup) to sweep: what the stage fits.
+
+    The head trains on the frozen base's cached features when stage 1 does, so that is what
+    is swept.  Stage 2 is swept as a whole model on images: caching its frozen layers would
+    cost a pass over every training image for a sweep of a hundred batches.
+    """
+    from keras_cnn.train.two_stage import HEAD_STAGE
+
+    spec = context.spec
+    if spec.name == HEAD_STAGE and spec.fit_inputs is not None:
+        context.data = replace(context.data, validation=None)   # the sweep needs only the train part
+        inputs = spec.fit_inputs(context)
+        return inputs.model, inputs.train, inputs.cleanup
+    return context.model, context.data.train, None
 
 
 def write_sweep(sweep: LearningRateSweep, suggestions: dict[str, float], plot: Path, table: Path) -> None:
@@ -89,80 +142,3 @@ def write_sweep(sweep: LearningRateSweep, suggestions: dict[str, float], plot: P
              for rate, loss, smoothed in zip(sweep.learning_rates, sweep.losses, sweep.smoothed)]
     atomic_write_text(table, "\n".join(rows) + "\n")
     plot_learning_rate_sweep(sweep.learning_rates, sweep.losses, sweep.smoothed, suggestions, plot)
-
-
-def _scratch_setup(config: RunConfig):
-    from keras_cnn.models.factory import create_model
-    from keras_cnn.models.scratch import get_architecture
-    from keras_cnn.train.data import as_model_targets, prepare_array_data, prepare_folder_data
-    from keras_cnn.train.fit import resolve_scratch_config
-
-    if bool(config.data.dataset) == bool(config.data.split):
-        raise UserError("give either --dataset mnist|cifar10 or --images DIR [--split SPLIT_CSV]")
-    config = resolve_scratch_config(config)
-    training = config.training
-    if config.data.dataset:
-        data = prepare_array_data(config.data, config.model.input_shape, training.batch_size, training.seed)
-    else:
-        data = prepare_folder_data(config.data, config.data.image_size, config.data.channels,
-                                   training.batch_size, training.seed)
-    spec = get_architecture(config.model.name)
-    model = create_model(config.model.name, len(data.labels), input_shape=config.model.input_shape,
-                         api=config.model.api)
-    single_sigmoid = model.output_shape[-1] == 1
-    return (model, as_model_targets(data.train, single_sigmoid), spec.loss(len(data.labels)), training.optimizer,
-            training.seed, "train")
-
-
-def _head_setup(config: RunConfig):
-    from keras_cnn.models.factory import create_model
-    from keras_cnn.models.transfer import split_feature_model
-    from keras_cnn.train.data import as_model_targets, prepare_folder_data
-    from keras_cnn.train.features import extract_features, feature_dataset
-    from keras_cnn.train.two_stage import HEAD_STAGE, resolve_transfer_config
-
-    if not config.data.split or not config.data.images:
-        raise UserError("lr-find for a transfer head needs --images DIR [--split SPLIT_CSV]")
-    config = resolve_transfer_config(config)
-    training = config.training
-    data = prepare_folder_data(config.data, config.data.image_size, 3, training.batch_size, training.seed)
-    model = create_model(config.model.name, len(data.labels), image_size=config.data.image_size,
-                         weights=config.model.weights, head_units=config.model.head_units,
-                         dropout=config.model.dropout, binary=config.model.binary, api=config.model.api,
-                         seed=training.seed)
-    single_sigmoid = model.output_shape[-1] == 1
-    loss = "binary_crossentropy" if single_sigmoid else "sparse_categorical_crossentropy"
-    if training.cache_features:
-        # Stage 1 trains the head on the frozen base's features: sweep exactly that.
-        extractor, head = split_feature_model(model)
-        features, labels = extract_features(extractor, data.train, data.sizes["train"], description="train features")
-        dataset = feature_dataset(features, labels, training.batch_size, shuffle=True, seed=training.seed)
-        return head, as_model_targets(dataset, single_sigmoid), loss, training.optimizer, training.seed, HEAD_STAGE
-    return model, as_model_targets(data.train, single_sigmoid), loss, training.optimizer, training.seed, HEAD_STAGE
-
-
-def _finetune_setup(run_dir, unfreeze_from, train_bn, batch_size, optimizer):
-    from keras_cnn.models.bases import get_base_spec
-    from keras_cnn.models.loading import load_model
-    from keras_cnn.models.transfer import unfreeze_from as unfreeze
-    from keras_cnn.train.data import as_model_targets, prepare_folder_data
-    from keras_cnn.train.two_stage import FINETUNE_DEFAULTS, FINETUNE_STAGE, HEAD_STAGE
-
-    run = RunDirectory(run_dir).require()
-    config = RunConfig.from_dict(run.read_config())
-    if config.model.kind != "transfer":
-        raise UserError(f"{run_dir} is a {config.model.kind or 'non-transfer'} run; lr-find --run needs a "
-                        "`kcnn transfer` run (for a from-scratch model give its training options instead)")
-    # Stage 1's best model, as `kcnn finetune` starts from (model.keras may be a fine-tuned one).
-    start = run.stage_model_path(HEAD_STAGE)
-    start = start if start.exists() else run.model_path
-    if not start.exists():
-        raise UserError(f"{run_dir} has no model.keras yet; train stage 1 first (kcnn transfer)")
-    model = load_model(start)   # a copy in memory: the run's files are only read
-    unfreeze(model, unfreeze_from or get_base_spec(config.model.name).default_unfreeze, train_bn=train_bn)
-    batch_size = batch_size or config.training.batch_size
-    data = prepare_folder_data(config.data, config.data.image_size, 3, batch_size, config.training.seed,
-                               labels=config.labels)
-    single_sigmoid = model.output_shape[-1] == 1
-    return (model, as_model_targets(data.train, single_sigmoid), config.training.loss,
-            optimizer or FINETUNE_DEFAULTS["optimizer"], config.training.seed, FINETUNE_STAGE)

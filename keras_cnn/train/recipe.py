@@ -20,6 +20,7 @@ import keras
 
 from keras_cnn.config import TrainingConfig
 from keras_cnn.errors import UserError
+from keras_cnn.keras_internals import set_ema_weights_in_model
 from keras_cnn.train.discriminative import layer_rate_class
 from keras_cnn.train.early_stopping import ResumableEarlyStopping
 from keras_cnn.optimizers import make_optimizer
@@ -82,7 +83,7 @@ class AveragedWeights(keras.callbacks.SwapEMAWeights):
         if self._first_epoch:
             self._first_epoch = False
             # The state was saved after an epoch's end, with the averaged weights swapped in.
-            self._ema_weights_in_model = epoch > 0
+            set_ema_weights_in_model(self, epoch > 0)
         super().on_epoch_begin(epoch, logs)
 
 

@@ -7,10 +7,12 @@ means what it says.  The schedule is a function of the optimizer's step counter,
 - ``constant``: a linear warm-up to the peak rate, then the peak rate (kcnn's behaviour
   before schedules existed, when there is no warm-up).
 - ``cosine``: a linear warm-up, then a half cosine from the peak down to zero at the last
-  step (timm's ``--sched cosine``, the Keras ``CosineDecay`` with warm-up).
+  step (timm's ``--sched cosine``; the fall is Keras's ``CosineDecay``).
 - ``onecycle``: fastai's ``fit_one_cycle``: a half cosine up from peak/25 to the peak over
   the warm-up (a quarter of the steps unless ``--warmup-epochs`` says otherwise), then a
-  half cosine down to peak/(25 * 10^5).  Momentum is not cycled.
+  half cosine down to peak/(25 * 10^5) (``CosineDecay`` with that floor).  Momentum is not
+  cycled.  Keras's own warm-up is not used: it starts at 0, where kcnn's first step already
+  gets peak/warm-up steps.
 """
 
 from __future__ import annotations
@@ -38,7 +40,6 @@ SCHEDULES: dict[str, ScheduleSpec] = {
     "onecycle": ScheduleSpec("up from rate/25 to the rate, then down to nearly 0 (fastai's fit_one_cycle)",
                              default_warmup_fraction=0.25),
 }
-DEFAULT_SCHEDULE = "constant"
 
 # fastai's fit_one_cycle: start at peak/div, end at peak/(div*div_final).
 ONECYCLE_DIV = 25.0
@@ -65,25 +66,25 @@ class LearningRateCurve(keras.optimizers.schedules.LearningRateSchedule):
         self.peak = float(peak)
         self.total_steps = max(1, int(total_steps))
         self.warmup_steps = max(0, min(int(warmup_steps), self.total_steps))
+        # The falling half cosine after the warm-up: to 0 (cosine), to peak/(div * final div) (onecycle).
+        final = 1.0 / (ONECYCLE_DIV * ONECYCLE_FINAL_DIV) if self.kind == "onecycle" else 0.0
+        self._cosine_decay = keras.optimizers.schedules.CosineDecay(
+            self.peak, decay_steps=max(1, self.total_steps - self.warmup_steps), alpha=final)
 
     def __call__(self, step):
         ops = keras.ops
         step = ops.cast(step, "float32")
         peak = ops.cast(self.peak, "float32")
         warmup = float(self.warmup_steps)
-        decay_steps = float(max(1, self.total_steps - self.warmup_steps))
-        # Progress through the part after the warm-up, 0 at its first step, 1 at the end.
-        progress = ops.clip((step - warmup) / decay_steps, 0.0, 1.0)
-        half_cosine_down = 0.5 * (1.0 + ops.cos(math.pi * progress))   # 1 -> 0
+        falling = self._cosine_decay(ops.maximum(step - warmup, 0.0))
         if self.kind == "onecycle":
-            start, end = peak / ONECYCLE_DIV, peak / (ONECYCLE_DIV * ONECYCLE_FINAL_DIV)
+            start = peak / ONECYCLE_DIV
             rise = ops.clip(step / max(warmup, 1.0), 0.0, 1.0)
             rising = start + (peak - start) * 0.5 * (1.0 - ops.cos(math.pi * rise))
-            falling = end + (peak - end) * half_cosine_down
             return ops.where(step < warmup, rising, falling)
         # constant and cosine warm up linearly; step 0 already gets peak/warmup, not 0.
         warming = peak * ops.minimum(1.0, (step + 1.0) / max(warmup, 1.0))
-        after = peak * half_cosine_down if self.kind == "cosine" else peak
+        after = falling if self.kind == "cosine" else peak
         return ops.where(step < warmup, warming, after)
 
     def get_config(self):

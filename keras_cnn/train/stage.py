@@ -21,6 +21,7 @@ A failed command leaves no run folder it created without progress in it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -36,8 +37,8 @@ from keras_cnn.data.collection import split_into_run
 from keras_cnn.data.regularize import soft_label_loss, uses_soft_labels
 from keras_cnn.errors import UserError
 from keras_cnn.progress import format_seconds, keras_verbose, say
-from keras_cnn.runs import (EXECUTION_OPTIONS, RunDirectory, RunLock, RunState, check_output_path,
-                            differing_options, flatten_options, remove_stale_temporaries)
+from keras_cnn.io import atomic_path, check_output_path, remove_stale_temporaries
+from keras_cnn.runs import EXECUTION_OPTIONS, RunDirectory, RunLock, RunState, differing_options, flatten_options
 from keras_cnn.train.callbacks import (HistoryRecorder, NanGuard, RunProgress, StageCheckpoint, read_history,
                                       write_history)
 from keras_cnn.train.discriminative import layer_rate_factors
@@ -63,7 +64,7 @@ class StageContext:
     """What a hook sees: the spec, the run, the execution, and the data and model once made."""
 
     spec: "StageSpec"
-    run: RunDirectory
+    run: RunDirectory | None                 # None when a stage is only built, not run (lr-find)
     execution: Any
     start_model: keras.Model | None = None   # the previous stage's best model, when still in memory
     data: Any = None
@@ -76,8 +77,17 @@ class StageContext:
     def training(self) -> TrainingConfig:
         return self.spec.training
 
+    @property
+    def skipped_record(self) -> Path | None:
+        """Where the images left out are listed (RUN/skipped_images.csv); None outside a run (lr-find)."""
+        return self.run.skipped_images_path if self.run is not None else None
+
+    def work_folder(self, name: str) -> Path | None:
+        """A folder of the run for the stage's large temporary files; None outside a run."""
+        return self.run.root / name if self.run is not None else None
+
     def class_weight(self) -> dict[int, float] | None:
-        from keras_cnn.train.data import balanced_class_weights
+        from keras_cnn.train.stage_data import balanced_class_weights
 
         if self.training.class_weight != "balanced":
             return None
@@ -94,7 +104,8 @@ class StageSpec:
     defines the stage's result; a resume or re-run must match them (execution options
     aside).  ``requires``: the stage that must have finished first.  ``record``: entries for
     ``config.extra["stages"][name]``.  ``keep_model``: keep this stage's best model under
-    ``RUN/stages/`` for a later stage to start from.
+    ``RUN/stages/`` for a later stage to start from.  ``option_defaults``: the options a
+    default config gives; an option missing from an older run's record counts as its default.
 
     Hooks (each gets the :class:`StageContext`): ``prepare_data`` -> ``PreparedData``;
     ``build_model`` -> the uncompiled whole model (called inside the strategy scope);
@@ -113,6 +124,7 @@ class StageSpec:
     build_model: Callable[[StageContext], keras.Model]
     requires: str | None = None
     record: dict[str, Any] = field(default_factory=dict)
+    option_defaults: dict[str, Any] = field(default_factory=dict)
     keep_model: bool = False
     loss: Callable[[StageContext], Any] | None = None
     optimizer: Callable[[StageContext], Any] | None = None
@@ -206,7 +218,8 @@ def _check_state(run: RunDirectory, state: RunState, spec: StageSpec, overwrite:
         if recorded is None:
             raise UserError(f"{run.root} was written by an older kcnn without run state; pass --overwrite to run "
                             f"'{spec.name}' again (or use another --out)")
-        differences = differing_options(_comparable(recorded), _comparable(spec.options))
+        differences = differing_options(_comparable(recorded), _comparable(spec.options),
+                                        _comparable(spec.option_defaults))
         if differences:
             shown = "; ".join(differences[:5]) + (f"; and {len(differences) - 5} more" if len(differences) > 5 else "")
             verb = "finished" if entry.get("status") == "finished" else "was started"
@@ -280,8 +293,6 @@ def _discard_stages(run: RunDirectory, state: RunState, stages: list[str]) -> No
 
 def _link_or_copy(source: Path, target: Path) -> None:
     """Make ``target`` hold ``source``'s bytes, atomically: a hard link when possible, else a copy."""
-    from keras_cnn.runs import atomic_path
-
     with atomic_path(target) as temporary:
         temporary.unlink()
         try:
@@ -298,14 +309,7 @@ def _run_checked_stage(context: StageContext, state: RunState, data) -> StageOut
     if data is None:
         # --images without --split: the folder is split into RUN/split.csv, which config.json then names.
         spec.config = replace(spec.config, data=split_into_run(spec.config.data, run.root))
-    context.data = data if data is not None else spec.prepare_data(context)
-    with context.execution.scope():
-        context.model = spec.build_model(context)
-    context.single_sigmoid = context.model.output_shape[-1] == 1
-    context.loss = spec.loss(context) if spec.loss else default_loss(context.single_sigmoid)
-    if uses_soft_labels(spec.config.data.regularization):
-        # MixUp, CutMix and label smoothing give class probabilities: categorical cross-entropy.
-        context.loss = soft_label_loss(context.loss)
+    build_stage(context, data)
     counts = parameter_counts(context.model)
     _write_config(context, counts)
     state.start(spec.name, spec.options)
@@ -337,6 +341,21 @@ def _run_checked_stage(context: StageContext, state: RunState, data) -> StageOut
     state.finish(spec.name, summary)
     _remove_backup(run, spec.name)
     return StageOutcome(summary, None if multiworker else best, context.data, context.execution)
+
+
+def build_stage(context: StageContext, data=None) -> StageContext:
+    """The stage's data (``data`` when given, else its ``prepare_data``), model (in the execution's
+    scope, when there is one) and loss, into ``context``; run_stage and lr-find build stages so."""
+    spec = context.spec
+    context.data = data if data is not None else spec.prepare_data(context)
+    with context.execution.scope() if context.execution is not None else contextlib.nullcontext():
+        context.model = spec.build_model(context)
+    context.single_sigmoid = context.model.output_shape[-1] == 1
+    context.loss = spec.loss(context) if spec.loss else default_loss(context.single_sigmoid)
+    if uses_soft_labels(spec.config.data.regularization):
+        # MixUp, CutMix and label smoothing give class probabilities: categorical cross-entropy.
+        context.loss = soft_label_loss(context.loss)
+    return context
 
 
 def _remove_backup(run: RunDirectory, stage: str) -> None:
@@ -388,7 +407,7 @@ def _write_config(context: StageContext, counts: dict[str, int]) -> None:
 
 def _fit(context: StageContext, checkpoint: StageCheckpoint) -> None:
     """Compile and fit (or the multi-worker loop) with the runner's callbacks, then the spec's."""
-    from keras_cnn.train.data import as_model_targets
+    from keras_cnn.train.stage_data import as_model_targets
 
     spec, run, execution = context.spec, context.run, context.execution
     training = spec.training
@@ -460,7 +479,7 @@ def _stage_optimizer(context: StageContext, inputs: FitInputs) -> keras.optimize
 
 def _fit_multiworker(model: keras.Model, context: StageContext, callbacks: list) -> None:
     """``model.fit`` fails under MultiWorkerMirroredStrategy in Keras 3; run the custom loop instead."""
-    from keras_cnn.train.data import as_model_targets
+    from keras_cnn.train.stage_data import as_model_targets
     from keras_cnn.train.distribute import fit_multiworker
 
     per_worker, execution = context.data.per_worker, context.execution
@@ -494,7 +513,7 @@ def _load_best(context: StageContext) -> keras.Model:
 
 def _finish(context: StageContext, best: keras.Model, counts: dict[str, int]) -> dict[str, Any]:
     """Test the best model, record the stage's metrics, redraw the curves; returns the stage's summary."""
-    from keras_cnn.train.data import as_model_targets
+    from keras_cnn.train.stage_data import as_model_targets
 
     spec, run, data = context.spec, context.run, context.data
     rows = [row for row in read_history(run.history_path) if row.get("stage") == spec.name]
@@ -542,7 +561,7 @@ def evaluate_test(model: keras.Model, test, labels: list[str]) -> dict[str, Any]
 
     Computed the way ``kcnn evaluate`` computes them, so the two always agree.
     """
-    from keras_cnn.evaluate import cross_entropy, outputs_to_probabilities, per_class_accuracy
+    from keras_cnn.metrics import cross_entropy, outputs_to_probabilities, per_class_accuracy
 
     outputs, true_indices = [], []
     for images, targets in test:

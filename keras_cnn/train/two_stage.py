@@ -15,14 +15,15 @@ data of stage 1 to stage 2 in memory.  Both stages run through
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
-from keras_cnn.config import FineTuneConfig, RunConfig, validate_config
+from keras_cnn.config import FineTuneConfig, RunConfig, TrainingConfig, validate_config
 from keras_cnn.errors import UserError
 from keras_cnn.runs import RunDirectory, default_run_dir
-from keras_cnn.train.fit import stage_options
+from keras_cnn.train.execution import EXECUTION_FIELDS, with_execution_defaults
+from keras_cnn.train.fit import stage_option_defaults, stage_options
 from keras_cnn.train.stage import FitInputs, StageOutcome, StageSpec, absolute_data_paths, run_stage, say
 
 HEAD_STAGE = "head"
@@ -30,7 +31,13 @@ FINETUNE_STAGE = "finetune"
 
 # Stage-1 defaults (the Keras transfer-learning guide's advice): Adam 1e-3 on the head.
 HEAD_DEFAULTS = {"epochs": 10, "batch_size": 32, "learning_rate": 1e-3, "optimizer": "adam"}
+# Stage-2 defaults; its learning rate is the base's (BaseSpec.finetune_learning_rate).
 FINETUNE_DEFAULTS = {"epochs": 5, "optimizer": "adam"}
+# Stage 2 trains on stage 1's data towards stage 1's loss: these always come from stage 1.
+FROM_STAGE_ONE = ("seed", "class_weight", "cache_features", "loss")
+# Unset, these are stage 1's too (the same batches, the same devices); every other training
+# option of stage 2 is its own (given, or the stage-2 default, or unset).
+STAGE_ONE_UNLESS_SET = ("batch_size", *EXECUTION_FIELDS)
 
 
 def resolve_transfer_config(config: RunConfig) -> RunConfig:
@@ -51,6 +58,7 @@ def resolve_transfer_config(config: RunConfig) -> RunConfig:
         cache_features=(not (config.data.augment or config.data.regularization)) if training.cache_features is None
         else training.cache_features,
     )
+    training = with_execution_defaults(training)
     if training.cache_features and (config.data.augment or config.data.regularization):
         raise UserError("--cache-features computes each image's features once, so it cannot be combined "
                         "with --augment, --mixup, --cutmix, --randaugment, --random-erasing or --label-smoothing; "
@@ -71,10 +79,19 @@ def train_head(config: RunConfig, out_dir: str | Path | None = None, overwrite: 
 
 
 def _train_head(config: RunConfig, out_dir, overwrite: bool, execution=None) -> StageOutcome:
+    stage = head_stage(config)
+    outcome = run_stage(stage, out_dir or default_run_dir(stage.config.model.name), overwrite=overwrite,
+                        execution=execution)
+    outcome.summary = {**outcome.summary, "base": stage.config.model.name}
+    return outcome
+
+
+def head_stage(config: RunConfig) -> StageSpec:
+    """Stage 1 of ``config`` (checked and resolved), the one way it is built (``kcnn transfer``, lr-find, demo)."""
     from keras_cnn.models.bases import get_base_spec
     from keras_cnn.models.factory import create_model
     from keras_cnn.models.weights import resolve_weights
-    from keras_cnn.train.data import prepare_folder_data
+    from keras_cnn.train.stage_data import prepare_folder_data
 
     validate_config(config)
     if not config.data.images:
@@ -90,7 +107,7 @@ def _train_head(config: RunConfig, out_dir, overwrite: bool, execution=None) -> 
     def prepare_data(context):
         data_config = context.spec.config.data  # names the run's own split when --images came without --split
         data = prepare_folder_data(data_config, data_config.image_size, 3, training.batch_size, training.seed,
-                                   skipped_record=context.run.skipped_images_path)
+                                   skipped_record=context.skipped_record)
         if config.model.binary and len(data.labels) != 2:
             raise UserError(f"--binary needs exactly 2 labels, the split has {len(data.labels)}: {data.labels}")
         return data
@@ -101,22 +118,19 @@ def _train_head(config: RunConfig, out_dir, overwrite: bool, execution=None) -> 
                             dropout=config.model.dropout, binary=config.model.binary,
                             api=config.model.api, seed=training.seed)
 
-    stage = StageSpec(HEAD_STAGE, config, training, stage_options(config), prepare_data, build_model,
-                      keep_model=True, fit_inputs=head_on_cached_features if training.cache_features else None)
-    outcome = run_stage(stage, out_dir or default_run_dir(config.model.name), overwrite=overwrite,
-                        execution=execution)
-    outcome.summary = {**outcome.summary, "base": config.model.name}
-    return outcome
+    return StageSpec(HEAD_STAGE, config, training, stage_options(config), prepare_data, build_model,
+                     option_defaults=stage_option_defaults(config), keep_model=True,
+                     fit_inputs=head_on_cached_features if training.cache_features else None)
 
 
 def head_on_cached_features(context) -> FitInputs:
     """Fit only the head, on the frozen base's features computed once; the whole model is what is saved."""
-    from keras_cnn.models.transfer import split_feature_model
+    from keras_cnn.models.transfer import cut_at_features
     from keras_cnn.train.features import cached_fit_inputs
 
-    feature_extractor, head = split_feature_model(context.model)
+    feature_extractor, head = cut_at_features(context.model)
     return cached_fit_inputs(feature_extractor, head, context.data, context.training.batch_size,
-                             context.training.seed, context.run.root / "features", "features")
+                             context.training.seed, context.work_folder("features"), "features")
 
 
 def top_on_cached_boundary(context) -> FitInputs:
@@ -126,28 +140,30 @@ def top_on_cached_boundary(context) -> FitInputs:
     why in one line and fits the whole model on the images instead.  The whole model is
     what is saved either way.
     """
-    from keras_cnn.models.boundary import NoSingleBoundary, split_at_frozen_boundary
+    from keras_cnn.models.boundary import NoSingleBoundary, cut_at_frozen_boundary
     from keras_cnn.train.features import cached_fit_inputs
 
     data, training = context.data, context.training
     try:
-        split = split_at_frozen_boundary(context.model)
+        cut = cut_at_frozen_boundary(context.model)
     except NoSingleBoundary as reason:
         say(f"not caching the frozen layers (the whole model trains on images): {reason}")
         _record_frozen_cache(context, {"used": False, "reason": str(reason)})
         return FitInputs(context.model, data.train, data.validation)
-    say(f"caching the frozen layers up to {split.boundary_layer} "
-        f"({'x'.join(map(str, split.boundary_shape))}, {split.bytes_per_image:,} bytes per image)")
-    _record_frozen_cache(context, {"used": True, "boundary_layer": split.boundary_layer,
-                                   "boundary_shape": list(split.boundary_shape),
-                                   "bytes_per_image": split.bytes_per_image})
-    return cached_fit_inputs(split.bottom, split.top, data, training.batch_size, training.seed,
-                             context.run.root / "features", "boundary tensors",
+    say(f"caching the frozen layers up to {cut.boundary_layer} "
+        f"({'x'.join(map(str, cut.boundary_shape))}, {cut.bytes_per_image:,} bytes per image)")
+    _record_frozen_cache(context, {"used": True, "boundary_layer": cut.boundary_layer,
+                                   "boundary_shape": list(cut.boundary_shape),
+                                   "bytes_per_image": cut.bytes_per_image})
+    return cached_fit_inputs(cut.bottom, cut.top, data, training.batch_size, training.seed,
+                             context.work_folder("features"), "boundary tensors",
                              train_in_order=_train_in_file_order(context))
 
 
 def _record_frozen_cache(context, details: dict[str, Any]) -> None:
-    """Add what the frozen-layer cache did to the stage's entry in config.json."""
+    """Add what the frozen-layer cache did to the stage's entry in config.json (a stage in a run only)."""
+    if context.run is None:
+        return
     config = context.run.read_config()
     config.setdefault("extra", {}).setdefault("stages", {}).setdefault(context.spec.name, {})["frozen_cache"] = details
     context.run.write_config(config)
@@ -155,14 +171,11 @@ def _record_frozen_cache(context, details: dict[str, Any]) -> None:
 
 def _train_in_file_order(context):
     """The train part unshuffled, so cached rows are shuffled exactly like the images would be."""
-    from keras_cnn.data.pipeline import make_dataset
-    from keras_cnn.data.split import read_split_csv
+    from keras_cnn.data.parts import part_options
 
-    config = context.spec.config
-    frame = read_split_csv(config.data.split, config.data.allow_labels)
-    return make_dataset(frame, config.data.images, "train", config.data.image_size, context.training.batch_size,
-                        shuffle=False, cache=False, labels=config.labels, resize_mode=config.data.resize_mode,
-                        skip=context.data.skipped)
+    data = context.spec.config.data
+    return context.data.parts.dataset("train", part_options(data, data.image_size, 3, context.training.batch_size,
+                                                            shuffle=False, cache=False))
 
 
 def resolve_cache_frozen(config: RunConfig, finetune: FineTuneConfig, strategy: str) -> bool:
@@ -181,24 +194,37 @@ def resolve_cache_frozen(config: RunConfig, finetune: FineTuneConfig, strategy: 
     return bool(finetune.cache_frozen)
 
 
-def resolve_fine_tune_training(config: RunConfig, finetune: FineTuneConfig):
-    """Stage 2's training options: the given ones, else the defaults, else stage 1's."""
+def resolve_fine_tune_training(config: RunConfig, finetune: FineTuneConfig) -> tuple[TrainingConfig, str]:
+    """Stage 2's training options and unfreeze point: the given ones, else stage 2's defaults or stage 1's.
+
+    ``config`` is the stage-1 run's config; see :data:`FROM_STAGE_ONE` and
+    :data:`STAGE_ONE_UNLESS_SET` for what comes from it.
+    """
     from keras_cnn.models.bases import get_base_spec
 
     spec = get_base_spec(config.model.name)
-    stage1 = config.training
-    return replace(
-        stage1,
-        epochs=finetune.epochs or FINETUNE_DEFAULTS["epochs"],
-        learning_rate=finetune.learning_rate or spec.finetune_learning_rate,
-        optimizer=finetune.optimizer or FINETUNE_DEFAULTS["optimizer"],
-        batch_size=finetune.batch_size or stage1.batch_size,
-        mixed_precision=finetune.mixed_precision or stage1.mixed_precision,
-        xla=finetune.xla or stage1.xla,
-        strategy=finetune.strategy or stage1.strategy,
-        schedule=finetune.schedule, warmup_epochs=finetune.warmup_epochs, ema=finetune.ema,
-        early_stopping=finetune.early_stopping, lr_mult=finetune.lr_mult,
-    ), finetune.unfreeze_from or spec.default_unfreeze
+    stage1, asked = config.training, finetune.training
+    defaults = {**FINETUNE_DEFAULTS, "learning_rate": spec.finetune_learning_rate}
+    values = {}
+    for name in (item.name for item in fields(TrainingConfig)):
+        value = getattr(asked, name)
+        if name in FROM_STAGE_ONE or (value is None and name in STAGE_ONE_UNLESS_SET):
+            value = getattr(stage1, name)
+        values[name] = defaults.get(name) if value is None else value
+    return TrainingConfig(**values), finetune.unfreeze_from or spec.default_unfreeze
+
+
+def fine_tune_record(finetune: FineTuneConfig, training: TrainingConfig, boundary: str | None,
+                     cache_frozen: bool | None) -> dict[str, Any]:
+    """What stage 2 records as its options (``config.json``'s ``extra.stages.finetune``, ``state.json``).
+
+    The fine-tuning options, resolved, and the training options stage 2 sets itself (not
+    those it takes from stage 1, nor where it runs).
+    """
+    own = [item.name for item in fields(TrainingConfig)
+           if item.name not in FROM_STAGE_ONE + EXECUTION_FIELDS]
+    return {"unfreeze_from": boundary, "train_bn": finetune.train_bn, "base_dropout": finetune.base_dropout,
+            **{name: getattr(training, name) for name in own}, "cache_frozen": cache_frozen}
 
 
 def fine_tune_run(finetune: FineTuneConfig, run_dir: str | Path, out_dir: str | Path | None = None,
@@ -214,12 +240,24 @@ def fine_tune_run(finetune: FineTuneConfig, run_dir: str | Path, out_dir: str | 
 
 
 def _fine_tune_run(finetune, run_dir, out_dir, overwrite, execution=None, data=None, start_model=None):
+    source = RunDirectory(run_dir)
+    stage = finetune_stage(source, finetune)
+    target = Path(out_dir) if out_dir is not None else source.root
+    outcome = run_stage(stage, target, overwrite=overwrite, execution=execution, data=data, start_model=start_model,
+                        source_run=source.root if out_dir is not None else None)
+    outcome.summary = {**outcome.summary, "base": stage.config.model.name}
+    return outcome
+
+
+def finetune_stage(source: RunDirectory, finetune: FineTuneConfig) -> StageSpec:
+    """Stage 2 of the stage-1 run ``source`` with ``finetune`` (checked and resolved), the one way it is
+    built (``kcnn finetune``, lr-find --run, demo); its model starts from stage 1's best model."""
     from keras_cnn.models.loading import load_model
     from keras_cnn.models.transfer import unfreeze_from as unfreeze
-    from keras_cnn.train.data import prepare_folder_data
+    from keras_cnn.train.stage_data import prepare_folder_data
 
     validate_config(finetune)
-    source = RunDirectory(run_dir)
+    run_dir = source.root
     if not source.config_path.exists():
         raise UserError(f"{run_dir} is not a kcnn run directory: config.json is missing")
     config = RunConfig.from_dict(source.read_config())
@@ -228,35 +266,28 @@ def _fine_tune_run(finetune, run_dir, out_dir, overwrite, execution=None, data=N
                         "`kcnn transfer` run")
     training, boundary = resolve_fine_tune_training(config, finetune)
     cache_frozen = resolve_cache_frozen(config, finetune, training.strategy)
-    record = {"unfreeze_from": boundary, "train_bn": finetune.train_bn, "epochs": training.epochs,
-              "learning_rate": training.learning_rate, "optimizer": training.optimizer,
-              "batch_size": training.batch_size, "schedule": training.schedule,
-              "warmup_epochs": training.warmup_epochs, "ema": training.ema,
-              "early_stopping": training.early_stopping, "lr_mult": training.lr_mult,
-              "cache_frozen": cache_frozen}
+    record = fine_tune_record(finetune, training, boundary, cache_frozen)
 
     def prepare_data(context):
         return prepare_folder_data(config.data, config.data.image_size, 3, training.batch_size, training.seed,
-                                   skipped_record=context.run.skipped_images_path, labels=config.labels)
+                                   skipped_record=context.skipped_record, labels=config.labels)
 
     def build_model(context):
-        run = context.run
+        run = context.run or source
         # Stage 1's best model: kept under stages/ (model.keras may already be a fine-tuned one).
         model = context.start_model
         if model is None:
             start = run.stage_model_path(HEAD_STAGE)
             model = load_model(start if start.exists() else run.model_path)
-        unfreeze(model, boundary, train_bn=finetune.train_bn)
+        unfreeze(model, boundary, train_bn=finetune.train_bn, base_dropout=finetune.base_dropout)
         return model
 
     options = {"training": asdict(training), "finetune": record}
-    stage = StageSpec(FINETUNE_STAGE, config, training, options, prepare_data, build_model,
-                      requires=HEAD_STAGE, record=record, fit_inputs=top_on_cached_boundary if cache_frozen else None)
-    target = Path(out_dir) if out_dir is not None else source.root
-    outcome = run_stage(stage, target, overwrite=overwrite, execution=execution, data=data, start_model=start_model,
-                        source_run=source.root if out_dir is not None else None)
-    outcome.summary = {**outcome.summary, "base": config.model.name}
-    return outcome
+    defaults = {"training": asdict(TrainingConfig()),
+                "finetune": fine_tune_record(FineTuneConfig(), TrainingConfig(), None, None)}
+    return StageSpec(FINETUNE_STAGE, config, training, options, prepare_data, build_model,
+                     requires=HEAD_STAGE, record=record, option_defaults=defaults,
+                     fit_inputs=top_on_cached_boundary if cache_frozen else None)
 
 
 def fine_tune(config: RunConfig, out_dir: str | Path | None = None, finetune: FineTuneConfig | None = None,
@@ -277,8 +308,7 @@ def fine_tune(config: RunConfig, out_dir: str | Path | None = None, finetune: Fi
     # The decoded images serve stage 2 as they are when it batches them the same way.
     data = head.data if training.batch_size == stage1.training.batch_size else None
     # The model was built under stage 1's strategy: it goes over only with that same execution.
-    same_execution = all(getattr(training, name) == getattr(stage1.training, name)
-                         for name in ("mixed_precision", "xla", "strategy"))
+    same_execution = all(getattr(training, name) == getattr(stage1.training, name) for name in EXECUTION_FIELDS)
     start_model = head.model if same_execution else None
     tuned = _fine_tune_run(finetune, out_dir, None, overwrite, execution=head.execution if start_model else None,
                            data=data, start_model=start_model)

@@ -7,6 +7,9 @@ same way.  They would bury the one-line messages kcnn promises, so those moments
 with fd 2 pointed at /dev/null.  On the Python side the command line keeps warnings and
 log records of other packages (numpy ``FutureWarning``, Keras ``UserWarning``, TensorFlow
 and absl logs) out of its output.  ``--debug`` / ``KCNN_DEBUG=1`` keeps everything.
+
+This is about other libraries' output; the user's ``--quiet``, which silences kcnn's own
+progress, is :mod:`keras_cnn.progress`'s.
 """
 
 from __future__ import annotations

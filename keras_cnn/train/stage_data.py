@@ -1,6 +1,6 @@
-"""Training data for a run: tf.data datasets for train / validation / test, and the labels.
+"""The data a training stage fits on: tf.data datasets for train / validation / test, and the labels.
 
-Two sources, one result (``PreparedData``):
+Two sources (:mod:`keras_cnn.data.parts` loads their parts), one result (``PreparedData``):
 - array datasets (MNIST, CIFAR-10): the last 20 % of the training images are the
   validation part (as Keras's ``validation_split``), the official test set is the test part;
 - a split CSV plus an image folder: the ``train`` / ``validation`` / ``test`` parts.
@@ -13,7 +13,7 @@ image folders) with the per-replica batch size.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -21,7 +21,9 @@ import numpy as np
 import tensorflow as tf
 
 from keras_cnn.config import DataConfig
-from keras_cnn.data.pipeline import array_pipeline
+from keras_cnn.data.parts import ArrayParts, SplitParts, part_options
+from keras_cnn.data.pipeline import DatasetOptions
+from keras_cnn.data.split import PARTS
 from keras_cnn.errors import UserError
 
 
@@ -47,6 +49,7 @@ class PreparedData:
     sizes: dict[str, int] = field(default_factory=dict)
     skipped: set[str] = field(default_factory=set)   # objectIds left out (reasons: RUN/skipped_images.csv)
     per_worker: PerWorkerInput | None = None
+    parts: SplitParts | ArrayParts | None = None     # the loader the datasets came from
 
 
 def augmentation_spec(data: DataConfig):
@@ -90,54 +93,42 @@ def prepare_array_data(data: DataConfig, input_shape: tuple[int, int, int], batc
     the tf.data pipeline (engine "layers"), or by the legacy ``ImageDataGenerator`` (engine
     "legacy", a Python iterator, for comparison).  The validation part is never augmented.
     """
-    from keras_cnn.data.datasets import adapt_images, holdout_split, load_dataset
-
-    arrays = load_dataset(data.dataset, data.dataset_path)
-    x_train = adapt_images(arrays.x_train, input_shape)
-    x_test = adapt_images(arrays.x_test, input_shape)
-    train_part, validation_part = holdout_split(len(x_train), data.validation_split)
-    x_fit, y_fit = x_train[train_part], arrays.y_train[train_part]
-    x_validation, y_validation = x_train[validation_part], arrays.y_train[validation_part]
-
+    parts = ArrayParts(data, input_shape)
     spec = augmentation_spec(data)
     if data.augment_engine == "legacy" and regularization_spec(data) is not None:
         raise UserError("MixUp, CutMix, RandAugment, random erasing and label smoothing run in the tf.data "
                         "pipeline: use --augment-engine layers")
-    if spec is not None and data.augment_engine == "legacy":
+    legacy = spec is not None and data.augment_engine == "legacy"
+    options = DatasetOptions(input_shape[:2], batch_size, seed=seed)
+    train_options = replace(options, augment=spec, shuffle=True)
+    if legacy:
         from keras_cnn.data.augment import legacy_image_data_generator
 
         generator = legacy_image_data_generator(spec)
-        train = generator.flow(x_fit.astype("float32"), y_fit, batch_size=batch_size, shuffle=True, seed=seed)
+        train = generator.flow(parts.images("train").astype("float32"), parts.true_indices("train").astype("int32"),
+                               batch_size=batch_size, shuffle=True, seed=seed)
     else:
-        train = array_pipeline(x_fit, y_fit, batch_size, shuffle=True, seed=seed, augment=spec)
-    num_classes = len(arrays.labels)
-    train = _regularized(data, "train", train, num_classes, seed)
-
-    def evaluation_dataset(images, labels):
-        if len(images) == 0:
-            return None
-        return array_pipeline(images, labels, batch_size, shuffle=False, seed=seed)
-
-    sizes = {"train": len(x_fit), "validation": len(x_validation), "test": len(x_test)}
+        train = parts.dataset("train", train_options)
+    num_classes = len(parts.labels)
+    sizes = {name: parts.size(name) for name in PARTS}
     steps, validation_steps = _per_worker_steps(sizes, batch_size)
     per_worker = PerWorkerInput(
-        train=lambda context: _regularized(data, "train", array_pipeline(x_fit, y_fit, batch_size, True, seed,
-                                                                         spec, context), num_classes, seed),
-        validation=(lambda context: _regularized(
-            data, "validation", array_pipeline(x_validation, y_validation, batch_size, False, seed, None, context),
-            num_classes, seed)) if len(x_validation) else None,
+        train=lambda context: _regularized(data, "train", parts.dataset("train", train_options, context),
+                                           num_classes, seed),
+        validation=(lambda context: _regularized(data, "validation", parts.dataset("validation", options, context),
+                                                 num_classes, seed)) if sizes["validation"] else None,
         steps_per_epoch=steps, validation_steps=validation_steps,
     )
-    counts = np.bincount(y_fit, minlength=len(arrays.labels))
+    counts = np.bincount(parts.true_indices("train"), minlength=num_classes)
     return PreparedData(
-        train=train,
-        validation=_regularized(data, "validation", evaluation_dataset(x_validation, y_validation), num_classes,
-                                seed),
-        test=evaluation_dataset(x_test, arrays.y_test),
-        labels=arrays.labels,
+        train=_regularized(data, "train", train, num_classes, seed),
+        validation=_regularized(data, "validation", parts.dataset("validation", options), num_classes, seed),
+        test=parts.dataset("test", options),
+        labels=parts.labels,
         train_counts={index: int(count) for index, count in enumerate(counts)},
         sizes=sizes,
-        per_worker=None if (spec is not None and data.augment_engine == "legacy") else per_worker,
+        per_worker=None if legacy else per_worker,
+        parts=parts,
     )
 
 
@@ -145,45 +136,36 @@ def prepare_folder_data(data: DataConfig, image_size: tuple[int, int], channels:
                         seed: int, skipped_record=None, labels: list[str] | None = None) -> PreparedData:
     """The parts of a split CSV over an image folder, after checking every image once."""
     from keras_cnn.data.files import check_images_or_fail, refuse_emptied_groups
-    from keras_cnn.data.pipeline import label_indices, make_dataset, per_replica_batch_size, subset_frame
-    from keras_cnn.data.split import class_names, read_split_csv
-    from keras_cnn.train.distribute import shard_file_list
 
     if data.augment and data.augment_engine == "legacy":
         raise UserError("--augment-engine legacy works with --dataset mnist|cifar10; "
                         "image folders are augmented with Keras preprocessing layers")
-    frame = read_split_csv(data.split, data.allow_labels)
-    labels = labels or class_names(frame["value"])
-    skip = check_images_or_fail(data.images, list(frame["objectId"]), skip_bad=data.skip_bad_images,
+    parts = SplitParts(data, labels)
+    skip = check_images_or_fail(data.images, list(parts.frame["objectId"]), skip_bad=data.skip_bad_images,
                                 record_path=skipped_record)
-    refuse_emptied_groups(frame, skip, None if skipped_record is None else Path(skipped_record).parent)
+    refuse_emptied_groups(parts.frame, skip, None if skipped_record is None else Path(skipped_record).parent)
+    parts = parts.leaving_out(skip)
     spec = augmentation_spec(data)
-    rows = {subset: subset_frame(frame, subset, skip=skip) for subset in ("train", "validation", "test")}
-    sizes = {subset: len(part) for subset, part in rows.items()}
+    sizes = {name: parts.size(name) for name in PARTS}
     if sizes["train"] == 0:
         raise UserError(f"{data.split} has no usable 'train' rows")
+    options = part_options(data, image_size, channels, batch_size, seed=seed)
 
-    def dataset(subset: str, augment=None, input_context=None):
-        if sizes[subset] == 0:
+    def dataset(name: str, augment=None, input_context=None):
+        if sizes[name] == 0:
             return None
-        part, size = rows[subset], batch_size
-        if input_context is not None:
-            # Each worker decodes only its own files.
-            part = part.iloc[shard_file_list(range(len(part)), input_context)]
-            size = per_replica_batch_size(batch_size, input_context)
-        built = make_dataset(part, data.images, subset, image_size, size, channels=channels,
-                             augment=augment, cache=data.cache if subset == "train" else True,
-                             seed=seed, labels=labels, resize_mode=data.resize_mode)
+        built = parts.dataset(name, replace(options, augment=augment, cache=data.cache if name == "train" else True),
+                              input_context)
         # The test part keeps class indices: it is scored outside the loss (evaluate_test).
-        return built if subset == "test" else _regularized(data, subset, built, len(labels), seed)
+        return built if name == "test" else _regularized(data, name, built, len(parts.labels), seed)
 
-    counts = np.bincount(label_indices(rows["train"]["value"], labels, "the train part"), minlength=len(labels))
+    counts = np.bincount(parts.true_indices("train"), minlength=len(parts.labels))
     steps, validation_steps = _per_worker_steps(sizes, batch_size)
     return PreparedData(
         train=dataset("train", spec),
         validation=dataset("validation"),
         test=dataset("test"),
-        labels=labels,
+        labels=parts.labels,
         train_counts={index: int(count) for index, count in enumerate(counts)},
         sizes=sizes,
         skipped=set(skip),
@@ -192,6 +174,7 @@ def prepare_folder_data(data: DataConfig, image_size: tuple[int, int], channels:
             validation=(lambda context: dataset("validation", None, context)) if sizes["validation"] else None,
             steps_per_epoch=steps, validation_steps=validation_steps,
         ),
+        parts=parts,
     )
 
 

@@ -22,20 +22,21 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
+from keras_cnn.choices import QuantizationMode, names
+from keras_cnn.config import RunConfig
 from keras_cnn.errors import RunFailure, UserError
+from keras_cnn.export.portable import litert_outputs
+from keras_cnn.export.spec import ModelSpec
+from keras_cnn.export_layout import LITERT_FILE, quantized_litert_file
+from keras_cnn.runs import RunDirectory
 
-QUANTIZATION_MODES = ("dynamic", "float16", "int8")
+QUANTIZATION_MODES = names(QuantizationMode)
 REPRESENTATIVE_IMAGES = 200            # int8 calibration images from the training part
 DEFAULT_MAX_ACCURACY_DROP = 0.01       # refuse a quantized model more than 1 point less accurate
 
 
-def quantized_file_name(mode: str) -> str:
-    """``model_int8.tflite`` etc."""
-    check_mode(mode)
-    return f"model_{mode}.tflite"
-
-
 def check_mode(mode: str) -> str:
+    """``mode`` when it is one of :data:`QUANTIZATION_MODES`, else a one-line ``UserError``."""
     if mode not in QUANTIZATION_MODES:
         raise UserError(f"--quantize must be one of {', '.join(QUANTIZATION_MODES)}, received: {mode!r}")
     return mode
@@ -83,28 +84,6 @@ def first_images(dataset, limit: int) -> list:
     return images[:limit]
 
 
-def litert_outputs(path: str | os.PathLike, images, batch_size: int = 64):
-    """Run a ``.tflite`` file on float32 images [n, H, W, C]; returns its outputs [n, K] (numpy)."""
-    import numpy as np
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_path=os.fspath(path))
-    input_detail = interpreter.get_input_details()[0]
-    output_index = interpreter.get_output_details()[0]["index"]
-    allocated = None
-    outputs = []
-    for start in range(0, len(images), batch_size):
-        batch = np.ascontiguousarray(images[start:start + batch_size], dtype=np.float32)
-        if allocated != len(batch):
-            interpreter.resize_tensor_input(input_detail["index"], list(batch.shape))
-            interpreter.allocate_tensors()
-            allocated = len(batch)
-        interpreter.set_tensor(input_detail["index"], batch)
-        interpreter.invoke()
-        outputs.append(np.array(interpreter.get_tensor(output_index)))
-    return np.concatenate(outputs, axis=0)
-
-
 def litert_accuracy(paths: dict[str, Path], dataset, true_indices, num_classes: int) -> dict[str, float]:
     """Accuracy of each ``.tflite`` file in ``paths`` on the batches of ``dataset`` (labels ``true_indices``).
 
@@ -112,7 +91,7 @@ def litert_accuracy(paths: dict[str, Path], dataset, true_indices, num_classes: 
     """
     import numpy as np
 
-    from keras_cnn.evaluate import outputs_to_probabilities
+    from keras_cnn.metrics import outputs_to_probabilities
 
     images = np.concatenate([np.asarray(batch, np.float32) for batch in dataset], axis=0)
     if len(images) != len(true_indices):
@@ -122,3 +101,57 @@ def litert_accuracy(paths: dict[str, Path], dataset, true_indices, num_classes: 
         predicted = outputs_to_probabilities(litert_outputs(path, images), num_classes).argmax(axis=1)
         accuracies[name] = float(np.mean(predicted == true_indices))
     return accuracies
+
+
+def quantize_litert(model, spec: ModelSpec, config: RunConfig, run: RunDirectory, folder: Path, mode: str,
+                    force: bool, max_accuracy_drop: float) -> dict[str, Any]:
+    """Write ``model_<mode>.tflite`` beside ``model.tflite`` in ``folder``; compare size and accuracy.
+
+    Returns the record that goes into kcnn.json and the result (see ``export_run``).
+    """
+    from keras_cnn.run_data import load_part
+
+    batch_size = int(config.training.batch_size or 32)
+    representative = None
+    if mode == "int8":
+        representative = first_images(load_part(run, config, "train", batch_size).images(), REPRESENTATIVE_IMAGES)
+    float_path = folder / LITERT_FILE
+    quantized_path = write_quantized_litert(model, mode, folder / quantized_litert_file(check_mode(mode)),
+                                            representative)
+    part, measured = _accuracy_part(config, run, batch_size)
+    record: dict[str, Any] = {
+        "mode": mode,
+        "representative_images": len(representative) if representative is not None else 0,
+        "float": {"file": float_path.name, "bytes": float_path.stat().st_size},
+        "quantized": {"file": quantized_path.name, "bytes": quantized_path.stat().st_size},
+        "size_ratio": round(quantized_path.stat().st_size / float_path.stat().st_size, 4),
+        "accuracy_part": part,
+        "max_accuracy_drop": max_accuracy_drop,
+    }
+    if measured is None:
+        return record
+    true_indices = measured.true_indices
+    accuracy = litert_accuracy({"float": float_path, "quantized": quantized_path}, measured.images(), true_indices,
+                               len(spec.labels))
+    record["images"] = int(len(true_indices))
+    record["float"]["accuracy"] = accuracy["float"]
+    record["quantized"]["accuracy"] = accuracy["quantized"]
+    record["accuracy_change"] = accuracy["quantized"] - accuracy["float"]
+    if -record["accuracy_change"] > max_accuracy_drop and not force:
+        raise UserError(f"the {mode} LiteRT model is {accuracy['quantized']:.4f} accurate against "
+                        f"{accuracy['float']:.4f} for the float one on {len(true_indices)} {part} images "
+                        f"(a drop of more than {max_accuracy_drop:g}); nothing was written; pass --force to keep it")
+    return record
+
+
+def _accuracy_part(config: RunConfig, run: RunDirectory, batch_size: int):
+    """The part to measure accuracy on: (name, its Part), test first; (None, None) when both are empty."""
+    from keras_cnn.data.pipeline import EmptyPart
+    from keras_cnn.run_data import load_part
+
+    for name in ("test", "validation"):
+        try:
+            return name, load_part(run, config, name, batch_size)
+        except EmptyPart:
+            continue
+    return None, None

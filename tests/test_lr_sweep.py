@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from keras_cnn.errors import UserError
-from keras_cnn.train.lr_finder import (find_learning_rate, run_sweep, steepest_index, suggest_learning_rates,
+from keras_cnn.train.lr_sweep import (find_learning_rate, run_sweep, steepest_index, suggest_learning_rates,
                                        sweep_rates, valley_index)
 
 

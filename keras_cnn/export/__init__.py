@@ -1,0 +1,187 @@
+"""Export a finished run for serving: a SavedModel in TF Serving layout, plus ONNX / LiteRT.
+
+Layout of one export (``DIR`` is ``--out``; TF Serving loads the highest numeric version)::
+
+    DIR/<version>/
+      saved_model.pb, variables/     the SavedModel (format "saved_model")
+      assets/labels.txt              class names in class-index order (a SavedModel asset)
+      assets.extra/kcnn.json         metadata: versions, model, input size, labels, metrics,
+                                     signatures, files and the verification differences
+      model.onnx                     format "onnx"   (TF Serving ignores extra files)
+      model.tflite                   format "litert"
+
+One job per module: :mod:`~keras_cnn.export.saved_model` (the SavedModel and its
+signatures), :mod:`~keras_cnn.export.portable` (ONNX, LiteRT), :mod:`~keras_cnn.export.verify`
+(checking each file against the Keras model), :mod:`~keras_cnn.export.quantize` (quantized
+LiteRT files and their accuracy); this module runs them for a run (:func:`export_run`).
+The names of the files and signatures are declared once, in :mod:`keras_cnn.export_layout`.
+
+Every export is written into a temporary folder beside ``DIR/<version>``, checked, and only
+then renamed into place, so a failed export leaves no version folder behind.  The check runs
+each written format on a few images (see :mod:`~keras_cnn.export.verify`).
+
+TensorFlow is imported inside the functions so the CLI can read :data:`EXPORT_FORMATS`
+without loading it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.util
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from keras_cnn.config import RunConfig
+from keras_cnn.errors import UserError
+from keras_cnn.export.portable import compare_litert, compare_onnx, write_litert, write_onnx
+from keras_cnn.export.quantize import DEFAULT_MAX_ACCURACY_DROP, check_mode, quantize_litert
+from keras_cnn.export.saved_model import compare_saved_model, signature_descriptions, write_saved_model
+from keras_cnn.export.spec import ModelSpec, model_spec
+from keras_cnn.export.verify import TOLERANCE, check_format, verification_images
+from keras_cnn.export_layout import LITERT_FILE, METADATA_FILE, ONNX_FILE, SAVED_MODEL_FILE, TTA_SIGNATURE
+from keras_cnn.io import atomic_path, atomic_write_json
+from keras_cnn.runs import RunDirectory
+from keras_cnn.versions import library_versions
+
+__all__ = ["EXPORT_FORMATS", "TOLERANCE", "ExportFormat", "export_run"]
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    """One export format: where it goes, how it is written, what is compared to check it."""
+
+    file_name: str
+    write: Callable[..., Path]               # (model, spec, folder) -> written path
+    compare: Callable[..., list[tuple]]      # (model, spec, path, encoded images) -> [(expected, actual)]
+    requires: tuple[str, ...] = ()           # modules beyond TensorFlow/Keras (the "export" extra)
+
+
+# --format name -> format (the names: keras_cnn.choices.ExportFormatName).
+EXPORT_FORMATS: dict[str, ExportFormat] = {
+    "saved_model": ExportFormat(SAVED_MODEL_FILE, write_saved_model, compare_saved_model),
+    "onnx": ExportFormat(ONNX_FILE, write_onnx, compare_onnx, ("tf2onnx", "onnxruntime")),
+    "litert": ExportFormat(LITERT_FILE, write_litert, compare_litert, ("ai_edge_litert",)),
+}
+
+
+def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, version: int | None = None,
+               formats: tuple[str, ...] | list[str] = ("saved_model",), verify: bool = True,
+               force: bool = False, tta: int | None = None, quantize: str | None = None,
+               max_accuracy_drop: float | None = None) -> dict[str, Any]:
+    """Export the model of a finished run into ``out_dir/<version>/``.
+
+    ``version`` defaults to 1; an existing version folder is refused unless ``force``.
+    ``formats`` is any of :data:`EXPORT_FORMATS` (``saved_model``, ``onnx``, ``litert``).
+    With ``verify`` every written format is run on a few images and compared with the Keras
+    model (``RunFailure`` above :data:`TOLERANCE`; nothing is left behind).
+    ``tta``: add the ``serving_tta`` signature, ``serving_default`` averaged over that many
+    test-time augmentation views (:mod:`keras_cnn.tta`); needs the SavedModel format.
+    ``quantize`` (dynamic, float16, int8; needs the litert format): also write
+    ``model_<mode>.tflite`` and measure both LiteRT files' size and accuracy on the run's
+    test part (validation when it has no test part); a quantized model that loses more than
+    ``max_accuracy_drop`` accuracy is refused (``UserError``, nothing written) unless ``force``.
+
+    Returns ``{"path", "version", "files": {format: path}, "max_abs_diff": {format: float},
+    "metadata": path, "labels", "image_size", "channels"}``.
+    """
+    formats = _check_formats(formats)
+    version = 1 if version is None else version
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise UserError(f"--version must be a positive integer, received: {version!r}")
+    version_dir = Path(out_dir) / str(version)
+    if version_dir.exists() and not force:
+        raise UserError(f"{version_dir} already exists: choose another --version or pass --force to replace it")
+
+    run = RunDirectory(run_dir).require()
+    config = RunConfig.from_dict(run.read_config())
+    # Registers kcnn's custom layers first; the written export needs none of them.
+    from keras_cnn.models.loading import load_model
+
+    model = load_model(run.model_path)
+    spec = model_spec(model, run.read_labels(), config)
+    if tta:
+        from keras_cnn.tta import trained_with_flips, view_names
+
+        if "saved_model" not in formats:
+            raise UserError("--tta adds a signature to the SavedModel: add --format saved_model")
+        spec = replace(spec, tta_views=tuple(view_names(int(tta), trained_with_flips(config))))
+    if quantize is not None:
+        check_mode(quantize)
+        if "litert" not in formats:
+            raise UserError("--quantize makes a LiteRT file: add --format litert")
+    probe_images = verification_images(config, spec) if verify else []
+    quantization = None
+
+    files: dict[str, str] = {}
+    differences: dict[str, float] = {}
+    with atomic_path(version_dir, directory=True) as temporary:
+        for name in formats:
+            exporter = EXPORT_FORMATS[name]
+            written = exporter.write(model, spec, temporary)
+            files[name] = str(version_dir / written.relative_to(temporary))
+            if verify:
+                differences[name] = check_format(name, exporter, model, spec, written, probe_images)
+        if quantize is not None:
+            quantization = quantize_litert(model, spec, config, run, temporary, quantize, force,
+                                           DEFAULT_MAX_ACCURACY_DROP if max_accuracy_drop is None
+                                           else max_accuracy_drop)
+            files[f"litert_{quantize}"] = str(version_dir / quantization["quantized"]["file"])
+        metadata = export_metadata(config, spec, run.read_metrics(), run.root, formats, differences)
+        metadata["quantization"] = quantization
+        atomic_write_json(temporary / METADATA_FILE, metadata)
+    return {
+        "path": str(version_dir),
+        "version": version,
+        "files": files,
+        "max_abs_diff": differences,
+        "verified_on_images": len(probe_images),
+        "metadata": str(version_dir / METADATA_FILE),
+        "labels": list(spec.labels),
+        "image_size": list(spec.image_size),
+        "channels": spec.channels,
+        "tta": metadata["tta"],
+        "quantization": quantization,
+    }
+
+
+def _check_formats(formats) -> tuple[str, ...]:
+    if isinstance(formats, str):
+        formats = (formats,)
+    unknown = [name for name in formats if name not in EXPORT_FORMATS]
+    if unknown or not formats:
+        raise UserError(f"export format must be among {sorted(EXPORT_FORMATS)}, received: {list(formats)}")
+    for name in formats:
+        missing = [module for module in EXPORT_FORMATS[name].requires if importlib.util.find_spec(module) is None]
+        if missing:
+            raise UserError(f"--format {name} needs {', '.join(missing)}: pip install 'kcnn[export]'")
+    # The SavedModel last: tf2onnx serialises the graph collections, and after the
+    # SavedModel's label table exists it warns (harmlessly) about its initializer.
+    ordered = [name for name in EXPORT_FORMATS if name in formats]
+    return tuple(sorted(ordered, key=lambda name: name == "saved_model"))
+
+
+def export_metadata(config: RunConfig, spec: ModelSpec, metrics: dict[str, Any], run_root: Path,
+                    formats: tuple[str, ...], differences: dict[str, float]) -> dict[str, Any]:
+    """The ``kcnn.json`` written beside the SavedModel (``assets.extra/``)."""
+    from keras_cnn.tta import trained_with_flips
+
+    return {
+        "versions": library_versions(),
+        "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "run": str(run_root.resolve()),
+        "kind": config.model.kind,
+        "base": config.model.name,
+        "input": {"image_size": list(spec.image_size), "channels": spec.channels,
+                  "resize_mode": spec.resize_mode, "dtype": "float32", "range": [0, 255]},
+        "output": {"activation": "sigmoid" if spec.binary else "softmax", "classes": len(spec.labels)},
+        "labels": list(spec.labels),
+        "metrics": metrics,
+        "signatures": signature_descriptions(spec) if "saved_model" in formats else {},
+        "tta": {"signature": TTA_SIGNATURE, "views": list(spec.tta_views)} if spec.tta_views else None,
+        # Lets `kcnn predict --tta N` choose the same views as `kcnn evaluate --tta N`.
+        "trained_with_horizontal_flips": trained_with_flips(config),
+        "files": {name: EXPORT_FORMATS[name].file_name for name in formats},
+        "max_abs_diff": differences,
+    }
