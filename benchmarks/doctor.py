@@ -41,7 +41,7 @@ print(json.dumps({"peak_mib": peak, **result}))
 PIPELINE = """
 import contextlib, sys, time
 import numpy as np, pandas as pd
-from keras_cnn.quiet import import_tensorflow_quietly
+from keras_cnn.library_chatter import import_tensorflow_quietly
 import_tensorflow_quietly()
 from keras_cnn.data.files import find_bad_images, resolve_image_paths
 from keras_cnn.doctor import duplicates, findings, labels, outliers, pictures
