@@ -30,10 +30,11 @@ from keras_cnn.cli.source_options import source_options, split_rule_options
               help="How the images are dealt into the folds (no model is trained).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Images per batch while extracting features [default: 64].")
+@options.trust_hub
 @json_option
 @debug_option
 def doctor(source, out_dir, base, run_dir, image_size, weights, images, layout, id_column, label_column,
-           allow_labels, test_keys, validation_keys, balance, folds, seed, batch_size, as_json) -> None:
+           allow_labels, test_keys, validation_keys, balance, folds, seed, batch_size, trust_hub, as_json) -> None:
     """Check images before training: label errors, duplicates leaking across parts, outliers, bad pictures.
 
     \b
@@ -73,7 +74,8 @@ def doctor(source, out_dir, base, run_dir, image_size, weights, images, layout, 
             source=source, out=out_dir, base=base, run=run_dir, weights=weights, image_size=image_size,
             images=images, layout=layout, id_column=id_column, label_column=label_column,
             allow_labels=tuple(allow_labels), test_keys=test_keys, validation_keys=validation_keys,
-            balance=balance, folds=folds, seed=seed, batch_size=batch_size or DEFAULT_BATCH_SIZE))
+            balance=balance, folds=folds, seed=seed, batch_size=batch_size or DEFAULT_BATCH_SIZE,
+            trust_hub=trust_hub))
 
     run_command(as_json, work, render_doctor)
 

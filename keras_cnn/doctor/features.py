@@ -47,14 +47,15 @@ def base_feature_source(base: str, weights: str = "imagenet", image_size: int | 
                          description=f"{base} ({'random weights' if random else os.fspath(weights)})")
 
 
-def run_feature_source(run_dir: str | os.PathLike) -> FeatureSource:
-    """The penultimate layer of the model in ``run_dir``, fed as the run was trained."""
+def run_feature_source(run_dir: str | os.PathLike, trust_hub: bool = False) -> FeatureSource:
+    """The penultimate layer of the model in ``run_dir``, fed as the run was trained (``trust_hub``:
+    the model may load the TF Hub module the run records as its base)."""
     from keras_cnn.models.features import penultimate_model
-    from keras_cnn.models.loading import load_model
+    from keras_cnn.models.loading import hub_base_of, load_model
 
     run = RunDirectory(run_dir).require()
     config = RunConfig.from_dict(run.read_config())
-    model = load_model(run.model_path)
+    model = load_model(run.model_path, trust_hub=hub_base_of(config.model.name) if trust_hub else None)
     height, width, channels = (int(size) for size in model.input_shape[1:4])
     # A frozen random base under a trained head: the head's input is still random features.
     random = (config.model.kind == "transfer" and str(config.model.weights).lower() == "none"

@@ -69,6 +69,7 @@ class DoctorOptions:
     folds: int = DEFAULT_FOLDS
     seed: int = 1234
     batch_size: int = DEFAULT_BATCH_SIZE
+    trust_hub: bool = False            # --run's model may load the TF Hub module the run records as its base
 
 
 def check_options(options: DoctorOptions) -> None:
@@ -96,7 +97,7 @@ def check_out_folder(out: str | os.PathLike) -> Path:
 def feature_source(options: DoctorOptions) -> FeatureSource:
     """The features doctor compares images by (built before any image is read, so a bad name fails fast)."""
     if options.run:
-        return run_feature_source(options.run)
+        return run_feature_source(options.run, options.trust_hub)
     return base_feature_source(options.base, options.weights, options.image_size)
 
 
