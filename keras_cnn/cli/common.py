@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import click
 
-from keras_cnn.io import to_jsonable
+from keras_cnn.io import check_output_path, to_jsonable
 from keras_cnn.library_chatter import import_tensorflow_quietly
 
 
@@ -95,6 +95,7 @@ def holding_run(out_dir: str | os.PathLike | None, overwrite: bool = False, stra
     if out_dir is None or (task is not None and not task.is_chief):
         yield
         return
+    check_output_path(out_dir, directory=True, option="the run folder")
     with RunLock(out_dir, reentrant=True):
         if data is not None:
             check_run_inputs(out_dir, images=data.get("images"),
