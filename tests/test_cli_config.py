@@ -105,11 +105,11 @@ def test_finetune_builds_a_fine_tune_config(calls, tmp_path):
                                    training=TrainingConfig(epochs=2, learning_rate=1e-4, optimizer="sgd", batch_size=8,
                                                            mixed_precision=None, xla="off", strategy=None)),
                     str(run), str(tmp_path / "copy"))
-    assert kwargs == {"overwrite": True}
+    assert kwargs == {"overwrite": True, "trust_hub": False}
     calls.clear()
     invoke("finetune", "--run", run)
     [(_, (config, _, out_dir), kwargs)] = calls
-    assert config == FineTuneConfig() and out_dir is None and kwargs == {"overwrite": False}
+    assert config == FineTuneConfig() and out_dir is None and kwargs == {"overwrite": False, "trust_hub": False}
 
 
 @pytest.mark.parametrize("command", [["train", "lenet", "--dataset", "mnist"],
