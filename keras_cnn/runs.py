@@ -35,10 +35,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import keras_cnn
+from keras_cnn.data.files import bounded_list_message
 from keras_cnn.errors import UserError
 from keras_cnn.io import (RUN_MARKER, atomic_write_json, atomic_write_text, is_kcnn_run, read_json, read_labels,
                           remove_stale_temporaries, to_jsonable)
-from keras_cnn.data.files import bounded_list_message
 from keras_cnn.versions import library_versions
 
 
@@ -114,10 +115,8 @@ class RunDirectory:
         recorded = self.recorded_entries() or set()
         if self.record_path.is_file() and recorded >= set(self.ENTRIES):
             return
-        from keras_cnn import __version__
-
         atomic_write_json(self.record_path, {
-            "format": 1, "made_by": f"kcnn {__version__}",
+            "format": 1, "made_by": f"kcnn {keras_cnn.__version__}",
             "note": "a kcnn run: kcnn writes, replaces and removes only the entries listed here",
             "entries": sorted(recorded | set(self.ENTRIES)),
         })

@@ -38,10 +38,10 @@ import numpy as np
 
 from keras_cnn.config import RunConfig, TrainingConfig
 from keras_cnn.data.collection import split_into_run
+from keras_cnn.data.files import bounded_list_message, full_list_path
 from keras_cnn.data.regularize import soft_label_loss, uses_soft_labels
 from keras_cnn.errors import UserError
 from keras_cnn.progress import format_seconds, keras_verbose, say
-from keras_cnn.data.files import bounded_list_message, full_list_path
 from keras_cnn.io import atomic_path, check_output_path
 from keras_cnn.models.loading import model_file_problem
 from keras_cnn.runs import (EXECUTION_OPTIONS, RunDirectory, RunLock, RunState, check_run_inputs, differing_options,
