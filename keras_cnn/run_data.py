@@ -2,9 +2,11 @@
 
 The parts come from :mod:`keras_cnn.data.parts`, the loader training used, opened with what
 the run recorded: ``config.json`` (the data and the model's input size), ``labels.txt``
-(the class order) and ``skipped_images.csv`` (the images training left out).  So
-``kcnn evaluate``, an export's int8 calibration images and a quantized model's accuracy
-see each image exactly as training did.
+(the class order, which must agree with ``config.json``'s), ``skipped_images.csv`` (the
+images training left out) and ``inputs.json`` (each image's SHA-1 and stamp, and the images
+left out since; :mod:`keras_cnn.data.input_record`).  So ``kcnn evaluate``, an export's int8
+calibration images and a quantized model's accuracy see each image exactly as training did,
+and refuse images that changed since.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from keras_cnn.config import RunConfig
 from keras_cnn.data.files import read_skipped_record
+from keras_cnn.data.input_record import check_inputs, recorded_left_out
 from keras_cnn.errors import UserError
+from keras_cnn.io import check_same_labels
 from keras_cnn.runs import RunDirectory
 
 if TYPE_CHECKING:  # the part loader needs TensorFlow, imported when a part is loaded
@@ -34,8 +38,34 @@ def input_geometry(config: RunConfig) -> tuple[tuple[int, int] | None, int | Non
     return (tuple(int(side) for side in image_size) if image_size else None), channels
 
 
-def run_parts(run: RunDirectory, config: RunConfig) -> SplitParts | ArrayParts:
-    """The parts of the run's data, with its labels and without the images training skipped."""
+def run_labels(run: RunDirectory, config: RunConfig) -> list[str]:
+    """The run's class list: ``labels.txt``, refused unless it agrees with ``config.json``'s labels
+    (content and order, both Unicode-normalised)."""
+    labels = run.read_labels()
+    if config.labels:
+        check_same_labels(run.labels_path, labels, run.config_path, config.labels,
+                          "put back the order training wrote (config.json's \"labels\"), or train the run again")
+    return labels
+
+
+def check_run_inputs(run: RunDirectory, config: RunConfig, *, accept: bool = False, command: str = "kcnn",
+                     list_path: str | os.PathLike | None = None) -> set[str]:
+    """Check the run's split and images against its input record (made now when it has none).
+
+    Changed, missing or added images and an edited split are refused (one line naming them and
+    ``RUN/input_changes.csv``) unless ``accept`` (``--accept-input-changes`` on ``command``),
+    which records them.  Returns the objectIds every part leaves out.  Data from
+    keras.datasets has no record.
+    """
+    if not (config.data.split and config.data.images):
+        return set()
+    by = f"{command} --accept-input-changes" if accept else command
+    return check_inputs(run.root, config.data, accept=accept, by=by, list_path=list_path).left_out
+
+
+def run_parts(run: RunDirectory, config: RunConfig, left_out: set[str] | None = None) -> SplitParts | ArrayParts:
+    """The parts of the run's data, with its labels and without the images training skipped or the
+    input record leaves out (``left_out``, when the caller has just checked the inputs)."""
     from keras_cnn.data.parts import open_parts
 
     data = config.data
@@ -45,10 +75,13 @@ def run_parts(run: RunDirectory, config: RunConfig) -> SplitParts | ArrayParts:
         raise UserError(f"{run.config_path} names neither a split CSV nor a dataset: cannot rebuild the data")
     image_size, channels = input_geometry(config)
     input_shape = (*image_size, channels) if image_size else None
-    return open_parts(data, input_shape, labels=run.read_labels(), skip=read_skipped_record(run.skipped_images_path))
+    skip = set(read_skipped_record(run.skipped_images_path))
+    skip |= recorded_left_out(run.root) if left_out is None else left_out
+    return open_parts(data, input_shape, labels=run_labels(run, config), skip=skip)
 
 
-def load_part(run: RunDirectory, config: RunConfig, subset: str, batch_size: int) -> Part:
+def load_part(run: RunDirectory, config: RunConfig, subset: str, batch_size: int,
+              left_out: set[str] | None = None) -> Part:
     """One part of a finished run, in file order, as the model saw it (see :class:`keras_cnn.data.parts.Part`)."""
     from keras_cnn.data.parts import part_options
 
@@ -57,11 +90,12 @@ def load_part(run: RunDirectory, config: RunConfig, subset: str, batch_size: int
     image_size, channels = input_geometry(config)
     if config.data.split and image_size is None:
         raise UserError(f"{run.config_path} records no image size for the model")
-    parts = run_parts(run, config)
+    parts = run_parts(run, config, left_out)
     return parts.part(subset, part_options(config.data, image_size, channels or 3, batch_size, cache=False))
 
 
-def load_subset(run_config: RunConfig | dict[str, Any], run_dir: str | os.PathLike, subset: str, batch_size: int):
+def load_subset(run_config: RunConfig | dict[str, Any], run_dir: str | os.PathLike, subset: str, batch_size: int,
+                left_out: set[str] | None = None):
     """``(object_ids, true_indices, images)`` of one part of a run, in file order.
 
     ``run_config`` is a :class:`keras_cnn.config.RunConfig` (or its dict). objectIds are
@@ -70,5 +104,5 @@ def load_subset(run_config: RunConfig | dict[str, Any], run_dir: str | os.PathLi
     """
     if isinstance(run_config, dict):
         run_config = RunConfig.from_dict(run_config)
-    part = load_part(RunDirectory(run_dir), run_config, subset, batch_size)
+    part = load_part(RunDirectory(run_dir), run_config, subset, batch_size, left_out)
     return part.object_ids, part.true_indices, part.images()

@@ -10,6 +10,8 @@ Layout (every file is written atomically through :mod:`keras_cnn.io`)::
       metrics.json       test-set metrics
       training.png       training curves
       state.json         run state: stages finished / running, each stage's options and fingerprint
+      inputs.json        every image's SHA-1 and stamp, and the split file's (keras_cnn.data.input_record)
+      input_changes.csv  what changed in the inputs, when a command refused them
       .lock              held (flock) by the process writing the run; names its pid
       stages/            the best model of a finished stage that a later stage starts from
       logs/              TensorBoard logs
@@ -28,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from keras_cnn.errors import UserError
-from keras_cnn.io import atomic_write_json, atomic_write_text, read_json, read_labels, to_jsonable
+from keras_cnn.io import (INPUT_CHANGES, INPUT_RECORD, atomic_write_json, atomic_write_text, read_json, read_labels,
+                          to_jsonable)
 from keras_cnn.versions import library_versions
 
 
@@ -50,10 +53,13 @@ class RunDirectory:
     skipped_images_path = property(lambda self: self.root / "skipped_images.csv")
     state_path = property(lambda self: self.root / "state.json")
     stages_dir = property(lambda self: self.root / "stages")
+    inputs_path = property(lambda self: self.root / INPUT_RECORD)
+    input_changes_path = property(lambda self: self.root / INPUT_CHANGES)
 
     # Everything a run writes (the lock aside): what removing a whole run removes, and no more.
     ENTRIES = ("config.json", "labels.txt", "history.csv", "model.keras", "metrics.json", "training.png",
-               "state.json", "skipped_images.csv", "split.csv", "stages", "logs", "backup", "eval", "features")
+               "state.json", "skipped_images.csv", "split.csv", INPUT_RECORD, INPUT_CHANGES, "stages", "logs", "backup",
+               "eval", "features")
 
     def clear(self) -> None:
         """Remove every file and folder of the run (not the lock, nor files kcnn did not write)."""

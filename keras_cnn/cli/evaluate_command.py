@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from keras_cnn.choices import EvaluationPart, names
+from keras_cnn.cli import options
 from keras_cnn.cli.common import debug_option, json_option, run_command
 from keras_cnn.runs import RunDirectory
 
@@ -39,9 +40,11 @@ def render_summary(summary: dict[str, Any]) -> None:
               help="Also report test-time augmentation: average each image's probabilities over N fixed "
                    "views (the image, centre and corner crops of 90 %, and their mirror images when the "
                    "run trained with flips); plain and TTA metrics side by side.")
+@options.accept_input_changes
 @json_option
 @debug_option
-def evaluate(run_dir: Path, subset: str, batch_size: int | None, tta: int | None, as_json: bool) -> None:
+def evaluate(run_dir: Path, subset: str, batch_size: int | None, tta: int | None, accept_input_changes: bool,
+             as_json: bool) -> None:
     """Evaluate a run: write RUN/eval/ (metrics.json, predictions.csv, plots, report.html);
     the validation part goes to RUN/eval/validation/.
 
@@ -55,6 +58,7 @@ def evaluate(run_dir: Path, subset: str, batch_size: int | None, tta: int | None
     def work() -> dict[str, Any]:
         from keras_cnn.evaluate import evaluate_run
 
-        return evaluate_run(run_dir, subset=subset, batch_size=batch_size, tta=tta)
+        return evaluate_run(run_dir, subset=subset, batch_size=batch_size, tta=tta,
+                            accept_input_changes=accept_input_changes)
 
     run_command(as_json, work, render_summary)

@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from keras_cnn.choices import ExportFormatName, QuantizationMode, names
+from keras_cnn.cli import options
 from keras_cnn.cli.common import debug_option, json_option, run_command
 from keras_cnn.export import TOLERANCE  # no TensorFlow at import time
 from keras_cnn.export.quantize import DEFAULT_MAX_ACCURACY_DROP
@@ -38,10 +39,12 @@ from keras_cnn.export.quantize import DEFAULT_MAX_ACCURACY_DROP
 @click.option("--force", is_flag=True,
               help="Replace an existing version folder, and keep a quantized model that lost more accuracy "
                    "than --max-accuracy-drop.")
+@options.accept_input_changes
 @json_option
 @debug_option
 def export(run_dir: str, out_dir: str, version: int, formats: tuple[str, ...], verify: bool, tta: int | None,
-           quantize: str | None, max_accuracy_drop: float, force: bool, as_json: bool) -> None:
+           quantize: str | None, max_accuracy_drop: float, force: bool, accept_input_changes: bool,
+           as_json: bool) -> None:
     """Export the model of a run for serving.
 
     \b
@@ -51,7 +54,9 @@ def export(run_dir: str, out_dir: str, version: int, formats: tuple[str, ...], v
       serving_images_uint8  images (uint8)                                   -> the same
     plus assets/labels.txt and assets.extra/kcnn.json (metadata); --format onnx adds
     model.onnx, --format litert model.tflite.  Written atomically: a failed export leaves
-    no version folder.
+    no version folder.  Only --quantize reads the run's images (int8 calibration and the
+    accuracy check), and checks them against the run's record first; without it a run
+    copied without its data exports as well.
 
     \b
     \b
@@ -65,7 +70,7 @@ def export(run_dir: str, out_dir: str, version: int, formats: tuple[str, ...], v
 
         return export_run(run_dir, out_dir, version=version, formats=formats or ("saved_model",),
                           verify=verify, force=force, tta=tta, quantize=quantize,
-                          max_accuracy_drop=max_accuracy_drop)
+                          max_accuracy_drop=max_accuracy_drop, accept_input_changes=accept_input_changes)
 
     run_command(as_json, work, render)
 

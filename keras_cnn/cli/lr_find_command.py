@@ -41,9 +41,11 @@ def _render(result):
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Picture to write [default: RUN/lr_find.png with --run, else ./lr_find.png]; "
                    "the CSV of the sweep goes beside it, and lr_find_split.csv when --images comes without --split.")
+@options.accept_input_changes
 @json_option
 @debug_option
-def lr_find(architecture, base, run_dir, start_lr, end_lr, steps, out, as_json, **option_values):
+def lr_find(architecture, base, run_dir, start_lr, end_lr, steps, out, accept_input_changes, as_json,
+            **option_values):
     """Find a learning rate: train briefly while it grows from --start-lr to --end-lr.
 
     The loss is recorded at every step (one batch each, smoothed) and the sweep stops
@@ -89,6 +91,7 @@ def lr_find(architecture, base, run_dir, start_lr, end_lr, steps, out, as_json, 
         from keras_cnn.train.lr_find import lr_find as find
 
         return find(config, run_dir=run_dir, **values["finetune"], out=out, start=start_lr, end=end_lr, steps=steps,
-                    batch_size=values["training"]["batch_size"], optimizer=values["training"]["optimizer"])
+                    batch_size=values["training"]["batch_size"], optimizer=values["training"]["optimizer"],
+                    accept_input_changes=accept_input_changes)
 
     run_command(as_json, work, _render)

@@ -69,7 +69,7 @@ EXPORT_FORMATS: dict[str, ExportFormat] = {
 def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, version: int | None = None,
                formats: tuple[str, ...] | list[str] = ("saved_model",), verify: bool = True,
                force: bool = False, tta: int | None = None, quantize: str | None = None,
-               max_accuracy_drop: float | None = None) -> dict[str, Any]:
+               max_accuracy_drop: float | None = None, accept_input_changes: bool = False) -> dict[str, Any]:
     """Export the model of a finished run into ``out_dir/<version>/``.
 
     ``version`` defaults to 1; an existing version folder is refused unless ``force``.
@@ -82,10 +82,16 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, version: 
     ``model_<mode>.tflite`` and measure both LiteRT files' size and accuracy on the run's
     test part (validation when it has no test part); a quantized model that loses more than
     ``max_accuracy_drop`` accuracy is refused (``UserError``, nothing written) unless ``force``.
+    Only ``quantize`` reads the run's images; it first checks them and the split against the
+    run's input record (changes refused unless ``accept_input_changes``, which records them).
+    The run's labels.txt must agree with its config.json.
 
     Returns ``{"path", "version", "files": {format: path}, "max_abs_diff": {format: float},
     "metadata": path, "labels", "image_size", "channels"}``.
     """
+    # The run's data and its record need pandas: not imported for --help.
+    from keras_cnn.run_data import run_labels
+
     formats = _check_formats(formats)
     version = 1 if version is None else version
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
@@ -96,21 +102,24 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, version: 
 
     run = RunDirectory(run_dir).require()
     config = RunConfig.from_dict(run.read_config())
+    labels = run_labels(run, config)
+    left_out = None
+    if quantize is not None:
+        check_mode(quantize)
+        if "litert" not in formats:
+            raise UserError("--quantize makes a LiteRT file: add --format litert")
+        left_out = _quantization_inputs(run, config, accept_input_changes)
     # Registers kcnn's custom layers first; the written export needs none of them.
     from keras_cnn.models.loading import load_model
 
     model = load_model(run.model_path)
-    spec = model_spec(model, run.read_labels(), config)
+    spec = model_spec(model, labels, config)
     if tta:
         from keras_cnn.tta import trained_with_flips, view_names
 
         if "saved_model" not in formats:
             raise UserError("--tta adds a signature to the SavedModel: add --format saved_model")
         spec = replace(spec, tta_views=tuple(view_names(int(tta), trained_with_flips(config))))
-    if quantize is not None:
-        check_mode(quantize)
-        if "litert" not in formats:
-            raise UserError("--quantize makes a LiteRT file: add --format litert")
     probe_images = verification_images(config, spec) if verify else []
     quantization = None
 
@@ -126,7 +135,7 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, version: 
         if quantize is not None:
             quantization = quantize_litert(model, spec, config, run, temporary, quantize, force,
                                            DEFAULT_MAX_ACCURACY_DROP if max_accuracy_drop is None
-                                           else max_accuracy_drop)
+                                           else max_accuracy_drop, left_out)
             files[f"litert_{quantize}"] = str(version_dir / quantization["quantized"]["file"])
         metadata = export_metadata(config, spec, run.read_metrics(), run.root, formats, differences)
         metadata["quantization"] = quantization
@@ -144,6 +153,20 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, version: 
         "tta": metadata["tta"],
         "quantization": quantization,
     }
+
+
+def _quantization_inputs(run: RunDirectory, config: RunConfig, accept: bool) -> set[str]:
+    """The images quantization reads (int8 calibration, the accuracy check), checked against the run's
+    record; the objectIds it leaves out.  Exporting without ``--quantize`` reads none, so a run copied
+    without its data exports as well."""
+    from keras_cnn.run_data import check_run_inputs
+
+    data = config.data
+    for what, path, is_there in (("image folder", data.images, os.path.isdir), ("split", data.split, os.path.isfile)):
+        if path and not is_there(path):
+            raise UserError(f"--quantize reads the run's images (int8 calibration and the accuracy check), but its "
+                            f"{what} {path} is missing; put it back, or export without --quantize (no image needed)")
+    return check_run_inputs(run, config, accept=accept, command="kcnn export --quantize")
 
 
 def _check_formats(formats) -> tuple[str, ...]:

@@ -12,7 +12,11 @@ runner does the rest, the same way for every stage:
    options are refused (naming them) unless ``overwrite``, a stage that needs another
    (``finetune`` after ``head``) needs it finished, and stages that depend on this one
    are refused or, with ``overwrite``, removed with everything that was theirs;
-3. data, model, loss, optimizer; config.json and labels.txt; compile;
+3. check the run's inputs against its record (each image's SHA-1 and stamp, the split's; made
+   at the first start): changed, missing or added images, an edited split, and a labels.txt
+   that no longer agrees with config.json are refused unless accepted
+   (``accept_input_changes``); then data, model, loss, optimizer; config.json and labels.txt;
+   compile;
 4. fit with kill-safe checkpoints (resuming from the last committed epoch);
 5. test the best model, record metrics, draw the curves, mark the stage finished.
 
@@ -37,7 +41,9 @@ from keras_cnn.data.collection import split_into_run
 from keras_cnn.data.regularize import soft_label_loss, uses_soft_labels
 from keras_cnn.errors import UserError
 from keras_cnn.progress import format_seconds, keras_verbose, say
-from keras_cnn.io import atomic_path, check_output_path, remove_stale_temporaries
+from keras_cnn.data.files import full_list_path
+from keras_cnn.io import INPUT_CHANGES, atomic_path, check_output_path, remove_stale_temporaries
+from keras_cnn.run_data import check_run_inputs, run_labels
 from keras_cnn.runs import EXECUTION_OPTIONS, RunDirectory, RunLock, RunState, differing_options, flatten_options
 from keras_cnn.train.callbacks import (HistoryRecorder, NanGuard, RunProgress, StageCheckpoint, read_history,
                                       write_history)
@@ -72,6 +78,7 @@ class StageContext:
     loss: Any = None
     single_sigmoid: bool = False
     fit_notes: dict[str, Any] = field(default_factory=dict)   # what the fit adds to the stage's metrics
+    left_out: set[str] = field(default_factory=set)   # images the run's input record leaves out of every part
 
     @property
     def training(self) -> TrainingConfig:
@@ -144,7 +151,7 @@ class StageOutcome:
 
 def run_stage(spec: StageSpec, out_dir: str | os.PathLike, overwrite: bool = False, execution=None,
               data=None, start_model: keras.Model | None = None, source_run: str | os.PathLike | None = None,
-              ) -> StageOutcome:
+              accept_input_changes: bool = False) -> StageOutcome:
     """Run ``spec`` into the run folder ``out_dir``; see the module docstring for the steps.
 
     ``execution``: an already started ``Execution`` (``fine_tune`` shares one between its
@@ -152,7 +159,8 @@ def run_stage(spec: StageSpec, out_dir: str | os.PathLike, overwrite: bool = Fal
     used instead of ``spec.prepare_data``.  ``start_model``: the previous stage's best model
     in memory, for ``spec.build_model`` to start from (``context.start_model``).
     ``source_run``: a run to start from (a copy of it is made in ``out_dir`` when
-    ``out_dir`` is another folder).
+    ``out_dir`` is another folder).  ``accept_input_changes``: go on with images or a split
+    that changed since the run recorded them, and record that (``--accept-input-changes``).
     """
     from keras_cnn.train.execution import start_execution
 
@@ -175,7 +183,8 @@ def run_stage(spec: StageSpec, out_dir: str | os.PathLike, overwrite: bool = Fal
                 # A kill right after the stage was marked finished can leave its checkpoints.
                 _remove_backup(run, spec.name)
                 return StageOutcome(finished)
-            return _run_checked_stage(StageContext(spec, run, execution, start_model), state, data)
+            return _run_checked_stage(StageContext(spec, run, execution, start_model), state, data,
+                                      _InputCheck(accept_input_changes, created))
         except BaseException:
             if created and not _has_progress(run, spec.name, state):
                 shutil.rmtree(run.root, ignore_errors=True)
@@ -301,7 +310,25 @@ def _link_or_copy(source: Path, target: Path) -> None:
             shutil.copyfile(source, temporary)
 
 
-def _run_checked_stage(context: StageContext, state: RunState, data) -> StageOutcome:
+@dataclass(frozen=True)
+class _InputCheck:
+    """How a stage checks its inputs: whether changes are accepted, and whether the run folder is new
+    (the list of a refusal then goes to the temp folder, as the folder is removed)."""
+
+    accept: bool = False
+    new_run: bool = False
+
+
+def _check_inputs(context: StageContext, check: _InputCheck) -> None:
+    """The run's images and split against its input record, and a later stage's labels.txt against config.json."""
+    spec, run = context.spec, context.run
+    if spec.requires and run.config_path.exists():
+        run_labels(run, spec.config)
+    context.left_out = check_run_inputs(run, spec.config, accept=check.accept, command=f"stage '{spec.name}'",
+                                        list_path=full_list_path(INPUT_CHANGES) if check.new_run else None)
+
+
+def _run_checked_stage(context: StageContext, state: RunState, data, inputs: _InputCheck) -> StageOutcome:
     """Steps 3-5 of the module docstring, once the run state allows the stage."""
     from keras_cnn.models.parameters import parameter_counts
 
@@ -309,6 +336,8 @@ def _run_checked_stage(context: StageContext, state: RunState, data) -> StageOut
     if data is None:
         # --images without --split: the folder is split into RUN/split.csv, which config.json then names.
         spec.config = replace(spec.config, data=split_into_run(spec.config.data, run.root))
+        # Data handed over in memory was checked by the stage that prepared it.
+        _check_inputs(context, inputs)
     build_stage(context, data)
     counts = parameter_counts(context.model)
     _write_config(context, counts)
