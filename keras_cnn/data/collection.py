@@ -59,6 +59,7 @@ from keras_cnn.io import check_output_path, is_kcnn_run, normalize_label
 
 LAYOUTS = names(Layout)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+_IMAGE_EXTENSION_SET = frozenset(IMAGE_EXTENSIONS)
 # Folder names of a pre-split tree (compared in lower case) and the part each one is.
 PART_FOLDERS = {"train": "train", "val": "validation", "validation": "validation", "valid": "validation",
                 "test": "test"}
@@ -85,6 +86,7 @@ class Collection:
     named_by_sha1: bool = False          # bare SHA-1 names from a label CSV: the original split applies
     skipped: Counter = field(default_factory=Counter)  # files left out while listing, by reason
     warnings: list[str] = field(default_factory=list)
+    folders: list[str] = field(default_factory=list)   # every folder listed, relative to images ("." the root)
 
     def describe(self) -> str:
         """One line saying which layout was found and what it holds."""
@@ -187,17 +189,34 @@ def _check_no_loop(entry: os.DirEntry, ancestors: frozenset) -> tuple[int, int]:
     return identity
 
 
-def _list_images(root: Path, top: Path, skipped: Counter, ancestors: frozenset = frozenset()) -> list[str]:
+@dataclass
+class _Listing:
+    """What listing a tree notes besides its images: what it left out (by reason), the label
+    folders without an image and every folder it read (relative to the root, "." the root)."""
+
+    skipped: Counter = field(default_factory=Counter)
+    empty: list[str] = field(default_factory=list)
+    folders: list[str] = field(default_factory=list)
+
+
+def _is_image_name(name: str) -> bool:
+    extension = name.rpartition(".")[2].lower()
+    return "." in name and f".{extension}" in _IMAGE_EXTENSION_SET
+
+
+def _list_images(root: Path, top: Path, listing: _Listing, ancestors: frozenset = frozenset()) -> list[str]:
     """Image files under ``top`` as paths relative to ``root`` (``/``-separated), sorted.
 
     Linked folders and files are followed (a link that loops back is refused); hidden files
     and folders, kcnn run folders, broken links and files without an image extension are
-    counted in ``skipped``.  ``ancestors``: identities of the folders above ``top``.
+    counted in ``listing.skipped``.  ``ancestors``: identities of the folders above ``top``.
     """
     found = []
+    skipped = listing.skipped
     pending = [(os.fspath(top), top.relative_to(root).as_posix(), ancestors | {_folder_identity(top)})]
     while pending:
         directory, base, above = pending.pop()
+        listing.folders.append(base)
         with os.scandir(directory) as entries:
             for entry in entries:
                 name = entry.name
@@ -211,7 +230,7 @@ def _list_images(root: Path, top: Path, skipped: Counter, ancestors: frozenset =
                         pending.append((entry.path, f"{base}/{name}", above | {identity}))
                 elif entry.is_symlink() and not os.path.exists(entry.path):
                     skipped[BROKEN_LINKS] += 1
-                elif os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
+                elif not _is_image_name(name):
                     skipped["not images"] += 1
                 else:
                     found.append(f"{base}/{name}")
@@ -227,19 +246,20 @@ def _loose_files(folder: Path, skipped: Counter) -> None:
         skipped["outside a label folder"] += loose
 
 
-def _label_folders(root: Path, parent: Path, allowed_labels: Iterable[str], skipped: Counter,
-                   empty: list[str], part: str = "") -> list[tuple[str, str, str]]:
+def _label_folders(root: Path, parent: Path, allowed_labels: Iterable[str], listing: _Listing,
+                   part: str = "") -> list[tuple[str, str, str]]:
     """(objectId, label, part) for every image under ``parent/<label>/``.
 
     A label is its folder's name, Unicode-normalised (NFC): two folders whose names differ only
     in that form are refused, as they would print the same.  Label folders without an image
-    are added to ``empty`` (relative to ``root``).
+    are added to ``listing.empty`` (relative to ``root``).
     """
     rows = []
-    _loose_files(parent, skipped)
+    _loose_files(parent, listing.skipped)
+    listing.folders.append(parent.relative_to(root).as_posix())
     ancestors = frozenset({_folder_identity(root), _folder_identity(parent)})
     folder_of: dict[str, str] = {}
-    for entry in _visible_folders(parent, skipped):
+    for entry in _visible_folders(parent, listing.skipped):
         label = normalize_label(entry.name)
         problem = label_problem(label, allowed_labels)
         if problem:
@@ -248,9 +268,9 @@ def _label_folders(root: Path, parent: Path, allowed_labels: Iterable[str], skip
             raise UserError(_same_label_folders_message(folder_of[label], entry.path, label))
         folder_of[label] = entry.path
         _check_no_loop(entry, ancestors)
-        images = _list_images(root, Path(entry.path), skipped, ancestors)
+        images = _list_images(root, Path(entry.path), listing, ancestors)
         if not images:
-            empty.append(os.path.relpath(entry.path, root))
+            listing.empty.append(os.path.relpath(entry.path, root))
         rows.extend((path, label, part) for path in images)
     return rows
 
@@ -285,17 +305,17 @@ def _check_paths(rows: list[tuple[str, str, str]], root: Path) -> None:
         raise UserError(f"the file {object_id!r} in {root} cannot be used ({path_problem(object_id)}); rename it")
 
 
-def _read_folders(root: Path, allowed_labels: Iterable[str], skipped: Counter, empty: list[str]) -> pd.DataFrame:
-    rows = _label_folders(root, root, allowed_labels, skipped, empty)
+def _read_folders(root: Path, allowed_labels: Iterable[str], listing: _Listing) -> pd.DataFrame:
+    rows = _label_folders(root, root, allowed_labels, listing)
     _check_paths(rows, root)
     return pd.DataFrame(rows, columns=["objectId", "value", "type"], dtype=object)
 
 
-def _read_split_folders(root: Path, allowed_labels: Iterable[str], skipped: Counter,
-                        empty: list[str]) -> pd.DataFrame:
+def _read_split_folders(root: Path, allowed_labels: Iterable[str], listing: _Listing) -> pd.DataFrame:
     rows = []
-    _loose_files(root, skipped)
-    folders = _visible_folders(root, skipped)
+    _loose_files(root, listing.skipped)
+    listing.folders.append(".")
+    folders = _visible_folders(root, listing.skipped)
     others = [entry.name for entry in folders if entry.name.lower() not in PART_FOLDERS]
     if others:
         raise UserError(f"{root} is read as a pre-split tree, but {', '.join(map(repr, others[:5]))} "
@@ -303,8 +323,7 @@ def _read_split_folders(root: Path, allowed_labels: Iterable[str], skipped: Coun
     if "train" not in {entry.name.lower() for entry in folders}:
         raise UserError(f"{root} is read as a pre-split tree but has no train/ folder")
     for entry in folders:
-        rows.extend(_label_folders(root, Path(entry.path), allowed_labels, skipped, empty,
-                                   PART_FOLDERS[entry.name.lower()]))
+        rows.extend(_label_folders(root, Path(entry.path), allowed_labels, listing, PART_FOLDERS[entry.name.lower()]))
     _check_paths(rows, root)
     return pd.DataFrame(rows, columns=["objectId", "value", "type"], dtype=object)
 
@@ -435,7 +454,7 @@ def list_collection(source: str | os.PathLike, images: str | os.PathLike | None 
     allowed_labels = list(allowed_labels)
     found = detect_layout(source, layout)
     path = Path(source)
-    skipped: Counter = Counter()
+    listing = _Listing()
     warnings: list[str] = []
     named_by_sha1 = False
     if found == "csv":
@@ -452,10 +471,10 @@ def list_collection(source: str | os.PathLike, images: str | os.PathLike | None 
             raise UserError(f"--images is for a label CSV; {source} is a folder of images, which is their root")
         images = path
         reader = _read_folders if found == "folders" else _read_split_folders
-        empty: list[str] = []
-        table = reader(path, allowed_labels, skipped, empty)
+        table = reader(path, allowed_labels, listing)
         if table.empty:
-            raise UserError(_empty_folder_message(path, found, skipped))
+            raise UserError(_empty_folder_message(path, found, listing.skipped))
+        empty = listing.empty
         if empty:
             warnings.append(bounded_list_message(
                 lambda listed: f"{len(empty)} label folder(s) in {source} hold no images, so they give no class: {listed}",
@@ -465,7 +484,8 @@ def list_collection(source: str | os.PathLike, images: str | os.PathLike | None 
         warnings.append(case_warning)
     return Collection(table=table.assign(sha1="").reset_index(drop=True),
                       images=None if images is None else str(images), layout=found, source=str(source),
-                      named_by_sha1=named_by_sha1, skipped=skipped, warnings=warnings)
+                      named_by_sha1=named_by_sha1, skipped=listing.skipped, warnings=warnings,
+                      folders=listing.folders)
 
 
 def read_collection(source: str | os.PathLike, images: str | os.PathLike | None = None, layout: str | None = None,

@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 
 from keras_cnn.config import DataConfig
-from keras_cnn.data.collection import content_sha1s, file_sha1, list_collection
+from keras_cnn.data.collection import LABEL_CSV_NAME, content_sha1s, file_sha1, list_collection
 from keras_cnn.data.files import bounded_list_message, full_list_path, image_path_candidates
 from keras_cnn.data.split import read_split_csv, sha1_of_name
 from keras_cnn.errors import UserError
@@ -112,8 +112,10 @@ class InputRecord:
         try:
             if payload.get("format") != FORMAT:
                 raise ValueError(f"format {payload.get('format')!r}")
-            files = pd.DataFrame({column: payload["files"][column] for column in COLUMNS})
-            return cls(files.astype({name: np.int64 for name in STAMP}), dict(payload["split"]), payload.get("source"),
+            columns = payload["files"]
+            files = pd.DataFrame({column: np.array(columns[column], dtype=np.int64 if column in STAMP else object)
+                                  for column in COLUMNS})
+            return cls(files, dict(payload["split"]), payload.get("source"),
                        list(payload.get("not_used", [])), dict(payload.get("left_out", {})),
                        list(payload.get("changes", [])))
         except (AttributeError, KeyError, TypeError, ValueError) as error:
@@ -152,9 +154,19 @@ def _stamp(path: str) -> tuple[int, int, int, int]:
 
 
 def _stamps(root: str, paths: Sequence[str]) -> np.ndarray:
-    """The stamp of each ``root/path`` as an int64 array (rows of -1 for absent files)."""
+    """The stamp of each ``root/path`` as an int64 array (rows of -1 for absent files).
+
+    One ``stat`` per file, in a comprehension (the cost of a check is this loop); only when a
+    file is absent does it go again, file by file.
+    """
     prefix = os.path.join(root, "")
-    return np.array([_stamp(prefix + path) for path in paths], dtype=np.int64).reshape(-1, len(STAMP))
+    full = [prefix + path for path in paths]
+    try:
+        stamps = [(status.st_size, status.st_mtime_ns, status.st_ctime_ns, status.st_ino)
+                  for status in map(os.stat, full)]
+    except (FileNotFoundError, NotADirectoryError):
+        stamps = [_stamp(path) for path in full]
+    return np.array(stamps, dtype=np.int64).reshape(-1, len(STAMP))
 
 
 def _split_stamp(path: str) -> dict[str, Any]:
@@ -176,10 +188,20 @@ def _own_split(folder: Path, data: DataConfig) -> bool:
     return Path(data.split).resolve() == (folder / "split.csv").resolve()
 
 
-def _source_files(data: DataConfig, source: dict[str, Any]) -> list[str]:
-    """The objectIds the image folder a run split itself holds now (listed as the split listed it, not hashed)."""
+def _source_files(data: DataConfig, source: dict[str, Any]) -> tuple[list[str], dict[str, list[int]]]:
+    """The objectIds the image folder a run split itself holds now (listed as the split listed it, not
+    hashed), and the stamps of what a new image would change: every folder listed (a folder's times
+    change when an entry is added to it), or the label CSV."""
     collection = list_collection(data.images, layout=source.get("layout"), allowed_labels=data.allow_labels)
-    return collection.table["objectId"].tolist()
+    watched = [LABEL_CSV_NAME] if collection.layout == "csv" else collection.folders
+    stamps = _stamps(data.images, watched).tolist()
+    return collection.table["objectId"].tolist(), dict(zip(watched, stamps))
+
+
+def _source_unchanged(data: DataConfig, source: dict[str, Any]) -> bool:
+    """Whether no folder listed for the split (nor its label CSV) changed: then no image was added."""
+    watched = source.get("stamps") or {}
+    return bool(watched) and _stamps(data.images, list(watched)).tolist() == list(watched.values())
 
 
 def _hashed_rows(frame: pd.DataFrame, root: str, announce: str) -> pd.DataFrame:
@@ -218,8 +240,9 @@ def _make_record(folder: Path, data: DataConfig) -> tuple[InputRecord, list[Chan
     if _own_split(folder, data):
         source = {"layout": data.layout}
         named = set(rows["objectId"])
+        present, source["stamps"] = _source_files(data, source)
         # Copies of an image the split left out are in the folder but not in the split: not "added".
-        not_used = [object_id for object_id in _source_files(data, source) if object_id not in named]
+        not_used = [object_id for object_id in present if object_id not in named]
     record = InputRecord(rows, {"sha1": split_sha1, **split_stamp}, source, not_used)
     return record, changes
 
@@ -280,16 +303,17 @@ def _image_changes(record: InputRecord, root: str, folder: Path) -> tuple[list[C
     return changes, refreshed
 
 
-def _added_files(record: InputRecord, data: DataConfig) -> list[Change]:
-    """Images now in the folder the run split itself that its split does not name."""
-    if record.source is None:
-        return []
+def _added_files(record: InputRecord, data: DataConfig) -> tuple[list[Change], dict[str, list[int]] | None]:
+    """Images now in the folder the run split itself that its split does not name, and the new stamps
+    of its folders when they changed (None when they did not: nothing was listed)."""
+    if record.source is None or _source_unchanged(data, record.source):
+        return [], None
     try:
-        present = _source_files(data, record.source)
+        present, stamps = _source_files(data, record.source)
     except UserError:
-        return []   # the folder cannot be read as it was: its images are reported missing one by one
+        return [], None   # the folder cannot be read as it was: its images are reported missing one by one
     known = set(record.files["objectId"]) | set(record.not_used)
-    return [Change(object_id, ADDED) for object_id in present if object_id not in known]
+    return [Change(object_id, ADDED) for object_id in present if object_id not in known], stamps
 
 
 @dataclass
@@ -338,56 +362,69 @@ def check_inputs(folder: str | os.PathLike, data: DataConfig, *, accept: bool = 
         record.log(changes, by)
         warn(f"{_summary(changes)} in {folder}: accepted and recorded in {path}")
     else:
-        _refresh(record, refreshed)
-    if write and (created or changes or refreshed):
+        _refresh(record, comparison)
+    if write and (created or changes or comparison.stamps_only):
         try:
             record.write(path)
         except OSError:
             if created or changes:
-                raise
+                raise   # a read-only run keeps its old stamps: the next check re-hashes those files again
     return InputCheck(set(record.left_out), changes, created, len(refreshed))
 
 
 @dataclass
 class _Comparison:
-    """The record against the inputs now: the changes, the rows whose stamp (or place) only is new
-    (row -> (path, sha1, stamp)), and the split file read again when its bytes changed."""
+    """The record against the inputs now: the changes; the rows whose stamp (or place) only is new
+    (row -> (path, sha1, stamp)); the split file's stamp when only it is new; the split read again
+    when its bytes changed; the new stamps of the folders the run split, when they changed."""
 
     changes: list[Change]
     refreshed: dict[int, tuple] = field(default_factory=dict)
+    split_stamp: dict[str, Any] | None = None
     new_split: pd.DataFrame | None = None
+    source_stamps: dict[str, list[int]] | None = None
+
+    @property
+    def stamps_only(self) -> bool:
+        """Whether something's stamp changed without its content: the record is worth writing again."""
+        return bool(self.refreshed) or self.split_stamp is not None or self.source_stamps is not None
 
 
 def _compare(record: InputRecord, folder: Path, data: DataConfig) -> _Comparison:
     """Every change of the split file and the images since the record, and the stamps to refresh."""
     changes: list[Change] = []
     split_now = _split_stamp(data.split)
-    new_split = None
+    split_stamp, new_split = None, None
     if any(split_now[name] != record.split.get(name) for name in STAMP):
-        digest = file_sha1(data.split)
-        if digest != record.split.get("sha1"):
+        split_stamp = {"sha1": file_sha1(data.split), **split_now}
+        if split_stamp["sha1"] != record.split.get("sha1"):
             new_split = read_split_csv(data.split, data.allow_labels)
             changes += _split_changes(record, new_split)
-        record.split = {"sha1": digest, **split_now}
     image_changes, refreshed = _image_changes(record, data.images, folder)
     if new_split is not None:   # the rows the split no longer names are no longer inputs
         removed = {change.object_id for change in changes if change.kind == ROW_REMOVED}
         image_changes = [change for change in image_changes if change.object_id not in removed]
-    return _Comparison(changes + image_changes + _added_files(record, data), refreshed, new_split)
+    added, source_stamps = _added_files(record, data)
+    return _Comparison(changes + image_changes + added, refreshed, split_stamp, new_split, source_stamps)
 
 
-def _refresh(record: InputRecord, refreshed: dict[int, tuple]) -> None:
-    """Record the new place, SHA-1 and stamp of the rows in ``refreshed``."""
-    for position, (path, digest, stamp) in refreshed.items():
+def _refresh(record: InputRecord, comparison: _Comparison) -> None:
+    """Record the new stamps: of the rows whose bytes are the same (and their place), of the split
+    file, of the folders the run split."""
+    for position, (path, digest, stamp) in comparison.refreshed.items():
         record.files.at[position, "path"] = path
         record.files.at[position, "sha1"] = digest
         for name, value in zip(STAMP, stamp):
             record.files.at[position, name] = value
+    if comparison.split_stamp is not None:
+        record.split = comparison.split_stamp
+    if comparison.source_stamps is not None:
+        record.source = {**record.source, "stamps": comparison.source_stamps}
 
 
 def _apply(record: InputRecord, comparison: _Comparison, data: DataConfig) -> None:
     """Make the record describe the inputs as they are now, the accepted changes included."""
-    _refresh(record, comparison.refreshed)
+    _refresh(record, comparison)
     for change in comparison.changes:
         if change.kind == MISSING:
             record.left_out[change.object_id] = MISSING
