@@ -49,18 +49,20 @@ def run_labels(run: RunDirectory, config: RunConfig) -> list[str]:
 
 
 def check_run_inputs(run: RunDirectory, config: RunConfig, *, accept: bool = False, command: str = "kcnn",
-                     list_path: str | os.PathLike | None = None) -> set[str]:
+                     list_path: str | os.PathLike | None = None, split_itself: bool = False) -> set[str]:
     """Check the run's split and images against its input record (made now when it has none).
 
     Changed, missing or added images and an edited split are refused (one line naming them and
     ``RUN/input_changes.csv``) unless ``accept`` (``--accept-input-changes`` on ``command``),
-    which records them.  Returns the objectIds every part leaves out.  Data from
-    keras.datasets has no record.
+    which records them.  ``split_itself``: the run split its image folder itself (a record made
+    now watches it for added images).  Returns the objectIds every part leaves out.  Data
+    from keras.datasets has no record.
     """
     if not (config.data.split and config.data.images):
         return set()
     by = f"{command} --accept-input-changes" if accept else command
-    return check_inputs(run.root, config.data, accept=accept, by=by, list_path=list_path).left_out
+    return check_inputs(run.root, config.data, accept=accept, by=by, list_path=list_path,
+                        split_itself=split_itself).left_out
 
 
 def run_parts(run: RunDirectory, config: RunConfig, left_out: set[str] | None = None) -> SplitParts | ArrayParts:

@@ -345,9 +345,11 @@ def test_train_from_class_folders_stores_the_split_and_evaluate_reuses_it(tmp_pa
     assert config["data"]["split"] == str(run / "split.csv") and config["data"]["layout"] == "folders"
     split = read_split_csv(run / "split.csv")
     tested = int((split["type"] == "test").sum())
-    write_tree(tree, {"3": 12}, first_seed=700)  # new images after training do not change the run's split
+    write_tree(tree, {"3": 12}, first_seed=700)  # new images after training do not change the run's split...
 
-    evaluated = runner.invoke(cli, ["evaluate", "--run", str(run), "--json"])
+    refused = runner.invoke(cli, ["evaluate", "--run", str(run), "--json"])
+    assert refused.exit_code == 2 and "12 images added" in refused.stderr   # ...but are not passed over in silence
+    evaluated = runner.invoke(cli, ["evaluate", "--run", str(run), "--json", "--accept-input-changes"])
 
     assert evaluated.exit_code == 0, evaluated.output
     metrics = json.loads((run / "eval" / "metrics.json").read_text())

@@ -13,11 +13,12 @@ the folder the run split itself, the split file edited (a row relabelled, moved 
 part, added or removed).  Changes are refused with one line — counts, up to five names, every
 one in ``RUN/input_changes.csv`` — unless the caller accepts them (``--accept-input-changes``):
 the record then takes the inputs as they are now and logs what changed and by which command in
-its ``changes`` list.  Images left out on purpose — missing and accepted so, or excluded by a
-tool (:func:`leave_out`, for ``--exclude``) — are in ``left_out``, and every loader of the
-run's parts leaves them out.  A relabelling tool rewrites the split and calls
-:func:`check_inputs` with ``accept=True`` and its own name as ``by``: the relabelled rows are
-then an accepted, recorded change like any other.
+its ``changes`` list.  Images left out on purpose — missing and accepted so, or excluded from
+an existing run by a tool (:func:`leave_out`) — are in ``left_out``, and every loader of the
+run's parts leaves them out.  What ``--exclude`` and ``--relabel`` changed when the run's split
+was written is logged when the record is made, as changes accepted by that option and file; a
+tool that rewrites a run's split calls :func:`check_inputs` with ``accept=True`` and its own
+name as ``by``, and the rows it changed are recorded like any other accepted change.
 
 When the record is first made, each image's SHA-1 is compared with the one its split gives
 (the ``sha1`` column, or the name of a file named by its SHA-1, whose bytes must hash to it):
@@ -44,6 +45,7 @@ import pandas as pd
 
 from keras_cnn.config import DataConfig
 from keras_cnn.data.collection import LABEL_CSV_NAME, content_sha1s, file_sha1, list_collection
+from keras_cnn.data.edits import read_data_edits
 from keras_cnn.data.files import bounded_list_message, full_list_path, image_path_candidates
 from keras_cnn.data.split import read_split_csv, sha1_of_name
 from keras_cnn.errors import UserError
@@ -183,11 +185,6 @@ def _locate(root: str, object_id: str) -> str | None:
 
 # ---------------------------------------------------------------------------------- making the record
 
-def _own_split(folder: Path, data: DataConfig) -> bool:
-    """Whether the run split its image folder itself (``--images`` without ``--split``): its split is RUN/split.csv."""
-    return Path(data.split).resolve() == (folder / "split.csv").resolve()
-
-
 def _source_files(data: DataConfig, source: dict[str, Any]) -> tuple[list[str], dict[str, list[int]]]:
     """The objectIds the image folder a run split itself holds now (listed as the split listed it, not
     hashed), and the stamps of what a new image would change: every folder listed (a folder's times
@@ -224,7 +221,26 @@ def _hashed_rows(frame: pd.DataFrame, root: str, announce: str) -> pd.DataFrame:
     return rows
 
 
-def _make_record(folder: Path, data: DataConfig) -> tuple[InputRecord, list[Change]]:
+def _edits_made(data: DataConfig, rows: pd.DataFrame) -> list[tuple[str, list[Change]]]:
+    """What ``--exclude`` / ``--relabel`` changed when the run's split was written, as accepted changes
+    (by the option and its file), for the record's history."""
+    edits = read_data_edits(data.exclude, data.relabel, data.allow_labels)
+    if edits is None:
+        return []
+    named = set(rows["objectId"])
+    label_of = dict(zip(rows["objectId"], rows["value"]))
+    made = []
+    excluded = [Change(object_id, EXCLUDED) for object_id in sorted(edits.exclude) if object_id not in named]
+    if excluded:
+        made.append((f"--exclude {edits.exclude_source}", excluded))
+    relabelled = [Change(object_id, RELABELLED, f"-> {label}") for object_id, label in edits.relabel.items()
+                  if label_of.get(object_id) == label]
+    if relabelled:
+        made.append((f"--relabel {edits.relabel_source}", relabelled))
+    return made
+
+
+def _make_record(folder: Path, data: DataConfig, split_itself: bool) -> tuple[InputRecord, list[Change]]:
     """A new record of the run's inputs, and the images whose SHA-1 is not the one their split gives."""
     frame = read_split_csv(data.split, data.allow_labels)
     split_stamp = _split_stamp(data.split)
@@ -237,13 +253,15 @@ def _make_record(folder: Path, data: DataConfig) -> tuple[InputRecord, list[Chan
         if expected and digest and digest != expected:
             changes.append(Change(object_id, NOT_AS_SPLIT, f"{expected[:8]}… in the split, {digest[:8]}… now"))
     source, not_used = None, []
-    if _own_split(folder, data):
+    if split_itself:
         source = {"layout": data.layout}
         named = set(rows["objectId"])
         present, source["stamps"] = _source_files(data, source)
         # Copies of an image the split left out are in the folder but not in the split: not "added".
         not_used = [object_id for object_id in present if object_id not in named]
     record = InputRecord(rows, {"sha1": split_sha1, **split_stamp}, source, not_used)
+    for option, made in _edits_made(data, rows):
+        record.log(made, option)
     return record, changes
 
 
@@ -327,10 +345,13 @@ class InputCheck:
 
 
 def check_inputs(folder: str | os.PathLike, data: DataConfig, *, accept: bool = False, by: str = "kcnn",
-                 list_path: str | os.PathLike | None = None, write: bool = True) -> InputCheck:
+                 list_path: str | os.PathLike | None = None, write: bool = True,
+                 split_itself: bool = False) -> InputCheck:
     """Check the inputs of the run in ``folder`` against its record (made now when it has none).
 
     ``data``: the run's data config (its split CSV and image folder; other data has no record).
+    ``split_itself``: the run split ``data.images`` itself (``--images`` without ``--split``), so
+    a record made now also watches that folder for images added later.
     Changes are refused (``UserError``, one line) unless ``accept``: then they are applied to
     the record and logged as made by ``by`` (e.g. ``"kcnn evaluate --accept-input-changes"``).
     ``list_path``: where the full list of changes goes (default ``folder/input_changes.csv``).
@@ -349,7 +370,7 @@ def check_inputs(folder: str | os.PathLike, data: DataConfig, *, accept: bool = 
     list_path = Path(list_path) if list_path is not None else folder / INPUT_CHANGES
     created = not path.exists()
     if created:
-        record, changes = _make_record(folder, data)
+        record, changes = _make_record(folder, data, split_itself)
         comparison = _Comparison(changes)
     else:
         record = InputRecord.read(path)

@@ -319,13 +319,14 @@ class _InputCheck:
     new_run: bool = False
 
 
-def _check_inputs(context: StageContext, check: _InputCheck) -> None:
+def _check_inputs(context: StageContext, check: _InputCheck, split_itself: bool) -> None:
     """The run's images and split against its input record, and a later stage's labels.txt against config.json."""
     spec, run = context.spec, context.run
     if spec.requires and run.config_path.exists():
         run_labels(run, spec.config)
     context.left_out = check_run_inputs(run, spec.config, accept=check.accept, command=f"stage '{spec.name}'",
-                                        list_path=full_list_path(INPUT_CHANGES) if check.new_run else None)
+                                        list_path=full_list_path(INPUT_CHANGES) if check.new_run else None,
+                                        split_itself=split_itself)
 
 
 def _run_checked_stage(context: StageContext, state: RunState, data, inputs: _InputCheck) -> StageOutcome:
@@ -334,10 +335,11 @@ def _run_checked_stage(context: StageContext, state: RunState, data, inputs: _In
 
     spec, run = context.spec, context.run
     if data is None:
+        split_itself = bool(spec.config.data.images and not spec.config.data.split)
         # --images without --split: the folder is split into RUN/split.csv, which config.json then names.
         spec.config = replace(spec.config, data=split_into_run(spec.config.data, run.root))
         # Data handed over in memory was checked by the stage that prepared it.
-        _check_inputs(context, inputs)
+        _check_inputs(context, inputs, split_itself)
     build_stage(context, data)
     counts = parameter_counts(context.model)
     _write_config(context, counts)
@@ -620,6 +622,6 @@ def plot_history(run: RunDirectory) -> None:
 def absolute_data_paths(data):
     """The data config with absolute paths, so later commands work from any directory."""
     return replace(data, **{name: os.path.abspath(getattr(data, name))
-                            for name in ("dataset_path", "split", "images")
+                            for name in ("dataset_path", "split", "images", "exclude", "relabel")
                             if getattr(data, name)})
 
