@@ -310,3 +310,17 @@ def test_swapped_lines_in_an_exports_labels_are_refused_by_predict(workspace, sa
     assert result.exit_code == 2
     line = error_line(result)
     assert f"{version}: assets/labels.txt and assets.extra/kcnn.json disagree" in line and "another order" in line
+
+
+def test_what_exclude_and_relabel_changed_is_logged_as_accepted_changes_when_the_record_is_made(tmp_path):
+    run, data, files = small_run(tmp_path)
+    exclude, relabel = tmp_path / "exclude.txt", tmp_path / "relabel.csv"
+    exclude.write_text(f"# from kcnn doctor\n{files[2].name}\n")
+    relabel.write_text(f"objectId,value\n{files[1].name},z\n")
+    # The split as the run writes it with those options: the excluded image out, the relabelled one relabelled.
+    (tmp_path / "split.csv").write_text(f"objectId,value,type\n{files[0].name},0,train\n{files[1].name},z,train\n")
+    data.exclude, data.relabel = str(exclude), str(relabel)
+    assert not check_inputs(run, data).changes
+    logged = {entry["by"]: entry["items"] for entry in json.loads((run / "inputs.json").read_text())["changes"]}
+    assert logged == {f"--exclude {exclude}": [[files[2].name, "excluded", ""]],
+                      f"--relabel {relabel}": [[files[1].name, "relabelled", "-> z"]]}

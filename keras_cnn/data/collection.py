@@ -15,6 +15,13 @@ root), ``value`` (its label), ``type`` (the part a pre-split tree gives, else em
 ``--exclude`` / ``--relabel`` (:mod:`keras_cnn.data.edits`) are applied right after listing,
 before hashing and the duplicate check; the "found" line counts them.
 
+Folders are listed by :func:`list_collection` (no image read): linked folders and files are
+followed and a link that loops back is refused; hidden files, non-images, broken links and kcnn
+run folders kept among the images are left out and counted in the "found" line.  A label is
+its folder's name (or CSV value) Unicode-normalised (NFC); two folders that are one label once
+normalised are refused, labels that differ only in case are kept with a warning, and a label
+folder without images is named in a warning.
+
 The split key of a file is the last byte of its SHA-1: of its name when the name is a
 SHA-1, else of its bytes, so renaming or moving a file never moves it to another part.
 Hashing is streamed (1 MiB chunks) on a pool of threads (hashlib releases the
