@@ -176,11 +176,12 @@ def _evaluate_into(run: RunDirectory, config_payload: dict[str, Any], *, subset:
 
     run_config = RunConfig.from_dict(config_payload)
     labels = run_labels(run, run_config)
-    left_out = check_run_inputs(run, run_config, accept=accept_input_changes, command="kcnn evaluate")
+    # Before any image is read; the parts then leave out what the record does.
+    check_run_inputs(run, run_config, accept=accept_input_changes, command="kcnn evaluate")
 
     check_output_path(output_dir, directory=True, option="the evaluation folder")
     output_dir.mkdir(parents=True, exist_ok=True)
-    object_ids, true_indices, dataset = load_subset(run_config, run.root, subset, batch_size, left_out)
+    object_ids, true_indices, dataset = load_subset(run_config, run.root, subset, batch_size)
     if len(true_indices) == 0:
         raise UserError(f"the {subset} part of {run.root} has no images")
     from keras_cnn.models.loading import load_model

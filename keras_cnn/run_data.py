@@ -65,9 +65,9 @@ def check_run_inputs(run: RunDirectory, config: RunConfig, *, accept: bool = Fal
                         split_itself=split_itself).left_out
 
 
-def run_parts(run: RunDirectory, config: RunConfig, left_out: set[str] | None = None) -> SplitParts | ArrayParts:
+def run_parts(run: RunDirectory, config: RunConfig) -> SplitParts | ArrayParts:
     """The parts of the run's data, with its labels and without the images training skipped or the
-    input record leaves out (``left_out``, when the caller has just checked the inputs)."""
+    run's input record leaves out (missing and accepted so, or excluded)."""
     from keras_cnn.data.parts import open_parts
 
     data = config.data
@@ -77,13 +77,11 @@ def run_parts(run: RunDirectory, config: RunConfig, left_out: set[str] | None = 
         raise UserError(f"{run.config_path} names neither a split CSV nor a dataset: cannot rebuild the data")
     image_size, channels = input_geometry(config)
     input_shape = (*image_size, channels) if image_size else None
-    skip = set(read_skipped_record(run.skipped_images_path))
-    skip |= recorded_left_out(run.root) if left_out is None else left_out
+    skip = set(read_skipped_record(run.skipped_images_path)) | recorded_left_out(run.root)
     return open_parts(data, input_shape, labels=run_labels(run, config), skip=skip)
 
 
-def load_part(run: RunDirectory, config: RunConfig, subset: str, batch_size: int,
-              left_out: set[str] | None = None) -> Part:
+def load_part(run: RunDirectory, config: RunConfig, subset: str, batch_size: int) -> Part:
     """One part of a finished run, in file order, as the model saw it (see :class:`keras_cnn.data.parts.Part`)."""
     from keras_cnn.data.parts import part_options
 
@@ -92,12 +90,11 @@ def load_part(run: RunDirectory, config: RunConfig, subset: str, batch_size: int
     image_size, channels = input_geometry(config)
     if config.data.split and image_size is None:
         raise UserError(f"{run.config_path} records no image size for the model")
-    parts = run_parts(run, config, left_out)
+    parts = run_parts(run, config)
     return parts.part(subset, part_options(config.data, image_size, channels or 3, batch_size, cache=False))
 
 
-def load_subset(run_config: RunConfig | dict[str, Any], run_dir: str | os.PathLike, subset: str, batch_size: int,
-                left_out: set[str] | None = None):
+def load_subset(run_config: RunConfig | dict[str, Any], run_dir: str | os.PathLike, subset: str, batch_size: int):
     """``(object_ids, true_indices, images)`` of one part of a run, in file order.
 
     ``run_config`` is a :class:`keras_cnn.config.RunConfig` (or its dict). objectIds are
@@ -106,5 +103,5 @@ def load_subset(run_config: RunConfig | dict[str, Any], run_dir: str | os.PathLi
     """
     if isinstance(run_config, dict):
         run_config = RunConfig.from_dict(run_config)
-    part = load_part(RunDirectory(run_dir), run_config, subset, batch_size, left_out)
+    part = load_part(RunDirectory(run_dir), run_config, subset, batch_size)
     return part.object_ids, part.true_indices, part.images()

@@ -103,12 +103,11 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, version: 
     run = RunDirectory(run_dir).require()
     config = RunConfig.from_dict(run.read_config())
     labels = run_labels(run, config)
-    left_out = None
     if quantize is not None:
         check_mode(quantize)
         if "litert" not in formats:
             raise UserError("--quantize makes a LiteRT file: add --format litert")
-        left_out = _quantization_inputs(run, config, accept_input_changes)
+        _check_quantization_inputs(run, config, accept_input_changes)
     # Registers kcnn's custom layers first; the written export needs none of them.
     from keras_cnn.models.loading import load_model
 
@@ -135,7 +134,7 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, version: 
         if quantize is not None:
             quantization = quantize_litert(model, spec, config, run, temporary, quantize, force,
                                            DEFAULT_MAX_ACCURACY_DROP if max_accuracy_drop is None
-                                           else max_accuracy_drop, left_out)
+                                           else max_accuracy_drop)
             files[f"litert_{quantize}"] = str(version_dir / quantization["quantized"]["file"])
         metadata = export_metadata(config, spec, run.read_metrics(), run.root, formats, differences)
         metadata["quantization"] = quantization
@@ -155,10 +154,9 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, version: 
     }
 
 
-def _quantization_inputs(run: RunDirectory, config: RunConfig, accept: bool) -> set[str]:
+def _check_quantization_inputs(run: RunDirectory, config: RunConfig, accept: bool) -> None:
     """The images quantization reads (int8 calibration, the accuracy check), checked against the run's
-    record; the objectIds it leaves out.  Exporting without ``--quantize`` reads none, so a run copied
-    without its data exports as well."""
+    record.  Exporting without ``--quantize`` reads none, so a run copied without its data exports as well."""
     from keras_cnn.run_data import check_run_inputs
 
     data = config.data
@@ -166,7 +164,7 @@ def _quantization_inputs(run: RunDirectory, config: RunConfig, accept: bool) -> 
         if path and not is_there(path):
             raise UserError(f"--quantize reads the run's images (int8 calibration and the accuracy check), but its "
                             f"{what} {path} is missing; put it back, or export without --quantize (no image needed)")
-    return check_run_inputs(run, config, accept=accept, command="kcnn export --quantize")
+    check_run_inputs(run, config, accept=accept, command="kcnn export --quantize")
 
 
 def _check_formats(formats) -> tuple[str, ...]:

@@ -104,23 +104,21 @@ def litert_accuracy(paths: dict[str, Path], dataset, true_indices, num_classes: 
 
 
 def quantize_litert(model, spec: ModelSpec, config: RunConfig, run: RunDirectory, folder: Path, mode: str,
-                    force: bool, max_accuracy_drop: float, left_out: set[str] | None = None) -> dict[str, Any]:
+                    force: bool, max_accuracy_drop: float) -> dict[str, Any]:
     """Write ``model_<mode>.tflite`` beside ``model.tflite`` in ``folder``; compare size and accuracy.
 
-    ``left_out``: images out of every part (the run's input record's, just checked).  Returns
-    the record that goes into kcnn.json and the result (see ``export_run``).
+    Returns the record that goes into kcnn.json and the result (see ``export_run``).
     """
     from keras_cnn.run_data import load_part
 
     batch_size = int(config.training.batch_size or 32)
     representative = None
     if mode == "int8":
-        representative = first_images(load_part(run, config, "train", batch_size, left_out).images(),
-                                      REPRESENTATIVE_IMAGES)
+        representative = first_images(load_part(run, config, "train", batch_size).images(), REPRESENTATIVE_IMAGES)
     float_path = folder / LITERT_FILE
     quantized_path = write_quantized_litert(model, mode, folder / quantized_litert_file(check_mode(mode)),
                                             representative)
-    part, measured = _accuracy_part(config, run, batch_size, left_out)
+    part, measured = _accuracy_part(config, run, batch_size)
     record: dict[str, Any] = {
         "mode": mode,
         "representative_images": len(representative) if representative is not None else 0,
@@ -146,14 +144,14 @@ def quantize_litert(model, spec: ModelSpec, config: RunConfig, run: RunDirectory
     return record
 
 
-def _accuracy_part(config: RunConfig, run: RunDirectory, batch_size: int, left_out: set[str] | None):
+def _accuracy_part(config: RunConfig, run: RunDirectory, batch_size: int):
     """The part to measure accuracy on: (name, its Part), test first; (None, None) when both are empty."""
     from keras_cnn.data.pipeline import EmptyPart
     from keras_cnn.run_data import load_part
 
     for name in ("test", "validation"):
         try:
-            return name, load_part(run, config, name, batch_size, left_out)
+            return name, load_part(run, config, name, batch_size)
         except EmptyPart:
             continue
     return None, None
