@@ -38,10 +38,10 @@ import numpy as np
 
 from keras_cnn.config import RunConfig, TrainingConfig
 from keras_cnn.data.collection import split_into_run
+from keras_cnn.data.files import full_list_path
 from keras_cnn.data.regularize import soft_label_loss, uses_soft_labels
 from keras_cnn.errors import UserError
 from keras_cnn.progress import format_seconds, keras_verbose, say
-from keras_cnn.data.files import full_list_path
 from keras_cnn.io import INPUT_CHANGES, atomic_path, check_output_path, remove_stale_temporaries
 from keras_cnn.run_data import check_run_inputs, run_labels
 from keras_cnn.runs import EXECUTION_OPTIONS, RunDirectory, RunLock, RunState, differing_options, flatten_options
@@ -184,7 +184,7 @@ def run_stage(spec: StageSpec, out_dir: str | os.PathLike, overwrite: bool = Fal
                 _remove_backup(run, spec.name)
                 return StageOutcome(finished)
             return _run_checked_stage(StageContext(spec, run, execution, start_model), state, data,
-                                      _InputCheck(accept_input_changes, created))
+                                      accept_input_changes, created)
         except BaseException:
             if created and not _has_progress(run, spec.name, state):
                 shutil.rmtree(run.root, ignore_errors=True)
@@ -310,26 +310,22 @@ def _link_or_copy(source: Path, target: Path) -> None:
             shutil.copyfile(source, temporary)
 
 
-@dataclass(frozen=True)
-class _InputCheck:
-    """How a stage checks its inputs: whether changes are accepted, and whether the run folder is new
-    (the list of a refusal then goes to the temp folder, as the folder is removed)."""
+def _check_inputs(context: StageContext, accept: bool, new_run: bool, split_itself: bool) -> None:
+    """The run's images and split against its input record, and a later stage's labels.txt against config.json.
 
-    accept: bool = False
-    new_run: bool = False
-
-
-def _check_inputs(context: StageContext, check: _InputCheck, split_itself: bool) -> None:
-    """The run's images and split against its input record, and a later stage's labels.txt against config.json."""
+    In a run folder made by this command the list of a refusal goes to the temp folder: the
+    folder is removed with the refusal.
+    """
     spec, run = context.spec, context.run
     if spec.requires and run.config_path.exists():
         run_labels(run, spec.config)
-    context.left_out = check_run_inputs(run, spec.config, accept=check.accept, command=f"stage '{spec.name}'",
-                                        list_path=full_list_path(INPUT_CHANGES) if check.new_run else None,
+    context.left_out = check_run_inputs(run, spec.config, accept=accept, command=f"stage '{spec.name}'",
+                                        list_path=full_list_path(INPUT_CHANGES) if new_run else None,
                                         split_itself=split_itself)
 
 
-def _run_checked_stage(context: StageContext, state: RunState, data, inputs: _InputCheck) -> StageOutcome:
+def _run_checked_stage(context: StageContext, state: RunState, data, accept_input_changes: bool,
+                       new_run: bool) -> StageOutcome:
     """Steps 3-5 of the module docstring, once the run state allows the stage."""
     from keras_cnn.models.parameters import parameter_counts
 
@@ -339,7 +335,7 @@ def _run_checked_stage(context: StageContext, state: RunState, data, inputs: _In
         # --images without --split: the folder is split into RUN/split.csv, which config.json then names.
         spec.config = replace(spec.config, data=split_into_run(spec.config.data, run.root))
         # Data handed over in memory was checked by the stage that prepared it.
-        _check_inputs(context, inputs, split_itself)
+        _check_inputs(context, accept_input_changes, new_run, split_itself)
     build_stage(context, data)
     counts = parameter_counts(context.model)
     _write_config(context, counts)
