@@ -19,7 +19,7 @@ from keras_cnn.errors import RunFailure, UserError
 from keras_cnn.progress import ProgressBar
 from keras_cnn.io import atomic_write_json, atomic_write_text, check_output_path
 from keras_cnn.metrics import compute_metrics, cross_entropy, outputs_to_probabilities
-from keras_cnn.run_data import SUBSETS, load_subset
+from keras_cnn.run_data import SUBSETS, check_run_inputs, load_subset, run_labels
 from keras_cnn.runs import RunDirectory, RunLock
 
 MISCLASSIFIED_IMAGES = 25
@@ -132,7 +132,7 @@ def _predictions_csv(object_ids, true_indices, probabilities, labels) -> str:
 
 def evaluate_run(run_dir: str | os.PathLike, subset: str = "test", batch_size: int | None = None,
                  output_dir: str | os.PathLike | None = None, tta: int | None = None,
-                 trust_hub: bool = False) -> dict[str, Any]:
+                 trust_hub: bool = False, accept_input_changes: bool = False) -> dict[str, Any]:
     """Evaluate a finished run on its ``subset`` ("test" or "validation") and write the report.
 
     Writes (each file atomically) into ``output_dir`` (default ``RUN/eval`` for the test part,
@@ -146,6 +146,10 @@ def evaluate_run(run_dir: str | os.PathLike, subset: str = "test", batch_size: i
     the report shows both side by side, and the summary gets ``tta`` (views, accuracy, loss,
     macro_f1).  The other files describe the plain predictions.  ``trust_hub``: the model may
     load the TF Hub module the run records as its base (see :mod:`keras_cnn.models.loading`).
+
+    First the run's labels.txt must agree with its config.json, and its split and images with
+    its input record: changed, missing or added images and an edited split are refused unless
+    ``accept_input_changes`` (which records them in the run).
     """
     from keras_cnn.config import RunConfig
     from keras_cnn.tta import trained_with_flips, view_names
@@ -164,17 +168,20 @@ def evaluate_run(run_dir: str | os.PathLike, subset: str = "test", batch_size: i
         run.check_ownership()
         run.claim()
         return _evaluate_into(run, config_payload, subset=subset, batch_size=batch_size, output_dir=Path(output_dir),
-                              views=views, trust_hub=trust_hub)
+                              views=views, trust_hub=trust_hub, accept_input_changes=accept_input_changes)
 
 
 def _evaluate_into(run: RunDirectory, config_payload: dict[str, Any], *, subset: str, batch_size: int,
-                   output_dir: Path, views: list[str] | None, trust_hub: bool) -> dict[str, Any]:
+                   output_dir: Path, views: list[str] | None, trust_hub: bool,
+                   accept_input_changes: bool) -> dict[str, Any]:
     """The evaluation itself, under the run's lock (see :func:`evaluate_run`)."""
     from keras_cnn import report
     from keras_cnn.config import RunConfig
 
     run_config = RunConfig.from_dict(config_payload)
-    labels = run.read_labels()
+    labels = run_labels(run, run_config)
+    # Before any image is read; the parts then leave out what the record does.
+    check_run_inputs(run, run_config, accept=accept_input_changes, command="kcnn evaluate")
 
     check_output_path(output_dir, directory=True, option="the evaluation folder")
     output_dir.mkdir(parents=True, exist_ok=True)

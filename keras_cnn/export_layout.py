@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from keras_cnn.errors import UserError
-from keras_cnn.io import read_json, read_labels
+from keras_cnn.io import check_same_labels, read_json, read_labels
 
 # Files of DIR/<version>/ (TF Serving loads the highest numeric version folder).
 SAVED_MODEL_FILE = "saved_model.pb"
@@ -77,10 +77,12 @@ def read_export_metadata(version_dir: Path) -> dict[str, Any]:
 
 
 def read_export_labels(version_dir: Path, metadata: dict[str, Any]) -> list[str]:
-    """The export's ``labels.txt``; a missing one, or one whose length disagrees with the metadata, is refused.
+    """The export's ``labels.txt``, refused when missing or when it differs from the labels of
+    ``kcnn.json`` in content or order (both Unicode-normalised).
 
-    The serving graph initialises its label table from this file, so without it loading
-    fails deep inside TensorFlow; saying so here names the file and what it should hold.
+    The serving graph initialises its label table from this file, so without it loading fails
+    deep inside TensorFlow, and with two lines swapped every answer names the wrong class;
+    saying so here names both files and what to do.
     """
     path = version_dir / LABELS_ASSET
     expected = metadata.get("labels")
@@ -90,9 +92,9 @@ def read_export_labels(version_dir: Path, metadata: dict[str, Any]) -> list[str]
             raise UserError(f"{path} is missing (0 labels, {count}); export the run again with kcnn export")
         return []
     labels = read_labels(path)
-    if expected is not None and len(labels) != len(expected):
-        raise UserError(f"{path} has {len(labels)} labels but the model was exported with {len(expected)}; "
-                        "export the run again with kcnn export")
+    if expected is not None:
+        check_same_labels(path, labels, version_dir / METADATA_FILE, expected,
+                          "export the run again with kcnn export (the model answers with the lines of labels.txt)")
     return labels
 
 

@@ -22,6 +22,7 @@ import re
 import shutil
 import stat
 import tempfile
+import unicodedata
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -36,6 +37,10 @@ TEMPORARY_MARK = ".tmp-"
 # the run state every run since run states exist has: either one marks a folder as a kcnn run.
 RUN_MARKER = ".kcnn-run.json"
 RUN_STATE = "state.json"
+# A run's record of its inputs (each image's SHA-1 and stamp, its split file's; keras_cnn.data.input_record)
+# and the list of what changed that a refusal names.
+INPUT_RECORD = "inputs.json"
+INPUT_CHANGES = "input_changes.csv"
 
 
 def is_kcnn_run(folder: str | os.PathLike) -> bool:
@@ -231,10 +236,52 @@ def read_json(path: str | os.PathLike) -> Any:
         raise UserError(f"cannot read {path}: {error}") from None
 
 
+def normalize_label(label: str) -> str:
+    """A label as kcnn compares it: Unicode-normalised (NFC), so one name spelled in two forms is one label.
+
+    Folder names, label and split CSVs, labels.txt, config.json and an export's kcnn.json are
+    all read through it: ``café`` typed on one system and ``café`` written by another (``e``
+    and a combining accent) are one class, not two that print alike.
+    """
+    return label if label.isascii() else unicodedata.normalize("NFC", label)
+
+
+def _shown_label(label: str, limit: int = 60) -> str:
+    text = repr(label)
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
+
+
+def check_same_labels(first_path: str | os.PathLike, first: list[str], second_path: str | os.PathLike,
+                      second: list[str], remedy: str) -> list[str]:
+    """The labels (NFC) when both lists hold the same ones in the same order; else one ``UserError`` line
+    naming both files, where they first differ, and ``remedy`` (what to do about it).
+
+    A class index is a position in a run's labels.txt and config.json, and in an export's
+    assets/labels.txt and kcnn.json: two swapped lines would name every answer wrongly.
+    """
+    first = [normalize_label(str(label)) for label in first]
+    second = [normalize_label(str(label)) for label in second]
+    if first == second:
+        return first
+    folder = os.path.commonpath([os.path.abspath(first_path), os.path.abspath(second_path)])
+    one, other = (os.path.relpath(os.path.abspath(path), folder) for path in (first_path, second_path))
+    if sorted(first) == sorted(second):
+        position = next(index for index, (mine, theirs) in enumerate(zip(first, second)) if mine != theirs)
+        difference = (f"the same labels in another order (class {position} is {_shown_label(first[position])} in "
+                      f"{one}, {_shown_label(second[position])} in {other})")
+    else:
+        shown = [f"{_shown_label(label)} only in {one}" for label in first if label not in set(second)][:2]
+        shown += [f"{_shown_label(label)} only in {other}" for label in second if label not in set(first)][:2]
+        difference = (f"{one} has {len(first)} labels, {other} {len(second)}"
+                      + (f" ({', '.join(shown)})" if shown else ""))
+    raise UserError(f"{Path(folder)}: {one} and {other} disagree: {difference}; a class index is a position in both "
+                    f"lists, so they must agree in content and order — {remedy}")
+
+
 def read_labels(path: str | os.PathLike) -> list[str]:
-    """Read a ``labels.txt`` (one label per line, class-index order)."""
+    """Read a ``labels.txt`` (one label per line, class-index order), each label normalised (NFC)."""
     path = Path(path)
     try:
-        return [line for line in path.read_text(encoding="utf-8").splitlines() if line != ""]
+        return [normalize_label(line) for line in path.read_text(encoding="utf-8").splitlines() if line != ""]
     except FileNotFoundError:
         raise UserError(f"{path} does not exist") from None

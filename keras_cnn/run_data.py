@@ -2,9 +2,11 @@
 
 The parts come from :mod:`keras_cnn.data.parts`, the loader training used, opened with what
 the run recorded: ``config.json`` (the data and the model's input size), ``labels.txt``
-(the class order) and ``skipped_images.csv`` (the images training left out).  So
-``kcnn evaluate``, an export's int8 calibration images and a quantized model's accuracy
-see each image exactly as training did.
+(the class order, which must agree with ``config.json``'s), ``skipped_images.csv`` (the
+images training left out) and ``inputs.json`` (each image's SHA-1 and stamp, and the images
+left out since; :mod:`keras_cnn.data.input_record`).  So ``kcnn evaluate``, an export's int8
+calibration images and a quantized model's accuracy see each image exactly as training did,
+and refuse images that changed since.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from keras_cnn.config import RunConfig
 from keras_cnn.data.files import read_skipped_record
+from keras_cnn.data.input_record import check_inputs, recorded_left_out
 from keras_cnn.errors import UserError
+from keras_cnn.io import check_same_labels
 from keras_cnn.runs import RunDirectory
 
 if TYPE_CHECKING:  # the part loader needs TensorFlow, imported when a part is loaded
@@ -34,8 +38,36 @@ def input_geometry(config: RunConfig) -> tuple[tuple[int, int] | None, int | Non
     return (tuple(int(side) for side in image_size) if image_size else None), channels
 
 
+def run_labels(run: RunDirectory, config: RunConfig) -> list[str]:
+    """The run's class list: ``labels.txt``, refused unless it agrees with ``config.json``'s labels
+    (content and order, both Unicode-normalised)."""
+    labels = run.read_labels()
+    if config.labels:
+        check_same_labels(run.labels_path, labels, run.config_path, config.labels,
+                          "put back the order training wrote (config.json's \"labels\"), or train the run again")
+    return labels
+
+
+def check_run_inputs(run: RunDirectory, config: RunConfig, *, accept: bool = False, command: str = "kcnn",
+                     list_path: str | os.PathLike | None = None, split_itself: bool = False) -> set[str]:
+    """Check the run's split and images against its input record (made now when it has none).
+
+    Changed, missing or added images and an edited split are refused (one line naming them and
+    ``RUN/input_changes.csv``) unless ``accept`` (``--accept-input-changes`` on ``command``),
+    which records them.  ``split_itself``: the run split its image folder itself (a record made
+    now watches it for added images).  Returns the objectIds every part leaves out.  Data
+    from keras.datasets has no record.
+    """
+    if not (config.data.split and config.data.images):
+        return set()
+    by = f"{command} --accept-input-changes" if accept else command
+    return check_inputs(run.root, config.data, accept=accept, by=by, list_path=list_path,
+                        split_itself=split_itself).left_out
+
+
 def run_parts(run: RunDirectory, config: RunConfig) -> SplitParts | ArrayParts:
-    """The parts of the run's data, with its labels and without the images training skipped."""
+    """The parts of the run's data, with its labels and without the images training skipped or the
+    run's input record leaves out (missing and accepted so, or excluded)."""
     from keras_cnn.data.parts import open_parts
 
     data = config.data
@@ -45,7 +77,8 @@ def run_parts(run: RunDirectory, config: RunConfig) -> SplitParts | ArrayParts:
         raise UserError(f"{run.config_path} names neither a split CSV nor a dataset: cannot rebuild the data")
     image_size, channels = input_geometry(config)
     input_shape = (*image_size, channels) if image_size else None
-    return open_parts(data, input_shape, labels=run.read_labels(), skip=read_skipped_record(run.skipped_images_path))
+    skip = set(read_skipped_record(run.skipped_images_path)) | recorded_left_out(run.root)
+    return open_parts(data, input_shape, labels=run_labels(run, config), skip=skip)
 
 
 def load_part(run: RunDirectory, config: RunConfig, subset: str, batch_size: int) -> Part:

@@ -11,6 +11,8 @@ Layout (every file is written atomically through :mod:`keras_cnn.io`)::
       training.png       training curves
       state.json         run state: stages finished / running, each stage's options and fingerprint
       .kcnn-run.json     the run's record: marks the folder as a kcnn run, lists the names kcnn writes here
+      inputs.json        every image's SHA-1 and stamp, and the split file's (keras_cnn.data.input_record)
+      input_changes.csv  what changed in the inputs, when a command refused them
       .lock              held (flock) by the process writing the run; names its pid
       stages/            the best model of a finished stage that a later stage starts from
       logs/              TensorBoard logs
@@ -38,8 +40,8 @@ from typing import Any
 import keras_cnn
 from keras_cnn.data.files import bounded_list_message
 from keras_cnn.errors import UserError
-from keras_cnn.io import (RUN_MARKER, atomic_write_json, atomic_write_text, is_kcnn_run, read_json, read_labels,
-                          remove_stale_temporaries, to_jsonable)
+from keras_cnn.io import (INPUT_CHANGES, INPUT_RECORD, RUN_MARKER, atomic_write_json, atomic_write_text, is_kcnn_run,
+                          read_json, read_labels, remove_stale_temporaries, to_jsonable)
 from keras_cnn.versions import library_versions
 
 
@@ -61,14 +63,16 @@ class RunDirectory:
     skipped_images_path = property(lambda self: self.root / "skipped_images.csv")
     state_path = property(lambda self: self.root / "state.json")
     stages_dir = property(lambda self: self.root / "stages")
+    inputs_path = property(lambda self: self.root / INPUT_RECORD)
+    input_changes_path = property(lambda self: self.root / INPUT_CHANGES)
 
     record_path = property(lambda self: self.root / RUN_MARKER)
 
     # Every name a run writes (its record and lock aside): what kcnn may write, replace or remove
     # in a run folder, and no more.
     ENTRIES = ("config.json", "labels.txt", "history.csv", "model.keras", "metrics.json", "training.png",
-               "state.json", "skipped_images.csv", "split.csv", "stages", "logs", "backup", "eval", "features",
-               "lr_find.png", "lr_find.csv")
+               "state.json", "skipped_images.csv", "split.csv", INPUT_RECORD, INPUT_CHANGES, "stages", "logs", "backup",
+               "eval", "features", "lr_find.png", "lr_find.csv")
 
     # What a finished run of a kcnn older than run states holds (what :meth:`require` asks for).
     OLDER_RUN = ("config.json", "labels.txt", "model.keras")
@@ -181,8 +185,8 @@ class RunDirectory:
         return read_json(self.metrics_path) if self.metrics_path.exists() else {}
 
 
-def check_run_inputs(root: str | os.PathLike, images: str | os.PathLike | None = None,
-                     files: dict[str, str | os.PathLike | None] | None = None) -> None:
+def check_run_placement(root: str | os.PathLike, images: str | os.PathLike | None = None,
+                        files: dict[str, str | os.PathLike | None] | None = None) -> None:
     """Refuse a run folder that would mix with its inputs, before anything is written.
 
     ``images``: the image folder (the run may be neither it, inside it, nor around it:

@@ -162,15 +162,18 @@ def sample_split(sample_data_dir, tmp_path_factory) -> Path:
     return path
 
 
-def train_tiny_hub_head(folder: Path, split: Path, images: Path) -> Path:
-    """A finished stage-1 run (1 epoch, 32 px) on a tiny generated hub module; returns the run folder."""
+def train_tiny_hub_head(folder: Path, split: Path | None, images: Path) -> Path:
+    """A finished stage-1 run (1 epoch, 32 px) on a tiny generated hub module; returns the run folder.
+
+    Without ``split`` the run splits ``images`` itself (into RUN/split.csv).
+    """
     from keras_cnn.config import DataConfig, ModelConfig, RunConfig, TrainingConfig
     from keras_cnn.train.two_stage import train_head
 
     hub = write_hub_module(folder / "hub")
     run = folder / "run"
     train_head(RunConfig(command="transfer", model=ModelConfig(kind="transfer", name=f"hub:{hub}"),
-                         data=DataConfig(split=str(split), images=str(images), image_size=(32, 32)),
+                         data=DataConfig(split=split and str(split), images=str(images), image_size=(32, 32)),
                          training=TrainingConfig(epochs=1, batch_size=16, learning_rate=0.01)), run)
     return run
 

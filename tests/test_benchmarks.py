@@ -193,6 +193,17 @@ def test_cli_startup_benchmark_times_help_against_the_bare_interpreter(load_scri
     assert "| `kcnn --help` |" in output and "x the bare interpreter with click" in output
 
 
+def test_input_check_benchmark_runs_on_a_small_tree(load_script, tmp_path, capsys):
+    input_check = load_script("input_check")
+    results = tmp_path / "RESULTS.md"
+    assert input_check.main(["--files", "200", "--classes", "4", "--size", "256", "--repeats", "1",
+                             "--no-record", "--results", str(results)]) == 0
+    output = capsys.readouterr().out
+    assert "| check, nothing changed |" in output and "0 changes" in output
+    assert "2 stamps refreshed" in output and "200 hashed" in output
+    assert not results.exists()
+
+
 @pytest.mark.slow
 def test_doctor_benchmark_runs_on_a_small_input(load_script, tmp_path, capsys):
     pytest.importorskip("cleanlab", reason="kcnn doctor needs pip install 'kcnn[doctor]'")

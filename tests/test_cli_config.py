@@ -45,7 +45,7 @@ def test_train_builds_its_config_from_every_flag(calls, tmp_path):
            "--learning-rate", 0.01, "--seed", 7, "--optimizer", "sgd", "--augment", "--api", "sequential",
            "--validation-split", 0.3, "--class-weight", "balanced", "--resize-mode", "pad", "--cache", "none",
            "--skip-bad-images", "--mixed-precision", "off", "--xla", "off", "--strategy", "default",
-           "--out", tmp_path / "run", "--overwrite")
+           "--out", tmp_path / "run", "--overwrite", "--accept-input-changes")
     [(name, args, kwargs)] = calls
     assert name == "train_scratch"
     assert args == (RunConfig(
@@ -56,7 +56,7 @@ def test_train_builds_its_config_from_every_flag(calls, tmp_path):
         training=TrainingConfig(epochs=3, batch_size=8, learning_rate=0.01, optimizer="sgd", seed=7,
                                 class_weight="balanced", mixed_precision="off", xla="off", strategy="default"),
     ), str(tmp_path / "run"))
-    assert kwargs == {"overwrite": True}
+    assert kwargs == {"overwrite": True, "accept_input_changes": True}
 
 
 def test_train_defaults_leave_the_recipe_and_run_folder_to_the_api(calls, tmp_path):
@@ -64,7 +64,7 @@ def test_train_defaults_leave_the_recipe_and_run_folder_to_the_api(calls, tmp_pa
     [(_, (config, out_dir), kwargs)] = calls
     assert config == RunConfig(command="train", model=ModelConfig(kind="scratch", name="lenet"),
                                data=DataConfig(dataset="mnist"), training=TrainingConfig())
-    assert out_dir is None and kwargs == {"overwrite": False}
+    assert out_dir is None and kwargs == {"overwrite": False, "accept_input_changes": False}
 
 
 def test_transfer_builds_its_config_from_every_flag(calls, tmp_path):
@@ -76,7 +76,7 @@ def test_transfer_builds_its_config_from_every_flag(calls, tmp_path):
            "--binary", "--epochs", 2, "--batch-size", 4, "--learning-rate", 0.002, "--seed", 3,
            "--optimizer", "rmsprop", "--augment", "--no-cache-features", "--class-weight", "balanced",
            "--api", "sequential", "--resize-mode", "crop", "--cache", "/tmp/c", "--skip-bad-images",
-           "--mixed-precision", "on", "--xla", "on", "--strategy", "mirrored")
+           "--mixed-precision", "on", "--xla", "on", "--strategy", "mirrored", "--accept-input-changes")
     [(name, args, kwargs)] = calls
     assert name == "train_head"
     assert args == (RunConfig(
@@ -90,7 +90,7 @@ def test_transfer_builds_its_config_from_every_flag(calls, tmp_path):
                                 class_weight="balanced", cache_features=False, mixed_precision="on", xla="on",
                                 strategy="mirrored"),
     ), str(tmp_path / "run"))
-    assert kwargs == {"overwrite": False}
+    assert kwargs == {"overwrite": False, "accept_input_changes": True}
 
 
 def test_finetune_builds_a_fine_tune_config(calls, tmp_path):
@@ -98,18 +98,19 @@ def test_finetune_builds_a_fine_tune_config(calls, tmp_path):
     run.mkdir()
     invoke("finetune", "--run", run, "--unfreeze-from", "block5_conv1", "--train-bn", "--epochs", 2,
            "--learning-rate", 1e-4, "--batch-size", 8, "--optimizer", "sgd", "--out", tmp_path / "copy",
-           "--xla", "off", "--overwrite")
+           "--xla", "off", "--overwrite", "--accept-input-changes")
     [(name, args, kwargs)] = calls
     assert name == "fine_tune_run"
     assert args == (FineTuneConfig(unfreeze_from="block5_conv1", train_bn=True,
                                    training=TrainingConfig(epochs=2, learning_rate=1e-4, optimizer="sgd", batch_size=8,
                                                            mixed_precision=None, xla="off", strategy=None)),
                     str(run), str(tmp_path / "copy"))
-    assert kwargs == {"overwrite": True, "trust_hub": False}
+    assert kwargs == {"overwrite": True, "trust_hub": False, "accept_input_changes": True}
     calls.clear()
     invoke("finetune", "--run", run)
     [(_, (config, _, out_dir), kwargs)] = calls
-    assert config == FineTuneConfig() and out_dir is None and kwargs == {"overwrite": False, "trust_hub": False}
+    assert config == FineTuneConfig() and out_dir is None and kwargs == {"overwrite": False, "trust_hub": False,
+                                                                         "accept_input_changes": False}
 
 
 @pytest.mark.parametrize("command", [["train", "lenet", "--dataset", "mnist"],

@@ -3,6 +3,7 @@ pre-split trees, the wrong-folder message, label checks, and the split a run mak
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import json
@@ -344,9 +345,11 @@ def test_train_from_class_folders_stores_the_split_and_evaluate_reuses_it(tmp_pa
     assert config["data"]["split"] == str(run / "split.csv") and config["data"]["layout"] == "folders"
     split = read_split_csv(run / "split.csv")
     tested = int((split["type"] == "test").sum())
-    write_tree(tree, {"3": 12}, first_seed=700)  # new images after training do not change the run's split
+    write_tree(tree, {"3": 12}, first_seed=700)  # new images after training do not change the run's split...
 
-    evaluated = runner.invoke(cli, ["evaluate", "--run", str(run), "--json"])
+    refused = runner.invoke(cli, ["evaluate", "--run", str(run), "--json"])
+    assert refused.exit_code == 2 and "12 images added" in refused.stderr   # ...but are not passed over in silence
+    evaluated = runner.invoke(cli, ["evaluate", "--run", str(run), "--json", "--accept-input-changes"])
 
     assert evaluated.exit_code == 0, evaluated.output
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
@@ -386,3 +389,94 @@ def test_a_wrong_image_folder_is_named_even_when_skipping_bad_images(tmp_path):
     message = str(raised.value)
     assert message.startswith("only 0 of the 8 files named by the split are in") and "--skip-bad-images" not in message
     assert len(message) <= 300 and (tmp_path / "run" / "missing.txt").read_text().split() == list(written)
+
+
+# ------------------------------------------------------------------ one label per class, nothing left out unsaid
+
+CAFE_NFC, CAFE_NFD = "caf\u00e9", "cafe\u0301"
+
+
+def test_two_folders_that_are_one_label_once_unicode_normalised_are_refused_naming_both(tmp_path):
+    tree = tmp_path / "photos"
+    write_tree(tree, {CAFE_NFC: 5, CAFE_NFD: 5, "tea": 5})
+    output = tmp_path / "split.csv"
+    result = invoke(str(tree), "-o", str(output))
+    assert result.exit_code == 2 and not output.exists()
+    line = result.stderr.strip()
+    assert str(tree / CAFE_NFC) in line and str(tree / CAFE_NFD) in line
+    assert "'caf\\xe9'" in line and "'cafe\\u0301'" in line and "NFC" in line
+
+
+def test_labels_are_unicode_normalised_when_read(tmp_path):
+    images, written, label_csv = write_label_csv_tree(tmp_path, {"tea": 10})
+    tree = tmp_path / "photos"
+    write_tree(tree, {CAFE_NFD: 10, "tea": 10}, first_seed=100)
+    label_csv.write_text(label_csv.read_text().replace(",tea\n", f",{CAFE_NFD}\n", 3))
+    for source, extra in ((tree, []), (label_csv, ["--images", str(images)])):
+        output = tmp_path / "split.csv"
+        assert invoke(str(source), *extra, "-o", str(output)).exit_code == 0
+        with open(output, newline="", encoding="utf-8") as handle:
+            written_labels = {row["value"] for row in csv.DictReader(handle)}
+        assert written_labels == {CAFE_NFC, "tea"}
+
+
+def test_labels_that_differ_only_in_case_are_kept_with_a_warning(tmp_path):
+    tree = tmp_path / "letters"
+    write_tree(tree, {"A": 5, "a": 5, "B": 5})
+    output = tmp_path / "split.csv"
+    result = invoke(str(tree), "-o", str(output), "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["labels"] == ["A", "B", "a"]
+    warning = next(line for line in result.stderr.splitlines() if "only in case" in line)
+    assert "'A' and 'a'" in warning and "kept as separate classes" in warning
+
+
+def test_an_empty_class_folder_is_named_in_a_warning(tmp_path):
+    tree = tmp_path / "photos"
+    write_tree(tree, {"cat": 5, "dog": 5})
+    (tree / "bird").mkdir()
+    (tree / "bird" / "notes.txt").write_text("no pictures yet")
+    result = invoke(str(tree), "-o", str(tmp_path / "split.csv"), "--json")
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["labels"] == ["cat", "dog"]
+    assert any("1 label folder(s)" in line and "bird" in line and "no class" in line
+               for line in result.stderr.splitlines())
+
+
+def test_linked_sub_folders_are_followed_and_a_link_that_loops_is_refused(tmp_path):
+    tree = tmp_path / "photos"
+    write_tree(tree, {"cat": 4, "dog": 4})
+    elsewhere = tmp_path / "more_cats"
+    write_tree(elsewhere, {"x": 3}, first_seed=50)
+    (tree / "cat" / "linked").symlink_to(elsewhere / "x", target_is_directory=True)
+    (tree / "dog" / "gone.png").symlink_to(tmp_path / "nothing.png")
+    output = tmp_path / "split.csv"
+    result = invoke(str(tree), "-o", str(output))
+    assert result.exit_code == 0, result.output
+    frame = read_split_csv(output)
+    linked = frame[frame["objectId"].str.startswith("cat/linked/")]
+    assert len(linked) == 3 and set(linked["value"]) == {"cat"}
+    assert "1 broken link" in result.stderr
+
+    (tree / "dog" / "deep" / "back").symlink_to(tree / "dog", target_is_directory=True)
+    looped = invoke(str(tree), "-o", str(tmp_path / "loop.csv"))
+    assert looped.exit_code == 2 and str(tree / "dog" / "deep" / "back") in looped.stderr
+    assert "loop" in looped.stderr and not (tmp_path / "loop.csv").exists()
+
+
+def test_a_run_folder_inside_the_images_is_left_out_and_the_found_line_says_so(tmp_path):
+    tree = tmp_path / "photos"
+    write_tree(tree, {"cat": 5, "dog": 5})
+    for run in (tree / "runs" / "first", tree / "cat" / "old_run"):
+        run.mkdir(parents=True)
+        (run / "state.json").write_text('{"format": 1, "stages": {}}')
+        (run / "eval").mkdir()
+        (run / "eval" / "misclassified.png").write_bytes(png_bytes(99))
+    (tree / "runs" / "first" / "model.png").write_bytes(png_bytes(98))
+    output = tmp_path / "split.csv"
+    result = invoke(str(tree), "-o", str(output), "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["labels"] == ["cat", "dog"]
+    assert not read_split_csv(output)["objectId"].str.contains("run").any()
+    found = next(line for line in result.stderr.splitlines() if line.startswith("found class folders"))
+    assert "2 kcnn run folders" in found

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -400,8 +401,9 @@ def make_split_run(root: Path) -> Path:
     for index in range(24):
         label = RGB_LABELS[index % 3]
         pixels = np.clip(generator.normal(60 + 70 * (index % 3), 30, (16, 16, 3)), 0, 255).astype(np.uint8)
-        name = f"{index:040x}.png"
-        (images / name).write_bytes(encode(pixels, "PNG"))
+        encoded = encode(pixels, "PNG")
+        name = f"{hashlib.sha1(encoded).hexdigest()}.png"   # a file named by a SHA-1 must have it
+        (images / name).write_bytes(encoded)
         rows.append(f"{name},{label},{'test' if index % 4 == 0 else 'train'}")
     (root / "split.csv").write_text("\n".join(rows) + "\n")
     run = RunDirectory(root / "run").create()

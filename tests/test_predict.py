@@ -225,7 +225,8 @@ def test_short_labels_file_is_one_line_and_top_k_is_clipped_to_the_classes(expor
     labels_file.write_text("apple\nbanana\n")
     result = invoke("--model", tmp_path / "export", "--top-k", "2", images / "good" / "one.png")
     assert result.exit_code == 2 and result.stderr.strip().count("\n") == 0
-    assert str(labels_file) in result.stderr and "has 2 labels" in result.stderr and "3" in result.stderr
+    assert f"{labels_file.parent.parent}: assets/labels.txt and assets.extra/kcnn.json disagree" in result.stderr
+    assert "labels.txt has 2 labels, assets.extra/kcnn.json 3" in result.stderr
 
 
 CHECK_BEFORE_TENSORFLOW = r"""

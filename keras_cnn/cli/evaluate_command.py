@@ -41,9 +41,11 @@ def render_summary(summary: dict[str, Any]) -> None:
                    "views (the image, centre and corner crops of 90 %, and their mirror images when the "
                    "run trained with flips); plain and TTA metrics side by side.")
 @options.trust_hub
+@options.accept_input_changes
 @json_option
 @debug_option
 def evaluate(run_dir: Path, subset: str, batch_size: int | None, tta: int | None, trust_hub: bool,
+             accept_input_changes: bool,
              as_json: bool) -> None:
     """Evaluate a run: write RUN/eval/ (metrics.json, predictions.csv, plots, report.html);
     the validation part goes to RUN/eval/validation/.
@@ -58,7 +60,8 @@ def evaluate(run_dir: Path, subset: str, batch_size: int | None, tta: int | None
     def work() -> dict[str, Any]:
         from keras_cnn.evaluate import evaluate_run
 
-        return evaluate_run(run_dir, subset=subset, batch_size=batch_size, tta=tta, trust_hub=trust_hub)
+        return evaluate_run(run_dir, subset=subset, batch_size=batch_size, tta=tta, trust_hub=trust_hub,
+                            accept_input_changes=accept_input_changes)
 
     with RunLock(run_dir, reentrant=True):
         run_command(as_json, work, render_summary)

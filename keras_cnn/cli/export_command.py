@@ -41,10 +41,12 @@ from keras_cnn.export.quantize import DEFAULT_MAX_ACCURACY_DROP
                    "lost more accuracy than --max-accuracy-drop.")
 @options.allow_unfinished
 @options.trust_hub
+@options.accept_input_changes
 @json_option
 @debug_option
 def export(run_dir: str, out_dir: str, version: int, formats: tuple[str, ...], verify: bool, tta: int | None,
            quantize: str | None, max_accuracy_drop: float, force: bool, allow_unfinished: bool, trust_hub: bool,
+           accept_input_changes: bool,
            as_json: bool) -> None:
     """Export the model of a run for serving.
 
@@ -55,7 +57,9 @@ def export(run_dir: str, out_dir: str, version: int, formats: tuple[str, ...], v
       serving_images_uint8  images (uint8)                                   -> the same
     plus assets/labels.txt and assets.extra/kcnn.json (metadata); --format onnx adds
     model.onnx, --format litert model.tflite.  Written atomically: a failed export leaves
-    no version folder.
+    no version folder.  Only --quantize reads the run's images (int8 calibration and the
+    accuracy check), and checks them against the run's record first; without it a run
+    copied without its data exports as well.
 
     \b
     \b
@@ -70,7 +74,7 @@ def export(run_dir: str, out_dir: str, version: int, formats: tuple[str, ...], v
         return export_run(run_dir, out_dir, version=version, formats=formats or ("saved_model",),
                           verify=verify, force=force, tta=tta, quantize=quantize,
                           max_accuracy_drop=max_accuracy_drop, allow_unfinished=allow_unfinished,
-                          trust_hub=trust_hub)
+                          trust_hub=trust_hub, accept_input_changes=accept_input_changes)
 
     run_command(as_json, work, render)
 

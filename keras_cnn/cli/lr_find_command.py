@@ -43,9 +43,11 @@ def _render(result):
               help="Picture to write [default: RUN/lr_find.png with --run, else ./lr_find.png]; "
                    "the CSV of the sweep goes beside it, and lr_find_split.csv when --images comes without --split.")
 @options.trust_hub
+@options.accept_input_changes
 @json_option
 @debug_option
-def lr_find(architecture, base, run_dir, start_lr, end_lr, steps, out, trust_hub, as_json, **option_values):
+def lr_find(architecture, base, run_dir, start_lr, end_lr, steps, out, trust_hub, accept_input_changes, as_json,
+            **option_values):
     """Find a learning rate: train briefly while it grows from --start-lr to --end-lr.
 
     The loss is recorded at every step (one batch each, smoothed) and the sweep stops
@@ -95,6 +97,6 @@ def lr_find(architecture, base, run_dir, start_lr, end_lr, steps, out, trust_hub
 
         return find(config, run_dir=run_dir, **values["finetune"], out=out, start=start_lr, end=end_lr, steps=steps,
                     batch_size=values["training"]["batch_size"], optimizer=values["training"]["optimizer"],
-                    trust_hub=trust_hub)
+                    trust_hub=trust_hub, accept_input_changes=accept_input_changes)
 
     run_command(as_json, work, _render)

@@ -19,7 +19,8 @@ Adding a training option (say ``--label-noise``) is two steps:
    that take it use (``training_options``, ``recipe_options`` ...) or applied by them.
 
 ``tests/test_config_options.py`` fails until every user-settable field has its one option
-and round-trips through ``config.json``.
+and round-trips through ``config.json``.  Options several commands share that set no config
+field (``--accept-input-changes``) are defined here once too.
 """
 
 from __future__ import annotations
@@ -248,6 +249,15 @@ OPTIONS: dict[str, ConfigOption] = {option.path: option for option in (
 )}
 if len({option.name for option in OPTIONS.values()}) != len(OPTIONS):
     raise RuntimeError("two config options would pass the same keyword argument")
+
+# --------------------------------------------------------------------------- shared options that set no config field
+
+accept_input_changes = click.option(
+    "--accept-input-changes", is_flag=True,
+    help="Go on although the run's images or its split changed since the run recorded them (bytes replaced, "
+         "images missing or added, split rows edited): the run's input record (RUN/inputs.json) takes them as "
+         "they are now and logs what changed. Without it such changes are refused and listed in "
+         "RUN/input_changes.csv.")
 
 # --------------------------------------------------------------------------- groups
 

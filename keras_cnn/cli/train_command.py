@@ -29,9 +29,10 @@ RECIPE = "the architecture's reference recipe"
               help="Run directory [default: runs/ARCHITECTURE-TIMESTAMP] (its files: see above). "
                    "Re-running into it resumes.")
 @overwrite_option
+@options.accept_input_changes
 @json_option
 @debug_option
-def train(architecture, out_dir, overwrite, as_json, **option_values):
+def train(architecture, out_dir, overwrite, accept_input_changes, as_json, **option_values):
     """Train from-scratch ARCHITECTURE (see `kcnn models`).
 
     \b
@@ -67,7 +68,7 @@ def train(architecture, out_dir, overwrite, as_json, **option_values):
         def work():
             from keras_cnn.train.fit import train_scratch
 
-            return train_scratch(config, out_dir, overwrite=overwrite)
+            return train_scratch(config, out_dir, overwrite=overwrite, accept_input_changes=accept_input_changes)
 
         run_command(as_json, work, _render)
 

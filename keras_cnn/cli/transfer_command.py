@@ -44,9 +44,10 @@ def _render(result):
 @options.data_edit_options()
 @options.execution_options(shown_default="auto")
 @overwrite_option
+@options.accept_input_changes
 @json_option
 @debug_option
-def transfer(base, out_dir, overwrite, as_json, **option_values):
+def transfer(base, out_dir, overwrite, accept_input_changes, as_json, **option_values):
     """Stage 1: train a new head on a frozen pretrained base.
 
     The base runs in inference mode with its weights frozen; the head is global average
@@ -72,7 +73,7 @@ def transfer(base, out_dir, overwrite, as_json, **option_values):
         def work():
             from keras_cnn.train.two_stage import train_head
 
-            return train_head(config, out_dir, overwrite=overwrite)
+            return train_head(config, out_dir, overwrite=overwrite, accept_input_changes=accept_input_changes)
 
         run_command(as_json, work, _render)
 
@@ -93,9 +94,10 @@ def transfer(base, out_dir, overwrite, as_json, **option_values):
 @options.cache_frozen()
 @options.trust_hub
 @overwrite_option
+@options.accept_input_changes
 @json_option
 @debug_option
-def finetune(run_dir, out_dir, overwrite, trust_hub, as_json, **option_values):
+def finetune(run_dir, out_dir, overwrite, trust_hub, accept_input_changes, as_json, **option_values):
     """Stage 2: unfreeze the base from a layer on and train at a low learning rate.
 
     Reads the base, data and head from the stage-1 RUN. The named layer and every later
@@ -119,7 +121,8 @@ def finetune(run_dir, out_dir, overwrite, trust_hub, as_json, **option_values):
         def work():
             from keras_cnn.train.two_stage import fine_tune_run
 
-            return fine_tune_run(config, run_dir, out_dir, overwrite=overwrite, trust_hub=trust_hub)
+            return fine_tune_run(config, run_dir, out_dir, overwrite=overwrite, trust_hub=trust_hub,
+                                 accept_input_changes=accept_input_changes)
 
         run_command(as_json, work, _render)
 

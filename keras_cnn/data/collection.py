@@ -15,6 +15,13 @@ root), ``value`` (its label), ``type`` (the part a pre-split tree gives, else em
 ``--exclude`` / ``--relabel`` (:mod:`keras_cnn.data.edits`) are applied right after listing,
 before hashing and the duplicate check; the "found" line counts them.
 
+Folders are listed by :func:`list_collection` (no image read): linked folders and files are
+followed and a link that loops back is refused; hidden files, non-images, broken links and kcnn
+run folders kept among the images are left out and counted in the "found" line.  A label is
+its folder's name (or CSV value) Unicode-normalised (NFC); two folders that are one label once
+normalised are refused, labels that differ only in case are kept with a warning, and a label
+folder without images is named in a warning.
+
 The split key of a file is the last byte of its SHA-1: of its name when the name is a
 SHA-1, else of its bytes, so renaming or moving a file never moves it to another part.
 Hashing is streamed (1 MiB chunks) on a pool of threads (hashlib releases the
@@ -62,17 +69,22 @@ from keras_cnn.data.split import (
 )
 from keras_cnn.errors import UserError
 from keras_cnn.progress import say, warn
-from keras_cnn.io import check_output_path
+from keras_cnn.io import check_output_path, is_kcnn_run, normalize_label
 
 LAYOUTS = names(Layout)
 # The layout of a split CSV read by read_split_collection (not a --layout choice: a split
 # CSV is given with --split, or recognised by its type column).
 SPLIT_CSV_LAYOUT = "split-csv"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+_IMAGE_EXTENSION_SET = frozenset(IMAGE_EXTENSIONS)
 # Folder names of a pre-split tree (compared in lower case) and the part each one is.
 PART_FOLDERS = {"train": "train", "val": "validation", "validation": "validation", "valid": "validation",
                 "test": "test"}
 LABEL_CSV_NAME = "label.csv"
+# Reasons a listing leaves something out (besides "hidden", "not images", "outside a label folder").
+RUN_FOLDERS = "kcnn run folders"        # a run kept inside the images tree is never read back as images
+BROKEN_LINKS = "broken links"
+_SINGULAR = {RUN_FOLDERS: "kcnn run folder", BROKEN_LINKS: "broken link"}
 _HASH_CHUNK = 1 << 20
 # Files per task handed to a hashing thread: big enough that scheduling costs little.
 _HASH_BATCH = 256
@@ -92,6 +104,7 @@ class Collection:
     skipped: Counter = field(default_factory=Counter)  # files left out while listing, by reason
     warnings: list[str] = field(default_factory=list)
     edits: EditReport = field(default_factory=EditReport)  # what --exclude / --relabel changed
+    folders: list[str] = field(default_factory=list)   # every folder listed, relative to images ("." the root)
 
     def describe(self) -> str:
         """One line saying which layout was found and what it holds."""
@@ -121,7 +134,8 @@ class Collection:
 
 def _left_out(skipped: Counter) -> str:
     """``"3 not images, 1 hidden"``: what listing a folder passed over (empty when nothing)."""
-    return ", ".join(f"{count:,} {reason}" for reason, count in skipped.items() if count)
+    return ", ".join(f"{count:,} {_SINGULAR.get(reason, reason) if count == 1 else reason}"
+                     for reason, count in skipped.items() if count)
 
 
 def _labels(count: int) -> str:
@@ -158,31 +172,91 @@ def detect_layout(source: str | os.PathLike, layout: str | None = None) -> str:
     return "folders"
 
 
-def _visible_folders(path: Path) -> list[os.DirEntry]:
+def _folder_identity(path: str | os.PathLike) -> tuple[int, int]:
+    """(device, inode) of a folder, links followed: the same folder reached by two paths is one identity."""
+    status = os.stat(path)
+    return status.st_dev, status.st_ino
+
+
+def _visible_folders(path: Path, skipped: Counter | None = None) -> list[os.DirEntry]:
+    """The sub-folders of ``path`` that may hold images, by name: hidden ones and kcnn run
+    folders are left out (and counted in ``skipped`` when given); linked folders are followed."""
+    folders = []
     with os.scandir(path) as entries:
-        return sorted((entry for entry in entries if entry.is_dir() and not entry.name.startswith(".")),
-                      key=lambda entry: entry.name)
+        for entry in entries:
+            if not _is_folder(entry):
+                continue
+            if entry.name.startswith("."):
+                continue
+            if is_kcnn_run(entry.path):
+                if skipped is not None:
+                    skipped[RUN_FOLDERS] += 1
+                continue
+            folders.append(entry)
+    return sorted(folders, key=lambda entry: entry.name)
 
 
-def _list_images(root: Path, top: Path, skipped: Counter) -> list[str]:
+def _is_folder(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()   # follows a link; a broken link is no folder
+    except OSError:
+        return False
+
+
+def _check_no_loop(entry: os.DirEntry, ancestors: frozenset) -> tuple[int, int]:
+    """The identity of the folder ``entry`` names; a folder that is one of its own ancestors is a loop."""
+    identity = _folder_identity(entry.path)
+    if identity in ancestors:
+        raise UserError(f"{entry.path} links back to a folder that holds it (a loop); remove the link or "
+                        "replace it with the folder it should point to")
+    return identity
+
+
+@dataclass
+class _Listing:
+    """What listing a tree notes besides its images: what it left out (by reason), the label
+    folders without an image and every folder it read (relative to the root, "." the root)."""
+
+    skipped: Counter = field(default_factory=Counter)
+    empty: list[str] = field(default_factory=list)
+    folders: list[str] = field(default_factory=list)
+
+
+def _is_image_name(name: str) -> bool:
+    extension = name.rpartition(".")[2].lower()
+    return "." in name and f".{extension}" in _IMAGE_EXTENSION_SET
+
+
+def _list_images(root: Path, top: Path, listing: _Listing, ancestors: frozenset = frozenset()) -> list[str]:
     """Image files under ``top`` as paths relative to ``root`` (``/``-separated), sorted.
 
-    Hidden files and folders and files without an image extension are counted in ``skipped``.
+    Linked folders and files are followed (a link that loops back is refused); hidden files
+    and folders, kcnn run folders, broken links and files without an image extension are
+    counted in ``listing.skipped``.  ``ancestors``: identities of the folders above ``top``.
     """
     found = []
-    prefix = top.relative_to(root).as_posix()
-    for directory, folders, files in os.walk(top):
-        skipped["hidden"] += sum(name.startswith(".") for name in folders)
-        folders[:] = [name for name in folders if not name.startswith(".")]
-        inner = os.path.relpath(directory, top)
-        base = prefix if inner == "." else f"{prefix}/{Path(inner).as_posix()}"
-        for name in files:
-            if name.startswith("."):
-                skipped["hidden"] += 1
-            elif os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
-                skipped["not images"] += 1
-            else:
-                found.append(f"{base}/{name}")
+    skipped = listing.skipped
+    pending = [(os.fspath(top), top.relative_to(root).as_posix(), ancestors | {_folder_identity(top)})]
+    while pending:
+        directory, base, above = pending.pop()
+        listing.folders.append(base)
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                name = entry.name
+                if name.startswith("."):
+                    skipped["hidden"] += 1
+                elif _is_folder(entry):
+                    identity = _check_no_loop(entry, above)
+                    if is_kcnn_run(entry.path):
+                        skipped[RUN_FOLDERS] += 1
+                    else:
+                        pending.append((entry.path, f"{base}/{name}", above | {identity}))
+                elif entry.is_symlink() and not os.path.exists(entry.path):
+                    skipped[BROKEN_LINKS] += 1
+                elif not _is_image_name(name):
+                    skipped["not images"] += 1
+                else:
+                    found.append(f"{base}/{name}")
     found.sort()
     return found
 
@@ -195,17 +269,55 @@ def _loose_files(folder: Path, skipped: Counter) -> None:
         skipped["outside a label folder"] += loose
 
 
-def _label_folders(root: Path, parent: Path, allowed_labels: Iterable[str], skipped: Counter,
+def _label_folders(root: Path, parent: Path, allowed_labels: Iterable[str], listing: _Listing,
                    part: str = "") -> list[tuple[str, str, str]]:
-    """(objectId, label, part) for every image under ``parent/<label>/``."""
+    """(objectId, label, part) for every image under ``parent/<label>/``.
+
+    A label is its folder's name, Unicode-normalised (NFC): two folders whose names differ only
+    in that form are refused, as they would print the same.  Label folders without an image
+    are added to ``listing.empty`` (relative to ``root``).
+    """
     rows = []
-    _loose_files(parent, skipped)
-    for entry in _visible_folders(parent):
-        problem = label_problem(entry.name, allowed_labels)
+    _loose_files(parent, listing.skipped)
+    listing.folders.append(parent.relative_to(root).as_posix())
+    ancestors = frozenset({_folder_identity(root), _folder_identity(parent)})
+    folder_of: dict[str, str] = {}
+    for entry in _visible_folders(parent, listing.skipped):
+        label = normalize_label(entry.name)
+        problem = label_problem(label, allowed_labels)
         if problem:
             raise UserError(f"the folder name {entry.name!r} in {parent} cannot be a label: it {problem}")
-        rows.extend((path, entry.name, part) for path in _list_images(root, Path(entry.path), skipped))
+        if label in folder_of:
+            raise UserError(_same_label_folders_message(folder_of[label], entry.path, label))
+        folder_of[label] = entry.path
+        _check_no_loop(entry, ancestors)
+        images = _list_images(root, Path(entry.path), listing, ancestors)
+        if not images:
+            listing.empty.append(os.path.relpath(entry.path, root))
+        rows.extend((path, label, part) for path in images)
     return rows
+
+
+def _same_label_folders_message(first: str, second: str, label: str) -> str:
+    """The refusal of two class folders whose names are one label once Unicode-normalised."""
+    return (f"the folders {first} ({ascii(os.path.basename(first))}) and {second} "
+            f"({ascii(os.path.basename(second))}) are the same label {label!r} once Unicode-normalised (NFC): "
+            "they would be one class printed twice; merge them or rename one")
+
+
+def case_only_warning(labels: Iterable[str]) -> str | None:
+    """A warning naming labels that differ only in case (kept as separate classes, as EMNIST's letters
+    need), or None."""
+    groups: dict[str, list[str]] = {}
+    for label in labels:
+        groups.setdefault(label.casefold(), []).append(label)
+    clashes = [group for group in groups.values() if len(group) > 1]
+    if not clashes:
+        return None
+    shown = "; ".join(" and ".join(repr(label)[:40] for label in group[:3]) for group in clashes[:3])
+    more = f"; and {len(clashes) - 3} more such groups" if len(clashes) > 3 else ""
+    return (f"{sum(map(len, clashes))} labels differ from another only in case ({shown}{more}): kept as separate "
+            "classes, though a case-insensitive file system (macOS, Windows) would merge their folders")
 
 
 def _check_paths(rows: list[tuple[str, str, str]], root: Path) -> None:
@@ -216,16 +328,17 @@ def _check_paths(rows: list[tuple[str, str, str]], root: Path) -> None:
         raise UserError(f"the file {object_id!r} in {root} cannot be used ({path_problem(object_id)}); rename it")
 
 
-def _read_folders(root: Path, allowed_labels: Iterable[str], skipped: Counter) -> pd.DataFrame:
-    rows = _label_folders(root, root, allowed_labels, skipped)
+def _read_folders(root: Path, allowed_labels: Iterable[str], listing: _Listing) -> pd.DataFrame:
+    rows = _label_folders(root, root, allowed_labels, listing)
     _check_paths(rows, root)
     return pd.DataFrame(rows, columns=["objectId", "value", "type"], dtype=object)
 
 
-def _read_split_folders(root: Path, allowed_labels: Iterable[str], skipped: Counter) -> pd.DataFrame:
+def _read_split_folders(root: Path, allowed_labels: Iterable[str], listing: _Listing) -> pd.DataFrame:
     rows = []
-    _loose_files(root, skipped)
-    folders = _visible_folders(root)
+    _loose_files(root, listing.skipped)
+    listing.folders.append(".")
+    folders = _visible_folders(root, listing.skipped)
     others = [entry.name for entry in folders if entry.name.lower() not in PART_FOLDERS]
     if others:
         raise UserError(f"{root} is read as a pre-split tree, but {', '.join(map(repr, others[:5]))} "
@@ -233,7 +346,7 @@ def _read_split_folders(root: Path, allowed_labels: Iterable[str], skipped: Coun
     if "train" not in {entry.name.lower() for entry in folders}:
         raise UserError(f"{root} is read as a pre-split tree but has no train/ folder")
     for entry in folders:
-        rows.extend(_label_folders(root, Path(entry.path), allowed_labels, skipped, PART_FOLDERS[entry.name.lower()]))
+        rows.extend(_label_folders(root, Path(entry.path), allowed_labels, listing, PART_FOLDERS[entry.name.lower()]))
     _check_paths(rows, root)
     return pd.DataFrame(rows, columns=["objectId", "value", "type"], dtype=object)
 
@@ -259,7 +372,7 @@ def _read_label_csv(label_csv: str, images: str | None, id_column: str, label_co
 
 # ---------------------------------------------------------------------------------- hashing
 
-def _file_sha1(path: str) -> str | None:
+def file_sha1(path: str) -> str | None:
     """The SHA-1 of a file's bytes, read in chunks of at most 1 MiB; None when the file is not there.
 
     Not ``hashlib.file_digest``: it allocates a 256 KiB buffer per file, which costs more than
@@ -281,20 +394,22 @@ def _file_sha1(path: str) -> str | None:
 
 
 def _hash_batch(paths: list[str]) -> list[str | None]:
-    return [_file_sha1(path) for path in paths]
+    return [file_sha1(path) for path in paths]
 
 
-def content_sha1s(root: str | os.PathLike, object_ids: list[str], workers: int | None = None) -> list[str | None]:
+def content_sha1s(root: str | os.PathLike, object_ids: list[str], workers: int | None = None,
+                  announce: str | None = None) -> list[str | None]:
     """The SHA-1 (hex) of each file ``root/<objectId>``, in order; None for a missing file.
 
     Files are hashed on ``workers`` threads (default: 4 per core, as reading overlaps with
-    hashing), each file streamed in chunks, never read whole into memory.
+    hashing), each file streamed in chunks, never read whole into memory.  ``announce``: the
+    line said when there are many files (default: why a split hashes them).
     """
     if not object_ids:
         return []
     workers = workers or min(32, 4 * (os.cpu_count() or 1))
     if len(object_ids) >= _ANNOUNCE_HASHING:
-        say(f"hashing {len(object_ids):,} images (the SHA-1 of their bytes is their split key)")
+        say(announce or f"hashing {len(object_ids):,} images (the SHA-1 of their bytes is their split key)")
     base = os.fspath(root)
     paths = [os.path.join(base, object_id) for object_id in object_ids]
     batches = [paths[start:start + _HASH_BATCH] for start in range(0, len(paths), _HASH_BATCH)]
@@ -350,6 +465,52 @@ def _drop_duplicates(table: pd.DataFrame, list_prefix: str | None) -> tuple[pd.D
 
 # ---------------------------------------------------------------------------------- the reader
 
+def list_collection(source: str | os.PathLike, images: str | os.PathLike | None = None, layout: str | None = None,
+                    id_column: str = "objectId", label_column: str = "value",
+                    allowed_labels: Iterable[str] = (), list_prefix: str | None = None) -> Collection:
+    """What :func:`read_collection` reads, without reading any image: the ``sha1`` column is empty.
+
+    Listing a folder tree or reading a label CSV is cheap, so a run checks with it whether
+    images were added to the folder it split (:mod:`keras_cnn.data.input_record`).  Warns
+    about label folders without images and labels that differ only in case.
+    """
+    allowed_labels = list(allowed_labels)
+    found = detect_layout(source, layout)
+    path = Path(source)
+    listing = _Listing()
+    warnings: list[str] = []
+    named_by_sha1 = False
+    if found == "csv":
+        label_csv = path / LABEL_CSV_NAME if path.is_dir() else path
+        if path.is_dir() and images is None:
+            images = path
+        if images is not None and not Path(images).is_dir():
+            raise UserError(f"image folder {images} does not exist or is not a folder")
+        frame, named_by_sha1 = _read_label_csv(str(label_csv), None if images is None else str(images),
+                                               id_column, label_column, allowed_labels)
+        table = frame[["objectId", "value"]].assign(type="")
+    else:
+        if images is not None and Path(images).resolve() != path.resolve():
+            raise UserError(f"--images is for a label CSV; {source} is a folder of images, which is their root")
+        images = path
+        reader = _read_folders if found == "folders" else _read_split_folders
+        table = reader(path, allowed_labels, listing)
+        if table.empty:
+            raise UserError(_empty_folder_message(path, found, listing.skipped))
+        empty = listing.empty
+        if empty:
+            warnings.append(bounded_list_message(
+                lambda listed: f"{len(empty)} label folder(s) in {source} hold no images, so they give no class: {listed}",
+                empty, _list_path(list_prefix, "empty_label_folders.txt")))
+    case_warning = case_only_warning(class_names(table["value"]))
+    if case_warning:
+        warnings.append(case_warning)
+    return Collection(table=table.assign(sha1="").reset_index(drop=True),
+                      images=None if images is None else str(images), layout=found, source=str(source),
+                      named_by_sha1=named_by_sha1, skipped=listing.skipped, warnings=warnings,
+                      folders=listing.folders)
+
+
 def read_collection(source: str | os.PathLike, images: str | os.PathLike | None = None, layout: str | None = None,
                     id_column: str = "objectId", label_column: str = "value",
                     allowed_labels: Iterable[str] = (), list_prefix: str | None = None,
@@ -365,45 +526,24 @@ def read_collection(source: str | os.PathLike, images: str | os.PathLike | None 
     hashing.  ``keep_duplicates``: keep every copy of identical files (their ``sha1`` is
     the same) instead of refusing them under two labels and keeping one under one label —
     for a reader that reports them (``kcnn doctor``).  Raises ``UserError`` for unreadable
-    input, missing files, unusable labels or names, and (unless ``keep_duplicates``)
-    identical images under two labels.
+    input, missing files, unusable labels or names, two folders that are one label, and
+    (unless ``keep_duplicates``) identical images under two labels.  Labels come
+    Unicode-normalised (NFC); folders are listed as :func:`list_collection` says (links
+    followed, kcnn run folders left out).
     """
-    allowed_labels = list(allowed_labels)
-    found = detect_layout(source, layout)
-    path = Path(source)
-    skipped: Counter = Counter()
-    named_by_sha1 = False
-    if found == "csv":
-        label_csv = path / LABEL_CSV_NAME if path.is_dir() else path
-        if path.is_dir() and images is None:
-            images = path
-        if images is not None and not Path(images).is_dir():
-            raise UserError(f"image folder {images} does not exist or is not a folder")
-        frame, named_by_sha1 = _read_label_csv(str(label_csv), None if images is None else str(images),
-                                               id_column, label_column, allowed_labels)
-        table = frame[["objectId", "value"]].assign(type="")
-        named_by = str(label_csv)
+    collection = list_collection(source, images, layout, id_column, label_column, allowed_labels, list_prefix)
+    if collection.layout == "csv":
+        named_by = str(Path(source) / LABEL_CSV_NAME if Path(source).is_dir() else source)
     else:
-        if images is not None and Path(images).resolve() != path.resolve():
-            raise UserError(f"--images is for a label CSV; {source} is a folder of images, which is their root")
-        images = path
-        reader = _read_folders if found == "folders" else _read_split_folders
-        table = reader(path, allowed_labels, skipped)
         named_by = f"the listing of {source}"
-        if table.empty:
-            raise UserError(_empty_folder_message(path, found, skipped))
-    table, edit_report = _edited(table, edits, skipped, list_prefix)
-    warnings: list[str] = _unmatched_warnings(edit_report, edits, list_prefix)
-    if named_by_sha1:
-        table = table.assign(sha1="")
-    else:
-        table = _fill_sha1(table, str(images), named_by, list_prefix)
+    table, edit_report = _edited(collection.table, edits, collection.skipped, list_prefix)
+    warnings = [*collection.warnings, *_unmatched_warnings(edit_report, edits, list_prefix)]
+    if not collection.named_by_sha1:
+        table = _fill_sha1(table, str(collection.images), named_by, list_prefix)
         if not keep_duplicates:
             table, dropped = _drop_duplicates(table, list_prefix)
             warnings += dropped
-    return Collection(table=table.reset_index(drop=True), images=None if images is None else str(images),
-                      layout=found, source=str(source), named_by_sha1=named_by_sha1, skipped=skipped,
-                      warnings=warnings, edits=edit_report)
+    return replace(collection, table=table.reset_index(drop=True), warnings=warnings, edits=edit_report)
 
 
 def read_split_collection(split_csv: str | os.PathLike, images: str | os.PathLike | None,

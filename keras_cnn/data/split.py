@@ -28,7 +28,7 @@ import pandas as pd
 
 from keras_cnn.choices import Part, names
 from keras_cnn.errors import UserError
-from keras_cnn.io import atomic_path
+from keras_cnn.io import atomic_path, normalize_label
 
 # Explicit ASCII classes rather than re.IGNORECASE: with IGNORECASE, Unicode folding would let
 # e.g. the Kelvin sign (U+212A) pass as "k" in an extension.
@@ -312,9 +312,17 @@ def _read_checked(path: str | os.PathLike, wanted: dict[str, str], option_of: di
     return frame
 
 
+def normalize_labels(values: pd.Series) -> pd.Series:
+    """Labels (strings) Unicode-normalised (NFC), keeping the index; all-ASCII labels come back as they are."""
+    texts = values.tolist()
+    if "".join(texts).isascii():
+        return values
+    return pd.Series([normalize_label(text) for text in texts], index=values.index, dtype=object)
+
+
 def read_label_csv(path: str | os.PathLike, id_column: str = "objectId", label_column: str = "value",
                    paths: bool = False, allowed_labels: Iterable[str] = ()) -> pd.DataFrame:
-    """Read and check a ``label.csv``; return columns ``objectId`` and ``value`` (strings).
+    """Read and check a ``label.csv``; return columns ``objectId`` and ``value`` (strings, labels NFC).
 
     Rows stay in file order.  Raises ``UserError`` (naming the file and row) for a missing
     file or column, an empty file, an objectId that is not ``<sha1>.<extension>`` (with
@@ -328,8 +336,9 @@ def read_label_csv(path: str | os.PathLike, id_column: str = "objectId", label_c
         validate_object_ids(frame["objectId"], str(path), lines, paths=paths)
         validate_labels(frame["value"], frame["objectId"], str(path), lines, allowed_labels)
 
-    return _read_checked(path, {"objectId": id_column, "value": label_column},
-                         {"objectId": "--id-column", "value": "--label-column"}, check)
+    frame = _read_checked(path, {"objectId": id_column, "value": label_column},
+                          {"objectId": "--id-column", "value": "--label-column"}, check)
+    return frame.assign(value=normalize_labels(frame["value"]))
 
 
 def read_split_csv(path: str | os.PathLike, allowed_labels: Iterable[str] = ()) -> pd.DataFrame:
@@ -348,8 +357,9 @@ def read_split_csv(path: str | os.PathLike, allowed_labels: Iterable[str] = ()) 
             raise UserError(f"{path} row {line}: type '{_shorten(frame['type'][position])}' "
                             f"is not one of {', '.join(PARTS)}")
 
-    return _read_checked(path, {"objectId": "objectId", "value": "value", "type": "type", "sha1": "sha1"}, {},
-                         check, optional=("sha1",))
+    frame = _read_checked(path, {"objectId": "objectId", "value": "value", "type": "type", "sha1": "sha1"}, {},
+                          check, optional=("sha1",))
+    return frame.assign(value=normalize_labels(frame["value"]))
 
 
 def write_split_csv(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
@@ -552,7 +562,7 @@ def split_labels(frame: pd.DataFrame, test_keys: Iterable[int] = DEFAULT_TEST_KE
         raise UserError(f"{source} has no rows")
     test, validation = check_key_ranges(test_keys, validation_keys)
     ids = _as_text(frame["objectId"])
-    values = _as_text(frame["value"])
+    values = normalize_labels(_as_text(frame["value"]))
     by_content = "sha1" in frame.columns
     if validate:
         validate_object_ids(ids, source, paths=by_content)

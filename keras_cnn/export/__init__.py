@@ -70,7 +70,7 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, version: 
                formats: tuple[str, ...] | list[str] = ("saved_model",), verify: bool = True,
                force: bool = False, tta: int | None = None, quantize: str | None = None,
                max_accuracy_drop: float | None = None, allow_unfinished: bool = False,
-               trust_hub: bool = False) -> dict[str, Any]:
+               trust_hub: bool = False, accept_input_changes: bool = False) -> dict[str, Any]:
     """Export the model of a finished run into ``out_dir/<version>/``.
 
     ``version`` defaults to 1; an existing version folder is refused unless ``force``, and
@@ -87,10 +87,16 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, version: 
     ``model_<mode>.tflite`` and measure both LiteRT files' size and accuracy on the run's
     test part (validation when it has no test part); a quantized model that loses more than
     ``max_accuracy_drop`` accuracy is refused (``UserError``, nothing written) unless ``force``.
+    Only ``quantize`` reads the run's images; it first checks them and the split against the
+    run's input record (changes refused unless ``accept_input_changes``, which records them).
+    The run's labels.txt must agree with its config.json.
 
     Returns ``{"path", "version", "files": {format: path}, "max_abs_diff": {format: float},
     "metadata": path, "labels", "image_size", "channels"}``.
     """
+    # The run's data and its record need pandas: not imported for --help.
+    from keras_cnn.run_data import run_labels
+
     formats = _check_formats(formats)
     version = 1 if version is None else version
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
@@ -104,21 +110,23 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, version: 
         raise UserError(f"{run.root}: {unfinished}, so its model.keras is not a finished model; finish the run, "
                         "or pass --allow-unfinished to export its best model so far")
     config = RunConfig.from_dict(run.read_config())
+    labels = run_labels(run, config)
+    if quantize is not None:
+        check_mode(quantize)
+        if "litert" not in formats:
+            raise UserError("--quantize makes a LiteRT file: add --format litert")
+        _check_quantization_inputs(run, config, accept_input_changes)
     # Registers kcnn's custom layers first; the written export needs none of them.
     from keras_cnn.models.loading import hub_base_of, load_model
 
     model = load_model(run.model_path, trust_hub=hub_base_of(config.model.name) if trust_hub else None)
-    spec = model_spec(model, run.read_labels(), config)
+    spec = model_spec(model, labels, config)
     if tta:
         from keras_cnn.tta import trained_with_flips, view_names
 
         if "saved_model" not in formats:
             raise UserError("--tta adds a signature to the SavedModel: add --format saved_model")
         spec = replace(spec, tta_views=tuple(view_names(int(tta), trained_with_flips(config))))
-    if quantize is not None:
-        check_mode(quantize)
-        if "litert" not in formats:
-            raise UserError("--quantize makes a LiteRT file: add --format litert")
     probe_images = verification_images(config, spec) if verify else []
     quantization = None
 
@@ -165,6 +173,17 @@ def _check_version_folder(version_dir: Path, force: bool) -> None:
     if version_dir.is_symlink() or not (version_dir / METADATA_FILE).is_file():
         raise UserError(f"{version_dir} is not a kcnn export (it has no {METADATA_FILE}), and kcnn replaces only "
                         "its own: choose another --version or --out")
+def _check_quantization_inputs(run: RunDirectory, config: RunConfig, accept: bool) -> None:
+    """The images quantization reads (int8 calibration, the accuracy check), checked against the run's
+    record.  Exporting without ``--quantize`` reads none, so a run copied without its data exports as well."""
+    from keras_cnn.run_data import check_run_inputs
+
+    data = config.data
+    for what, path, is_there in (("image folder", data.images, os.path.isdir), ("split", data.split, os.path.isfile)):
+        if path and not is_there(path):
+            raise UserError(f"--quantize reads the run's images (int8 calibration and the accuracy check), but its "
+                            f"{what} {path} is missing; put it back, or export without --quantize (no image needed)")
+    check_run_inputs(run, config, accept=accept, command="kcnn export --quantize")
 
 
 def _check_formats(formats) -> tuple[str, ...]:

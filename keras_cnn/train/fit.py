@@ -59,14 +59,17 @@ def stage_option_defaults(config: RunConfig) -> dict[str, Any]:
     return stage_options(RunConfig(command=config.command))
 
 
-def train_scratch(config: RunConfig, out_dir: str | Path | None = None, overwrite: bool = False) -> dict[str, Any]:
+def train_scratch(config: RunConfig, out_dir: str | Path | None = None, overwrite: bool = False,
+                  accept_input_changes: bool = False) -> dict[str, Any]:
     """Train a from-scratch architecture into ``out_dir`` and report test metrics (``kcnn train``).
 
     ``out_dir`` defaults to ``runs/ARCHITECTURE-TIMESTAMP``.  Re-running a finished run does
-    nothing; a killed one resumes; ``overwrite`` starts the run over.
+    nothing; a killed one resumes; ``overwrite`` starts the run over.  ``accept_input_changes``:
+    resume on images or a split that changed since the run recorded them, recording that.
     """
     stage = scratch_stage(config)
-    outcome = run_stage(stage, out_dir or default_run_dir(stage.config.model.name), overwrite=overwrite)
+    outcome = run_stage(stage, out_dir or default_run_dir(stage.config.model.name), overwrite=overwrite,
+                        accept_input_changes=accept_input_changes)
     return {**outcome.summary, "architecture": stage.config.model.name}
 
 
@@ -90,7 +93,8 @@ def scratch_stage(config: RunConfig) -> StageSpec:
             return prepare_array_data(config.data, config.model.input_shape, training.batch_size, training.seed)
         data = context.spec.config.data  # names the run's own split when --images came without --split
         return prepare_folder_data(data, data.image_size, data.channels, training.batch_size,
-                                   training.seed, skipped_record=context.skipped_record)
+                                   training.seed, skipped_record=context.skipped_record,
+                                   leave_out=context.left_out)
 
     def build_model(context):
         return create_model(config.model.name, len(context.data.labels), input_shape=config.model.input_shape,

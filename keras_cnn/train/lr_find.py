@@ -9,8 +9,9 @@ run folder.  Three cases, as the training commands have them:
 - stage 2 of a run (``run_dir`` + ``unfreeze_from``): the run's model with the base
   unfrozen from that layer.
 The run's files are never written except the picture and the table of the sweep (and,
-for ``--images`` without ``--split``, the split it made, beside them); the weights in
-memory are put back after the sweep (see ``lr_sweep``).
+for ``--images`` without ``--split``, the split it made, beside them) and, with ``--run``,
+the run's input record when an image's stamp (not its bytes) changed or a change is
+accepted; the weights in memory are put back after the sweep (see ``lr_sweep``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from keras_cnn.data.collection import needs_split_file, split_images
 from keras_cnn.errors import UserError
 from keras_cnn.io import atomic_write_text
 from keras_cnn.progress import say
+from keras_cnn.run_data import check_run_inputs, run_labels
 from keras_cnn.runs import RunDirectory
 from keras_cnn.train.lr_sweep import DEFAULT_END, DEFAULT_START, DEFAULT_STEPS, LearningRateSweep, find_learning_rate
 from keras_cnn.train.stage import StageContext, StageSpec, build_stage
@@ -37,20 +39,27 @@ SPLIT_NAME = "lr_find_split.csv"
 def lr_find(config: RunConfig | None = None, run_dir: str | Path | None = None, unfreeze_from: str | None = None,
             train_bn: bool = False, base_dropout: bool = False, out: str | Path | None = None,
             start: float = DEFAULT_START, end: float = DEFAULT_END, steps: int = DEFAULT_STEPS,
-            batch_size: int | None = None, optimizer: str | None = None, trust_hub: bool = False) -> dict[str, Any]:
+            batch_size: int | None = None, optimizer: str | None = None, trust_hub: bool = False,
+            accept_input_changes: bool = False) -> dict[str, Any]:
     """Run the range test and write ``lr_find.png`` and ``lr_find.csv``; returns the suggestions.
 
     ``config`` (command ``train`` or ``transfer``) for a new model, or ``run_dir`` for
     stage 2 of that run.  ``out``: the picture's path [default: ``RUN/lr_find.png`` with a
     run, else ``./lr_find.png``]; the table goes beside it.  ``trust_hub``: the run's model
-    may load the TF Hub module the run records as its base.
+    may load the TF Hub module the run records as its base.  With ``run_dir`` the run's images
+    and split are first checked against its input record (changes refused unless
+    ``accept_input_changes``, which records them in the run).
     """
     import keras
 
     if (config is None) == (run_dir is None):
         raise UserError("lr-find needs either the data and model options of train / transfer, or --run RUN")
+    left_out: set[str] = set()
     if run_dir is not None:
         stage = _finetune_stage(run_dir, unfreeze_from, train_bn, base_dropout, batch_size, optimizer, trust_hub)
+        run = RunDirectory(run_dir)
+        run_labels(run, stage.config)
+        left_out = check_run_inputs(run, stage.config, accept=accept_input_changes, command="kcnn lr-find --run")
         default_out = Path(run_dir) / PLOT_NAME
     else:
         if unfreeze_from:
@@ -67,7 +76,7 @@ def lr_find(config: RunConfig | None = None, run_dir: str | Path | None = None, 
                                                        list_prefix=str(picture.with_name("lr_find_"))))
         stage = _first_stage(config)
         keras.utils.set_random_seed(stage.training.seed)
-    context = build_stage(StageContext(stage, run=None, execution=None))
+    context = build_stage(StageContext(stage, run=None, execution=None, left_out=left_out))
     model, dataset, cleanup = _sweep_inputs(context)
 
     def progress(step: int, rate: float, smoothed: float) -> None:

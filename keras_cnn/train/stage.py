@@ -14,8 +14,13 @@ runner does the rest, the same way for every stage:
    run again, other options are refused (naming them) unless ``overwrite``, a stage that
    needs another (``finetune`` after ``head``) needs it finished, and stages that depend on
    this one are refused or, with ``overwrite``, removed with everything that was theirs —
-   only once every check passed, the model of a stage that builds it without data included;
-3. data, model, loss, optimizer; config.json and labels.txt; compile;
+   only once every check passed, the model of a stage that builds it without data included
+   and a later stage's inputs checked against the run's record (step 3);
+3. check the run's inputs against its record (each image's SHA-1 and stamp, the split's; made
+   at the first start): changed, missing or added images, an edited split, and a labels.txt
+   that no longer agrees with config.json are refused unless accepted
+   (``accept_input_changes``); then data, model, loss, optimizer; config.json and labels.txt;
+   compile;
 4. fit with kill-safe checkpoints (resuming from the last committed epoch), stopping on a
    NaN or infinite loss;
 5. test the best model, record metrics, draw the curves, mark the stage finished.
@@ -42,9 +47,10 @@ from keras_cnn.data.files import bounded_list_message, full_list_path
 from keras_cnn.data.regularize import soft_label_loss, uses_soft_labels
 from keras_cnn.errors import UserError
 from keras_cnn.progress import format_seconds, keras_verbose, say
-from keras_cnn.io import atomic_path, check_output_path
+from keras_cnn.io import INPUT_CHANGES, atomic_path, check_output_path
 from keras_cnn.models.loading import model_file_problem
-from keras_cnn.runs import (EXECUTION_OPTIONS, RunDirectory, RunLock, RunState, check_run_inputs, differing_options,
+from keras_cnn.run_data import check_run_inputs, run_labels
+from keras_cnn.runs import (EXECUTION_OPTIONS, RunDirectory, RunLock, RunState, check_run_placement, differing_options,
                             flatten_options)
 from keras_cnn.train.callbacks import (HistoryRecorder, NanGuard, RunProgress, StageCheckpoint, read_history,
                                       write_history)
@@ -79,6 +85,7 @@ class StageContext:
     loss: Any = None
     single_sigmoid: bool = False
     fit_notes: dict[str, Any] = field(default_factory=dict)   # what the fit adds to the stage's metrics
+    left_out: set[str] = field(default_factory=set)   # images the run's input record leaves out of every part
 
     @property
     def training(self) -> TrainingConfig:
@@ -154,7 +161,7 @@ class StageOutcome:
 
 def run_stage(spec: StageSpec, out_dir: str | os.PathLike, overwrite: bool = False, execution=None,
               data=None, start_model: keras.Model | None = None, source_run: str | os.PathLike | None = None,
-              ) -> StageOutcome:
+              accept_input_changes: bool = False) -> StageOutcome:
     """Run ``spec`` into the run folder ``out_dir``; see the module docstring for the steps.
 
     ``execution``: an already started ``Execution`` (``fine_tune`` shares one between its
@@ -162,7 +169,8 @@ def run_stage(spec: StageSpec, out_dir: str | os.PathLike, overwrite: bool = Fal
     used instead of ``spec.prepare_data``.  ``start_model``: the previous stage's best model
     in memory, for ``spec.build_model`` to start from (``context.start_model``).
     ``source_run``: a run to start from (a copy of it is made in ``out_dir`` when
-    ``out_dir`` is another folder).
+    ``out_dir`` is another folder).  ``accept_input_changes``: go on with images or a split
+    that changed since the run recorded them, and record that (``--accept-input-changes``).
     """
     from keras_cnn.train.execution import start_execution
 
@@ -192,10 +200,13 @@ def run_stage(spec: StageSpec, out_dir: str | os.PathLike, overwrite: bool = Fal
                     return StageOutcome(plan)
                 if spec.model_before_data:
                     _build_model(context)   # every check that needs the model, before anything is removed
+                if spec.requires and data is None:
+                    # A later stage reads the run's own split: its inputs are checked before anything goes.
+                    _check_inputs(context, accept_input_changes, new_run, split_itself=False)
                 if state.damaged:
                     run.clear()
                 _discard_stages(run, state, plan)
-                return _run_checked_stage(context, state, data)
+                return _run_checked_stage(context, state, data, accept_input_changes, new_run)
             except BaseException:
                 failed = True
                 if new_run and not _has_progress(run, spec.name, state):
@@ -210,7 +221,7 @@ def _check_run_folder(run: RunDirectory, spec: StageSpec, overwrite: bool, out_d
     data = spec.config.data
     # A later stage reads the run's own split; only a first stage's inputs are the user's files.
     files = {} if spec.requires else {"--split": data.split, "--dataset-path": data.dataset_path}
-    check_run_inputs(out_dir, images=data.images, files=files)
+    check_run_placement(out_dir, images=data.images, files=files)
     run.check_ownership(overwrite)
 
 
@@ -354,14 +365,33 @@ def _link_or_copy(source: Path, target: Path) -> None:
             shutil.copyfile(source, temporary)
 
 
-def _run_checked_stage(context: StageContext, state: RunState, data) -> StageOutcome:
+def _check_inputs(context: StageContext, accept: bool, new_run: bool, split_itself: bool) -> None:
+    """The run's images and split against its input record, and a later stage's labels.txt against config.json.
+
+    In a run folder made by this command the list of a refusal goes to the temp folder: the
+    folder is removed with the refusal.
+    """
+    spec, run = context.spec, context.run
+    if spec.requires and run.config_path.exists():
+        run_labels(run, spec.config)
+    context.left_out = check_run_inputs(run, spec.config, accept=accept, command=f"stage '{spec.name}'",
+                                        list_path=full_list_path(INPUT_CHANGES) if new_run else None,
+                                        split_itself=split_itself)
+
+
+def _run_checked_stage(context: StageContext, state: RunState, data, accept_input_changes: bool,
+                       new_run: bool) -> StageOutcome:
     """Steps 3-5 of the module docstring, once the run state allows the stage."""
     from keras_cnn.models.parameters import parameter_counts
 
     spec, run = context.spec, context.run
     if data is None:
+        split_itself = bool(spec.config.data.images and not spec.config.data.split)
         # --images without --split: the folder is split into RUN/split.csv, which config.json then names.
         spec.config = replace(spec.config, data=split_into_run(spec.config.data, run.root))
+        if not spec.requires:   # a later stage's were checked before the run was touched
+            _check_inputs(context, accept_input_changes, new_run, split_itself)
+    # Data handed over in memory was checked by the stage that prepared it.
     build_stage(context, data)
     counts = parameter_counts(context.model)
     _write_config(context, counts)

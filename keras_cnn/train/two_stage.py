@@ -73,15 +73,21 @@ def resolve_transfer_config(config: RunConfig) -> RunConfig:
     return replace(config, training=training, data=data, model=model)
 
 
-def train_head(config: RunConfig, out_dir: str | Path | None = None, overwrite: bool = False) -> dict[str, Any]:
-    """Stage 1 into ``out_dir`` (default ``runs/BASE-TIMESTAMP``): base + new head, train the head, test."""
-    return _train_head(config, out_dir, overwrite).summary
+def train_head(config: RunConfig, out_dir: str | Path | None = None, overwrite: bool = False,
+               accept_input_changes: bool = False) -> dict[str, Any]:
+    """Stage 1 into ``out_dir`` (default ``runs/BASE-TIMESTAMP``): base + new head, train the head, test.
+
+    ``accept_input_changes``: resume on images or a split that changed since the run recorded
+    them, recording that.
+    """
+    return _train_head(config, out_dir, overwrite, accept_input_changes=accept_input_changes).summary
 
 
-def _train_head(config: RunConfig, out_dir, overwrite: bool, execution=None) -> StageOutcome:
+def _train_head(config: RunConfig, out_dir, overwrite: bool, execution=None,
+                accept_input_changes: bool = False) -> StageOutcome:
     stage = head_stage(config)
     outcome = run_stage(stage, out_dir or default_run_dir(stage.config.model.name), overwrite=overwrite,
-                        execution=execution)
+                        execution=execution, accept_input_changes=accept_input_changes)
     outcome.summary = {**outcome.summary, "base": stage.config.model.name}
     return outcome
 
@@ -107,7 +113,7 @@ def head_stage(config: RunConfig) -> StageSpec:
     def prepare_data(context):
         data_config = context.spec.config.data  # names the run's own split when --images came without --split
         data = prepare_folder_data(data_config, data_config.image_size, 3, training.batch_size, training.seed,
-                                   skipped_record=context.skipped_record)
+                                   skipped_record=context.skipped_record, leave_out=context.left_out)
         if config.model.binary and len(data.labels) != 2:
             raise UserError(f"--binary needs exactly 2 labels, the split has {len(data.labels)}: {data.labels}")
         return data
@@ -229,7 +235,7 @@ def fine_tune_record(finetune: FineTuneConfig, training: TrainingConfig, boundar
 
 def fine_tune_run(finetune: FineTuneConfig, run_dir: str | Path, out_dir: str | Path | None = None,
                   overwrite: bool = False, *, execution=None, data=None, start_model=None,
-                  trust_hub: bool = False) -> dict[str, Any]:
+                  trust_hub: bool = False, accept_input_changes: bool = False) -> dict[str, Any]:
     """Stage 2 on a stage-1 run: unfreeze the base from ``finetune.unfreeze_from`` on and train at a low rate.
 
     Results go into the same run, or into ``out_dir`` (a copy of the stage-1 run, which is
@@ -237,17 +243,21 @@ def fine_tune_run(finetune: FineTuneConfig, run_dir: str | Path, out_dir: str | 
     ``start_model`` let :func:`fine_tune` hand over stage 1's execution, decoded data and
     best model instead of starting, decoding and loading them again.  ``trust_hub``: the
     stage-1 model may load the TF Hub module the run records as its base (``--trust-hub``).
+    ``accept_input_changes``: go on with images or a split that changed since the run
+    recorded them, recording that.
     """
-    return _fine_tune_run(finetune, run_dir, out_dir, overwrite, execution, data, start_model, trust_hub).summary
+    return _fine_tune_run(finetune, run_dir, out_dir, overwrite, execution, data, start_model, trust_hub,
+                          accept_input_changes).summary
 
 
 def _fine_tune_run(finetune, run_dir, out_dir, overwrite, execution=None, data=None, start_model=None,
-                   trust_hub=False):
+                   trust_hub=False, accept_input_changes=False):
     source = RunDirectory(run_dir)
     stage = finetune_stage(source, finetune, trust_hub=trust_hub)
     target = Path(out_dir) if out_dir is not None else source.root
     outcome = run_stage(stage, target, overwrite=overwrite, execution=execution, data=data, start_model=start_model,
-                        source_run=source.root if out_dir is not None else None)
+                        source_run=source.root if out_dir is not None else None,
+                        accept_input_changes=accept_input_changes)
     outcome.summary = {**outcome.summary, "base": stage.config.model.name}
     return outcome
 
@@ -274,7 +284,8 @@ def finetune_stage(source: RunDirectory, finetune: FineTuneConfig, trust_hub: bo
 
     def prepare_data(context):
         return prepare_folder_data(config.data, config.data.image_size, 3, training.batch_size, training.seed,
-                                   skipped_record=context.skipped_record, labels=config.labels)
+                                   skipped_record=context.skipped_record, labels=config.labels,
+                                   leave_out=context.left_out)
 
     def build_model(context):
         run = context.run or source
@@ -296,7 +307,7 @@ def finetune_stage(source: RunDirectory, finetune: FineTuneConfig, trust_hub: bo
 
 
 def fine_tune(config: RunConfig, out_dir: str | Path | None = None, finetune: FineTuneConfig | None = None,
-              overwrite: bool = False) -> dict[str, Any]:
+              overwrite: bool = False, accept_input_changes: bool = False) -> dict[str, Any]:
     """Both stages in one call: head epochs on the frozen base, then unfreeze and fine-tune.
 
     ``config`` is a stage-1 ``RunConfig`` (``config.training.epochs`` = head epochs);
@@ -307,7 +318,7 @@ def fine_tune(config: RunConfig, out_dir: str | Path | None = None, finetune: Fi
     finetune = finetune or FineTuneConfig()
     validate_config(finetune)
     out_dir = Path(out_dir or default_run_dir(config.model.name))
-    head = _train_head(config, out_dir, overwrite)
+    head = _train_head(config, out_dir, overwrite, accept_input_changes=accept_input_changes)
     stage1 = RunConfig.from_dict(RunDirectory(out_dir).read_config())
     training, _ = resolve_fine_tune_training(stage1, finetune)
     # The decoded images serve stage 2 as they are when it batches them the same way.
@@ -317,5 +328,6 @@ def fine_tune(config: RunConfig, out_dir: str | Path | None = None, finetune: Fi
     start_model = head.model if same_execution else None
     # The base was given in this call: its hub module, if any, is the caller's own choice.
     tuned = _fine_tune_run(finetune, out_dir, None, overwrite, execution=head.execution if start_model else None,
-                           data=data, start_model=start_model, trust_hub=True)
+                           data=data, start_model=start_model, trust_hub=True,
+                           accept_input_changes=accept_input_changes)
     return {**tuned.summary, "head": head.summary}
