@@ -17,6 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_cnn.data.pipeline import shuffled
 from keras_cnn.progress import ProgressBar
 
 # Above this size the features go to a memory-mapped .npy file under the run.
@@ -71,7 +72,8 @@ def feature_dataset(features: np.ndarray, labels: np.ndarray, batch_size: int, s
     """Batches of (cached features, class indices) for fitting or validating the head."""
     dataset = tf.data.Dataset.from_tensor_slices((features, labels))
     if shuffle:
-        dataset = dataset.shuffle(len(features), seed=seed, reshuffle_each_iteration=True)
+        # The order the image pipeline would give the images these features came from.
+        dataset = shuffled(dataset, len(features), seed)
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 

@@ -104,9 +104,12 @@ def prepare_array_data(data: DataConfig, input_shape: tuple[int, int, int], batc
     if legacy:
         from keras_cnn.data.augment import legacy_image_data_generator
 
+        from keras_cnn.data.randomness import SeededFlow
+
         generator = legacy_image_data_generator(spec)
-        train = generator.flow(parts.images("train").astype("float32"), parts.true_indices("train").astype("int32"),
-                               batch_size=batch_size, shuffle=True, seed=seed)
+        train = SeededFlow(generator.flow(parts.images("train").astype("float32"),
+                                          parts.true_indices("train").astype("int32"),
+                                          batch_size=batch_size, shuffle=True, seed=seed), seed)
     else:
         train = parts.dataset("train", train_options)
     num_classes = len(parts.labels)
