@@ -136,16 +136,22 @@ def prepare_array_data(data: DataConfig, input_shape: tuple[int, int, int], batc
 
 
 def prepare_folder_data(data: DataConfig, image_size: tuple[int, int], channels: int, batch_size: int,
-                        seed: int, skipped_record=None, labels: list[str] | None = None) -> PreparedData:
-    """The parts of a split CSV over an image folder, after checking every image once."""
-    from keras_cnn.data.files import check_images_or_fail, refuse_emptied_groups
+                        seed: int, skipped_record=None, labels: list[str] | None = None,
+                        bad_image_advice: str | None = None) -> PreparedData:
+    """The parts of a split CSV over an image folder, after checking every image once.
+
+    ``bad_image_advice``: what the command can do about bad images [default: fix them or
+    pass --skip-bad-images].
+    """
+    from keras_cnn.data.files import SKIP_ADVICE, check_images_or_fail, refuse_emptied_groups
 
     if data.augment and data.augment_engine == "legacy":
         raise UserError("--augment-engine legacy works with --dataset mnist|cifar10; "
                         "image folders are augmented with Keras preprocessing layers")
     parts = SplitParts(data, labels)
     skip = check_images_or_fail(data.images, list(parts.frame["objectId"]), skip_bad=data.skip_bad_images,
-                                record_path=skipped_record)
+                                record_path=skipped_record, max_pixels=data.max_image_pixels,
+                                advice=bad_image_advice or SKIP_ADVICE)
     refuse_emptied_groups(parts.frame, skip, None if skipped_record is None else Path(skipped_record).parent)
     parts = parts.leaving_out(skip)
     spec = augmentation_spec(data)

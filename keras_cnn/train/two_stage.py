@@ -269,8 +269,11 @@ def finetune_stage(source: RunDirectory, finetune: FineTuneConfig) -> StageSpec:
     record = fine_tune_record(finetune, training, boundary, cache_frozen)
 
     def prepare_data(context):
+        # Fine-tuning reads stage 1's images as stage 1 did: its --skip-bad-images (or not) holds.
         return prepare_folder_data(config.data, config.data.image_size, 3, training.batch_size, training.seed,
-                                   skipped_record=context.skipped_record, labels=config.labels)
+                                   skipped_record=context.skipped_record, labels=config.labels,
+                                   bad_image_advice=f"stage 1 of {run_dir} could read them: put back the images "
+                                                    "it was trained on")
 
     def build_model(context):
         run = context.run or source
