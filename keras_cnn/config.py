@@ -21,6 +21,7 @@ from typing import Any
 
 from keras_cnn.choices import (AugmentEngine, ClassWeight, DatasetName, Layout, ModelApi, ModelKind, OptimizerName,
                                ResizeMode, ScheduleName, StrategyName, Switch)
+from keras_cnn.data.pixel_limit import DEFAULT_MAX_IMAGE_PIXELS
 from keras_cnn.errors import UserError
 
 # The largest values options take: a few extra digits typed by mistake are refused at once,
@@ -30,7 +31,6 @@ MAX_SEED = 2**32 - 1           # numpy's (and so Keras's) seeds are 32-bit
 MAX_BATCH_SIZE = 65_536
 MAX_EPOCHS = 100_000
 MAX_UNITS = 65_536             # Dense units of a head layer
-DEFAULT_MAX_IMAGE_PIXELS = 89_478_485   # Pillow's Image.MAX_IMAGE_PIXELS (keras_cnn.data.pixel_limit)
 
 
 @dataclass

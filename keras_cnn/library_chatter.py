@@ -35,7 +35,7 @@ NATIVE_NOISE = re.compile(
     # the LiteRT converter's report of its settings and of the model's size
     r"|fully_quantize: |Estimated count of arithmetic ops"
     # absl's INFO and WARNING lines (TF_CPP_MIN_LOG_LEVEL does not reach every C++ library), and its notice
-    r"|[IW]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+:\d+\] |WARNING: All log messages before absl::InitializeLog)")
+    r"|[IW]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] |WARNING: All log messages before absl::InitializeLog)")
 
 
 def debugging() -> bool:

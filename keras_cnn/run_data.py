@@ -58,8 +58,9 @@ def load_part(run: RunDirectory, config: RunConfig, subset: str, batch_size: int
     if config.data.split and image_size is None:
         raise UserError(f"{run.config_path} records no image size for the model")
     parts = run_parts(run, config)
-    if isinstance(parts, SplitParts):
-        # Nothing decodes an image over the run's pixel limit, even one put in its folder since.
+    if isinstance(parts, SplitParts) and subset != "train":
+        # An image over the run's pixel limit put in its folder since: one clear line before any work.
+        # The training part is only sampled (int8 calibration): the pipeline's own guard covers it.
         refuse_too_large(config.data.images, parts.rows(subset)["objectId"], config.data.max_image_pixels, run.root)
     return parts.part(subset, part_options(config.data, image_size, channels or 3, batch_size, cache=False))
 

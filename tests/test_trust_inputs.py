@@ -225,6 +225,19 @@ def test_training_refuses_a_decompression_bomb_before_decoding_it(tmp_path, host
                            max_pixels=BOMB_SIDE**2) == []
 
 
+def test_a_pipeline_stops_at_a_bomb_before_decoding_it(tmp_path):
+    """What every pipeline does when an image over the limit comes after the check (the int8 calibration)."""
+    import tensorflow as tf
+
+    from keras_cnn.data.pipeline import make_dataset
+
+    write_bomb(tmp_path / "bomb.png")
+    (tmp_path / "split.csv").write_text("objectId,value,type\nbomb.png,a,train\n")
+    dataset = make_dataset(tmp_path / "split.csv", tmp_path, "train", 32, 1, cache=False)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="over the limit of 89,478,485 pixels"):
+        next(iter(dataset))
+
+
 def test_evaluate_refuses_an_image_put_in_over_the_limit(hostile_run):
     run = hostile_run["run"]
     with open(run / "split.csv", newline="") as handle:
@@ -258,6 +271,22 @@ def test_no_native_line_reaches_stderr_under_quiet(hostile_run):
     """libjpeg warned about damaged.jpg while kcnn checked and trained on it: not one line of it shows."""
     assert "Corrupt JPEG data" not in hostile_run["native"]
     assert stderr_problems(hostile_run["native"] + hostile_run["result"].stderr) == []
+
+
+def test_the_native_filter_drops_the_noise_and_passes_every_other_line(tmp_path):
+    """Lines written to fd 2 by native code (here os.write), as the LiteRT converter and absl write them."""
+    from keras_cnn.library_chatter import native_noise_filtered
+
+    captured = tmp_path / "stderr.txt"
+    with native_stderr_into(captured):
+        with native_noise_filtered():
+            os.write(2, b"fully_quantize: 0, inference_type: 6, input_inference_type: FLOAT32, "
+                        b"output_inference_type: FLOAT32\n")
+            os.write(2, b"I0000 00:00:1796314324.161102   16366 port.cc:153] oneDNN custom operations are on.\n")
+            os.write(2, b"F0000 00:00:1796314324.161102   16366 kernel.cc:12] Check failed: the real reason\n")
+            os.write(2, b"Corrupt JPEG data: 1 extraneous bytes before marker 0xd9\nno newline at the end")
+    assert captured.read_text() == ("F0000 00:00:1796314324.161102   16366 kernel.cc:12] Check failed: the real reason\n"
+                                    "no newline at the end")
 
 
 def test_predictions_csv_escapes_cells_a_spreadsheet_would_run(hostile_run):

@@ -103,6 +103,19 @@ def header_pixels(encoded: tf.Tensor) -> tf.Tensor:
                    lambda: pixels)
 
 
+def within_pixel_limit(encoded: tf.Tensor, limit: int) -> tf.Tensor:
+    """``encoded`` itself, once its header says it has at most ``limit`` pixels; an error before any decoding if not.
+
+    The pipelines' guard: the images of a run were checked before training (and
+    ``kcnn evaluate`` checks the part it reads), so this only stops a file put there since.
+    """
+    check = tf.debugging.assert_less_equal(header_pixels(encoded), tf.constant(int(limit), tf.int64),
+                                           message=f"an image is over the limit of {int(limit):,} pixels "
+                                                   "(--max-image-pixels)")
+    with tf.control_dependencies([check]):
+        return tf.identity(encoded)
+
+
 def _decode_at_ratio(encoded: tf.Tensor, ratio_index: tf.Tensor, channels: int) -> tf.Tensor:
     """Full decode of any format at ratio 1; a DCT-scaled JPEG decode at 2, 4 or 8.
 

@@ -29,7 +29,8 @@ import tensorflow as tf
 
 from keras_cnn.data.augment import AugmentationSpec, as_augmentation_spec, augment_dataset
 from keras_cnn.data.files import resolve_image_paths
-from keras_cnn.data.images import RESIZE_MODES, load_image
+from keras_cnn.data.images import RESIZE_MODES, load_image, within_pixel_limit
+from keras_cnn.data.pixel_limit import DEFAULT_MAX_IMAGE_PIXELS
 from keras_cnn.data.randomness import shuffle_per_epoch
 from keras_cnn.data.split import PARTS, class_names, read_split_csv, validate_object_ids
 from keras_cnn.errors import UserError
@@ -145,6 +146,8 @@ class DatasetOptions:
     ``labels``: the class list (index order); default: the sorted distinct values of the
     whole split, so every subset maps labels the same way.
     ``skip``: objectIds to leave out (e.g. the bad images found before training).
+    ``max_image_pixels``: an image whose header says it is larger stops the pipeline before
+    it is decoded (0 or None: no limit).
     The fields keep the order of :func:`make_dataset`'s former parameters, so
     ``DatasetOptions(image_size, batch_size, ...)`` reads as those calls did.
     """
@@ -160,6 +163,7 @@ class DatasetOptions:
     resize_mode: str = "stretch"
     skip: Iterable[str] | None = None
     drop_remainder: bool = False
+    max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
 
 
 def make_dataset(split_csv: str | os.PathLike | pd.DataFrame, images_dir: str | os.PathLike, subset: str,
@@ -206,8 +210,13 @@ def make_dataset(split_csv: str | os.PathLike | pd.DataFrame, images_dir: str | 
     if shuffle is None:
         shuffle = subset == "train"
 
+    limit = options.max_image_pixels
+
     def load(path, label):
-        return load_image(tf.io.read_file(path), image_size, channels, resize_mode), label
+        encoded = tf.io.read_file(path)
+        if limit:
+            encoded = within_pixel_limit(encoded, limit)
+        return load_image(encoded, image_size, channels, resize_mode), label
 
     dataset = tf.data.Dataset.from_tensor_slices((paths, tf.constant(indices, dtype=tf.int32)))
     if shuffle and not cache:

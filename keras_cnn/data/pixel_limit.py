@@ -12,11 +12,7 @@ import io
 import re
 import warnings
 
-from PIL import Image
-
-from keras_cnn.config import DEFAULT_MAX_IMAGE_PIXELS  # Pillow's Image.MAX_IMAGE_PIXELS
-
-__all__ = ["DEFAULT_MAX_IMAGE_PIXELS", "image_pixels", "over_limit_message", "pixel_limit_problem"]
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485  # Pillow's Image.MAX_IMAGE_PIXELS
 
 
 def image_pixels(data: bytes) -> int | None:
@@ -25,6 +21,8 @@ def image_pixels(data: bytes) -> int | None:
     Only the header is read; nothing is decoded.  (Many files at once: the tf.data check of
     :func:`keras_cnn.data.files.find_bad_images` reads the same headers in parallel.)
     """
+    from PIL import Image   # here: keras_cnn.config takes the limit from this module, and stays light
+
     with warnings.catch_warnings():
         # Pillow warns above its own limit and refuses above twice that; the caller's limit decides.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
