@@ -43,6 +43,8 @@ class DataConfig:
     images: str | None = None             # ... and its image folder; alone: split it into RUN/split.csv
     layout: Layout | None = None          # how --images is organised; None = detect
     allow_labels: list[str] = field(default_factory=list)   # labels that look like missing data but are classes
+    exclude: str | None = None            # file of objectIds left out of every part (kcnn doctor's exclude.txt)
+    relabel: str | None = None            # objectId,value CSV whose labels replace the read ones
     image_size: tuple[int, int] | None = None
     channels: int | None = None
     resize_mode: ResizeMode = "stretch"
@@ -200,6 +202,8 @@ def validate_config(config: RunConfig | FineTuneConfig) -> None:
     _check_whole_number("--max-image-pixels", config.data.max_image_pixels, 0, None)
     if config.data.layout and config.data.split:
         raise UserError("--layout says how to read --images when there is no --split; a split CSV names its files")
+    if config.data.dataset and (config.data.exclude or config.data.relabel):
+        raise UserError("--exclude and --relabel work on image folders (--images), not on --dataset")
 
 
 def _check_whole_number(option: str, value: Any, smallest: int, largest: int | None) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from keras_cnn.config import FineTuneConfig, RunConfig, TrainingConfig
-from keras_cnn.data.collection import split_images
+from keras_cnn.data.collection import needs_split_file, split_images
 from keras_cnn.errors import UserError
 from keras_cnn.io import atomic_write_text, check_output_path
 from keras_cnn.progress import say
@@ -62,14 +62,14 @@ def lr_find(config: RunConfig | None = None, run_dir: str | Path | None = None, 
         stage = _first_stage(config)
     plot = Path(out) if out is not None else default_out
     check_output_path(plot, option="--out")
-    data = stage.config.data
-    if data.images and not data.split and not data.dataset:
-        # --images without --split: split the folder as train/transfer would, into a file
-        # beside the picture, so the sweep's data can be looked at and reused (--split).
-        stage.config = replace(stage.config, data=split_images(data, plot.with_name(SPLIT_NAME),
-                                                               list_prefix=str(plot.with_name("lr_find_")),
-                                                               offers_skipping=False))
     if run_dir is None:
+        if needs_split_file(stage.config.data):
+            # --images without --split (or a split that --exclude / --relabel change): split as
+            # train/transfer would, into a file beside the picture, so the sweep's data can be looked
+            # at and reused (--split).  Only now: building the stage checked every option.
+            stage.config = replace(stage.config, data=split_images(stage.config.data, plot.with_name(SPLIT_NAME),
+                                                                   list_prefix=str(plot.with_name("lr_find_")),
+                                                                   offers_skipping=False))
         keras.utils.set_random_seed(stage.training.seed)
     context = build_stage(StageContext(stage, run=None, execution=None))
     model, dataset, cleanup = _sweep_inputs(context)
