@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -111,3 +115,62 @@ def test_resumed_transfer_stages_are_the_uninterrupted_ones(tmp_path, sample_dat
     invoke([*finetune, "--out", str(tmp_path / "tuned")])
     killed_and_resumed([*finetune, "--out", str(tmp_path / "tuned-resumed")], monkeypatch, kills=(2,))
     assert_same_run(tmp_path / "tuned", tmp_path / "tuned-resumed", "finetune")
+
+
+KILL_AFTER_ENVIRONMENT = "KCNN_TEST_KILL_AFTER_EPOCH"
+# A training process that dies (os._exit, no clean-up at all) once the epoch named by the environment is committed.
+HARD_KILL_SCRIPT = f"""
+import os, sys
+from keras_cnn.train import stage
+from keras_cnn.train.callbacks import NanGuard
+
+class KilledAfter(NanGuard):
+    def on_epoch_end(self, epoch, logs=None):
+        if str(epoch + 1) == os.environ.get("{KILL_AFTER_ENVIRONMENT}"):
+            os._exit(9)
+
+stage.NanGuard = KilledAfter
+from keras_cnn.cli import main
+sys.argv = ["kcnn", *sys.argv[1:]]
+main()
+"""
+
+
+def run_process(arguments: list[str], kill_after: int | None = None, environment: dict | None = None) -> int:
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(environment or {})}
+    environment.pop(KILL_AFTER_ENVIRONMENT, None)
+    if kill_after is not None:
+        environment[KILL_AFTER_ENVIRONMENT] = str(kill_after)
+    completed = subprocess.run([sys.executable, "-c", HARD_KILL_SCRIPT, *arguments], capture_output=True, text=True,
+                               timeout=600, env=environment)
+    if kill_after is None:
+        assert completed.returncode == 0, completed.stderr[-3000:]
+    else:
+        assert completed.returncode == 9, completed.stderr[-3000:]
+    return completed.returncode
+
+
+def single_worker_cluster() -> dict[str, str]:
+    with socket.socket() as handle:
+        handle.bind(("127.0.0.1", 0))
+        port = handle.getsockname()[1]
+    return {"TF_CONFIG": json.dumps({"cluster": {"worker": [f"127.0.0.1:{port}"]},
+                                    "task": {"type": "worker", "index": 0}})}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine_options", [
+    ["--augment-engine", "legacy"],      # ImageDataGenerator.flow: numpy's random state, positioned per epoch
+    ["--strategy", "multiworker"],       # kcnn's own loop, whose passes over the data do not start with epochs
+])
+def test_hard_killed_processes_resume_into_the_uninterrupted_run(tmp_path, mnist_npz, engine_options):
+    """Each run in a process of its own, the kills with os._exit: nothing carries over but the run folder."""
+    arguments = ["train", "lenet", "--dataset", "mnist", "--dataset-path", str(mnist_npz), "--augment",
+                 "--epochs", str(EPOCHS), "--batch-size", "64", *engine_options]
+    multiworker = "multiworker" in engine_options
+    # A new cluster address each time: a process that ended keeps its port a while.
+    for name, kills in (("uninterrupted", ()), ("resumed", (1, 2))):
+        for kill in (*kills, None):
+            run_process([*arguments, "--out", str(tmp_path / name)], kill,
+                        single_worker_cluster() if multiworker else None)
+    assert_same_run(tmp_path / "uninterrupted", tmp_path / "resumed", "train")
