@@ -21,7 +21,16 @@ from typing import Any
 
 from keras_cnn.choices import (AugmentEngine, ClassWeight, DatasetName, Layout, ModelApi, ModelKind, OptimizerName,
                                ResizeMode, ScheduleName, StrategyName, Switch)
+from keras_cnn.data.pixel_limit import DEFAULT_MAX_IMAGE_PIXELS
 from keras_cnn.errors import UserError
+
+# The largest values options take: a few extra digits typed by mistake are refused at once,
+# not after minutes of work and an out-of-memory failure.
+MAX_IMAGE_SIDE = 4096          # pixels; a batch of 32 such RGB images is already 6 GB of float32
+MAX_SEED = 2**32 - 1           # numpy's (and so Keras's) seeds are 32-bit
+MAX_BATCH_SIZE = 65_536
+MAX_EPOCHS = 100_000
+MAX_UNITS = 65_536             # Dense units of a head layer
 
 
 @dataclass
@@ -47,6 +56,7 @@ class DataConfig:
     regularization: dict[str, Any] | None = None
     cache: bool | str = True
     skip_bad_images: bool = False
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS   # larger images are bad images (0: no limit)
     validation_split: float = 0.2         # only for array datasets without a validation part
 
 
@@ -153,7 +163,10 @@ class RunConfig:
 FINITE_FLOATS = [("training", "learning_rate", "--learning-rate"), ("model", "dropout", "--dropout"),
                  ("data", "validation_split", "--validation-split"), ("training", "warmup_epochs", "--warmup-epochs"),
                  ("training", "ema", "--ema"), ("training", "lr_mult", "--lr-mult")]
-POSITIVE_INTEGERS = [("training", "epochs", "--epochs"), ("training", "batch_size", "--batch-size")]
+# (section, field, option, largest value): whole numbers from 1 to the largest.
+POSITIVE_INTEGERS = [("training", "epochs", "--epochs", MAX_EPOCHS),
+                     ("training", "batch_size", "--batch-size", MAX_BATCH_SIZE),
+                     ("training", "early_stopping", "--early-stopping", MAX_EPOCHS)]
 
 
 def validate_config(config: RunConfig | FineTuneConfig) -> None:
@@ -177,11 +190,27 @@ def validate_config(config: RunConfig | FineTuneConfig) -> None:
             raise UserError(f"{option} must be greater than 0, received: {value}")
         if name in ("dropout", "validation_split") and not 0 <= value < 1:
             raise UserError(f"{option} must be in [0, 1), received: {value}")
-    for section, name, option in POSITIVE_INTEGERS:
-        value = value_of(section, name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise UserError(f"{option} must be a whole number of at least 1, received: {value}")
-    if isinstance(config, RunConfig) and config.data.layout and config.data.split:
+    for section, name, option, largest in POSITIVE_INTEGERS:
+        _check_whole_number(option, value_of(section, name), 1, largest)
+    _check_whole_number("--seed", value_of("training", "seed"), 0, MAX_SEED)
+    if not isinstance(config, RunConfig):
+        return
+    for units in config.model.head_units or ():
+        _check_whole_number("--head-units", units, 1, MAX_UNITS)
+    for side in config.data.image_size or ():
+        _check_whole_number("--image-size", side, 1, MAX_IMAGE_SIDE)
+    _check_whole_number("--max-image-pixels", config.data.max_image_pixels, 0, None)
+    if config.data.layout and config.data.split:
         raise UserError("--layout says how to read --images when there is no --split; a split CSV names its files")
-    if isinstance(config, RunConfig) and config.data.dataset and (config.data.exclude or config.data.relabel):
+    if config.data.dataset and (config.data.exclude or config.data.relabel):
         raise UserError("--exclude and --relabel work on image folders (--images), not on --dataset")
+
+
+def _check_whole_number(option: str, value: Any, smallest: int, largest: int | None) -> None:
+    """``value`` (None: not given) must be a whole number from ``smallest`` to ``largest`` (None: no limit)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < smallest \
+            or (largest is not None and value > largest):
+        bound = f"from {smallest:,} to {largest:,}" if largest is not None else f"of at least {smallest:,}"
+        raise UserError(f"{option} must be a whole number {bound}, received: {value}")

@@ -30,3 +30,33 @@ def first_line(error: BaseException) -> str:
         if line.strip():
             return line.strip()
     return type(error).__name__
+
+
+class NoSpaceLeft(RunFailure):
+    """A write failed because the disk (or the user's quota) is full."""
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether ``error``, or an error it came from, is "no space left on device" (or a full quota)."""
+    import errno
+
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        # TensorFlow's and h5py's errors carry the system's text, not always its number.
+        if "No space left on device" in str(error) or "Disk quota exceeded" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def disk_full_message(path: object | None, atomic: bool = False) -> str:
+    """The one line for a full disk, naming what was being written when it is known.
+
+    ``atomic``: the write was to a temporary name, now removed, so nothing is half-written.
+    """
+    where = f" while writing {path}" if path else ""
+    kept = " (the file was left as it was)" if atomic else ""
+    return f"no space left on device{where}{kept}; free some space and run the command again"

@@ -21,6 +21,7 @@ from keras_cnn.io import atomic_write_json, atomic_write_text, check_output_path
 from keras_cnn.metrics import compute_metrics, cross_entropy, outputs_to_probabilities
 from keras_cnn.run_data import SUBSETS, check_run_inputs, load_subset, run_labels
 from keras_cnn.runs import RunDirectory, RunLock
+from keras_cnn.spreadsheet import frame_csv_text
 
 MISCLASSIFIED_IMAGES = 25
 DEFAULT_BATCH_SIZE = 32
@@ -127,7 +128,7 @@ def _predictions_csv(object_ids, true_indices, probabilities, labels) -> str:
         # A label spelled like a fixed column would make the header ambiguous.
         column = f"probability_{label}" if label in PREDICTION_COLUMNS else label
         frame[column] = probabilities[:, index]
-    return frame.to_csv(index=False, float_format="%.6g")
+    return frame_csv_text(frame, float_format="%.6g")   # labels and file names cannot run as formulas
 
 
 def evaluate_run(run_dir: str | os.PathLike, subset: str = "test", batch_size: int | None = None,

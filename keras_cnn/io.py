@@ -26,7 +26,7 @@ import unicodedata
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from keras_cnn.errors import UserError
+from keras_cnn.errors import NoSpaceLeft, UserError, disk_full_message, is_disk_full
 
 
 # Every temporary name written by :func:`atomic_path` holds this mark; a killed write leaves
@@ -68,6 +68,24 @@ def check_output_path(path: str | os.PathLike, directory: bool = False, option: 
         return path
     wanted = "a folder" if directory else "a regular file"
     raise UserError(f"{path} exists and is {_file_kind(mode)}; {option} must be a new path or {wanted}")
+
+
+def check_input_file(path: str | os.PathLike, what: str = "input") -> Path:
+    """Refuse an input that is not a regular file before anything reads it.
+
+    Reading a named pipe waits until something writes to it (for ever, usually), and a
+    device may never end: both are refused with one line instead of hanging.
+    """
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise UserError(f"{what} {path} does not exist") from None
+    except OSError as error:
+        raise UserError(f"cannot read {what} {path}: {error.strerror}") from None
+    if not stat.S_ISREG(mode):
+        raise UserError(f"{what} {path} is {_file_kind(mode)}, not a regular file; kcnn reads only regular files")
+    return path
 
 
 def _file_kind(mode: int) -> str:
@@ -154,7 +172,8 @@ def atomic_path(final_path: str | os.PathLike, directory: bool = False) -> Itera
     """Yield a temporary path beside ``final_path``; on success rename it into place.
 
     On any exception the temporary file or folder is removed and ``final_path`` is
-    left as it was, so a crash never leaves a half-written result.
+    left as it was, so a crash never leaves a half-written result; a full disk is then a
+    :class:`~keras_cnn.errors.NoSpaceLeft` naming ``final_path``.
     """
     final_path = Path(final_path)
     check_output_path(final_path, directory=directory)
@@ -179,11 +198,13 @@ def atomic_path(final_path: str | os.PathLike, directory: bool = False) -> Itera
         if directory and final_path.exists():
             shutil.rmtree(final_path)
         os.replace(temporary, final_path)
-    except BaseException:
+    except BaseException as error:
         if temporary.is_dir():
             shutil.rmtree(temporary, ignore_errors=True)
         else:
             temporary.unlink(missing_ok=True)
+        if isinstance(error, Exception) and not isinstance(error, NoSpaceLeft) and is_disk_full(error):
+            raise NoSpaceLeft(disk_full_message(final_path, atomic=True)) from error
         raise
 
 

@@ -10,7 +10,8 @@ Who uses what: the transfer base's training rule (:func:`call_graph_with_trainin
 a model at its frozen boundary (:func:`producer`, :func:`node_inputs`, :func:`node_outputs`,
 :func:`node_training`, :func:`is_functional`, :func:`trainable_variable_slots`); the TF Hub
 layer (:func:`track_variable`, :func:`trainable_variable_slots`); kill-safe resumption
-(:func:`set_initial_epoch`, :func:`initial_epoch`, :func:`set_ema_weights_in_model`); XLA's layer check (:func:`nested_layers`);
+(:func:`set_initial_epoch`, :func:`initial_epoch`, :func:`set_ema_weights_in_model`); random draws that
+are a function of (seed, epoch, batch) (:func:`stateless_seed_generator`); XLA's layer check (:func:`nested_layers`);
 per-layer learning rates (:func:`variable_index`); the TF Hub layer's consent rule
 (:func:`in_safe_mode`); the ONNX export
 (:func:`patch_tf2onnx`); the legacy augmentation engine (:func:`image_data_generator_class`).
@@ -134,6 +135,35 @@ def set_ema_weights_in_model(callback: Any, swapped: bool) -> None:
     resumed fit starts from a state saved with the average swapped in, which it cannot know.
     """
     callback._ema_weights_in_model = bool(swapped)
+
+
+class _StatelessSeedGenerator(keras.random.SeedGenerator):
+    """See :func:`stateless_seed_generator`."""
+
+    def __init__(self, seed: Any):   # SeedGenerator.__init__ would create the state variable
+        self.name = "stateless_seed_generator"
+        self.seed = seed
+        self.draws = 0
+
+    def next(self, ordered=True):
+        import tensorflow as tf
+
+        self.draws += 1
+        return tf.random.experimental.stateless_fold_in(self.seed, self.draws)
+
+
+def stateless_seed_generator(seed: Any) -> keras.random.SeedGenerator:
+    """A ``keras.random.SeedGenerator`` whose k-th draw is ``stateless_fold_in(seed, k)``: no state at all.
+
+    Keras's random functions take an int or a ``SeedGenerator`` (``draw_seed`` checks the
+    class and calls ``next()``), not a seed tensor; a random layer's
+    ``get_random_transformation(data, seed=...)`` hands ``seed`` to them.  A real
+    ``SeedGenerator`` keeps its state in a variable, which a tf.data function cannot create
+    and parallel calls would share, so this one skips ``SeedGenerator.__init__`` and derives
+    each draw from ``seed`` (an int64 tensor of shape [2]) and the draw's position in the
+    traced call.
+    """
+    return _StatelessSeedGenerator(seed)
 
 
 def variable_index(optimizer: Any, variable: Any) -> int:

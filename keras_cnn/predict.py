@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from keras_cnn.data.pixel_limit import DEFAULT_MAX_IMAGE_PIXELS, pixel_limit_problem
 from keras_cnn.errors import UserError, first_line
 from keras_cnn.export_layout import (IMAGES_SIGNATURE, METADATA_FILE, SERVING_SIGNATURE, TTA_SIGNATURE,
                                      check_label_count, read_export_labels, read_export_metadata, resolve_version_dir)
@@ -131,23 +132,29 @@ def expand_inputs(paths: list[str | os.PathLike]) -> tuple[list[Path], list[tupl
             if not found:
                 failures.append((str(path), f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in this directory"))
             files.extend(found)
-        elif path.exists():
+        elif path.is_file():
             files.append(path)
+        elif path.exists():
+            # Reading a named pipe could wait forever, a device could never end.
+            failures.append((str(path), "not a regular file (a named pipe, socket or device); not read"))
         else:
             failures.append((str(path), "no such file or directory"))
     return files, failures
 
 
 def predict_files(model: ExportedModel, paths: list[str | os.PathLike], batch_size: int = 32,
-                  top_k: int = 1, tta: int | None = None) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+                  top_k: int = 1, tta: int | None = None, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
+                  ) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
     """Classify image files (directories are expanded) with an exported model.
 
     Returns ``(results, failures)``.  Each result is ``{"path", "label", "class_index",
     "probability", "probabilities", "top_k"}`` with ``probabilities`` in ``labels.txt``
     order and ``top_k`` a list of ``{"label", "class_index", "probability"}``, best first.
     Each failure is ``(path, reason)``: unreadable, empty, truncated or non-image files are
-    reported there while the others are still classified.  ``tta``: average the
-    probabilities over that many test-time augmentation views (:meth:`ExportedModel.use_tta`).
+    reported there while the others are still classified, and so are images over
+    ``max_image_pixels`` (read from their header: they are never decoded; 0 or None: no
+    limit).  ``tta``: average the probabilities over that many test-time augmentation views
+    (:meth:`ExportedModel.use_tta`).
     """
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, received: {batch_size}")
@@ -161,7 +168,7 @@ def predict_files(model: ExportedModel, paths: list[str | os.PathLike], batch_si
     results: list[dict[str, Any]] = []
     # Files are read one batch at a time, so a large folder never sits in memory at once.
     for start in range(0, len(files), batch_size):
-        batch = _read_files(files[start:start + batch_size], failures)
+        batch = _read_files(files[start:start + batch_size], failures, max_image_pixels)
         if not batch:
             continue
         try:
@@ -174,7 +181,8 @@ def predict_files(model: ExportedModel, paths: list[str | os.PathLike], batch_si
     return results, failures
 
 
-def _read_files(paths: list[Path], failures: list[tuple[str, str]]) -> list[tuple[Path, bytes]]:
+def _read_files(paths: list[Path], failures: list[tuple[str, str]],
+                max_image_pixels: int | None) -> list[tuple[Path, bytes]]:
     readable = []
     for path in paths:
         try:
@@ -182,8 +190,9 @@ def _read_files(paths: list[Path], failures: list[tuple[str, str]]) -> list[tupl
         except OSError as error:
             failures.append((str(path), f"cannot read: {error.strerror or error}"))
             continue
-        if not data:
-            failures.append((str(path), "empty file"))
+        problem = "empty file" if not data else pixel_limit_problem(data, max_image_pixels)
+        if problem:
+            failures.append((str(path), problem))
             continue
         readable.append((path, data))
     return readable

@@ -15,7 +15,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from keras_cnn.config import RunConfig
-from keras_cnn.data.files import read_skipped_record
+from keras_cnn.data.files import read_skipped_record, refuse_too_large
 from keras_cnn.data.input_record import check_inputs, recorded_left_out
 from keras_cnn.errors import UserError
 from keras_cnn.io import check_same_labels
@@ -83,7 +83,7 @@ def run_parts(run: RunDirectory, config: RunConfig) -> SplitParts | ArrayParts:
 
 def load_part(run: RunDirectory, config: RunConfig, subset: str, batch_size: int) -> Part:
     """One part of a finished run, in file order, as the model saw it (see :class:`keras_cnn.data.parts.Part`)."""
-    from keras_cnn.data.parts import part_options
+    from keras_cnn.data.parts import SplitParts, part_options
 
     if subset not in SUBSETS:
         raise UserError(f"subset must be one of {SUBSETS}, received {subset!r}")
@@ -91,6 +91,10 @@ def load_part(run: RunDirectory, config: RunConfig, subset: str, batch_size: int
     if config.data.split and image_size is None:
         raise UserError(f"{run.config_path} records no image size for the model")
     parts = run_parts(run, config)
+    if isinstance(parts, SplitParts) and subset != "train":
+        # An image over the run's pixel limit put in its folder since: one clear line before any work.
+        # The training part is only sampled (int8 calibration): the pipeline's own guard covers it.
+        refuse_too_large(config.data.images, parts.rows(subset)["objectId"], config.data.max_image_pixels, run.root)
     return parts.part(subset, part_options(config.data, image_size, channels or 3, batch_size, cache=False))
 
 

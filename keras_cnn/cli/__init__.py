@@ -23,9 +23,9 @@ import click
 
 import keras_cnn
 from keras_cnn.cli.common import QUIET_HELP, enable_debug, enable_quiet
-from keras_cnn.errors import KcnnError, first_line
+from keras_cnn.errors import KcnnError, disk_full_message, first_line, is_disk_full
 from keras_cnn.progress import emit, route_kcnn_logs, track_stderr
-from keras_cnn.library_chatter import debugging, quiet_library_messages
+from keras_cnn.library_chatter import debugging, native_noise_filtered, quiet_library_messages
 
 # command name -> "module:attribute"; adding a command = one line here plus its module.
 COMMANDS = {
@@ -100,21 +100,25 @@ class KcnnGroup(click.Group):
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         # TensorFlow's C++ INFO/WARNING lines would bury kcnn's own output; --debug keeps them.
+        # (--debug is looked for now: its click callback runs only once the command is parsed.)
+        if _asks_for_debug(sys.argv[1:] if args is None else list(args)):
+            os.environ["KCNN_DEBUG"] = "1"
         if not debugging():
             os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        track_stderr()
-        quiet_library_messages()
-        route_kcnn_logs()
-        with _terminate_like_ctrl_c() as terminated:
-            try:
-                result = super().main(args, prog_name or "kcnn", complete_var, standalone_mode=False, **extra)
-            except click.exceptions.Exit as stop:
-                sys.exit(stop.exit_code)
-            except BaseException:
-                if terminated.is_set() and not debugging():
-                    emit("kcnn: terminated")
-                    sys.exit(143)
-                self._report_failure()
+        with native_noise_filtered():
+            track_stderr()
+            quiet_library_messages()
+            route_kcnn_logs()
+            with _terminate_like_ctrl_c() as terminated:
+                try:
+                    result = super().main(args, prog_name or "kcnn", complete_var, standalone_mode=False, **extra)
+                except click.exceptions.Exit as stop:
+                    sys.exit(stop.exit_code)
+                except BaseException:
+                    if terminated.is_set() and not debugging():
+                        emit("kcnn: terminated")
+                        sys.exit(143)
+                    self._report_failure()
         sys.exit(result if isinstance(result, int) else 0)
 
     @staticmethod
@@ -143,9 +147,18 @@ class KcnnGroup(click.Group):
         except Exception as error:  # noqa: BLE001 - the top level maps every failure to exit 1
             if debugging():
                 raise
-            emit(f"kcnn: error: {type(error).__name__}: {first_line(error)} "
-                 "(run with --debug for the traceback)")
+            if is_disk_full(error):
+                # Written by a library (TensorBoard's logs, a SavedModel): the file it names, if any.
+                emit(f"kcnn: error: {disk_full_message(getattr(error, 'filename', None))}")
+            else:
+                emit(f"kcnn: error: {type(error).__name__}: {first_line(error)} "
+                     "(run with --debug for the traceback)")
             sys.exit(1)
+
+
+def _asks_for_debug(arguments: list[str]) -> bool:
+    """Whether ``--debug`` is among the options (before a ``--``)."""
+    return "--debug" in (arguments[:arguments.index("--")] if "--" in arguments else arguments)
 
 
 @click.group(cls=KcnnGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

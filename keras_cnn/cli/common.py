@@ -102,6 +102,27 @@ def holding_run(out_dir: str | os.PathLike | None, overwrite: bool = False, stra
                                 files={"--split": data.get("split"), "--dataset-path": data.get("dataset_path")})
         RunDirectory(out_dir).check_ownership(overwrite)
         yield
+class InputPath(click.Path):
+    """``click.Path`` of something kcnn reads: it must exist, and be a folder (when allowed) or a regular file.
+
+    A named pipe, a socket or a device is refused as the option is parsed, with one line:
+    reading a named pipe would wait for ever.
+    """
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(exists=True, **kwargs)
+
+    def convert(self, value, param, ctx):
+        from keras_cnn.errors import UserError
+        from keras_cnn.io import check_input_file
+
+        path = super().convert(value, param, ctx)
+        if not os.path.isdir(path):
+            try:
+                check_input_file(path, "the file")
+            except UserError as error:
+                self.fail(str(error), param, ctx)
+        return path
 
 
 overwrite_option = click.option(

@@ -9,6 +9,7 @@ import click
 from keras_cnn.cli import options
 from keras_cnn.cli.common import debug_option, json_option, run_command
 from keras_cnn.cli.source_options import source_options, split_rule_options
+from keras_cnn.config import MAX_BATCH_SIZE, MAX_SEED
 
 
 @click.command()
@@ -26,9 +27,9 @@ from keras_cnn.cli.source_options import source_options, split_rule_options
 @split_rule_options()
 @click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True,
               help="Folds of the head that predicts every label out of sample.")
-@click.option("--seed", type=int, default=1234, show_default=True,
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=1234, show_default=True,
               help="How the images are dealt into the folds (no model is trained).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+@click.option("--batch-size", type=click.IntRange(1, MAX_BATCH_SIZE), default=None,
               help="Images per batch while extracting features [default: 64].")
 @options.trust_hub
 @json_option

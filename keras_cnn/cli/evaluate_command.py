@@ -10,6 +10,7 @@ import click
 from keras_cnn.choices import EvaluationPart, names
 from keras_cnn.cli import options
 from keras_cnn.cli.common import debug_option, json_option, run_command
+from keras_cnn.config import MAX_BATCH_SIZE
 from keras_cnn.runs import RunDirectory, RunLock
 
 
@@ -34,7 +35,7 @@ def render_summary(summary: dict[str, Any]) -> None:
               help="Run directory written by `kcnn train` / `kcnn transfer` / `kcnn finetune`.")
 @click.option("--subset", type=click.Choice(names(EvaluationPart)), default="test", show_default=True,
               help="Which part of the run's data to evaluate.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+@click.option("--batch-size", type=click.IntRange(1, MAX_BATCH_SIZE), default=None,
               help="Prediction batch size [default: the run's training batch size].")
 @click.option("--tta", type=click.IntRange(min=1), default=None,
               help="Also report test-time augmentation: average each image's probabilities over N fixed "

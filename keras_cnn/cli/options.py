@@ -33,7 +33,9 @@ import click
 
 from keras_cnn.choices import (AugmentEngine, ClassWeight, DatasetName, Layout, ModelApi, OptimizerName, ResizeMode,
                                ScheduleName, StrategyName, Switch, names)
-from keras_cnn.cli.common import FiniteFloatRange, option_group
+from keras_cnn.cli.common import FiniteFloatRange, InputPath, option_group
+from keras_cnn.config import (DEFAULT_MAX_IMAGE_PIXELS, MAX_BATCH_SIZE, MAX_EPOCHS, MAX_IMAGE_SIDE, MAX_SEED,
+                              MAX_UNITS)
 
 SECTIONS = ("data", "model", "training", "finetune")
 REGULARIZATION = "data.regularization"
@@ -101,9 +103,9 @@ def parse_cache(value: str) -> bool | str:
 dataset = _option("data.dataset", "--dataset", "Train on a keras.datasets dataset (downloaded once, or read from "
                   "--dataset-path).", type=_choice(DatasetName), default=None)
 dataset_path = _option("data.dataset_path", "--dataset-path", "The dataset archive on disk: mnist.npz, "
-                       "cifar-10-python.tar.gz or cifar-10-batches-py/.", type=click.Path(exists=True), default=None)
+                       "cifar-10-python.tar.gz or cifar-10-batches-py/.", type=InputPath(), default=None)
 split = _option("data.split", "--split", "Split CSV (objectId,value,type) from `kcnn split`.",
-                type=click.Path(exists=True, dir_okay=False), default=None)
+                type=InputPath(dir_okay=False), default=None)
 images = _option("data.images", "--images", "Image folder: a folder per class (DIR/<label>/…), a train/val/test "
                  "tree, or DIR/label.csv; with --split, the folder it names (flat or ab/cd/ sharded).",
                  type=click.Path(exists=True, file_okay=False), default=None)
@@ -113,8 +115,8 @@ layout = _option("data.layout", "--layout", "How the images are organised [defau
 allow_labels = _option("data.allow_labels", "--allow-label", "Accept LABEL (nan, None, null, NA...) as a real class "
                        "(repeatable); refused by default as it usually means missing data.", _optional_list,
                        multiple=True, metavar="LABEL")
-image_size = _option("data.image_size", "--image-size", "Input side in pixels.", _square,
-                     type=click.IntRange(min=32), default=None)
+image_size = _option("data.image_size", "--image-size", f"Input side in pixels (32 to {MAX_IMAGE_SIDE}).", _square,
+                     type=click.IntRange(32, MAX_IMAGE_SIDE), default=None)
 resize_mode = _option("data.resize_mode", "--resize-mode", "How image-folder pictures are fitted to the input size.",
                       type=_choice(ResizeMode), default="stretch", show_default=True)
 augment = _option("data.augment", "--augment/--no-augment", "Augment training images in the tf.data pipeline: "
@@ -135,6 +137,10 @@ relabel = _option("data.relabel", "--relabel", "New labels for the images an obj
 skip_bad_images = _option("data.skip_bad_images", "--skip-bad-images", "Train on the readable images and list the "
                           "others in RUN/skipped_images.csv (refused if a label would lose all its images in a part).",
                           is_flag=True)
+max_image_pixels = _option("data.max_image_pixels", "--max-image-pixels", "Refuse images of more pixels than this "
+                           "(width x height, read from the file's header before anything decodes it); 0: no limit. "
+                           "The default is Pillow's limit against decompression bombs.",
+                           type=click.IntRange(min=0), default=DEFAULT_MAX_IMAGE_PIXELS, show_default=True)
 validation_split = _option("data.validation_split", "--validation-split", "Fraction of the --dataset training "
                            "images held out for validation (the last ones).",
                            type=FiniteFloatRange(0, 1, max_open=True), default=0.2, show_default=True)
@@ -162,21 +168,23 @@ api = _option("model.api", "--api", "Keras API that assembles the model (same la
 weights = _option("model.weights", "--weights", "imagenet (downloaded once into the Keras cache), none (random), "
                   "or a weights file PATH.", default="imagenet", show_default=True)
 head_units = _option("model.head_units", "--head-units", "Hidden Dense layer(s) of the head, e.g. --head-units 1024 "
-                     "(repeatable) [default: none].", _optional_list, type=click.IntRange(min=1), multiple=True)
+                     "(repeatable) [default: none].", _optional_list, type=click.IntRange(1, MAX_UNITS),
+                     multiple=True)
 dropout = _option("model.dropout", "--dropout", "Dropout before the classifier.",
                   type=FiniteFloatRange(0, 1, max_open=True), default=0.2, show_default=True)
 binary = _option("model.binary", "--binary", "Two labels: one sigmoid unit instead of a 2-way softmax.", is_flag=True)
 
 # --------------------------------------------------------------------------- training
 
-epochs = _option("training.epochs", "--epochs", "Number of epochs.", type=click.IntRange(min=1), default=None)
+epochs = _option("training.epochs", "--epochs", "Number of epochs.", type=click.IntRange(1, MAX_EPOCHS), default=None)
 batch_size = _option("training.batch_size", "--batch-size", "Batch size (global across replicas).",
-                     type=click.IntRange(min=1), default=None)
+                     type=click.IntRange(1, MAX_BATCH_SIZE), default=None)
 learning_rate = _option("training.learning_rate", "--learning-rate", "Learning rate (the peak of --schedule).",
                         type=FiniteFloatRange(min=0, min_open=True), default=None)
 optimizer = _option("training.optimizer", "--optimizer", "Optimizer.", type=_choice(OptimizerName), default=None)
-seed = _option("training.seed", "--seed", "Random seed for weights, shuffling and augmentation.", type=int,
-               default=1234, show_default=True)
+seed = _option("training.seed", "--seed", "Random seed for weights, shuffling and augmentation (0 to 2^32 - 1); the "
+               "same seed gives the same run, resumed or not.", type=click.IntRange(0, MAX_SEED), default=1234,
+               show_default=True)
 class_weight = _option("training.class_weight", "--class-weight", "Weight classes inversely to their frequency in "
                        "the training part.", type=_choice(ClassWeight), default="none", show_default=True)
 cache_features = _option("training.cache_features", "--cache-features/--no-cache-features", "Run the frozen base "
@@ -204,7 +212,7 @@ ema = _option("training.ema", "--ema", "Keep an exponential moving average of th
               default=None, metavar="DECAY")
 early_stopping = _option("training.early_stopping", "--early-stopping", "Stop after PATIENCE epochs without a "
                          "better validation loss; the best epoch's model is the one kept [default: train every "
-                         "epoch].", type=click.IntRange(min=1), default=None, metavar="PATIENCE")
+                         "epoch].", type=click.IntRange(1, MAX_EPOCHS), default=None, metavar="PATIENCE")
 lr_mult = _option("training.lr_mult", "--lr-mult", "Discriminative learning rates (fastai's lr_mult): the head "
                   "trains at --learning-rate, the first unfrozen block of the base at --learning-rate/K, the blocks "
                   "between at rates growing geometrically [default: 1, one rate for all]. `kcnn lr-find --run RUN` "
@@ -241,7 +249,8 @@ allow_unfinished = click.option(
 
 OPTIONS: dict[str, ConfigOption] = {option.path: option for option in (
     dataset, dataset_path, split, images, layout, allow_labels, exclude, relabel, image_size, resize_mode, augment,
-    augment_engine, cache, skip_bad_images, validation_split, label_smoothing, mixup, cutmix, randaugment, random_erasing,
+    augment_engine, cache, skip_bad_images, max_image_pixels, validation_split, label_smoothing, mixup, cutmix,
+    randaugment, random_erasing,
     api, weights, head_units, dropout, binary,
     epochs, batch_size, learning_rate, optimizer, seed, class_weight, cache_features, mixed_precision, xla, strategy,
     schedule, warmup_epochs, ema, early_stopping, lr_mult,
@@ -287,7 +296,9 @@ def recipe_options() -> Callable:
 
 def image_folder_options() -> Callable:
     """How image folders are read and what the loss weighs: class weights, resizing, cache, bad images, layout."""
-    return option_group(class_weight(), resize_mode(), cache(), skip_bad_images(), layout(), allow_labels())
+    return option_group(class_weight(), resize_mode(), cache(), skip_bad_images(),
+                        max_image_pixels(note="Such images are bad images (see --skip-bad-images)."), layout(),
+                        allow_labels())
 
 
 def data_edit_options() -> Callable:

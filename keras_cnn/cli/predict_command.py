@@ -6,7 +6,9 @@ from typing import Any
 
 import click
 
+from keras_cnn.cli import options
 from keras_cnn.cli.common import debug_option, json_option, run_command
+from keras_cnn.config import MAX_BATCH_SIZE
 from keras_cnn.errors import UserError
 from keras_cnn.export_layout import read_export_labels, read_export_metadata, resolve_version_dir
 from keras_cnn.messages import MAX_ITEMS
@@ -17,9 +19,10 @@ from keras_cnn.progress import emit
 @click.option("--model", "model_dir", required=True, type=click.Path(),
               help="Export directory (its highest version is used) or one version folder DIR/<version>.")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@options.max_image_pixels(note="Such a file is listed as failed; the others are still classified.")
 @click.option("--top-k", type=click.IntRange(min=1), default=1, show_default=True,
               help="Show the K most likely labels per image (at most the number of classes).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+@click.option("--batch-size", type=click.IntRange(1, MAX_BATCH_SIZE), default=32, show_default=True,
               help="Images per call of the model.")
 @click.option("--tta", type=click.IntRange(min=1), default=None,
               help="Average each image's probabilities over N test-time augmentation views (as kcnn evaluate "
@@ -27,8 +30,8 @@ from keras_cnn.progress import emit
 @json_option
 @debug_option
 @click.pass_context
-def predict(ctx: click.Context, model_dir: str, inputs: tuple[str, ...], top_k: int, batch_size: int,
-            tta: int | None, as_json: bool) -> None:
+def predict(ctx: click.Context, model_dir: str, inputs: tuple[str, ...], max_image_pixels: int, top_k: int,
+            batch_size: int, tta: int | None, as_json: bool) -> None:
     """Classify images (files or directories of images) with an exported model; writes no files.
 
     \b
@@ -49,7 +52,8 @@ def predict(ctx: click.Context, model_dir: str, inputs: tuple[str, ...], top_k: 
         from keras_cnn.predict import load_exported_model, predict_files
 
         model = load_exported_model(model_dir)
-        results, failures = predict_files(model, list(inputs), batch_size=batch_size, top_k=top_k, tta=tta)
+        results, failures = predict_files(model, list(inputs), batch_size=batch_size, top_k=top_k, tta=tta,
+                                          max_image_pixels=max_image_pixels)
         return {"predictions": results,
                 "failures": [{"path": path, "reason": reason} for path, reason in failures]}
 

@@ -7,8 +7,8 @@ import json
 
 import click
 
+from keras_cnn.cli import options
 from keras_cnn.cli.common import debug_option, json_option
-from keras_cnn.data.pixel_limit import DEFAULT_MAX_IMAGE_PIXELS
 from keras_cnn.export_layout import (read_export_labels, read_export_metadata, served_version_dirs,
                                      version_number)
 from keras_cnn.progress import say, warn
@@ -39,8 +39,7 @@ DEFAULT_PORT = 8501   # TF Serving's REST port
               help="Seconds a request may take (reading its body, waiting and running the model); 504 beyond.")
 @click.option("--max-body-mb", type=click.FloatRange(min=0, min_open=True), default=32.0, show_default=True,
               help="Largest request body in megabytes (2^20 bytes); 413 beyond.")
-@click.option("--max-image-pixels", type=click.IntRange(min=0), default=DEFAULT_MAX_IMAGE_PIXELS, show_default=True,
-              help="Largest image (width x height, read from its header before decoding); 0 = no limit.")
+@options.max_image_pixels(note="Larger images are answered 400.")
 @json_option
 @debug_option
 def serve(model_dir: str, host: str, port: int, name: str | None, max_batch: int, batch_timeout_ms: float,

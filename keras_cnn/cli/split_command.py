@@ -7,12 +7,12 @@ from typing import Any
 import click
 
 from keras_cnn.cli import options
-from keras_cnn.cli.common import debug_option, json_option, run_command
+from keras_cnn.cli.common import InputPath, debug_option, json_option, run_command
 from keras_cnn.cli.source_options import source_options, split_rule_options
 
 
 @click.command("split")
-@click.argument("source", metavar="LABEL_CSV|DIR")
+@click.argument("source", metavar="LABEL_CSV|DIR", type=InputPath())
 @click.option("-o", "--output", required=True, metavar="SPLIT_CSV",
               help="Where to write objectId,value,type[,sha1] (written atomically).")
 @source_options()

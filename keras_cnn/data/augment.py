@@ -201,22 +201,33 @@ def build_augmentation_layers(spec: AugmentationSpec | Mapping[str, Any], seed: 
 def augment_dataset(dataset, spec: AugmentationSpec | Mapping[str, Any] | None, seed: int | None = None):
     """Map a batched ``(images, labels)`` dataset through the random layers of ``spec``.
 
-    Images come out float32 in 0..255.  Each pass over the dataset draws new
-    transformations (the layers' seed state advances on every call), so two epochs over the
-    same cached images see different augmentations.  An identity spec returns ``dataset``
-    unchanged.
+    Images come out float32 in 0..255.  Each pass over the dataset (each epoch) draws new
+    transformations.  With a ``seed`` they are a function of (seed, epoch, batch)
+    (:mod:`keras_cnn.data.randomness`): the same in every run, and in a resumed one.  An
+    identity spec returns ``dataset`` unchanged.
     """
     import tensorflow as tf
+
+    from keras_cnn.data.randomness import AUGMENTATION_STREAM, apply_random_layer, map_with_batch_seeds, sub_seed
 
     spec = as_augmentation_spec(spec)
     if spec is None:
         return dataset
     layers = build_augmentation_layers(spec, seed=seed)
 
-    def augment(images, labels):
-        return layers(tf.cast(images, tf.float32), training=True), labels
+    if seed is None:
+        def augment(images, labels):
+            return layers(tf.cast(images, tf.float32), training=True), labels
 
-    return dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+        return dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+
+    def augment_seeded(batch_seed, images, labels):
+        images = tf.cast(images, tf.float32)
+        for site, layer in enumerate(layers.layers):
+            images = apply_random_layer(layer, images, sub_seed(batch_seed, site))
+        return tf.cast(images, tf.float32), labels
+
+    return map_with_batch_seeds(dataset, augment_seeded, seed, AUGMENTATION_STREAM)
 
 
 def _random_contrast_function(contrast_range: float, seed: int | None):

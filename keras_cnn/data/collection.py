@@ -372,8 +372,13 @@ def _read_label_csv(label_csv: str, images: str | None, id_column: str, label_co
 
 # ---------------------------------------------------------------------------------- hashing
 
-def file_sha1(path: str) -> str | None:
-    """The SHA-1 of a file's bytes, read in chunks of at most 1 MiB; None when the file is not there.
+class _Unreadable(str):
+    """Why a file that is there cannot be read (the result of hashing it, in place of its SHA-1)."""
+
+
+def _sha1_or_reason(path: str) -> str | None:
+    """The SHA-1 of a file's bytes, read in chunks of at most 1 MiB; None when the file is not there;
+    an :class:`_Unreadable` reason when it cannot be read.
 
     Not ``hashlib.file_digest``: it allocates a 256 KiB buffer per file, which costs more than
     hashing a small image.
@@ -390,20 +395,30 @@ def file_sha1(path: str) -> str | None:
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         return None
     except OSError as error:
-        raise UserError(f"cannot read {path}: {error.strerror}") from None
+        return _Unreadable(f"unreadable ({error.strerror})")
+
+
+def file_sha1(path: str) -> str | None:
+    """The SHA-1 of a file's bytes; None when the file is not there; ``UserError`` when it cannot be read."""
+    digest = _sha1_or_reason(path)
+    if isinstance(digest, _Unreadable):
+        raise UserError(f"cannot read {path}: {digest}")
+    return digest
 
 
 def _hash_batch(paths: list[str]) -> list[str | None]:
-    return [file_sha1(path) for path in paths]
+    return [_sha1_or_reason(path) for path in paths]
 
 
 def content_sha1s(root: str | os.PathLike, object_ids: list[str], workers: int | None = None,
-                  announce: str | None = None) -> list[str | None]:
+                  announce: str | None = None, unreadable: list[tuple[str, str]] | None = None) -> list[str | None]:
     """The SHA-1 (hex) of each file ``root/<objectId>``, in order; None for a missing file.
 
     Files are hashed on ``workers`` threads (default: 4 per core, as reading overlaps with
     hashing), each file streamed in chunks, never read whole into memory.  ``announce``: the
-    line said when there are many files (default: why a split hashes them).
+    line said when there are many files (default: why a split hashes them).  A file that is
+    there but cannot be read (no permission) is a ``UserError``; with an ``unreadable``
+    list, it gets None and ``(objectId, reason)`` goes to the list instead.
     """
     if not object_ids:
         return []
@@ -414,17 +429,44 @@ def content_sha1s(root: str | os.PathLike, object_ids: list[str], workers: int |
     paths = [os.path.join(base, object_id) for object_id in object_ids]
     batches = [paths[start:start + _HASH_BATCH] for start in range(0, len(paths), _HASH_BATCH)]
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return [digest for batch in pool.map(_hash_batch, batches) for digest in batch]
+        digests = [digest for batch in pool.map(_hash_batch, batches) for digest in batch]
+    for position, digest in enumerate(digests):
+        if isinstance(digest, _Unreadable):
+            if unreadable is None:
+                raise UserError(f"cannot read {paths[position]}: {digest}")
+            unreadable.append((object_ids[position], str(digest)))
+            digests[position] = None
+    return digests
 
 
-def _fill_sha1(table: pd.DataFrame, images: str, named_by: str, list_prefix: str | None) -> pd.DataFrame:
-    """Add the ``sha1`` column: from the name when it is a SHA-1, else from the bytes."""
+def _fill_sha1(table: pd.DataFrame, images: str, named_by: str, list_prefix: str | None,
+               skip_unreadable: bool = False, unreadable_advice: str = "make them readable",
+               skipped: Counter | None = None) -> pd.DataFrame:
+    """Add the ``sha1`` column: from the name when it is a SHA-1, else from the bytes.
+
+    Files that cannot be read are refused in one line ending with ``unreadable_advice``, or
+    with ``skip_unreadable`` left out (counted in ``skipped`` and named in a warning).
+    """
     object_ids = table["objectId"].tolist()
     from_names = [sha1_of_name(object_id) for object_id in object_ids]
     to_hash = [position for position, digest in enumerate(from_names) if digest is None]
-    digests = content_sha1s(images, [object_ids[position] for position in to_hash])
+    unreadable: list[tuple[str, str]] = []
+    digests = content_sha1s(images, [object_ids[position] for position in to_hash], unreadable=unreadable)
     for position, digest in zip(to_hash, digests):
         from_names[position] = digest
+    if unreadable:
+        listed = [f"{object_id} ({reason})" for object_id, reason in unreadable]
+        list_path = _list_path(list_prefix, "unreadable.txt")
+        noun = "file cannot" if len(unreadable) == 1 else "files cannot"
+        if not skip_unreadable:
+            raise UserError(bounded_list_message(lambda shown: f"{len(unreadable)} {noun} be read in {images}: "
+                                                               f"{shown} — {unreadable_advice}", listed, list_path))
+        warn(bounded_list_message(lambda shown: f"leaving out {len(unreadable)} image file(s) that cannot be read: "
+                                                f"{shown}", listed, list_path))
+        if skipped is not None:
+            skipped["unreadable"] += len(unreadable)
+        keep = ~table["objectId"].isin({object_id for object_id, _ in unreadable}).to_numpy()
+        table, from_names = table[keep], [digest for digest, kept in zip(from_names, keep) if kept]
     missing = [object_id for object_id, digest in zip(table["objectId"], from_names) if digest is None]
     if missing:
         raise UserError(missing_files_message(missing, len(table), images, named_by,
@@ -514,7 +556,8 @@ def list_collection(source: str | os.PathLike, images: str | os.PathLike | None 
 def read_collection(source: str | os.PathLike, images: str | os.PathLike | None = None, layout: str | None = None,
                     id_column: str = "objectId", label_column: str = "value",
                     allowed_labels: Iterable[str] = (), list_prefix: str | None = None,
-                    edits: DataEdits | None = None, keep_duplicates: bool = False) -> Collection:
+                    edits: DataEdits | None = None, keep_duplicates: bool = False,
+                    skip_unreadable: bool = False, unreadable_advice: str = "make them readable") -> Collection:
     """Read labelled images in any layout into a :class:`Collection`.
 
     ``source``: a label CSV, a folder holding ``label.csv``, a class-folder tree or a
@@ -529,7 +572,9 @@ def read_collection(source: str | os.PathLike, images: str | os.PathLike | None 
     input, missing files, unusable labels or names, two folders that are one label, and
     (unless ``keep_duplicates``) identical images under two labels.  Labels come
     Unicode-normalised (NFC); folders are listed as :func:`list_collection` says (links
-    followed, kcnn run folders left out).
+    followed, kcnn run folders left out).  Image files that cannot be read are refused
+    (ending with ``unreadable_advice``) or, with ``skip_unreadable``, left out and counted
+    in the "found" line.
     """
     collection = list_collection(source, images, layout, id_column, label_column, allowed_labels, list_prefix)
     if collection.layout == "csv":
@@ -539,7 +584,8 @@ def read_collection(source: str | os.PathLike, images: str | os.PathLike | None 
     table, edit_report = _edited(collection.table, edits, collection.skipped, list_prefix)
     warnings = [*collection.warnings, *_unmatched_warnings(edit_report, edits, list_prefix)]
     if not collection.named_by_sha1:
-        table = _fill_sha1(table, str(collection.images), named_by, list_prefix)
+        table = _fill_sha1(table, str(collection.images), named_by, list_prefix, skip_unreadable, unreadable_advice,
+                           collection.skipped)
         if not keep_duplicates:
             table, dropped = _drop_duplicates(table, list_prefix)
             warnings += dropped
@@ -686,20 +732,25 @@ def split_into_run(data: DataConfig, run_root: str | os.PathLike) -> DataConfig:
     return replace(data, split=os.path.abspath(split_path), images=os.path.abspath(data.images))
 
 
-def split_images(data: DataConfig, split_path: str | os.PathLike, list_prefix: str) -> DataConfig:
+def split_images(data: DataConfig, split_path: str | os.PathLike, list_prefix: str,
+                 offers_skipping: bool = True) -> DataConfig:
     """Split ``data.images`` (any layout) into ``split_path``; the returned config names it.
 
     With ``data.split`` the given split is copied instead, its parts kept; either way
     ``data.exclude`` / ``data.relabel`` are applied.  Prints what was found, the counts per
     label per part and every warning, as ``kcnn split`` does.  ``list_prefix``: where full
-    lists behind shortened messages go.
+    lists behind shortened messages go.  Image files that cannot be read are left out with
+    ``data.skip_bad_images``, else refused (naming ``--skip-bad-images`` when the command
+    ``offers_skipping``).
     """
     edits = read_data_edits(data.exclude, data.relabel, data.allow_labels)
     if data.split:
         collection = read_split_collection(data.split, data.images, data.allow_labels, list_prefix, edits)
     else:
         collection = read_collection(data.images, layout=data.layout, allowed_labels=data.allow_labels,
-                                     list_prefix=list_prefix, edits=edits)
+                                     list_prefix=list_prefix, edits=edits, skip_unreadable=data.skip_bad_images,
+                                     unreadable_advice="make them readable" + (" or pass --skip-bad-images"
+                                                                               if offers_skipping else ""))
     say(collection.describe())
     result = split_with_report(collection, allowed_labels=data.allow_labels)
     write_split_csv(result.frame, split_path)

@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import io
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
+from keras_cnn.data.pixel_limit import DEFAULT_MAX_IMAGE_PIXELS, over_limit_message
 from keras_cnn.errors import UserError
 from keras_cnn.messages import MAX_ITEMS, MAX_MESSAGE, summarize_items
 from keras_cnn.progress import ProgressBar, warn
 from keras_cnn.io import atomic_write_text
+from keras_cnn.spreadsheet import csv_text, unescape_cell
 
 # Reasons a file cannot be used (the text shown to users and written to the record).
 MISSING = "missing"
@@ -140,19 +141,21 @@ def _progress_bar(total: int, enabled: bool):
         yield bar.update
 
 
-def find_bad_images(images_dir: str | os.PathLike, object_ids: Iterable[str],
-                    progress: bool = True) -> list[tuple[str, str]]:
-    """Every objectId whose file is missing or does not decode, with the reason, in input order.
+def find_bad_images(images_dir: str | os.PathLike, object_ids: Iterable[str], progress: bool = True,
+                    max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> list[tuple[str, str]]:
+    """Every objectId whose file is missing, over ``max_pixels`` or does not decode, with the reason, in input order.
 
     Files are read and decoded by TensorFlow (the pipeline's own decoder; a JPEG at its
     smallest DCT scale, which still reads its whole compressed stream) in a parallel
-    ``tf.data`` map, so thousands of images take seconds.  Reasons: ``missing``,
-    ``empty file``, ``not an image``, ``truncated or corrupt JPEG`` (PNG, GIF, BMP...).
-    ``progress`` shows a progress bar on stderr.
+    ``tf.data`` map, so thousands of images take seconds.  An image whose header says it
+    has more than ``max_pixels`` pixels is not decoded at all (0 or None: no limit).
+    Reasons: ``missing``, ``the image has N pixels, over the limit of M``, ``empty file``,
+    ``not an image``, ``unreadable (...)``, ``truncated or corrupt JPEG`` (PNG, GIF,
+    BMP...).  ``progress`` shows a progress bar on stderr.
     """
     import tensorflow as tf
 
-    from keras_cnn.data.images import CHECK_TARGET_SIZE, decode_image
+    from keras_cnn.data.images import CHECK_TARGET_SIZE, decode_image, header_pixels
 
     _require_folder(images_dir)
     object_ids = list(object_ids)
@@ -165,12 +168,17 @@ def find_bad_images(images_dir: str | os.PathLike, object_ids: Iterable[str],
         else:
             found_positions.append(position)
             found_paths.append(os.fspath(path))
+    limit = int(max_pixels or 0)
 
     def decode(position, path):
-        # The smallest DCT scale of a JPEG is enough to know whether it decodes.
-        image = decode_image(tf.io.read_file(path), channels=3, target_size=CHECK_TARGET_SIZE)
-        # Returning a value computed from the pixels keeps the decode from being pruned.
-        return position, tf.shape(image)[0]
+        encoded = tf.io.read_file(path)
+        pixels = header_pixels(encoded)
+        # The smallest DCT scale of a JPEG is enough to know whether it decodes; an image
+        # over the limit is not decoded (its height comes out as -1).  Returning a value
+        # computed from the pixels keeps the decode from being pruned.
+        height = tf.cond(tf.logical_and(limit > 0, pixels > limit), lambda: tf.constant(-1),
+                         lambda: tf.shape(decode_image(encoded, channels=3, target_size=CHECK_TARGET_SIZE))[0])
+        return position, height, pixels
 
     decoded = set()
     if found_paths:
@@ -180,13 +188,45 @@ def find_bad_images(images_dir: str | os.PathLike, object_ids: Iterable[str],
         # that element, and the positions that never come out are the bad ones.
         dataset = dataset.ignore_errors().batch(64).prefetch(tf.data.AUTOTUNE)
         with _progress_bar(len(found_paths), progress) as update:
-            for positions, _heights in dataset:
-                decoded.update(positions.numpy().tolist())
+            for positions, heights, pixels in dataset:
+                for position, height, count in zip(positions.numpy().tolist(), heights.numpy().tolist(),
+                                                   pixels.numpy().tolist()):
+                    decoded.add(position)
+                    if height < 0:
+                        bad[position] = f"{over_limit_message(count, limit)} (--max-image-pixels)"
                 update(len(decoded))
     for position, path in zip(found_positions, found_paths):
         if position not in decoded:
             bad[position] = _classify_undecodable(path)
     return [(object_ids[position], bad[position]) for position in sorted(bad)]
+
+
+def refuse_too_large(images_dir: str | os.PathLike, object_ids: Iterable[str], max_pixels: int | None,
+                     list_folder: str | os.PathLike | None = None) -> None:
+    """One line naming the images whose header says they are over ``max_pixels`` (none is decoded), if any.
+
+    For steps that read the images of a finished run (evaluation, an export's calibration):
+    its check at training time found none, so such a file was put there since.
+    """
+    import tensorflow as tf
+
+    from keras_cnn.data.images import header_pixels
+
+    limit = int(max_pixels or 0)
+    located = [(object_id, locate_image(images_dir, object_id)) for object_id in object_ids]
+    located = [(object_id, os.fspath(path)) for object_id, path in located if path is not None]
+    if not limit or not located:
+        return
+    dataset = tf.data.Dataset.from_tensor_slices((list(range(len(located))), [path for _, path in located]))
+    dataset = dataset.map(lambda position, path: (position, header_pixels(tf.io.read_file(path))),
+                          num_parallel_calls=tf.data.AUTOTUNE)
+    # A file that cannot be read (or a damaged JPEG header) is for the decoder to report.
+    large = [(located[position][0], f"{over_limit_message(pixels, limit)} (--max-image-pixels)")
+             for position, pixels in dataset.ignore_errors().as_numpy_iterator() if pixels > limit]
+    if large:
+        raise UserError(_bad_images_message(large, "the run's check found none when it trained: put back the "
+                                                   "images it was trained on", full_list_path("large_images.txt",
+                                                                                             list_folder)))
 
 
 def _bad_images_message(bad: Sequence[tuple[str, str]], advice: str,
@@ -198,12 +238,8 @@ def _bad_images_message(bad: Sequence[tuple[str, str]], advice: str,
 
 
 def write_skipped_record(path: str | os.PathLike, bad: Sequence[tuple[str, str]]) -> Path:
-    """Write ``objectId,reason`` rows (a header line first) atomically."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["objectId", "reason"])
-    writer.writerows(bad)
-    return atomic_write_text(path, buffer.getvalue())
+    """Write ``objectId,reason`` rows (a header line first) atomically; safe to open in a spreadsheet."""
+    return atomic_write_text(path, csv_text(["objectId", "reason"], bad))
 
 
 def read_skipped_record(path: str | os.PathLike) -> list[str]:
@@ -212,20 +248,25 @@ def read_skipped_record(path: str | os.PathLike) -> list[str]:
     if not path.exists():
         return []
     with path.open(newline="", encoding="utf-8") as handle:
-        return [row["objectId"] for row in csv.DictReader(handle) if row.get("objectId")]
+        return [unescape_cell(row["objectId"]) for row in csv.DictReader(handle) if row.get("objectId")]
+
+
+SKIP_ADVICE = "fix them or pass --skip-bad-images"
 
 
 def check_images_or_fail(images_dir: str | os.PathLike, object_ids: Iterable[str], skip_bad: bool = False,
-                         record_path: str | os.PathLike | None = None, progress: bool = True) -> set[str]:
-    """Check every image; return the objectIds to leave out of training.
+                         record_path: str | os.PathLike | None = None, progress: bool = True,
+                         max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS, advice: str = SKIP_ADVICE) -> set[str]:
+    """Check every image (see :func:`find_bad_images`); return the objectIds to leave out of training.
 
     Without ``skip_bad`` any bad image is a ``UserError`` that lists all of them by
-    objectId and reason (one line).  With ``skip_bad`` the bad ones are returned and, when
-    ``record_path`` is given, written there as ``objectId,reason`` (always written, header
-    only when nothing was skipped, so the run shows the check happened).
+    objectId and reason (one line) and ends with ``advice`` (what the command can do about
+    it).  With ``skip_bad`` the bad ones are returned and, when ``record_path`` is given,
+    written there as ``objectId,reason`` (always written, header only when nothing was
+    skipped, so the run shows the check happened).
     """
     object_ids = list(object_ids)
-    bad = find_bad_images(images_dir, object_ids, progress=progress)
+    bad = find_bad_images(images_dir, object_ids, progress=progress, max_pixels=max_pixels)
     list_folder = Path(record_path).parent if record_path is not None else None
     missing = [object_id for object_id, reason in bad if reason == MISSING]
     if len(missing) * 2 > len(object_ids):
@@ -233,8 +274,7 @@ def check_images_or_fail(images_dir: str | os.PathLike, object_ids: Iterable[str
         raise UserError(missing_files_message(missing, len(object_ids), images_dir, "the split",
                                               full_list_path("missing.txt", list_folder)))
     if bad and not skip_bad:
-        raise UserError(_bad_images_message(bad, "fix them or pass --skip-bad-images",
-                                            full_list_path("bad_images.txt", list_folder)))
+        raise UserError(_bad_images_message(bad, advice, full_list_path("bad_images.txt", list_folder)))
     if skip_bad and record_path is not None:
         write_skipped_record(record_path, bad)
     if bad:

@@ -22,6 +22,9 @@ RESIZE_MODES = names(ResizeMode)
 JPEG_RATIOS = (1, 2, 4, 8)
 
 
+# The first bytes of a file, enough for the size fields of every header header_pixels reads.
+_HEADER_BYTES = 32
+
 # Any JPEG of at least 8x8 pixels decodes at 1/8 scale for this target: enough to learn
 # whether a file decodes at all (libjpeg reads the whole compressed stream at every scale).
 CHECK_TARGET_SIZE = (1, 1)
@@ -53,6 +56,64 @@ def _ratio_index(encoded: tf.Tensor, target_size: tuple[int, int] | None) -> tf.
 
     # extract_jpeg_shape fails on other formats: read the header of JPEGs only.
     return tf.cond(tf.io.is_jpeg(encoded), largest_fitting, lambda: tf.constant(0, tf.int32))
+
+
+@tf.autograph.experimental.do_not_convert
+def header_pixels(encoded: tf.Tensor) -> tf.Tensor:
+    """Width x height (int64) of an encoded image, from its header alone; -1 when the format is not known.
+
+    Reads the size fields of the formats ``decode_image`` decodes: JPEG (its frame header),
+    PNG (IHDR), GIF (the logical screen), BMP and WebP (VP8, VP8L, VP8X), so an image too
+    large to decode safely is found before any memory goes to its pixels.  A damaged JPEG
+    header fails, as its decode would.
+    """
+    head = tf.strings.substr(tf.strings.join([tf.strings.substr(encoded, 0, _HEADER_BYTES),
+                                              tf.constant(b"\0" * _HEADER_BYTES)]), 0, _HEADER_BYTES)
+    values = tf.cast(tf.io.decode_raw(head, tf.uint8), tf.int64)
+
+    def little_endian(start: int, count: int) -> tf.Tensor:
+        return sum(values[start + index] * (256 ** index) for index in range(count))
+
+    def big_endian(start: int, count: int) -> tf.Tensor:
+        return sum(values[start + index] * (256 ** (count - 1 - index)) for index in range(count))
+
+    def signed_32(value: tf.Tensor) -> tf.Tensor:
+        return tf.abs(tf.where(value >= 2**31, value - 2**32, value))   # a top-down BMP has a negative height
+
+    def starts(prefix: bytes, at: int = 0) -> tf.Tensor:
+        return tf.equal(tf.strings.substr(head, at, len(prefix)), prefix)
+
+    lossless_bits = little_endian(21, 4)
+    known = [
+        (starts(b"\x89PNG\r\n\x1a\n"), big_endian(16, 4) * big_endian(20, 4)),
+        (starts(b"GIF8"), little_endian(6, 2) * little_endian(8, 2)),
+        (starts(b"BM"), signed_32(little_endian(18, 4)) * signed_32(little_endian(22, 4))),
+        (starts(b"RIFF") & starts(b"WEBPVP8 ", 8),
+         tf.bitwise.bitwise_and(little_endian(26, 2), 0x3FFF) * tf.bitwise.bitwise_and(little_endian(28, 2), 0x3FFF)),
+        (starts(b"RIFF") & starts(b"WEBPVP8L", 8),
+         (tf.bitwise.bitwise_and(lossless_bits, 0x3FFF) + 1)
+         * (tf.bitwise.bitwise_and(tf.bitwise.right_shift(lossless_bits, 14), 0x3FFF) + 1)),
+        (starts(b"RIFF") & starts(b"WEBPVP8X", 8), (little_endian(24, 3) + 1) * (little_endian(27, 3) + 1)),
+    ]
+    pixels = tf.constant(-1, tf.int64)
+    for matches, size in reversed(known):
+        pixels = tf.where(matches, size, pixels)
+    return tf.cond(tf.io.is_jpeg(encoded),
+                   lambda: tf.reduce_prod(tf.cast(tf.image.extract_jpeg_shape(encoded)[:2], tf.int64)),
+                   lambda: pixels)
+
+
+def within_pixel_limit(encoded: tf.Tensor, limit: int) -> tf.Tensor:
+    """``encoded`` itself, once its header says it has at most ``limit`` pixels; an error before any decoding if not.
+
+    The pipelines' guard: the images of a run were checked before training (and
+    ``kcnn evaluate`` checks the part it reads), so this only stops a file put there since.
+    """
+    check = tf.debugging.assert_less_equal(header_pixels(encoded), tf.constant(int(limit), tf.int64),
+                                           message=f"an image is over the limit of {int(limit):,} pixels "
+                                                   "(--max-image-pixels)")
+    with tf.control_dependencies([check]):
+        return tf.identity(encoded)
 
 
 def _decode_at_ratio(encoded: tf.Tensor, ratio_index: tf.Tensor, channels: int) -> tf.Tensor:

@@ -186,6 +186,6 @@ def open_parts(data: DataConfig, input_shape: tuple[int, int, int] | None = None
 
 
 def part_options(data: DataConfig, image_size: Any, channels: int, batch_size: int, **settings: Any) -> DatasetOptions:
-    """The :class:`DatasetOptions` of a run's data: its input geometry and resizing, and ``settings``."""
+    """The :class:`DatasetOptions` of a run's data: its input geometry, resizing and pixel limit, and ``settings``."""
     return DatasetOptions(image_size=image_size, batch_size=batch_size, channels=channels,
-                          resize_mode=data.resize_mode, **settings)
+                          resize_mode=data.resize_mode, max_image_pixels=data.max_image_pixels, **settings)

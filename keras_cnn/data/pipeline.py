@@ -8,7 +8,8 @@ The order of the stages is the point of this module::
 Decoding and resizing are done once: the cache (memory, or files with ``cache=PATH``)
 holds the resized uint8 images, a quarter of the float32 size.  Everything random comes
 after the cache, so each epoch reshuffles and draws new augmentations of the same
-cached pixels.  Images go through :func:`keras_cnn.data.images.load_image`, the function
+cached pixels; every draw is a function of (seed, epoch, batch) (:mod:`keras_cnn.data.randomness`), so a
+resumed run sees the order and augmentations an uninterrupted one would.  Images go through :func:`keras_cnn.data.images.load_image`, the function
 the exported model uses too, so training and serving see the same pixels.
 """
 
@@ -28,7 +29,9 @@ import tensorflow as tf
 
 from keras_cnn.data.augment import AugmentationSpec, as_augmentation_spec, augment_dataset
 from keras_cnn.data.files import resolve_image_paths
-from keras_cnn.data.images import RESIZE_MODES, load_image
+from keras_cnn.data.images import RESIZE_MODES, load_image, within_pixel_limit
+from keras_cnn.data.pixel_limit import DEFAULT_MAX_IMAGE_PIXELS
+from keras_cnn.data.randomness import shuffle_per_epoch
 from keras_cnn.data.split import PARTS, class_names, read_split_csv, validate_object_ids
 from keras_cnn.errors import UserError
 
@@ -137,10 +140,14 @@ class DatasetOptions:
     after the cache; None for none.
     ``cache``: True (memory), False, or a file path prefix (the files get
     ``-<subset>-<hash>`` appended, the hash of the image list and settings).
-    ``shuffle``: default True for train only; reshuffled every epoch; ``seed`` fixes it.
+    ``shuffle``: default True for train only; reshuffled every epoch; ``seed`` fixes it (each
+    epoch's order and augmentations are then those of its epoch number, see
+    :func:`keras_cnn.data.randomness.set_epoch`).
     ``labels``: the class list (index order); default: the sorted distinct values of the
     whole split, so every subset maps labels the same way.
     ``skip``: objectIds to leave out (e.g. the bad images found before training).
+    ``max_image_pixels``: an image whose header says it is larger stops the pipeline before
+    it is decoded (0 or None: no limit).
     The fields keep the order of :func:`make_dataset`'s former parameters, so
     ``DatasetOptions(image_size, batch_size, ...)`` reads as those calls did.
     """
@@ -156,6 +163,7 @@ class DatasetOptions:
     resize_mode: str = "stretch"
     skip: Iterable[str] | None = None
     drop_remainder: bool = False
+    max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
 
 
 def make_dataset(split_csv: str | os.PathLike | pd.DataFrame, images_dir: str | os.PathLike, subset: str,
@@ -202,13 +210,18 @@ def make_dataset(split_csv: str | os.PathLike | pd.DataFrame, images_dir: str | 
     if shuffle is None:
         shuffle = subset == "train"
 
+    limit = options.max_image_pixels
+
     def load(path, label):
-        return load_image(tf.io.read_file(path), image_size, channels, resize_mode), label
+        encoded = tf.io.read_file(path)
+        if limit:
+            encoded = within_pixel_limit(encoded, limit)
+        return load_image(encoded, image_size, channels, resize_mode), label
 
     dataset = tf.data.Dataset.from_tensor_slices((paths, tf.constant(indices, dtype=tf.int32)))
     if shuffle and not cache:
         # Nothing is cached: shuffling the file names is free and a perfect shuffle.
-        dataset = dataset.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+        dataset = shuffled(dataset, len(paths), seed)
     dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE)
     if cache:
         if cache is True:
@@ -221,13 +234,20 @@ def make_dataset(split_csv: str | os.PathLike | pd.DataFrame, images_dir: str | 
             image_bytes = image_size[0] * image_size[1] * channels
             buffer_size = max(int(batch_size), min(len(paths), FILE_CACHE_SHUFFLE_BYTES // image_bytes))
         if shuffle:
-            dataset = dataset.shuffle(buffer_size, seed=seed, reshuffle_each_iteration=True)
+            dataset = shuffled(dataset, buffer_size, seed)
     dataset = dataset.batch(int(batch_size), drop_remainder=options.drop_remainder,
                             num_parallel_calls=tf.data.AUTOTUNE)
     if spec is not None:
         dataset = augment_dataset(dataset, spec, seed=seed)
     dataset = dataset.map(_to_float, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def shuffled(dataset: tf.data.Dataset, buffer_size: int, seed: int | None) -> tf.data.Dataset:
+    """Reshuffled every epoch: in an order set by (seed, epoch) when seeded, else by tf.data as it likes."""
+    if seed is None:
+        return dataset.shuffle(buffer_size, reshuffle_each_iteration=True)
+    return shuffle_per_epoch(dataset, buffer_size, seed)
 
 
 def _to_float(images, labels):
@@ -242,7 +262,7 @@ def array_pipeline(images: np.ndarray, labels: np.ndarray, batch_size: int, shuf
         dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
         batch_size = per_replica_batch_size(batch_size, input_context)
     if shuffle:
-        dataset = dataset.shuffle(min(len(images), 50_000), seed=seed, reshuffle_each_iteration=True)
+        dataset = shuffled(dataset, min(len(images), 50_000), seed)
     dataset = dataset.batch(batch_size)
     if augment is not None:
         dataset = augment_dataset(dataset, augment, seed=seed)

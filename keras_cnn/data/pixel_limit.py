@@ -12,16 +12,17 @@ import io
 import re
 import warnings
 
-from PIL import Image
-
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485  # Pillow's Image.MAX_IMAGE_PIXELS
 
 
 def image_pixels(data: bytes) -> int | None:
     """Width x height from an encoded image's header; None when Pillow does not recognise the data.
 
-    Only the header is read; nothing is decoded.
+    Only the header is read; nothing is decoded.  (Many files at once: the tf.data check of
+    :func:`keras_cnn.data.files.find_bad_images` reads the same headers in parallel.)
     """
+    from PIL import Image   # here: keras_cnn.config takes the limit from this module, and stays light
+
     with warnings.catch_warnings():
         # Pillow warns above its own limit and refuses above twice that; the caller's limit decides.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -43,4 +44,9 @@ def pixel_limit_problem(data: bytes, limit: int | None = DEFAULT_MAX_IMAGE_PIXEL
     pixels = image_pixels(data)
     if pixels is None or pixels <= limit:
         return None
+    return over_limit_message(pixels, limit)
+
+
+def over_limit_message(pixels: int, limit: int) -> str:
+    """How an image over the limit is described, wherever it is found."""
     return f"the image has {pixels:,} pixels, over the limit of {limit:,}"

@@ -171,14 +171,17 @@ RAND_AUGMENT_OPERATIONS = ("rotate", "shear", "translate", "brightness", "contra
 
 
 def rand_augment(count: int, magnitude: int, seed: int | None = None) -> Callable:
-    """A function ``images [B, H, W, C] float32 0..255 -> the same`` applying RandAugment.
+    """A function ``(images [B, H, W, C] float32 0..255, batch_seed=None) -> the same`` applying RandAugment.
 
     Every image gets ``count`` operations, each drawn uniformly (with repetition) from
     :data:`RAND_AUGMENT_OPERATIONS`, at ``magnitude`` (0..10); the operations' own random
     parameters (angle, shift, ...) are drawn per image by the Keras layers.  Each operation
-    runs only on the images that drew it.
+    runs only on the images that drew it.  ``batch_seed``: the batch's stateless seed
+    (:func:`keras_cnn.data.randomness.map_with_batch_seeds`); None draws from the layers' state.
     """
     import tensorflow as tf
+
+    from keras_cnn.data.randomness import apply_random_layer, sub_seed, uniform
 
     table = _layer_table()
     strength = magnitude / MAX_MAGNITUDE
@@ -187,21 +190,23 @@ def rand_augment(count: int, magnitude: int, seed: int | None = None) -> Callabl
     rounds = [[table[name](strength, None if seed is None else base + 100 * step + index)
                for index, name in enumerate(RAND_AUGMENT_OPERATIONS)] for step in range(count)]
 
-    def apply(images):
+    def apply(images, batch_seed=None):
         images = tf.cast(images, tf.float32)
         batch = tf.shape(images)[0]
         for step, layers in enumerate(rounds):
-            choice = tf.random.uniform([batch], 0, len(layers), dtype=tf.int32,
-                                       seed=None if seed is None else base + 7919 * (step + 1))
+            round_seed = sub_seed(batch_seed, step)
+            choice = uniform([batch], sub_seed(round_seed, len(layers)), 0, len(layers), dtype=tf.int32,
+                             op_seed=None if seed is None else base + 7919 * (step + 1))
             for index, layer in enumerate(layers):
                 # Only the images that drew this operation go through it (an 11th of the work
                 # of running every operation on the whole batch).
                 positions = tf.where(tf.equal(choice, index))
                 images = tf.cond(
                     tf.size(positions) > 0,
-                    lambda layer=layer, positions=positions, images=images: tf.tensor_scatter_nd_update(
+                    lambda layer=layer, positions=positions, images=images, index=index: tf.tensor_scatter_nd_update(
                         images, positions,
-                        tf.clip_by_value(tf.cast(layer(tf.gather_nd(images, positions), training=True),
+                        tf.clip_by_value(tf.cast(apply_random_layer(layer, tf.gather_nd(images, positions),
+                                                                    sub_seed(round_seed, index)),
                                                  tf.float32), 0.0, 255.0)),
                     lambda images=images: images,
                 )
@@ -247,10 +252,14 @@ def regularize_dataset(dataset, spec: RegularizationSpec | Mapping[str, Any] | N
 
     Returns ``dataset`` unchanged when nothing is on.  With soft labels (MixUp, CutMix,
     label smoothing) the targets become float32 probabilities (see :func:`soft_targets`);
-    with image-only options (RandAugment, random erasing) they stay class indices.
+    with image-only options (RandAugment, random erasing) they stay class indices.  With a
+    ``seed``, every draw is a function of (seed, epoch, batch) (:mod:`keras_cnn.data.randomness`).
     """
     import keras
     import tensorflow as tf
+
+    from keras_cnn.data.randomness import (REGULARIZATION_STREAM, apply_random_layer, map_with_batch_seeds, sub_seed,
+                                           uniform)
 
     spec = as_regularization_spec(spec)
     if spec is None:
@@ -271,31 +280,35 @@ def regularize_dataset(dataset, spec: RegularizationSpec | Mapping[str, Any] | N
     if spec.cutmix:
         mixers.append(keras.layers.CutMix(factor=(spec.cutmix, spec.cutmix), seed=seeded(14)))
 
-    def mix(images, targets):
-        outputs = [mixer({"images": images, "labels": targets}, training=True) for mixer in mixers]
+    def mix(images, targets, batch_seed):
+        outputs = [apply_random_layer(mixer, {"images": images, "labels": targets}, sub_seed(batch_seed, 3 + index))
+                   for index, mixer in enumerate(mixers)]
         if len(outputs) == 1:
             return outputs[0]["images"], outputs[0]["labels"]
         # Both MixUp and CutMix: one of them per batch, half the batches each.
-        use_first = tf.random.uniform([], seed=seeded(15)) < 0.5
+        use_first = uniform([], sub_seed(batch_seed, 2), op_seed=seeded(15)) < 0.5
         return (tf.where(use_first, outputs[0]["images"], outputs[1]["images"]),
                 tf.where(use_first, outputs[0]["labels"], outputs[1]["labels"]))
 
-    def regularize(images, labels):
+    def regularize(images, labels, batch_seed=None):
         images = tf.cast(images, tf.float32)
         if augment is not None:
-            images = augment(images)
+            images = augment(images, sub_seed(batch_seed, 0))
         if eraser is not None:
-            images = eraser(images, training=True)
+            images = apply_random_layer(eraser, images, sub_seed(batch_seed, 1))
         if not spec.soft_labels:
             return images, labels
         targets = soft_targets(labels, num_classes)
         if mixers:
-            images, targets = mix(images, targets)
+            images, targets = mix(images, targets, batch_seed)
         if spec.label_smoothing:
             targets = targets * (1.0 - spec.label_smoothing) + spec.label_smoothing / num_classes
         return tf.cast(images, tf.float32), (targets[:, 1:2] if single_sigmoid else targets)
 
-    return dataset.map(regularize, num_parallel_calls=tf.data.AUTOTUNE)
+    if seed is None:
+        return dataset.map(regularize, num_parallel_calls=tf.data.AUTOTUNE)
+    return map_with_batch_seeds(dataset, lambda batch_seed, images, labels: regularize(images, labels, batch_seed),
+                                seed, REGULARIZATION_STREAM)
 
 
 # --------------------------------------------------------------------------- loss and metric

@@ -28,7 +28,7 @@ import pandas as pd
 
 from keras_cnn.choices import Part, names
 from keras_cnn.errors import UserError
-from keras_cnn.io import atomic_path, normalize_label
+from keras_cnn.io import atomic_path, check_input_file, normalize_label
 
 # Explicit ASCII classes rather than re.IGNORECASE: with IGNORECASE, Unicode folding would let
 # e.g. the Kelvin sign (U+212A) pass as "k" in an extension.
@@ -300,6 +300,7 @@ def _read_checked(path: str | os.PathLike, wanted: dict[str, str], option_of: di
     When the fast reader cannot read the file or its rows fail the check, the file is read
     again with the csv module, so the message names the line a user sees.
     """
+    check_input_file(path, "the CSV")   # a named pipe would hang the read
     frame = _read_csv_fast(path, wanted, optional)
     if frame is not None:
         try:

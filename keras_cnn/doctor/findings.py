@@ -14,8 +14,6 @@ out of training (the types marked ``exclude``), one path per line: what ``--excl
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from keras_cnn.io import atomic_write_text
+from keras_cnn.spreadsheet import csv_text
 
 ISSUE_COLUMNS = ["objectId", "issue", "score", "type", "value", "suggested_value", "other_objectId"]
 # Shown in the report beside each row; not a column of issues.csv.
@@ -130,15 +129,14 @@ def excluded_paths(findings: pd.DataFrame) -> list[str]:
 
 
 def write_issues_csv(findings: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """``issues.csv`` atomically: the columns of :data:`ISSUE_COLUMNS`, scores with 4 decimals."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(ISSUE_COLUMNS)
+    """``issues.csv`` atomically: the columns of :data:`ISSUE_COLUMNS`, scores with 4 decimals; a cell a
+    spreadsheet would run as a formula (a label, a file name) is escaped (:mod:`keras_cnn.spreadsheet`)."""
+    rows = []
     for row in findings[ISSUE_COLUMNS].itertuples(index=False):
         values = list(row)
         values[ISSUE_COLUMNS.index("score")] = f"{float(row.score):.4f}"
-        writer.writerow(values)
-    return atomic_write_text(path, buffer.getvalue())
+        rows.append(values)
+    return atomic_write_text(path, csv_text(ISSUE_COLUMNS, rows))
 
 
 def write_exclude_file(paths: list[str], path: str | os.PathLike) -> Path:

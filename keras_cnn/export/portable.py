@@ -75,7 +75,8 @@ def write_litert(model, spec: ModelSpec, folder: Path) -> Path:
     """The float LiteRT file (``model.tflite``), through Keras's LiteRT export."""
     path = folder / LITERT_FILE
     call_once(model, spec)
-    model.export(str(path), format="litert", verbose=False)
+    with native_stderr_silenced():   # the converter's report of its settings ("fully_quantize: 0, ...")
+        model.export(str(path), format="litert", verbose=False)
     return path
 
 

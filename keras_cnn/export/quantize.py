@@ -28,6 +28,7 @@ from keras_cnn.errors import RunFailure, UserError
 from keras_cnn.export.portable import litert_outputs
 from keras_cnn.export.spec import ModelSpec
 from keras_cnn.export_layout import LITERT_FILE, quantized_litert_file
+from keras_cnn.library_chatter import native_stderr_silenced
 from keras_cnn.runs import RunDirectory
 
 QUANTIZATION_MODES = names(QuantizationMode)
@@ -68,7 +69,8 @@ def write_quantized_litert(model, mode: str, path: str | os.PathLike,
                            representative_images: Iterable[Any] | None = None) -> Path:
     """Write ``model`` as a quantized ``.tflite`` file (float32 input and output)."""
     options = converter_options(mode, representative_images)
-    model.export(os.fspath(path), format="litert", verbose=False, **options)
+    with native_stderr_silenced():   # the converter's report of its settings ("fully_quantize: 0, ...")
+        model.export(os.fspath(path), format="litert", verbose=False, **options)
     return Path(path)
 
 

@@ -3,9 +3,12 @@
 - ``HistoryRecorder`` writes ``history.csv`` (one row per epoch, with the stage and the
   epoch's wall time) atomically after every epoch; on resume it drops rows of epochs that
   will be trained again.
-- ``StageCheckpoint`` commits every epoch (training state and, when it improved, the
-  best model) with one atomic rename, so a kill at any instant resumes from a consistent
-  epoch and ``model.keras`` is always the best epoch the history records.
+- ``StageCheckpoint`` commits every epoch (training state, the model's random state and,
+  when it improved, the best model) with one atomic rename, so a kill at any instant
+  resumes from a consistent epoch, draws what the uninterrupted run would have drawn, and
+  ``model.keras`` is always the best epoch the history records.
+- ``EpochDraws`` numbers the input pipelines' passes by ``fit``'s epochs, so a resumed
+  epoch gets the order and augmentations of its number (:mod:`keras_cnn.data.randomness`).
 - ``NanGuard`` stops a run whose loss became NaN with a clear error instead of training on.
 """
 
@@ -22,6 +25,7 @@ from pathlib import Path
 
 import keras
 
+from keras_cnn.data.randomness import set_epoch
 from keras_cnn.errors import RunFailure, UserError, first_line
 from keras_cnn.progress import format_seconds, keras_verbose, metric_text, say
 from keras_cnn.io import atomic_path, atomic_write_text
@@ -151,6 +155,7 @@ class StageCheckpoint(keras.callbacks.Callback):
     Under ``backup_dir`` (``RUN/backup/<stage>/``)::
 
         epoch-0003/state.weights.h5   weights and optimizer state after epoch 3
+        epoch-0003/random.json        the state of the model's random layers (Dropout...) after epoch 3
         epoch-0003/best.keras         the model to keep, when epoch 3 was the best so far
         latest.json                   {"epoch": 3, "directory": "epoch-0003", "best": ..., "best_epoch": ...}
 
@@ -175,6 +180,7 @@ class StageCheckpoint(keras.callbacks.Callback):
 
     LATEST = "latest.json"
     STATE = "state.weights.h5"
+    RANDOM = "random.json"
     BEST = "best.keras"
 
     def __init__(self, backup_dir: str | Path, model_path: str | Path, monitor: str = "val_loss",
@@ -223,6 +229,7 @@ class StageCheckpoint(keras.callbacks.Callback):
                 # A checkpoint written for another layout of the model (e.g. by an older kcnn).
                 raise UserError(f"cannot resume from {state}: it does not fit this model ({first_line(error)}); "
                                 "--overwrite starts the stage over") from None
+            restore_random_state(self.model, state.parent / self.RANDOM)
             epoch = int(latest["epoch"])
             self.best, self.best_epoch = latest.get("best"), latest.get("best_epoch")
             self.best_directory = latest.get("best_directory")
@@ -238,6 +245,7 @@ class StageCheckpoint(keras.callbacks.Callback):
         part_only = self.whole_model is not None
         with atomic_path(self.backup_dir / name, directory=True) as folder:
             self.model.save_weights(folder / self.STATE)
+            atomic_write_text(folder / self.RANDOM, json.dumps({"seed_states": random_state(self.model)}))
             if improved and not part_only:
                 self.model.save(folder / self.BEST)
         if improved and part_only:
@@ -280,6 +288,47 @@ class StageCheckpoint(keras.callbacks.Callback):
             latest = json.loads(latest_path.read_text(encoding="utf-8"))
             self._commit(int(latest["epoch"]), latest["directory"])
         self.saved_last_epoch = True
+
+
+def _seed_states(model: keras.Model) -> list:
+    """The state variables of the model's random layers (Dropout, GaussianNoise...), in the model's order.
+
+    ``model.variables`` is ``model.weights`` plus these (Keras's own definition); weights
+    files leave them out, so a resumed model would draw its first epoch's dropout masks again.
+    """
+    weights = {id(variable) for variable in model.weights}
+    return [variable for variable in model.variables if id(variable) not in weights]
+
+
+def random_state(model: keras.Model) -> list[list[int]]:
+    """The values of the model's random-layer states, to store beside its weights."""
+    return [[int(value) for value in keras.ops.convert_to_numpy(variable).reshape(-1)]
+            for variable in _seed_states(model)]
+
+
+def restore_random_state(model: keras.Model, path: Path) -> None:
+    """Set the model's random-layer states to those stored at ``path`` (an older checkpoint has none)."""
+    if not path.exists():
+        return
+    stored = json.loads(path.read_text(encoding="utf-8")).get("seed_states", [])
+    variables = _seed_states(model)
+    if len(stored) != len(variables):
+        raise UserError(f"cannot resume from {path}: it holds {len(stored)} random state(s), the model has "
+                        f"{len(variables)}; --overwrite starts the stage over")
+    for variable, values in zip(variables, stored):
+        variable.assign(keras.ops.reshape(keras.ops.convert_to_tensor(values, dtype=variable.dtype), variable.shape))
+
+
+class EpochDraws(keras.callbacks.Callback):
+    """At the start of every epoch of ``fit``: the input pipelines' next pass is that epoch.
+
+    Their shuffles and augmentations are then those of the epoch's number, in a resumed
+    fit too (:func:`keras_cnn.data.randomness.set_epoch`).  Not for kcnn's multi-worker
+    loop, whose passes over the data do not start with its epochs (it positions them itself).
+    """
+
+    def on_epoch_begin(self, epoch, logs=None):
+        set_epoch(epoch)
 
 
 class NanGuard(keras.callbacks.Callback):

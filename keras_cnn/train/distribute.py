@@ -124,6 +124,29 @@ def synchronize_loss_scaling(optimizer):
     return optimizer
 
 
+def _repeated_from(dataset_fn: Callable[[Any], Any], position: int | None) -> Callable[[Any], Any]:
+    """``dataset_fn`` repeated, starting ``position`` batches in, as an uninterrupted loop would be there.
+
+    The passes over the data are numbered from there too (:func:`keras_cnn.data.randomness.set_epoch`),
+    so a resumed loop shuffles and augments as the uninterrupted one did.  ``position``
+    None: repeated as it is (data that draws nothing at random, like the validation part).
+    """
+    from keras_cnn.data.randomness import set_epoch
+
+    def positioned(input_context):
+        dataset = dataset_fn(input_context)
+        if position is None:
+            return dataset.repeat()
+        per_pass = int(dataset.cardinality())
+        if per_pass <= 0:   # unknown length: start at the beginning
+            set_epoch(0)
+            return dataset.repeat()
+        set_epoch(position // per_pass)
+        return dataset.repeat().skip(position % per_pass)
+
+    return positioned
+
+
 def fit_multiworker(
     model_builder: Callable[[], Any],
     dataset_fn: Callable[[Any], Any],
@@ -146,7 +169,8 @@ def fit_multiworker(
     ``tf.data.Dataset`` of ``(x, y)`` or ``(x, y, sample_weight)``, sharded and batched per
     replica (see the module docstring: batch size is global, learning rate unscaled); it is
     repeated here, and each epoch takes ``steps_per_epoch`` steps from where the previous one
-    stopped.  ``validation_dataset_fn``/``validation_steps`` add ``val_*`` entries.
+    stopped; a loop resumed at a later epoch (a callback setting it, as kcnn's checkpoint
+    does) starts where the uninterrupted loop would be.  ``validation_dataset_fn``/``validation_steps`` add ``val_*`` entries.
     ``jit_compile`` compiles each replica's forward and backward pass with XLA (the
     cross-worker gradient sum and the update stay outside it).  Keras ``callbacks`` get the
     epoch and batch hooks, epoch logs equal on every worker, and may stop training via
@@ -175,14 +199,6 @@ def fit_multiworker(
         synchronize_loss_scaling(optimizer)
         loss_tracker = keras.metrics.Mean(name="loss")
 
-    def repeated(function):
-        return lambda input_context: function(input_context).repeat()
-
-    train_iterator = iter(strategy.distribute_datasets_from_function(repeated(dataset_fn)))
-    validation_iterator = None
-    if validation_dataset_fn is not None:
-        validation_dataset = strategy.distribute_datasets_from_function(repeated(validation_dataset_fn))
-        validation_iterator = iter(validation_dataset)
 
     def forward_backward(x, y, sample_weight, batch_share):
         with tf.GradientTape() as tape:
@@ -253,6 +269,12 @@ def fit_multiworker(
     callback_list.on_train_begin()
     # BackupAndRestore tells fit where to resume through this attribute; honour it the same way.
     initial_epoch = initial_epoch_of(model) or initial_epoch
+    train_iterator = iter(strategy.distribute_datasets_from_function(
+        _repeated_from(dataset_fn, initial_epoch * steps_per_epoch)))
+    validation_iterator = None
+    if validation_dataset_fn is not None:
+        validation_dataset = strategy.distribute_datasets_from_function(_repeated_from(validation_dataset_fn, None))
+        validation_iterator = iter(validation_dataset)
     for epoch in range(initial_epoch, epochs):
         reset_metrics()
         callback_list.on_epoch_begin(epoch)

@@ -17,6 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_cnn.data.pipeline import shuffled
 # The inference pass is shared with kcnn doctor; imported here so callers keep one name for it.
 from keras_cnn.models.features import compiled_forward, extract_features
 
@@ -26,7 +27,8 @@ def feature_dataset(features: np.ndarray, labels: np.ndarray, batch_size: int, s
     """Batches of (cached features, class indices) for fitting or validating the head."""
     dataset = tf.data.Dataset.from_tensor_slices((features, labels))
     if shuffle:
-        dataset = dataset.shuffle(len(features), seed=seed, reshuffle_each_iteration=True)
+        # The order the image pipeline would give the images these features came from.
+        dataset = shuffled(dataset, len(features), seed)
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 

@@ -23,11 +23,12 @@ from typing import Any
 from keras_cnn.config import FineTuneConfig, RunConfig, TrainingConfig
 from keras_cnn.data.collection import needs_split_file, split_images
 from keras_cnn.errors import UserError
-from keras_cnn.io import atomic_write_text
+from keras_cnn.io import atomic_write_text, check_output_path
 from keras_cnn.progress import say
 from keras_cnn.run_data import check_run_inputs, run_labels
 from keras_cnn.runs import RunDirectory
-from keras_cnn.train.lr_sweep import DEFAULT_END, DEFAULT_START, DEFAULT_STEPS, LearningRateSweep, find_learning_rate
+from keras_cnn.train.lr_sweep import (DEFAULT_END, DEFAULT_START, DEFAULT_STEPS, LearningRateSweep, find_learning_rate,
+                                      sweep_rates)
 from keras_cnn.train.stage import StageContext, StageSpec, build_stage
 from keras_cnn.train.stage_data import as_model_targets
 
@@ -54,6 +55,7 @@ def lr_find(config: RunConfig | None = None, run_dir: str | Path | None = None, 
 
     if (config is None) == (run_dir is None):
         raise UserError("lr-find needs either the data and model options of train / transfer, or --run RUN")
+    sweep_rates(start, end, steps)   # every option is checked before a file is written or an image read
     left_out: set[str] = set()
     if run_dir is not None:
         stage = _finetune_stage(run_dir, unfreeze_from, train_bn, base_dropout, batch_size, optimizer, trust_hub)
@@ -67,14 +69,17 @@ def lr_find(config: RunConfig | None = None, run_dir: str | Path | None = None, 
         config = replace(config, training=replace(config.training, batch_size=batch_size or config.training.batch_size,
                                                   optimizer=optimizer or config.training.optimizer))
         default_out = Path(PLOT_NAME)
-        if needs_split_file(config.data):
-            # --images without --split (or a split that --exclude / --relabel change): split as
-            # train/transfer would, into a file beside the picture, so the sweep's data can be
-            # looked at and reused (--split).
-            picture = Path(out) if out is not None else default_out
-            config = replace(config, data=split_images(config.data, picture.with_name(SPLIT_NAME),
-                                                       list_prefix=str(picture.with_name("lr_find_"))))
         stage = _first_stage(config)
+    plot = Path(out) if out is not None else default_out
+    check_output_path(plot, option="--out")
+    if run_dir is None:
+        if needs_split_file(stage.config.data):
+            # --images without --split (or a split that --exclude / --relabel change): split as
+            # train/transfer would, into a file beside the picture, so the sweep's data can be looked
+            # at and reused (--split).  Only now: building the stage checked every option.
+            stage.config = replace(stage.config, data=split_images(stage.config.data, plot.with_name(SPLIT_NAME),
+                                                                   list_prefix=str(plot.with_name("lr_find_")),
+                                                                   offers_skipping=False))
         keras.utils.set_random_seed(stage.training.seed)
     context = build_stage(StageContext(stage, run=None, execution=None, left_out=left_out))
     model, dataset, cleanup = _sweep_inputs(context)
@@ -91,7 +96,6 @@ def lr_find(config: RunConfig | None = None, run_dir: str | Path | None = None, 
         if cleanup is not None:
             cleanup()
     suggestions = sweep.suggestions()
-    plot = Path(out) if out is not None else default_out
     table = plot.with_suffix(".csv")
     write_sweep(sweep, suggestions, plot, table)
     return {"stage": stage.name, "optimizer": stage.training.optimizer, "suggestions": suggestions,
@@ -105,10 +109,8 @@ def _first_stage(config: RunConfig) -> StageSpec:
     from keras_cnn.train.two_stage import head_stage
 
     if config.model.kind == "scratch":
-        if bool(config.data.dataset) == bool(config.data.split):
-            raise UserError("give either --dataset mnist|cifar10 or --images DIR [--split SPLIT_CSV]")
         return scratch_stage(config)
-    if not config.data.split or not config.data.images:
+    if not config.data.images:
         raise UserError("lr-find for a transfer head needs --images DIR [--split SPLIT_CSV]")
     return head_stage(config)
 

@@ -39,6 +39,11 @@ def check_recipe(training) -> None:
         raise UserError(f"--early-stopping is a patience in epochs (1 or more), received: {training.early_stopping}")
     if training.warmup_epochs is not None and float(training.warmup_epochs) < 0:
         raise UserError(f"--warmup-epochs must be 0 or more, received: {training.warmup_epochs}")
+    epochs = getattr(training, "epochs", None)
+    if training.warmup_epochs is not None and epochs and float(training.warmup_epochs) > epochs:
+        # Known before any image is read; a warm-up of the very stage length is found once steps are known.
+        raise UserError(f"--warmup-epochs {training.warmup_epochs} is longer than the stage ({epochs} epochs); "
+                        "use fewer warm-up epochs or more --epochs")
     if training.lr_mult is not None and float(training.lr_mult) < 1:
         raise UserError(f"--lr-mult must be 1 or more (the head's rate / the first unfrozen block's), "
                         f"received: {training.lr_mult}")

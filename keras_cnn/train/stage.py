@@ -52,8 +52,8 @@ from keras_cnn.models.loading import model_file_problem
 from keras_cnn.run_data import check_run_inputs, run_labels
 from keras_cnn.runs import (EXECUTION_OPTIONS, RunDirectory, RunLock, RunState, check_run_placement, differing_options,
                             flatten_options)
-from keras_cnn.train.callbacks import (HistoryRecorder, NanGuard, RunProgress, StageCheckpoint, read_history,
-                                      write_history)
+from keras_cnn.train.callbacks import (EpochDraws, HistoryRecorder, NanGuard, RunProgress, StageCheckpoint,
+                                      read_history, write_history)
 from keras_cnn.train.discriminative import layer_rate_factors
 from keras_cnn.train.recipe import check_recipe, early_stopping_callbacks, ema_callbacks, stage_optimizer
 
@@ -534,7 +534,8 @@ def _fit(context: StageContext, checkpoint: StageCheckpoint) -> None:
             _fit_multiworker(inputs.model, context, callbacks)
         else:
             # The datasets shuffle themselves (tf.data or the legacy generator); fit must not.
-            inputs.model.fit(train, validation_data=validation, epochs=spec.training.epochs, callbacks=callbacks,
+            inputs.model.fit(train, validation_data=validation, epochs=spec.training.epochs,
+                             callbacks=[EpochDraws(), *callbacks],
                              class_weight=context.class_weight(), shuffle=False, verbose=keras_verbose())
     except BaseException:
         checkpoint.assemble()   # a part trained on cached inputs: a NaN stop or Ctrl-C keeps the best so far

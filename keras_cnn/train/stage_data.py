@@ -104,9 +104,12 @@ def prepare_array_data(data: DataConfig, input_shape: tuple[int, int, int], batc
     if legacy:
         from keras_cnn.data.augment import legacy_image_data_generator
 
+        from keras_cnn.data.randomness import SeededFlow
+
         generator = legacy_image_data_generator(spec)
-        train = generator.flow(parts.images("train").astype("float32"), parts.true_indices("train").astype("int32"),
-                               batch_size=batch_size, shuffle=True, seed=seed)
+        train = SeededFlow(generator.flow(parts.images("train").astype("float32"),
+                                          parts.true_indices("train").astype("int32"),
+                                          batch_size=batch_size, shuffle=True, seed=seed), seed)
     else:
         train = parts.dataset("train", train_options)
     num_classes = len(parts.labels)
@@ -134,20 +137,23 @@ def prepare_array_data(data: DataConfig, input_shape: tuple[int, int, int], batc
 
 def prepare_folder_data(data: DataConfig, image_size: tuple[int, int], channels: int, batch_size: int,
                         seed: int, skipped_record=None, labels: list[str] | None = None,
-                        leave_out: set[str] | frozenset[str] = frozenset()) -> PreparedData:
+                        leave_out: set[str] | frozenset[str] = frozenset(),
+                        bad_image_advice: str | None = None) -> PreparedData:
     """The parts of a split CSV over an image folder, after checking every image once.
 
     ``leave_out``: objectIds out of every part before the check (those the run's input record
-    leaves out: gone and accepted so, or excluded).
+    leaves out: gone and accepted so, or excluded).  ``bad_image_advice``: what the command
+    can do about bad images [default: fix them or pass --skip-bad-images].
     """
-    from keras_cnn.data.files import check_images_or_fail, refuse_emptied_groups
+    from keras_cnn.data.files import SKIP_ADVICE, check_images_or_fail, refuse_emptied_groups
 
     if data.augment and data.augment_engine == "legacy":
         raise UserError("--augment-engine legacy works with --dataset mnist|cifar10; "
                         "image folders are augmented with Keras preprocessing layers")
     parts = SplitParts(data, labels, skip=leave_out)
     skip = check_images_or_fail(data.images, list(parts.frame["objectId"][~parts.frame["objectId"].isin(leave_out)]),
-                                skip_bad=data.skip_bad_images, record_path=skipped_record)
+                                skip_bad=data.skip_bad_images, record_path=skipped_record,
+                                max_pixels=data.max_image_pixels, advice=bad_image_advice or SKIP_ADVICE)
     refuse_emptied_groups(parts.frame, skip, None if skipped_record is None else Path(skipped_record).parent)
     parts = parts.leaving_out(skip)
     spec = augmentation_spec(data)

@@ -283,9 +283,12 @@ def finetune_stage(source: RunDirectory, finetune: FineTuneConfig, trust_hub: bo
     record = fine_tune_record(finetune, training, boundary, cache_frozen)
 
     def prepare_data(context):
+        # Fine-tuning reads stage 1's images as stage 1 did: its --skip-bad-images (or not) holds.
         return prepare_folder_data(config.data, config.data.image_size, 3, training.batch_size, training.seed,
                                    skipped_record=context.skipped_record, labels=config.labels,
-                                   leave_out=context.left_out)
+                                   leave_out=context.left_out,
+                                   bad_image_advice=f"stage 1 of {run_dir} could read them: put back the images "
+                                                    "it was trained on")
 
     def build_model(context):
         run = context.run or source
