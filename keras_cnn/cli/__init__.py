@@ -18,8 +18,9 @@ import sys
 import click
 
 import keras_cnn
-from keras_cnn.cli.common import QUIET_HELP, enable_debug, enable_quiet
+from keras_cnn.cli.common import QUIET_HELP, enable_debug, enable_quiet, forget_resumable, interrupted_message
 from keras_cnn.errors import KcnnError, first_line
+from keras_cnn.messages import did_you_mean
 from keras_cnn.progress import emit, route_kcnn_logs, track_stderr
 from keras_cnn.library_chatter import debugging, quiet_library_messages
 
@@ -66,6 +67,12 @@ class KcnnGroup(click.Group):
             raise
         return getattr(module, attribute)
 
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and self.get_command(ctx, name) is None:
+            ctx.fail(f"No such command '{name}'{did_you_mean(name, COMMANDS)}")
+        return super().resolve_command(ctx, args)
+
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         # TensorFlow's C++ INFO/WARNING lines would bury kcnn's own output; --debug keeps them.
         if not debugging():
@@ -73,12 +80,14 @@ class KcnnGroup(click.Group):
         track_stderr()
         quiet_library_messages()
         route_kcnn_logs()
+        forget_resumable()
+        arguments = list(sys.argv[1:] if args is None else args)
         try:
             result = super().main(args, prog_name or "kcnn", complete_var, standalone_mode=False, **extra)
         except click.exceptions.Exit as stop:
             sys.exit(stop.exit_code)
         except click.exceptions.Abort:
-            emit("kcnn: interrupted")
+            emit(interrupted_message(arguments))
             sys.exit(130)
         except click.ClickException as error:
             # Usage errors (unknown option, bad value, missing argument): one line, exit 2.
@@ -87,7 +96,7 @@ class KcnnGroup(click.Group):
             emit(f"kcnn: error: {error.format_message()} (see --help)")
             sys.exit(error.exit_code)
         except KeyboardInterrupt:
-            emit("kcnn: interrupted")
+            emit(interrupted_message(arguments))
             sys.exit(130)
         except KcnnError as error:
             if debugging():
