@@ -25,7 +25,8 @@ from keras_cnn.errors import UserError
 from keras_cnn.io import atomic_write_text
 from keras_cnn.progress import say
 from keras_cnn.runs import RunDirectory
-from keras_cnn.train.lr_sweep import DEFAULT_END, DEFAULT_START, DEFAULT_STEPS, LearningRateSweep, find_learning_rate
+from keras_cnn.train.lr_sweep import (DEFAULT_END, DEFAULT_START, DEFAULT_STEPS, LearningRateSweep, NoSuggestion,
+                                       find_learning_rate)
 from keras_cnn.train.stage import StageContext, StageSpec, build_stage
 from keras_cnn.train.stage_data import as_model_targets
 
@@ -42,12 +43,16 @@ def lr_find(config: RunConfig | None = None, run_dir: str | Path | None = None, 
 
     ``config`` (command ``train`` or ``transfer``) for a new model, or ``run_dir`` for
     stage 2 of that run.  ``out``: the picture's path [default: ``RUN/lr_find.png`` with a
-    run, else ``./lr_find.png``]; the table goes beside it.
+    run, else ``./lr_find.png``]; the table goes beside it (and ``lr_find_split.csv``, the
+    result's ``split``, when ``config`` has images but no split).  A curve that supports no
+    suggestion (flat, within its noise, diverged early) gives ``suggestions == {}`` and the
+    reason in ``no_suggestion``; the picture and table are written either way.
     """
     import keras
 
     if (config is None) == (run_dir is None):
         raise UserError("lr-find needs either the data and model options of train / transfer, or --run RUN")
+    written_split = None
     if run_dir is not None:
         stage = _finetune_stage(run_dir, unfreeze_from, train_bn, base_dropout, batch_size, optimizer)
         default_out = Path(run_dir) / PLOT_NAME
@@ -61,7 +66,8 @@ def lr_find(config: RunConfig | None = None, run_dir: str | Path | None = None, 
             # --images without --split: split the folder as train/transfer would, into a file
             # beside the picture, so the sweep's data can be looked at and reused (--split).
             picture = Path(out) if out is not None else default_out
-            config = replace(config, data=split_images(config.data, picture.with_name(SPLIT_NAME),
+            written_split = picture.with_name(SPLIT_NAME)
+            config = replace(config, data=split_images(config.data, written_split,
                                                        list_prefix=str(picture.with_name("lr_find_"))))
         stage = _first_stage(config)
         keras.utils.set_random_seed(stage.training.seed)
@@ -79,13 +85,19 @@ def lr_find(config: RunConfig | None = None, run_dir: str | Path | None = None, 
     finally:
         if cleanup is not None:
             cleanup()
-    suggestions = sweep.suggestions()
+    try:
+        suggestions, no_suggestion = sweep.suggestions(), None
+    except NoSuggestion as reason:
+        suggestions, no_suggestion = {}, str(reason)
     plot = Path(out) if out is not None else default_out
     table = plot.with_suffix(".csv")
-    write_sweep(sweep, suggestions, plot, table)
-    return {"stage": stage.name, "optimizer": stage.training.optimizer, "suggestions": suggestions,
-            "steps": len(sweep.losses), "diverged": sweep.diverged, "start": start, "end": end, "plot": str(plot),
-            "table": str(table)}
+    write_sweep(sweep, suggestions, plot, table, no_suggestion=no_suggestion is not None)
+    result = {"stage": stage.name, "optimizer": stage.training.optimizer, "suggestions": suggestions,
+              "steps": len(sweep.losses), "planned_steps": steps, "diverged": sweep.diverged, "start": start,
+              "end": end, "plot": str(plot), "table": str(table), "split": written_split and str(written_split)}
+    if no_suggestion is not None:
+        result["no_suggestion"] = no_suggestion
+    return result
 
 
 def _first_stage(config: RunConfig) -> StageSpec:
@@ -132,12 +144,15 @@ def _sweep_inputs(context: StageContext):
     return context.model, context.data.train, None
 
 
-def write_sweep(sweep: LearningRateSweep, suggestions: dict[str, float], plot: Path, table: Path) -> None:
-    """The picture and the CSV (learning_rate, loss, smoothed_loss) of a sweep."""
+def write_sweep(sweep: LearningRateSweep, suggestions: dict[str, float], plot: Path, table: Path,
+                no_suggestion: bool = False) -> None:
+    """The picture and the CSV (learning_rate, loss, smoothed_loss) of a sweep (``no_suggestion``: the
+    picture's title says none was made)."""
     from keras_cnn.report import plot_learning_rate_sweep
 
     rows = ["learning_rate,loss,smoothed_loss"]
     rows += [f"{rate:.6e},{loss:.6g},{smoothed:.6g}"
              for rate, loss, smoothed in zip(sweep.learning_rates, sweep.losses, sweep.smoothed)]
     atomic_write_text(table, "\n".join(rows) + "\n")
-    plot_learning_rate_sweep(sweep.learning_rates, sweep.losses, sweep.smoothed, suggestions, plot)
+    plot_learning_rate_sweep(sweep.learning_rates, sweep.losses, sweep.smoothed, suggestions, plot,
+                             no_suggestion=no_suggestion)
