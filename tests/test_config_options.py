@@ -34,6 +34,9 @@ OTHER_MEANING = {
     ("predict", "--batch-size"): "images per call of the exported model",
     ("split", "--images"): "the folder the files of a label CSV are relative to, an input of the split",
     ("sample-data", "--seed"): "the seed of the generated images, not of training",
+    ("doctor", "--images"): "the folder the files of a label or split CSV are relative to, as for split",
+    ("doctor", "--batch-size"): "images per batch of the feature pass, not a training option",
+    ("doctor", "--seed"): "how the images are dealt into the folds of the out-of-sample head",
 }
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "training": TrainingConfig, "finetune": FineTuneConfig}
 
