@@ -27,6 +27,7 @@ import click
 from keras_cnn.io import to_jsonable
 from keras_cnn.library_chatter import import_tensorflow_quietly
 from keras_cnn.messages import MAX_LINE, did_you_mean
+from keras_cnn.runs import default_run_dir
 
 
 def enable_debug(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
@@ -127,6 +128,17 @@ def resumable(*added: str) -> None:
     run folder named by default (``runs/NAME-TIMESTAMP``: the same command would make a new one).
     """
     _RESUME.resumable, _RESUME.added = True, tuple(added)
+
+
+def resumable_run(out_dir: str | None, name: str) -> str:
+    """The run folder of a training command, marked :func:`resumable`: ``out_dir``, or
+    ``runs/NAME-TIMESTAMP`` named now, so that Ctrl-C can print the command resuming this very run."""
+    if out_dir:
+        resumable()
+        return out_dir
+    out_dir = str(default_run_dir(name))
+    resumable("--out", out_dir)
+    return out_dir
 
 
 def forget_resumable() -> None:

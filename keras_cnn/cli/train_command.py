@@ -5,9 +5,8 @@ from __future__ import annotations
 import click
 
 from keras_cnn.cli import options
-from keras_cnn.cli.common import (debug_option, import_tensorflow_quietly, json_option, overwrite_option, resumable,
-                                  run_command)
-from keras_cnn.runs import default_run_dir
+from keras_cnn.cli.common import (debug_option, import_tensorflow_quietly, json_option, overwrite_option,
+                                  resumable_run, run_command)
 
 RECIPE = "the architecture's reference recipe"
 
@@ -62,8 +61,7 @@ def train(architecture, out_dir, overwrite, as_json, **option_values):
         raise UserError("--dataset-path needs --dataset mnist|cifar10 to say what the file holds")
     config = RunConfig(command="train", model=ModelConfig(kind="scratch", name=architecture, **values["model"]),
                        data=DataConfig(**values["data"]), training=TrainingConfig(**values["training"]))
-    # Named here, so that Ctrl-C can print the command that resumes this very run.
-    resumable(*(() if out_dir else ("--out", str(out_dir := default_run_dir(architecture)))))
+    out_dir = resumable_run(out_dir, architecture)
 
     def work():
         from keras_cnn.train.fit import train_scratch

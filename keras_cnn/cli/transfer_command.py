@@ -6,11 +6,11 @@ import click
 
 from keras_cnn.cli import options
 from keras_cnn.cli.common import (debug_option, import_tensorflow_quietly, json_option, overwrite_option, resumable,
-                                  run_command)
+                                  resumable_run, run_command)
 from keras_cnn.errors import UserError
 from keras_cnn.messages import RANDOM_BASE_RATE, frozen_random_base_warning, slow_random_base_warning
 from keras_cnn.progress import warn
-from keras_cnn.runs import RunDirectory, default_run_dir
+from keras_cnn.runs import RunDirectory
 
 
 def _render(result):
@@ -70,8 +70,7 @@ def transfer(base, out_dir, overwrite, as_json, **option_values):
 
     config = RunConfig(command="transfer", model=ModelConfig(kind="transfer", name=base, **values["model"]),
                        data=DataConfig(**values["data"], channels=3), training=TrainingConfig(**values["training"]))
-    # Named here, so that Ctrl-C can print the command that resumes this very run.
-    resumable(*(() if out_dir else ("--out", str(out_dir := default_run_dir(base)))))
+    out_dir = resumable_run(out_dir, base)
 
     def work():
         from keras_cnn.train.two_stage import train_head

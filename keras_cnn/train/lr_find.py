@@ -95,7 +95,8 @@ def lr_find(config: RunConfig | None = None, run_dir: str | Path | None = None, 
     write_sweep(sweep, suggestions, plot, table, no_suggestion=no_suggestion is not None)
     result = {"stage": stage.name, "optimizer": stage.training.optimizer, "suggestions": suggestions,
               "steps": len(sweep.losses), "planned_steps": steps, "diverged": sweep.diverged, "start": start,
-              "end": end, "plot": str(plot), "table": str(table), "split": written_split and str(written_split)}
+              "end": end, "plot": str(plot), "table": str(table),
+              "split": str(written_split) if written_split else None}
     if no_suggestion is not None:
         result["no_suggestion"] = no_suggestion
     return result
