@@ -122,3 +122,10 @@ def test_the_help_and_the_last_line_name_the_split_it_writes(capsys):
     assert printed[0].startswith("[head] adam: no learning rate suggested after 97 steps")
     assert "the loss did not fall" in printed[0] and "suggested learning rate" not in printed[0]
     assert printed[1].endswith("split: lr_find_split.csv (reuse it with --split)")
+
+
+def test_weights_that_cannot_be_had_stop_the_sweep_before_the_split_is_written(tmp_path, sample_data_dir):
+    result = invoke("lr-find", "--base", "efficientnet_b0", "--weights", tmp_path / "missing.weights.h5", "--images",
+                    sample_data_dir, "--out", tmp_path / "sweep.png")
+    assert result.exit_code == 2 and "missing.weights.h5" in result.stderr
+    assert list(tmp_path.iterdir()) == []

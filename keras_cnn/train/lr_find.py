@@ -23,6 +23,8 @@ from keras_cnn.config import FineTuneConfig, RunConfig, TrainingConfig
 from keras_cnn.data.collection import needs_split_file, split_images
 from keras_cnn.errors import UserError
 from keras_cnn.io import atomic_write_text
+from keras_cnn.models.bases import get_base_spec
+from keras_cnn.models.weights import resolve_weights
 from keras_cnn.progress import say
 from keras_cnn.runs import RunDirectory
 from keras_cnn.train.lr_sweep import (DEFAULT_END, DEFAULT_START, DEFAULT_STEPS, LearningRateSweep, NoSuggestion,
@@ -62,6 +64,9 @@ def lr_find(config: RunConfig | None = None, run_dir: str | Path | None = None, 
         config = replace(config, training=replace(config.training, batch_size=batch_size or config.training.batch_size,
                                                   optimizer=optimizer or config.training.optimizer))
         default_out = Path(PLOT_NAME)
+        if config.model.kind == "transfer":
+            # Weights that cannot be had stop the sweep before the folder is split into a file.
+            resolve_weights(get_base_spec(config.model.name), config.model.weights)
         if needs_split_file(config.data):
             # --images without --split (or a split that --exclude / --relabel change): split as
             # train/transfer would, into a file beside the picture, so the sweep's data can be
