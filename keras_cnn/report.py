@@ -67,12 +67,6 @@ def _plain_numbers(axis) -> None:
     axis.ticklabel_format(axis="y", useOffset=False, style="plain")
 
 
-def _overlapping(texts) -> bool:
-    """Whether any two of the (drawn) text artists' boxes overlap."""
-    boxes = [text.get_window_extent() for text in texts if text.get_visible() and text.get_text()]
-    return any(first.overlaps(second) for index, first in enumerate(boxes) for second in boxes[index + 1:])
-
-
 def _tick_spacing(axis, which: str) -> float:
     """The smallest distance in pixels between neighbouring ticks of ``axis``'s x or y axis."""
     ticks = axis.get_xticks() if which == "x" else axis.get_yticks()
@@ -85,21 +79,22 @@ def _fit_tick_labels(figure, axis, room: float = 1.2) -> None:
     """Keep the class names on ``axis`` apart: upright when they fit, else slanted by 45 degrees,
     else vertical, and smaller only when even vertical ones would touch (many classes).
 
-    Neighbouring slanted labels are parallel strips ``spacing x sin(45)`` apart, so they fit
-    when that exceeds the text's height (with ``room`` to spare).
+    Measured, not drawn: neighbouring upright labels fit when half their widths add up to
+    less than the distance between their ticks; slanted ones are parallel strips
+    ``spacing x sin(45)`` apart, which fit when that exceeds the text's height (with ``room``).
     """
-    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
     labels = axis.get_xticklabels()
-    if labels and _overlapping(labels):
-        height = max(label.get_window_extent().height for label in labels)
+    if len(labels) > 1:
+        boxes = [label.get_window_extent(renderer) for label in labels]
         spacing = _tick_spacing(axis, "x")
-        angle = 45 if spacing * math.sin(math.radians(45)) >= room * height else 90
-        for label in labels:
-            label.set(rotation=angle, ha="right" if angle == 45 else "center", rotation_mode="anchor",
-                      va="top" if angle == 45 else "center")
-        if angle == 90:
+        widths = [box.width for box in boxes]
+        if any((left + right) / 2 * room > spacing for left, right in zip(widths, widths[1:])):
+            height = max(box.height for box in boxes)
+            slanted = spacing * math.sin(math.radians(45)) >= room * height
             for label in labels:
-                label.set(ha="right")
+                label.set(rotation=45 if slanted else 90, ha="right" if slanted else "center",
+                          va="top", rotation_mode="anchor" if slanted else "default")
     for which, labels in (("x", axis.get_xticklabels()), ("y", axis.get_yticklabels())):
         if not labels:
             continue

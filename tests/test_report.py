@@ -250,7 +250,9 @@ def test_a_flat_learning_rate_sweep_is_drawn_flat():
 
 
 def _boxes_apart(texts) -> bool:
-    return not report._overlapping(texts)
+    """No two of the (drawn) texts' boxes overlap."""
+    boxes = [text.get_window_extent() for text in texts if text.get_visible() and text.get_text()]
+    return not any(first.overlaps(second) for index, first in enumerate(boxes) for second in boxes[index + 1:])
 
 
 def test_confusion_matrix_labels_do_not_collide_and_counts_have_whole_steps():
@@ -270,9 +272,9 @@ def test_confusion_matrix_labels_do_not_collide_and_counts_have_whole_steps():
         assert ticks and all(float(tick).is_integer() for tick in ticks)   # no 0.5 steps for counts
     finally:
         report._pyplot().close(figure)
-    # Many classes: slanted or vertical, never overlapping, still readable.
-    many = [f"class_with_a_long_name_{index}" for index in range(20)]
-    figure = report.confusion_matrix_figure(np.eye(20, dtype=int) * 3, many)
+    # Many classes (too many for numbers in the cells): slanted or vertical, never overlapping, still readable.
+    many = [f"class_with_a_long_name_{index}" for index in range(report.ANNOTATE_CELLS_UP_TO + 1)]
+    figure = report.confusion_matrix_figure(np.eye(len(many), dtype=int) * 3, many)
     try:
         figure.canvas.draw()
         labels_shown = figure.axes[0].get_xticklabels()
