@@ -70,7 +70,7 @@ class KcnnGroup(click.Group):
 
     def resolve_command(self, ctx: click.Context, args: list[str]):
         name = args[0] if args else ""
-        if name and not name.startswith("-") and self.get_command(ctx, name) is None:
+        if name and not name.startswith("-") and not ctx.resilient_parsing and self.get_command(ctx, name) is None:
             ctx.fail(f"No such command '{name}'{did_you_mean(name, COMMANDS)}")
         return super().resolve_command(ctx, args)
 
