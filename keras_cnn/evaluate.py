@@ -140,7 +140,8 @@ def evaluate_run(run_dir: str | os.PathLike, subset: str = "test", batch_size: i
     ``RUN/eval/validation`` for the validation part, so one never replaces the other): metrics.json,
     predictions.csv, confusion_matrix.png, training.png (when the run has history.csv),
     misclassified.png and report.html. Returns a summary: run, subset, num_samples,
-    accuracy, loss, macro_f1, roc_auc (two classes), output_dir and the written files.
+    accuracy, loss, macro_f1, roc_auc (two classes), notes (why the numbers mean little, if
+    they do: the report's first lines), output_dir and the written files.
 
     ``tta``: also predict each image on that many fixed views (:mod:`keras_cnn.tta`) and
     average; metrics.json then holds the TTA metrics under ``"tta"`` beside the plain ones,
@@ -220,18 +221,22 @@ def _evaluate_into(run: RunDirectory, config_payload: dict[str, Any], *, subset:
     )
     predicted_indices = probabilities.argmax(axis=1)
     positions, images = keeper.positions_and_images()
+    mistake_truth = [int(true_indices[position]) for position in positions]
+    mistake_answers = [int(predicted_indices[position]) for position in positions]
+    mistake_confidences = [float(probabilities[position].max()) for position in positions]
+    mistake_files = [object_ids[position] for position in positions]
     pictures["Most confident mistakes"] = files["misclassified_plot"] = report.plot_misclassified(
-        images,
-        [int(true_indices[position]) for position in positions],
-        [int(predicted_indices[position]) for position in positions],
-        [float(probabilities[position].max()) for position in positions],
-        labels,
-        output_dir / "misclassified.png",
-        object_ids=[object_ids[position] for position in positions],
+        images, mistake_truth, mistake_answers, mistake_confidences, labels, output_dir / "misclassified.png",
+        max_images=MISCLASSIFIED_IMAGES, object_ids=mistake_files,
     )
+    # The picture's tiles in their order, for the report's table of whole file names.
+    tiles = report.mistake_indices(mistake_truth, mistake_answers, mistake_confidences, MISCLASSIFIED_IMAGES)
+    mistakes = [{"file": mistake_files[tile], "true": labels[mistake_truth[tile]],
+                 "predicted": labels[mistake_answers[tile]], "confidence": mistake_confidences[tile]}
+                for tile in tiles]
     files["report"] = report.write_html_report(
         run.root, metrics, config_payload, pictures, output_dir / "report.html",
-        links={"metrics.json": files["metrics"], "predictions.csv": files["predictions"]},
+        links={"metrics.json": files["metrics"], "predictions.csv": files["predictions"]}, mistakes=mistakes,
     )
     summary = {
         "run": str(run.root),
@@ -245,6 +250,7 @@ def _evaluate_into(run: RunDirectory, config_payload: dict[str, Any], *, subset:
         summary["roc_auc"] = metrics["roc_auc"]
     if "tta" in metrics:
         summary["tta"] = {key: metrics["tta"][key] for key in ("views", "accuracy", "loss", "macro_f1")}
+    summary["notes"] = report.reading_notes(metrics, config_payload)
     summary["output_dir"] = str(output_dir)
     summary["files"] = {name: str(path) for name, path in files.items()}
     return summary

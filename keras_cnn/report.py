@@ -13,15 +13,21 @@ import html
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from keras_cnn.data.split import SMALL_PART_ROWS
 from keras_cnn.io import atomic_path, atomic_write_text, to_jsonable
+from keras_cnn.messages import summarize_items
 
-TICK_LABEL_CHARACTERS = 18      # longer class names are shortened on the axes
+TICK_LABEL_CHARACTERS = 24      # longer class names are shortened on the axes (the page's tables have them whole)
 ANNOTATE_CELLS_UP_TO = 20       # beyond this many classes the cell numbers become unreadable
+CAPTION_CHARACTERS = 30         # a mistake's file name is wrapped at this width ...
+CAPTION_LINES = 3               # ... onto at most this many lines (the page's table has it whole)
+LOSS_HEADROOM = 1.08            # the loss axis runs from 0 to this times the highest loss shown
 
 
 def _pyplot():
@@ -53,6 +59,54 @@ def _short(text: str, limit: int = TICK_LABEL_CHARACTERS) -> str:
     return text[:head] + "…" + text[len(text) - (limit - 1 - head):]
 
 
+def _plain_numbers(axis) -> None:
+    """Tick labels that say the value: no "+1.098" offset above the axis, no scientific notation.
+
+    An offset turns differences in the fourth decimal into a curve that fills the plot.
+    """
+    axis.ticklabel_format(axis="y", useOffset=False, style="plain")
+
+
+def _tick_spacing(axis, which: str) -> float:
+    """The smallest distance in pixels between neighbouring ticks of ``axis``'s x or y axis."""
+    ticks = axis.get_xticks() if which == "x" else axis.get_yticks()
+    points = [(tick, 0) if which == "x" else (0, tick) for tick in ticks]
+    positions = np.sort(axis.transData.transform(points)[:, 0 if which == "x" else 1])
+    return float(np.min(np.diff(positions))) if len(positions) > 1 else math.inf
+
+
+def _fit_tick_labels(figure, axis, room: float = 1.2) -> None:
+    """Keep the class names on ``axis`` apart: upright when they fit, else slanted by 45 degrees,
+    else vertical, and smaller only when even vertical ones would touch (many classes).
+
+    Measured, not drawn: neighbouring upright labels fit when half their widths add up to
+    less than the distance between their ticks; slanted ones are parallel strips
+    ``spacing x sin(45)`` apart, which fit when that exceeds the text's height (with ``room``).
+    """
+    renderer = figure.canvas.get_renderer()
+    labels = axis.get_xticklabels()
+    if len(labels) > 1:
+        boxes = [label.get_window_extent(renderer) for label in labels]
+        spacing = _tick_spacing(axis, "x")
+        widths = [box.width for box in boxes]
+        if any((left + right) / 2 * room > spacing for left, right in zip(widths, widths[1:])):
+            height = max(box.height for box in boxes)
+            slanted = spacing * math.sin(math.radians(45)) >= room * height
+            for label in labels:
+                label.set(rotation=45 if slanted else 90, ha="right" if slanted else "center",
+                          va="top", rotation_mode="anchor" if slanted else "default")
+    for which, labels in (("x", axis.get_xticklabels()), ("y", axis.get_yticklabels())):
+        if not labels:
+            continue
+        size = labels[0].get_fontsize()
+        spacing = _tick_spacing(axis, which)
+        # A vertical or a horizontal label is as thick as its font is high.
+        thickness = size * figure.dpi / 72 * 1.2
+        if spacing < room * thickness:
+            for label in labels:
+                label.set_fontsize(max(4.0, size * spacing / (room * thickness)))
+
+
 # --------------------------------------------------------------------------- training history
 
 
@@ -75,61 +129,87 @@ def _stage_boundaries(stages: Sequence[str]) -> list[tuple[int, str]]:
             if stages[index] != stages[index - 1]]
 
 
+def _stage_spans(stages: Sequence[str]) -> list[tuple[int, int, str]]:
+    """(first epoch, last epoch, name) of each stage, epochs numbered 1..n."""
+    starts = [0] + [index for index, _ in _stage_boundaries(stages)]
+    ends = starts[1:] + [len(stages)]
+    return [(start + 1, end, str(stages[start])) for start, end in zip(starts, ends)]
+
+
+def training_history_figure(history_csv_or_rows: Any):
+    """The figure of :func:`plot_training_history` (not saved; the caller closes it)."""
+    pyplot = _pyplot()
+    frame = _history_frame(history_csv_or_rows)
+    figure, axes = pyplot.subplots(1, 2, figsize=(11, 4.3))
+    if frame.empty:
+        for axis in axes:
+            axis.axis("off")
+        axes[0].text(0.5, 0.5, "no epochs recorded", ha="center", va="center", fontsize=14)
+        return figure
+
+    epochs = np.arange(1, len(frame) + 1)
+    stages = frame["stage"].astype(str).tolist() if "stage" in frame.columns else [""] * len(frame)
+    spans = _stage_spans(stages) if _stage_boundaries(stages) else []
+    handles = {}
+    for axis, metric, title in ((axes[0], "loss", "Loss"), (axes[1], "accuracy", "Accuracy")):
+        shown = []
+        for column, name, style in ((metric, "train", "o-"), (f"val_{metric}", "validation", "s--")):
+            if column in frame.columns and frame[column].notna().any():
+                values = frame[column].astype(float)
+                (handles[name],) = axis.plot(epochs, values, style, label=name, markersize=4)
+                shown.append(values)
+        if not shown:
+            axis.text(0.5, 0.5, f"no {metric} recorded", ha="center", va="center", transform=axis.transAxes)
+        # Honest scales: accuracy from 0 to 1, the loss from 0, so a loss that does not move looks flat.
+        if metric == "accuracy":
+            axis.set_ylim(0, 1.02)
+        elif shown:
+            highest = max(float(np.nanmax(values)) for values in shown)
+            lowest = min(0.0, min(float(np.nanmin(values)) for values in shown))
+            if math.isfinite(highest) and highest > lowest:
+                axis.set_ylim(lowest, highest * LOSS_HEADROOM)
+        _plain_numbers(axis)
+        if spans:
+            for first, _, _ in spans[1:]:
+                axis.axvline(first - 0.5, color="grey", linestyle=":", linewidth=1.2)
+            # The stages are named above the plot, where no curve can run into the names.
+            stage_axis = axis.secondary_xaxis("top")
+            stage_axis.set_xticks([(first + last) / 2 for first, last, _ in spans],
+                                  [name for _, _, name in spans], fontsize=9, color="dimgrey")
+            stage_axis.tick_params(length=0)
+        axis.set_title(title)
+        axis.set_xlabel("epoch (all stages)" if spans else "epoch")
+        axis.set_ylabel(metric)
+        axis.grid(True, alpha=0.3)
+        # Whole epochs only on the x axis.
+        axis.xaxis.get_major_locator().set_params(integer=True)
+    figure.tight_layout(rect=(0, 0.07, 1, 1))
+    if handles:
+        # One legend for both panels, below them: never over a curve.
+        figure.legend(list(handles.values()), list(handles), loc="lower center", ncol=len(handles), frameon=False)
+    return figure
+
+
 def plot_training_history(history_csv_or_rows: Any, output_png: str | os.PathLike) -> Path:
     """Loss and accuracy per epoch (train and validation) across every training stage.
 
     ``history_csv_or_rows``: the path of ``history.csv``, a pandas DataFrame, or a list of
     row dicts with the columns stage, epoch, loss, accuracy, val_loss, val_accuracy (any
-    of them may be missing). Epochs are numbered 1..n across stages; a dashed vertical
-    line marks where the ``stage`` column changes (e.g. head training → fine-tuning).
+    of them may be missing). Epochs are numbered 1..n across stages; a dotted vertical
+    line marks where the ``stage`` column changes (e.g. head training → fine-tuning) and
+    the stages are named above the plot.  Accuracy is drawn on 0..1 and the loss from 0,
+    with plain tick labels (no offset), so noise does not look like a trend.
     """
-    pyplot = _pyplot()
-    frame = _history_frame(history_csv_or_rows)
-    figure, axes = pyplot.subplots(1, 2, figsize=(11, 4))
-    if frame.empty:
-        for axis in axes:
-            axis.axis("off")
-        axes[0].text(0.5, 0.5, "no epochs recorded", ha="center", va="center", fontsize=14)
-        return _save(figure, output_png)
-
-    epochs = np.arange(1, len(frame) + 1)
-    stages = frame["stage"].astype(str).tolist() if "stage" in frame.columns else [""] * len(frame)
-    boundaries = _stage_boundaries(stages)
-    for axis, metric, title in ((axes[0], "loss", "Loss"), (axes[1], "accuracy", "Accuracy")):
-        plotted = False
-        for column, name, style in ((metric, "train", "o-"), (f"val_{metric}", "validation", "s--")):
-            if column in frame.columns and frame[column].notna().any():
-                axis.plot(epochs, frame[column].astype(float), style, label=name, markersize=4)
-                plotted = True
-        if not plotted:
-            axis.text(0.5, 0.5, f"no {metric} recorded", ha="center", va="center", transform=axis.transAxes)
-        for start, stage in boundaries:
-            axis.axvline(start + 0.5, color="grey", linestyle=":", linewidth=1.2)
-            axis.text(start + 0.6, 0.98, stage, transform=axis.get_xaxis_transform(),
-                      va="top", ha="left", fontsize=9, color="dimgrey")
-        axis.set_title(title)
-        axis.set_xlabel("epoch (all stages)" if boundaries else "epoch")
-        axis.set_ylabel(metric)
-        axis.grid(True, alpha=0.3)
-        if plotted:
-            axis.legend(loc="best")
-        # Whole epochs only on the x axis.
-        axis.xaxis.get_major_locator().set_params(integer=True)
-    figure.tight_layout()
-    return _save(figure, output_png)
+    return _save(training_history_figure(history_csv_or_rows), output_png)
 
 
 # --------------------------------------------------------------------------- learning-rate range test
 
 
-def plot_learning_rate_sweep(learning_rates: Sequence[float], losses: Sequence[float],
-                             smoothed: Sequence[float], suggestions: Mapping[str, float],
-                             output_png: str | os.PathLike) -> Path:
-    """Loss against learning rate (log axis) from ``kcnn lr-find``, with the suggested rates marked.
-
-    The raw per-batch loss is drawn faintly behind the smoothed curve the suggestions are
-    read from.
-    """
+def learning_rate_sweep_figure(learning_rates: Sequence[float], losses: Sequence[float],
+                               smoothed: Sequence[float], suggestions: Mapping[str, float],
+                               no_suggestion: bool = False):
+    """The figure of :func:`plot_learning_rate_sweep` (not saved; the caller closes it)."""
     pyplot = _pyplot()
     figure, axis = pyplot.subplots(figsize=(7, 4.5))
     axis.plot(learning_rates, losses, color="lightgrey", linewidth=1, label="loss (per batch)")
@@ -140,17 +220,36 @@ def plot_learning_rate_sweep(learning_rates: Sequence[float], losses: Sequence[f
         axis.plot([rate], [curve[nearest]], marker, markersize=9, label=f"{name}: {rate:.2e}")
     finite = [value for value in smoothed if math.isfinite(value)]
     if finite:
-        # The blow-up at the end would squash the interesting part of the curve.
+        # The blow-up at the end would squash the interesting part of the curve; a curve that
+        # hardly moves keeps a span of a tenth of its level, so it looks as flat as it is.
         low, first = min(finite), finite[0]
-        axis.set_ylim(low - 0.1 * abs(first - low) - 1e-6, max(first, low) + 0.5 * abs(first - low) + 1e-6)
+        top = max(first, low) + 0.5 * abs(first - low)
+        bottom = low - 0.1 * abs(first - low)
+        room = 0.1 * max(abs(first), abs(low), 1e-6) - (top - bottom)
+        if room > 0:
+            bottom, top = bottom - room / 2, top + room / 2
+        axis.set_ylim(bottom, top)
+    _plain_numbers(axis)
     axis.set_xscale("log")
     axis.set_xlabel("learning rate")
     axis.set_ylabel("training loss")
-    axis.set_title("Learning-rate range test")
+    axis.set_title("Learning-rate range test" + (": no rate suggested" if no_suggestion else ""))
     axis.grid(True, which="both", alpha=0.3)
     axis.legend(loc="best")
     figure.tight_layout()
-    return _save(figure, output_png)
+    return figure
+
+
+def plot_learning_rate_sweep(learning_rates: Sequence[float], losses: Sequence[float],
+                             smoothed: Sequence[float], suggestions: Mapping[str, float],
+                             output_png: str | os.PathLike, no_suggestion: bool = False) -> Path:
+    """Loss against learning rate (log axis) from ``kcnn lr-find``, with the suggested rates marked.
+
+    The raw per-batch loss is drawn faintly behind the smoothed curve the suggestions are
+    read from; ``no_suggestion`` says in the title that the curve supported none.
+    """
+    return _save(learning_rate_sweep_figure(learning_rates, losses, smoothed, suggestions, no_suggestion),
+                 output_png)
 
 
 # --------------------------------------------------------------------------- confusion matrix
@@ -165,8 +264,10 @@ def row_normalised(matrix: Any) -> np.ndarray:
     return result
 
 
-def plot_confusion_matrix(matrix: Any, labels: Sequence[str], output_png: str | os.PathLike) -> Path:
-    """Two heat maps: counts and row-normalised fractions (row = true label, column = predicted)."""
+def confusion_matrix_figure(matrix: Any, labels: Sequence[str]):
+    """The figure of :func:`plot_confusion_matrix` (not saved; the caller closes it)."""
+    from matplotlib.ticker import MaxNLocator
+
     pyplot = _pyplot()
     matrix = np.asarray(matrix, dtype=np.int64)
     labels = [str(label) for label in labels]
@@ -179,28 +280,41 @@ def plot_confusion_matrix(matrix: Any, labels: Sequence[str], output_png: str | 
     font_size = max(5, 12 - size // 3)
     tick_labels = [_short(label) for label in labels]
     panels = (
-        (axes[0], matrix, "Counts", lambda value: f"{int(value)}", None),
+        (axes[0], matrix, "Counts", lambda value: f"{int(value)}", max(1, int(matrix.max(initial=0)))),
         (axes[1], fractions, "Row-normalised (recall on the diagonal)", lambda value: f"{value:.2f}", 1.0),
     )
     for axis, values, title, formatter, maximum in panels:
         shown = axis.imshow(values, cmap="Blues", vmin=0, vmax=maximum, interpolation="nearest")
-        figure.colorbar(shown, ax=axis, fraction=0.046, pad=0.04)
+        colour_bar = figure.colorbar(shown, ax=axis, fraction=0.046, pad=0.04)
+        if values is matrix:
+            colour_bar.locator = MaxNLocator(integer=True)   # counts: no 0.5 steps
+            colour_bar.update_ticks()
         axis.set_title(title)
         axis.set_xlabel("predicted label")
         axis.set_ylabel("true label")
-        slanted = size > 4   # a few short names fit upright; more overlap unless slanted
-        axis.set_xticks(range(size), tick_labels, rotation=45 if slanted else 0,
-                        ha="right" if slanted else "center")
+        axis.set_xticks(range(size), tick_labels)
         axis.set_yticks(range(size), tick_labels)
         if size <= ANNOTATE_CELLS_UP_TO:
-            threshold = (values.max() if maximum is None else maximum) / 2.0
+            threshold = maximum / 2.0
             for row in range(size):
                 for column in range(size):
                     value = values[row, column]
                     axis.text(column, row, formatter(value), ha="center", va="center", fontsize=font_size,
                               color="white" if value > threshold else "black")
     figure.tight_layout()
-    return _save(figure, output_png)
+    for axis in axes:
+        _fit_tick_labels(figure, axis)
+    figure.tight_layout()
+    return figure
+
+
+def plot_confusion_matrix(matrix: Any, labels: Sequence[str], output_png: str | os.PathLike) -> Path:
+    """Two heat maps: counts and row-normalised fractions (row = true label, column = predicted).
+
+    Tick labels are slanted (and, with many classes, made smaller) when they would run
+    into each other; the colour bar of the counts has whole numbers only.
+    """
+    return _save(confusion_matrix_figure(matrix, labels), output_png)
 
 
 # --------------------------------------------------------------------------- misclassified images
@@ -215,36 +329,53 @@ def _displayable(image: Any) -> tuple[np.ndarray, str | None]:
     return image, ("gray" if image.ndim == 2 else None)
 
 
-def plot_misclassified(images: Sequence[Any], true_indices: Sequence[int], predicted_indices: Sequence[int],
-                       confidences: Sequence[float], labels: Sequence[str], output_png: str | os.PathLike,
-                       max_images: int = 25, object_ids: Sequence[str] | None = None) -> Path:
-    """A grid of the most confident mistakes: each tile shows true and predicted label and confidence.
+def wrap_caption(text: str, width: int = CAPTION_CHARACTERS, lines: int = CAPTION_LINES) -> str:
+    """``text`` (a file name or path) on up to ``lines`` lines of ``width`` characters, broken
+    after a ``/``, a space, ``_`` or ``-`` where it can be, anywhere in a longer run; only what
+    still does not fit is cut, in the middle."""
+    pieces = [""]
+    for token in re.split(r"(?<=[/ _-])", str(text)):
+        if pieces[-1] and len(pieces[-1]) + len(token) > width:
+            pieces.append("")
+        pieces[-1] += token
+        while len(pieces[-1]) > width:   # a run longer than a line is cut where the line ends
+            pieces[-1:] = [pieces[-1][:width], pieces[-1][width:]]
+    pieces = [piece.rstrip() for piece in pieces if piece.strip()]
+    if len(pieces) > lines:
+        pieces = pieces[:lines - 1] + [_short("".join(pieces[lines - 1:]), width)]
+    return "\n".join(pieces)
 
-    ``images``: pixel arrays 0..255 (uint8 or float; grey (H, W) / (H, W, 1) or RGB), one
-    per entry of the index lists; entries whose prediction is right are left out. With no
-    mistakes the picture says so. ``object_ids`` (optional) are printed above each tile.
-    """
+
+def mistake_indices(true_indices: Sequence[int], predicted_indices: Sequence[int], confidences: Sequence[float],
+                    max_images: int) -> list[int]:
+    """Positions of the mistakes, most confident first, at most ``max_images``: the tiles in order."""
+    mistakes = [index for index in range(len(true_indices))
+                if int(true_indices[index]) != int(predicted_indices[index])]
+    mistakes.sort(key=lambda index: -float(confidences[index]))
+    return mistakes[:max_images]
+
+
+def misclassified_figure(images: Sequence[Any], true_indices: Sequence[int], predicted_indices: Sequence[int],
+                         confidences: Sequence[float], labels: Sequence[str], max_images: int = 25,
+                         object_ids: Sequence[str] | None = None):
+    """The figure of :func:`plot_misclassified` (not saved; the caller closes it)."""
     pyplot = _pyplot()
     labels = [str(label) for label in labels]
-    mistakes = [
-        index for index in range(len(images))
-        if int(true_indices[index]) != int(predicted_indices[index])
-    ]
-    mistakes.sort(key=lambda index: -float(confidences[index]))
-    mistakes = mistakes[:max_images]
+    mistakes = mistake_indices(true_indices, predicted_indices, confidences, max_images)
     if not mistakes:
         figure, axis = pyplot.subplots(figsize=(5, 2))
         axis.axis("off")
         axis.text(0.5, 0.5, "No misclassified images", ha="center", va="center", fontsize=14)
-        return _save(figure, output_png)
+        return figure
 
     columns = min(5, math.ceil(math.sqrt(len(mistakes))))
     rows = math.ceil(len(mistakes) / columns)
-    figure, axes = pyplot.subplots(rows, columns, figsize=(2.6 * columns, 3.0 * rows), squeeze=False,
-                                   layout="constrained")
+    caption_lines = 2 + (CAPTION_LINES if object_ids is not None else 0)
+    figure, axes = pyplot.subplots(rows, columns, figsize=(2.8 * columns, (2.4 + 0.14 * caption_lines) * rows),
+                                   squeeze=False, layout="constrained")
     for axis in axes.flat:
         axis.axis("off")
-    for axis, index in zip(axes.flat, mistakes):
+    for number, (axis, index) in enumerate(zip(axes.flat, mistakes), start=1):
         image, colour_map = _displayable(images[index])
         axis.imshow(image, cmap=colour_map, vmin=0, vmax=255, interpolation="nearest")
         caption = (
@@ -252,10 +383,24 @@ def plot_misclassified(images: Sequence[Any], true_indices: Sequence[int], predi
             f"pred: {_short(labels[int(predicted_indices[index])])} ({float(confidences[index]):.2f})"
         )
         if object_ids is not None:
-            caption = f"{_short(str(object_ids[index]), 20)}\n{caption}"
+            caption = f"{number}. {wrap_caption(object_ids[index])}\n{caption}"
         axis.set_title(caption, fontsize=8, color="firebrick")
     figure.suptitle("Most confident mistakes (confidence = predicted probability)", fontsize=11)
-    return _save(figure, output_png)
+    return figure
+
+
+def plot_misclassified(images: Sequence[Any], true_indices: Sequence[int], predicted_indices: Sequence[int],
+                       confidences: Sequence[float], labels: Sequence[str], output_png: str | os.PathLike,
+                       max_images: int = 25, object_ids: Sequence[str] | None = None) -> Path:
+    """A grid of the most confident mistakes: each tile shows true and predicted label and confidence.
+
+    ``images``: pixel arrays 0..255 (uint8 or float; grey (H, W) / (H, W, 1) or RGB), one
+    per entry of the index lists; entries whose prediction is right are left out. With no
+    mistakes the picture says so. ``object_ids`` (optional): each tile's file, numbered and
+    wrapped whole above it (the report's table of mistakes uses the same numbers).
+    """
+    return _save(misclassified_figure(images, true_indices, predicted_indices, confidences, labels, max_images,
+                                      object_ids), output_png)
 
 
 # --------------------------------------------------------------------------- HTML page
@@ -270,6 +415,9 @@ td.diagonal { font-weight: bold; outline: 2px solid #4a7; }
 pre { background: #f7f7f7; padding: 1em; overflow-x: auto; font-size: 0.85em; }
 figure { margin: 1em 0; } img { max-width: 100%; border: 1px solid #ddd; }
 figcaption { color: #555; font-size: 0.9em; }
+p.headline { font-size: 1.1em; }
+div.notes { background: #fff6dd; border: 1px solid #e0b84a; padding: 0.2em 1em; margin: 1em 0; }
+div.notes ul { padding-left: 1.2em; } div.notes li { margin: 0.3em 0; }
 """
 
 SUMMARY_KEYS = (
@@ -280,6 +428,58 @@ SUMMARY_KEYS = (
     ("weighted_precision", "weighted precision"), ("weighted_recall", "weighted recall"),
     ("weighted_f1", "weighted F1"), ("roc_auc", "ROC AUC"),
 )
+
+
+def reading_notes(metrics: Mapping[str, Any], config: Mapping[str, Any]) -> list[str]:
+    """Why the numbers of an evaluation mean little, when they do; the first lines of its report.
+
+    Said for: a transfer base with random weights (``--weights none``, as the demo has offline),
+    accuracy within the noise of always answering the most common label, a model that answers
+    one label for every image, a part too small for its accuracy to be precise, and labels
+    with no images in the part.
+    """
+    notes = []
+    subset = str(metrics.get("subset", "test"))
+    model = config.get("model") or {}
+    if model.get("kind") == "transfer" and str(model.get("weights")).lower() == "none":
+        base = _short(model.get("name", "the base"), 60)
+        finetune = ((config.get("extra") or {}).get("stages") or {}).get("finetune") or {}
+        if str(finetune.get("unfreeze_from", "")).lower() == "all":
+            notes.append(f"The base, {base}, started from random weights (--weights none), not ImageNet weights, "
+                         "and every layer was trained from them: expect far lower accuracy than a pretrained base "
+                         "gives on the same images.")
+        else:
+            notes.append(f"The base, {base}, has random weights (--weights none: no ImageNet weights were at "
+                         "hand), and its frozen layers pass on almost nothing the head can learn from. Accuracy near "
+                         "chance is expected, not a fault of the data or the training; with ImageNet weights the "
+                         "same run learns.")
+    labels = [str(label) for label in metrics.get("labels", [])]
+    matrix = np.asarray(metrics.get("confusion_matrix") or [], dtype=np.int64)
+    if matrix.ndim != 2 or matrix.size == 0 or len(labels) != len(matrix):
+        return notes
+    support, answered = matrix.sum(axis=1), matrix.sum(axis=0)
+    total = int(support.sum())
+    accuracy = float(metrics.get("accuracy", np.trace(matrix) / max(total, 1)))
+    common = int(np.argmax(support))
+    chance = float(support[common]) / max(total, 1)
+    present = support[support > 0]
+    if np.count_nonzero(answered) == 1 and len(labels) > 1:
+        notes.append(f"Every {subset} image was predicted as '{labels[int(np.argmax(answered))]}': the model "
+                     f"answers one label whatever the image shows, which scores {accuracy:.3f} here.")
+    # Within two standard deviations of what a constant answer scores on this many images.
+    elif len(labels) > 1 and total and accuracy <= chance + 2 * math.sqrt(chance * (1 - chance) / total):
+        answer = "any one label" if present.min() == present.max() else f"'{labels[common]}', the most common label,"
+        notes.append(f"Accuracy {accuracy:.3f} is not clearly above chance: always answering {answer} scores "
+                     f"{chance:.3f} on these {total} images.")
+    if total and (present.min() < SMALL_PART_ROWS or total < 5 * SMALL_PART_ROWS):
+        notes.append(f"The {subset} part is small: {total} images, {int(present.min())} of the rarest label. One "
+                     f"image more or less right moves accuracy by {100 / total:.1f} points, so differences of a "
+                     "few points mean nothing.")
+    missing = [label for label, count in zip(labels, support) if count == 0]
+    if missing:
+        notes.append(f"No {subset} images of {summarize_items(missing)}: nothing here says how well "
+                     f"{'it is' if len(missing) == 1 else 'they are'} recognised.")
+    return notes
 
 
 def _text(value: Any) -> str:
@@ -339,24 +539,33 @@ def _data_uri(path: Path) -> str:
 
 def write_html_report(run_dir: str | os.PathLike, metrics: Mapping[str, Any], config: Mapping[str, Any],
                       pictures: Mapping[str, Any] | Sequence[Any], output_html: str | os.PathLike,
-                      links: Mapping[str, Any] | None = None) -> Path:
+                      links: Mapping[str, Any] | None = None,
+                      mistakes: Sequence[Mapping[str, Any]] | None = None) -> Path:
     """Write one self-contained HTML page about an evaluated run and return its path.
 
     ``metrics``: the dict of :func:`keras_cnn.metrics.compute_metrics` (plus run/subset);
     ``config``: the run's config.json contents; ``pictures``: {caption: png path} or a list
     of png paths, embedded as base64 data URIs (missing files are left out); ``links``:
     optional {text: path} of files to link to (e.g. predictions.csv), written as paths
-    relative to the page and only when the file exists.
+    relative to the page and only when the file exists; ``mistakes``: the tiles of the
+    mistakes picture in order, as dicts with file, true, predicted and confidence, listed
+    whole in a table.  The page opens with the headline numbers and, when there are any,
+    :func:`reading_notes`: why the numbers mean little.
     """
     output_html = Path(output_html)
     run_name = Path(run_dir).resolve().name or str(run_dir)
     labels = [str(label) for label in metrics.get("labels", [])]
-    sections = [
-        f"<h1>kcnn evaluation: {html.escape(run_name)}</h1>",
-        "<p>Run directory: <code>{}</code>; part evaluated: <b>{}</b>.</p>".format(
-            html.escape(str(run_dir)), html.escape(str(metrics.get("subset", "test")))
-        ),
-    ]
+    subset = str(metrics.get("subset", "test"))
+    sections = [f"<h1>kcnn evaluation: {html.escape(run_name)}</h1>"]
+    if "accuracy" in metrics:
+        sections.append(f'<p class="headline">Accuracy <b>{_text(metrics["accuracy"])}</b> on '
+                        f'{_text(metrics.get("num_samples"))} {html.escape(subset)} images of {len(labels)} labels.</p>')
+    notes = reading_notes(metrics, config)
+    if notes:
+        items = "".join(f"<li>{html.escape(note)}</li>" for note in notes)
+        sections.append(f'<div class="notes"><p><b>Read this first</b></p><ul>{items}</ul></div>')
+    sections.append("<p>Run directory: <code>{}</code>; part evaluated: <b>{}</b>.</p>".format(
+        html.escape(str(run_dir)), html.escape(subset)))
 
     tta = metrics.get("tta")
     if tta:
@@ -406,6 +615,13 @@ def write_html_report(run_dir: str | os.PathLike, metrics: Mapping[str, Any], co
     ]
     if figures:
         sections += ["<h2>Pictures</h2>", *figures]
+    if mistakes:
+        rows = [(str(number), html.escape(str(mistake["file"])), html.escape(str(mistake["true"])),
+                 html.escape(str(mistake["predicted"])), _text(float(mistake["confidence"])))
+                for number, mistake in enumerate(mistakes, start=1)]
+        sections += ["<h2>Most confident mistakes</h2>",
+                     "<p>The tiles of the picture above, by number, with their whole file names.</p>",
+                     _table(("#", "file", "true", "predicted", "confidence"), rows, name_columns=4)]
 
     existing_links = []
     for text, path in (links or {}).items():

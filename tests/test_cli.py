@@ -61,6 +61,79 @@ def test_usage_errors_are_one_line_exit_2():
     assert result.returncode == 2 and "No such command" in one_line_error(result)
 
 
+@pytest.mark.parametrize("arguments, suggestion", [
+    (["trasnfer", "--help"], "No such command 'trasnfer'; did you mean 'transfer'?"),
+    (["train", "lenett", "--dataset", "mnist"], "unknown architecture 'lenett'; did you mean 'lenet'?"),
+    (["summary", "efficientnet_bo"], "unknown base 'efficientnet_bo'; did you mean 'efficientnet_b0'?"),
+    (["summary", "mobilenetv2"], "unknown base 'mobilenetv2'; did you mean 'mobilenet_v2'?"),
+    (["train", "lenet", "--dataset", "mnits"], "'mnits' is not one of 'mnist', 'cifar10'; did you mean 'mnist'?"),
+    (["export", "--run", ".", "--out", "x", "--format", "onx"], "did you mean 'onnx'?"),
+    (["train", "lenet", "--epoch", "3"], "Did you mean"),   # click's own, for option names
+])
+def test_misspelt_names_get_the_closest_real_one(arguments, suggestion):
+    result = CliRunner().invoke(cli, arguments)
+    assert result.exit_code == 2 and suggestion in result.stderr and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_nothing_is_suggested_when_nothing_is_close():
+    from keras_cnn.messages import did_you_mean
+
+    assert did_you_mean("zzz", COMMANDS) == ""
+    # Only the closest names, and 0/o, 1/l look alike.
+    assert did_you_mean("efficientnet_bo", ["efficientnet_b0", "efficientnet_b1"]) == "; did you mean 'efficientnet_b0'?"
+    assert did_you_mean("vgg", ["vgg16", "vgg19", "resnet50"]) == "; did you mean 'vgg16' or 'vgg19'?"
+
+
+def interrupted(monkeypatch, module: str, function: str, arguments: list[str]):
+    """Run ``kcnn ARGUMENTS`` with the API function it calls replaced by a Ctrl-C."""
+    import importlib
+
+    def press_ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(importlib.import_module(module), function, press_ctrl_c)
+    return CliRunner().invoke(cli, arguments)
+
+
+def test_ctrl_c_names_the_command_that_resumes_the_run(monkeypatch, tmp_path, sample_data_dir):
+    images = str(sample_data_dir)
+    monkeypatch.chdir(tmp_path)
+    # No --out: the run folder named by default goes on the line; --overwrite would start over, so it does not.
+    result = interrupted(monkeypatch, "keras_cnn.train.two_stage", "train_head",
+                         ["transfer", "--base", "efficientnet_b0", "--images", images, "--epochs", "3", "--overwrite"])
+    assert result.exit_code == 130
+    message = result.stderr.strip().splitlines()[-1]
+    prefix = "kcnn: interrupted; to go on from the last finished epoch, run: "
+    assert message.startswith(prefix), message
+    command = message[len(prefix):].split()
+    assert command[:8] == ["kcnn", "transfer", "--base", "efficientnet_b0", "--images", images, "--epochs", "3"]
+    assert command[8] == "--out" and command[9].startswith("runs/efficientnet_b0-") and "--overwrite" not in command
+
+    result = interrupted(monkeypatch, "keras_cnn.train.two_stage", "fine_tune_run",
+                         ["finetune", "--run", str(tmp_path), "--epochs", "2"])
+    assert result.exit_code == 130
+    assert result.stderr.strip().endswith(f"run: kcnn finetune --run {tmp_path} --epochs 2")
+
+    # A sweep is redone when run again: nothing to resume, nothing more to say.
+    result = interrupted(monkeypatch, "keras_cnn.train.lr_find", "lr_find",
+                         ["lr-find", "--architecture", "lenet", "--dataset", "mnist"])
+    assert result.exit_code == 130 and result.stderr.strip().splitlines()[-1] == "kcnn: interrupted"
+
+
+def test_readme_names_every_extra_and_the_serving_input_key():
+    import configparser
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    setup = configparser.ConfigParser()
+    setup.read(root / "setup.cfg")
+    for extra in setup["options.extras_require"]:
+        assert f"'.[{extra}]'" in readme, extra
+    example = readme[readme.index("## Using an export without kcnn"):].split("```python", 1)[1].split("```", 1)[0]
+    assert "image_bytes=" in example and 'signatures["serving_default"]' in example
+
+
 def test_wrong_dataset_file_is_one_line_exit_2_and_debug_shows_traceback(tmp_path):
     bogus = tmp_path / "mnist.npz"
     bogus.write_text("not an archive")

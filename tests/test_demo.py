@@ -39,9 +39,33 @@ def check_demo_output(result, out: Path):
     return summary
 
 
-def test_demo_runs_end_to_end_small(tmp_path):
+def test_demo_runs_end_to_end_small(tmp_path, chromium_page):
     out = tmp_path / "demo"
-    check_demo_output(run_demo(out, "--per-class", "30", "--head-epochs", "2", "--finetune-epochs", "1"), out)
+    summary = check_demo_output(run_demo(out, "--per-class", "30", "--head-epochs", "2", "--finetune-epochs", "1"),
+                                out)
+    check_report_in_a_browser(chromium_page, Path(summary["report"]), summary, tmp_path / "report.png")
+
+
+def check_report_in_a_browser(page, report: Path, summary, screenshot: Path):
+    """What a reader sees first on the demo's report.html, in headless Chromium: the accuracy and,
+    offline, why it is near chance; the pictures load."""
+    page.set_viewport_size({"width": 1280, "height": 800})
+    page.goto(report.resolve().as_uri())
+    page.screenshot(path=str(screenshot), full_page=True)
+    assert screenshot.read_bytes().startswith(b"\x89PNG") and screenshot.stat().st_size > 50_000
+    lines = [line.strip() for line in page.inner_text("body").splitlines() if line.strip()]
+    assert lines[0].startswith("kcnn evaluation: ")
+    assert lines[1].startswith(f"Accuracy {summary['accuracy']:.4f} on ")
+    if summary["weights"] == "none":
+        assert lines[2] == "Read this first"
+        assert "has random weights (--weights none" in lines[3] and "near chance is expected" in lines[3]
+        # Above the fold: in the first screen, not at the bottom of the run configuration.
+        notes = page.locator("div.notes").bounding_box()
+        assert notes is not None and notes["y"] + notes["height"] < 800
+    images = page.locator("img")
+    assert images.count() == 3
+    assert all(images.nth(index).evaluate("image => image.complete && image.naturalWidth > 0")
+               for index in range(images.count()))
 
 
 @pytest.mark.slow

@@ -262,6 +262,18 @@ def test_saved_model_round_trip_in_plain_tensorflow(rgb_export, grey_export, rgb
             assert np.max(np.abs(np.array(result[key]) - expected[name][key])) < 1e-5, key
 
 
+def test_the_readme_example_loads_an_export_with_plain_tensorflow(rgb_export, tmp_path, monkeypatch, capsys):
+    """README's "Using an export without kcnn" code, as written, on an export and an image of ours."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    example = readme[readme.index("## Using an export without kcnn"):].split("```python", 1)[1].split("```", 1)[0]
+    (tmp_path / "export").symlink_to(Path(rgb_export["path"]).parent)
+    (tmp_path / "photo.jpg").write_bytes(encode(np.full((40, 30, 3), 90, np.uint8), "JPEG"))
+    monkeypatch.chdir(tmp_path)
+    exec(compile(example, "README.md", "exec"), {})
+    label, probabilities = capsys.readouterr().out.split(" ", 1)
+    assert label in RGB_LABELS and probabilities.startswith("[")
+
+
 def test_onnx_round_trip(rgb_export, rgb_run):
     import onnxruntime
 
@@ -426,7 +438,7 @@ def split_run(tmp_path_factory):
 
 
 @pytest.mark.parametrize("mode, largest_ratio", [("int8", 0.34), pytest.param("float16", 0.6, marks=pytest.mark.slow)])
-def test_quantized_litert_is_smaller_and_its_accuracy_is_recorded(split_run, tmp_path, mode, largest_ratio):
+def test_quantized_litert_is_smaller_and_its_accuracy_is_recorded(split_run, tmp_path, mode, largest_ratio, capsys):
     from keras_cnn.export.portable import litert_outputs
 
     result = export_run(split_run, tmp_path, formats=("litert",), quantize=mode)
@@ -448,6 +460,14 @@ def test_quantized_litert_is_smaller_and_its_accuracy_is_recorded(split_run, tmp
     assert 0 < np.max(np.abs(float_out - quantized_out)) < 0.1   # quantized, and still the same model
     metadata = json.loads((version_dir / "assets.extra" / "kcnn.json").read_text())
     assert metadata["quantization"] == record
+    # The printed list says how each file was checked; the quantized one by its test accuracy, not "not verified".
+    from keras_cnn.cli.export_command import render
+
+    render(result)
+    lines = capsys.readouterr().out.splitlines()
+    quantized_line = next(line for line in lines if line.strip().startswith(f"litert_{mode}"))
+    assert f"test accuracy {record['quantized']['accuracy']:.4f}" in quantized_line
+    assert not any("not verified" in line for line in lines)
 
 
 def test_quantized_model_that_lost_accuracy_is_refused_unless_forced(split_run, tmp_path, monkeypatch):

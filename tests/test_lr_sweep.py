@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from keras_cnn.errors import UserError
-from keras_cnn.train.lr_sweep import (find_learning_rate, run_sweep, steepest_index, suggest_learning_rates,
-                                       sweep_rates, valley_index)
+from keras_cnn.train.lr_sweep import (NoSuggestion, batch_noise, find_learning_rate, run_sweep, steepest_index,
+                                       suggest_learning_rates, sweep_rates, valley_index)
 
 
 def test_sweep_rates_are_exponential_from_start_to_end():
@@ -42,8 +42,63 @@ def test_run_sweep_stops_when_the_smoothed_loss_diverges():
 
 
 def test_too_short_a_sweep_is_a_user_error():
-    with pytest.raises(UserError, match="diverged after"):
+    with pytest.raises(UserError, match="only 6 steps were recorded"):
         suggest_learning_rates([1e-3] * 6, [1.0] * 6)
+
+
+def sweep_of(raw_losses, steps=100):
+    """What run_sweep records when the batches give ``raw_losses`` in turn."""
+    losses = iter(raw_losses)
+    return run_sweep(lambda rate: next(losses), sweep_rates(1e-7, 10, steps))
+
+
+def test_a_flat_curve_gets_no_suggestion_and_says_why():
+    """A model that learns nothing: the loss sits at ln(4) with a little noise, as with random frozen weights."""
+    noise = np.random.default_rng(3).normal(scale=1e-4, size=100)
+    sweep = sweep_of(np.log(4) + noise)
+    assert not sweep.diverged and len(sweep.losses) == 100
+    with pytest.raises(NoSuggestion, match=r"did not fall \(smoothed 1\.386.*up to 1\.0e\+01\).*in 100 steps"):
+        sweep.suggestions()
+
+
+def test_a_flat_curve_that_blows_up_at_the_end_is_flat_not_an_early_divergence():
+    """97 of 100 steps, then NaN: the reason is the flat curve, and divergence is not called early."""
+    losses = np.concatenate([np.full(96, np.log(4)), [np.nan]])
+    sweep = sweep_of(losses)
+    assert sweep.diverged and len(sweep.losses) == 97
+    with pytest.raises(NoSuggestion) as caught:
+        sweep.suggestions()
+    assert "did not fall" in str(caught.value) and "diverged" not in str(caught.value)
+
+
+def test_an_early_divergence_is_named_with_the_steps_planned():
+    sweep = sweep_of(np.concatenate([np.full(11, 1.0), [1e6]]))
+    assert sweep.diverged and len(sweep.losses) == 12
+    with pytest.raises(NoSuggestion, match="diverged after 12 of 100 steps, too early"):
+        sweep.suggestions()
+    # Diverging as early, after a clear fall, still leaves a curve to read.
+    sweep = sweep_of(np.concatenate([np.full(10, 2.0), np.linspace(2.0, 0.5, 25), [1e6]]))
+    assert sweep.diverged and len(sweep.losses) == 36
+    assert sweep.learning_rates[10] < sweep.suggestions()["valley"] < sweep.learning_rates[31]
+
+
+def test_a_fall_within_the_batch_noise_gets_no_suggestion_but_a_real_noisy_fall_does():
+    generator = np.random.default_rng(5)
+    flat_noisy = 2.0 + generator.normal(scale=0.3, size=100)
+    with pytest.raises(NoSuggestion, match="within the batch-to-batch noise"):
+        sweep_of(flat_noisy).suggestions()
+    # The same noise on a curve that falls from 2.3 to 0.5 between steps 40 and 80.
+    falling = np.concatenate([np.full(40, 2.3), np.linspace(2.3, 0.5, 40), np.linspace(0.5, 1.5, 20)])
+    suggestions = sweep_of(falling + generator.normal(scale=0.3, size=100)).suggestions()
+    rates = sweep_rates(1e-7, 10, 100)
+    assert rates[35] <= suggestions["valley"] <= rates[80] and rates[35] <= suggestions["steepest"] <= rates[80]
+
+
+def test_batch_noise_is_the_noise_around_the_trend():
+    generator = np.random.default_rng(7)
+    trend = np.linspace(3, 1, 400)
+    assert batch_noise(trend) == pytest.approx(0.0, abs=1e-12)
+    assert batch_noise(trend + generator.normal(scale=0.2, size=400)) == pytest.approx(0.2, rel=0.15)
 
 
 def test_find_learning_rate_leaves_the_weights_as_they_were():

@@ -151,13 +151,18 @@ def test_a_tensorflow_command_prints_nothing_but_its_result():
     assert result.stderr == ""
 
 
-def test_transfer_with_random_weights_warns_in_one_line(tiny_label_csv):
-    result = CliRunner().invoke(cli, ["transfer", "--base", "no_such_base", "--weights", "none", "--split",
-                                      str(tiny_label_csv), "--images", str(tiny_label_csv.parent)])
-    assert result.exit_code == 2  # the unknown base fails later; the warning comes first
-    warnings = [line for line in result.stderr.splitlines() if line.startswith("kcnn: warning:")]
-    assert len(warnings) == 1 and "random weights" in warnings[0] and "--unfreeze-from all" in warnings[0]
-    assert len(warnings[0]) <= MAX_LINE
+def test_random_weights_warn_in_one_line_only_for_a_base_that_exists(tiny_label_csv):
+    data = ["--weights", "none", "--split", str(tiny_label_csv), "--images", str(tiny_label_csv.parent)]
+    known = CliRunner().invoke(cli, ["transfer", "--base", "efficientnet_b0", *data])
+    assert known.exit_code == 2  # a label CSV is not a split: refused after the warning
+    warnings = [line for line in known.stderr.splitlines() if line.startswith("kcnn: warning:")]
+    assert len(warnings) == 1 and "random weights" in warnings[0] and len(warnings[0]) <= MAX_LINE
+    # The advice that works: every layer, at a from-scratch rate (the fine-tuning default leaves them random).
+    assert "--unfreeze-from all --learning-rate 0.001" in warnings[0]
+
+    misspelt = CliRunner().invoke(cli, ["transfer", "--base", "efficientnet_bo", *data])
+    assert misspelt.exit_code == 2 and "warning" not in misspelt.stderr
+    assert "unknown base 'efficientnet_bo'; did you mean 'efficientnet_b0'?" in misspelt.stderr
 
 
 # --------------------------------------------------------------------------- the full sweep

@@ -151,3 +151,158 @@ def test_html_report_accepts_a_list_of_pictures_and_no_mistakes(tmp_path):
                                     tmp_path / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 1 and "nope" not in page
     assert "No mistakes." in page and "ROC AUC" in page
+
+
+# --------------------------------------------------------------------------- what a first reader sees
+
+# The demo offline: a frozen EfficientNet-B0 with random weights, 21 test images, every one called 'square'.
+DEMO_CONFIG = {"command": "transfer", "model": {"kind": "transfer", "name": "efficientnet_b0", "weights": "none"},
+               "extra": {"stages": {"finetune": {"unfreeze_from": "block7a"}}}}
+DEMO_LABELS = ["circle", "square", "triangle"]
+
+
+def _demo_metrics():
+    true = np.repeat([0, 1, 2], 7)
+    probabilities = np.tile([0.333, 0.334, 0.333], (21, 1))
+    return {"run": "kcnn-demo/run", "subset": "test", **compute_metrics(true, probabilities, DEMO_LABELS, loss=1.0986)}
+
+
+def visible_text(page: str) -> str:
+    collector = ReferenceCollector()
+    collector.feed(page)
+    return " ".join(" ".join(collector.text).split())
+
+
+def test_the_report_says_first_why_its_numbers_mean_little(tmp_path):
+    page = report.write_html_report(tmp_path, _demo_metrics(), DEMO_CONFIG, {}, tmp_path / "report.html").read_text()
+    text = visible_text(page)
+    opening = text[:text.index("Run directory")]   # what comes before anything else on the page
+    assert "Accuracy 0.3333 on 21 test images of 3 labels" in opening
+    assert "efficientnet_b0, has random weights (--weights none" in opening and "near chance is expected" in opening
+    assert "Every test image was predicted as 'square'" in opening
+    assert "The test part is small: 21 images, 7 of the rarest label" in opening and "4.8 points" in opening
+    # The same notes are what `kcnn evaluate` prints: each fits on one line.
+    assert all(len(f"  note: {note}") <= 300 for note in report.reading_notes(_demo_metrics(), DEMO_CONFIG))
+
+
+def test_reading_notes_stay_silent_for_a_good_model_and_name_what_is_wrong_otherwise():
+    generator = np.random.default_rng(0)
+    true = np.repeat([0, 1, 2], 40)
+    good = np.full((120, 3), 0.05)
+    good[np.arange(120), true] = 0.9
+    good[:6] = good[:6][:, ::-1]   # a few mistakes
+    pretrained = {"model": {"kind": "transfer", "name": "efficientnet_b0", "weights": "imagenet"}}
+    metrics = {"subset": "test", **compute_metrics(true, good, DEMO_LABELS)}
+    assert report.reading_notes(metrics, pretrained) == []
+
+    # Near chance without answering one label; a label with no test images; all trained from random weights.
+    guessing = generator.dirichlet(np.ones(4), size=120)
+    four_labels = DEMO_LABELS + ["star"]
+    metrics = {"subset": "validation", **compute_metrics(true, guessing, four_labels)}
+    unfrozen = {"model": {"kind": "transfer", "name": "resnet50", "weights": "none"},
+                "extra": {"stages": {"finetune": {"unfreeze_from": "all"}}}}
+    notes = report.reading_notes(metrics, unfrozen)
+    assert "started from random weights" in notes[0] and "every layer was trained" in notes[0]
+    assert any(note.startswith("Accuracy") and "not clearly above chance" in note and "'circle', the most common"
+               not in note for note in notes)
+    assert any("No validation images of star" in note for note in notes)
+    assert not any("predicted as" in note or "is small" in note for note in notes)
+
+
+def test_the_loss_plot_has_no_offset_and_its_stage_names_stay_off_the_curves():
+    """The demo's history: a loss flat at ln 3 to the fourth decimal, a head stage then a fine-tuning one."""
+    rows = [{"stage": "head" if epoch <= 8 else "finetune", "epoch": epoch, "loss": 1.0987 - 1e-5 * epoch,
+             "val_loss": 1.0986 - 1e-6 * epoch, "accuracy": 0.29 + 0.005 * (epoch % 3), "val_accuracy": 0.3333}
+            for epoch in range(1, 12)]
+    figure = report.training_history_figure(rows)
+    try:
+        figure.canvas.draw()
+        loss_axis, accuracy_axis = figure.axes[:2]
+        for axis in (loss_axis, accuracy_axis):
+            assert axis.yaxis.get_offset_text().get_text() == ""        # no "+1.098" above the axis
+            assert [text.get_text() for text in axis.texts] == []       # nothing written over the curves
+        # A flat loss looks flat: the axis starts at 0; accuracy spans 0..1.
+        assert loss_axis.get_ylim()[0] == 0 and loss_axis.get_ylim()[1] == pytest.approx(1.0987 * 1.08, rel=1e-3)
+        assert accuracy_axis.get_ylim() == (0, 1.02)
+        # The stages are named on an axis above the plot; the legend sits below both panels.
+        stage_names = [label.get_text() for axis in (loss_axis, accuracy_axis) for top in axis.child_axes
+                       for label in top.get_xticklabels()]
+        assert stage_names == ["head", "finetune", "head", "finetune"]
+        legend = figure.legends[0].get_window_extent()
+        assert all(not legend.overlaps(axis.get_window_extent()) for axis in (loss_axis, accuracy_axis))
+    finally:
+        report._pyplot().close(figure)
+
+
+def test_a_flat_learning_rate_sweep_is_drawn_flat():
+    rates = np.geomspace(1e-7, 10, 100)
+    losses = np.log(4) + np.random.default_rng(1).normal(scale=1e-4, size=100)
+    figure = report.learning_rate_sweep_figure(rates, losses, losses, {}, no_suggestion=True)
+    try:
+        figure.canvas.draw()
+        axis = figure.axes[0]
+        bottom, top = axis.get_ylim()
+        assert axis.yaxis.get_offset_text().get_text() == ""
+        assert top - bottom >= 0.1 * np.log(4) * 0.99    # noise of 1e-4 does not fill the plot
+        assert axis.get_title().endswith("no rate suggested")
+    finally:
+        report._pyplot().close(figure)
+
+
+def _boxes_apart(texts) -> bool:
+    """No two of the (drawn) texts' boxes overlap."""
+    boxes = [text.get_window_extent() for text in texts if text.get_visible() and text.get_text()]
+    return not any(first.overlaps(second) for index, first in enumerate(boxes) for second in boxes[index + 1:])
+
+
+def test_confusion_matrix_labels_do_not_collide_and_counts_have_whole_steps():
+    """Four photo labels that run together upright, as crops of the scikit-learn sample photos are named."""
+    labels = ["cat chelsea", "coffee cup", "china palace", "flower"]
+    matrix = [[5, 1, 0, 0], [0, 4, 2, 0], [1, 0, 3, 1], [0, 0, 0, 6]]
+    figure = report.confusion_matrix_figure(matrix, labels)
+    try:
+        figure.canvas.draw()
+        count_axis, fraction_axis, count_bar = figure.axes[0], figure.axes[1], figure.axes[2]
+        for axis in (count_axis, fraction_axis):
+            shown = axis.get_xticklabels()
+            assert [label.get_text() for label in shown] == labels
+            assert _boxes_apart(shown) or all(label.get_rotation() in (45, 90) for label in shown)
+            assert _boxes_apart(axis.get_yticklabels())
+        ticks = [tick for tick in count_bar.get_yticks() if 0 <= tick <= 6]
+        assert ticks and all(float(tick).is_integer() for tick in ticks)   # no 0.5 steps for counts
+    finally:
+        report._pyplot().close(figure)
+    # Many classes (too many for numbers in the cells): slanted or vertical, never overlapping, still readable.
+    many = [f"class_with_a_long_name_{index}" for index in range(report.ANNOTATE_CELLS_UP_TO + 1)]
+    figure = report.confusion_matrix_figure(np.eye(len(many), dtype=int) * 3, many)
+    try:
+        figure.canvas.draw()
+        labels_shown = figure.axes[0].get_xticklabels()
+        assert all(label.get_rotation() in (45, 90) for label in labels_shown)
+        assert labels_shown[0].get_fontsize() >= 8
+    finally:
+        report._pyplot().close(figure)
+
+
+def test_mistake_captions_keep_the_whole_file_name_and_the_page_lists_them(tmp_path):
+    names = ["cat/chelsea (cropped 94px).jpg", "coffee cup/coffee (cropped 128px at 300,200).jpg",
+             "b4cc03f53c5e8a8a0e5a1b2c3d4e5f60718293a4.png"]
+    images = np.random.default_rng(2).integers(0, 256, (3, 24, 24, 3))
+    figure = report.misclassified_figure(images, [0, 1, 0], [1, 0, 1], [0.9, 0.8, 0.7], ["cat", "coffee cup"],
+                                         object_ids=names)
+    try:
+        figure.canvas.draw()
+        titles = [axis.title for axis in figure.axes if axis.title.get_text()]
+        for number, (title, name) in enumerate(zip(titles, names), start=1):
+            first_lines = title.get_text().split("\ntrue:")[0]
+            # Wrapped whole: at most a space became a line break.
+            assert first_lines.startswith(f"{number}. ") and "…" not in first_lines
+            assert "".join(first_lines[3:].split()) == "".join(name.split())
+        assert _boxes_apart(titles)
+    finally:
+        report._pyplot().close(figure)
+    mistakes = [{"file": name, "true": "cat", "predicted": "coffee cup", "confidence": 0.9} for name in names]
+    page = report.write_html_report(tmp_path, _demo_metrics(), {}, {}, tmp_path / "report.html",
+                                    mistakes=mistakes).read_text()
+    text = visible_text(page)
+    assert "Most confident mistakes" in text and all(name in text for name in names)

@@ -73,16 +73,18 @@ def test_parameter_counts_agree_with_summary(inception):
     assert f"Non-trainable params: {counts['non_trainable_params']:,}" in text
 
 
-def test_unknown_layer_is_refused_with_nearest_names(inception):
+def test_unknown_layer_is_refused_with_the_nearest_name(inception):
     with pytest.raises(UserError) as caught:
         unfreeze_from(inception, "mixd8")
     message = str(caught.value)
-    assert "mixed8" in message and "\n" not in message and "'all'" in message
+    assert "'mixd8'; did you mean 'mixed8'?" in message and "\n" not in message and "'all'" in message
     assert parameter_counts(inception)["trainable_params"] == STAGE1_TRAINABLE  # nothing changed
 
 
 def test_block_prefix_picks_the_first_layer_of_the_block():
     model = build_transfer_model("efficientnet_b0", 4, image_size=32, weights=None)
+    with pytest.raises(UserError, match=r"'blok7a'; did you mean 'block7a'\?"):
+        unfreeze_from(model, "blok7a")   # a misspelt block: the block is suggested, not its first layer
     result = unfreeze_from(model, "block7a")
     assert result["boundary_layer"] == "block7a_expand_conv"
     base = get_base_layer(model)

@@ -22,8 +22,9 @@ from typing import Iterator
 import click
 
 import keras_cnn
-from keras_cnn.cli.common import QUIET_HELP, enable_debug, enable_quiet
+from keras_cnn.cli.common import QUIET_HELP, enable_debug, enable_quiet, forget_resumable, interrupted_message
 from keras_cnn.errors import KcnnError, disk_full_message, first_line, is_disk_full
+from keras_cnn.messages import did_you_mean
 from keras_cnn.progress import emit, route_kcnn_logs, track_stderr
 from keras_cnn.library_chatter import debugging, native_noise_filtered, quiet_library_messages
 
@@ -98,6 +99,12 @@ class KcnnGroup(click.Group):
             raise
         return getattr(module, attribute)
 
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and not ctx.resilient_parsing and self.get_command(ctx, name) is None:
+            ctx.fail(f"No such command '{name}'{did_you_mean(name, COMMANDS)}")
+        return super().resolve_command(ctx, args)
+
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         # TensorFlow's C++ INFO/WARNING lines would bury kcnn's own output; --debug keeps them.
         # (--debug is looked for now: its click callback runs only once the command is parsed.)
@@ -109,6 +116,8 @@ class KcnnGroup(click.Group):
             track_stderr()
             quiet_library_messages()
             route_kcnn_logs()
+            forget_resumable()
+            arguments = list(sys.argv[1:] if args is None else args)
             with _terminate_like_ctrl_c() as terminated:
                 try:
                     result = super().main(args, prog_name or "kcnn", complete_var, standalone_mode=False, **extra)
@@ -118,17 +127,17 @@ class KcnnGroup(click.Group):
                     if terminated.is_set() and not debugging():
                         emit("kcnn: terminated")
                         sys.exit(143)
-                    self._report_failure()
+                    self._report_failure(arguments)
         sys.exit(result if isinstance(result, int) else 0)
 
     @staticmethod
-    def _report_failure() -> None:
+    def _report_failure(arguments: list[str]) -> None:
         """The exception being handled as one line and its exit code (re-raised under --debug)."""
         try:
             raise
         except click.exceptions.Abort:
             # click turns Ctrl-C into Abort.
-            emit("kcnn: interrupted")
+            emit(interrupted_message(arguments))
             sys.exit(130)
         except click.ClickException as error:
             # Usage errors (unknown option, bad value, missing argument): one line, exit 2.
@@ -137,7 +146,7 @@ class KcnnGroup(click.Group):
             emit(f"kcnn: error: {error.format_message()} (see --help)")
             sys.exit(error.exit_code)
         except KeyboardInterrupt:
-            emit("kcnn: interrupted")
+            emit(interrupted_message(arguments))
             sys.exit(130)
         except KcnnError as error:
             if debugging():

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import sys
 from typing import Any, Callable
 
@@ -25,6 +26,8 @@ import click
 
 from keras_cnn.io import check_output_path, to_jsonable
 from keras_cnn.library_chatter import import_tensorflow_quietly
+from keras_cnn.messages import MAX_LINE, did_you_mean
+from keras_cnn.runs import default_run_dir
 
 
 def enable_debug(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
@@ -102,6 +105,8 @@ def holding_run(out_dir: str | os.PathLike | None, overwrite: bool = False, stra
                                 files={"--split": data.get("split"), "--dataset-path": data.get("dataset_path")})
         RunDirectory(out_dir).check_ownership(overwrite)
         yield
+
+
 class InputPath(click.Path):
     """``click.Path`` of something kcnn reads: it must exist, and be a folder (when allowed) or a regular file.
 
@@ -125,6 +130,19 @@ class InputPath(click.Path):
         return path
 
 
+class Choice(click.Choice):
+    """``click.Choice`` whose error also offers the closest allowed names (``did you mean 'onnx'?``)."""
+
+    def convert(self, value, param, ctx):
+        try:
+            return super().convert(value, param, ctx)
+        except click.BadParameter as error:
+            hint = did_you_mean(value, self.choices)
+            if not hint:
+                raise
+            self.fail(f"{error.message.rstrip('.')}{hint}", param, ctx)
+
+
 overwrite_option = click.option(
     "--overwrite", is_flag=True,
     help="Start this stage over: removes its epochs, checkpoints, logs and eval/ (and any later stage's). "
@@ -139,6 +157,60 @@ debug_option = option_group(
                  help="Show the full traceback on errors."),
 )
 """``--quiet`` and ``--debug``, which every command takes (under this one name every command imports)."""
+
+
+# --------------------------------------------------------------------------- Ctrl-C
+
+
+class _Resume:
+    """Whether the command running now resumes when run again, and what its re-run needs added."""
+
+    resumable = False
+    added: tuple[str, ...] = ()
+
+
+_RESUME = _Resume()
+# Flags a resuming re-run must not repeat: --overwrite would start the stage over.
+NOT_REPEATED = ("--overwrite",)
+
+
+def resumable(*added: str) -> None:
+    """Mark the running command as one whose re-run goes on from where Ctrl-C stopped it.
+
+    ``added``: arguments the re-run needs besides the user's own, e.g. ``--out RUN`` for a
+    run folder named by default (``runs/NAME-TIMESTAMP``: the same command would make a new one).
+    """
+    _RESUME.resumable, _RESUME.added = True, tuple(added)
+
+
+def resumable_run(out_dir: str | None, name: str) -> str:
+    """The run folder of a training command, marked :func:`resumable`: ``out_dir``, or
+    ``runs/NAME-TIMESTAMP`` named now, so that Ctrl-C can print the command resuming this very run."""
+    if out_dir:
+        resumable()
+        return out_dir
+    out_dir = str(default_run_dir(name))
+    resumable("--out", out_dir)
+    return out_dir
+
+
+def forget_resumable() -> None:
+    """Start of a command line: nothing is resumable yet (tests run many in one process)."""
+    _RESUME.resumable, _RESUME.added = False, ()
+
+
+def interrupted_message(arguments: list[str]) -> str:
+    """What Ctrl-C prints: ``kcnn: interrupted``, and for a command that resumes, the command that does."""
+    if not _RESUME.resumable:
+        return "kcnn: interrupted"
+    kept = [argument for argument in arguments if argument not in NOT_REPEATED]
+    command = shlex.join(["kcnn", *kept, *_RESUME.added])
+    if len(command) <= MAX_LINE - 90:
+        return f"kcnn: interrupted; to go on from the last finished epoch, run: {command}"
+    changes = [*(f"without {flag}" for flag in NOT_REPEATED if flag in arguments), *(
+        [f"with {shlex.join(_RESUME.added)}"] if _RESUME.added else [])]
+    return ("kcnn: interrupted; to go on from the last finished epoch, run the same command again"
+            + (f" {' and '.join(changes)}" if changes else ""))
 
 
 def run_command(as_json: bool, work: Callable[[], dict[str, Any]],

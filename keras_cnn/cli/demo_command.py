@@ -40,7 +40,7 @@ def demo(out_dir, per_class, head_epochs, finetune_epochs, weights, as_json):
                    f"({'ImageNet' if result['weights'] == 'imagenet' else 'random'} initial weights)")
         if result["weights"] == "none":
             click.echo("  (a frozen base with random weights learns next to nothing: expect accuracy near "
-                       "chance; see the warning above)")
+                       "chance, as the warning above and the first lines of the report say)")
         click.echo(f"  report:  {result['report']}")
         click.echo(f"  model:   {result['export']}")
         click.echo(f"  predict: kcnn predict --model {result['export']} {result['out']}/data/")

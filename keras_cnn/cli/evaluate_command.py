@@ -9,7 +9,7 @@ import click
 
 from keras_cnn.choices import EvaluationPart, names
 from keras_cnn.cli import options
-from keras_cnn.cli.common import debug_option, json_option, run_command
+from keras_cnn.cli.common import Choice, debug_option, json_option, run_command
 from keras_cnn.config import MAX_BATCH_SIZE
 from keras_cnn.runs import RunDirectory, RunLock
 
@@ -27,13 +27,15 @@ def render_summary(summary: dict[str, Any]) -> None:
     if tta:
         click.echo(f"  with TTA ({len(tta['views'])} views): accuracy {tta['accuracy']:.4f}, "
                    f"loss {tta['loss']:.4f}, macro F1 {tta['macro_f1']:.4f}")
+    for note in summary.get("notes", []):
+        click.echo(f"  note: {note}")
     click.echo(f"report: {summary['files']['report']}")
 
 
 @click.command()
 @click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Run directory written by `kcnn train` / `kcnn transfer` / `kcnn finetune`.")
-@click.option("--subset", type=click.Choice(names(EvaluationPart)), default="test", show_default=True,
+@click.option("--subset", type=Choice(names(EvaluationPart)), default="test", show_default=True,
               help="Which part of the run's data to evaluate.")
 @click.option("--batch-size", type=click.IntRange(1, MAX_BATCH_SIZE), default=None,
               help="Prediction batch size [default: the run's training batch size].")

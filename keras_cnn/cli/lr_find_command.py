@@ -6,14 +6,23 @@ import click
 
 from keras_cnn.cli import options
 from keras_cnn.cli.common import FiniteFloatRange, debug_option, import_tensorflow_quietly, json_option, run_command
+from keras_cnn.cli.transfer_command import warn_about_random_base
+from keras_cnn.messages import frozen_random_base_warning
+from keras_cnn.progress import warn
 
 
 def _render(result):
     suggestions = result["suggestions"]
-    click.echo(f"[{result['stage']}] {result['optimizer']}: suggested learning rate "
-               f"{suggestions['valley']:.2e} (valley), {suggestions['steepest']:.2e} (steepest) "
-               f"after {result['steps']} steps{' (stopped: the loss diverged)' if result['diverged'] else ''}")
-    click.echo(f"plot: {result['plot']}  table: {result['table']}")
+    stopped = " (stopped: the loss diverged)" if result["diverged"] else ""
+    if suggestions:
+        click.echo(f"[{result['stage']}] {result['optimizer']}: suggested learning rate "
+                   f"{suggestions['valley']:.2e} (valley), {suggestions['steepest']:.2e} (steepest) "
+                   f"after {result['steps']} steps{stopped}")
+    else:
+        click.echo(f"[{result['stage']}] {result['optimizer']}: no learning rate suggested after {result['steps']} "
+                   f"steps{stopped}: {result['no_suggestion']}")
+    written = f"plot: {result['plot']}  table: {result['table']}"
+    click.echo(written + (f"  split: {result['split']} (reuse it with --split)" if result.get("split") else ""))
 
 
 @click.command("lr-find")
@@ -24,7 +33,9 @@ def _render(result):
 @options.unfreeze_from(note="With --run, as `kcnn finetune`.")
 @options.train_bn(note="With --run.")
 @options.base_dropout(note="With --run.")
-@options.data_source_options(split_default="split --images into lr_find_split.csv beside the picture")
+@options.data_source_options(split_default="split --images into lr_find_split.csv beside the picture",
+                             images_note="Without --split it is split as `kcnn transfer` would split it, into "
+                                         "lr_find_split.csv beside the picture.")
 @options.data_edit_options()
 @options.transfer_model_options()
 @options.augment(note="During the sweep a head then trains on images, not cached features.")
@@ -80,9 +91,16 @@ def lr_find(architecture, base, run_dir, start_lr, end_lr, steps, out, trust_hub
     from keras_cnn.config import DataConfig, ModelConfig, RunConfig, TrainingConfig
 
     config = None
-    if not run_dir:
+    if run_dir:
+        warn_about_random_base(run_dir, values["finetune"]["unfreeze_from"], learning_rate=end_lr)
+    else:
         if base:
+            from keras_cnn.models.bases import get_base_spec
+
+            get_base_spec(base)  # an unknown name fails first, before any warning about it
             model = ModelConfig(kind="transfer", name=base, **values["model"])
+            if model.weights == "none":
+                warn(frozen_random_base_warning(base))
         else:
             from keras_cnn.models.scratch import get_architecture
 

@@ -33,7 +33,7 @@ import click
 
 from keras_cnn.choices import (AugmentEngine, ClassWeight, DatasetName, Layout, ModelApi, OptimizerName, ResizeMode,
                                ScheduleName, StrategyName, Switch, names)
-from keras_cnn.cli.common import FiniteFloatRange, InputPath, option_group
+from keras_cnn.cli.common import Choice, FiniteFloatRange, InputPath, option_group
 from keras_cnn.config import (DEFAULT_MAX_IMAGE_PIXELS, MAX_BATCH_SIZE, MAX_EPOCHS, MAX_IMAGE_SIDE, MAX_SEED,
                               MAX_UNITS)
 
@@ -82,7 +82,7 @@ def _option(path: str, flag: str, help: str, to_config: Callable[[Any], Any] | N
 
 
 def _choice(alias: Any) -> click.Choice:
-    return click.Choice(names(alias))
+    return Choice(names(alias))
 
 
 def _optional_list(values: Any) -> list:
@@ -271,9 +271,9 @@ accept_input_changes = click.option(
 # --------------------------------------------------------------------------- groups
 
 
-def data_source_options(split_default: str) -> Callable:
+def data_source_options(split_default: str, images_note: str | None = None) -> Callable:
     """``--dataset``, ``--dataset-path``, ``--split``, ``--images``: where training images come from."""
-    return option_group(dataset(), dataset_path(), split(shown_default=split_default), images())
+    return option_group(dataset(), dataset_path(), split(shown_default=split_default), images(note=images_note))
 
 
 def transfer_model_options() -> Callable:

@@ -6,7 +6,7 @@ import click
 
 from keras_cnn.cli import options
 from keras_cnn.cli.common import (debug_option, holding_run, import_tensorflow_quietly, json_option, overwrite_option,
-                                  run_command)
+                                  resumable_run, run_command)
 
 RECIPE = "the architecture's reference recipe"
 
@@ -56,6 +56,7 @@ def train(architecture, out_dir, overwrite, accept_input_changes, as_json, **opt
     values = options.config_values(option_values)
     if values["data"]["dataset_path"] and not values["data"]["dataset"]:
         raise UserError("--dataset-path needs --dataset mnist|cifar10 to say what the file holds")
+    out_dir = resumable_run(out_dir, architecture)
     with holding_run(out_dir, overwrite, values["training"]["strategy"], values["data"]):
         import_tensorflow_quietly()
         from keras_cnn.config import DataConfig, ModelConfig, RunConfig, TrainingConfig

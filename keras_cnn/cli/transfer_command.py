@@ -6,9 +6,9 @@ import click
 
 from keras_cnn.cli import options
 from keras_cnn.cli.common import (debug_option, holding_run, import_tensorflow_quietly, json_option, overwrite_option,
-                                  run_command)
+                                  resumable, resumable_run, run_command)
 from keras_cnn.errors import UserError
-from keras_cnn.messages import frozen_random_base_warning
+from keras_cnn.messages import RANDOM_BASE_RATE, frozen_random_base_warning, slow_random_base_warning
 from keras_cnn.progress import warn
 from keras_cnn.runs import RunDirectory
 
@@ -61,12 +61,15 @@ def transfer(base, out_dir, overwrite, accept_input_changes, as_json, **option_v
       kcnn transfer --base efficientnet_b0 --split split.csv --images data/ --out runs/effnet
     """
     values = options.config_values(option_values)
+    out_dir = resumable_run(out_dir, base)
     with holding_run(out_dir, overwrite, values["training"]["strategy"], values["data"]):
-        if values["model"]["weights"] == "none":
-            warn(frozen_random_base_warning(base))
         import_tensorflow_quietly()
         from keras_cnn.config import DataConfig, ModelConfig, RunConfig, TrainingConfig
+        from keras_cnn.models.bases import get_base_spec
 
+        get_base_spec(base)  # an unknown name fails first, before any warning about it
+        if values["model"]["weights"] == "none":
+            warn(frozen_random_base_warning(base))
         config = RunConfig(command="transfer", model=ModelConfig(kind="transfer", name=base, **values["model"]),
                            data=DataConfig(**values["data"], channels=3), training=TrainingConfig(**values["training"]))
 
@@ -112,11 +115,12 @@ def finetune(run_dir, out_dir, overwrite, trust_hub, accept_input_changes, as_js
     """
     values = options.config_values(option_values)
     with holding_run(out_dir or run_dir, overwrite, values["training"]["strategy"]):
-        _warn_if_random_base_stays_frozen(run_dir, values["finetune"]["unfreeze_from"])
         import_tensorflow_quietly()
+        warn_about_random_base(run_dir, values["finetune"]["unfreeze_from"], values["training"]["learning_rate"])
         from keras_cnn.config import FineTuneConfig, TrainingConfig
 
         config = FineTuneConfig(**values["finetune"], training=TrainingConfig(**values["training"]))
+        resumable()
 
         def work():
             from keras_cnn.train.two_stage import fine_tune_run
@@ -127,14 +131,30 @@ def finetune(run_dir, out_dir, overwrite, trust_hub, accept_input_changes, as_js
         run_command(as_json, work, _render)
 
 
-def _warn_if_random_base_stays_frozen(run_dir: str, unfreeze_from: str | None) -> None:
-    """A stage-1 run with random base weights keeps its layers before ``unfreeze_from`` useless."""
-    if unfreeze_from == "all":
-        return
+def warn_about_random_base(run_dir: str, unfreeze_from: str | None, learning_rate: float | None) -> None:
+    """Warn when stage 2 of a run whose base has random weights cannot do much.
+
+    Layers kept frozen pass on nothing useful; layers trained at a fine-tuning rate (made
+    for pretrained weights) barely move.  Said by ``kcnn finetune`` and ``kcnn lr-find --run``.
+    """
+    from keras_cnn.models.bases import get_base_spec
+    from keras_cnn.models.transfer import UNFREEZE_ALL
+
     try:
         model = RunDirectory(run_dir).read_config().get("model", {})
     except (UserError, OSError, ValueError):
         return  # the fine-tune itself reports a broken run
-    if model.get("weights") == "none":
+    if model.get("weights") != "none":
+        return
+    name = model.get("name", "the base")
+    if str(unfreeze_from).lower() != UNFREEZE_ALL:
         boundary = f"before {unfreeze_from}" if unfreeze_from else "below the default unfreeze point"
-        warn(frozen_random_base_warning(model.get("name", "the base"), frozen=f"frozen layers {boundary}"))
+        warn(frozen_random_base_warning(name, frozen=f"frozen layers {boundary}"))
+        return
+    if learning_rate is None:
+        try:
+            learning_rate = get_base_spec(name).finetune_learning_rate
+        except UserError:
+            return
+    if learning_rate < RANDOM_BASE_RATE / 10:
+        warn(slow_random_base_warning(name, learning_rate))

@@ -250,6 +250,10 @@ def read_csv_columns(path: str | os.PathLike, wanted: dict[str, str],
             for output_name, column in wanted.items():
                 if column not in header and output_name in set(optional):
                     continue
+                if column not in header and _looks_like_data(header):
+                    raise UserError(f"{source} has no header line: its first line '{_shorten(','.join(header))}' "
+                                    f"names a file; add a first line naming the columns, such as "
+                                    f"'{','.join(wanted.values())}'")
                 if column not in header:
                     option = option_of.get(output_name)
                     advice = f"; use {option} to name another" if option else ""
@@ -274,6 +278,15 @@ def read_csv_columns(path: str | os.PathLike, wanted: dict[str, str],
         raise UserError(f"{source} has a header but no data rows")
     frame = pd.DataFrame(rows, columns=list(positions), dtype=object)
     return frame, lines
+
+
+# A field of a first line that names a file (a path, or an image's name) is data, not a column name.
+_FILE_FIELD = re.compile(r"[/\\]|\.(?:jpe?g|png|bmp|gif|webp|tiff?)$", re.IGNORECASE)
+
+
+def _looks_like_data(header: Sequence[str]) -> bool:
+    """Whether a CSV's first line is a data row (a file name in it) rather than a header."""
+    return any(_FILE_FIELD.search(field) for field in header)
 
 
 def _read_csv_fast(path: str | os.PathLike, wanted: dict[str, str], optional: Iterable[str]) -> pd.DataFrame | None:

@@ -17,6 +17,7 @@ from typing import Any
 import keras
 
 from keras_cnn.errors import UserError, first_line
+from keras_cnn.messages import did_you_mean
 from keras_cnn.models.applications import APPLICATION_BASES
 from keras_cnn.models.hub import build_hub_base, hub_base_spec
 from keras_cnn.models.keras_hub import build_keras_hub_base, keras_hub_base_spec
@@ -48,9 +49,9 @@ def get_base_spec(name: str | BaseSpec) -> BaseSpec:
     key = str(name).strip().lower()
     if key not in APPLICATION_BASES:
         raise UserError(
-            f"unknown base {name!r} (`kcnn models` lists the {len(APPLICATION_BASES)} bases, e.g. resnet50, "
-            "mobilenet_v3_small, efficientnet_b0, convnext_tiny); or hub:HANDLE (TF Hub module) or "
-            "keras_hub:PRESET_OR_DIR (keras-hub preset)"
+            f"unknown base {name!r}{did_you_mean(key, APPLICATION_BASES)} (`kcnn models` lists the "
+            f"{len(APPLICATION_BASES)} bases, e.g. resnet50, mobilenet_v3_small, efficientnet_b0, convnext_tiny; "
+            "or hub:HANDLE for a TF Hub module, keras_hub:PRESET_OR_DIR for a keras-hub preset)"
         )
     return APPLICATION_BASES[key]
 

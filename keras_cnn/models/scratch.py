@@ -17,6 +17,7 @@ import keras
 from keras import layers
 
 from keras_cnn.errors import UserError
+from keras_cnn.messages import did_you_mean
 from keras_cnn.models.parameters import parameter_counts
 from keras_cnn.models.specs import check_api
 
@@ -194,7 +195,8 @@ def get_architecture(name: str) -> ArchitectureSpec:
         return ARCHITECTURES[name]
     except KeyError:
         raise UserError(
-            f"unknown architecture {name!r}; choose one of: {', '.join(ARCHITECTURES)}"
+            f"unknown architecture {name!r}{did_you_mean(name, ARCHITECTURES)} (the architectures: "
+            f"{', '.join(ARCHITECTURES)})"
         ) from None
 
 

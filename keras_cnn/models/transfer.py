@@ -25,7 +25,6 @@ Dropout and stochastic depth in the unfrozen layers act while training only with
 
 from __future__ import annotations
 
-import difflib
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -33,6 +32,7 @@ from typing import Any
 import keras
 
 from keras_cnn.errors import UserError
+from keras_cnn.messages import did_you_mean
 from keras_cnn.models.bases import build_base, get_base_spec
 from keras_cnn.models.frozen import TransferBase, as_transfer_base
 from keras_cnn.models.hub import HubFeatureLayer
@@ -158,12 +158,10 @@ def find_boundary(base: keras.Model, layer_name: str) -> int:
     for index, name in enumerate(names):
         if boundary and name.startswith(boundary):
             return index
-    candidates = sorted(set(names) | {name.split("_")[0] for name in names})
-    nearest = difflib.get_close_matches(boundary, candidates, n=5, cutoff=0.5)
-    hint = f"nearest: {', '.join(nearest)}" if nearest else f"for example: {', '.join(names[-3:])}"
-    raise UserError(
-        f"base {base.name} has no layer named or starting with {layer_name!r} ({hint}; or 'all')"
-    )
+    # Block prefixes (block7a) first: they are what people usually mean.
+    candidates = [*dict.fromkeys(name.split("_")[0] for name in names), *names]
+    hint = did_you_mean(boundary, candidates) or f"; for example {', '.join(names[-3:])}"
+    raise UserError(f"base {base.name} has no layer named or starting with {layer_name!r}{hint} (or 'all')")
 
 
 def unfreeze_from(model: keras.Model, layer_name: str, train_bn: bool = False,

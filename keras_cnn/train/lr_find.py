@@ -24,11 +24,13 @@ from keras_cnn.config import FineTuneConfig, RunConfig, TrainingConfig
 from keras_cnn.data.collection import needs_split_file, split_images
 from keras_cnn.errors import UserError
 from keras_cnn.io import atomic_write_text, check_output_path
+from keras_cnn.models.bases import get_base_spec
+from keras_cnn.models.weights import resolve_weights
 from keras_cnn.progress import say
 from keras_cnn.run_data import check_run_inputs, run_labels
 from keras_cnn.runs import RunDirectory
-from keras_cnn.train.lr_sweep import (DEFAULT_END, DEFAULT_START, DEFAULT_STEPS, LearningRateSweep, find_learning_rate,
-                                      sweep_rates)
+from keras_cnn.train.lr_sweep import (DEFAULT_END, DEFAULT_START, DEFAULT_STEPS, LearningRateSweep, NoSuggestion,
+                                      find_learning_rate, sweep_rates)
 from keras_cnn.train.stage import StageContext, StageSpec, build_stage
 from keras_cnn.train.stage_data import as_model_targets
 
@@ -46,10 +48,13 @@ def lr_find(config: RunConfig | None = None, run_dir: str | Path | None = None, 
 
     ``config`` (command ``train`` or ``transfer``) for a new model, or ``run_dir`` for
     stage 2 of that run.  ``out``: the picture's path [default: ``RUN/lr_find.png`` with a
-    run, else ``./lr_find.png``]; the table goes beside it.  ``trust_hub``: the run's model
-    may load the TF Hub module the run records as its base.  With ``run_dir`` the run's images
-    and split are first checked against its input record (changes refused unless
-    ``accept_input_changes``, which records them in the run).
+    run, else ``./lr_find.png``]; the table goes beside it (and ``lr_find_split.csv``, the
+    result's ``split``, when ``config`` has images but no split).  A curve that supports no
+    suggestion (flat, within its noise, diverged early) gives ``suggestions == {}`` and the
+    reason in ``no_suggestion``; the picture and table are written either way.
+    ``trust_hub``: the run's model may load the TF Hub module the run records as its base.
+    With ``run_dir`` the run's images and split are first checked against its input record
+    (changes refused unless ``accept_input_changes``, which records them in the run).
     """
     import keras
 
@@ -57,6 +62,7 @@ def lr_find(config: RunConfig | None = None, run_dir: str | Path | None = None, 
         raise UserError("lr-find needs either the data and model options of train / transfer, or --run RUN")
     sweep_rates(start, end, steps)   # every option is checked before a file is written or an image read
     left_out: set[str] = set()
+    written_split = None
     if run_dir is not None:
         stage = _finetune_stage(run_dir, unfreeze_from, train_bn, base_dropout, batch_size, optimizer, trust_hub)
         run = RunDirectory(run_dir)
@@ -69,6 +75,9 @@ def lr_find(config: RunConfig | None = None, run_dir: str | Path | None = None, 
         config = replace(config, training=replace(config.training, batch_size=batch_size or config.training.batch_size,
                                                   optimizer=optimizer or config.training.optimizer))
         default_out = Path(PLOT_NAME)
+        if config.model.kind == "transfer":
+            # Weights that cannot be had stop the sweep before the folder is split into a file.
+            resolve_weights(get_base_spec(config.model.name), config.model.weights)
         stage = _first_stage(config)
     plot = Path(out) if out is not None else default_out
     check_output_path(plot, option="--out")
@@ -77,7 +86,8 @@ def lr_find(config: RunConfig | None = None, run_dir: str | Path | None = None, 
             # --images without --split (or a split that --exclude / --relabel change): split as
             # train/transfer would, into a file beside the picture, so the sweep's data can be looked
             # at and reused (--split).  Only now: building the stage checked every option.
-            stage.config = replace(stage.config, data=split_images(stage.config.data, plot.with_name(SPLIT_NAME),
+            written_split = plot.with_name(SPLIT_NAME)
+            stage.config = replace(stage.config, data=split_images(stage.config.data, written_split,
                                                                    list_prefix=str(plot.with_name("lr_find_")),
                                                                    offers_skipping=False))
         keras.utils.set_random_seed(stage.training.seed)
@@ -95,12 +105,19 @@ def lr_find(config: RunConfig | None = None, run_dir: str | Path | None = None, 
     finally:
         if cleanup is not None:
             cleanup()
-    suggestions = sweep.suggestions()
+    try:
+        suggestions, no_suggestion = sweep.suggestions(), None
+    except NoSuggestion as reason:
+        suggestions, no_suggestion = {}, str(reason)
     table = plot.with_suffix(".csv")
-    write_sweep(sweep, suggestions, plot, table)
-    return {"stage": stage.name, "optimizer": stage.training.optimizer, "suggestions": suggestions,
-            "steps": len(sweep.losses), "diverged": sweep.diverged, "start": start, "end": end, "plot": str(plot),
-            "table": str(table)}
+    write_sweep(sweep, suggestions, plot, table, no_suggestion=no_suggestion is not None)
+    result = {"stage": stage.name, "optimizer": stage.training.optimizer, "suggestions": suggestions,
+              "steps": len(sweep.losses), "planned_steps": steps, "diverged": sweep.diverged, "start": start,
+              "end": end, "plot": str(plot), "table": str(table),
+              "split": str(written_split) if written_split else None}
+    if no_suggestion is not None:
+        result["no_suggestion"] = no_suggestion
+    return result
 
 
 def _first_stage(config: RunConfig) -> StageSpec:
@@ -146,12 +163,15 @@ def _sweep_inputs(context: StageContext):
     return context.model, context.data.train, None
 
 
-def write_sweep(sweep: LearningRateSweep, suggestions: dict[str, float], plot: Path, table: Path) -> None:
-    """The picture and the CSV (learning_rate, loss, smoothed_loss) of a sweep."""
+def write_sweep(sweep: LearningRateSweep, suggestions: dict[str, float], plot: Path, table: Path,
+                no_suggestion: bool = False) -> None:
+    """The picture and the CSV (learning_rate, loss, smoothed_loss) of a sweep (``no_suggestion``: the
+    picture's title says none was made)."""
     from keras_cnn.report import plot_learning_rate_sweep
 
     rows = ["learning_rate,loss,smoothed_loss"]
     rows += [f"{rate:.6e},{loss:.6g},{smoothed:.6g}"
              for rate, loss, smoothed in zip(sweep.learning_rates, sweep.losses, sweep.smoothed)]
     atomic_write_text(table, "\n".join(rows) + "\n")
-    plot_learning_rate_sweep(sweep.learning_rates, sweep.losses, sweep.smoothed, suggestions, plot)
+    plot_learning_rate_sweep(sweep.learning_rates, sweep.losses, sweep.smoothed, suggestions, plot,
+                             no_suggestion=no_suggestion)

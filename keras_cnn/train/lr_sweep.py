@@ -15,6 +15,12 @@ Two suggestions are read off the smoothed curve, as fastai names them:
 Like fastai, the first tenth of the points and the last five are ignored when suggesting
 (the start is noise, the end the blow-up), and so is everything after the lowest loss:
 a rate there is already past the point where training breaks down.
+
+Unlike fastai, no rate is suggested from a curve that says nothing (:class:`NoSuggestion`
+says why): one that stays flat (the smoothed loss falls by less than 1 % of its level, as
+a model that cannot learn does), one whose fall is within the batch-to-batch noise of the
+loss (its robust standard deviation, from the median absolute difference of consecutive
+batches), or one that diverged before enough points were recorded.
 """
 
 from __future__ import annotations
@@ -33,6 +39,12 @@ DEFAULT_STEPS = 100
 SMOOTHING = 0.98           # fastai's beta
 DIVERGENCE = 4.0           # stop when smoothed loss > 4 x best (fastai's stop_div)
 TRAILING_POINTS_IGNORED = 5
+FLAT_FALL = 0.01           # a fall under 1 % of the loss's level is a flat curve
+NOISE_MULTIPLE = 1.5       # a fall under 1.5 x the per-batch noise could be noise alone
+
+
+class NoSuggestion(UserError):
+    """The sweep's curve does not support a suggestion; the message says why."""
 
 
 @dataclass
@@ -43,10 +55,13 @@ class LearningRateSweep:
     losses: list[float] = field(default_factory=list)
     smoothed: list[float] = field(default_factory=list)
     diverged: bool = False
+    planned_steps: int = 0
 
     def suggestions(self) -> dict[str, float]:
-        """``{"valley": lr, "steepest": lr}`` from the smoothed losses."""
-        return suggest_learning_rates(self.learning_rates, self.smoothed)
+        """``{"valley": lr, "steepest": lr}`` from the smoothed losses; :class:`NoSuggestion` if the curve
+        is flat, within its noise, or too short."""
+        return suggest_learning_rates(self.learning_rates, self.smoothed, self.losses, self.diverged,
+                                      self.planned_steps)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -65,19 +80,62 @@ def _suggestion_window(count: int) -> slice:
     return slice(count // 10, count - TRAILING_POINTS_IGNORED)
 
 
-def suggest_learning_rates(learning_rates, smoothed_losses) -> dict[str, float]:
-    """The ``valley`` and ``steepest`` suggestions (see the module docstring)."""
-    window = _suggestion_window(len(smoothed_losses))
+def suggest_learning_rates(learning_rates, smoothed_losses, losses=None, diverged: bool = False,
+                           planned_steps: int | None = None) -> dict[str, float]:
+    """The ``valley`` and ``steepest`` suggestions (see the module docstring).
+
+    ``losses``: the raw per-batch losses, to tell a fall from noise (without them only
+    flatness is checked); ``diverged`` and ``planned_steps`` word the message of a sweep that
+    stopped early.  Raises :class:`NoSuggestion` when the curve supports no suggestion.
+    """
+    count = len(smoothed_losses)
+    window = _suggestion_window(count)
     rates = np.asarray(learning_rates, dtype="float64")[window]
-    losses = np.asarray(smoothed_losses, dtype="float64")[window]
-    finite = np.isfinite(losses)
+    curve = np.asarray(smoothed_losses, dtype="float64")[window]
+    finite = np.isfinite(curve)
     if finite.sum() >= 3:
-        lowest = int(np.argmin(np.where(finite, losses, np.inf)))
-        rates, losses = rates[:lowest + 1], losses[:lowest + 1]
-    if len(losses) < 3 or not np.all(np.isfinite(losses)):
-        raise UserError(f"the loss diverged after {len(smoothed_losses)} steps, too early to suggest a rate; "
-                        "start the sweep lower (--start-lr) or use a smaller --batch-size")
-    return {"valley": float(rates[valley_index(losses)]), "steepest": float(rates[steepest_index(rates, losses)])}
+        # The loss diverges only at the end, so the finite points come first; past the lowest, training
+        # breaks down.
+        lowest = int(np.argmin(np.where(finite, curve, np.inf)))
+        rates, curve = rates[:lowest + 1], curve[:lowest + 1]
+        fall = float(curve.max() - curve[-1])
+        noise = batch_noise(losses) if losses is not None else 0.0
+        if len(curve) < 3 or fall < FLAT_FALL * float(np.max(np.abs(curve))):
+            reason = _flat_reason(learning_rates, smoothed_losses, window)
+        elif fall < NOISE_MULTIPLE * noise:
+            reason = (f"the smoothed loss fell by {fall:.3g}, within the batch-to-batch noise of the loss "
+                      f"({noise:.3g}), so no rate stands out; use a larger --batch-size or more --steps")
+        else:
+            return {"valley": float(rates[valley_index(curve)]),
+                    "steepest": float(rates[steepest_index(rates, curve)])}
+    else:
+        reason = f"only {count} steps were recorded, too few to suggest a rate; use more --steps"
+    # Divergence is the reason only when it came early: before half of the sweep was done.
+    if diverged and (finite.sum() < 3 or (planned_steps is not None and count < planned_steps / 2)):
+        of_planned = f" of {planned_steps}" if planned_steps else ""
+        reason = (f"the loss diverged after {count}{of_planned} steps, too early to suggest a rate; start the "
+                  "sweep lower (--start-lr) or use a smaller --batch-size")
+    raise NoSuggestion(reason)
+
+
+def _flat_reason(learning_rates, smoothed_losses, window: slice) -> str:
+    """Why a curve that does not fall gets no suggestion, with the range it covered."""
+    rates = np.asarray(learning_rates, dtype="float64")[window]
+    curve = np.asarray(smoothed_losses, dtype="float64")[window]
+    return (f"the loss did not fall (smoothed {curve[0]:.4f} at learning rate {rates[0]:.1e}, lowest "
+            f"{np.nanmin(curve):.4f}, up to {learning_rates[-1]:.1e}), so no rate can be suggested: the model learnt "
+            f"nothing at any of these rates in {len(smoothed_losses)} steps")
+
+
+def batch_noise(losses) -> float:
+    """Robust standard deviation of the per-batch loss around its trend: 1.4826 x the median absolute
+    deviation of consecutive differences, over sqrt(2) (a difference holds two batches' noise)."""
+    values = np.asarray(losses, dtype="float64")
+    differences = np.diff(values[np.isfinite(values)])
+    if len(differences) < 2:
+        return 0.0
+    deviation = np.median(np.abs(differences - np.median(differences)))
+    return float(1.4826 * deviation / math.sqrt(2.0))
 
 
 def valley_index(losses) -> int:
@@ -114,7 +172,7 @@ def run_sweep(train_step: Callable[[float], float], rates: np.ndarray, smoothing
               divergence: float = DIVERGENCE, progress: Callable[[int, float, float], None] | None = None
               ) -> LearningRateSweep:
     """Call ``train_step(lr)`` (one batch, returns its loss) for each rate until the loss diverges."""
-    sweep = LearningRateSweep()
+    sweep = LearningRateSweep(planned_steps=len(rates))
     average, best = 0.0, math.inf
     for step, rate in enumerate(rates):
         loss = float(train_step(float(rate)))
