@@ -32,6 +32,7 @@ NOT_OPTIONS = {
 OTHER_MEANING = {
     ("evaluate", "--batch-size"): "images per prediction batch, not a training option",
     ("predict", "--batch-size"): "images per call of the exported model",
+    ("calibrate", "--batch-size"): "images per prediction batch, not a training option",
     ("split", "--images"): "the folder the files of a label CSV are relative to, an input of the split",
     ("sample-data", "--seed"): "the seed of the generated images, not of training",
 }

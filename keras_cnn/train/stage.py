@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import keras
-import numpy as np
 
 from keras_cnn.config import RunConfig, TrainingConfig
 from keras_cnn.data.collection import split_into_run
@@ -38,6 +37,8 @@ from keras_cnn.data.regularize import soft_label_loss, uses_soft_labels
 from keras_cnn.errors import UserError
 from keras_cnn.progress import format_seconds, keras_verbose, say
 from keras_cnn.io import atomic_path, check_output_path, remove_stale_temporaries
+from keras_cnn.run_calibration import (PartPredictions, describe_calibration, fit_record, predict_part, summary_of,
+                                       write_calibration)
 from keras_cnn.runs import EXECUTION_OPTIONS, RunDirectory, RunLock, RunState, differing_options, flatten_options
 from keras_cnn.train.callbacks import (HistoryRecorder, NanGuard, RunProgress, StageCheckpoint, read_history,
                                       write_history)
@@ -234,9 +235,15 @@ def _check_state(run: RunDirectory, state: RunState, spec: StageSpec, overwrite:
     return None
 
 
+# Options that act after the fit (the model's weights do not depend on them): a finished stage
+# is found finished whatever they are now; `kcnn calibrate` calibrates a stage that was not.
+AFTER_FIT_OPTIONS = ("training.calibrate",)
+
+
 def _comparable(options: dict[str, Any]) -> dict[str, Any]:
-    """The options without those that only say how the stage executes."""
-    return {key: value for key, value in flatten_options(options).items() if key not in EXECUTION_OPTIONS}
+    """The options without those that only say how the stage executes or what follows the fit."""
+    return {key: value for key, value in flatten_options(options).items()
+            if key not in EXECUTION_OPTIONS + AFTER_FIT_OPTIONS}
 
 
 def _epochs_done(run: RunDirectory, stage: str) -> str:
@@ -276,6 +283,8 @@ def _discard_stages(run: RunDirectory, state: RunState, stages: list[str]) -> No
             else:
                 metrics.pop(key, None)
         run.write_metrics(metrics)
+        # The model goes back to that stage's, and so does its calibration.
+        write_calibration(run, last.get("calibration"))
     if run.config_path.exists():
         config = run.read_config()
         recorded = config.get("extra", {}).get("stages", {})
@@ -313,8 +322,9 @@ def _run_checked_stage(context: StageContext, state: RunState, data) -> StageOut
     counts = parameter_counts(context.model)
     _write_config(context, counts)
     state.start(spec.name, spec.options)
-    # A new model is coming: an evaluation of the old one no longer describes the run.
+    # A new model is coming: an evaluation or a calibration of the old one no longer describes the run.
     shutil.rmtree(run.eval_dir, ignore_errors=True)
+    write_calibration(run, None)
     run.stage_model_path(spec.name).unlink(missing_ok=True)
 
     checkpoint = StageCheckpoint(run.backup_dir / spec.name, run.model_path, monitor=_monitor(context.data),
@@ -512,9 +522,8 @@ def _load_best(context: StageContext) -> keras.Model:
 
 
 def _finish(context: StageContext, best: keras.Model, counts: dict[str, int]) -> dict[str, Any]:
-    """Test the best model, record the stage's metrics, redraw the curves; returns the stage's summary."""
-    from keras_cnn.train.stage_data import as_model_targets
-
+    """Test the best model, calibrate it, record the stage's metrics, redraw the curves; returns the stage's
+    summary."""
     spec, run, data = context.spec, context.run, context.data
     rows = [row for row in read_history(run.history_path) if row.get("stage") == spec.name]
     # Every epoch's time, including those trained before a kill: what the stage cost.
@@ -524,9 +533,14 @@ def _finish(context: StageContext, best: keras.Model, counts: dict[str, int]) ->
                                      **context.fit_notes}
     if rows:
         stage_metrics["final_epoch"] = {key: _number(value) for key, value in rows[-1].items()}
-    if data.test is not None:
-        stage_metrics["test"] = evaluate_test(best, as_model_targets(data.test, context.single_sigmoid), data.labels)
+    opened = _opened(context, best)
+    test = predict_part(opened, data.test) if data.test is not None else None
+    if test is not None:
+        stage_metrics["test"] = test_metrics(test, data.labels)
         metrics["test"] = stage_metrics["test"]
+    calibration = _calibrate(context, opened, test)
+    if calibration is not None:
+        stage_metrics["calibration"] = calibration
     metrics.setdefault("stages", {})[spec.name] = stage_metrics
     metrics["parameters"] = counts
     run.write_metrics(metrics)
@@ -545,6 +559,7 @@ def _finish(context: StageContext, best: keras.Model, counts: dict[str, int]) ->
         "test_loss": metrics.get("test", {}).get("loss") if data.test is not None else None,
         "model": str(run.model_path),
         "seconds": seconds,
+        "calibration": summary_of(calibration),
     }
 
 
@@ -556,25 +571,50 @@ def _number(value: Any) -> Any:
     return int(number) if number.is_integer() and "." not in str(value) else number
 
 
+def _opened(context: StageContext, best: keras.Model):
+    """The best model opened up (its logits), in the execution's scope as the model was loaded."""
+    from keras_cnn.models.opened import open_model
+
+    if context.execution.multiworker:
+        return open_model(best)
+    with context.execution.scope():
+        return open_model(best)
+
+
+def _calibrate(context: StageContext, opened, test) -> dict[str, Any] | None:
+    """Fit the temperature on the validation part (``--calibrate``) into RUN/calibration.json; the record."""
+    spec, run, data = context.spec, context.run, context.data
+    if not spec.training.calibrate:
+        return None
+    if data.validation is None:
+        say(f"[{spec.name}] not calibrated: {run.root} has no validation part to fit a temperature on")
+        return None
+    record = fit_record(predict_part(opened, data.validation), test, spec.name)
+    write_calibration(run, record)
+    say(f"[{spec.name}] {describe_calibration(summary_of(record))}")
+    return record
+
+
 def evaluate_test(model: keras.Model, test, labels: list[str]) -> dict[str, Any]:
     """Loss, accuracy and per-class accuracy of ``model`` on the (unshuffled) ``test`` dataset.
 
     Computed the way ``kcnn evaluate`` computes them, so the two always agree.
     """
+    from keras_cnn.models.opened import open_model
+
+    return test_metrics(predict_part(open_model(model), test), labels)
+
+
+def test_metrics(test: PartPredictions, labels: list[str]) -> dict[str, Any]:
+    """Loss, accuracy and per-class accuracy of one pass over the test part (the model's own outputs)."""
     from keras_cnn.metrics import cross_entropy, outputs_to_probabilities, per_class_accuracy
 
-    outputs, true_indices = [], []
-    for images, targets in test:
-        outputs.append(np.asarray(model.predict_on_batch(images)))
-        true_indices.append(np.asarray(targets).reshape(-1).astype("int64"))
-    outputs = np.concatenate(outputs)
-    true_indices = np.concatenate(true_indices)
-    predicted_indices = outputs_to_probabilities(outputs, len(labels)).argmax(axis=-1)
+    predicted_indices = outputs_to_probabilities(test.outputs, len(labels)).argmax(axis=-1)
     return {
-        "loss": cross_entropy(outputs, true_indices),
-        "accuracy": float((true_indices == predicted_indices).mean()),
-        "per_class_accuracy": per_class_accuracy(true_indices, predicted_indices, labels),
-        "count": int(len(true_indices)),
+        "loss": cross_entropy(test.outputs, test.true_indices),
+        "accuracy": float((test.true_indices == predicted_indices).mean()),
+        "per_class_accuracy": per_class_accuracy(test.true_indices, predicted_indices, labels),
+        "count": int(len(test.true_indices)),
     }
 
 
