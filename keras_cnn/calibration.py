@@ -5,7 +5,10 @@ A network's logits ``z`` become probabilities ``softmax(z / T)`` (independent si
 underconfident one, and the order of the scores never changes, so neither does any
 prediction or the accuracy.  ``T`` is the value that minimises the negative log-likelihood
 of the true labels on data the model did not train on (a run's validation part); that
-likelihood is convex in ``1 / T``, so a bounded one-dimensional search finds it.
+likelihood is convex in ``1 / T``, so a bounded one-dimensional search finds it.  A standard
+normal prior on ``log T`` keeps the fit finite when the data cannot decide (a validation part
+without a single mistake would send ``T`` to 0 and round every probability to 0 or 1); with
+n images it weighs ``1 / n`` of one image's likelihood, nothing beside real evidence.
 
 Two kinds of heads, one API (numpy only; cheap to test by hand):
 
@@ -45,6 +48,11 @@ class TemperatureFit:
     nll_after: float
     count: int
 
+    @property
+    def at_bound(self) -> bool:
+        """Whether the search stopped at an end of :data:`TEMPERATURE_BOUNDS` (the data wanted more)."""
+        return any(abs(np.log(self.temperature / bound)) < 1e-3 for bound in TEMPERATURE_BOUNDS)
+
 
 def _check(logits: Any, targets: Any, kind: str) -> tuple[np.ndarray, np.ndarray]:
     if kind not in KINDS:
@@ -71,9 +79,14 @@ def negative_log_likelihood(logits: Any, targets: Any, kind: str = SOFTMAX, temp
     logits, targets = _check(logits, targets, kind)
     scaled = logits / float(temperature)
     if kind == SOFTMAX:
-        top = scaled.max(axis=1, keepdims=True)
-        log_normaliser = top[:, 0] + np.log(np.exp(scaled - top).sum(axis=1))
-        return float(np.mean(log_normaliser - scaled[np.arange(len(scaled)), targets]))
+        rows = np.arange(len(scaled))
+        largest = scaled.argmax(axis=1)
+        others = np.exp(scaled - scaled[rows, largest][:, None])
+        others[rows, largest] = 0.0
+        # -log p = (largest - target) + log(1 + the others' share): log1p keeps the tiny NLL of a
+        # confident right answer, which log(1 + tiny), or adding it to the largest logit, rounds to 0.
+        gap = scaled[rows, largest] - scaled[rows, targets]
+        return float(np.mean(gap + np.log1p(others.sum(axis=1))))
     # Binary cross-entropy with logits: max(x, 0) - x y + log(1 + exp(-|x|)), summed over units.
     per_unit = np.maximum(scaled, 0) - scaled * targets + np.log1p(np.exp(-np.abs(scaled)))
     return float(np.mean(per_unit.sum(axis=1)))
@@ -85,9 +98,16 @@ def fit_temperature(logits: Any, targets: Any, kind: str = SOFTMAX) -> Temperatu
 
     logits, targets = _check(logits, targets, kind)
     low, high = np.log(TEMPERATURE_BOUNDS)
-    # The likelihood is convex in 1/T, so unimodal in log T: a bounded Brent search finds the minimum.
-    result = minimize_scalar(lambda log_t: negative_log_likelihood(logits, targets, kind, float(np.exp(log_t))),
-                             bounds=(low, high), method="bounded", options={"xatol": 1e-6})
+    prior_weight = 1.0 / (2.0 * len(logits))
+
+    def objective(log_t: float) -> float:
+        # The mean NLL plus a standard normal prior on log T (per image): negligible beside the data
+        # unless they cannot decide, as when the validation part has no mistake at all (then the NLL
+        # alone falls towards T = 0 and every probability would round to 0 or 1).
+        return negative_log_likelihood(logits, targets, kind, float(np.exp(log_t))) + prior_weight * log_t ** 2
+
+    # Both terms are unimodal in log T (the NLL is convex in 1/T): a bounded Brent search finds the minimum.
+    result = minimize_scalar(objective, bounds=(low, high), method="bounded", options={"xatol": 1e-6})
     temperature = float(np.exp(result.x))
     before = negative_log_likelihood(logits, targets, kind)
     after = negative_log_likelihood(logits, targets, kind, temperature)

@@ -281,7 +281,8 @@ def reliability_bins(probabilities: Any, true_indices: Any, bins: int = CALIBRAT
     probabilities, true_indices = _probabilities_and_truth(probabilities, true_indices)
     confidence = probabilities.max(axis=1)
     correct = probabilities.argmax(axis=1) == true_indices
-    index = np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
+    # The first upper edge at or above the confidence (edges as np.linspace gives them, so 1/15 is on one).
+    index = np.clip(np.searchsorted(np.linspace(0.0, 1.0, bins + 1)[1:], confidence, side="left"), 0, bins - 1)
     rows = []
     for number in range(bins):
         members = index == number

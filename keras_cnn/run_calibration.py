@@ -95,6 +95,9 @@ def fit_record(validation: PartPredictions, test: PartPredictions | None, stage:
                               "validation": part_block(validation, fit.temperature)}
     if test is not None:
         record["test"] = part_block(test, fit.temperature)
+    if fit.at_bound:
+        record["note"] = (f"the temperature reached the end of its range ({fit.temperature:.3g}): the "
+                          f"{fit.count} validation images have too few mistakes (or too many) to fit it well")
     return record
 
 
@@ -114,7 +117,10 @@ def summary_of(record: dict[str, Any] | None) -> dict[str, Any] | None:
     if not record:
         return None
     part = "test" if "test" in record else "validation"
-    return {**record[part], "part": part, "fitted_on": record["fitted_on"]}
+    summary = {**record[part], "part": part, "fitted_on": record["fitted_on"]}
+    if record.get("note"):
+        summary["note"] = record["note"]
+    return summary
 
 
 # --------------------------------------------------------------------------- RUN/calibration.json
@@ -202,6 +208,7 @@ def describe_calibration(summary: dict[str, Any] | None) -> str:
     """One line about a stage's or a run's calibration (:func:`summary_of`)."""
     if not summary:
         return "not calibrated"
-    return (f"calibrated on {summary['fitted_on']['images']} validation images: temperature "
+    line = (f"calibrated on {summary['fitted_on']['images']} validation images: temperature "
             f"{summary['temperature']:.3g}; {summary['part']} ECE {summary['ece_before']:.4f} -> "
             f"{summary['ece_after']:.4f}, NLL {summary['nll_before']:.4f} -> {summary['nll_after']:.4f}")
+    return f"{line} ({summary['note']})" if summary.get("note") else line
