@@ -34,6 +34,8 @@ class DataConfig:
     images: str | None = None             # ... and its image folder; alone: split it into RUN/split.csv
     layout: Layout | None = None          # how --images is organised; None = detect
     allow_labels: list[str] = field(default_factory=list)   # labels that look like missing data but are classes
+    exclude: str | None = None            # file of objectIds left out of every part (kcnn doctor's exclude.txt)
+    relabel: str | None = None            # objectId,value CSV whose labels replace the read ones
     image_size: tuple[int, int] | None = None
     channels: int | None = None
     resize_mode: ResizeMode = "stretch"
@@ -182,3 +184,5 @@ def validate_config(config: RunConfig | FineTuneConfig) -> None:
             raise UserError(f"{option} must be a whole number of at least 1, received: {value}")
     if isinstance(config, RunConfig) and config.data.layout and config.data.split:
         raise UserError("--layout says how to read --images when there is no --split; a split CSV names its files")
+    if isinstance(config, RunConfig) and config.data.dataset and (config.data.exclude or config.data.relabel):
+        raise UserError("--exclude and --relabel work on image folders (--images), not on --dataset")

@@ -202,3 +202,59 @@ def chromium_page():
             yield page
         finally:
             browser.close()
+
+
+# Kinds of planted near-duplicate copies, in turn: what kcnn doctor must pair with their originals.
+COPY_KINDS = ("re-encoded", "resized", "cropped", "brightened")
+
+
+def write_planted_digits(root: Path, count: int | None = None, flip_share: float = 0.05, copies: int = 30,
+                         seed: int = 19, side: int = 32) -> dict:
+    """scikit-learn's digits as PNG class folders ``root/<label>/img_NNNN.png`` (``side`` pixels),
+    with planted mistakes; returns what was planted.
+
+    ``flip_share`` of the labels are flipped to another digit (seeded), and ``copies`` images
+    (never flipped ones) get a near-duplicate beside them, ``root/<label>/copy_NN.<png|jpg>``:
+    in turn re-encoded as JPEG, resized by 2 pixels, cropped by a pixel, brightened by 25 %.
+    Returns ``{"flipped": {objectId: true label}, "copies": {copy objectId: (original objectId, kind)}}``.
+    """
+    from PIL import ImageEnhance
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    total = len(digits.target) if count is None else int(count)
+    rng = np.random.default_rng(seed)
+    labels = digits.target[:total].copy()
+    flipped_rows = rng.choice(total, size=int(round(flip_share * total)), replace=False)
+    for row in flipped_rows:
+        labels[row] = (labels[row] + rng.integers(1, 10)) % 10
+    unflipped = np.setdiff1d(np.arange(total), flipped_rows)
+    copied_rows = rng.choice(unflipped, size=copies, replace=False)
+
+    def picture(row: int) -> Image.Image:
+        pixels = np.clip(digits.images[row] * 16, 0, 255).astype(np.uint8)
+        return Image.fromarray(pixels).resize((side, side), Image.BILINEAR)
+
+    def object_id(row: int) -> str:
+        return f"{labels[row]}/img_{row:04d}.png"
+
+    for row in range(total):
+        path = root / object_id(row)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        picture(row).save(path)
+    planted_copies = {}
+    for number, row in enumerate(copied_rows):
+        kind = COPY_KINDS[number % len(COPY_KINDS)]
+        image = picture(row)
+        if kind == "resized":
+            image = image.resize((side - 2, side - 2), Image.BILINEAR)
+        elif kind == "cropped":
+            image = image.crop((1, 1, side, side))
+        elif kind == "brightened":
+            image = ImageEnhance.Brightness(image).enhance(1.25)
+        name = f"{labels[row]}/copy_{number:02d}.{'jpg' if kind == 're-encoded' else 'png'}"
+        image.save(root / name, **({"quality": 85} if kind == "re-encoded" else {}))
+        planted_copies[name] = (object_id(row), kind)
+    return {"flipped": {object_id(row): str(digits.target[row]) for row in flipped_rows},
+            "copies": planted_copies}

@@ -192,3 +192,14 @@ def test_cli_startup_benchmark_times_help_against_the_bare_interpreter(load_scri
     output = capsys.readouterr().out
     assert "| `kcnn --help` |" in output and "x the bare interpreter with click" in output
 
+
+@pytest.mark.slow
+def test_doctor_benchmark_runs_on_a_small_input(load_script, tmp_path, capsys):
+    pytest.importorskip("cleanlab", reason="kcnn doctor needs pip install 'kcnn[doctor]'")
+    doctor = load_script("doctor")
+    assert doctor.main(["--images", "120", "--copies", "8", "--side", "64", "--base", "mobilenet_v3_small",
+                        "--image-size", "32", "--vectors", "3000", "--dimensions", "64", "--reference-size", "1000",
+                        "--no-record"]) == 0
+    output = capsys.readouterr().out
+    assert "| 5-fold head (1 BLAS thread) |" in output and "| full n x n distance matrix | 1,000 |" in output
+    assert "Planted copies paired: " in output

@@ -35,6 +35,9 @@ OTHER_MEANING = {
     ("calibrate", "--batch-size"): "images per prediction batch, not a training option",
     ("split", "--images"): "the folder the files of a label CSV are relative to, an input of the split",
     ("sample-data", "--seed"): "the seed of the generated images, not of training",
+    ("doctor", "--images"): "the folder the files of a label or split CSV are relative to, as for split",
+    ("doctor", "--batch-size"): "images per batch of the feature pass, not a training option",
+    ("doctor", "--seed"): "how the images are dealt into the folds of the out-of-sample head",
 }
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "training": TrainingConfig, "finetune": FineTuneConfig}
 

@@ -40,6 +40,7 @@ COMMANDS = {
     "serve": "keras_cnn.cli.serve_command:serve",
     "demo": "keras_cnn.cli.demo_command:demo",
     "devices": "keras_cnn.cli.devices_command:devices",
+    "doctor": "keras_cnn.cli.doctor_command:doctor",
 }
 
 

@@ -25,6 +25,7 @@ def _render(result):
 @options.train_bn(note="With --run.")
 @options.base_dropout(note="With --run.")
 @options.data_source_options(split_default="split --images into lr_find_split.csv beside the picture")
+@options.data_edit_options()
 @options.transfer_model_options()
 @options.augment(note="During the sweep a head then trains on images, not cached features.")
 @options.resize_mode()
@@ -69,6 +70,9 @@ def lr_find(architecture, base, run_dir, start_lr, end_lr, steps, out, as_json, 
     if sum(bool(choice) for choice in (architecture, base, run_dir)) != 1:
         raise UserError("give exactly one of --architecture NAME, --base NAME or --run RUN")
     values = options.config_values(option_values)
+    if (run_dir or values["data"]["dataset"]) and (values["data"]["exclude"] or values["data"]["relabel"]):
+        raise UserError("--exclude and --relabel work on image folders (--images [--split]); "
+                        "with --run the run's own split is used")
     import_tensorflow_quietly()
     from keras_cnn.config import DataConfig, ModelConfig, RunConfig, TrainingConfig
 

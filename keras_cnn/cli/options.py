@@ -124,6 +124,13 @@ augment_engine = _option("data.augment_engine", "--augment-engine", "layers = Ke
                          default="layers", show_default=True)
 cache = _option("data.cache", "--cache", "Cache decoded images: memory, none, or a file path prefix (large sets; "
                 "writes PREFIX-<part>-<hash>* files).", parse_cache, default="memory", show_default=True)
+exclude = _option("data.exclude", "--exclude", "Leave the images FILE lists out of every part: one path under the "
+                  "image folder per line (`kcnn doctor`'s exclude.txt); counted in the 'found' line, recorded in a "
+                  "run's config.json. The files themselves are not touched.",
+                  type=click.Path(exists=True, dir_okay=False), default=None, metavar="FILE")
+relabel = _option("data.relabel", "--relabel", "New labels for the images an objectId,value CSV names (a label "
+                  "CSV); counted in the 'found' line, recorded in a run's config.json.",
+                  type=click.Path(exists=True, dir_okay=False), default=None, metavar="CSV")
 skip_bad_images = _option("data.skip_bad_images", "--skip-bad-images", "Train on the readable images and list the "
                           "others in RUN/skipped_images.csv (refused if a label would lose all its images in a part).",
                           is_flag=True)
@@ -225,8 +232,8 @@ cache_frozen = _option("finetune.cache_frozen", "--cache-frozen/--no-cache-froze
                        default=None)
 
 OPTIONS: dict[str, ConfigOption] = {option.path: option for option in (
-    dataset, dataset_path, split, images, layout, allow_labels, image_size, resize_mode, augment, augment_engine,
-    cache, skip_bad_images, validation_split, label_smoothing, mixup, cutmix, randaugment, random_erasing,
+    dataset, dataset_path, split, images, layout, allow_labels, exclude, relabel, image_size, resize_mode, augment,
+    augment_engine, cache, skip_bad_images, validation_split, label_smoothing, mixup, cutmix, randaugment, random_erasing,
     api, weights, head_units, dropout, binary,
     epochs, batch_size, learning_rate, optimizer, seed, class_weight, cache_features, mixed_precision, xla, strategy,
     schedule, warmup_epochs, ema, early_stopping, lr_mult, calibrate,
@@ -264,6 +271,11 @@ def recipe_options() -> Callable:
 def image_folder_options() -> Callable:
     """How image folders are read and what the loss weighs: class weights, resizing, cache, bad images, layout."""
     return option_group(class_weight(), resize_mode(), cache(), skip_bad_images(), layout(), allow_labels())
+
+
+def data_edit_options() -> Callable:
+    """``--exclude``, ``--relabel``: recorded changes to the images a command reads."""
+    return option_group(exclude(), relabel())
 
 
 def regularization_options() -> Callable:

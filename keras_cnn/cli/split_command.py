@@ -8,30 +8,21 @@ import click
 
 from keras_cnn.cli import options
 from keras_cnn.cli.common import debug_option, json_option, run_command
+from keras_cnn.cli.source_options import source_options, split_rule_options
 
 
 @click.command("split")
 @click.argument("source", metavar="LABEL_CSV|DIR")
 @click.option("-o", "--output", required=True, metavar="SPLIT_CSV",
               help="Where to write objectId,value,type[,sha1] (written atomically).")
-@click.option("--images", default=None, metavar="DIR",
-              help="Folder of the files a label CSV names, when they are not named by their SHA-1 "
-                   "(any names or relative paths; their bytes are hashed).")
-@options.layout()
-@click.option("--test-keys", default="0-24", show_default=True, metavar="FIRST-LAST",
-              help="Keys (last byte of the SHA-1, 0..255) that go to the test part; 'none' for no test part.")
-@click.option("--validation-keys", default="25-49", show_default=True, metavar="FIRST-LAST",
-              help="Keys that go to the validation part; 'none' for no validation part.")
-@click.option("--balance/--no-balance", default=True, show_default=True,
-              help="Keep the same number of rows per label in test and validation (the rest go to train).")
-@click.option("--id-column", default="objectId", show_default=True, help="Column holding the file names.")
-@click.option("--label-column", default="value", show_default=True, help="Column holding the labels.")
-@options.allow_labels()
+@source_options()
+@split_rule_options()
+@options.data_edit_options()
 @json_option
 @debug_option
 def split(source: str, output: str, images: str | None, layout: str | None, test_keys: str,
           validation_keys: str, balance: bool, id_column: str, label_column: str,
-          allow_labels: tuple[str, ...], as_json: bool) -> None:
+          allow_labels: tuple[str, ...], exclude: str | None, relabel: str | None, as_json: bool) -> None:
     """Split images into train/validation/test by the SHA-1 of each one.
 
     \b
@@ -56,7 +47,7 @@ def split(source: str, output: str, images: str | None, layout: str | None, test
         from keras_cnn.data.collection import split_to_file  # pandas: not imported for --help
 
         return split_to_file(source, output, images, layout, test_keys, validation_keys, balance,
-                            id_column, label_column, allow_labels)
+                             id_column, label_column, allow_labels, exclude, relabel)
 
     # pandas only: no TensorFlow start-up for a split.
     run_command(as_json, work, render_split, needs_tensorflow=False)

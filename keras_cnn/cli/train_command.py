@@ -24,6 +24,7 @@ RECIPE = "the architecture's reference recipe"
 @options.validation_split()
 @options.regularization_options()
 @options.image_folder_options()
+@options.data_edit_options()
 @options.execution_options(shown_default="auto")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Run directory [default: runs/ARCHITECTURE-TIMESTAMP] (its files: see above). "

@@ -43,6 +43,7 @@ def _render(result):
 @options.api()
 @options.regularization_options()
 @options.image_folder_options()
+@options.data_edit_options()
 @options.execution_options(shown_default="auto")
 @overwrite_option
 @json_option

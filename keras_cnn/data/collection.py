@@ -9,6 +9,11 @@ root), ``value`` (its label), ``type`` (the part a pre-split tree gives, else em
     folders        DIR/<label>/…/*.jpg   (Keras image_dataset_from_directory, torchvision
                    ImageFolder, fastai from_folder: the top folder is the label)
     split-folders  DIR/{train,val|validation|valid,test}/<label>/…
+    split-csv      a split CSV (objectId,value,type) whose parts are kept as given
+                   (:func:`read_split_collection`)
+
+``--exclude`` / ``--relabel`` (:mod:`keras_cnn.data.edits`) are applied right after listing,
+before hashing and the duplicate check; the "found" line counts them.
 
 The split key of a file is the last byte of its SHA-1: of its name when the name is a
 SHA-1, else of its bytes, so renaming or moving a file never moves it to another part.
@@ -31,6 +36,7 @@ import pandas as pd
 
 from keras_cnn.choices import Layout, names
 from keras_cnn.config import DataConfig
+from keras_cnn.data.edits import DataEdits, EditReport, apply_edits, read_data_edits
 from keras_cnn.data.files import bounded_list_message, full_list_path, missing_files_message
 from keras_cnn.data.split import (
     DEFAULT_TEST_KEYS,
@@ -46,6 +52,7 @@ from keras_cnn.data.split import (
     is_safe_path,
     path_problem,
     read_label_csv,
+    read_split_csv,
     sha1_of_name,
     split_counts,
     split_keys,
@@ -58,6 +65,9 @@ from keras_cnn.progress import say, warn
 from keras_cnn.io import check_output_path
 
 LAYOUTS = names(Layout)
+# The layout of a split CSV read by read_split_collection (not a --layout choice: a split
+# CSV is given with --split, or recognised by its type column).
+SPLIT_CSV_LAYOUT = "split-csv"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 # Folder names of a pre-split tree (compared in lower case) and the part each one is.
 PART_FOLDERS = {"train": "train", "val": "validation", "validation": "validation", "valid": "validation",
@@ -81,6 +91,7 @@ class Collection:
     named_by_sha1: bool = False          # bare SHA-1 names from a label CSV: the original split applies
     skipped: Counter = field(default_factory=Counter)  # files left out while listing, by reason
     warnings: list[str] = field(default_factory=list)
+    edits: EditReport = field(default_factory=EditReport)  # what --exclude / --relabel changed
 
     def describe(self) -> str:
         """One line saying which layout was found and what it holds."""
@@ -95,11 +106,16 @@ class Collection:
             parts = Counter(self.table["type"])
             shown = ", ".join(f"{part} {parts[part]:,}" for part in ("train", "validation", "test") if parts[part])
             absent = [part for part in ("validation", "test") if not parts[part]]
-            drawn = f"; {' and '.join(absent)} drawn from train by the SHA-1 rule" if absent else ""
-            line = f"found a pre-split tree in {self.source}: {shown} images in {_labels(labels)}{drawn}"
-        left_out = _left_out(self.skipped)
-        if left_out:
-            line += f" (left out: {left_out})"
+            if self.layout == SPLIT_CSV_LAYOUT:
+                line = f"found a split CSV ({self.source}): {shown} images in {_labels(labels)}"
+            else:
+                drawn = f"; {' and '.join(absent)} drawn from train by the SHA-1 rule" if absent else ""
+                line = f"found a pre-split tree in {self.source}: {shown} images in {_labels(labels)}{drawn}"
+        notes = [f"left out: {_left_out(self.skipped)}" if _left_out(self.skipped) else "",
+                 f"{self.edits.relabelled:,} relabelled by --relabel" if self.edits.relabelled else ""]
+        notes = [note for note in notes if note]
+        if notes:
+            line += f" ({'; '.join(notes)})"
         return line
 
 
@@ -336,7 +352,8 @@ def _drop_duplicates(table: pd.DataFrame, list_prefix: str | None) -> tuple[pd.D
 
 def read_collection(source: str | os.PathLike, images: str | os.PathLike | None = None, layout: str | None = None,
                     id_column: str = "objectId", label_column: str = "value",
-                    allowed_labels: Iterable[str] = (), list_prefix: str | None = None) -> Collection:
+                    allowed_labels: Iterable[str] = (), list_prefix: str | None = None,
+                    edits: DataEdits | None = None, keep_duplicates: bool = False) -> Collection:
     """Read labelled images in any layout into a :class:`Collection`.
 
     ``source``: a label CSV, a folder holding ``label.csv``, a class-folder tree or a
@@ -344,8 +361,12 @@ def read_collection(source: str | os.PathLike, images: str | os.PathLike | None 
     unless they are SHA-1 names); ``layout`` forces one of :data:`LAYOUTS`.
     ``allowed_labels``: labels that look like missing data but are real classes.
     ``list_prefix``: full lists behind shortened messages go to ``<prefix><name>.txt``
-    (default: the temp folder).  Raises ``UserError`` for unreadable input, missing files,
-    unusable labels or names, and identical images under two labels.
+    (default: the temp folder).  ``edits``: ``--exclude`` / ``--relabel``, applied before
+    hashing.  ``keep_duplicates``: keep every copy of identical files (their ``sha1`` is
+    the same) instead of refusing them under two labels and keeping one under one label —
+    for a reader that reports them (``kcnn doctor``).  Raises ``UserError`` for unreadable
+    input, missing files, unusable labels or names, and (unless ``keep_duplicates``)
+    identical images under two labels.
     """
     allowed_labels = list(allowed_labels)
     found = detect_layout(source, layout)
@@ -371,15 +392,64 @@ def read_collection(source: str | os.PathLike, images: str | os.PathLike | None 
         named_by = f"the listing of {source}"
         if table.empty:
             raise UserError(_empty_folder_message(path, found, skipped))
-    warnings: list[str] = []
+    table, edit_report = _edited(table, edits, skipped, list_prefix)
+    warnings: list[str] = _unmatched_warnings(edit_report, edits, list_prefix)
     if named_by_sha1:
         table = table.assign(sha1="")
     else:
         table = _fill_sha1(table, str(images), named_by, list_prefix)
-        table, warnings = _drop_duplicates(table, list_prefix)
+        if not keep_duplicates:
+            table, dropped = _drop_duplicates(table, list_prefix)
+            warnings += dropped
     return Collection(table=table.reset_index(drop=True), images=None if images is None else str(images),
                       layout=found, source=str(source), named_by_sha1=named_by_sha1, skipped=skipped,
-                      warnings=warnings)
+                      warnings=warnings, edits=edit_report)
+
+
+def read_split_collection(split_csv: str | os.PathLike, images: str | os.PathLike | None,
+                          allowed_labels: Iterable[str] = (), list_prefix: str | None = None,
+                          edits: DataEdits | None = None, hash_contents: bool = False) -> Collection:
+    """A split CSV (objectId,value,type[,sha1]) as a :class:`Collection` whose parts are kept as given.
+
+    ``edits`` are applied as :func:`read_collection` applies them.  ``hash_contents``: fill
+    the ``sha1`` column from the files (or SHA-1 names) when the CSV has none; otherwise a
+    missing column is left empty.  Duplicates are kept (a split CSV names each file once;
+    identical files under two names are for ``kcnn doctor`` to report).
+    """
+    frame = read_split_csv(split_csv, allowed_labels)
+    skipped: Counter = Counter()
+    table, edit_report = _edited(frame, edits, skipped, list_prefix)
+    if "sha1" not in table.columns:
+        table = table.assign(sha1="")
+    if hash_contents and (table["sha1"] == "").any():
+        if images is None:
+            raise UserError(f"reading the files of {split_csv} needs --images DIR (the folder they are in)")
+        table = _fill_sha1(table.drop(columns="sha1"), str(images), str(split_csv), list_prefix)
+    return Collection(table=table[["objectId", "value", "type", "sha1"]].reset_index(drop=True),
+                      images=None if images is None else str(images), layout=SPLIT_CSV_LAYOUT,
+                      source=str(split_csv), skipped=skipped,
+                      warnings=_unmatched_warnings(edit_report, edits, list_prefix), edits=edit_report)
+
+
+def _edited(table: pd.DataFrame, edits: DataEdits | None, skipped: Counter,
+            list_prefix: str | None) -> tuple[pd.DataFrame, EditReport]:
+    """``table`` after ``--exclude`` / ``--relabel``; excluded rows are counted in ``skipped``."""
+    table, report = apply_edits(table, edits)
+    if report.excluded:
+        skipped["excluded by --exclude"] += report.excluded
+        if table.empty:
+            raise UserError(f"--exclude {edits.exclude_source} leaves out every image")
+    return table, report
+
+
+def _unmatched_warnings(report: EditReport, edits: DataEdits | None, list_prefix: str | None) -> list[str]:
+    """A warning naming the listed paths that matched no image (a typo, or another folder's list)."""
+    if not report.unmatched or edits is None:
+        return []
+    files = " and ".join(name for name in (edits.exclude_source, edits.relabel_source) if name)
+    return [bounded_list_message(
+        lambda listed: f"{len(report.unmatched):,} path(s) in {files} name no image here: {listed}",
+        report.unmatched, _list_path(list_prefix, "unmatched.txt"))]
 
 
 def _empty_folder_message(path: Path, layout: str, skipped: Counter) -> str:
@@ -402,6 +472,9 @@ def split_collection(collection: Collection, test_keys: Iterable[int] = DEFAULT_
     """
     test, validation = check_key_ranges(test_keys, validation_keys)
     table = collection.table
+    if collection.layout == SPLIT_CSV_LAYOUT:
+        # Its parts as given; the sha1 column only when the CSV had it (or it was hashed).
+        return table[["objectId", "value", "type"] + (["sha1"] if (table["sha1"] != "").any() else [])]
     if collection.named_by_sha1:
         # Read by read_label_csv, so already checked.
         return split_labels(table[["objectId", "value"]], test, validation, balance, collection.source,
@@ -445,17 +518,26 @@ def split_with_report(collection: Collection, test_keys: Iterable[int] = DEFAULT
     return SplitResult(frame, labels, counts, [*collection.warnings, *split_warnings(counts, unbalanced)])
 
 
+def needs_split_file(data: DataConfig) -> bool:
+    """Whether the data of a run must first be written as a split of its own: ``--images``
+    without ``--split``, or a ``--split`` that ``--exclude`` / ``--relabel`` change."""
+    if data.dataset or not data.images:
+        return False
+    return not data.split or bool(data.exclude or data.relabel)
+
+
 def split_into_run(data: DataConfig, run_root: str | os.PathLike) -> DataConfig:
     """The data of a run given ``--images DIR`` without ``--split``: split DIR, keep it in the run.
 
     The split is written to ``RUN/split.csv`` (once: a resumed run reuses it, so its parts
     never change under it) and the returned config names it, so ``evaluate``, ``export``
-    and ``finetune`` read the very split the model was trained on.  Any other data config
-    comes back unchanged.
+    and ``finetune`` read the very split the model was trained on.  A ``--split`` with
+    ``--exclude`` / ``--relabel`` is written there too, edited (its parts kept).  Any other
+    data config comes back unchanged.
     """
     if data.split and data.layout:
         raise UserError("--layout says how to read --images when there is no --split; a split CSV names its files")
-    if data.split or data.dataset or not data.images:
+    if not needs_split_file(data):
         return data
     split_path = Path(run_root) / "split.csv"
     if not split_path.exists():
@@ -467,11 +549,17 @@ def split_into_run(data: DataConfig, run_root: str | os.PathLike) -> DataConfig:
 def split_images(data: DataConfig, split_path: str | os.PathLike, list_prefix: str) -> DataConfig:
     """Split ``data.images`` (any layout) into ``split_path``; the returned config names it.
 
-    Prints what was found, the counts per label per part and every warning, as ``kcnn split``
-    does.  ``list_prefix``: where full lists behind shortened messages go.
+    With ``data.split`` the given split is copied instead, its parts kept; either way
+    ``data.exclude`` / ``data.relabel`` are applied.  Prints what was found, the counts per
+    label per part and every warning, as ``kcnn split`` does.  ``list_prefix``: where full
+    lists behind shortened messages go.
     """
-    collection = read_collection(data.images, layout=data.layout, allowed_labels=data.allow_labels,
-                                 list_prefix=list_prefix)
+    edits = read_data_edits(data.exclude, data.relabel, data.allow_labels)
+    if data.split:
+        collection = read_split_collection(data.split, data.images, data.allow_labels, list_prefix, edits)
+    else:
+        collection = read_collection(data.images, layout=data.layout, allowed_labels=data.allow_labels,
+                                     list_prefix=list_prefix, edits=edits)
     say(collection.describe())
     result = split_with_report(collection, allowed_labels=data.allow_labels)
     write_split_csv(result.frame, split_path)
@@ -484,10 +572,12 @@ def split_images(data: DataConfig, split_path: str | os.PathLike, list_prefix: s
 def split_to_file(source: str, output: str, images: str | None = None, layout: str | None = None,
                   test_keys_text: str = "0-24", validation_keys_text: str = "25-49", balance: bool = True,
                   id_column: str = "objectId", label_column: str = "value",
-                  allow_labels: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
+                  allow_labels: tuple[str, ...] | list[str] = (), exclude: str | None = None,
+                  relabel: str | None = None) -> dict[str, Any]:
     """Read any layout, split and write; return ``{"output", "layout", "labels", "counts", "sizes", "warnings"}``.
 
-    Every check happens before the output is written, so a refused input leaves no file.
+    ``exclude`` / ``relabel``: the ``--exclude`` and ``--relabel`` files.  Every check
+    happens before the output is written, so a refused input leaves no file.
     """
     test_keys = parse_key_range(test_keys_text, "--test-keys")
     validation_keys = parse_key_range(validation_keys_text, "--validation-keys")
@@ -495,9 +585,10 @@ def split_to_file(source: str, output: str, images: str | None = None, layout: s
     check_output_path(output, option="-o")
     if Path(output).resolve() == Path(source).resolve():
         raise UserError(f"the output '{output}' is the input file; choose another -o")
+    edits = read_data_edits(exclude, relabel, allow_labels)
     collection = read_collection(source, images=images, layout=layout, id_column=id_column,
                                  label_column=label_column, allowed_labels=allow_labels,
-                                 list_prefix=f"{output}.")
+                                 list_prefix=f"{output}.", edits=edits)
     say(collection.describe())
     result = split_with_report(collection, test_keys, validation_keys, balance, allow_labels)
     write_split_csv(result.frame, output)

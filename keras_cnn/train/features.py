@@ -17,53 +17,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_cnn.progress import ProgressBar
-
-# Above this size the features go to a memory-mapped .npy file under the run.
-IN_MEMORY_LIMIT_BYTES = 1 << 30
-
-
-def compiled_forward(feature_extractor: keras.Model):
-    """The extractor's inference pass as one ``tf.function`` for any batch size.
-
-    Traced once and shared by every part (train, validation), so a large base is not
-    traced again for each part or for a part's smaller last batch.
-    """
-    signature = tf.TensorSpec([None, *feature_extractor.input_shape[1:]], tf.float32)
-    return tf.function(lambda images: feature_extractor(images, training=False), input_signature=[signature])
-
-
-def extract_features(feature_extractor: keras.Model, dataset: tf.data.Dataset, count: int,
-                     spill_path: str | Path | None = None, description: str = "features", forward=None):
-    """Run ``feature_extractor`` over ``dataset`` once; returns (features, labels) as arrays.
-
-    ``dataset`` yields (images, labels) batches; features come out in its order, one row of
-    the extractor's output shape per image (pooled vectors, or a boundary tensor of a
-    partly frozen base).  Progress (a bar, plain lines off a terminal) goes to stderr.  Features larger than
-    ``IN_MEMORY_LIMIT_BYTES`` are written to ``spill_path`` (a memory-mapped ``.npy``).
-    ``forward``: a :func:`compiled_forward` to reuse across calls.
-    """
-    shape = tuple(int(size) for size in feature_extractor.output_shape[1:])
-    nbytes = count * int(np.prod(shape)) * 4
-    if spill_path is not None and nbytes > IN_MEMORY_LIMIT_BYTES:
-        Path(spill_path).parent.mkdir(parents=True, exist_ok=True)
-        features = np.lib.format.open_memmap(spill_path, mode="w+", dtype="float32", shape=(count, *shape))
-    else:
-        features = np.empty((count, *shape), dtype="float32")
-    labels = np.empty((count,), dtype="int32")
-    position = 0
-
-    forward = forward or compiled_forward(feature_extractor)
-    with ProgressBar(count, f"extracting {description} ({count} images)") as progress:
-        for images, batch_labels in dataset:
-            batch = forward(images).numpy().reshape(len(images), *shape)
-            features[position:position + len(batch)] = batch
-            labels[position:position + len(batch)] = np.asarray(batch_labels).reshape(-1)
-            position += len(batch)
-            progress.update(position)
-    if position != count:
-        features, labels = features[:position], labels[:position]
-    return features, labels
+# The inference pass is shared with kcnn doctor; imported here so callers keep one name for it.
+from keras_cnn.models.features import compiled_forward, extract_features
 
 
 def feature_dataset(features: np.ndarray, labels: np.ndarray, batch_size: int, shuffle: bool,

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from keras_cnn.config import FineTuneConfig, RunConfig, TrainingConfig
-from keras_cnn.data.collection import split_images
+from keras_cnn.data.collection import needs_split_file, split_images
 from keras_cnn.errors import UserError
 from keras_cnn.io import atomic_write_text
 from keras_cnn.progress import say
@@ -57,9 +57,10 @@ def lr_find(config: RunConfig | None = None, run_dir: str | Path | None = None, 
         config = replace(config, training=replace(config.training, batch_size=batch_size or config.training.batch_size,
                                                   optimizer=optimizer or config.training.optimizer))
         default_out = Path(PLOT_NAME)
-        if config.data.images and not config.data.split and not config.data.dataset:
-            # --images without --split: split the folder as train/transfer would, into a file
-            # beside the picture, so the sweep's data can be looked at and reused (--split).
+        if needs_split_file(config.data):
+            # --images without --split (or a split that --exclude / --relabel change): split as
+            # train/transfer would, into a file beside the picture, so the sweep's data can be
+            # looked at and reused (--split).
             picture = Path(out) if out is not None else default_out
             config = replace(config, data=split_images(config.data, picture.with_name(SPLIT_NAME),
                                                        list_prefix=str(picture.with_name("lr_find_"))))

@@ -631,6 +631,6 @@ def plot_history(run: RunDirectory) -> None:
 def absolute_data_paths(data):
     """The data config with absolute paths, so later commands work from any directory."""
     return replace(data, **{name: os.path.abspath(getattr(data, name))
-                            for name in ("dataset_path", "split", "images")
+                            for name in ("dataset_path", "split", "images", "exclude", "relabel")
                             if getattr(data, name)})
 
