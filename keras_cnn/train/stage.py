@@ -36,7 +36,7 @@ from keras_cnn.data.collection import split_into_run
 from keras_cnn.data.regularize import soft_label_loss, uses_soft_labels
 from keras_cnn.errors import UserError
 from keras_cnn.progress import format_seconds, keras_verbose, say
-from keras_cnn.io import atomic_path, check_output_path, remove_stale_temporaries
+from keras_cnn.io import atomic_path, check_output_path, remove_stale_temporaries, to_jsonable
 from keras_cnn.run_calibration import (PartPredictions, describe_calibration, fit_record, predict_part, summary_of,
                                        write_calibration)
 from keras_cnn.runs import EXECUTION_OPTIONS, RunDirectory, RunLock, RunState, differing_options, flatten_options
@@ -235,15 +235,27 @@ def _check_state(run: RunDirectory, state: RunState, spec: StageSpec, overwrite:
     return None
 
 
-# Options that act after the fit (the model's weights do not depend on them): a finished stage
-# is found finished whatever they are now; `kcnn calibrate` calibrates a stage that was not.
-AFTER_FIT_OPTIONS = ("training.calibrate",)
+# Options that act after the fit (the model's weights do not depend on them): a stage does not
+# record them in state.json, so a finished stage is found finished whatever they are now (`kcnn
+# calibrate` calibrates a stage that was not) and the records of older runs stay as they were.
+AFTER_FIT_FIELDS = ("calibrate",)                       # of TrainingConfig
+AFTER_FIT_OPTIONS = tuple(f"training.{name}" for name in AFTER_FIT_FIELDS)
+
+
+def recorded_options(options: dict[str, Any]) -> dict[str, Any]:
+    """What a stage records of its options (state.json): all but :data:`AFTER_FIT_OPTIONS`, as JSON values."""
+    recorded = to_jsonable(options)
+    for path in AFTER_FIT_OPTIONS:
+        section, name = path.split(".", 1)
+        if isinstance(recorded.get(section), dict):
+            recorded[section].pop(name, None)
+    return recorded
 
 
 def _comparable(options: dict[str, Any]) -> dict[str, Any]:
-    """The options without those that only say how the stage executes or what follows the fit."""
-    return {key: value for key, value in flatten_options(options).items()
-            if key not in EXECUTION_OPTIONS + AFTER_FIT_OPTIONS}
+    """The recorded options without those that only say how the stage executes."""
+    return {key: value for key, value in flatten_options(recorded_options(options)).items()
+            if key not in EXECUTION_OPTIONS}
 
 
 def _epochs_done(run: RunDirectory, stage: str) -> str:
@@ -321,7 +333,7 @@ def _run_checked_stage(context: StageContext, state: RunState, data) -> StageOut
     build_stage(context, data)
     counts = parameter_counts(context.model)
     _write_config(context, counts)
-    state.start(spec.name, spec.options)
+    state.start(spec.name, recorded_options(spec.options))
     # A new model is coming: an evaluation or a calibration of the old one no longer describes the run.
     shutil.rmtree(run.eval_dir, ignore_errors=True)
     write_calibration(run, None)
