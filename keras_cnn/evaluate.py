@@ -25,8 +25,8 @@ from keras_cnn.io import atomic_write_json, atomic_write_text, check_output_path
 from keras_cnn.metrics import (compute_metrics, coverage_accuracy_curve, cross_entropy, reliability_bins,
                                selective_metrics, threshold_for_accuracy)
 from keras_cnn.progress import ProgressBar, warn
-from keras_cnn.run_calibration import (PartPredictions, part_block, predict_part, run_temperature, store_reject_below,
-                                       stored_reject_below)
+from keras_cnn.run_calibration import (PartPredictions, batch_outputs_and_logits, part_block, predict_part,
+                                       run_temperature, store_reject_below, stored_reject_below)
 from keras_cnn.run_data import SUBSETS, load_subset
 from keras_cnn.runs import RunDirectory, RunLock
 
@@ -70,13 +70,6 @@ class SubsetPredictions:
     tta: tuple[np.ndarray, np.ndarray] | None    # (outputs, probabilities) averaged over TTA views
 
 
-def _batch_outputs(opened, images) -> tuple[np.ndarray, np.ndarray]:
-    """(the model's own outputs float32 (batch, units), logits float64) of one batch."""
-    result = opened.graph.predict_on_batch(images)
-    outputs = np.asarray(result["output"], dtype=np.float32)
-    return outputs.reshape(len(outputs), -1), np.asarray(opened.logits(result["penultimate"]), dtype=np.float64)
-
-
 def predict_subset(opened, dataset, true_indices: np.ndarray, temperature: float | None = None,
                    keeper: MistakeKeeper | None = None, tta_views: list[str] | None = None) -> SubsetPredictions:
     """Predict every batch of ``dataset`` with the opened model (:mod:`keras_cnn.models.opened`), once.
@@ -93,7 +86,7 @@ def predict_subset(opened, dataset, true_indices: np.ndarray, temperature: float
     position = 0
     with ProgressBar(len(true_indices), f"predicting {len(true_indices)} images") as progress:
         for batch in dataset:
-            batch_outputs, batch_logits = _batch_outputs(opened, batch)
+            batch_outputs, batch_logits = batch_outputs_and_logits(opened, batch)
             kind = kind or head_kind(opened.activation, batch_outputs.shape[1])
             batch_probabilities = class_probabilities(batch_logits, temperature, kind)
             outputs.append(batch_outputs)
@@ -123,7 +116,7 @@ def _tta_probabilities(opened, batch, views: list[str], temperature: float | Non
     """Calibrated class probabilities of one batch averaged over the TTA views."""
     from keras_cnn.tta import tta_views
 
-    _, view_logits = _batch_outputs(opened, tta_views(batch, views))
+    _, view_logits = batch_outputs_and_logits(opened, tta_views(batch, views))
     view_probabilities = class_probabilities(view_logits, temperature, kind)
     return view_probabilities.reshape(len(views), -1, view_probabilities.shape[-1]).mean(axis=0)
 
@@ -305,7 +298,7 @@ def _threshold_choice(run: RunDirectory, run_config, opened, temperature: float 
         raise UserError(f"--target-accuracy chooses its threshold on the validation part, and {run.root} "
                         "has none") from None
     validation = predict_part(opened, part.images(), part.true_indices,
-                              f"choosing the threshold on {len(part.true_indices)} validation images")
+                              f"predicting {len(part.true_indices)} validation images to choose the threshold")
     probabilities = validation.probabilities(temperature)
     confidence = probabilities.max(axis=1)
     correct = probabilities.argmax(axis=1) == validation.true_indices

@@ -28,7 +28,7 @@ from keras_cnn.calibration import class_probabilities, fit_temperature, head_kin
 from keras_cnn.errors import RunFailure, UserError
 from keras_cnn.io import atomic_write_json, read_json
 from keras_cnn.metrics import calibration_block
-from keras_cnn.progress import ProgressBar, say
+from keras_cnn.progress import ProgressBar, warn
 from keras_cnn.runs import RunDirectory, RunLock
 
 CALIBRATION_FORMAT = 1
@@ -56,6 +56,13 @@ def _class_indices(targets: Any) -> np.ndarray:
     return targets.reshape(-1).astype(np.int64)
 
 
+def batch_outputs_and_logits(opened, images) -> tuple[np.ndarray, np.ndarray]:
+    """One batch through the opened model: (its own outputs, float32 (batch, units); logits, float64)."""
+    result = opened.graph.predict_on_batch(images)
+    outputs = np.asarray(result["output"], dtype=np.float32)
+    return outputs.reshape(len(outputs), -1), np.asarray(opened.logits(result["penultimate"]), dtype=np.float64)
+
+
 def predict_part(opened, dataset, true_indices: Any = None, title: str | None = None) -> PartPredictions:
     """Run the opened model over ``dataset`` (batches of images, or of (images, targets)) once.
 
@@ -71,10 +78,10 @@ def predict_part(opened, dataset, true_indices: Any = None, title: str | None = 
             if isinstance(batch, (tuple, list)):
                 images, targets = batch[0], batch[1]
                 truth.append(_class_indices(targets))
-            result = opened.graph.predict_on_batch(images)
-            outputs.append(np.asarray(result["output"], dtype=np.float32).reshape(len(result["output"]), -1))
-            logits.append(np.asarray(opened.logits(result["penultimate"]), dtype=np.float64))
-            seen += len(outputs[-1])
+            batch_outputs, batch_logits = batch_outputs_and_logits(opened, images)
+            outputs.append(batch_outputs)
+            logits.append(batch_logits)
+            seen += len(batch_outputs)
             progress.update(seen)
     if not outputs:
         raise RunFailure("the part gave no images")
@@ -198,8 +205,8 @@ def calibrate_run(run_dir: str | os.PathLike, batch_size: int | None = None) -> 
         stages = list(run.read_metrics().get("stages") or {})
         record = fit_record(validation, test, stages[-1] if stages else previous.get("stage"))
         if previous.get("reject_below"):
-            say(f"the threshold {previous['reject_below']['threshold']:.4g} chosen for the old temperature no "
-                "longer applies; kcnn evaluate --target-accuracy A chooses one again")
+            warn(f"the threshold {previous['reject_below']['threshold']:.4g} chosen for the old temperature no "
+                 "longer applies; kcnn evaluate --target-accuracy A chooses one again")
         write_calibration(run, record)
     return {"run": str(run.root), **record}
 

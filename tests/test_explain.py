@@ -126,6 +126,13 @@ def test_grad_cam_is_the_positive_part_of_the_gradient_weighted_map(outputs):
     assert int(plain["class_index"][0]) == int(np.asarray(plain["probabilities"])[0].argmax())
     np.testing.assert_allclose(np.asarray(plain["heatmap"]), np.asarray(scaled["heatmap"]), atol=1e-6)
     assert np.asarray(scaled["probabilities"]).max() < np.asarray(plain["probabilities"]).max()
+    # What an export writes: the same layers, the logits divided by T, the model's own output form.
+    calibrated = np.asarray(opened.calibrated_model(3.0)(image), np.float64)
+    logit = np.asarray(opened.logits(opened.graph(image)["penultimate"]), np.float64)
+    expected_output = (1 / (1 + np.exp(-logit / 3.0)) if outputs == 1
+                       else np.exp(logit / 3.0) / np.exp(logit / 3.0).sum(axis=1, keepdims=True))
+    np.testing.assert_allclose(calibrated, expected_output, atol=1e-6)
+    assert calibrated.shape == np.asarray(model(image)).shape
 
 
 @pytest.mark.slow

@@ -548,7 +548,7 @@ def _finish(context: StageContext, best: keras.Model, counts: dict[str, int]) ->
     opened = _opened(context, best)
     test = predict_part(opened, data.test) if data.test is not None else None
     if test is not None:
-        stage_metrics["test"] = test_metrics(test, data.labels)
+        stage_metrics["test"] = score_test_part(test, data.labels)
         metrics["test"] = stage_metrics["test"]
     calibration = _calibrate(context, opened, test)
     if calibration is not None:
@@ -587,9 +587,8 @@ def _opened(context: StageContext, best: keras.Model):
     """The best model opened up (its logits), in the execution's scope as the model was loaded."""
     from keras_cnn.models.opened import open_model
 
-    if context.execution.multiworker:
-        return open_model(best)
-    with context.execution.scope():
+    # A multi-worker run tests a plain copy outside the strategy (see _run_checked_stage).
+    with contextlib.nullcontext() if context.execution.multiworker else context.execution.scope():
         return open_model(best)
 
 
@@ -607,18 +606,9 @@ def _calibrate(context: StageContext, opened, test) -> dict[str, Any] | None:
     return record
 
 
-def evaluate_test(model: keras.Model, test, labels: list[str]) -> dict[str, Any]:
-    """Loss, accuracy and per-class accuracy of ``model`` on the (unshuffled) ``test`` dataset.
-
-    Computed the way ``kcnn evaluate`` computes them, so the two always agree.
-    """
-    from keras_cnn.models.opened import open_model
-
-    return test_metrics(predict_part(open_model(model), test), labels)
-
-
-def test_metrics(test: PartPredictions, labels: list[str]) -> dict[str, Any]:
-    """Loss, accuracy and per-class accuracy of one pass over the test part (the model's own outputs)."""
+def score_test_part(test: PartPredictions, labels: list[str]) -> dict[str, Any]:
+    """Loss, accuracy and per-class accuracy of one pass over the test part (the model's own outputs),
+    computed the way ``kcnn evaluate`` computes them, so the two always agree."""
     from keras_cnn.metrics import cross_entropy, outputs_to_probabilities, per_class_accuracy
 
     predicted_indices = outputs_to_probabilities(test.outputs, len(labels)).argmax(axis=-1)
