@@ -24,7 +24,7 @@ from keras_cnn.errors import RunFailure, UserError
 from keras_cnn.io import atomic_write_json, atomic_write_text, check_output_path
 from keras_cnn.metrics import (compute_metrics, coverage_accuracy_curve, cross_entropy, reliability_bins,
                                selective_metrics, threshold_for_accuracy)
-from keras_cnn.progress import ProgressBar, warn
+from keras_cnn.progress import ProgressBar, say, warn
 from keras_cnn.run_calibration import (PartPredictions, batch_outputs_and_logits, part_block, predict_part,
                                        run_temperature, store_reject_below, stored_reject_below)
 from keras_cnn.run_data import SUBSETS, load_subset
@@ -326,7 +326,10 @@ def _selective_block(selection: dict[str, Any], confidence: np.ndarray, correct:
 
 def _mistake_heatmaps(opened, images: list[np.ndarray], temperature: float | None) -> list[np.ndarray] | None:
     """Grad-CAM maps of the mistakes (for the class predicted), one batch; None when the model has no feature map."""
-    if not images or not opened.has_feature_map:
+    if not images:
+        return None
+    if not opened.has_feature_map:
+        say(f"kcnn: no heat maps over the mistakes: {opened.no_feature_map}")
         return None
     from keras_cnn.explain import explain_images
 

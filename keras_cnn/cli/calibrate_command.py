@@ -29,7 +29,6 @@ def render(result: dict[str, Any]) -> None:
 def calibrate(run_dir: Path, batch_size: int | None, as_json: bool) -> None:
     """Fit the temperature of RUN on its validation part: writes RUN/calibration.json.
 
-    \\b
     Temperature scaling divides the model's logits by one number T, fitted to minimise the
     negative log-likelihood of the validation part, so that a probability of 0.9 is right
     about 9 times in 10; the predictions and the accuracy do not change.  Training stages do
