@@ -100,6 +100,7 @@ class TrainingConfig:
     ema: float | None = None              # decay of the weight average the saved model uses; None = off
     early_stopping: int | None = None     # patience in epochs; None = train every epoch
     lr_mult: float | None = None          # fine-tuning: head rate / first unfrozen block's rate; None = 1
+    calibrate: bool = True                # fit a temperature on the validation part when the stage ends
 
 
 @dataclass

@@ -93,6 +93,10 @@ def run_demo(out_dir: str | Path = "kcnn-demo", per_class: int = 100, head_epoch
     evaluation = evaluate_run(run_dir, subset=subset)
     report = evaluation["files"]["report"]
     say(f"  accuracy {evaluation['accuracy']:.3f}, macro F1 {evaluation['macro_f1']:.3f}; report: {report}")
+    calibration = evaluation["calibration"]
+    if calibration.get("temperature") is not None:
+        say(f"  calibrated on the validation part: temperature {calibration['temperature']:.3g}, expected "
+            f"calibration error {calibration['ece_before']:.3f} -> {calibration['ece_after']:.3f}")
 
     _step(6, "export a SavedModel (TF Serving layout) that takes encoded image bytes")
     exported = export_run(run_dir, export_dir, version=1, formats=("saved_model",), force=True)

@@ -27,6 +27,8 @@ SERVING_SIGNATURE = "serving_default"          # image_bytes: encoded images
 IMAGES_SIGNATURE = "serving_images"            # images: float32 decoded pixels
 IMAGES_UINT8_SIGNATURE = "serving_images_uint8"   # images: uint8 decoded pixels
 TTA_SIGNATURE = "serving_tta"                  # serving_default averaged over test-time augmentation views
+EXPLAIN_SIGNATURE = "serving_explain"          # serving_default plus heatmap: where the model looked (Grad-CAM)
+HEATMAP_OUTPUT = "heatmap"                     # its [batch, height, width] output, 0..1
 
 
 def quantized_litert_file(mode: str) -> str:

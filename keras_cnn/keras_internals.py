@@ -6,7 +6,8 @@ attribute or module lives here, in a small function with the reason beside it, a
 ``setup.cfg`` keeps ``keras`` below its next major version.  Nothing else in kcnn reads a
 Keras attribute whose name starts with ``_`` or imports ``keras.src``.
 
-Who uses what: the transfer base's training rule (:func:`call_graph_with_training`); cutting
+Who uses what: the transfer base's training rule (:func:`call_graph_with_training`); opening
+nested models into one graph, for logits and heat maps (:func:`run_graph`); cutting
 a model at its frozen boundary (:func:`producer`, :func:`node_inputs`, :func:`node_outputs`,
 :func:`node_training`, :func:`is_functional`, :func:`trainable_variable_slots`); the TF Hub
 layer (:func:`track_variable`, :func:`trainable_variable_slots`); kill-safe resumption
@@ -38,16 +39,30 @@ def call_graph_with_training(model: keras.Model, inputs: Any, training_for: Call
     """
     inputs = model._standardize_inputs(inputs)
 
-    def operation_fn(operation):
-        def call(*args, **kwargs):
-            # The same test Functional's own operation_fn makes before passing ``training``.
-            if "training" in getattr(operation, "_call_context_args", ()):
-                value = training_for(operation)
-                if value is not None:
-                    kwargs["training"] = value
-            return operation(*args, **kwargs)
+    def call(operation, args, kwargs):
+        # The same test Functional's own operation_fn makes before passing ``training``.
+        if "training" in getattr(operation, "_call_context_args", ()):
+            value = training_for(operation)
+            if value is not None:
+                kwargs["training"] = value
+        return operation(*args, **kwargs)
 
-        return call
+    return run_graph(model, inputs, call)
+
+
+def run_graph(model: keras.Model, inputs: Any, call_operation: Callable[[Any, tuple, dict], Any]) -> Any:
+    """Run a functional ``model``'s graph on ``inputs``, each operation computed by ``call_operation``.
+
+    ``call_operation(operation, args, kwargs)`` gets every layer (or operation) of the graph
+    in order, with the tensors it takes filled in, and returns its outputs: it may call the
+    operation as it is, with other arguments, or replace it (kcnn opens nested models so).
+    ``inputs`` may be symbolic (``keras.Input``): the result is then a new graph of the same
+    layers.  Uses ``Functional._run_through_graph``, which has no public equivalent.  A
+    single output comes back as a tensor, not a list of one.
+    """
+
+    def operation_fn(operation):
+        return lambda *args, **kwargs: call_operation(operation, args, kwargs)
 
     outputs = model._run_through_graph(inputs, operation_fn=operation_fn)
     if isinstance(outputs, (list, tuple)) and len(outputs) == 1:

@@ -1,9 +1,15 @@
-"""Evaluation numbers from predictions: accuracy, precision / recall / F1, top-k, ROC AUC, confusion.
+"""Evaluation numbers from predictions: accuracy, precision / recall / F1, top-k, ROC AUC, confusion,
+calibration and selective answers.
 
 :func:`compute_metrics` turns true class indices and predicted probabilities into the
 numbers of ``RUN/eval/metrics.json``; :func:`outputs_to_probabilities` and
-:func:`cross_entropy` read a model's raw outputs.  numpy and scipy only (Keras's loss
-functions for the cross-entropy, so it matches ``val_loss``), so they are cheap to test by hand.
+:func:`cross_entropy` read a model's raw outputs.  How honest the probabilities are:
+:func:`expected_calibration_error` (15 equal-width bins of the top-class confidence, the
+table of :func:`reliability_bins`), :func:`negative_log_likelihood`, :func:`brier_score`,
+together :func:`calibration_block`.  Answering only above a confidence threshold:
+:func:`coverage_accuracy_curve`, :func:`threshold_for_accuracy`, :func:`selective_metrics`.
+numpy and scipy only (Keras's loss functions for the cross-entropy, so it matches
+``val_loss``), so they are cheap to test by hand.
 
 Conventions (the same as scikit-learn's with ``zero_division=0``):
 
@@ -249,3 +255,117 @@ def cross_entropy(outputs: Any, true_indices: Any, from_logits: bool = False) ->
     else:
         loss = keras.losses.sparse_categorical_crossentropy(true_indices, outputs, from_logits=from_logits)
     return float(np.mean(keras.ops.convert_to_numpy(loss)))
+
+
+# --------------------------------------------------------------------------- calibration
+
+CALIBRATION_BINS = 15
+
+
+def _probabilities_and_truth(probabilities: Any, true_indices: Any) -> tuple[np.ndarray, np.ndarray]:
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    true_indices = np.asarray(true_indices, dtype=np.int64).reshape(-1)
+    if probabilities.ndim != 2 or len(probabilities) != len(true_indices) or len(true_indices) == 0:
+        raise ValueError(f"probabilities must have shape (n, classes) for {len(true_indices)} > 0 labels, "
+                         f"received shape {probabilities.shape}")
+    return probabilities, true_indices
+
+
+def reliability_bins(probabilities: Any, true_indices: Any, bins: int = CALIBRATION_BINS) -> list[dict[str, float]]:
+    """The reliability table: ``bins`` equal-width bins of the top-class confidence over (0, 1].
+
+    Bin i holds the samples whose confidence lies in (i / bins, (i + 1) / bins] (a confidence
+    of exactly 0 falls in the first); each row is ``{lower, upper, count, confidence,
+    accuracy}``, the last two the bin's means (0 in an empty bin).
+    """
+    probabilities, true_indices = _probabilities_and_truth(probabilities, true_indices)
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == true_indices
+    # The first upper edge at or above the confidence (edges as np.linspace gives them, so 1/15 is on one).
+    index = np.clip(np.searchsorted(np.linspace(0.0, 1.0, bins + 1)[1:], confidence, side="left"), 0, bins - 1)
+    rows = []
+    for number in range(bins):
+        members = index == number
+        count = int(members.sum())
+        rows.append({"lower": number / bins, "upper": (number + 1) / bins, "count": count,
+                     "confidence": float(confidence[members].mean()) if count else 0.0,
+                     "accuracy": float(correct[members].mean()) if count else 0.0})
+    return rows
+
+
+def expected_calibration_error(probabilities: Any, true_indices: Any, bins: int = CALIBRATION_BINS) -> float:
+    """ECE (Naeini et al., 2015; Guo et al., 2017): sum over bins of |accuracy - confidence| x the bin's share."""
+    rows = reliability_bins(probabilities, true_indices, bins)
+    total = sum(row["count"] for row in rows)
+    return float(sum(abs(row["accuracy"] - row["confidence"]) * row["count"] for row in rows) / total)
+
+
+def negative_log_likelihood(probabilities: Any, true_indices: Any) -> float:
+    """Mean -log(probability of the true class); a probability of 0 counts as the smallest float64."""
+    probabilities, true_indices = _probabilities_and_truth(probabilities, true_indices)
+    true_probability = probabilities[np.arange(len(true_indices)), true_indices]
+    return float(np.mean(-np.log(np.maximum(true_probability, np.finfo(np.float64).tiny))))
+
+
+def brier_score(probabilities: Any, true_indices: Any) -> float:
+    """Mean over samples of the squared distance between the probabilities and the one-hot truth
+    (the multi-class Brier score: 0 is perfect, 2 the worst)."""
+    probabilities, true_indices = _probabilities_and_truth(probabilities, true_indices)
+    one_hot = np.zeros_like(probabilities)
+    one_hot[np.arange(len(true_indices)), true_indices] = 1.0
+    return float(np.mean(((probabilities - one_hot) ** 2).sum(axis=1)))
+
+
+def calibration_block(before: Any, after: Any, true_indices: Any, temperature: float | None) -> dict[str, Any]:
+    """``metrics.json``'s ``"calibration"``: the temperature and ECE, NLL, Brier before and after it."""
+    block: dict[str, Any] = {"temperature": temperature}
+    for name, function in (("ece", expected_calibration_error), ("nll", negative_log_likelihood),
+                           ("brier", brier_score)):
+        block[f"{name}_before"] = function(before, true_indices)
+        block[f"{name}_after"] = function(after, true_indices)
+    return block
+
+
+# --------------------------------------------------------------------------- selective answers
+
+
+def coverage_accuracy_curve(confidence: Any, correct: Any) -> dict[str, np.ndarray]:
+    """Answering only above a threshold, for every threshold the data offers.
+
+    Returns arrays, highest threshold first: ``threshold`` (each distinct confidence),
+    ``coverage`` (the share of samples whose confidence is at least the threshold) and
+    ``accuracy`` (the share of those that are right).
+    """
+    confidence = np.asarray(confidence, dtype=np.float64).reshape(-1)
+    correct = np.asarray(correct, dtype=bool).reshape(-1)
+    if len(confidence) == 0 or len(confidence) != len(correct):
+        raise ValueError(f"need as many confidences as right/wrong flags (> 0), received {len(confidence)} "
+                         f"and {len(correct)}")
+    order = np.argsort(-confidence, kind="stable")
+    ordered, hits = confidence[order], np.cumsum(correct[order])
+    # The last position of each run of equal confidences: a threshold accepts ties together.
+    ends = np.flatnonzero(np.append(ordered[1:] != ordered[:-1], True))
+    accepted = ends + 1
+    return {"threshold": ordered[ends], "coverage": accepted / len(confidence), "accuracy": hits[ends] / accepted}
+
+
+def threshold_for_accuracy(confidence: Any, correct: Any, target_accuracy: float) -> float | None:
+    """The lowest threshold whose accepted samples (confidence >= threshold) reach ``target_accuracy``;
+    None when no threshold does."""
+    curve = coverage_accuracy_curve(confidence, correct)
+    reaching = np.flatnonzero(curve["accuracy"] >= float(target_accuracy))
+    return float(curve["threshold"][reaching[-1]]) if len(reaching) else None
+
+
+def selective_metrics(confidence: Any, correct: Any, threshold: float) -> dict[str, Any]:
+    """Coverage and accuracy when only samples with confidence >= ``threshold`` are answered.
+
+    ``accuracy`` is None when nothing is accepted; ``accepted`` and ``num_samples`` are counts.
+    """
+    confidence = np.asarray(confidence, dtype=np.float64).reshape(-1)
+    correct = np.asarray(correct, dtype=bool).reshape(-1)
+    accepted = confidence >= float(threshold)
+    count = int(accepted.sum())
+    return {"threshold": float(threshold), "coverage": float(count / len(confidence)) if len(confidence) else 0.0,
+            "accuracy": float(correct[accepted].mean()) if count else None,
+            "accepted": count, "num_samples": int(len(confidence))}

@@ -1,8 +1,11 @@
 """Classify image files with an exported SavedModel (``kcnn export``), without the training code.
 
-Only TensorFlow, numpy and kcnn's small ``errors`` / ``runs`` modules are used (with
-``--tta``, also ``tta`` and ``data.images``): the model directory alone is enough, the run it
-came from is not needed.  Files are read in Python
+Only TensorFlow, numpy, Pillow and kcnn's small ``errors`` / ``io`` / ``export_layout`` /
+``heatmaps`` modules are used (with ``--tta``, also ``tta`` and ``data.images``): the model
+directory alone is enough, the run it came from is not needed.  The probabilities are the
+export's (calibrated when the run was); an answer whose top probability is below a threshold
+(``--reject-below``, else the export's ``reject_below``) is marked ``rejected``; with
+``--explain`` each image's heat map comes from the ``serving_explain`` signature.  Files are read in Python
 and sent as encoded bytes to the ``serving_default`` signature, which decodes and resizes
 them in the graph exactly as in training.  A batch that fails (an unreadable, truncated or
 non-image file) is retried file by file, so one bad file never costs the good ones.
@@ -10,6 +13,7 @@ non-image file) is retried file by file, so one bad file never costs the good on
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from dataclasses import dataclass, field
@@ -18,11 +22,15 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
+from PIL import Image
 
 from keras_cnn.data.pixel_limit import DEFAULT_MAX_IMAGE_PIXELS, pixel_limit_problem
 from keras_cnn.errors import UserError, first_line
-from keras_cnn.export_layout import (IMAGES_SIGNATURE, METADATA_FILE, SERVING_SIGNATURE, TTA_SIGNATURE,
-                                     check_label_count, read_export_labels, read_export_metadata, resolve_version_dir)
+from keras_cnn.export_layout import (EXPLAIN_SIGNATURE, HEATMAP_OUTPUT, IMAGES_SIGNATURE, METADATA_FILE,
+                                     SERVING_SIGNATURE, TTA_SIGNATURE, check_label_count, read_export_labels,
+                                     read_export_metadata, resolve_version_dir)
+from keras_cnn.heatmaps import overlay_png, peak_on_image
+from keras_cnn.io import atomic_write_bytes, check_output_path
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 
@@ -38,12 +46,34 @@ class ExportedModel:
     saved_model: Any = None                   # keeps the loaded object (and its variables) alive
     tta_views: list[str] | None = None        # set by use_tta(): classify averages over these views
 
+    explaining: bool = False                  # set by use_explain(): classify also returns heat maps
+
     def classify(self, encoded_images: list[bytes]) -> dict[str, np.ndarray]:
         """Run the signature on a batch of encoded images; raises TensorFlow's error on a bad one."""
         if self.tta_views:
             return self._classify_with_tta(encoded_images)
-        outputs = self.signature(image_bytes=tf.constant(encoded_images, dtype=tf.string))
+        signature = self.saved_model.signatures[EXPLAIN_SIGNATURE] if self.explaining else self.signature
+        outputs = signature(image_bytes=tf.constant(encoded_images, dtype=tf.string))
         return {name: value.numpy() for name, value in outputs.items()}
+
+    def use_explain(self) -> None:
+        """Answer through the ``serving_explain`` signature from now on: each answer gets its heat map."""
+        if EXPLAIN_SIGNATURE not in getattr(self.saved_model, "signatures", {}):
+            reason = (self.metadata.get("explain") or {}).get("reason") or "it was exported by an older kcnn"
+            raise UserError(f"{self.path} has no {EXPLAIN_SIGNATURE!r} signature for heat maps: {reason}")
+        if self.tta_views:
+            raise UserError("--explain and --tta cannot be combined: the heat map is of the image itself")
+        self.explaining = True
+
+    def reject_below(self, requested: float | None = None) -> float | None:
+        """The threshold below which an answer is "unknown": ``requested``, else the export's (kcnn.json)."""
+        threshold = requested if requested is not None else self.metadata.get("reject_below")
+        if threshold is None:
+            return None
+        threshold = float(threshold)
+        if not 0.0 <= threshold <= 1.0:
+            raise UserError(f"--reject-below must be a probability in [0, 1], received: {threshold}")
+        return threshold
 
     def use_tta(self, count: int) -> list[str]:
         """Average the probabilities of ``count`` test-time augmentation views from now on.
@@ -143,7 +173,8 @@ def expand_inputs(paths: list[str | os.PathLike]) -> tuple[list[Path], list[tupl
 
 
 def predict_files(model: ExportedModel, paths: list[str | os.PathLike], batch_size: int = 32,
-                  top_k: int = 1, tta: int | None = None, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
+                  top_k: int = 1, tta: int | None = None, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+                  reject_below: float | None = None, explain_dir: str | os.PathLike | None = None
                   ) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
     """Classify image files (directories are expanded) with an exported model.
 
@@ -155,6 +186,13 @@ def predict_files(model: ExportedModel, paths: list[str | os.PathLike], batch_si
     ``max_image_pixels`` (read from their header: they are never decoded; 0 or None: no
     limit).  ``tta``: average the probabilities over that many test-time augmentation views
     (:meth:`ExportedModel.use_tta`).
+
+    ``reject_below`` (else the export's ``reject_below``, when it has one): each result also
+    gets ``"rejected"`` (its top probability is below the threshold: the answer is "none of
+    these"; ``label`` stays the top label) and ``"reject_below"``.  ``explain_dir``: write one
+    overlay PNG per image there (the image with where the model looked, from the export's
+    ``serving_explain`` signature) and add ``"heatmap"`` (its path) and ``"peak"`` (``[y,
+    x]``, the heat map's maximum, 0..1 from the top-left corner of the image as given).
     """
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, received: {batch_size}")
@@ -164,6 +202,11 @@ def predict_files(model: ExportedModel, paths: list[str | os.PathLike], batch_si
         top_k = min(top_k, len(model.labels))  # more than every class says nothing more
     if tta:
         model.use_tta(int(tta))
+    threshold = model.reject_below(reject_below)
+    overlays = None
+    if explain_dir is not None:
+        model.use_explain()
+        overlays = OverlayWriter(Path(explain_dir), model.metadata)
     files, failures = expand_inputs(paths)
     results: list[dict[str, Any]] = []
     # Files are read one batch at a time, so a large folder never sits in memory at once.
@@ -173,12 +216,61 @@ def predict_files(model: ExportedModel, paths: list[str | os.PathLike], batch_si
             continue
         try:
             outputs = model.classify([data for _, data in batch])
+            answered = batch
         except (tf.errors.InvalidArgumentError, tf.errors.UnknownError):
             # Some file in this batch does not decode: find it by trying them one by one.
-            results.extend(_classify_one_by_one(model, batch, top_k, failures))
-            continue
-        results.extend(prediction_records(model, [path for path, _ in batch], outputs, top_k))
+            answered, outputs = _classify_one_by_one(model, batch, failures)
+            if not answered:
+                continue
+        records = prediction_records(model, [path for path, _ in answered], outputs, top_k)
+        for row, (record, (_, data)) in enumerate(zip(records, answered)):
+            if threshold is not None:
+                record.update(rejection(record["probability"], threshold))
+            if overlays is not None:
+                record.update(overlays.write(Path(record["path"]), data, outputs[HEATMAP_OUTPUT][row]))
+        results.extend(records)
     return results, failures
+
+
+def rejection(probability: float, threshold: float) -> dict[str, Any]:
+    """``{"rejected", "reject_below"}`` of an answer: rejected ("none of these") when its top probability
+    is below ``threshold``; the label stays the top label, so a class named "unknown" stays itself."""
+    return {"rejected": bool(probability < threshold), "reject_below": float(threshold)}
+
+
+class OverlayWriter:
+    """Writes each image's heat-map overlay into a folder, never over a file that is there already."""
+
+    def __init__(self, folder: Path, metadata: dict[str, Any]):
+        check_output_path(folder, directory=True, option="--explain")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UserError(f"cannot create the --explain folder {folder}: {error.strerror or error}") from None
+        self.folder = folder
+        self.resize_mode = (metadata.get("input") or {}).get("resize_mode", "stretch")
+        self._taken: set[str] = set()
+
+    def write(self, path: Path, data: bytes, heatmap: np.ndarray) -> dict[str, Any]:
+        """Write the overlay of ``path`` (its bytes ``data``); returns ``{"heatmap": PATH, "peak": [y, x]}``."""
+        with Image.open(io.BytesIO(data)) as picture:
+            picture.load()
+            target = self._free_name(path)
+            atomic_write_bytes(target, overlay_png(picture, heatmap, self.resize_mode))
+            return {"heatmap": str(target), "peak": peak_on_image(heatmap, picture.height, picture.width,
+                                                                  self.resize_mode)}
+
+    def _free_name(self, path: Path) -> Path:
+        """``NAME.heatmap.png``, or ``NAME-2.heatmap.png`` ... when that name is taken (two inputs with one
+        name, or a file that was there before)."""
+        number = 1
+        while True:
+            stem = path.stem if number == 1 else f"{path.stem}-{number}"
+            target = self.folder / f"{stem}.heatmap.png"
+            if target.name not in self._taken and not target.exists():
+                self._taken.add(target.name)
+                return target
+            number += 1
 
 
 def _read_files(paths: list[Path], failures: list[tuple[str, str]],
@@ -198,17 +290,20 @@ def _read_files(paths: list[Path], failures: list[tuple[str, str]],
     return readable
 
 
-def _classify_one_by_one(model: ExportedModel, batch: list[tuple[Path, bytes]], top_k: int,
-                         failures: list[tuple[str, str]]) -> list[dict[str, Any]]:
-    results = []
+def _classify_one_by_one(model: ExportedModel, batch: list[tuple[Path, bytes]],
+                         failures: list[tuple[str, str]]) -> tuple[list[tuple[Path, bytes]], dict[str, np.ndarray]]:
+    """The files of ``batch`` that could be classified and their outputs (row by row); the others go to ``failures``."""
+    answered, rows = [], []
     for path, data in batch:
         try:
             outputs = model.classify([data])
         except (tf.errors.InvalidArgumentError, tf.errors.UnknownError):
             failures.append((str(path), decode_failure_reason(data)))
             continue
-        results.extend(prediction_records(model, [path], outputs, top_k))
-    return results
+        answered.append((path, data))
+        rows.append(outputs)
+    joined = {name: np.concatenate([row[name] for row in rows]) for name in rows[0]} if rows else {}
+    return answered, joined
 
 
 def decode_failure_reason(data: bytes) -> str:

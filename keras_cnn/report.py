@@ -357,7 +357,7 @@ def mistake_indices(true_indices: Sequence[int], predicted_indices: Sequence[int
 
 def misclassified_figure(images: Sequence[Any], true_indices: Sequence[int], predicted_indices: Sequence[int],
                          confidences: Sequence[float], labels: Sequence[str], max_images: int = 25,
-                         object_ids: Sequence[str] | None = None):
+                         object_ids: Sequence[str] | None = None, heatmaps: Sequence[Any] | None = None):
     """The figure of :func:`plot_misclassified` (not saved; the caller closes it)."""
     pyplot = _pyplot()
     labels = [str(label) for label in labels]
@@ -378,6 +378,10 @@ def misclassified_figure(images: Sequence[Any], true_indices: Sequence[int], pre
     for number, (axis, index) in enumerate(zip(axes.flat, mistakes), start=1):
         image, colour_map = _displayable(images[index])
         axis.imshow(image, cmap=colour_map, vmin=0, vmax=255, interpolation="nearest")
+        if heatmaps is not None:
+            height, width = image.shape[:2]
+            axis.imshow(np.asarray(heatmaps[index], dtype=np.float64), cmap="jet", alpha=0.45, vmin=0, vmax=1,
+                        extent=(-0.5, width - 0.5, height - 0.5, -0.5), interpolation="bilinear")
         caption = (
             f"true: {_short(labels[int(true_indices[index])])}\n"
             f"pred: {_short(labels[int(predicted_indices[index])])} ({float(confidences[index]):.2f})"
@@ -385,22 +389,96 @@ def misclassified_figure(images: Sequence[Any], true_indices: Sequence[int], pre
         if object_ids is not None:
             caption = f"{number}. {wrap_caption(object_ids[index])}\n{caption}"
         axis.set_title(caption, fontsize=8, color="firebrick")
-    figure.suptitle("Most confident mistakes (confidence = predicted probability)", fontsize=11)
+    title = "Most confident mistakes (confidence = predicted probability)"
+    if heatmaps is not None:
+        title += "; colour: where the model looked (Grad-CAM)"
+    figure.suptitle(title, fontsize=11)
     return figure
 
 
 def plot_misclassified(images: Sequence[Any], true_indices: Sequence[int], predicted_indices: Sequence[int],
                        confidences: Sequence[float], labels: Sequence[str], output_png: str | os.PathLike,
-                       max_images: int = 25, object_ids: Sequence[str] | None = None) -> Path:
+                       max_images: int = 25, object_ids: Sequence[str] | None = None,
+                       heatmaps: Sequence[Any] | None = None) -> Path:
     """A grid of the most confident mistakes: each tile shows true and predicted label and confidence.
 
     ``images``: pixel arrays 0..255 (uint8 or float; grey (H, W) / (H, W, 1) or RGB), one
     per entry of the index lists; entries whose prediction is right are left out. With no
     mistakes the picture says so. ``object_ids`` (optional): each tile's file, numbered and
     wrapped whole above it (the report's table of mistakes uses the same numbers).
+    ``heatmaps`` (optional, one 0..1 map per image, any size): drawn over each tile (where
+    the model looked for the class it predicted).
     """
     return _save(misclassified_figure(images, true_indices, predicted_indices, confidences, labels, max_images,
-                                      object_ids), output_png)
+                                      object_ids, heatmaps), output_png)
+
+
+# --------------------------------------------------------------------------- calibration and selective answers
+
+
+def _bins_ece(bins: Sequence[Mapping[str, float]]) -> float:
+    total = sum(row["count"] for row in bins) or 1
+    return sum(abs(row["accuracy"] - row["confidence"]) * row["count"] for row in bins) / total
+
+
+def plot_reliability_diagram(before: Sequence[Mapping[str, float]], after: Sequence[Mapping[str, float]] | None,
+                             output_png: str | os.PathLike, temperature: float | None = None) -> Path:
+    """The reliability diagram: accuracy against confidence per bin, before and after the temperature.
+
+    ``before`` / ``after``: the rows of :func:`keras_cnn.metrics.reliability_bins` (``after``
+    None: the model is not calibrated, one panel).  A calibrated model's bars follow the
+    diagonal; bars below it are overconfidence.
+    """
+    pyplot = _pyplot()
+    panels = [("model's own probabilities", before)]
+    if after is not None:
+        panels.append((f"calibrated (temperature {temperature:.3g})", after))
+    figure, axes = pyplot.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.4), squeeze=False)
+    for axis, (title, bins) in zip(axes[0], panels):
+        lower = [row["lower"] for row in bins]
+        width = bins[0]["upper"] - bins[0]["lower"]
+        used = [row["count"] > 0 for row in bins]
+        axis.bar(lower, [row["accuracy"] if keep else 0 for row, keep in zip(bins, used)], width=width,
+                 align="edge", color="#4a7bd0", edgecolor="white", label="accuracy")
+        axis.bar(lower, [row["confidence"] - row["accuracy"] if keep else 0 for row, keep in zip(bins, used)],
+                 bottom=[row["accuracy"] for row in bins], width=width, align="edge", color="#e8a0a0",
+                 alpha=0.7, edgecolor="#c04040", label="gap to the mean confidence")
+        axis.plot([0, 1], [0, 1], color="black", linestyle="--", linewidth=1)
+        axis.set_xlim(0, 1)
+        axis.set_ylim(0, 1)
+        axis.set_xlabel("confidence (top-class probability)")
+        axis.set_ylabel("accuracy")
+        axis.set_title(f"{title}\nECE {_bins_ece(bins):.4f}", fontsize=10)
+        axis.legend(loc="upper left", fontsize=8)
+    figure.tight_layout()
+    return _save(figure, output_png)
+
+
+def plot_coverage_accuracy(curve: Mapping[str, Any], output_png: str | os.PathLike,
+                           selection: Mapping[str, Any] | None = None) -> Path:
+    """Accuracy of the answers given against the share of images answered, for every threshold.
+
+    ``curve``: :func:`keras_cnn.metrics.coverage_accuracy_curve`; ``selection`` (optional):
+    metrics.json's ``"selective"``, drawn as the target accuracy and the point at its threshold.
+    """
+    pyplot = _pyplot()
+    figure, axis = pyplot.subplots(figsize=(6, 4.2))
+    axis.plot(np.asarray(curve["coverage"]), np.asarray(curve["accuracy"]), color="#4a7bd0", linewidth=1.5)
+    if selection and selection.get("target_accuracy") is not None:
+        axis.axhline(selection["target_accuracy"], color="grey", linestyle="--", linewidth=1,
+                     label=f"target accuracy {selection['target_accuracy']:g}")
+    if selection and selection.get("threshold") is not None and selection.get("accuracy") is not None:
+        axis.plot([selection["coverage"]], [selection["accuracy"]], "o", color="firebrick",
+                  label=f"threshold {selection['threshold']:.3g}: coverage {selection['coverage']:.3f}, "
+                        f"accuracy {selection['accuracy']:.3f}")
+    axis.set_xlim(0, 1.02)
+    axis.set_xlabel("coverage (share of images answered)")
+    axis.set_ylabel("accuracy of the answered images")
+    axis.set_title("Answering only above a confidence threshold", fontsize=11)
+    if selection:
+        axis.legend(loc="lower left", fontsize=8)
+    figure.tight_layout()
+    return _save(figure, output_png)
 
 
 # --------------------------------------------------------------------------- HTML page
@@ -537,6 +615,35 @@ def _data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
+def _calibration_sections(metrics: Mapping[str, Any]) -> list[str]:
+    """The calibration table (before and after the temperature) and the selective answers, when present."""
+    sections = []
+    calibration = metrics.get("calibration")
+    if calibration:
+        rows = [(html.escape(title), _text(calibration.get(f"{key}_before")), _text(calibration.get(f"{key}_after")))
+                for key, title in (("ece", "expected calibration error (15 bins)"),
+                                   ("nll", "negative log-likelihood"), ("brier", "Brier score"))]
+        temperature = calibration.get("temperature")
+        note = (f"Temperature {temperature:.4g}, fitted on the validation part; the probabilities of this report "
+                "are the calibrated ones." if temperature is not None else calibration.get("note", ""))
+        sections += ["<h2>Calibration</h2>", _table(("metric", "model's own", "calibrated"), rows),
+                     f"<p>{html.escape(note)}</p>"]
+    selective = metrics.get("selective")
+    if selective:
+        if selective.get("threshold") is None:
+            text = (f"No threshold reaches accuracy {selective.get('target_accuracy')} on the validation part.")
+            sections += ["<h2>Answering only when confident</h2>", f"<p>{html.escape(text)}</p>"]
+        else:
+            rows = [(html.escape(title), _text(selective.get(key))) for key, title in (
+                ("target_accuracy", "target accuracy (validation)"), ("threshold", "threshold (top probability)"),
+                ("coverage", "coverage"), ("accuracy", "accuracy of the answered"), ("accepted", "answered"),
+                ("num_samples", "images"))]
+            sections += ["<h2>Answering only when confident</h2>", _table(("", "value"), rows),
+                         "<p>Images whose top probability is below the threshold are answered as unknown "
+                         "(kcnn predict, kcnn serve).</p>"]
+    return sections
+
+
 def write_html_report(run_dir: str | os.PathLike, metrics: Mapping[str, Any], config: Mapping[str, Any],
                       pictures: Mapping[str, Any] | Sequence[Any], output_html: str | os.PathLike,
                       links: Mapping[str, Any] | None = None,
@@ -580,6 +687,8 @@ def write_html_report(run_dir: str | os.PathLike, metrics: Mapping[str, Any], co
         summary_rows = [(html.escape(title), _text(metrics[key]))
                         for key, title in SUMMARY_KEYS if key in metrics]
         sections += ["<h2>Summary</h2>", _table(("metric", "value"), summary_rows)]
+
+    sections += _calibration_sections(metrics)
 
     per_class = metrics.get("per_class", {})
     if per_class:

@@ -8,6 +8,7 @@ Layout (every file is written atomically through :mod:`keras_cnn.io`)::
       history.csv        one row per epoch (stage, epoch, seconds, loss, accuracy, ...)
       model.keras        the best model so far (whole: base + head)
       metrics.json       test-set metrics
+      calibration.json   the temperature fitted on the validation part, the "none of these" threshold
       training.png       training curves
       state.json         run state: stages finished / running, each stage's options and fingerprint
       .kcnn-run.json     the run's record: marks the folder as a kcnn run, lists the names kcnn writes here
@@ -65,6 +66,7 @@ class RunDirectory:
     stages_dir = property(lambda self: self.root / "stages")
     inputs_path = property(lambda self: self.root / INPUT_RECORD)
     input_changes_path = property(lambda self: self.root / INPUT_CHANGES)
+    calibration_path = property(lambda self: self.root / "calibration.json")
 
     record_path = property(lambda self: self.root / RUN_MARKER)
 
@@ -72,7 +74,7 @@ class RunDirectory:
     # in a run folder, and no more.
     ENTRIES = ("config.json", "labels.txt", "history.csv", "model.keras", "metrics.json", "training.png",
                "state.json", "skipped_images.csv", "split.csv", INPUT_RECORD, INPUT_CHANGES, "stages", "logs", "backup",
-               "eval", "features", "lr_find.png", "lr_find.csv")
+               "eval", "features", "lr_find.png", "lr_find.csv", "calibration.json")
 
     # What a finished run of a kcnn older than run states holds (what :meth:`require` asks for).
     OLDER_RUN = ("config.json", "labels.txt", "model.keras")

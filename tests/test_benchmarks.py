@@ -214,3 +214,21 @@ def test_doctor_benchmark_runs_on_a_small_input(load_script, tmp_path, capsys):
     output = capsys.readouterr().out
     assert "| 5-fold head (1 BLAS thread) |" in output and "| full n x n distance matrix | 1,000 |" in output
     assert "Planted copies paired: " in output
+
+
+@pytest.mark.slow  # about ten minutes on two cores: the checks of calibration and heat maps on the full digits
+def test_calibration_benchmark_meets_its_targets_on_the_digits_and_the_patches(load_script, tmp_path):
+    pytest.importorskip("sklearn", reason="the calibration benchmark reads scikit-learn's digits")
+    calibration = load_script("calibration")
+    results = tmp_path / "RESULTS.md"
+    outcome = calibration.main(["--parts", "calibration", "patches", "--rows", calibration.OVERCONFIDENT_ROW,
+                                "--no-record", "--results", str(results)])
+    checks = outcome["done_when"]
+    # An overconfident lenet (trained long on partly wrong labels): the stored temperature at least halves
+    # its test ECE and lowers its NLL, with the same accuracy; at the threshold chosen for 0.99 on the
+    # validation part, the accepted test images are at least 97 % right.
+    assert checks["ece_halved"] and checks["nll_lower"] and checks["same_accuracy"], checks
+    assert checks["accepted_accuracy"] >= 0.97 and checks["accepted"] > 0, checks
+    # Heat maps: the peak lands on the coloured patch for at least 90 % of the test images.
+    assert outcome["patches"]["share"] >= 0.9, outcome["patches"]
+    assert not results.exists()

@@ -33,6 +33,7 @@ NOT_OPTIONS = {
 OTHER_MEANING = {
     ("evaluate", "--batch-size"): "images per prediction batch, not a training option",
     ("predict", "--batch-size"): "images per call of the exported model",
+    ("calibrate", "--batch-size"): "images per prediction batch, not a training option",
     ("split", "--images"): "the folder the files of a label CSV are relative to, an input of the split",
     ("sample-data", "--seed"): "the seed of the generated images, not of training",
     ("doctor", "--images"): "the folder the files of a label or split CSV are relative to, as for split",
@@ -112,7 +113,7 @@ def sample_value(option):
     elif isinstance(kind, click.Choice):
         value = kind.choices[-1] if kind.choices[-1] != attributes.get("default") else kind.choices[0]
     elif attributes.get("is_flag") or "/" in option.flag:
-        value = True
+        value = not attributes.get("default", False)
     elif isinstance(kind, (click.IntRange,)) or kind is int:
         value = 33
     elif isinstance(kind, click.FloatRange):
@@ -226,8 +227,10 @@ def test_recorded_fingerprints_are_what_the_options_give_today():
     finetune = FineTuneConfig(unfreeze_from="expanded_conv_10",
                               training=TrainingConfig(epochs=1, learning_rate=1e-4, ema=0.9))
     training, boundary = resolve_fine_tune_training(config, finetune)
-    options = {"training": dataclasses.asdict(training),
-               "finetune": fine_tune_record(finetune, training, boundary, cache_frozen=True)}
+    from keras_cnn.train.stage import recorded_options
+
+    options = recorded_options({"training": dataclasses.asdict(training),
+                                "finetune": fine_tune_record(finetune, training, boundary, cache_frozen=True)})
     assert options_fingerprint(options) == state["stages"]["finetune"]["fingerprint"]
     assert options == state["stages"]["finetune"]["options"]
 

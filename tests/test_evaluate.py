@@ -114,8 +114,8 @@ def _stub_load_subset(monkeypatch, run_root: Path, channels: int = 3):
     monkeypatch.setattr(evaluate, "load_subset", fake)
 
 
-EVAL_FILES = ("metrics.json", "predictions.csv", "confusion_matrix.png", "training.png",
-              "misclassified.png", "report.html")
+EVAL_FILES = ("metrics.json", "predictions.csv", "confusion_matrix.png", "training.png", "reliability.png",
+              "coverage.png", "misclassified.png", "report.html")
 
 
 def _check_outputs(run_root: Path, summary: dict, labels):
@@ -146,7 +146,7 @@ def test_evaluate_run_writes_every_file(tmp_path, monkeypatch):
     summary = evaluate.evaluate_run(run_root)
     _check_outputs(run_root, summary, RUN_LABELS)
     page = (run_root / "eval" / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 3
+    assert page.count("data:image/png;base64,") == 5
 
     # The validation part goes beside the test report, never over it.
     summary = evaluate.evaluate_run(run_root, subset="validation")

@@ -163,7 +163,10 @@ def test_export_layout_metadata_and_verification(rgb_export, rgb_run):
     assert metadata["versions"]["tensorflow"] == tf.__version__
     assert metadata["versions"]["keras"] == keras.__version__
     assert "kcnn" in metadata["versions"]
-    assert set(metadata["signatures"]) == {"serving_default", "serving_images", "serving_images_uint8", "serving_tta"}
+    assert set(metadata["signatures"]) == {"serving_default", "serving_images", "serving_images_uint8", "serving_tta",
+                                           "serving_explain"}
+    assert metadata["explain"]["signature"] == "serving_explain" and metadata["explain"]["feature_layer"]
+    assert metadata["calibration"] is None and "reject_below" not in metadata   # a run without calibration.json
     assert metadata["tta"] == rgb_export["tta"] == {"signature": "serving_tta",
                                                     "views": ["identity", "crop_center", "crop_top_left"]}
     assert metadata["trained_with_horizontal_flips"] is False
@@ -251,7 +254,8 @@ def test_saved_model_round_trip_in_plain_tensorflow(rgb_export, grey_export, rgb
     for name, labels in (("rgb", RGB_LABELS), ("grey", ["0", "1"])):
         result = answer[name]
         tta_signature = ["serving_tta"] if name == "rgb" else []
-        assert result["signatures"] == ["serving_default", "serving_images", "serving_images_uint8", *tta_signature]
+        assert result["signatures"] == ["serving_default", "serving_explain", "serving_images", "serving_images_uint8",
+                                        *tta_signature]
         probabilities = np.array(result["bytes"]["probabilities"])
         assert probabilities.shape == (len(images), len(labels))
         np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)

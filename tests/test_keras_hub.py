@@ -78,6 +78,21 @@ def test_a_frozen_preset_base_runs_in_inference_mode(preset):
                                rtol=1e-5, atol=1e-6)
 
 
+def test_grad_cam_reaches_the_feature_map_inside_a_preset_backbone(preset):
+    """The backbone's layers are opened like any functional base: the heat map comes from its last stage."""
+    from keras_cnn.explain import explain_images
+    from keras_cnn.models.opened import open_model
+    from keras_cnn.models.transfer import build_transfer_model
+
+    model = build_transfer_model(f"keras_hub:{preset}", 3, image_size=32, dropout=0.0, seed=0)
+    opened = open_model(model)
+    pixels = np.random.default_rng(1).uniform(0, 255, size=(2, 32, 32, 3)).astype("float32")
+    assert opened.feature_layer.startswith("stack1") and opened.feature_shape[:2] == (4, 4), opened.no_feature_map
+    explained = explain_images(opened, pixels)
+    np.testing.assert_allclose(np.asarray(explained["probabilities"]), np.asarray(model(pixels)), atol=1e-6)
+    assert np.asarray(explained["heatmap"]).shape == (2, 32, 32)
+
+
 PLAIN_TENSORFLOW = """
 import json, sys
 import tensorflow as tf

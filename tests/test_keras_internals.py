@@ -6,7 +6,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from keras_cnn.keras_internals import call_graph_with_training
+from keras_cnn.keras_internals import call_graph_with_training, run_graph
 
 
 def inner_model() -> keras.Model:
@@ -37,6 +37,26 @@ def test_call_graph_with_training_gives_each_layer_its_own_value():
     assert seen == ["drop"]
     dropped = np.asarray(call_graph_with_training(model, ones, lambda layer: True))
     assert dropped.min() == 0.0 and dropped.max() == 2.0
+
+
+def test_run_graph_calls_every_operation_through_the_caller_and_builds_a_new_graph_on_symbolic_inputs():
+    """What opening nested models relies on: each node's operation, its tensors filled in, in order."""
+    inputs = keras.Input((3,))
+    first, second = keras.layers.Dense(2, name="first"), keras.layers.Dense(2, name="second")
+    model = keras.Model(inputs, keras.layers.Add(name="add")([first(inputs), second(inputs)]))
+    seen = []
+
+    def call(operation, args, kwargs):
+        seen.append(operation.name)
+        return operation(*args, **kwargs)
+
+    values = np.arange(6, dtype="float32").reshape(2, 3)
+    np.testing.assert_allclose(np.asarray(run_graph(model, values, call)), np.asarray(model(values)), atol=1e-6)
+    assert sorted(seen[:2]) == ["first", "second"] and seen[2] == "add"
+    fresh = keras.Input((3,))
+    rebuilt = keras.Model(fresh, run_graph(model, fresh, call))     # the same layers: shared weights
+    assert rebuilt.get_layer("first") is first
+    np.testing.assert_allclose(np.asarray(rebuilt(values)), np.asarray(model(values)), atol=1e-6)
 
 
 # --------------------------------------------------------------------------- walking a functional graph

@@ -39,6 +39,7 @@ COMMANDS = {
     "finetune": "keras_cnn.cli.transfer_command:finetune",
     "lr-find": "keras_cnn.cli.lr_find_command:lr_find",
     "evaluate": "keras_cnn.cli.evaluate_command:evaluate",
+    "calibrate": "keras_cnn.cli.calibrate_command:calibrate",
     "export": "keras_cnn.cli.export_command:export",
     "predict": "keras_cnn.cli.predict_command:predict",
     "serve": "keras_cnn.cli.serve_command:serve",

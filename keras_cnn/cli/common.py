@@ -233,3 +233,11 @@ def run_command(as_json: bool, work: Callable[[], dict[str, Any]],
         for key, value in result.items():
             click.echo(f"{key}: {value}")
     return result
+
+
+def echo_calibration(result: dict[str, Any]) -> None:
+    """A stage result's calibration line (when the stage calibrated; a finished stage re-run may predate it)."""
+    if result.get("calibration"):
+        from keras_cnn.run_calibration import describe_calibration
+
+        click.echo(f"  {describe_calibration(result['calibration'])}")

@@ -23,6 +23,22 @@ def render_summary(summary: dict[str, Any]) -> None:
     click.echo(f"  macro F1  {summary['macro_f1']:.4f}")
     if summary.get("roc_auc") is not None:
         click.echo(f"  ROC AUC   {summary['roc_auc']:.4f}")
+    calibration = summary.get("calibration") or {}
+    if calibration.get("temperature") is not None:
+        click.echo(f"  calibration: temperature {calibration['temperature']:.3g}; ECE {calibration['ece_before']:.4f} "
+                   f"-> {calibration['ece_after']:.4f}, NLL {calibration['nll_before']:.4f} -> "
+                   f"{calibration['nll_after']:.4f}, Brier {calibration['brier_before']:.4f} -> "
+                   f"{calibration['brier_after']:.4f}")
+    elif calibration:
+        click.echo(f"  calibration: not calibrated (ECE {calibration['ece_before']:.4f}; kcnn calibrate --run RUN)")
+    selective = summary.get("selective")
+    if selective and selective.get("threshold") is not None:
+        accuracy = selective["accuracy"]
+        click.echo(f"  answering when the top probability is at least {selective['threshold']:.4g}: "
+                   f"{selective['accepted']} of {selective['num_samples']} images (coverage "
+                   f"{selective['coverage']:.4f}), accuracy " + (f"{accuracy:.4f}" if accuracy is not None else "-"))
+    elif selective:
+        click.echo(f"  no threshold reaches accuracy {selective['target_accuracy']:g} on the validation part")
     tta = summary.get("tta")
     if tta:
         click.echo(f"  with TTA ({len(tta['views'])} views): accuracy {tta['accuracy']:.4f}, "
@@ -43,19 +59,27 @@ def render_summary(summary: dict[str, Any]) -> None:
               help="Also report test-time augmentation: average each image's probabilities over N fixed "
                    "views (the image, centre and corner crops of 90 %, and their mirror images when the "
                    "run trained with flips); plain and TTA metrics side by side.")
+@click.option("--target-accuracy", type=click.FloatRange(0, 1, min_open=True), default=None, metavar="A",
+              help="Choose on the validation part the lowest threshold on the top (calibrated) probability whose "
+                   "answered images reach accuracy A, store it in the run (export copies it: predict and serve "
+                   "then answer 'unknown' below it) and report coverage and accuracy at it [default: the threshold "
+                   "stored before, if any].")
 @options.trust_hub
 @options.accept_input_changes
 @json_option
 @debug_option
-def evaluate(run_dir: Path, subset: str, batch_size: int | None, tta: int | None, trust_hub: bool,
-             accept_input_changes: bool,
+def evaluate(run_dir: Path, subset: str, batch_size: int | None, tta: int | None, target_accuracy: float | None,
+             trust_hub: bool, accept_input_changes: bool,
              as_json: bool) -> None:
     """Evaluate a run: write RUN/eval/ (metrics.json, predictions.csv, plots, report.html);
     the validation part goes to RUN/eval/validation/.
 
     Metrics: accuracy, loss, top-k accuracy, macro/weighted precision, recall and F1,
     ROC AUC for two classes, per-class numbers, the confusion matrix and the most
-    confused pairs. Open RUN/eval/report.html in a browser to read them.
+    confused pairs; calibration (ECE, NLL, Brier before and after the run's temperature,
+    with a reliability diagram); coverage and accuracy when answering only above a
+    threshold; heat maps over the most confident mistakes. Open RUN/eval/report.html in a
+    browser to read them.
     """
     # Fail fast (and without importing TensorFlow) when the folder is not a run or another process writes it.
     RunDirectory(run_dir).require()
@@ -63,8 +87,8 @@ def evaluate(run_dir: Path, subset: str, batch_size: int | None, tta: int | None
     def work() -> dict[str, Any]:
         from keras_cnn.evaluate import evaluate_run
 
-        return evaluate_run(run_dir, subset=subset, batch_size=batch_size, tta=tta, trust_hub=trust_hub,
-                            accept_input_changes=accept_input_changes)
+        return evaluate_run(run_dir, subset=subset, batch_size=batch_size, tta=tta, target_accuracy=target_accuracy,
+                            trust_hub=trust_hub, accept_input_changes=accept_input_changes)
 
     with RunLock(run_dir, reentrant=True):
         run_command(as_json, work, render_summary)

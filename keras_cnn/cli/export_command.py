@@ -55,11 +55,16 @@ def export(run_dir: str, out_dir: str, version: int, formats: tuple[str, ...], v
       serving_default       image_bytes (encoded JPEG/PNG/GIF/BMP, any size) -> probabilities, class_index, label
       serving_images        images (float32 [batch, H, W, C], 0..255)       -> the same
       serving_images_uint8  images (uint8)                                   -> the same
+      serving_explain       image_bytes -> the same + heatmap (Grad-CAM, [batch, H, W], 0..1)
     plus assets/labels.txt and assets.extra/kcnn.json (metadata); --format onnx adds
-    model.onnx, --format litert model.tflite.  Written atomically: a failed export leaves
-    no version folder.  Only --quantize reads the run's images (int8 calibration and the
-    accuracy check), and checks them against the run's record first; without it a run
-    copied without its data exports as well.
+    model.onnx, --format litert model.tflite.  The probabilities of every format are
+    calibrated when the run is (RUN/calibration.json); kcnn.json records the temperature
+    and the "none of these" threshold of evaluate --target-accuracy (reject_below).
+    serving_explain is left out for a model without a reachable spatial feature map
+    (kcnn.json says why).  Written atomically: a failed export leaves no version folder.
+    Only --quantize reads the run's images (int8 calibration and the accuracy check), and
+    checks them against the run's record first; without it a run copied without its data
+    exports as well.
 
     \b
     \b
@@ -97,6 +102,15 @@ def render(result: dict[str, Any]) -> None:
         change = quantization.get("accuracy_change")
         click.echo(f"  quantized file is {quantization['size_ratio']:.0%} of the float one"
                    + (f", accuracy change {change:+.4f}" if change is not None else ""))
+    calibration = result.get("calibration")
+    if calibration:
+        click.echo(f"  calibrated   temperature {calibration['temperature']:.3g} (fitted on "
+                   f"{calibration['fitted_on']['images']} validation images)")
+    if result.get("reject_below") is not None:
+        click.echo(f"  unknown      below a top probability of {result['reject_below']:.4g}")
+    explain = result.get("explain") or {}
+    if explain.get("signature"):
+        click.echo(f"  heat maps    {explain['signature']} (feature map {explain['feature_layer']})")
     click.echo(f"  labels       {', '.join(result['labels'])}")
     click.echo(f"  metadata     {result['metadata']}")
 

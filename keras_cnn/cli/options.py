@@ -218,6 +218,11 @@ lr_mult = _option("training.lr_mult", "--lr-mult", "Discriminative learning rate
                   "between at rates growing geometrically [default: 1, one rate for all]. `kcnn lr-find --run RUN` "
                   "helps pick the rate.", type=FiniteFloatRange(min=1), default=None, metavar="K")
 
+calibrate = _option("training.calibrate", "--calibrate/--no-calibrate", "When the stage ends, fit a temperature on "
+                    "the validation part so its probabilities mean what they say (temperature scaling: evaluate, "
+                    "export and predict use it; the stage result shows the calibration error before and after). A "
+                    "run without a validation part stays uncalibrated and says so.", default=True, show_default=True)
+
 # --------------------------------------------------------------------------- fine-tuning
 
 unfreeze_from = _option("finetune.unfreeze_from", "--unfreeze-from", "First base layer to train: a layer name "
@@ -253,7 +258,7 @@ OPTIONS: dict[str, ConfigOption] = {option.path: option for option in (
     randaugment, random_erasing,
     api, weights, head_units, dropout, binary,
     epochs, batch_size, learning_rate, optimizer, seed, class_weight, cache_features, mixed_precision, xla, strategy,
-    schedule, warmup_epochs, ema, early_stopping, lr_mult,
+    schedule, warmup_epochs, ema, early_stopping, lr_mult, calibrate,
     unfreeze_from, train_bn, base_dropout, cache_frozen,
 )}
 if len({option.name for option in OPTIONS.values()}) != len(OPTIONS):

@@ -27,22 +27,34 @@ from keras_cnn.progress import emit
 @click.option("--tta", type=click.IntRange(min=1), default=None,
               help="Average each image's probabilities over N test-time augmentation views (as kcnn evaluate "
                    "--tta N; an export made with --tta N answers through its serving_tta signature).")
+@click.option("--reject-below", type=click.FloatRange(0, 1), default=None, metavar="P",
+              help="Answer 'unknown' (none of these) when the top probability is below P: printed as "
+                   "'unknown (top: LABEL 0.41)', in --json \"rejected\": true beside the top label [default: the "
+                   "export's reject_below, chosen by kcnn evaluate --target-accuracy; none without it].")
+@click.option("--explain", "explain_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              help="Write one PNG per image into DIR: the image with where the model looked (Grad-CAM, from the "
+                   "export's serving_explain signature; at most 1024 px on the longer side), and add \"heatmap\" "
+                   "(its path) and \"peak\" ([y, x] of the map's maximum, 0..1 from the image's top-left corner) "
+                   "to each prediction. Existing files are never replaced.")
 @json_option
 @debug_option
 @click.pass_context
 def predict(ctx: click.Context, model_dir: str, inputs: tuple[str, ...], max_image_pixels: int, top_k: int,
-            batch_size: int, tta: int | None, as_json: bool) -> None:
-    """Classify images (files or directories of images) with an exported model; writes no files.
+            batch_size: int, tta: int | None, reject_below: float | None, explain_dir: str | None,
+            as_json: bool) -> None:
+    """Classify images (files or directories of images) with an exported model; writes files only with --explain.
 
     \b
     Needs only the export (kcnn export), not the run it came from.  Prints a table, or with
     --json one JSON object {"predictions": [...], "failures": [...]}: each prediction has
     "path", "label", "class_index", "probability", "probabilities" (labels.txt order) and
-    "top_k"; each failure has "path" and "reason".  Files that cannot be read as images are
-    named on stderr and the exit status is 1 (the others are still classified); 2 when
-    nothing could be classified or the model directory is wrong.
+    "top_k" (with a threshold also "rejected" and "reject_below"; with --explain "heatmap"
+    and "peak"); each failure has "path" and "reason".  The probabilities are calibrated
+    when the run was.  Files that cannot be read as images are named on stderr and the
+    exit status is 1 (the others are still classified); 2 when nothing could be classified
+    or the model directory is wrong.
 
-    Example: kcnn predict --model export/ photos/ cat.jpg --top-k 3
+    Example: kcnn predict --model export/ photos/ cat.jpg --top-k 3 --explain heatmaps/
     """
     # A wrong folder or a damaged export is reported before TensorFlow's seconds of start-up.
     version_dir = resolve_version_dir(model_dir)
@@ -53,7 +65,8 @@ def predict(ctx: click.Context, model_dir: str, inputs: tuple[str, ...], max_ima
 
         model = load_exported_model(model_dir)
         results, failures = predict_files(model, list(inputs), batch_size=batch_size, top_k=top_k, tta=tta,
-                                          max_image_pixels=max_image_pixels)
+                                          max_image_pixels=max_image_pixels, reject_below=reject_below,
+                                          explain_dir=explain_dir)
         return {"predictions": results,
                 "failures": [{"path": path, "reason": reason} for path, reason in failures]}
 
@@ -77,13 +90,24 @@ def render(result: dict[str, Any], top_k: int) -> None:
     if not predictions:
         return
     top_k = len(predictions[0]["top_k"])  # clipped to the number of classes
-    header = ["file", "label", "confidence"] + ([f"top-{top_k}"] if top_k > 1 else [])
+    explained = "heatmap" in predictions[0]
+    header = ["file", "label", "confidence"] + ([f"top-{top_k}"] if top_k > 1 else []) + \
+        (["heat map", "peak (y, x)"] if explained else [])
     rows = []
     for prediction in predictions:
-        row = [prediction["path"], prediction["label"], f"{prediction['probability']:.4f}"]
+        row = [prediction["path"], answer_text(prediction), f"{prediction['probability']:.4f}"]
         if top_k > 1:
             row.append(", ".join(f"{item['label']} {item['probability']:.3f}" for item in prediction["top_k"]))
+        if explained:
+            row += [prediction["heatmap"], "{:.2f}, {:.2f}".format(*prediction["peak"])]
         rows.append(row)
     widths = [max(len(row[column]) for row in [header] + rows) for column in range(len(header))]
     for row in [header] + rows:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def answer_text(prediction: dict[str, Any]) -> str:
+    """The label, or ``unknown (top: LABEL 0.41)`` for an answer below the threshold."""
+    if prediction.get("rejected"):
+        return f"unknown (top: {prediction['label']} {prediction['probability']:.2f})"
+    return prediction["label"]

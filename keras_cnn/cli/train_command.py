@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from keras_cnn.cli import options
-from keras_cnn.cli.common import (debug_option, holding_run, import_tensorflow_quietly, json_option, overwrite_option,
-                                  resumable_run, run_command)
+from keras_cnn.cli.common import (debug_option, echo_calibration, holding_run, import_tensorflow_quietly, json_option,
+                                  overwrite_option, resumable_run, run_command)
 
 RECIPE = "the architecture's reference recipe"
 
@@ -17,6 +17,7 @@ RECIPE = "the architecture's reference recipe"
 @options.training_options(RECIPE, RECIPE, RECIPE, RECIPE)
 @options.seed()
 @options.recipe_options()
+@options.calibrate()
 @options.augment()
 @options.augment_engine()
 @options.api()
@@ -79,3 +80,4 @@ def _render(result):
     shown = f"test accuracy {accuracy:.4f}" if accuracy is not None else "no test part"
     click.echo(f"{result['architecture']}: {shown} after {result['epochs']} epochs "
                f"({result['seconds']:.0f} s); run in {result['run']}")
+    echo_calibration(result)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from keras_cnn.cli import options
-from keras_cnn.cli.common import (debug_option, holding_run, import_tensorflow_quietly, json_option, overwrite_option,
-                                  resumable, resumable_run, run_command)
+from keras_cnn.cli.common import (debug_option, echo_calibration, holding_run, import_tensorflow_quietly, json_option,
+                                  overwrite_option, resumable, resumable_run, run_command)
 from keras_cnn.errors import UserError
 from keras_cnn.messages import RANDOM_BASE_RATE, frozen_random_base_warning, slow_random_base_warning
 from keras_cnn.progress import warn
@@ -19,6 +19,7 @@ def _render(result):
     click.echo(f"{result['base']} [{result['stage']}]: {shown}; trainable {result['trainable_params']:,} of "
                f"{result['total_params']:,} parameters; {result['epochs']} epochs in {result['seconds']:.0f} s; "
                f"run in {result['run']}")
+    echo_calibration(result)
 
 
 @click.command()
@@ -36,6 +37,7 @@ def _render(result):
 @options.training_options("10", "32", "1e-3", "adam")
 @options.seed()
 @options.recipe_options()
+@options.calibrate()
 @options.augment()
 @options.cache_features()
 @options.api()
@@ -89,6 +91,7 @@ def transfer(base, out_dir, overwrite, accept_input_changes, as_json, **option_v
 @options.base_dropout()
 @options.training_options("5", "stage 1's", "the base's, 1e-5", "adam")
 @options.recipe_options()
+@options.calibrate()
 @options.lr_mult()
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Write stage 2 into a copy of the run here instead of updating RUN's model.keras, "

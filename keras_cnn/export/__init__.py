@@ -40,8 +40,10 @@ from keras_cnn.export.quantize import DEFAULT_MAX_ACCURACY_DROP, check_mode, qua
 from keras_cnn.export.saved_model import compare_saved_model, signature_descriptions, write_saved_model
 from keras_cnn.export.spec import ModelSpec, model_spec
 from keras_cnn.export.verify import TOLERANCE, check_format, verification_images
-from keras_cnn.export_layout import LITERT_FILE, METADATA_FILE, ONNX_FILE, SAVED_MODEL_FILE, TTA_SIGNATURE
+from keras_cnn.export_layout import (EXPLAIN_SIGNATURE, HEATMAP_OUTPUT, LITERT_FILE, METADATA_FILE, ONNX_FILE,
+                                     SAVED_MODEL_FILE, TTA_SIGNATURE)
 from keras_cnn.io import atomic_path, atomic_write_json, remove_abandoned_temporaries
+from keras_cnn.run_calibration import read_calibration, run_temperature
 from keras_cnn.runs import RunDirectory, RunState
 from keras_cnn.versions import library_versions
 
@@ -118,9 +120,17 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, version: 
         _check_quantization_inputs(run, config, accept_input_changes)
     # Registers kcnn's custom layers first; the written export needs none of them.
     from keras_cnn.models.loading import hub_base_of, load_model
+    from keras_cnn.models.opened import open_model
 
     model = load_model(run.model_path, trust_hub=hub_base_of(config.model.name) if trust_hub else None)
     spec = model_spec(model, labels, config)
+    opened = open_model(model)
+    temperature = run_temperature(run)
+    if temperature is not None:
+        # Every format carries the calibrated probabilities: the model written is the same
+        # layers with the logits divided by the temperature.
+        model = opened.calibrated_model(temperature)
+    spec = replace(spec, temperature=temperature, explainer=opened if opened.has_feature_map else None)
     if tta:
         from keras_cnn.tta import trained_with_flips, view_names
 
@@ -147,6 +157,7 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, version: 
         metadata = export_metadata(config, spec, run.read_metrics(), run.root, formats, differences)
         metadata["quantization"] = quantization
         metadata["unfinished"] = unfinished
+        metadata.update(answer_metadata(run, opened, "saved_model" in formats))
         atomic_write_json(temporary / METADATA_FILE, metadata)
     return {
         "path": str(version_dir),
@@ -160,6 +171,9 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, version: 
         "channels": spec.channels,
         "tta": metadata["tta"],
         "quantization": quantization,
+        "calibration": metadata["calibration"],
+        "reject_below": metadata.get("reject_below"),
+        "explain": metadata["explain"],
     }
 
 
@@ -200,6 +214,29 @@ def _check_formats(formats) -> tuple[str, ...]:
     # SavedModel's label table exists it warns (harmlessly) about its initializer.
     ordered = [name for name in EXPORT_FORMATS if name in formats]
     return tuple(sorted(ordered, key=lambda name: name == "saved_model"))
+
+
+def answer_metadata(run: RunDirectory, opened, saved_model: bool) -> dict[str, Any]:
+    """What kcnn.json says about the answers: ``calibration`` (the temperature and its numbers, or
+    None), ``reject_below`` (when the run stored a threshold) and ``explain`` (the heat-map
+    signature and its feature map, or why there is none)."""
+    record = read_calibration(run)
+    entry: dict[str, Any] = {"calibration": None}
+    if record.get("temperature") is not None:
+        entry["calibration"] = {key: record[key] for key in ("temperature", "kind", "stage", "fitted_on",
+                                                             "validation", "test") if key in record}
+    selection = record.get("reject_below") or {}
+    if selection.get("threshold") is not None:
+        entry["reject_below"] = float(selection["threshold"])
+        entry["reject_below_choice"] = {key: selection[key] for key in ("target_accuracy", "validation")
+                                        if key in selection}
+    if opened.has_feature_map and saved_model:
+        entry["explain"] = {"signature": EXPLAIN_SIGNATURE, "output": HEATMAP_OUTPUT,
+                            "feature_layer": opened.feature_layer, "feature_shape": list(opened.feature_shape)}
+    else:
+        entry["explain"] = {"signature": None, "reason": opened.no_feature_map or
+                            "heat maps are a signature of the SavedModel (--format saved_model)"}
+    return entry
 
 
 def export_metadata(config: RunConfig, spec: ModelSpec, metrics: dict[str, Any], run_root: Path,

@@ -14,11 +14,16 @@ without kcnn or any custom object.  Signatures (names in :mod:`keras_cnn.export_
 ``serving_tta`` (only with ``kcnn export --tta N``)
     like ``serving_default``, with the probabilities averaged over N fixed test-time
     augmentation views of each image (:mod:`keras_cnn.tta`; their names are in kcnn.json).
+``serving_explain`` (when the model has a spatial feature map, :mod:`keras_cnn.models.opened`)
+    like ``serving_default``, plus ``heatmap``: float32 [batch, height, width] of the model's
+    input, 0..1, Grad-CAM for the class answered (:mod:`keras_cnn.explain`): where the model
+    looked.  One forward and one backward pass per batch.
 
 Each returns ``probabilities`` (float32 [batch, classes], ``labels.txt`` order; a binary
-sigmoid model gives [1 - p, p]), ``class_index`` (int64 [batch]) and ``label`` (string
-[batch]).  The label lookup is a table initialised from the ``labels.txt`` asset, so the file
-shipped with the model is the one source of the names.
+sigmoid model gives [1 - p, p]; calibrated when the run was: the model given to
+:func:`write_saved_model` already divides its logits by the temperature), ``class_index``
+(int64 [batch]) and ``label`` (string [batch]).  The label lookup is a table initialised from
+the ``labels.txt`` asset, so the file shipped with the model is the one source of the names.
 """
 
 from __future__ import annotations
@@ -30,8 +35,8 @@ from typing import Callable
 from keras_cnn.errors import RunFailure
 from keras_cnn.export.spec import ModelSpec
 from keras_cnn.export.verify import decoded_pixels, keras_probabilities
-from keras_cnn.export_layout import (IMAGES_SIGNATURE, IMAGES_UINT8_SIGNATURE, LABELS_ASSET, SERVING_SIGNATURE,
-                                     TTA_SIGNATURE)
+from keras_cnn.export_layout import (EXPLAIN_SIGNATURE, HEATMAP_OUTPUT, IMAGES_SIGNATURE, IMAGES_UINT8_SIGNATURE,
+                                     LABELS_ASSET, SERVING_SIGNATURE, TTA_SIGNATURE)
 
 SIGNATURE_DESCRIPTIONS = {
     SERVING_SIGNATURE: "image_bytes: string [batch] of encoded images -> probabilities, class_index, label",
@@ -40,13 +45,19 @@ SIGNATURE_DESCRIPTIONS = {
 }
 TTA_SIGNATURE_DESCRIPTION = ("image_bytes: string [batch] of encoded images -> probabilities averaged over the "
                              "test-time augmentation views, class_index, label")
+EXPLAIN_SIGNATURE_DESCRIPTION = ("image_bytes: string [batch] of encoded images -> probabilities, class_index, label, "
+                                 f"{HEATMAP_OUTPUT} (float32 [batch, height, width], 0..1: Grad-CAM of the class "
+                                 "answered)")
 
 
 def signature_descriptions(spec: ModelSpec) -> dict[str, str]:
     """What each signature of the SavedModel takes and returns (for kcnn.json)."""
-    if not spec.tta_views:
-        return dict(SIGNATURE_DESCRIPTIONS)
-    return {**SIGNATURE_DESCRIPTIONS, TTA_SIGNATURE: f"{TTA_SIGNATURE_DESCRIPTION} ({', '.join(spec.tta_views)})"}
+    descriptions = dict(SIGNATURE_DESCRIPTIONS)
+    if spec.tta_views:
+        descriptions[TTA_SIGNATURE] = f"{TTA_SIGNATURE_DESCRIPTION} ({', '.join(spec.tta_views)})"
+    if spec.explainer is not None:
+        descriptions[EXPLAIN_SIGNATURE] = EXPLAIN_SIGNATURE_DESCRIPTION
+    return descriptions
 
 
 def write_saved_model(model, spec: ModelSpec, folder: Path) -> Path:
@@ -75,7 +86,7 @@ def write_saved_model(model, spec: ModelSpec, folder: Path) -> Path:
         archive = keras.export.ExportArchive()
         archive.track(model)
         archive.track(label_table)  # tracked resources bring their asset into the SavedModel
-        for name in (SERVING_SIGNATURE, TTA_SIGNATURE):
+        for name in (SERVING_SIGNATURE, TTA_SIGNATURE, EXPLAIN_SIGNATURE):
             if name in endpoints:
                 archive.add_endpoint(name, endpoints[name],
                                      input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
@@ -91,6 +102,7 @@ def serving_functions(model, spec: ModelSpec, label_table) -> dict[str, Callable
     import tensorflow as tf
 
     from keras_cnn.data.images import load_image, resize_image
+    from keras_cnn.explain import explain_images
     from keras_cnn.tta import average_views, tta_views
 
     height, width = spec.image_size
@@ -132,9 +144,17 @@ def serving_functions(model, spec: ModelSpec, label_table) -> dict[str, Callable
         )
         return classify(tf.ensure_shape(pixels, [None, height, width, spec.channels]))
 
+    def explain(image_bytes):
+        explained = explain_images(spec.explainer, decode(image_bytes), spec.temperature)
+        class_index = explained["class_index"]
+        return {"probabilities": explained["probabilities"], "class_index": class_index,
+                "label": label_table.lookup(class_index), HEATMAP_OUTPUT: explained["heatmap"]}
+
     functions = {SERVING_SIGNATURE: from_bytes, IMAGES_SIGNATURE: from_pixels, IMAGES_UINT8_SIGNATURE: from_pixels}
     if spec.tta_views:
         functions[TTA_SIGNATURE] = from_bytes_with_tta
+    if spec.explainer is not None:
+        functions[EXPLAIN_SIGNATURE] = explain
     return functions
 
 
@@ -161,6 +181,11 @@ def compare_saved_model(model, spec: ModelSpec, path: Path, images: list[bytes])
         with_tta = loaded.signatures[TTA_SIGNATURE](image_bytes=tf.constant(images))
         checked.append(with_tta)
         pairs.append((expected_tta, with_tta["probabilities"].numpy()))
+    if spec.explainer is not None:
+        explained = loaded.signatures[EXPLAIN_SIGNATURE](image_bytes=tf.constant(images))
+        checked.append(explained)
+        pairs.append((expected, explained["probabilities"].numpy()))
+        _check_heatmaps(explained[HEATMAP_OUTPUT].numpy(), len(images), spec)
     for outputs in checked:
         # Labels must follow the export's own probabilities (comparing with the Keras model's
         # argmax would flag near-ties that differ by rounding only).
@@ -171,3 +196,14 @@ def compare_saved_model(model, spec: ModelSpec, path: Path, images: list[bytes])
             raise RunFailure(f"saved_model export returns labels {labels} for class indices {class_index.tolist()}, "
                              f"which do not match labels.txt {list(spec.labels)}")
     return pairs
+
+
+def _check_heatmaps(heatmaps, count: int, spec: ModelSpec) -> None:
+    """``RunFailure`` unless the heat maps are [count, height, width] of finite values in 0..1."""
+    import numpy as np
+
+    if heatmaps.shape != (count, *spec.image_size) or not np.all(np.isfinite(heatmaps)) or \
+            heatmaps.min() < 0 or heatmaps.max() > 1:
+        raise RunFailure(f"saved_model export: {EXPLAIN_SIGNATURE} returns heat maps of shape {heatmaps.shape} "
+                         f"with values from {heatmaps.min():.3g} to {heatmaps.max():.3g}; expected "
+                         f"({count}, {spec.image_size[0]}, {spec.image_size[1]}) in 0..1")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from keras_cnn.config import RunConfig
 from keras_cnn.errors import UserError
@@ -18,6 +19,10 @@ class ModelSpec:
     resize_mode: str
     binary: bool              # one sigmoid unit: probabilities are [1 - p, p]
     tta_views: tuple[str, ...] = ()   # views of the serving_tta signature (none: no such signature)
+    temperature: float | None = None  # the run's calibration, already inside the exported model
+    # The model opened up (keras_cnn.models.opened.OpenedModel) when it has a feature map to
+    # explain: the SavedModel then gets the serving_explain signature.
+    explainer: Any = field(default=None, compare=False, repr=False)
 
 
 def model_spec(model, labels: list[str], config: RunConfig) -> ModelSpec:

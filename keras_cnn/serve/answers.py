@@ -31,10 +31,10 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image
 
-from keras_cnn.predict import prediction_records
+from keras_cnn.export_layout import EXPLAIN_SIGNATURE
+from keras_cnn.predict import prediction_records, rejection
 from keras_cnn.serve.models import DEFAULT_SIGNATURE, ModelRepository, ServedVersion
 
-EXPLAIN_SIGNATURE = "serving_explain"
 IMAGE_INPUT = "image_bytes"
 # kcnn.json fields the page shows when an export has them (absent in exports that predate them).
 OPTIONAL_METADATA = ("calibration", "temperature", "reject_below", "thresholds", "multi_label")
@@ -64,8 +64,7 @@ def add_rejection(version: ServedVersion, outputs: dict[str, np.ndarray], row: i
     threshold = version.model.metadata.get("reject_below")
     if threshold is None or "rejected" in answer:
         return
-    answer["rejected"] = bool(answer["probability"] < float(threshold))
-    answer["reject_below"] = float(threshold)
+    answer.update(rejection(answer["probability"], float(threshold)))
 
 
 def add_labels_above_threshold(version: ServedVersion, outputs: dict[str, np.ndarray], row: int,

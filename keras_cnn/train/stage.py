@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import keras
-import numpy as np
 
 from keras_cnn.config import RunConfig, TrainingConfig
 from keras_cnn.data.collection import split_into_run
@@ -47,8 +46,10 @@ from keras_cnn.data.files import bounded_list_message, full_list_path
 from keras_cnn.data.regularize import soft_label_loss, uses_soft_labels
 from keras_cnn.errors import UserError
 from keras_cnn.progress import format_seconds, keras_verbose, say
-from keras_cnn.io import INPUT_CHANGES, atomic_path, check_output_path
+from keras_cnn.io import INPUT_CHANGES, atomic_path, check_output_path, to_jsonable
 from keras_cnn.models.loading import model_file_problem
+from keras_cnn.run_calibration import (PartPredictions, describe_calibration, fit_record, predict_part, summary_of,
+                                       write_calibration)
 from keras_cnn.run_data import check_run_inputs, run_labels
 from keras_cnn.runs import (EXECUTION_OPTIONS, RunDirectory, RunLock, RunState, check_run_placement, differing_options,
                             flatten_options)
@@ -298,9 +299,27 @@ def _check_state(run: RunDirectory, state: RunState, spec: StageSpec, overwrite:
     return []
 
 
+# Options that act after the fit (the model's weights do not depend on them): a stage does not
+# record them in state.json, so a finished stage is found finished whatever they are now (`kcnn
+# calibrate` calibrates a stage that was not) and the records of older runs stay as they were.
+AFTER_FIT_FIELDS = ("calibrate",)                       # of TrainingConfig
+AFTER_FIT_OPTIONS = tuple(f"training.{name}" for name in AFTER_FIT_FIELDS)
+
+
+def recorded_options(options: dict[str, Any]) -> dict[str, Any]:
+    """What a stage records of its options (state.json): all but :data:`AFTER_FIT_OPTIONS`, as JSON values."""
+    recorded = to_jsonable(options)
+    for path in AFTER_FIT_OPTIONS:
+        section, name = path.split(".", 1)
+        if isinstance(recorded.get(section), dict):
+            recorded[section].pop(name, None)
+    return recorded
+
+
 def _comparable(options: dict[str, Any]) -> dict[str, Any]:
-    """The options without those that only say how the stage executes."""
-    return {key: value for key, value in flatten_options(options).items() if key not in EXECUTION_OPTIONS}
+    """The recorded options without those that only say how the stage executes."""
+    return {key: value for key, value in flatten_options(recorded_options(options)).items()
+            if key not in EXECUTION_OPTIONS}
 
 
 def _epochs_done(run: RunDirectory, stage: str) -> str:
@@ -340,6 +359,8 @@ def _discard_stages(run: RunDirectory, state: RunState, stages: list[str]) -> No
             else:
                 metrics.pop(key, None)
         run.write_metrics(metrics)
+        # The model goes back to that stage's, and so does its calibration.
+        write_calibration(run, last.get("calibration"))
     if run.config_path.exists():
         config = run.read_config()
         recorded = config.get("extra", {}).get("stages", {})
@@ -395,9 +416,10 @@ def _run_checked_stage(context: StageContext, state: RunState, data, accept_inpu
     build_stage(context, data)
     counts = parameter_counts(context.model)
     _write_config(context, counts)
-    state.start(spec.name, spec.options)
-    # A new model is coming: an evaluation of the old one no longer describes the run.
+    state.start(spec.name, recorded_options(spec.options))
+    # A new model is coming: an evaluation or a calibration of the old one no longer describes the run.
     shutil.rmtree(run.eval_dir, ignore_errors=True)
+    write_calibration(run, None)
     run.stage_model_path(spec.name).unlink(missing_ok=True)
 
     checkpoint = StageCheckpoint(run.backup_dir / spec.name, run.model_path, monitor=_monitor(context.data),
@@ -613,9 +635,8 @@ def _load_best(context: StageContext) -> keras.Model:
 
 
 def _finish(context: StageContext, best: keras.Model, counts: dict[str, int]) -> dict[str, Any]:
-    """Test the best model, record the stage's metrics, redraw the curves; returns the stage's summary."""
-    from keras_cnn.train.stage_data import as_model_targets
-
+    """Test the best model, calibrate it, record the stage's metrics, redraw the curves; returns the stage's
+    summary."""
     spec, run, data = context.spec, context.run, context.data
     rows = [row for row in read_history(run.history_path) if row.get("stage") == spec.name]
     # Every epoch's time, including those trained before a kill: what the stage cost.
@@ -625,9 +646,14 @@ def _finish(context: StageContext, best: keras.Model, counts: dict[str, int]) ->
                                      **context.fit_notes}
     if rows:
         stage_metrics["final_epoch"] = {key: _number(value) for key, value in rows[-1].items()}
-    if data.test is not None:
-        stage_metrics["test"] = evaluate_test(best, as_model_targets(data.test, context.single_sigmoid), data.labels)
+    opened = _opened(context, best)
+    test = predict_part(opened, data.test) if data.test is not None else None
+    if test is not None:
+        stage_metrics["test"] = score_test_part(test, data.labels)
         metrics["test"] = stage_metrics["test"]
+    calibration = _calibrate(context, opened, test)
+    if calibration is not None:
+        stage_metrics["calibration"] = calibration
     metrics.setdefault("stages", {})[spec.name] = stage_metrics
     metrics["parameters"] = counts
     run.write_metrics(metrics)
@@ -646,6 +672,7 @@ def _finish(context: StageContext, best: keras.Model, counts: dict[str, int]) ->
         "test_loss": metrics.get("test", {}).get("loss") if data.test is not None else None,
         "model": str(run.model_path),
         "seconds": seconds,
+        "calibration": summary_of(calibration),
     }
 
 
@@ -657,25 +684,40 @@ def _number(value: Any) -> Any:
     return int(number) if number.is_integer() and "." not in str(value) else number
 
 
-def evaluate_test(model: keras.Model, test, labels: list[str]) -> dict[str, Any]:
-    """Loss, accuracy and per-class accuracy of ``model`` on the (unshuffled) ``test`` dataset.
+def _opened(context: StageContext, best: keras.Model):
+    """The best model opened up (its logits), in the execution's scope as the model was loaded."""
+    from keras_cnn.models.opened import open_model
 
-    Computed the way ``kcnn evaluate`` computes them, so the two always agree.
-    """
+    # A multi-worker run tests a plain copy outside the strategy (see _run_checked_stage).
+    with contextlib.nullcontext() if context.execution.multiworker else context.execution.scope():
+        return open_model(best)
+
+
+def _calibrate(context: StageContext, opened, test) -> dict[str, Any] | None:
+    """Fit the temperature on the validation part (``--calibrate``) into RUN/calibration.json; the record."""
+    spec, run, data = context.spec, context.run, context.data
+    if not spec.training.calibrate:
+        return None
+    if data.validation is None:
+        say(f"[{spec.name}] not calibrated: {run.root} has no validation part to fit a temperature on")
+        return None
+    record = fit_record(predict_part(opened, data.validation), test, spec.name)
+    write_calibration(run, record)
+    say(f"[{spec.name}] {describe_calibration(summary_of(record))}")
+    return record
+
+
+def score_test_part(test: PartPredictions, labels: list[str]) -> dict[str, Any]:
+    """Loss, accuracy and per-class accuracy of one pass over the test part (the model's own outputs),
+    computed the way ``kcnn evaluate`` computes them, so the two always agree."""
     from keras_cnn.metrics import cross_entropy, outputs_to_probabilities, per_class_accuracy
 
-    outputs, true_indices = [], []
-    for images, targets in test:
-        outputs.append(np.asarray(model.predict_on_batch(images)))
-        true_indices.append(np.asarray(targets).reshape(-1).astype("int64"))
-    outputs = np.concatenate(outputs)
-    true_indices = np.concatenate(true_indices)
-    predicted_indices = outputs_to_probabilities(outputs, len(labels)).argmax(axis=-1)
+    predicted_indices = outputs_to_probabilities(test.outputs, len(labels)).argmax(axis=-1)
     return {
-        "loss": cross_entropy(outputs, true_indices),
-        "accuracy": float((true_indices == predicted_indices).mean()),
-        "per_class_accuracy": per_class_accuracy(true_indices, predicted_indices, labels),
-        "count": int(len(true_indices)),
+        "loss": cross_entropy(test.outputs, test.true_indices),
+        "accuracy": float((test.true_indices == predicted_indices).mean()),
+        "per_class_accuracy": per_class_accuracy(test.true_indices, predicted_indices, labels),
+        "count": int(len(test.true_indices)),
     }
 
 

@@ -167,7 +167,7 @@ def prepare_folder_data(data: DataConfig, image_size: tuple[int, int], channels:
             return None
         built = parts.dataset(name, replace(options, augment=augment, cache=data.cache if name == "train" else True),
                               input_context)
-        # The test part keeps class indices: it is scored outside the loss (evaluate_test).
+        # The test part keeps class indices: it is scored outside the loss (stage.score_test_part).
         return built if name == "test" else _regularized(data, name, built, len(parts.labels), seed)
 
     counts = np.bincount(parts.true_indices("train"), minlength=len(parts.labels))

@@ -24,7 +24,8 @@ from keras_cnn.errors import UserError
 from keras_cnn.runs import RunDirectory, default_run_dir
 from keras_cnn.train.execution import EXECUTION_FIELDS, with_execution_defaults
 from keras_cnn.train.fit import stage_option_defaults, stage_options
-from keras_cnn.train.stage import FitInputs, StageOutcome, StageSpec, absolute_data_paths, run_stage, say
+from keras_cnn.train.stage import (AFTER_FIT_FIELDS, FitInputs, StageOutcome, StageSpec, absolute_data_paths, run_stage,
+                                   say)
 
 HEAD_STAGE = "head"
 FINETUNE_STAGE = "finetune"
@@ -225,10 +226,10 @@ def fine_tune_record(finetune: FineTuneConfig, training: TrainingConfig, boundar
     """What stage 2 records as its options (``config.json``'s ``extra.stages.finetune``, ``state.json``).
 
     The fine-tuning options, resolved, and the training options stage 2 sets itself (not
-    those it takes from stage 1, nor where it runs).
+    those it takes from stage 1, nor where it runs, nor what acts after the fit).
     """
     own = [item.name for item in fields(TrainingConfig)
-           if item.name not in FROM_STAGE_ONE + EXECUTION_FIELDS]
+           if item.name not in FROM_STAGE_ONE + EXECUTION_FIELDS + AFTER_FIT_FIELDS]
     return {"unfreeze_from": boundary, "train_bn": finetune.train_bn, "base_dropout": finetune.base_dropout,
             **{name: getattr(training, name) for name in own}, "cache_frozen": cache_frozen}
 
