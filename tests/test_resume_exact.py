@@ -61,7 +61,9 @@ def assert_same_run(uninterrupted, resumed, stage_name: str) -> None:
     rows = history(uninterrupted, stage_name)
     assert [row["epoch"] for row in rows] == [str(epoch) for epoch in range(1, EPOCHS + 1)]
     assert history(resumed, stage_name) == rows
-    first, second = (load_model(run / "model.keras") for run in (uninterrupted, resumed))
+    config = json.loads((uninterrupted / "config.json").read_text())
+    trusted = config["model"]["name"] if config["model"]["name"].startswith("hub:") else None
+    first, second = (load_model(run / "model.keras", trust_hub=trusted) for run in (uninterrupted, resumed))
     assert len(first.weights) == len(second.weights)
     for expected, received in zip(first.weights, second.weights):
         np.testing.assert_array_equal(np.asarray(received), np.asarray(expected), err_msg=expected.path)
@@ -174,3 +176,21 @@ def test_hard_killed_processes_resume_into_the_uninterrupted_run(tmp_path, mnist
             run_process([*arguments, "--out", str(tmp_path / name)], kill,
                         single_worker_cluster() if multiworker else None)
     assert_same_run(tmp_path / "uninterrupted", tmp_path / "resumed", "train")
+
+
+def test_the_shuffle_order_is_a_function_of_seed_and_epoch_also_for_seed_0():
+    """TensorFlow's seed check cannot compare a traced seed once the global seed is 0 (``--seed 0``)."""
+    import keras
+    import tensorflow as tf
+
+    from keras_cnn.data.randomness import shuffle_per_epoch
+
+    def two_epochs(seed: int) -> list[list[int]]:
+        keras.utils.set_random_seed(seed)
+        dataset = shuffle_per_epoch(tf.data.Dataset.range(50), 50, seed)
+        return [[int(value) for value in dataset] for _ in range(2)]
+
+    for seed in (0, 7):
+        first, second = two_epochs(seed)
+        assert sorted(first) == list(range(50)) and first != second   # each epoch a new order
+        assert two_epochs(seed) == [first, second]                      # the same orders again

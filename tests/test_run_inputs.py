@@ -79,8 +79,12 @@ def workspace(finished, tmp_path) -> Path:
     """A copy of the module's folder whose run names the copied images (every stamp is new, the bytes are not)."""
     target = tmp_path / "copy"
     shutil.copytree(finished, target)
-    config = target / "run" / "config.json"
-    config.write_text(config.read_text().replace(str(finished), str(target)))
+    config_path = target / "run" / "config.json"
+    config = json.loads(config_path.read_text())
+    # Only the data moves: the model still names the module it was built with (its recorded base).
+    for key in ("images", "split"):
+        config["data"][key] = config["data"][key].replace(str(finished), str(target))
+    config_path.write_text(json.dumps(config, indent=2))
     return target
 
 

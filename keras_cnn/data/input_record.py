@@ -498,8 +498,8 @@ def refusal_message(folder: Path, changes: Sequence[Change], list_path: Path, sp
     else:
         when, remedy = f" since the run recorded its inputs{edited}", "split again into a new run"
     return bounded_list_message(
-        lambda listed: (f"{folder}: {_summary(changes)}{when} ({listed}; all in {where}); {remedy}, or pass "
-                        f"{ACCEPT_OPTION} to go on with them"),
+        # Short words around the list: a run's path can be long, and the names are what matters.
+        lambda listed: f"{folder}: {_summary(changes)}{when} ({listed}; list in {where}); {remedy} or pass {ACCEPT_OPTION}",
         [change.object_id if len(kinds) == 1 else f"{change.object_id} ({change.kind})" for change in changes],
         None)
 

@@ -86,6 +86,10 @@ def epoch_seed(seed: int, stream: int, epoch: tf.Tensor) -> tf.Tensor:
                                                     tf.cast(epoch, tf.int64))
 
 
+# TensorFlow reduces seeds modulo this (tensorflow/python/framework/random_seed.py).
+_MAX_INT32 = 2**31 - 1
+
+
 def shuffle_per_epoch(dataset: tf.data.Dataset, buffer_size: int, seed: int) -> tf.data.Dataset:
     """``dataset.shuffle(buffer_size)`` in an order that is a function of (seed, epoch) alone.
 
@@ -95,6 +99,12 @@ def shuffle_per_epoch(dataset: tf.data.Dataset, buffer_size: int, seed: int) -> 
     def one_epoch(epoch):
         order_seed = tf.random.stateless_uniform([], seed=epoch_seed(seed, SHUFFLE_STREAM, epoch),
                                                  minval=None, maxval=None, dtype=tf.int64)
+        graph = tf.compat.v1.get_default_graph()
+        if graph.seed is not None and graph.seed % _MAX_INT32 == 0:
+            # After tf.random.set_seed(0) (--seed 0), shuffle's seed check asks whether
+            # (0, order_seed) == (0, 0), which a traced tensor cannot answer.  The graph seed of
+            # this pass's function alone becomes 1: the order is still a function of (seed, epoch).
+            graph.seed = 1
         return dataset.shuffle(buffer_size, seed=order_seed, reshuffle_each_iteration=False)
 
     return per_epoch(one_epoch, int(dataset.cardinality()))
