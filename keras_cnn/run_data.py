@@ -103,7 +103,7 @@ def load_subset(run_config: RunConfig | dict[str, Any], run_dir: str | os.PathLi
 
     ``run_config`` is a :class:`keras_cnn.config.RunConfig` (or its dict). objectIds are
     file names, or ``test/000123`` for MNIST/CIFAR-10 arrays; class indices point into
-    ``labels.txt``; ``images`` is a ``tf.data.Dataset`` of float32 0..255 image batches.
+    ``labels.txt``; ``images`` is a ``tf.data.Dataset`` of uint8 0..255 image batches.
     """
     if isinstance(run_config, dict):
         run_config = RunConfig.from_dict(run_config)

@@ -201,7 +201,7 @@ def test_load_subset_for_array_datasets(tmp_path):
     assert object_ids == ["train/000008", "train/000009"]
     assert true_indices.tolist() == [2, 0]
     batches = list(dataset)
-    assert batches[0].shape == (2, 12, 12, 3) and batches[0].dtype.name == "float32"
+    assert batches[0].shape == (2, 12, 12, 3) and batches[0].dtype.name == "uint8"   # the model casts
 
     object_ids, true_indices, dataset = evaluate.load_subset(config.to_dict(), tmp_path, "test", batch_size=3)
     assert object_ids[0] == "test/000000" and true_indices.tolist() == [2, 1, 0, 9]

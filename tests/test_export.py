@@ -158,7 +158,7 @@ def test_export_layout_metadata_and_verification(rgb_export, rgb_run):
     assert metadata["labels"] == RGB_LABELS
     assert metadata["base"] == "tiny_cnn"
     assert metadata["input"] == {"image_size": [32, 32], "channels": 3, "resize_mode": "crop",
-                                 "dtype": "float32", "range": [0, 255]}
+                                 "resize_filter": "area", "dtype": "float32", "range": [0, 255]}
     assert metadata["metrics"] == {"accuracy": 0.5, "loss": 1.0}
     assert metadata["versions"]["tensorflow"] == tf.__version__
     assert metadata["versions"]["keras"] == keras.__version__

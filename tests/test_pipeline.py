@@ -108,8 +108,12 @@ def test_every_format_decodes_to_rgb_with_labels_in_sorted_order(tmp_path, shard
     split = write_split(tmp_path / "split.csv", rows)
     dataset = make_dataset(split, tmp_path / "images", "all", (8, 10), batch_size=4, cache=False)
     images, labels = collect(dataset)
+    as_float = make_dataset(split, tmp_path / "images", "all", (8, 10), batch_size=4, cache=False, dtype="float32")
 
-    assert dataset.element_spec[0].dtype == tf.float32 and dataset.element_spec[1].dtype == tf.int32
+    # uint8 up to the model (it casts), float32 for callers who ask: the same pixels either way.
+    assert dataset.element_spec[0].dtype == tf.uint8 and dataset.element_spec[1].dtype == tf.int32
+    assert as_float.element_spec[0].dtype == tf.float32
+    np.testing.assert_array_equal(collect(as_float)[0], images.astype(np.float32))
     assert images.shape == (6, 8, 10, 3)
     # "all" is not shuffled: rows come in file order; labels sorted: cat = 0, dog = 1.
     assert labels.tolist() == [1, 0, 1, 0, 1, 0]
@@ -230,10 +234,50 @@ def test_the_file_cache_is_filled_before_augmentation(tmp_path):
     assert 0.0 <= first.min() and first.max() <= 255.0
     assert not np.allclose(first, second), "two epochs must see different augmentations"
 
-    # Other settings must not read this cache: they get a file of their own.
+    # Other settings must not read this cache: they get a file of their own, and so does another resize filter.
     other, _ = collect(make_dataset(split, folder, "train", 12, 4, cache=tmp_path / "cache" / "images"))
     assert other.shape == (4, 12, 12, 3)
     assert len(list((tmp_path / "cache").glob("images-train-*.index"))) == 2
+    for resize_filter in ("area", "box-bilinear"):
+        collect(make_dataset(split, folder, "train", 12, 4, cache=tmp_path / "cache" / "images",
+                             resize_filter=resize_filter))
+    assert len(list((tmp_path / "cache").glob("images-train-*.index"))) == 3
+
+
+def test_training_on_uint8_batches_ends_with_the_weights_of_float32_batches(tmp_path):
+    """The model casts uint8 to float32 at its input, the exact value a float32 batch carries: the same
+    seed gives the same weights, cached and shuffled, from image folders and from arrays."""
+    import keras
+
+    from keras_cnn.data.pipeline import array_pipeline
+
+    folder = tmp_path / "images"
+    rows = [(store(folder, encode(noise(seed, (20, 20)), "PNG"), "png"), "ab"[seed % 2], "train") for seed in range(12)]
+    split = write_split(tmp_path / "split.csv", rows)
+    arrays = np.stack([noise(seed, (12, 12)) for seed in range(12)]), np.arange(12) % 2
+
+    def weights_after_training(dtype, from_arrays=False):
+        keras.utils.set_random_seed(3)
+        inputs = keras.Input((12, 12, 3))
+        x = keras.layers.Conv2D(3, 3, activation="relu")(keras.layers.Rescaling(1 / 255)(inputs))
+        model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(x)))
+        model.compile("adam", "sparse_categorical_crossentropy")
+        if from_arrays:
+            dataset = array_pipeline(*arrays, batch_size=5, shuffle=True, seed=4, dtype=dtype)
+        else:
+            dataset = make_dataset(split, folder, "train", 12, 5, seed=4, dtype=dtype)
+        assert dataset.element_spec[0].dtype.name == dtype
+        model.fit(dataset, epochs=2, verbose=0, shuffle=False)
+        return model.get_weights()
+
+    kernels = []
+    for from_arrays in (False, True):
+        uint8, float32 = weights_after_training("uint8", from_arrays), weights_after_training("float32", from_arrays)
+        assert all(np.array_equal(a, b) for a, b in zip(uint8, float32))
+        kernels.append(uint8[0])
+    assert not np.array_equal(*kernels)   # the images count: the same start, other data, other weights
+    with pytest.raises(UserError, match="dtype must be one of uint8, float32"):
+        make_dataset(split, folder, "train", 12, 5, dtype="float16")
 
 
 def test_memory_cache_without_augmentation_repeats_exactly(tmp_path):

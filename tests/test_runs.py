@@ -290,3 +290,48 @@ def test_a_kill_during_the_final_best_model_save_still_ends_with_the_best_model(
     best = min(float(row["val_loss"]) for row in rows)
     assert validation_loss_of(run / "model.keras", run) == pytest.approx(best, rel=1e-4, abs=1e-5)
     assert not list(run.rglob("*.tmp-*")) and not (run / "backup").exists() and not (run / ".lock").exists()
+
+
+# --------------------------------------------------------------------------- the resize filter a run recorded
+
+
+def test_a_run_recorded_before_the_resize_filter_keeps_area_and_resumes(tmp_path):
+    """config.json and state.json without data.resize_filter mean the filter runs had then (area): such a
+    run resumes, and is refused only when another filter is asked for; a new run gets the default."""
+    from keras_cnn.config import DEFAULT_RESIZE_FILTER
+    from keras_cnn.runs import differing_options
+    from keras_cnn.train.fit import stage_option_defaults, stage_options
+    from keras_cnn.train.stage import absolute_data_paths, with_run_resize_filter
+
+    config = RunConfig("train", ModelConfig(name="lenet"), DataConfig(images=str(tmp_path), image_size=(28, 28)))
+    recorded = config.to_dict()
+    del recorded["data"]["resize_filter"]
+    assert RunConfig.from_dict(recorded).data.resize_filter == "area"
+    assert RunConfig.from_dict({**recorded, "data": {"resize_filter": "box-bilinear"}}).data.resize_filter == \
+        "box-bilinear"
+
+    old_run = tmp_path / "old"
+    old_run.mkdir()
+    (old_run / "config.json").write_text(json.dumps(recorded))
+    resumed = with_run_resize_filter(config, old_run, overwrite=False)
+    assert resumed.data.resize_filter == "area"
+    old_options = stage_options(RunConfig.from_dict(recorded))
+    old_options["data"] = {key: value for key, value in vars(old_options["data"]).items() if key != "resize_filter"}
+    defaults = stage_option_defaults(config)
+    assert differing_options(old_options, stage_options(resumed), defaults) == []
+    asked = replace_data(config, resize_filter="box-bilinear")
+    assert with_run_resize_filter(asked, old_run, overwrite=False).data.resize_filter == "box-bilinear"
+    assert differing_options(old_options, stage_options(asked), defaults) == [
+        'data.resize_filter (run: "area", now: "box-bilinear")']
+
+    # Started over, or a new run: the default, as the stage resolves it.
+    for fresh in (with_run_resize_filter(config, old_run, overwrite=True),
+                  with_run_resize_filter(config, tmp_path / "new", overwrite=False)):
+        assert fresh.data.resize_filter is None
+        assert absolute_data_paths(fresh.data).resize_filter == DEFAULT_RESIZE_FILTER == "area"
+
+
+def replace_data(config: RunConfig, **changes) -> RunConfig:
+    from dataclasses import replace
+
+    return replace(config, data=replace(config.data, **changes))

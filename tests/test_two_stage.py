@@ -64,7 +64,7 @@ def test_cached_features_equal_a_fresh_forward_pass_of_the_frozen_base(sample_da
     dataset = make_dataset(sample_split, sample_data_dir, "validation", (32, 32), 8, shuffle=False)
     count = sum(int(labels.shape[0]) for _, labels in dataset)
     cached, cached_labels = extract_features(feature_extractor, dataset, count)
-    images = np.concatenate([images.numpy() for images, _ in dataset])
+    images = np.concatenate([images.numpy() for images, _ in dataset]).astype("float32")  # a layer takes floats
     labels = np.concatenate([labels.numpy() for _, labels in dataset])
     base = get_base_layer(model)
     fresh = keras.ops.mean(base(preprocessing_layer("vgg16")(images), training=False), axis=(1, 2))

@@ -8,15 +8,27 @@ expect lives inside the model.
 A JPEG much larger than the model's input is decoded at 1/2, 1/4 or 1/8 scale in the DCT
 domain (libjpeg's scaled decoding) before the resize: most of a photo's pixels would be
 averaged away by the resize anyway, and skipping them makes decoding several times faster.
+
+Two resize filters shrink an image (:data:`RESIZE_FILTERS`; a run records which one it
+used): ``area`` averages exactly the input pixels each output pixel covers, and
+``box-bilinear`` averages 2x2 blocks while the image is at least twice the target, then
+takes one bilinear step of less than 2x.  Both are antialiased; ``box-bilinear`` works on
+the uint8 pixels directly and costs less than decoding the image (``area`` cost about as
+much), within a grey level of ``area`` on average.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import tensorflow as tf
 
-from keras_cnn.choices import ResizeMode, names
+from keras_cnn.choices import ResizeFilter, ResizeMode, names
+from keras_cnn.config import DEFAULT_RESIZE_FILTER
 
 RESIZE_MODES = names(ResizeMode)
+RESIZE_FILTER_NAMES = names(ResizeFilter)
 
 # The scales libjpeg decodes at directly (1/ratio of each side), smallest reduction first.
 JPEG_RATIOS = (1, 2, 4, 8)
@@ -37,25 +49,104 @@ def jpeg_decode_ratio(encoded: tf.Tensor, target_size: tuple[int, int] | None) -
     only when both of its sides are at least ``ratio`` times the target's, so the scaled
     image is still shrunk (never enlarged) by the resize that follows.
     """
-    return tf.gather(tf.constant(JPEG_RATIOS, tf.int32), _ratio_index(encoded, target_size))
+    if target_size is None:
+        return tf.constant(1, tf.int32)
+    is_jpeg, size = _header(encoded)
+    return tf.gather(tf.constant(JPEG_RATIOS, tf.int32), _ratio_index(is_jpeg, size, target_size))
 
 
-def _ratio_index(encoded: tf.Tensor, target_size: tuple[int, int] | None) -> tf.Tensor:
-    """Position in ``JPEG_RATIOS`` of :func:`jpeg_decode_ratio`'s ratio."""
+def _ratio_index(is_jpeg: tf.Tensor, size: tf.Tensor, target_size: tuple[int, int] | None) -> tf.Tensor:
+    """Position in ``JPEG_RATIOS`` of :func:`jpeg_decode_ratio`'s ratio, from the header's (height, width)."""
     if target_size is None:
         return tf.constant(0, tf.int32)
-    height, width = int(target_size[0]), int(target_size[1])
+    # Fitting is monotone in the ratio (fits at 4: fits at 2 and 1), so the count of fitting
+    # ratios less one is the position of the largest; a JPEG under the target counts none.
+    ratios = tf.constant(JPEG_RATIOS, tf.int64)
+    fits = tf.logical_and(size[0] >= ratios * int(target_size[0]), size[1] >= ratios * int(target_size[1]))
+    index = tf.maximum(tf.reduce_sum(tf.cast(fits, tf.int32)) - 1, 0)
+    return tf.where(is_jpeg, index, tf.constant(0, tf.int32))
 
-    def largest_fitting():
-        shape = tf.image.extract_jpeg_shape(encoded)
-        index = tf.constant(0, tf.int32)
-        for position, ratio in enumerate(JPEG_RATIOS):
-            fits = tf.logical_and(shape[0] >= ratio * height, shape[1] >= ratio * width)
-            index = tf.where(fits, tf.constant(position, tf.int32), index)
-        return index
 
-    # extract_jpeg_shape fails on other formats: read the header of JPEGs only.
-    return tf.cond(tf.io.is_jpeg(encoded), largest_fitting, lambda: tf.constant(0, tf.int32))
+def _header_table() -> dict[str, np.ndarray]:
+    """The size fields of the formats other than JPEG, as arrays one vectorised read takes.
+
+    Each format is a row: the bytes that identify it (``pattern`` where ``checked``), and
+    its width and height, each a little- or big-endian integer of up to 4 bytes
+    (``positions`` x ``weights``), then ``>> shift``, ``& mask``, ``+ add``; ``signed``:
+    a 32-bit value whose sign is dropped (a top-down BMP has a negative height).
+    """
+    fixed = {"little": lambda start, count: [(start + index, 256 ** index) for index in range(count)],
+             "big": lambda start, count: [(start + index, 256 ** (count - 1 - index)) for index in range(count)]}
+    everything = (1 << 40) - 1
+    # name: (signature parts, (width field, height field)), a field = (endian, start, count, shift, mask, add)
+    formats = {
+        "png": ([(0, b"\x89PNG\r\n\x1a\n")], (("big", 16, 4, 0, everything, 0), ("big", 20, 4, 0, everything, 0))),
+        "gif": ([(0, b"GIF8")], (("little", 6, 2, 0, everything, 0), ("little", 8, 2, 0, everything, 0))),
+        "bmp": ([(0, b"BM")], (("little", 18, 4, 0, everything, 0), ("little", 22, 4, 0, everything, 0))),
+        "webp-lossy": ([(0, b"RIFF"), (8, b"WEBPVP8 ")],
+                       (("little", 26, 2, 0, 0x3FFF, 0), ("little", 28, 2, 0, 0x3FFF, 0))),
+        "webp-lossless": ([(0, b"RIFF"), (8, b"WEBPVP8L")],
+                          (("little", 21, 4, 0, 0x3FFF, 1), ("little", 21, 4, 14, 0x3FFF, 1))),
+        "webp-extended": ([(0, b"RIFF"), (8, b"WEBPVP8X")],
+                          (("little", 24, 3, 0, everything, 1), ("little", 27, 3, 0, everything, 1))),
+    }
+    count = len(formats)
+    table = {"pattern": np.zeros((count, _HEADER_BYTES), np.int64), "checked": np.zeros((count, _HEADER_BYTES), bool),
+             "positions": np.zeros((count, 2, 4), np.int64), "weights": np.zeros((count, 2, 4), np.int64),
+             "shift": np.zeros((count, 2), np.int64), "mask": np.zeros((count, 2), np.int64),
+             "add": np.zeros((count, 2), np.int64), "signed": np.zeros((count, 1), bool)}
+    for row, (name, (signature, fields)) in enumerate(formats.items()):
+        for start, text in signature:
+            table["pattern"][row, start:start + len(text)] = list(text)
+            table["checked"][row, start:start + len(text)] = True
+        for column, (endian, start, length, shift, mask, add) in enumerate(fields):
+            for slot, (position, weight) in enumerate(fixed[endian](start, length)):
+                table["positions"][row, column, slot] = position
+                table["weights"][row, column, slot] = weight
+            table["shift"][row, column], table["mask"][row, column], table["add"][row, column] = shift, mask, add
+        table["signed"][row] = name == "bmp"
+    return table
+
+
+_HEADERS = _header_table()
+
+
+def _other_format_size(encoded: tf.Tensor) -> tf.Tensor:
+    """(height, width) int64 of a PNG, GIF, BMP or WebP from its first bytes; (-1, -1) for any other data.
+
+    One gather and a few element-wise ops for every format at once: reading the fields
+    format by format took hundreds of tiny ops, as long as half a JPEG's decode.
+    """
+    head = tf.strings.substr(tf.strings.join([tf.strings.substr(encoded, 0, _HEADER_BYTES),
+                                              tf.constant(b"\0" * _HEADER_BYTES)]), 0, _HEADER_BYTES)
+    values = tf.cast(tf.io.decode_raw(head, tf.uint8), tf.int64)
+    matches = tf.reduce_all(tf.logical_or(tf.equal(values, _HEADERS["pattern"]), ~_HEADERS["checked"]), axis=1)
+    raw = tf.reduce_sum(tf.gather(values, _HEADERS["positions"]) * _HEADERS["weights"], axis=-1)
+    raw = tf.where(tf.logical_and(_HEADERS["signed"], raw >= 2**31), 2**32 - raw, raw)
+    sides = tf.bitwise.bitwise_and(tf.bitwise.right_shift(raw, _HEADERS["shift"]), _HEADERS["mask"]) + _HEADERS["add"]
+    width_height = tf.reduce_max(tf.where(matches[:, None], sides, tf.constant(-1, tf.int64)), axis=0)
+    return tf.reverse(width_height, [0])
+
+
+# The least extract_jpeg_shape reads: the SOI, SOF0 (1x1, one component) and SOS markers of a JPEG.
+# It reads this in place of data that is not a JPEG, so every format takes one path: a
+# conditional per image cost about as much as reading every format's header at once.
+_STAND_IN_JPEG = (b"\xff\xd8" + b"\xff\xc0\x00\x0b\x08\x00\x01\x00\x01\x01\x01\x11\x00"
+                  + b"\xff\xda\x00\x08\x01\x01\x00\x00\x3f\x00")
+
+
+def _header(encoded: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """(is it a JPEG, its (height, width) as int64 from the header alone: (-1, -1) when the format is unknown).
+
+    A damaged JPEG header fails, as its decode would.
+    """
+    is_jpeg = tf.io.is_jpeg(encoded)
+    jpeg_size = tf.image.extract_jpeg_shape(tf.where(is_jpeg, encoded, tf.constant(_STAND_IN_JPEG)))[:2]
+    return is_jpeg, tf.where(is_jpeg, tf.cast(jpeg_size, tf.int64), _other_format_size(encoded))
+
+
+def _pixels_of(size: tf.Tensor) -> tf.Tensor:
+    return tf.where(tf.reduce_any(size < 0), tf.constant(-1, tf.int64), tf.reduce_prod(size))
 
 
 @tf.autograph.experimental.do_not_convert
@@ -67,40 +158,15 @@ def header_pixels(encoded: tf.Tensor) -> tf.Tensor:
     large to decode safely is found before any memory goes to its pixels.  A damaged JPEG
     header fails, as its decode would.
     """
-    head = tf.strings.substr(tf.strings.join([tf.strings.substr(encoded, 0, _HEADER_BYTES),
-                                              tf.constant(b"\0" * _HEADER_BYTES)]), 0, _HEADER_BYTES)
-    values = tf.cast(tf.io.decode_raw(head, tf.uint8), tf.int64)
+    return _pixels_of(_header(encoded)[1])
 
-    def little_endian(start: int, count: int) -> tf.Tensor:
-        return sum(values[start + index] * (256 ** index) for index in range(count))
 
-    def big_endian(start: int, count: int) -> tf.Tensor:
-        return sum(values[start + index] * (256 ** (count - 1 - index)) for index in range(count))
-
-    def signed_32(value: tf.Tensor) -> tf.Tensor:
-        return tf.abs(tf.where(value >= 2**31, value - 2**32, value))   # a top-down BMP has a negative height
-
-    def starts(prefix: bytes, at: int = 0) -> tf.Tensor:
-        return tf.equal(tf.strings.substr(head, at, len(prefix)), prefix)
-
-    lossless_bits = little_endian(21, 4)
-    known = [
-        (starts(b"\x89PNG\r\n\x1a\n"), big_endian(16, 4) * big_endian(20, 4)),
-        (starts(b"GIF8"), little_endian(6, 2) * little_endian(8, 2)),
-        (starts(b"BM"), signed_32(little_endian(18, 4)) * signed_32(little_endian(22, 4))),
-        (starts(b"RIFF") & starts(b"WEBPVP8 ", 8),
-         tf.bitwise.bitwise_and(little_endian(26, 2), 0x3FFF) * tf.bitwise.bitwise_and(little_endian(28, 2), 0x3FFF)),
-        (starts(b"RIFF") & starts(b"WEBPVP8L", 8),
-         (tf.bitwise.bitwise_and(lossless_bits, 0x3FFF) + 1)
-         * (tf.bitwise.bitwise_and(tf.bitwise.right_shift(lossless_bits, 14), 0x3FFF) + 1)),
-        (starts(b"RIFF") & starts(b"WEBPVP8X", 8), (little_endian(24, 3) + 1) * (little_endian(27, 3) + 1)),
-    ]
-    pixels = tf.constant(-1, tf.int64)
-    for matches, size in reversed(known):
-        pixels = tf.where(matches, size, pixels)
-    return tf.cond(tf.io.is_jpeg(encoded),
-                   lambda: tf.reduce_prod(tf.cast(tf.image.extract_jpeg_shape(encoded)[:2], tf.int64)),
-                   lambda: pixels)
+def _checked_pixel_limit(encoded: tf.Tensor, size: tf.Tensor, limit: int) -> tf.Tensor:
+    check = tf.debugging.assert_less_equal(_pixels_of(size), tf.constant(int(limit), tf.int64),
+                                           message=f"an image is over the limit of {int(limit):,} pixels "
+                                                   "(--max-image-pixels)")
+    with tf.control_dependencies([check]):
+        return tf.identity(encoded)
 
 
 def within_pixel_limit(encoded: tf.Tensor, limit: int) -> tf.Tensor:
@@ -109,15 +175,16 @@ def within_pixel_limit(encoded: tf.Tensor, limit: int) -> tf.Tensor:
     The pipelines' guard: the images of a run were checked before training (and
     ``kcnn evaluate`` checks the part it reads), so this only stops a file put there since.
     """
-    check = tf.debugging.assert_less_equal(header_pixels(encoded), tf.constant(int(limit), tf.int64),
-                                           message=f"an image is over the limit of {int(limit):,} pixels "
-                                                   "(--max-image-pixels)")
-    with tf.control_dependencies([check]):
-        return tf.identity(encoded)
+    return _checked_pixel_limit(encoded, _header(encoded)[1], limit)
 
 
 def _decode_at_ratio(encoded: tf.Tensor, ratio_index: tf.Tensor, channels: int) -> tf.Tensor:
-    """Full decode of any format at ratio 1; a DCT-scaled JPEG decode at 2, 4 or 8.
+    """Full decode of any format at ratio 1; a DCT-scaled JPEG decode at 2, 4 or 8."""
+    return tf.switch_case(ratio_index, _decoders(encoded, channels))
+
+
+def _decoders(encoded: tf.Tensor, channels: int) -> list:
+    """One decode function per ratio of ``JPEG_RATIOS``: any format at 1, a DCT-scaled JPEG beyond.
 
     ``decode_jpeg`` takes its ratio as a Python int, so each ratio is its own branch.
     Each branch returns ``channels`` channels itself: for RGB the decoders convert grey and
@@ -137,7 +204,7 @@ def _decode_at_ratio(encoded: tf.Tensor, ratio_index: tf.Tensor, channels: int) 
         # RGB -> grey the same way for every format (libjpeg's own grey output differs by a level).
         return lambda: _to_channels(tf.io.decode_jpeg(encoded, channels=0, ratio=ratio), channels)
 
-    return tf.switch_case(ratio_index, [full] + [scaled(ratio) for ratio in JPEG_RATIOS[1:]])
+    return [full] + [scaled(ratio) for ratio in JPEG_RATIOS[1:]]
 
 
 def _to_channels(image: tf.Tensor, channels: int) -> tf.Tensor:
@@ -154,92 +221,228 @@ def _to_channels(image: tf.Tensor, channels: int) -> tf.Tensor:
 
 
 @tf.autograph.experimental.do_not_convert
-def decode_image(encoded: tf.Tensor, channels: int, target_size: tuple[int, int] | None = None) -> tf.Tensor:
+def decode_image(encoded: tf.Tensor, channels: int, target_size: tuple[int, int] | None = None,
+                 max_pixels: int | None = None) -> tf.Tensor:
     """Decode JPEG/PNG/BMP/GIF bytes into a uint8 (height, width, ``channels``) tensor.
 
     Grey becomes RGB and RGB becomes grey as asked; an alpha channel is dropped;
     an animated GIF gives its first frame.  With ``target_size`` = (height, width), a JPEG
     at least twice that size on both sides is decoded at the smallest scale (1/2, 1/4 or
     1/8) that stays at least ``target_size`` (see :func:`jpeg_decode_ratio`); every other
-    image is decoded at full size.
+    image is decoded at full size.  ``max_pixels``: an image whose header says it is
+    larger is an error before anything is decoded (:func:`within_pixel_limit`; the header
+    is read once for both).
     """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, received: {channels}")
-    image = _decode_at_ratio(encoded, _ratio_index(encoded, target_size), channels)
+    if target_size is None and not max_pixels:
+        ratio_index = tf.constant(0, tf.int32)
+    else:
+        is_jpeg, size = _header(encoded)
+        if max_pixels:
+            encoded = _checked_pixel_limit(encoded, size, max_pixels)
+        ratio_index = _ratio_index(is_jpeg, size, target_size)
+    image = _decode_at_ratio(encoded, ratio_index, channels)
     image.set_shape([None, None, channels])
     return image
 
 
-def resize_image(image: tf.Tensor, image_size: tuple[int, int], mode: str = "stretch") -> tf.Tensor:
+def resize_image(image: tf.Tensor, image_size: tuple[int, int], mode: str = "stretch",
+                 resize_filter: str = DEFAULT_RESIZE_FILTER) -> tf.Tensor:
     """Resize a uint8 image (or batch) to ``image_size`` = (height, width); returns uint8.
 
     ``stretch`` ignores the aspect ratio (like Keras's ``image_dataset_from_directory``),
     ``pad`` keeps it and pads with black, ``crop`` keeps it and crops the centre.
-    The result is rounded back to uint8 so it can be cached compactly.
+    ``resize_filter``: one of :data:`RESIZE_FILTERS` (see the module docstring).
+    The result is rounded back to uint8 so it can be cached compactly (both filters average
+    pixels with weights that sum to 1, so nothing falls outside 0..255).
     """
+    resize = _resize_filter(resize_filter)
     if mode not in RESIZE_MODES:
         raise ValueError(f"resize mode must be one of {RESIZE_MODES}, received: {mode!r}")
-    height, width = int(image_size[0]), int(image_size[1])
-    pixels = tf.cast(image, tf.float32)
-    if mode == "pad":
-        resized = _resize_with_pad(pixels, height, width)
-    elif mode == "crop":
-        resized = _resize(_crop_to_aspect(pixels, height, width), height, width)
+    image = tf.convert_to_tensor(image)
+    target = (int(image_size[0]), int(image_size[1]))
+    shape = tf.shape(image)[-3:-1]
+    variant = resize.choose(_resized_source(shape, target, mode), _fitted_size(shape, target, mode))
+    return _fit(image, target, mode, lambda pixels, size: tf.switch_case(
+        variant, [lambda step=step: step(pixels, size) for step in resize.variants]))
+
+
+def _fit(image: tf.Tensor, target: tuple[int, int], mode: str, resize) -> tf.Tensor:
+    """``image`` cropped (crop), resized by ``resize(pixels, size)`` (float32) and padded (pad) to
+    ``target``, rounded to uint8."""
+    height, width = target
+    if mode == "crop":
+        resized = resize(_crop_to_aspect(image, height, width), tf.constant([height, width]))
+    elif mode == "pad":
+        fitted = _fitted_size(tf.shape(image)[-3:-1], target, mode)
+        resized = tf.image.pad_to_bounding_box(resize(image, fitted), (height - fitted[0]) // 2,
+                                               (width - fitted[1]) // 2, height, width)
     else:
-        resized = _resize(pixels, height, width)
-    return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
+        resized = resize(image, tf.constant([height, width]))
+    return tf.cast(tf.round(resized), tf.uint8)
 
 
-def _resize(pixels: tf.Tensor, height, width) -> tf.Tensor:
+def _fitted_size(source: tf.Tensor, target: tuple[int, int], mode: str) -> tf.Tensor:
+    """(height, width) int32 the resize itself produces from an image of ``source`` size: the target,
+    or in ``pad`` mode the size that fits inside it keeping the aspect ratio.  Computed with float32
+    tensor ops, so eager code, tf.data and the exported graph all get the same size
+    (``tf.image.resize_with_pad`` does not)."""
+    height, width = target
+    if mode != "pad":
+        return tf.constant([height, width])
+    source = tf.cast(source, tf.float32)
+    scale = tf.minimum(height / source[0], width / source[1])
+    return tf.stack([tf.clip_by_value(tf.cast(tf.round(source[0] * scale), tf.int32), 1, height),
+                     tf.clip_by_value(tf.cast(tf.round(source[1] * scale), tf.int32), 1, width)])
+
+
+def _resized_source(source: tf.Tensor, target: tuple[int, int], mode: str) -> tf.Tensor:
+    """(height, width) int32 of what the resize reads from an image of ``source`` size: the centre crop
+    in ``crop`` mode (as :func:`_crop_to_aspect` cuts it), else the whole image."""
+    if mode != "crop":
+        return tf.cast(source, tf.int32)
+    return _crop_size(tf.cast(source, tf.float32), *target)
+
+
+def _batched(resize):
+    """``resize`` of one image [H, W, C] or a batch [B, H, W, C], for kernels that take batches."""
+    def resize_any(image, size):
+        if image.shape.rank == 4:
+            return resize(image, size)
+        return resize(image[None], size)[0]
+    return resize_any
+
+
+@_batched
+def _area(image: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
+    # The kernels read uint8 themselves: no float copy of the full image, the same result as on one.
+    return tf.raw_ops.ResizeArea(images=image, size=size)
+
+
+@_batched
+def _antialiased_bilinear(image: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
+    return tf.image.resize(image, size, antialias=True)
+
+
+def _area_variant(source: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
     """Area averaging when shrinking (antialiased, ~4x cheaper than antialiased bilinear),
-    antialiased bilinear when enlarging."""
-    shape = tf.shape(pixels)
-    shrinking = tf.logical_and(shape[-3] >= height, shape[-2] >= width)
-    size = tf.stack([height, width])
-    return tf.cond(
-        shrinking,
-        lambda: tf.image.resize(pixels, size, method="area"),
-        lambda: tf.image.resize(pixels, size, antialias=True),
-    )
+    antialiased bilinear when enlarging on either side."""
+    return tf.where(tf.reduce_all(source >= size), 0, 1)
 
 
-def _resize_with_pad(pixels: tf.Tensor, height: int, width: int) -> tf.Tensor:
-    """Fit inside (height, width) keeping the aspect ratio, then pad with black, centred.
+def _halve_to(pixels: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
+    """One bilinear step to half the size or ``size``, whichever is larger, per side."""
+    halved = tf.maximum(size, (tf.shape(pixels)[1:3] + 1) // 2)
+    return tf.raw_ops.ResizeBilinear(images=pixels, size=halved, half_pixel_centers=True)
 
-    The fitted size is computed with float32 tensor ops, so eager code, tf.data and the
-    exported graph all get the same size (``tf.image.resize_with_pad`` does not).
-    """
-    shape = tf.shape(pixels)
-    source_height = tf.cast(shape[-3], tf.float32)
-    source_width = tf.cast(shape[-2], tf.float32)
-    scale = tf.minimum(height / source_height, width / source_width)
-    fitted_height = tf.clip_by_value(tf.cast(tf.round(source_height * scale), tf.int32), 1, height)
-    fitted_width = tf.clip_by_value(tf.cast(tf.round(source_width * scale), tf.int32), 1, width)
-    fitted = _resize(pixels, fitted_height, fitted_width)
-    return tf.image.pad_to_bounding_box(fitted, (height - fitted_height) // 2, (width - fitted_width) // 2,
-                                        height, width)
+
+def _bilinear_to(pixels: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
+    return tf.raw_ops.ResizeBilinear(images=pixels, size=size, half_pixel_centers=True)
+
+
+@_batched
+def _bilinear_step(image, size):
+    return _bilinear_to(image, size)
+
+
+@_batched
+def _halved_then_bilinear(image, size):
+    return _bilinear_to(_halve_to(image, size), size)
+
+
+@_batched
+def _area_to_4x_then_halved(image, size):
+    reduced = tf.raw_ops.ResizeArea(images=image, size=tf.minimum(tf.shape(image)[1:3], 4 * size))
+    return _bilinear_to(_halve_to(reduced, size), size)
+
+
+def _box_bilinear_variant(source: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
+    """Under twice the target on both sides (or enlarging): one bilinear step; up to 4x: a halving
+    step first; beyond: area averaging to 4x first (rare: a decoded JPEG is under 2x on one side)."""
+    largest = tf.reduce_max(tf.cast(source, tf.float32) / tf.cast(size, tf.float32))
+    return tf.where(largest <= 2.0, 0, tf.where(largest <= 4.0, 1, 2))
+
+
+@dataclass(frozen=True)
+class ResizeFilterSteps:
+    """A resize filter as straight-line variants (uint8 or float pixels and a size -> float32) and the
+    choice among them from the sizes alone (``choose(source, size)`` -> the variant's index), so the
+    choice can be made before decoding and one conditional per image runs decode and resize."""
+
+    variants: tuple
+    choose: object
+
+
+# The resize filters by name (keras_cnn.choices.ResizeFilter).
+RESIZE_FILTERS = {
+    # Bilinear sampling (half-pixel centres) at exactly half the size averages each 2x2 block, a
+    # box filter; at less than 2x every input pixel still counts.
+    "box-bilinear": ResizeFilterSteps((_bilinear_step, _halved_then_bilinear, _area_to_4x_then_halved),
+                                      _box_bilinear_variant),
+    "area": ResizeFilterSteps((_area, _antialiased_bilinear), _area_variant),
+}
+
+
+def _resize_filter(name: str) -> ResizeFilterSteps:
+    if name not in RESIZE_FILTERS:
+        raise ValueError(f"resize filter must be one of {RESIZE_FILTER_NAMES}, received: {name!r}")
+    return RESIZE_FILTERS[name]
+
+
+def _crop_size(source: tf.Tensor, height: int, width: int) -> tf.Tensor:
+    """(height, width) int32 of the centre crop of an image of ``source`` (float32) size to height:width."""
+    target_ratio = width / height
+    crop_width = tf.minimum(source[1], source[0] * target_ratio)
+    crop_height = tf.minimum(source[0], source[1] / target_ratio)
+    return tf.maximum(tf.cast(tf.stack([crop_height, crop_width]), tf.int32), 1)
 
 
 def _crop_to_aspect(pixels: tf.Tensor, height: int, width: int) -> tf.Tensor:
     """Centre-crop ``pixels`` (last three axes H, W, C) to the aspect ratio height:width."""
     shape = tf.shape(pixels)
-    source_height = tf.cast(shape[-3], tf.float32)
-    source_width = tf.cast(shape[-2], tf.float32)
-    target_ratio = width / height
-    crop_width = tf.minimum(source_width, source_height * target_ratio)
-    crop_height = tf.minimum(source_height, source_width / target_ratio)
-    crop_height_int = tf.maximum(tf.cast(crop_height, tf.int32), 1)
-    crop_width_int = tf.maximum(tf.cast(crop_width, tf.int32), 1)
-    offset_height = (shape[-3] - crop_height_int) // 2
-    offset_width = (shape[-2] - crop_width_int) // 2
-    return tf.image.crop_to_bounding_box(pixels, offset_height, offset_width, crop_height_int, crop_width_int)
+    crop = _crop_size(tf.cast(shape[-3:-1], tf.float32), height, width)
+    offset = (shape[-3:-1] - crop) // 2
+    return tf.image.crop_to_bounding_box(pixels, offset[0], offset[1], crop[0], crop[1])
 
 
 # Plain TensorFlow ops without Python control flow on tensors: skipping AutoGraph's
 # conversion about halves the tracing every new tf.data pipeline and export pays.
 @tf.autograph.experimental.do_not_convert
-def load_image(encoded: tf.Tensor, image_size: tuple[int, int], channels: int, mode: str = "stretch") -> tf.Tensor:
-    """Decode (a large JPEG at a reduced DCT scale) and resize: encoded bytes -> uint8 (height, width, channels)."""
-    image = resize_image(decode_image(encoded, channels, target_size=image_size), image_size, mode)
-    image.set_shape([int(image_size[0]), int(image_size[1]), channels])
+def load_image(encoded: tf.Tensor, image_size: tuple[int, int], channels: int, mode: str = "stretch",
+               resize_filter: str = DEFAULT_RESIZE_FILTER, max_pixels: int | None = None) -> tf.Tensor:
+    """Decode (a large JPEG at a reduced DCT scale) and resize: encoded bytes -> uint8 (height, width, channels).
+
+    The same pixels as ``resize_image(decode_image(encoded, channels, image_size), image_size, mode,
+    resize_filter)``, with one conditional per image: the header says the decoded size, so the decode
+    scale and the resize step are chosen together (each conditional cost about a tenth of a
+    millisecond per image in tf.data, a tenth of the decode).  ``max_pixels``: refuse an image over
+    that many pixels before decoding it (see :func:`decode_image`).
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, received: {channels}")
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"resize mode must be one of {RESIZE_MODES}, received: {mode!r}")
+    resize = _resize_filter(resize_filter)
+    target = (int(image_size[0]), int(image_size[1]))
+    is_jpeg, size = _header(encoded)
+    if max_pixels:
+        encoded = _checked_pixel_limit(encoded, size, max_pixels)
+    ratio_index = _ratio_index(is_jpeg, size, target)
+    # libjpeg's scaled output is the size divided by the ratio, rounded up.
+    ratio = tf.gather(tf.constant(JPEG_RATIOS, tf.int64), ratio_index)
+    decoded = (size + ratio - 1) // ratio
+    variant = resize.choose(_resized_source(decoded, target, mode), _fitted_size(decoded, target, mode))
+    variants = len(resize.variants)
+
+    def branch(position: int, step):
+        def decode_and_resize():
+            image = _decoders(encoded, channels)[position]()
+            image.set_shape([None, None, channels])
+            return _fit(image, target, mode, step)
+        return decode_and_resize
+
+    image = tf.switch_case(ratio_index * variants + variant,
+                           [branch(position, step) for position in range(len(JPEG_RATIOS)) for step in resize.variants])
+    image.set_shape([target[0], target[1], channels])
     return image

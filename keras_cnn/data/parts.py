@@ -8,7 +8,8 @@ A run's images come from one of two sources, each opened once:
   training images (as Keras's ``validation_split``), test the official test set.
 
 Each gives a part's size, its object ids and class indices, and its ``tf.data`` pipeline of
-(float32 images 0..255, int32 class indices) batches.  Training (``keras_cnn.train.stage_data``),
+(images 0..255, int32 class indices) batches: uint8 images (a Keras model casts them
+itself), float32 when augmented or when the options ask for float32.  Training (``keras_cnn.train.stage_data``),
 evaluation, the int8 calibration images of an export and the accuracy of a quantized
 model all load parts through here; :mod:`keras_cnn.run_data` opens the parts of a finished
 run from its ``config.json``, ``labels.txt`` and ``skipped_images.csv``.
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from keras_cnn.config import DataConfig
+from keras_cnn.config import DEFAULT_RESIZE_FILTER, DataConfig
 from keras_cnn.data.pipeline import (DatasetOptions, EmptyPart, array_pipeline, label_indices, make_dataset,
                                      per_replica_batch_size, shard_file_list, subset_frame)
 from keras_cnn.data.split import PARTS, class_names, read_split_csv
@@ -38,7 +39,7 @@ class Part:
     name: str
     object_ids: list[str]
     true_indices: np.ndarray          # int64 class indices into the labels
-    dataset: tf.data.Dataset          # (float32 images 0..255, int32 class indices) batches, same order
+    dataset: tf.data.Dataset          # (images 0..255, int32 class indices) batches, same order
 
     def images(self) -> tf.data.Dataset:
         """The image batches alone (what a model predicts on)."""
@@ -165,7 +166,7 @@ class ArrayParts:
         shuffle = name == "train" if options.shuffle is None else options.shuffle
         return array_pipeline(self.images(name), self.true_indices(name).astype("int32"), options.batch_size,
                               shuffle=shuffle, seed=options.seed if options.seed is not None else 0,
-                              augment=options.augment, input_context=input_context)
+                              augment=options.augment, input_context=input_context, dtype=options.dtype)
 
     def part(self, name: str, options: DatasetOptions) -> Part:
         """The part in file order; an empty part is an :class:`EmptyPart`."""
@@ -188,4 +189,5 @@ def open_parts(data: DataConfig, input_shape: tuple[int, int, int] | None = None
 def part_options(data: DataConfig, image_size: Any, channels: int, batch_size: int, **settings: Any) -> DatasetOptions:
     """The :class:`DatasetOptions` of a run's data: its input geometry, resizing and pixel limit, and ``settings``."""
     return DatasetOptions(image_size=image_size, batch_size=batch_size, channels=channels,
-                          resize_mode=data.resize_mode, max_image_pixels=data.max_image_pixels, **settings)
+                          resize_mode=data.resize_mode, resize_filter=data.resize_filter or DEFAULT_RESIZE_FILTER,
+                          max_image_pixels=data.max_image_pixels, **settings)

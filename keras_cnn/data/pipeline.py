@@ -3,10 +3,15 @@
 The order of the stages is the point of this module::
 
     file paths, labels ─▶ read + decode + resize (uint8, parallel TF ops) ─▶ cache ─▶ shuffle
-        ─▶ batch ─▶ random augmentation (float32) ─▶ float32 0..255 ─▶ prefetch
+        ─▶ batch (uint8) ─▶ random augmentation (float32), if any ─▶ prefetch
 
 Decoding and resizing are done once: the cache (memory, or files with ``cache=PATH``)
-holds the resized uint8 images, a quarter of the float32 size.  Everything random comes
+holds the resized uint8 images, a quarter of the float32 size.  Batches stay uint8 up to
+the model, which casts them to float inside (a Keras model converts its input to the dtype
+of its ``Input``): a quarter of the bytes through memory and, on a GPU, through the copy
+to the device; ``dtype="float32"`` gives float batches to code that wants them.  Augmentation
+layers compute in float32 and their output reaches the model as it is (rounding it back to
+uint8 would change the pixels training sees).  Everything random comes
 after the cache, so each epoch reshuffles and draws new augmentations of the same
 cached pixels; every draw is a function of (seed, epoch, batch) (:mod:`keras_cnn.data.randomness`), so a
 resumed run sees the order and augmentations an uninterrupted one would.  Images go through :func:`keras_cnn.data.images.load_image`, the function
@@ -29,13 +34,15 @@ import tensorflow as tf
 
 from keras_cnn.data.augment import AugmentationSpec, as_augmentation_spec, augment_dataset
 from keras_cnn.data.files import resolve_image_paths
-from keras_cnn.data.images import RESIZE_MODES, load_image, within_pixel_limit
+from keras_cnn.choices import PixelType, names
+from keras_cnn.data.images import DEFAULT_RESIZE_FILTER, RESIZE_FILTER_NAMES, RESIZE_MODES, load_image
 from keras_cnn.data.pixel_limit import DEFAULT_MAX_IMAGE_PIXELS
 from keras_cnn.data.randomness import shuffle_per_epoch
 from keras_cnn.data.split import PARTS, class_names, read_split_csv, validate_object_ids
 from keras_cnn.errors import UserError
 
 SUBSETS = (*PARTS, "all")
+PIXEL_TYPES = names(PixelType)
 
 # A file cache is read back into new tensors, so its shuffle buffer really holds images:
 # bound it to about this many bytes (a memory cache shares its tensors with the buffer).
@@ -134,7 +141,8 @@ class EmptyPart(UserError):
 class DatasetOptions:
     """How :func:`make_dataset` turns the rows of a part into batches (everything but which rows).
 
-    ``image_size``: (height, width) or one side; ``resize_mode``: stretch, pad or crop.
+    ``image_size``: (height, width) or one side; ``resize_mode``: stretch, pad or crop;
+    ``resize_filter``: area or box-bilinear (:data:`keras_cnn.data.images.RESIZE_FILTERS`).
     ``channels``: 3 (grey becomes RGB) or 1 (RGB becomes grey); alpha is dropped.
     ``augment``: an :class:`AugmentationSpec` or a dict of its ranges, applied to batches
     after the cache; None for none.
@@ -148,6 +156,9 @@ class DatasetOptions:
     ``skip``: objectIds to leave out (e.g. the bad images found before training).
     ``max_image_pixels``: an image whose header says it is larger stops the pipeline before
     it is decoded (0 or None: no limit).
+    ``dtype``: ``"uint8"`` (the pixels as decoded; a Keras model casts them itself) or
+    ``"float32"``.  With augmentation the batches are float32 either way: the layers'
+    output, not rounded back.
     The fields keep the order of :func:`make_dataset`'s former parameters, so
     ``DatasetOptions(image_size, batch_size, ...)`` reads as those calls did.
     """
@@ -164,11 +175,14 @@ class DatasetOptions:
     skip: Iterable[str] | None = None
     drop_remainder: bool = False
     max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
+    resize_filter: str = DEFAULT_RESIZE_FILTER
+    dtype: PixelType = "uint8"
 
 
 def make_dataset(split_csv: str | os.PathLike | pd.DataFrame, images_dir: str | os.PathLike, subset: str,
                  *settings: Any, **named_settings: Any) -> tf.data.Dataset:
-    """Batches of ``(float32 images 0..255 [B, H, W, C], int32 class indices [B])``.
+    """Batches of ``(images 0..255 [B, H, W, C], int32 class indices [B])``: uint8 images, or
+    float32 as ``dtype`` says or when augmented (see :class:`DatasetOptions`).
 
     ``split_csv``: a split CSV path or its frame (objectId, value, type).
     ``images_dir``: the image folder, flat or ``ab/cd/`` sharded.
@@ -193,6 +207,10 @@ def make_dataset(split_csv: str | os.PathLike | pd.DataFrame, images_dir: str | 
         raise UserError(f"channels must be 1 or 3, received: {channels}")
     if resize_mode not in RESIZE_MODES:
         raise UserError(f"resize mode must be one of {', '.join(RESIZE_MODES)}, received: {resize_mode!r}")
+    resize_filter = options.resize_filter
+    if resize_filter not in RESIZE_FILTER_NAMES:
+        raise UserError(f"resize filter must be one of {', '.join(RESIZE_FILTER_NAMES)}, received: {resize_filter!r}")
+    _check_pixel_type(options.dtype)
     if int(batch_size) < 1:
         raise UserError(f"batch size must be at least 1, received: {batch_size}")
     spec = as_augmentation_spec(options.augment)
@@ -213,10 +231,9 @@ def make_dataset(split_csv: str | os.PathLike | pd.DataFrame, images_dir: str | 
     limit = options.max_image_pixels
 
     def load(path, label):
-        encoded = tf.io.read_file(path)
-        if limit:
-            encoded = within_pixel_limit(encoded, limit)
-        return load_image(encoded, image_size, channels, resize_mode), label
+        # The header is read once, for the pixel limit and the JPEG's decode scale alike.
+        return load_image(tf.io.read_file(path), image_size, channels, resize_mode, resize_filter,
+                          max_pixels=limit), label
 
     dataset = tf.data.Dataset.from_tensor_slices((paths, tf.constant(indices, dtype=tf.int32)))
     if shuffle and not cache:
@@ -229,7 +246,7 @@ def make_dataset(split_csv: str | os.PathLike | pd.DataFrame, images_dir: str | 
             buffer_size = len(paths)
         else:
             fingerprint = (os.path.abspath(images_dir), paths, indices, image_size, channels,
-                           resize_mode)
+                           resize_mode, resize_filter)
             dataset = dataset.cache(_cache_file_prefix(cache, subset, fingerprint))
             image_bytes = image_size[0] * image_size[1] * channels
             buffer_size = max(int(batch_size), min(len(paths), FILE_CACHE_SHUFFLE_BYTES // image_bytes))
@@ -239,8 +256,14 @@ def make_dataset(split_csv: str | os.PathLike | pd.DataFrame, images_dir: str | 
                             num_parallel_calls=tf.data.AUTOTUNE)
     if spec is not None:
         dataset = augment_dataset(dataset, spec, seed=seed)
-    dataset = dataset.map(_to_float, num_parallel_calls=tf.data.AUTOTUNE)
+    elif options.dtype == "float32":
+        dataset = dataset.map(_to_float, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _check_pixel_type(dtype: str) -> None:
+    if dtype not in PIXEL_TYPES:
+        raise UserError(f"dtype must be one of {', '.join(PIXEL_TYPES)}, received: {dtype!r}")
 
 
 def shuffled(dataset: tf.data.Dataset, buffer_size: int, seed: int | None) -> tf.data.Dataset:
@@ -255,8 +278,12 @@ def _to_float(images, labels):
 
 
 def array_pipeline(images: np.ndarray, labels: np.ndarray, batch_size: int, shuffle: bool, seed: int,
-                   augment=None, input_context=None) -> tf.data.Dataset:
-    """In-memory uint8 images -> (shuffled, augmented) float32 batches; one worker's shard if asked."""
+                   augment=None, input_context=None, dtype: PixelType = "uint8") -> tf.data.Dataset:
+    """In-memory uint8 images -> (shuffled, augmented) batches; one worker's shard if asked.
+
+    Images stay uint8 unless ``dtype`` is ``"float32"`` or they are augmented (float32).
+    """
+    _check_pixel_type(dtype)
     dataset = tf.data.Dataset.from_tensor_slices((images, labels))
     if input_context is not None:
         dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
@@ -266,7 +293,8 @@ def array_pipeline(images: np.ndarray, labels: np.ndarray, batch_size: int, shuf
     dataset = dataset.batch(batch_size)
     if augment is not None:
         dataset = augment_dataset(dataset, augment, seed=seed)
-    return dataset.map(_float_images_int_labels, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    convert = _float_images_int_labels if augment is not None or dtype == "float32" else _int_labels
+    return dataset.map(convert, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
 def shard_file_list(paths: Sequence[Any], input_context=None) -> list[Any]:
@@ -302,3 +330,7 @@ def per_replica_batch_size(global_batch_size: int, input_context=None) -> int:
 
 def _float_images_int_labels(images, labels):
     return tf.cast(images, tf.float32), tf.cast(labels, tf.int32)
+
+
+def _int_labels(images, labels):
+    return images, tf.cast(labels, tf.int32)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from keras_cnn.config import RunConfig
+from keras_cnn.config import DEFAULT_RESIZE_FILTER, RunConfig
 from keras_cnn.errors import UserError
 
 
@@ -18,6 +18,7 @@ class ModelSpec:
     channels: int
     resize_mode: str
     binary: bool              # one sigmoid unit: probabilities are [1 - p, p]
+    resize_filter: str = "area"       # the run's (keras_cnn.data.images.RESIZE_FILTERS)
     tta_views: tuple[str, ...] = ()   # views of the serving_tta signature (none: no such signature)
     temperature: float | None = None  # the run's calibration, already inside the exported model
     # The model opened up (keras_cnn.models.opened.OpenedModel) when it has a feature map to
@@ -40,4 +41,5 @@ def model_spec(model, labels: list[str], config: RunConfig) -> ModelSpec:
     binary = outputs == 1
     if (binary and len(labels) != 2) or (not binary and outputs != len(labels)):
         raise UserError(f"the model has {outputs} output unit(s) but labels.txt has {len(labels)} labels: {labels}")
-    return ModelSpec(tuple(labels), image_size, channels, config.data.resize_mode, binary)
+    return ModelSpec(tuple(labels), image_size, channels, config.data.resize_mode, binary,
+                     resize_filter=config.data.resize_filter or DEFAULT_RESIZE_FILTER)

@@ -54,7 +54,8 @@ def extract_features(feature_extractor: keras.Model, dataset: tf.data.Dataset, c
     forward = forward or compiled_forward(feature_extractor)
     with ProgressBar(count, f"extracting {description} ({count} images)") as progress:
         for images, batch_labels in dataset:
-            batch = forward(images).numpy().reshape(len(images), *shape)
+            # The signature takes float32; the pipelines give uint8 unless augmented.
+            batch = forward(tf.cast(images, tf.float32)).numpy().reshape(len(images), *shape)
             features[position:position + len(batch)] = batch
             labels[position:position + len(batch)] = np.asarray(batch_labels).reshape(-1)
             position += len(batch)
