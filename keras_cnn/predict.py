@@ -1,14 +1,22 @@
 """Classify image files with an exported SavedModel (``kcnn export``), without the training code.
 
-Only TensorFlow, numpy, Pillow and kcnn's small ``errors`` / ``io`` / ``export_layout`` /
-``heatmaps`` modules are used (with ``--tta``, also ``tta`` and ``data.images``): the model
-directory alone is enough, the run it came from is not needed.  The probabilities are the
-export's (calibrated when the run was); an answer whose top probability is below a threshold
-(``--reject-below``, else the export's ``reject_below``) is marked ``rejected``; with
-``--explain`` each image's heat map comes from the ``serving_explain`` signature.  Files are read in Python
-and sent as encoded bytes to the ``serving_default`` signature, which decodes and resizes
-them in the graph exactly as in training.  A batch that fails (an unreadable, truncated or
-non-image file) is retried file by file, so one bad file never costs the good ones.
+Only TensorFlow, numpy, Pillow and kcnn's small ``errors`` / ``io`` / ``config`` /
+``export_layout`` / ``heatmaps`` modules and its decoder (``data.images``) are used (with
+``--tta``, also ``tta``): the model directory alone is enough, the run it came from is not
+needed.  The probabilities are the export's (calibrated when the run was); an answer whose
+top probability is below a threshold (``--reject-below``, else the export's
+``reject_below``) is marked ``rejected``; with ``--explain`` each image's heat map comes
+from the ``serving_explain`` signature.
+
+Images are decoded while the model classifies: a ``tf.data`` pipeline reads and decodes the
+files in parallel, a batch ahead, with :func:`keras_cnn.data.images.load_image` and the
+input the export records in ``kcnn.json`` (the function and settings of its own
+``serving_default`` graph, so the pixels are the same), and the model takes them through
+the ``serving_images_uint8`` signature.  A file that cannot be read or decoded is left out
+of its batch and reported with its reason.  An export that does not record its resize
+filter (made by an older kcnn), ``--tta`` and ``--explain`` send the encoded bytes to the
+graph's own signatures instead, one batch at a time; a batch that fails there is retried
+file by file, so one bad file never costs the good ones.
 """
 
 from __future__ import annotations
@@ -24,11 +32,12 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from keras_cnn.data.pixel_limit import DEFAULT_MAX_IMAGE_PIXELS, pixel_limit_problem
+from keras_cnn.config import RECORDED_BEFORE
+from keras_cnn.data.pixel_limit import DEFAULT_MAX_IMAGE_PIXELS, over_limit_message, pixel_limit_problem
 from keras_cnn.errors import UserError, first_line
-from keras_cnn.export_layout import (EXPLAIN_SIGNATURE, HEATMAP_OUTPUT, IMAGES_SIGNATURE, METADATA_FILE,
-                                     SERVING_SIGNATURE, TTA_SIGNATURE, check_label_count, read_export_labels,
-                                     read_export_metadata, resolve_version_dir)
+from keras_cnn.export_layout import (EXPLAIN_SIGNATURE, HEATMAP_OUTPUT, IMAGES_SIGNATURE, IMAGES_UINT8_SIGNATURE,
+                                     METADATA_FILE, SERVING_SIGNATURE, TTA_SIGNATURE, check_label_count,
+                                     read_export_labels, read_export_metadata, resolve_version_dir)
 from keras_cnn.heatmaps import overlay_png, peak_on_image
 from keras_cnn.io import atomic_write_bytes, check_output_path
 
@@ -114,13 +123,26 @@ class ExportedModel:
         """Decode and resize as the export's graph does (float32 [batch, H, W, C])."""
         from keras_cnn.data.images import load_image
 
-        description = self.metadata["input"]
-        image_size = tuple(int(side) for side in description["image_size"])
-        channels, resize_mode = int(description["channels"]), description["resize_mode"]
+        image_size, channels, resize_mode, resize_filter = self.input_description()
         # Traced with an unknown image shape, as in the export's graph and the tf.data pipeline.
-        decode = tf.function(lambda data: load_image(data, image_size, channels, resize_mode),
+        decode = tf.function(lambda data: load_image(data, image_size, channels, resize_mode, resize_filter),
                              input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
         return tf.cast(tf.stack([decode(tf.constant(data)) for data in encoded_images]), tf.float32)
+
+    def input_description(self) -> tuple[tuple[int, int], int, str, str]:
+        """(image size, channels, resize mode, resize filter) of the export's decoding, from ``kcnn.json``
+        (an export recorded before kcnn had a choice of filter resized with ``area``)."""
+        description = self.metadata["input"]
+        return (tuple(int(side) for side in description["image_size"]), int(description["channels"]),
+                description["resize_mode"], description.get("resize_filter", RECORDED_BEFORE["data"]["resize_filter"]))
+
+    def decodes_in_pipeline(self) -> bool:
+        """Whether predict may decode in its own pipeline and send pixels: the export records all of
+        its decoding (its resize filter too) and takes uint8 pixels; no --tta or --explain."""
+        recorded = self.metadata.get("input") or {}
+        return (not self.tta_views and not self.explaining
+                and IMAGES_UINT8_SIGNATURE in getattr(self.saved_model, "signatures", {})
+                and {"image_size", "channels", "resize_mode", "resize_filter"} <= set(recorded))
 
 
 def load_exported_model(path: str | os.PathLike) -> ExportedModel:
@@ -209,19 +231,8 @@ def predict_files(model: ExportedModel, paths: list[str | os.PathLike], batch_si
         overlays = OverlayWriter(Path(explain_dir), model.metadata)
     files, failures = expand_inputs(paths)
     results: list[dict[str, Any]] = []
-    # Files are read one batch at a time, so a large folder never sits in memory at once.
-    for start in range(0, len(files), batch_size):
-        batch = _read_files(files[start:start + batch_size], failures, max_image_pixels)
-        if not batch:
-            continue
-        try:
-            outputs = model.classify([data for _, data in batch])
-            answered = batch
-        except (tf.errors.InvalidArgumentError, tf.errors.UnknownError):
-            # Some file in this batch does not decode: find it by trying them one by one.
-            answered, outputs = _classify_one_by_one(model, batch, failures)
-            if not answered:
-                continue
+    batches = _pipeline_batches if model.decodes_in_pipeline() else _graph_batches
+    for answered, outputs in batches(model, files, batch_size, failures, max_image_pixels):
         records = prediction_records(model, [path for path, _ in answered], outputs, top_k)
         for row, (record, (_, data)) in enumerate(zip(records, answered)):
             if threshold is not None:
@@ -273,16 +284,70 @@ class OverlayWriter:
             number += 1
 
 
+def _pipeline_batches(model: ExportedModel, files: list[Path], batch_size: int, failures: list[tuple[str, str]],
+                      max_image_pixels: int | None):
+    """``(answered, outputs)`` per batch: the files decoded in a parallel ``tf.data`` pipeline, a batch
+    ahead of the model (the export's own decoding, see the module docstring), classified through
+    ``serving_images_uint8``.  Files that could not be read or decoded go to ``failures`` at the end."""
+    from keras_cnn.data.images import load_image
+
+    if not files:
+        return
+    image_size, channels, resize_mode, resize_filter = model.input_description()
+    limit = int(max_image_pixels or 0)
+
+    def load(position, path):
+        return position, load_image(tf.io.read_file(path), image_size, channels, resize_mode, resize_filter,
+                                    max_pixels=limit)
+
+    dataset = tf.data.Dataset.from_tensor_slices((tf.range(len(files), dtype=tf.int64),
+                                                  tf.constant([os.fspath(path) for path in files])))
+    # A file that fails to read, decode or pass the pixel limit is dropped here; its reason is found below.
+    dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors(log_warning=False)
+    classify = model.saved_model.signatures[IMAGES_UINT8_SIGNATURE]
+    answered: set[int] = set()
+    for positions, images in dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE):
+        outputs = {name: value.numpy() for name, value in classify(images=images).items()}
+        positions = positions.numpy().tolist()
+        answered.update(positions)
+        yield [(files[position], None) for position in positions], outputs
+    for position, path in enumerate(files):
+        if position not in answered:
+            data, problem = _read_file(path, max_image_pixels)
+            failures.append((str(path), problem or decode_failure_reason(data, limit)))
+
+
+def _graph_batches(model: ExportedModel, files: list[Path], batch_size: int, failures: list[tuple[str, str]],
+                   max_image_pixels: int | None):
+    """``(answered, outputs)`` per batch of encoded images sent to the export's graph, which decodes them."""
+    # Files are read one batch at a time, so a large folder never sits in memory at once.
+    for start in range(0, len(files), batch_size):
+        batch = _read_files(files[start:start + batch_size], failures, max_image_pixels)
+        if not batch:
+            continue
+        try:
+            yield batch, model.classify([data for _, data in batch])
+        except (tf.errors.InvalidArgumentError, tf.errors.UnknownError):
+            # Some file in this batch does not decode: find it by trying them one by one.
+            answered, outputs = _classify_one_by_one(model, batch, failures)
+            if answered:
+                yield answered, outputs
+
+
+def _read_file(path: Path, max_image_pixels: int | None) -> tuple[bytes, str | None]:
+    """The file's bytes, and why it cannot be classified when that shows before decoding (else None)."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        return b"", f"cannot read: {error.strerror or error}"
+    return data, "empty file" if not data else pixel_limit_problem(data, max_image_pixels)
+
+
 def _read_files(paths: list[Path], failures: list[tuple[str, str]],
                 max_image_pixels: int | None) -> list[tuple[Path, bytes]]:
     readable = []
     for path in paths:
-        try:
-            data = path.read_bytes()
-        except OSError as error:
-            failures.append((str(path), f"cannot read: {error.strerror or error}"))
-            continue
-        problem = "empty file" if not data else pixel_limit_problem(data, max_image_pixels)
+        data, problem = _read_file(path, max_image_pixels)
         if problem:
             failures.append((str(path), problem))
             continue
@@ -306,8 +371,18 @@ def _classify_one_by_one(model: ExportedModel, batch: list[tuple[Path, bytes]],
     return answered, joined
 
 
-def decode_failure_reason(data: bytes) -> str:
-    """A clean one-line reason why ``data`` is not an image (the graph's error is verbose)."""
+def decode_failure_reason(data: bytes, max_image_pixels: int | None = None) -> str:
+    """A clean one-line reason why ``data`` is not an image (the graph's error is verbose), or is one over
+    ``max_image_pixels`` by the header TensorFlow reads (Pillow may not know its format)."""
+    if max_image_pixels:
+        from keras_cnn.data.images import header_pixels
+
+        try:
+            pixels = int(header_pixels(tf.constant(data)))
+        except (tf.errors.InvalidArgumentError, tf.errors.UnknownError):
+            pixels = -1
+        if pixels > max_image_pixels:
+            return over_limit_message(pixels, max_image_pixels)
     try:
         tf.io.decode_image(data, channels=0, expand_animations=False)
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as error:
