@@ -63,6 +63,10 @@ def test_pipeline_benchmark_runs_on_tiny_images(load_script, tmp_path, capsys):
     assert "decode ratio 1/1; mean absolute difference from full decode + resize: 0.00" in output
     assert "CPU time per image (all threads, lowest of the rounds): ImageDataGenerator" in output
     assert "Ceiling: decoding alone" in output
+    # Training on uint8 batches ends with the weights of float32 batches; the filters are compared.
+    assert "on uint8 and on float32 batches (same seed): weights identical" in output
+    assert "between the box-bilinear and the area resize of the same pixels" in output
+    assert "target: cached epoch (uint8 batches) vs ImageDataGenerator" in output
     section = results.read_text()
     assert "| `make_dataset`, later epoch, no cache (every file read again) |" in section
     assert "bits per pixel" in section and "Ceiling: decoding alone" in section
@@ -71,10 +75,12 @@ def test_pipeline_benchmark_runs_on_tiny_images(load_script, tmp_path, capsys):
 def test_predict_benchmark_runs_on_a_tiny_export(load_script, tmp_path, capsys):
     predict = load_script("predict")
     results = tmp_path / "RESULTS.md"
-    assert predict.main(["--images", "6", "--image-height", "40", "--image-width", "48", "--model-size", "32",
-                         "--batch-size", "4", "--repeats", "1", "--no-write", "--results", str(results)]) == 0
+    assert predict.main(["--base", "small_cnn", "--images", "6", "--image-height", "40", "--image-width", "48",
+                         "--model-size", "32", "--batch-size", "4", "--repeats", "1", "--no-write",
+                         "--results", str(results)]) == 0
     output = capsys.readouterr().out
-    assert "| batch of 4 |" in output and "| one by one |" in output and "usable cores" in output
+    assert "| combined limit: 1 / (model s/img + decode s/img) |" in output and "usable cores" in output
+    assert "target: share of the combined decode + model limit" in output and "| PIL loop" in output
     assert not results.exists()
 
 
