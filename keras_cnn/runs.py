@@ -8,6 +8,7 @@ Layout (every file is written atomically through :mod:`keras_cnn.io`)::
       history.csv        one row per epoch (stage, epoch, seconds, loss, accuracy, ...)
       model.keras        the best model so far (whole: base + head)
       metrics.json       test-set metrics
+      thresholds.json    multi-label runs: each label's threshold, chosen on the validation part
       training.png       training curves
       state.json         run state: stages finished / running, each stage's options and fingerprint
       .lock              held (flock) by the process writing the run; names its pid
@@ -50,10 +51,12 @@ class RunDirectory:
     skipped_images_path = property(lambda self: self.root / "skipped_images.csv")
     state_path = property(lambda self: self.root / "state.json")
     stages_dir = property(lambda self: self.root / "stages")
+    thresholds_path = property(lambda self: self.root / "thresholds.json")
 
     # Everything a run writes (the lock aside): what removing a whole run removes, and no more.
     ENTRIES = ("config.json", "labels.txt", "history.csv", "model.keras", "metrics.json", "training.png",
-               "state.json", "skipped_images.csv", "split.csv", "stages", "logs", "backup", "eval", "features")
+               "state.json", "skipped_images.csv", "split.csv", "stages", "logs", "backup", "eval", "features",
+               "thresholds.json")
 
     def clear(self) -> None:
         """Remove every file and folder of the run (not the lock, nor files kcnn did not write)."""

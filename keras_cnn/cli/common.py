@@ -110,3 +110,13 @@ def run_command(as_json: bool, work: Callable[[], dict[str, Any]],
         for key, value in result.items():
             click.echo(f"{key}: {value}")
     return result
+
+
+def test_result(result: dict) -> str:
+    """What a training command's one-line summary says about the test part."""
+    if result.get("multi_label"):
+        if result.get("test_macro_map") is None:
+            return "no test part" if result.get("test_loss") is None else "no label with a test image"
+        return f"test mAP {result['test_macro_map']:.4f}, micro F1 {result['test_micro_f1']:.4f}"
+    accuracy = result.get("test_accuracy")
+    return f"test accuracy {accuracy:.4f}" if accuracy is not None else "no test part"

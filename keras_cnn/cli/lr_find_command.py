@@ -26,6 +26,7 @@ def _render(result):
 @options.base_dropout(note="With --run.")
 @options.data_source_options(split_default="split --images into lr_find_split.csv beside the picture")
 @options.data_edit_options()
+@options.multi_label_options()
 @options.transfer_model_options()
 @options.augment(note="During the sweep a head then trains on images, not cached features.")
 @options.resize_mode()

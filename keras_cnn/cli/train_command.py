@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from keras_cnn.cli import options
-from keras_cnn.cli.common import debug_option, import_tensorflow_quietly, json_option, overwrite_option, run_command
+from keras_cnn.cli.common import (debug_option, import_tensorflow_quietly, json_option, overwrite_option, run_command,
+                                  test_result)
 
 RECIPE = "the architecture's reference recipe"
 
@@ -23,6 +24,7 @@ RECIPE = "the architecture's reference recipe"
 @options.regularization_options()
 @options.image_folder_options()
 @options.data_edit_options()
+@options.multi_label_options()
 @options.execution_options(shown_default="auto")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Run directory [default: runs/ARCHITECTURE-TIMESTAMP] (its files: see above). "
@@ -48,6 +50,7 @@ def train(architecture, out_dir, overwrite, as_json, **option_values):
       kcnn train cifar10_deep_net --dataset cifar10 --augment
       kcnn train lenet --images digits/          # digits/0/*.png … digits/9/*.png
       kcnn train cifar10_net --split split.csv --images data/
+      kcnn train lenet --images tagged/ --multi-label   # a picture may sit in several label folders
     """
     import_tensorflow_quietly()
     from keras_cnn.config import DataConfig, ModelConfig, RunConfig, TrainingConfig
@@ -67,9 +70,7 @@ def train(architecture, out_dir, overwrite, as_json, **option_values):
         return train_scratch(config, out_dir, overwrite=overwrite)
 
     def render(result):
-        accuracy = result.get("test_accuracy")
-        shown = f"test accuracy {accuracy:.4f}" if accuracy is not None else "no test part"
-        click.echo(f"{result['architecture']}: {shown} after {result['epochs']} epochs "
+        click.echo(f"{result['architecture']}: {test_result(result)} after {result['epochs']} epochs "
                    f"({result['seconds']:.0f} s); run in {result['run']}")
 
     run_command(as_json, work, render)

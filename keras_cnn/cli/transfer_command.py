@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from keras_cnn.cli import options
-from keras_cnn.cli.common import debug_option, import_tensorflow_quietly, json_option, overwrite_option, run_command
+from keras_cnn.cli.common import (debug_option, import_tensorflow_quietly, json_option, overwrite_option, run_command,
+                                  test_result)
 from keras_cnn.errors import UserError
 from keras_cnn.messages import frozen_random_base_warning
 from keras_cnn.progress import warn
@@ -13,9 +14,7 @@ from keras_cnn.runs import RunDirectory
 
 
 def _render(result):
-    accuracy = result.get("test_accuracy")
-    shown = f"test accuracy {accuracy:.4f}" if accuracy is not None else "no test part"
-    click.echo(f"{result['base']} [{result['stage']}]: {shown}; trainable {result['trainable_params']:,} of "
+    click.echo(f"{result['base']} [{result['stage']}]: {test_result(result)}; trainable {result['trainable_params']:,} of "
                f"{result['total_params']:,} parameters; {result['epochs']} epochs in {result['seconds']:.0f} s; "
                f"run in {result['run']}")
 
@@ -41,6 +40,7 @@ def _render(result):
 @options.regularization_options()
 @options.image_folder_options()
 @options.data_edit_options()
+@options.multi_label_options()
 @options.execution_options(shown_default="auto")
 @overwrite_option
 @json_option

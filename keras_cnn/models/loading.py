@@ -9,6 +9,7 @@ import keras
 
 import keras_cnn.models.hub  # noqa: F401 - registers HubFeatureLayer
 import keras_cnn.models.preprocessing  # noqa: F401 - registers CaffePreprocessing, ChannelAffine
+import keras_cnn.losses  # noqa: F401 - registers the multi-label positive-weighted loss of compiled models
 import keras_cnn.optimizers  # noqa: F401 - registers kcnn>Adam ... of compiled models
 from keras_cnn.errors import UserError
 from keras_cnn.models.frozen import with_transfer_base  # also registers TransferBase

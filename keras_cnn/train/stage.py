@@ -14,7 +14,8 @@ runner does the rest, the same way for every stage:
    are refused or, with ``overwrite``, removed with everything that was theirs;
 3. data, model, loss, optimizer; config.json and labels.txt; compile;
 4. fit with kill-safe checkpoints (resuming from the last committed epoch);
-5. test the best model, record metrics, draw the curves, mark the stage finished.
+5. test the best model (a multi-label model: after choosing each label's threshold on the
+   validation part, RUN/thresholds.json), record metrics, draw the curves, mark the stage finished.
 
 A failed command leaves no run folder it created without progress in it.
 """
@@ -39,6 +40,7 @@ from keras_cnn.errors import UserError
 from keras_cnn.progress import format_seconds, keras_verbose, say
 from keras_cnn.io import atomic_path, check_output_path, remove_stale_temporaries
 from keras_cnn.runs import EXECUTION_OPTIONS, RunDirectory, RunLock, RunState, differing_options, flatten_options
+from keras_cnn.thresholds import write_thresholds
 from keras_cnn.train.callbacks import (HistoryRecorder, NanGuard, RunProgress, StageCheckpoint, read_history,
                                       write_history)
 from keras_cnn.train.discriminative import layer_rate_factors
@@ -71,6 +73,7 @@ class StageContext:
     model: keras.Model | None = None
     loss: Any = None
     single_sigmoid: bool = False
+    multi_label: bool = False                # multi-hot targets, one sigmoid per label
     fit_notes: dict[str, Any] = field(default_factory=dict)   # what the fit adds to the stage's metrics
 
     @property
@@ -89,8 +92,8 @@ class StageContext:
     def class_weight(self) -> dict[int, float] | None:
         from keras_cnn.train.stage_data import balanced_class_weights
 
-        if self.training.class_weight != "balanced":
-            return None
+        if self.training.class_weight != "balanced" or self.multi_label:
+            return None   # multi-label: per-label positive weights inside the loss (multi_label_loss)
         return balanced_class_weights(self.data.train_counts)
 
 
@@ -276,6 +279,8 @@ def _discard_stages(run: RunDirectory, state: RunState, stages: list[str]) -> No
             else:
                 metrics.pop(key, None)
         run.write_metrics(metrics)
+        # The model goes back to that stage's, and so do its thresholds (multi-label runs).
+        write_thresholds(run, last.get("thresholds"))
     if run.config_path.exists():
         config = run.read_config()
         recorded = config.get("extra", {}).get("stages", {})
@@ -313,8 +318,9 @@ def _run_checked_stage(context: StageContext, state: RunState, data) -> StageOut
     counts = parameter_counts(context.model)
     _write_config(context, counts)
     state.start(spec.name, spec.options)
-    # A new model is coming: an evaluation of the old one no longer describes the run.
+    # A new model is coming: an evaluation of the old one (or thresholds chosen for it) no longer describes the run.
     shutil.rmtree(run.eval_dir, ignore_errors=True)
+    write_thresholds(run, None)
     run.stage_model_path(spec.name).unlink(missing_ok=True)
 
     checkpoint = StageCheckpoint(run.backup_dir / spec.name, run.model_path, monitor=_monitor(context.data),
@@ -350,12 +356,30 @@ def build_stage(context: StageContext, data=None) -> StageContext:
     context.data = data if data is not None else spec.prepare_data(context)
     with context.execution.scope() if context.execution is not None else contextlib.nullcontext():
         context.model = spec.build_model(context)
-    context.single_sigmoid = context.model.output_shape[-1] == 1
+    context.multi_label = bool(getattr(context.data, "multi_label", False))
+    context.single_sigmoid = context.model.output_shape[-1] == 1 and not context.multi_label
+    if context.multi_label:
+        context.loss = multi_label_loss(context)
+        return context
     context.loss = spec.loss(context) if spec.loss else default_loss(context.single_sigmoid)
     if uses_soft_labels(spec.config.data.regularization):
         # MixUp, CutMix and label smoothing give class probabilities: categorical cross-entropy.
         context.loss = soft_label_loss(context.loss)
     return context
+
+
+def multi_label_loss(context: StageContext):
+    """Binary cross-entropy over the labels (soft targets too); with ``--class-weight balanced`` each
+    label's positive targets weigh negatives / positives of that label in the training part."""
+    from keras_cnn.losses import PositiveWeightedBinaryCrossentropy
+    from keras_cnn.train.stage_data import balanced_positive_weights
+
+    if context.training.class_weight != "balanced":
+        return "binary_crossentropy"
+    weights = balanced_positive_weights(context.data.train_counts, context.data.sizes["train"])
+    say(f"[{context.spec.name}] --class-weight balanced: each label's positive targets weigh its negatives / "
+        f"positives ({min(weights):.3g} to {max(weights):.3g})")
+    return PositiveWeightedBinaryCrossentropy(weights)
 
 
 def _remove_backup(run: RunDirectory, stage: str) -> None:
@@ -419,8 +443,9 @@ def _fit(context: StageContext, checkpoint: StageCheckpoint) -> None:
         if inputs.model is not context.model:
             # The whole model is compiled too, so its saved file records a usable training setup.
             execution.compile(context.model, training.optimizer, training.learning_rate, context.loss,
-                              soft_labels=soft_labels)
-        execution.compile(inputs.model, optimizer, training.learning_rate, context.loss, soft_labels=soft_labels)
+                              soft_labels=soft_labels, multi_label=context.multi_label)
+        execution.compile(inputs.model, optimizer, training.learning_rate, context.loss, soft_labels=soft_labels,
+                          multi_label=context.multi_label)
     checkpoint.whole_model = context.model if inputs.model is not context.model else None
     history = HistoryRecorder(run.history_path, spec.name)
     early_stopping = early_stopping_callbacks(
@@ -486,7 +511,7 @@ def _fit_multiworker(model: keras.Model, context: StageContext, callbacks: list)
     if per_worker is None:
         raise UserError("this data cannot be sharded across workers (the legacy ImageDataGenerator engine "
                         "or cached features); use --augment-engine layers / --no-cache-features")
-    if context.training.class_weight == "balanced":
+    if context.training.class_weight == "balanced" and not context.multi_label:
         raise UserError("--class-weight balanced is not supported with --strategy multiworker")
     sigmoid = context.single_sigmoid
     validation_fn = per_worker.validation
@@ -524,7 +549,11 @@ def _finish(context: StageContext, best: keras.Model, counts: dict[str, int]) ->
                                      **context.fit_notes}
     if rows:
         stage_metrics["final_epoch"] = {key: _number(value) for key, value in rows[-1].items()}
-    if data.test is not None:
+    if context.multi_label:
+        stage_metrics.update(_finish_multi_label(context, best))
+        if "test" in stage_metrics:
+            metrics["test"] = stage_metrics["test"]
+    elif data.test is not None:
         stage_metrics["test"] = evaluate_test(best, as_model_targets(data.test, context.single_sigmoid), data.labels)
         metrics["test"] = stage_metrics["test"]
     metrics.setdefault("stages", {})[spec.name] = stage_metrics
@@ -533,6 +562,14 @@ def _finish(context: StageContext, best: keras.Model, counts: dict[str, int]) ->
     plot_history(run)
     final = stage_metrics.get("final_epoch", {})
     say(f"[{spec.name}] {len(rows)} epoch(s) took {format_seconds(seconds)} in all")
+    if context.multi_label:
+        test = metrics.get("test", {}) if data.test is not None else {}
+        return {"run": str(run.root), "stage": spec.name, "model_name": spec.config.model.name,
+                "epochs": len(rows), **counts, "multi_label": True, "val_loss": final.get("val_loss"),
+                "val_accuracy": final.get("val_accuracy"), "test_accuracy": None,
+                **{f"test_{name}": test.get(name) for name in MULTI_LABEL_SUMMARY},
+                "thresholds": stage_metrics["thresholds"]["thresholds"],
+                "model": str(run.model_path), "seconds": seconds}
     return {
         "run": str(run.root),
         "stage": spec.name,
@@ -554,6 +591,31 @@ def _number(value: Any) -> Any:
     except (TypeError, ValueError):
         return value
     return int(number) if number.is_integer() and "." not in str(value) else number
+
+
+# The test metrics a multi-label stage's summary carries (as test_<name>).
+MULTI_LABEL_SUMMARY = ("macro_map", "micro_map", "macro_f1", "micro_f1", "exact_match", "hamming_loss", "loss")
+
+
+def _finish_multi_label(context: StageContext, best: keras.Model) -> dict[str, Any]:
+    """Choose each label's threshold on the validation part (RUN/thresholds.json), then test at them."""
+    from keras_cnn.metrics import binary_cross_entropy, compute_multi_label_metrics
+    from keras_cnn.thresholds import default_record, predict_targets, thresholds_in_order, thresholds_record
+
+    spec, run, data = context.spec, context.run, context.data
+    if data.validation is not None:
+        record = thresholds_record(*predict_targets(best, data.validation), data.labels, spec.name)
+    else:
+        say(f"[{spec.name}] no validation part: every label's threshold is 0.5")
+        record = default_record(data.labels, spec.name)
+    write_thresholds(run, record)
+    found = {"thresholds": record}
+    if data.test is not None:
+        targets, probabilities = predict_targets(best, data.test)
+        found["test"] = compute_multi_label_metrics(
+            targets, probabilities, data.labels, thresholds_in_order(record["thresholds"], data.labels, run.root),
+            loss=binary_cross_entropy(probabilities, targets))
+    return found
 
 
 def evaluate_test(model: keras.Model, test, labels: list[str]) -> dict[str, Any]:
