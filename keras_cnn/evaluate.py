@@ -19,6 +19,7 @@ from keras_cnn.errors import RunFailure, UserError
 from keras_cnn.progress import ProgressBar
 from keras_cnn.io import atomic_write_json, atomic_write_text, check_output_path
 from keras_cnn.metrics import compute_metrics, cross_entropy, outputs_to_probabilities
+from keras_cnn.multilabel_evaluation import evaluate_multi_label_into
 from keras_cnn.run_data import SUBSETS, load_subset
 from keras_cnn.runs import RunDirectory, RunLock
 
@@ -144,6 +145,10 @@ def evaluate_run(run_dir: str | os.PathLike, subset: str = "test", batch_size: i
     average; metrics.json then holds the TTA metrics under ``"tta"`` beside the plain ones,
     the report shows both side by side, and the summary gets ``tta`` (views, accuracy, loss,
     macro_f1).  The other files describe the plain predictions.
+
+    A multi-label run (``config.json``'s ``data.multi_label``) is scored at its per-label
+    thresholds instead (:mod:`keras_cnn.multilabel_evaluation`): mAP, F1, exact match,
+    Hamming loss and a per-label table; its summary names those.
     """
     from keras_cnn.config import RunConfig
     from keras_cnn.tta import trained_with_flips, view_names
@@ -170,6 +175,9 @@ def _evaluate_into(run: RunDirectory, config_payload: dict[str, Any], *, subset:
     from keras_cnn.config import RunConfig
 
     run_config = RunConfig.from_dict(config_payload)
+    if run_config.data.multi_label:
+        return evaluate_multi_label_into(run, config_payload, subset=subset, batch_size=batch_size,
+                                         output_dir=output_dir, views=views)
     labels = run.read_labels()
 
     check_output_path(output_dir, directory=True, option="the evaluation folder")

@@ -287,19 +287,28 @@ def _multi_label_arrays(targets: Any, probabilities: Any, num_labels: int | None
 def average_precision(is_positive: Any, scores: Any) -> float | None:
     """Average precision of one label: sum of (R_k - R_{k-1}) x P_k over the distinct scores,
     highest first (ties taken together); None when there is no positive."""
+    precision, recall, _ = precision_recall_curve(is_positive, scores)
+    if len(precision) == 0:
+        return None
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def precision_recall_curve(is_positive: Any, scores: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(precision, recall, threshold) at every distinct score, highest threshold first (a label's PR curve).
+
+    Point k predicts the label for every image scoring at least ``threshold[k]``.  Empty
+    arrays when there is no positive.
+    """
     is_positive = np.asarray(is_positive, dtype=bool).reshape(-1)
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     positives = int(is_positive.sum())
     if positives == 0:
-        return None
+        return np.zeros(0), np.zeros(0), np.zeros(0)
     order = np.argsort(-scores, kind="stable")
     scores, is_positive = scores[order], is_positive[order]
-    # The last position of each run of equal scores: a threshold there admits the whole run.
     ends = np.r_[np.flatnonzero(np.diff(scores) != 0), len(scores) - 1]
     true_positives = np.cumsum(is_positive)[ends]
-    precision = true_positives / (ends + 1)
-    recall = true_positives / positives
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    return true_positives / (ends + 1), true_positives / positives, scores[ends]
 
 
 def best_f1_thresholds(targets: Any, probabilities: Any, default: float = DEFAULT_THRESHOLD) -> np.ndarray:
