@@ -6,6 +6,8 @@ came from is not needed.  Files are read in Python
 and sent as encoded bytes to the ``serving_default`` signature, which decodes and resizes
 them in the graph exactly as in training.  A batch that fails (an unreadable, truncated or
 non-image file) is retried file by file, so one bad file never costs the good ones.
+A multi-label export (``kcnn.json``: ``"multi_label": true`` and per-label ``"thresholds"``)
+answers with every label at or above its threshold (``above_threshold``).
 """
 
 from __future__ import annotations
@@ -36,6 +38,13 @@ class ExportedModel:
     metadata: dict[str, Any] = field(default_factory=dict)
     saved_model: Any = None                   # keeps the loaded object (and its variables) alive
     tta_views: list[str] | None = None        # set by use_tta(): classify averages over these views
+
+    @property
+    def thresholds(self) -> dict[str, float] | None:
+        """A multi-label export's threshold per label (``kcnn.json``), else None."""
+        thresholds = self.metadata.get("thresholds")
+        return {str(label): float(value) for label, value in thresholds.items()} if isinstance(thresholds, dict) \
+            else None
 
     def classify(self, encoded_images: list[bytes]) -> dict[str, np.ndarray]:
         """Run the signature on a batch of encoded images; raises TensorFlow's error on a bad one."""
@@ -145,7 +154,9 @@ def predict_files(model: ExportedModel, paths: list[str | os.PathLike], batch_si
     Returns ``(results, failures)``.  Each result is ``{"path", "label", "class_index",
     "probability", "probabilities", "top_k"}`` with ``probabilities`` in ``labels.txt``
     order and ``top_k`` a list of ``{"label", "class_index", "probability"}``, best first.
-    Each failure is ``(path, reason)``: unreadable, empty, truncated or non-image files are
+    A multi-label export's results add ``above_threshold``: every label whose probability is
+    at or above its threshold, ``{"label", "probability", "threshold"}`` in ``labels.txt``
+    order (``label`` is then the most probable one).  Each failure is ``(path, reason)``: unreadable, empty, truncated or non-image files are
     reported there while the others are still classified.  ``tta``: average the
     probabilities over that many test-time augmentation views (:meth:`ExportedModel.use_tta`).
     """
@@ -230,7 +241,16 @@ def prediction_records(model: ExportedModel, paths: list[Path] | list[str], outp
             "top_k": [{"label": labels[index], "class_index": int(index), "probability": float(probabilities[index])}
                       for index in best],
         })
+        if model.thresholds is not None:
+            results[-1]["above_threshold"] = labels_above_threshold(labels, probabilities, model.thresholds)
     return results
+
+
+def labels_above_threshold(labels: list[str], probabilities, thresholds: dict[str, float]) -> list[dict[str, Any]]:
+    """Every label at or above its threshold: ``{"label", "probability", "threshold"}``, labels.txt order."""
+    return [{"label": label, "probability": float(probabilities[index]), "threshold": thresholds[label]}
+            for index, label in enumerate(labels)
+            if label in thresholds and float(probabilities[index]) >= thresholds[label]]
 
 
 def clean_tensorflow_message(error: BaseException) -> str:

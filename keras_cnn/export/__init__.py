@@ -43,6 +43,7 @@ from keras_cnn.export.verify import TOLERANCE, check_format, verification_images
 from keras_cnn.export_layout import LITERT_FILE, METADATA_FILE, ONNX_FILE, SAVED_MODEL_FILE, TTA_SIGNATURE
 from keras_cnn.io import atomic_path, atomic_write_json
 from keras_cnn.runs import RunDirectory
+from keras_cnn.thresholds import read_thresholds
 from keras_cnn.versions import library_versions
 
 __all__ = ["EXPORT_FORMATS", "TOLERANCE", "ExportFormat", "export_run"]
@@ -100,7 +101,8 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, version: 
     from keras_cnn.models.loading import load_model
 
     model = load_model(run.model_path)
-    spec = model_spec(model, run.read_labels(), config)
+    labels = run.read_labels()
+    spec = model_spec(model, labels, config, read_thresholds(run, labels) if config.data.multi_label else None)
     if tta:
         from keras_cnn.tta import trained_with_flips, view_names
 
@@ -167,6 +169,8 @@ def export_metadata(config: RunConfig, spec: ModelSpec, metrics: dict[str, Any],
     """The ``kcnn.json`` written beside the SavedModel (``assets.extra/``)."""
     from keras_cnn.tta import trained_with_flips
 
+    multi_label = {"multi_label": True, "thresholds": dict(zip(spec.labels, spec.thresholds))} if spec.multi_label \
+        else {}
     return {
         "versions": library_versions(),
         "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -175,8 +179,11 @@ def export_metadata(config: RunConfig, spec: ModelSpec, metrics: dict[str, Any],
         "base": config.model.name,
         "input": {"image_size": list(spec.image_size), "channels": spec.channels,
                   "resize_mode": spec.resize_mode, "dtype": "float32", "range": [0, 255]},
-        "output": {"activation": "sigmoid" if spec.binary else "softmax", "classes": len(spec.labels)},
+        "output": {"activation": "sigmoid" if spec.binary or spec.multi_label else "softmax",
+                   "classes": len(spec.labels)},
         "labels": list(spec.labels),
+        # Multi-label: one probability per label; a label is predicted at or above its threshold.
+        **multi_label,
         "metrics": metrics,
         "signatures": signature_descriptions(spec) if "saved_model" in formats else {},
         "tta": {"signature": TTA_SIGNATURE, "views": list(spec.tta_views)} if spec.tta_views else None,
