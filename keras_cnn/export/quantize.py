@@ -160,8 +160,8 @@ def quantize_litert(model, spec: ModelSpec, config: RunConfig, run: RunDirectory
     record["quantized"][metric] = scores["quantized"]
     record[f"{metric}_change"] = scores["quantized"] - scores["float"]
     if -record[f"{metric}_change"] > max_accuracy_drop and not force:
-        shown = "mAP" if spec.multi_label else "accuracy"
-        raise UserError(f"the {mode} LiteRT model has {shown} {scores['quantized']:.4f} against "
+        score = f"has mAP {scores['quantized']:.4f}" if spec.multi_label else f"is {scores['quantized']:.4f} accurate"
+        raise UserError(f"the {mode} LiteRT model {score} against "
                         f"{scores['float']:.4f} for the float one on {len(targets)} {part} images "
                         f"(a drop of more than {max_accuracy_drop:g}); nothing was written; pass --force to keep it")
     return record
