@@ -69,7 +69,8 @@ def mosaics(images: np.ndarray, count: int, seed: int) -> tuple[np.ndarray, np.n
 
 
 def write_mosaics(folder: Path, counts: dict[str, int], seed: int) -> tuple[Path, Path, Path]:
-    """PNG mosaics + a multi-label split CSV and a single-label one (top-left digit); returns (multi, single, images)."""
+    """PNG mosaics, a multi-label split CSV and a single-label one (the top-left digit); returns
+    (multi-label split, single-label split, image folder)."""
     import pandas as pd
     from PIL import Image
 
@@ -110,8 +111,8 @@ def train(net: str, split: Path, images: Path, out: Path, epochs: int, seed: int
     with contextlib.redirect_stdout(sys.stderr):
         summary = train_scratch(config, out)
     summary["wall_seconds"] = time.perf_counter() - started
-    summary["epoch_seconds"] = steady_epoch_seconds([float(row["seconds"]) for row in read_history(out / "history.csv")],
-                                                    "median")
+    seconds = [float(row["seconds"]) for row in read_history(out / "history.csv")]
+    summary["epoch_seconds"] = steady_epoch_seconds(seconds, "median")
     summary["test"] = read_json(out / "metrics.json").get("test", {})
     return summary
 

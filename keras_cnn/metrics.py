@@ -268,7 +268,8 @@ DEFAULT_THRESHOLD = 0.5
 MOST_MISSED_COUNT = 5
 
 
-def _multi_label_arrays(targets: Any, probabilities: Any, num_labels: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _multi_label_arrays(targets: Any, probabilities: Any,
+                        num_labels: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(targets as a bool (n, N) array, probabilities as float64 (n, N)), checked."""
     targets = np.asarray(targets)
     probabilities = np.asarray(probabilities, dtype=np.float64)

@@ -156,8 +156,9 @@ def predict_files(model: ExportedModel, paths: list[str | os.PathLike], batch_si
     order and ``top_k`` a list of ``{"label", "class_index", "probability"}``, best first.
     A multi-label export's results add ``above_threshold``: every label whose probability is
     at or above its threshold, ``{"label", "probability", "threshold"}`` in ``labels.txt``
-    order (``label`` is then the most probable one).  Each failure is ``(path, reason)``: unreadable, empty, truncated or non-image files are
-    reported there while the others are still classified.  ``tta``: average the
+    order (``label`` is then the most probable one).  Each failure is ``(path, reason)``:
+    unreadable, empty, truncated or non-image files are reported there while the others are
+    still classified.  ``tta``: average the
     probabilities over that many test-time augmentation views (:meth:`ExportedModel.use_tta`).
     """
     if batch_size < 1:

@@ -457,14 +457,16 @@ def plot_precision_recall_curves(targets: Any, probabilities: Any, labels: Seque
     figure, axis = pyplot.subplots(figsize=(7, 5.5))
     for index in drawn:
         precision, recall, cuts = precision_recall_curve(targets[:, index], probabilities[:, index])
+        area = average_precision(targets[:, index], probabilities[:, index])
         line, = axis.step(recall, precision, where="post", linewidth=1.3,
-                          label=f"{_short(labels[index])} (AP {average_precision(targets[:, index], probabilities[:, index]):.2f})")
+                          label=f"{_short(labels[index])} (AP {area:.2f})")
         at = int(np.flatnonzero(cuts >= thresholds[index])[-1]) if (cuts >= thresholds[index]).any() else 0
         axis.plot(recall[at], precision[at], "o", color=line.get_color(), markersize=6)
     if targets.any():
         precision, recall, _ = precision_recall_curve(targets.reshape(-1), probabilities.reshape(-1))
+        area = average_precision(targets.reshape(-1), probabilities.reshape(-1))
         axis.step(recall, precision, where="post", color="black", linestyle="--", linewidth=1.5,
-                  label=f"all labels (micro AP {average_precision(targets.reshape(-1), probabilities.reshape(-1)):.2f})")
+                  label=f"all labels (micro AP {area:.2f})")
     else:
         axis.text(0.5, 0.5, "no label has a positive image here", ha="center", va="center")
     hidden = int((support > 0).sum()) - len(drawn)

@@ -14,9 +14,9 @@ from keras_cnn.runs import RunDirectory
 
 
 def _render(result):
-    click.echo(f"{result['base']} [{result['stage']}]: {test_result(result)}; trainable {result['trainable_params']:,} of "
-               f"{result['total_params']:,} parameters; {result['epochs']} epochs in {result['seconds']:.0f} s; "
-               f"run in {result['run']}")
+    click.echo(f"{result['base']} [{result['stage']}]: {test_result(result)}; trainable "
+               f"{result['trainable_params']:,} of {result['total_params']:,} parameters; {result['epochs']} epochs in "
+               f"{result['seconds']:.0f} s; run in {result['run']}")
 
 
 @click.command()

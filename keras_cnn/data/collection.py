@@ -40,9 +40,9 @@ from keras_cnn.config import DataConfig
 from keras_cnn.data.edits import DataEdits, EditReport, apply_edits, read_data_edits
 from keras_cnn.data.files import bounded_list_message, full_list_path, missing_files_message
 from keras_cnn.data.multilabel import (DEFAULT_DELIMITER, LABELS_COLUMN, images_per_part, is_multi_label_split_csv,
-                                       joined_cells, label_sets,
-                                       multi_label_class_names, multi_label_counts, multi_label_split_warnings,
-                                       read_multi_label_csv, read_split_table, unlabelled_per_part)
+                                       joined_cells, label_sets, multi_label_class_names, multi_label_counts,
+                                       multi_label_split_warnings, read_multi_label_csv, read_split_table,
+                                       unlabelled_per_part)
 from keras_cnn.data.split import (
     DEFAULT_TEST_KEYS,
     DEFAULT_VALIDATION_KEYS,
@@ -383,18 +383,19 @@ def _merge_copies(table: pd.DataFrame, list_prefix: str | None) -> tuple[pd.Data
         return table, 0, []
     sets = label_sets(table["value"])
     first_row: dict[str, int] = {}
-    union: dict[int, set[str]] = {}
+    union: dict[int, set[str]] = {}     # the first copy's row -> the labels of all copies
     gained = []
     for row in np.flatnonzero(repeated):
         keeper = first_row.setdefault(table["sha1"].iat[row], row)
-        labels = union.setdefault(keeper, set(sets[keeper]))
-        if keeper != row and not set(sets[row]) <= labels:
+        found = union.setdefault(keeper, set(sets[keeper]))
+        if keeper != row and not set(sets[row]) <= found:
             gained.append(table["objectId"].iat[keeper])
-        labels.update(sets[row])
-    labels = multi_label_class_names(table["value"])
+        found.update(sets[row])
     values = table["value"].to_numpy(dtype=object).copy()
-    for row, found in union.items():
-        values[row] = joined_cells([sorted(found)], labels)[0]
+    keepers = list(union)
+    for row, cell in zip(keepers, joined_cells([union[row] for row in keepers],
+                                               multi_label_class_names(table["value"]))):
+        values[row] = cell
     dropped = table["sha1"].duplicated(keep="first").to_numpy()
     merged = table.assign(value=values)[~dropped].reset_index(drop=True)
     gained = list(dict.fromkeys(gained))

@@ -38,8 +38,9 @@ def extract_features(feature_extractor: keras.Model, dataset: tf.data.Dataset, c
     ``dataset`` yields (images, labels) batches; features come out in its order, one row of
     the extractor's output shape per image (pooled vectors, or a boundary tensor of a
     partly frozen base).  Labels are class indices (int32), or rows of float targets
-    (multi-label data: multi-hot rows) kept as they come.  Progress (a bar, plain lines off a terminal) goes to stderr.  Features larger than
-    ``IN_MEMORY_LIMIT_BYTES`` are written to ``spill_path`` (a memory-mapped ``.npy``).
+    (multi-label data: multi-hot rows) kept as they come.  Progress (a bar, plain lines
+    off a terminal) goes to stderr.  Features larger than ``IN_MEMORY_LIMIT_BYTES`` are
+    written to ``spill_path`` (a memory-mapped ``.npy``).
     ``forward``: a :func:`compiled_forward` to reuse across calls.
     """
     shape = tuple(int(size) for size in feature_extractor.output_shape[1:])
