@@ -14,8 +14,33 @@ from keras_cnn.config import MAX_BATCH_SIZE
 from keras_cnn.runs import RunDirectory, RunLock
 
 
+MULTI_LABEL_LINES = (("mAP (macro)", "macro_map"), ("mAP (micro)", "micro_map"), ("macro F1", "macro_f1"),
+                     ("micro F1", "micro_f1"), ("exact match", "exact_match"), ("Hamming loss", "hamming_loss"),
+                     ("loss", "loss"))
+
+
+def _number(value: float | None) -> str:
+    return f"{value:.4f}" if value is not None else "-"
+
+
+def render_multi_label_summary(summary: dict[str, Any]) -> None:
+    """The human form of a multi-label run's evaluation (scored at its per-label thresholds)."""
+    click.echo(f"{summary['subset']} part of {summary['run']}: {summary['num_samples']} images, multi-label "
+               "(each label at its threshold)")
+    for title, key in MULTI_LABEL_LINES:
+        click.echo(f"  {title:<13}{_number(summary.get(key))}")
+    tta = summary.get("tta")
+    if tta:
+        click.echo(f"  with TTA ({len(tta['views'])} views): mAP {_number(tta['macro_map'])}, "
+                   f"micro F1 {_number(tta['micro_f1'])}, loss {_number(tta['loss'])}")
+    click.echo(f"report: {summary['files']['report']}")
+
+
 def render_summary(summary: dict[str, Any]) -> None:
     """The human form of :func:`keras_cnn.evaluate.evaluate_run`'s summary."""
+    if summary.get("multi_label"):
+        render_multi_label_summary(summary)
+        return
     loss = summary.get("loss")
     click.echo(f"{summary['subset']} part of {summary['run']}: {summary['num_samples']} images")
     click.echo(f"  accuracy  {summary['accuracy']:.4f}")
@@ -80,6 +105,10 @@ def evaluate(run_dir: Path, subset: str, batch_size: int | None, tta: int | None
     with a reliability diagram); coverage and accuracy when answering only above a
     threshold; heat maps over the most confident mistakes. Open RUN/eval/report.html in a
     browser to read them.
+
+    A multi-label run is scored at its per-label thresholds: mAP (macro, micro),
+    precision/recall/F1 (macro, micro), exact match, Hamming loss, a per-label table,
+    precision-recall curves and the labels most often missed or added.
     """
     # Fail fast (and without importing TensorFlow) when the folder is not a run or another process writes it.
     RunDirectory(run_dir).require()

@@ -47,7 +47,8 @@ from keras_cnn.config import DataConfig
 from keras_cnn.data.collection import LABEL_CSV_NAME, content_sha1s, file_sha1, list_collection
 from keras_cnn.data.edits import read_data_edits
 from keras_cnn.data.files import bounded_list_message, full_list_path, image_path_candidates
-from keras_cnn.data.split import read_split_csv, sha1_of_name
+from keras_cnn.data.multilabel import read_split_table
+from keras_cnn.data.split import sha1_of_name
 from keras_cnn.errors import UserError
 from keras_cnn.io import INPUT_CHANGES, INPUT_RECORD, atomic_write_text, read_json
 from keras_cnn.progress import warn
@@ -183,11 +184,17 @@ def _locate(root: str, object_id: str) -> str | None:
 
 # ---------------------------------------------------------------------------------- making the record
 
+def _read_split(data: DataConfig):
+    """The run's split as a frame (objectId, value, type[, sha1]); a multi-label split's values are its label cells."""
+    return read_split_table(data.split, data.allow_labels, data.multi_label, data.label_delimiter)[0]
+
+
 def _source_files(data: DataConfig, source: dict[str, Any]) -> tuple[list[str], dict[str, list[int]]]:
     """The objectIds the image folder a run split itself holds now (listed as the split listed it, not
     hashed), and the stamps of what a new image would change: every folder listed (a folder's times
     change when an entry is added to it), or the label CSV."""
-    collection = list_collection(data.images, layout=source.get("layout"), allowed_labels=data.allow_labels)
+    collection = list_collection(data.images, layout=source.get("layout"), allowed_labels=data.allow_labels,
+                                 multi_label=data.multi_label, delimiter=data.label_delimiter)
     watched = [LABEL_CSV_NAME] if collection.layout == "csv" else collection.folders
     stamps = _stamps(data.images, watched).tolist()
     return collection.table["objectId"].tolist(), dict(zip(watched, stamps))
@@ -240,7 +247,7 @@ def _edits_made(data: DataConfig, rows: pd.DataFrame) -> list[tuple[str, list[Ch
 
 def _make_record(folder: Path, data: DataConfig, split_itself: bool) -> tuple[InputRecord, list[Change]]:
     """A new record of the run's inputs, and the images whose SHA-1 is not the one their split gives."""
-    frame = read_split_csv(data.split, data.allow_labels)
+    frame = _read_split(data)
     split_stamp = _split_stamp(data.split)
     split_sha1 = file_sha1(data.split)
     rows = _hashed_rows(frame, data.images, f"hashing {len(frame):,} images to record them in {folder / INPUT_RECORD}")
@@ -418,7 +425,7 @@ def _compare(record: InputRecord, folder: Path, data: DataConfig) -> _Comparison
     if any(split_now[name] != record.split.get(name) for name in STAMP):
         split_stamp = {"sha1": file_sha1(data.split), **split_now}
         if split_stamp["sha1"] != record.split.get("sha1"):
-            new_split = read_split_csv(data.split, data.allow_labels)
+            new_split = _read_split(data)
             changes += _split_changes(record, new_split)
     image_changes, refreshed = _image_changes(record, data.images, folder)
     if new_split is not None:   # the rows the split no longer names are no longer inputs

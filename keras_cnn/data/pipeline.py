@@ -1,4 +1,4 @@
-"""A split CSV plus an image folder -> a ``tf.data`` pipeline of (images, class indices).
+"""A split CSV plus an image folder -> a ``tf.data`` pipeline of (images, class indices or multi-hot targets).
 
 The order of the stages is the point of this module::
 
@@ -30,9 +30,10 @@ import tensorflow as tf
 from keras_cnn.data.augment import AugmentationSpec, as_augmentation_spec, augment_dataset
 from keras_cnn.data.files import resolve_image_paths
 from keras_cnn.data.images import RESIZE_MODES, load_image, within_pixel_limit
+from keras_cnn.data.multilabel import multi_hot, multi_label_class_names, read_split_table
 from keras_cnn.data.pixel_limit import DEFAULT_MAX_IMAGE_PIXELS
 from keras_cnn.data.randomness import shuffle_per_epoch
-from keras_cnn.data.split import PARTS, class_names, read_split_csv, validate_object_ids
+from keras_cnn.data.split import PARTS, class_names, validate_object_ids
 from keras_cnn.errors import UserError
 
 SUBSETS = (*PARTS, "all")
@@ -42,8 +43,9 @@ SUBSETS = (*PARTS, "all")
 FILE_CACHE_SHUFFLE_BYTES = 512 * 1024 * 1024
 
 
-def _as_split_frame(split_csv: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
-    """A split as a frame with string columns objectId, value, type."""
+def _as_split_frame(split_csv: str | os.PathLike | pd.DataFrame, multi_label: bool = False) -> pd.DataFrame:
+    """A split as a frame with string columns objectId, value, type (a multi-label split's value:
+    the labels joined by ``;``)."""
     if isinstance(split_csv, pd.DataFrame):
         missing = [column for column in ("objectId", "value", "type") if column not in split_csv.columns]
         if missing:
@@ -55,7 +57,7 @@ def _as_split_frame(split_csv: str | os.PathLike | pd.DataFrame) -> pd.DataFrame
         # A frame may not come from read_split_csv: refuse paths and '..' before they reach the disk.
         validate_object_ids(frame["objectId"], "the split", paths=True)
         return frame
-    return read_split_csv(split_csv)
+    return read_split_table(split_csv, multi_label=multi_label)[0]
 
 
 def subset_frame(split_csv: str | os.PathLike | pd.DataFrame, subset: str,
@@ -148,6 +150,8 @@ class DatasetOptions:
     ``skip``: objectIds to leave out (e.g. the bad images found before training).
     ``max_image_pixels``: an image whose header says it is larger stops the pipeline before
     it is decoded (0 or None: no limit).
+    ``multi_label``: each row's value is a set of labels (joined by ``;``); the targets are
+    float32 multi-hot rows [B, N] instead of int32 class indices [B].
     The fields keep the order of :func:`make_dataset`'s former parameters, so
     ``DatasetOptions(image_size, batch_size, ...)`` reads as those calls did.
     """
@@ -164,11 +168,13 @@ class DatasetOptions:
     skip: Iterable[str] | None = None
     drop_remainder: bool = False
     max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
+    multi_label: bool = False
 
 
 def make_dataset(split_csv: str | os.PathLike | pd.DataFrame, images_dir: str | os.PathLike, subset: str,
                  *settings: Any, **named_settings: Any) -> tf.data.Dataset:
-    """Batches of ``(float32 images 0..255 [B, H, W, C], int32 class indices [B])``.
+    """Batches of ``(float32 images 0..255 [B, H, W, C], int32 class indices [B])``, or of
+    ``(images, float32 multi-hot targets [B, N])`` with ``multi_label``.
 
     ``split_csv``: a split CSV path or its frame (objectId, value, type).
     ``images_dir``: the image folder, flat or ``ab/cd/`` sharded.
@@ -197,14 +203,20 @@ def make_dataset(split_csv: str | os.PathLike | pd.DataFrame, images_dir: str | 
         raise UserError(f"batch size must be at least 1, received: {batch_size}")
     spec = as_augmentation_spec(options.augment)
 
-    frame = _as_split_frame(split_csv)
-    labels = [str(label) for label in options.labels] if options.labels is not None else class_names(frame["value"])
+    frame = _as_split_frame(split_csv, options.multi_label)
+    if options.labels is not None:
+        labels = [str(label) for label in options.labels]
+    else:
+        labels = multi_label_class_names(frame["value"]) if options.multi_label else class_names(frame["value"])
     rows = subset_frame(frame, subset, skip)
     if len(rows) == 0:
         source = split_csv if not isinstance(split_csv, pd.DataFrame) else "the split"
         raise EmptyPart(f"the {subset!r} part of {source} has no images"
                         + (" left after skipping bad ones" if skip else ""))
-    indices = label_indices(rows["value"], labels, f"the {subset} part")
+    if options.multi_label:
+        targets = tf.constant(multi_hot(rows["value"], labels, f"the {subset} part"), dtype=tf.float32)
+    else:
+        targets = tf.constant(label_indices(rows["value"], labels, f"the {subset} part"), dtype=tf.int32)
     paths = resolve_image_paths(images_dir, rows["objectId"].tolist())
     shuffle, seed, cache = options.shuffle, options.seed, options.cache
     if shuffle is None:
@@ -218,7 +230,7 @@ def make_dataset(split_csv: str | os.PathLike | pd.DataFrame, images_dir: str | 
             encoded = within_pixel_limit(encoded, limit)
         return load_image(encoded, image_size, channels, resize_mode), label
 
-    dataset = tf.data.Dataset.from_tensor_slices((paths, tf.constant(indices, dtype=tf.int32)))
+    dataset = tf.data.Dataset.from_tensor_slices((paths, targets))
     if shuffle and not cache:
         # Nothing is cached: shuffling the file names is free and a perfect shuffle.
         dataset = shuffled(dataset, len(paths), seed)
@@ -228,7 +240,7 @@ def make_dataset(split_csv: str | os.PathLike | pd.DataFrame, images_dir: str | 
             dataset = dataset.cache()
             buffer_size = len(paths)
         else:
-            fingerprint = (os.path.abspath(images_dir), paths, indices, image_size, channels,
+            fingerprint = (os.path.abspath(images_dir), paths, targets.numpy().tolist(), image_size, channels,
                            resize_mode)
             dataset = dataset.cache(_cache_file_prefix(cache, subset, fingerprint))
             image_bytes = image_size[0] * image_size[1] * channels
