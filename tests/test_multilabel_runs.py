@@ -77,9 +77,11 @@ def scratch_run(tagged, split_csv, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def exported(scratch_run, tmp_path_factory):
+    """Every format, and the TTA signature (each verified against the calibrated Keras model)."""
     run, _ = scratch_run
     out = tmp_path_factory.mktemp("export")
-    return out, invoke_json("export", "--run", run, "--out", out)
+    return out, invoke_json("export", "--run", run, "--out", out, "--format", "saved_model", "--format", "onnx",
+                            "--format", "litert", "--tta", 2)
 
 
 def test_a_run_on_a_multi_label_split_is_multi_label_with_thresholds_chosen_on_validation(scratch_run):
@@ -224,6 +226,20 @@ def test_the_export_answers_in_plain_tensorflow_as_the_keras_model(scratch_run, 
     assert [value.decode() for value in answer["labels"].numpy()] == joined
     predicted = invoke_json("predict", "--model", out, *[root / name for name in names])["predictions"]
     assert [";".join(item["label"] for item in row["above_threshold"]) for row in predicted] == joined
+    # ONNX and LiteRT return the same calibrated probabilities (from pixels at the model's size).
+    import onnxruntime
+
+    from keras_cnn.export.portable import litert_outputs
+
+    session = onnxruntime.InferenceSession(result["files"]["onnx"], providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {session.get_inputs()[0].name: pixels})[0], expected, atol=1e-5)
+    np.testing.assert_allclose(litert_outputs(result["files"]["litert"], pixels), expected, atol=1e-5)
+    # --tta: each label's calibrated probability averaged over the views, then compared with its threshold.
+    with_tta = invoke_json("predict", "--model", out, "--tta", 2, *[root / name for name in names])["predictions"]
+    averaged = np.array([row["probabilities"] for row in with_tta])
+    assert not np.allclose(averaged, expected, atol=1e-4)
+    assert [[item["label"] for item in row["above_threshold"]] for row in with_tta] == \
+        [[label for label, on in zip(LABELS, row) if on] for row in averaged >= thresholds]
 
 
 def test_a_folder_tree_with_shared_files_trains_as_multi_label(tagged, tmp_path):
@@ -241,6 +257,29 @@ def test_a_folder_tree_with_shared_files_trains_as_multi_label(tagged, tmp_path)
     assert len(split) == len(with_labels) and summary["multi_label"]
     for object_id, labels in zip(split["objectId"], split["labels"]):
         assert set(labels.split(";")) == with_labels[object_id.split("/", 1)[1]]
+
+
+def test_binary_is_refused_on_a_split_csv_that_records_multi_label(tagged, split_csv, tmp_path):
+    root, _ = tagged
+    result = CliRunner().invoke(cli, ["transfer", "--base", "mobilenet_v3_small", "--weights", "none", "--binary",
+                                      "--split", str(split_csv), "--images", str(root), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "drop --binary" in result.output, result.output[-2000:]
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_a_killed_multi_label_run_resumes_into_the_uninterrupted_one(tagged, split_csv, tmp_path, monkeypatch):
+    from test_resume_exact import assert_same_run, killed_and_resumed
+
+    root, _ = tagged
+    arguments = ["train", "lenet", "--split", str(split_csv), "--images", str(root), "--epochs", "3",
+                 "--batch-size", "32"]
+    invoke_json(*arguments, "--out", tmp_path / "uninterrupted")
+    killed_and_resumed([*arguments, "--out", str(tmp_path / "resumed")], monkeypatch, kills=(1,))
+    assert_same_run(tmp_path / "uninterrupted", tmp_path / "resumed", "train")
+    for name in ("thresholds.json", "calibration.json"):
+        assert json.loads((tmp_path / "resumed" / name).read_text()) == \
+            json.loads((tmp_path / "uninterrupted" / name).read_text())
 
 
 def test_mixup_smoothing_and_balanced_weights_train_on_label_vectors(tagged, split_csv, tmp_path):
