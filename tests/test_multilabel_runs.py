@@ -147,7 +147,7 @@ def test_evaluate_scores_every_label_at_its_stored_threshold(scratch_run, tagged
     from sklearn.metrics import average_precision_score
 
     run, summary = scratch_run
-    evaluation = invoke_json("evaluate", "--run", run)
+    evaluation = invoke_json("evaluate", "--run", run, "--tta", 2)
     assert evaluation["multi_label"] and evaluation["macro_map"] == pytest.approx(summary["test_macro_map"])
     assert evaluation["macro_f1"] == pytest.approx(summary["test_macro_f1"])
     thresholds = json.loads((run / "thresholds.json").read_text())["thresholds"]
@@ -169,6 +169,14 @@ def test_evaluate_scores_every_label_at_its_stored_threshold(scratch_run, tagged
     assert metrics["hamming_loss"] == pytest.approx(np.mean(truth != above))
     assert metrics["calibration"]["temperature"] == json.loads((run / "calibration.json").read_text())["temperature"]
     assert metrics["calibration"]["scored_on"].startswith("every (image, label) pair")
+    # --tta: each label's calibrated probability averaged over the views.
+    from keras_cnn.metrics import binary_cross_entropy
+    from keras_cnn.tta import tta_views
+
+    views = metrics["tta"]["views"]
+    viewed = calibrated_probabilities(run, tta_views(pixels, views).numpy())
+    averaged = viewed.reshape(len(views), len(pixels), len(LABELS)).mean(axis=0)
+    assert len(views) == 2 and metrics["tta"]["loss"] == pytest.approx(binary_cross_entropy(averaged, truth), rel=1e-4)
     page = (run / "eval" / "report.html").read_text()
     assert "Per label" in page and "Labels most often missed" in page and "Precision-recall curves" in page
     assert "Calibration" in page and "yes/no decision" in page
