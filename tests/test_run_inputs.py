@@ -358,3 +358,18 @@ def test_what_exclude_and_relabel_changed_is_logged_as_accepted_changes_when_the
     logged = {entry["by"]: entry["items"] for entry in json.loads((run / "inputs.json").read_text())["changes"]}
     assert logged == {f"--exclude {exclude}": [[files[2].name, "excluded", ""]],
                       f"--relabel {relabel}": [[files[1].name, "relabelled", "-> z"]]}
+
+
+def test_a_multi_label_relabel_file_is_read_with_its_delimiter_when_the_record_is_made(tmp_path):
+    run, data, files = small_run(tmp_path)
+    relabel = tmp_path / "relabel.csv"
+    # The whole new set of labels of each image: none for one, two for another.
+    relabel.write_text(f"objectId,value\n{files[1].name},\n{files[0].name},b|a\n")
+    (tmp_path / "split.csv").write_text(f"objectId,labels,type\n{files[0].name},a;b,train\n{files[1].name},,train\n"
+                                        f"{files[2].name},b,test\n")
+    data.multi_label, data.label_delimiter, data.relabel = True, "|", str(relabel)
+    assert not check_inputs(run, data).changes
+    logged = json.loads((run / "inputs.json").read_text())["changes"]
+    assert logged[0]["by"] == f"--relabel {relabel}"
+    assert sorted(logged[0]["items"]) == sorted([[files[1].name, "relabelled", "-> "],
+                                                 [files[0].name, "relabelled", "-> a;b"]])

@@ -230,7 +230,8 @@ def _hashed_rows(frame: pd.DataFrame, root: str, announce: str) -> pd.DataFrame:
 def _edits_made(data: DataConfig, rows: pd.DataFrame) -> list[tuple[str, list[Change]]]:
     """What ``--exclude`` / ``--relabel`` changed when the run's split was written, as accepted changes
     (by the option and its file), for the record's history."""
-    edits = read_data_edits(data.exclude, data.relabel, data.allow_labels)
+    edits = read_data_edits(data.exclude, data.relabel, data.allow_labels,
+                            data.label_delimiter if data.multi_label else None)   # as the split read them
     if edits is None:
         return []
     named = set(rows["objectId"])
