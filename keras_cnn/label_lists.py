@@ -69,5 +69,5 @@ def check_same_labels(first_path: str | os.PathLike, first: Sequence[str], secon
     candidates = [f"{folder}: {one} and {other} disagree: {_difference(first, second, *names, *shown)}; {remedy}{why}"
                   for names, shown, why in (((one, other), (60, 2), f" ({_WHY})"), ((one, other), (60, 2), ""),
                                             ((one, other), (24, 1), ""), ((one, other), (24, 0), ""),
-                                            (("the first", "the second"), (24, 1), ""))]
+                                            (("the first", "the second"), (24, 0), ""))]
     raise UserError(next((line for line in candidates if len(line) <= MAX_MESSAGE), candidates[-1]))
