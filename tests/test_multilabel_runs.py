@@ -17,6 +17,7 @@ from PIL import Image
 
 from conftest import write_hub_module
 from keras_cnn.cli import cli
+from keras_cnn.errors import UserError
 
 LABELS = ("bird", "cat", "dog")
 SIDE = 28
@@ -265,6 +266,22 @@ def test_a_folder_tree_with_shared_files_trains_as_multi_label(tagged, tmp_path)
     assert len(split) == len(with_labels) and summary["multi_label"]
     for object_id, labels in zip(split["objectId"], split["labels"]):
         assert set(labels.split(";")) == with_labels[object_id.split("/", 1)[1]]
+
+    # The copies merged into one image are known to the run's input record, not "added" since;
+    # a copy put under another label folder later is.
+    from keras_cnn.config import RunConfig
+    from keras_cnn.data.input_record import check_inputs
+
+    run = tmp_path / "run"
+    data = RunConfig.from_dict(json.loads((run / "config.json").read_text())).data
+    merged = json.loads((run / "inputs.json").read_text())["not_used"]
+    assert len(merged) == sum(len(found) for found in with_labels.values()) - len(with_labels) > 0
+    (tree / "cat").touch()     # a listed folder's stamp changes: the tree is listed again
+    assert not check_inputs(run, data).changes
+    name = next(name for name, found in with_labels.items() if "cat" not in found)
+    (tree / "cat" / name).write_bytes((root / name).read_bytes())
+    with pytest.raises(UserError, match=f"1 image added .*cat/{name}"):
+        check_inputs(run, data)
 
 
 def test_binary_is_refused_on_a_split_csv_that_records_multi_label(tagged, split_csv, tmp_path):
