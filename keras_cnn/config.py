@@ -52,6 +52,8 @@ class DataConfig:
     allow_labels: list[str] = field(default_factory=list)   # labels that look like missing data but are classes
     exclude: str | None = None            # file of objectIds left out of every part (kcnn doctor's exclude.txt)
     relabel: str | None = None            # objectId,value CSV whose labels replace the read ones
+    multi_label: bool = False             # images have any number of labels (sigmoid per label)
+    label_delimiter: str = ";"            # joins an image's labels in a label CSV cell (multi-label)
     image_size: tuple[int, int] | None = None
     channels: int | None = None
     resize_mode: ResizeMode = "stretch"
@@ -215,6 +217,14 @@ def validate_config(config: RunConfig | FineTuneConfig) -> None:
         raise UserError("--layout says how to read --images when there is no --split; a split CSV names its files")
     if config.data.dataset and (config.data.exclude or config.data.relabel):
         raise UserError("--exclude and --relabel work on image folders (--images), not on --dataset")
+    if config.data.multi_label:
+        if config.model.binary:
+            raise UserError("--binary is one sigmoid unit for two classes; --multi-label already gives one "
+                            "sigmoid per label: drop --binary")
+        if config.data.dataset:
+            raise UserError("--multi-label works on image folders and label CSVs (--images), not on --dataset")
+        if not config.data.label_delimiter:
+            raise UserError("--label-delimiter must be at least one character")
 
 
 def _check_whole_number(option: str, value: Any, smallest: int, largest: int | None) -> None:

@@ -28,6 +28,7 @@ from keras_cnn.progress import ProgressBar, say, warn
 from keras_cnn.run_calibration import (PartPredictions, batch_outputs_and_logits, part_block, predict_part,
                                        run_temperature, store_reject_below, stored_reject_below)
 from keras_cnn.run_data import SUBSETS, check_run_inputs, load_subset, run_labels
+from keras_cnn.multilabel_evaluation import evaluate_multi_label_into
 from keras_cnn.runs import RunDirectory, RunLock
 from keras_cnn.spreadsheet import frame_csv_text
 
@@ -175,6 +176,11 @@ def evaluate_run(run_dir: str | os.PathLike, subset: str = "test", batch_size: i
     First the run's labels.txt must agree with its config.json, and its split and images with
     its input record: changed, missing or added images and an edited split are refused unless
     ``accept_input_changes`` (which records them in the run).
+
+    A multi-label run (``config.json``'s ``data.multi_label``) is scored at its per-label
+    thresholds instead (:mod:`keras_cnn.multilabel_evaluation`): mAP, F1, exact match,
+    Hamming loss and a per-label table; its summary names those.  It has no "none of these"
+    threshold (``target_accuracy`` is refused): its labels' thresholds decide.
     """
     from keras_cnn.config import RunConfig
     from keras_cnn.tta import trained_with_flips, view_names
@@ -212,6 +218,12 @@ def _evaluate_into(run: RunDirectory, config_payload: dict[str, Any], *, subset:
     labels = run_labels(run, run_config)
     # Before any image is read; the parts then leave out what the record does.
     check_run_inputs(run, run_config, accept=accept_input_changes, command="kcnn evaluate")
+    if run_config.data.multi_label:
+        if target_accuracy is not None:
+            raise UserError("--target-accuracy chooses a 'none of these' threshold for single-label runs; a "
+                            "multi-label run answers each label at its own threshold (RUN/thresholds.json)")
+        return evaluate_multi_label_into(run, config_payload, subset=subset, batch_size=batch_size,
+                                         output_dir=output_dir, views=views, trust_hub=trust_hub)
 
     check_output_path(output_dir, directory=True, option="the evaluation folder")
     object_ids, true_indices, dataset = load_subset(run_config, run.root, subset, batch_size)

@@ -1,5 +1,6 @@
 """Evaluation numbers from predictions: accuracy, precision / recall / F1, top-k, ROC AUC, confusion,
-calibration and selective answers.
+calibration and selective answers; for multi-label tasks mAP, per-label F1-optimal thresholds,
+micro/macro F1, exact match and Hamming loss.
 
 :func:`compute_metrics` turns true class indices and predicted probabilities into the
 numbers of ``RUN/eval/metrics.json``; :func:`outputs_to_probabilities` and
@@ -369,3 +370,205 @@ def selective_metrics(confidence: Any, correct: Any, threshold: float) -> dict[s
     return {"threshold": float(threshold), "coverage": float(count / len(confidence)) if len(confidence) else 0.0,
             "accuracy": float(correct[accepted].mean()) if count else None,
             "accepted": count, "num_samples": int(len(confidence))}
+
+
+# --------------------------------------------------------------------------- multi-label
+#
+# A multi-label task gives each image any number of the labels (one independent sigmoid per
+# label).  Targets are 0/1 matrices (n, N), probabilities (n, N); a label is predicted when its
+# probability is at or above its threshold.  Conventions (scikit-learn's, zero_division=0):
+#
+# * average precision (AP) of a label is the area under its precision-recall curve as a step
+#   function, sum over ranks of (R_k - R_{k-1}) P_k with tied scores taken together
+#   (``sklearn.metrics.average_precision_score``); undefined (None) for a label without
+#   positives, which then stays out of the macro mean (mAP);
+# * micro averages pool every (image, label) decision; macro averages weigh labels equally.
+
+DEFAULT_THRESHOLD = 0.5
+MOST_MISSED_COUNT = 5
+
+
+def _multi_label_arrays(targets: Any, probabilities: Any,
+                        num_labels: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(targets as a bool (n, N) array, probabilities as float64 (n, N)), checked."""
+    targets = np.asarray(targets)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if probabilities.ndim == 1:
+        probabilities = probabilities[:, None]
+    if targets.ndim == 1:
+        targets = targets[:, None]
+    if targets.shape != probabilities.shape:
+        raise ValueError(f"targets and probabilities must have the same shape (n, labels), received "
+                         f"{targets.shape} and {probabilities.shape}")
+    if num_labels is not None and probabilities.shape[1] != num_labels:
+        raise ValueError(f"probabilities must have shape (n, {num_labels}), received shape {probabilities.shape}")
+    return targets > 0.5, probabilities
+
+
+def average_precision(is_positive: Any, scores: Any) -> float | None:
+    """Average precision of one label: sum of (R_k - R_{k-1}) x P_k over the distinct scores,
+    highest first (ties taken together); None when there is no positive."""
+    precision, recall, _ = precision_recall_curve(is_positive, scores)
+    if len(precision) == 0:
+        return None
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def precision_recall_curve(is_positive: Any, scores: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(precision, recall, threshold) at every distinct score, highest threshold first (a label's PR curve).
+
+    Point k predicts the label for every image scoring at least ``threshold[k]``.  Empty
+    arrays when there is no positive.
+    """
+    is_positive = np.asarray(is_positive, dtype=bool).reshape(-1)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    positives = int(is_positive.sum())
+    if positives == 0:
+        return np.zeros(0), np.zeros(0), np.zeros(0)
+    order = np.argsort(-scores, kind="stable")
+    scores, is_positive = scores[order], is_positive[order]
+    ends = np.r_[np.flatnonzero(np.diff(scores) != 0), len(scores) - 1]
+    true_positives = np.cumsum(is_positive)[ends]
+    return true_positives / (ends + 1), true_positives / positives, scores[ends]
+
+
+def best_f1_thresholds(targets: Any, probabilities: Any, default: float = DEFAULT_THRESHOLD) -> np.ndarray:
+    """Per label, the threshold that maximises F1 on these predictions (``default`` without positives).
+
+    A label is predicted when its probability is at or above its threshold.  Cutting after
+    the k most probable images (ties taken together) gives F1 = 2 TP_k / (k + P); the best cut
+    sits halfway between the lowest score it admits and the next one down, so the choice
+    does not hang on one image's exact score.  Equal F1: the higher threshold (fewer labels
+    added).
+    """
+    targets, probabilities = _multi_label_arrays(targets, probabilities)
+    thresholds = np.full(probabilities.shape[1], float(default))
+    for label in range(probabilities.shape[1]):
+        positives = int(targets[:, label].sum())
+        if positives == 0:
+            continue
+        order = np.argsort(-probabilities[:, label], kind="stable")
+        scores, hits = probabilities[order, label], targets[order, label]
+        ends = np.r_[np.flatnonzero(np.diff(scores) != 0), len(scores) - 1]
+        f1 = 2.0 * np.cumsum(hits)[ends] / (ends + 1 + positives)
+        best = int(np.argmax(f1))                 # the first maximum: the highest threshold
+        admitted = scores[ends[best]]
+        below = scores[ends[best] + 1] if ends[best] + 1 < len(scores) else 0.0
+        thresholds[label] = float((admitted + below) / 2.0)
+    return thresholds
+
+
+def multi_label_predictions(probabilities: Any, thresholds: Any) -> np.ndarray:
+    """Which labels are predicted: probability at or above the label's threshold (bool (n, N))."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    return probabilities >= np.asarray(thresholds, dtype=np.float64)[None, :]
+
+
+def hamming_loss(targets: Any, predicted: Any) -> float:
+    """The fraction of (image, label) decisions that are wrong."""
+    return float(np.mean(np.asarray(targets, dtype=bool) != np.asarray(predicted, dtype=bool)))
+
+
+def exact_match_ratio(targets: Any, predicted: Any) -> float:
+    """The fraction of images whose predicted label set is exactly the true one."""
+    return float(np.mean(np.all(np.asarray(targets, dtype=bool) == np.asarray(predicted, dtype=bool), axis=1)))
+
+
+def _label_counts(targets: np.ndarray, predicted: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """True positives, false positives (added) and false negatives (missed) per label."""
+    return ((targets & predicted).sum(axis=0), (~targets & predicted).sum(axis=0),
+            (targets & ~predicted).sum(axis=0))
+
+
+def _ranked_labels(counts: np.ndarray, labels: Sequence[str], count: int) -> list[dict]:
+    """The labels with the largest non-zero ``counts``: [{label, count}], largest first (ties in label order)."""
+    order = sorted((index for index in range(len(labels)) if counts[index] > 0),
+                   key=lambda index: (-int(counts[index]), index))
+    return [{"label": labels[index], "count": int(counts[index])} for index in order[:count]]
+
+
+def compute_multi_label_metrics(targets: Any, probabilities: Any, labels: Sequence[str], thresholds: Any = None,
+                                loss: float | None = None) -> dict[str, Any]:
+    """Every evaluation number of a multi-label task (see the notes above this function).
+
+    ``targets``: (n, N) 0/1; ``probabilities``: (n, N) sigmoid outputs; ``thresholds``: (N,)
+    per-label thresholds (default 0.5 each).  Returns a JSON-ready dict: num_samples,
+    num_classes, labels, multi_label, thresholds {label: t}, loss, macro_map, micro_map,
+    macro_/micro_ precision, recall, f1, exact_match, hamming_loss, label_accuracy
+    (1 - hamming_loss), per_label {label: {precision, recall, f1, ap, support, threshold}},
+    most_missed / most_added (up to 5 {label, count}: false negatives / false positives).
+    """
+    labels = [str(label) for label in labels]
+    if not labels:
+        raise ValueError("need at least 1 label")
+    targets, probabilities = _multi_label_arrays(targets, probabilities, len(labels))
+    if len(targets) == 0:
+        raise ValueError("cannot compute metrics on 0 samples")
+    thresholds = np.full(len(labels), DEFAULT_THRESHOLD) if thresholds is None else np.asarray(thresholds, np.float64)
+    if thresholds.shape != (len(labels),):
+        raise ValueError(f"thresholds must have one value per label ({len(labels)}), received shape {thresholds.shape}")
+    predicted = multi_label_predictions(probabilities, thresholds)
+    true_positives, added, missed = _label_counts(targets, predicted)
+    precision = _safe_divide(true_positives, true_positives + added)
+    recall = _safe_divide(true_positives, true_positives + missed)
+    f1 = _safe_divide(2 * precision * recall, precision + recall)
+    precisions = [average_precision(targets[:, index], probabilities[:, index]) for index in range(len(labels))]
+    defined = [value for value in precisions if value is not None]
+    micro_precision = float(_safe_divide(true_positives.sum(), true_positives.sum() + added.sum()))
+    micro_recall = float(_safe_divide(true_positives.sum(), true_positives.sum() + missed.sum()))
+    hamming = hamming_loss(targets, predicted)
+    return {
+        "num_samples": int(len(targets)),
+        "num_classes": len(labels),
+        "labels": labels,
+        "multi_label": True,
+        "thresholds": {label: float(value) for label, value in zip(labels, thresholds)},
+        "loss": None if loss is None else float(loss),
+        "macro_map": float(np.mean(defined)) if defined else None,
+        "micro_map": average_precision(targets.reshape(-1), probabilities.reshape(-1)),
+        "macro_precision": float(precision.mean()),
+        "macro_recall": float(recall.mean()),
+        "macro_f1": float(f1.mean()),
+        "micro_precision": micro_precision,
+        "micro_recall": micro_recall,
+        "micro_f1": float(_safe_divide(2 * micro_precision * micro_recall, micro_precision + micro_recall)),
+        "exact_match": exact_match_ratio(targets, predicted),
+        "hamming_loss": hamming,
+        "label_accuracy": 1.0 - hamming,
+        "per_label": {
+            label: {"precision": float(precision[index]), "recall": float(recall[index]), "f1": float(f1[index]),
+                    "ap": precisions[index], "support": int(targets[:, index].sum()),
+                    "threshold": float(thresholds[index])}
+            for index, label in enumerate(labels)
+        },
+        "most_missed": _ranked_labels(missed, labels, MOST_MISSED_COUNT),
+        "most_added": _ranked_labels(added, labels, MOST_MISSED_COUNT),
+    }
+
+
+def label_decisions(probabilities: Any, targets: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Every (image, label) pair of a multi-label part as one yes/no decision, the way a binary run's
+    image is scored: ``([1 - p, p]`` rows (n x N, 2), the truth as class indices 0 / 1 (n x N,)).
+
+    On these the calibration numbers read as they do for any run: ECE over the confidence
+    of each label's decision, NLL = the mean binary cross-entropy over every pair, Brier =
+    twice the mean squared error of the probabilities."""
+    targets, probabilities = _multi_label_arrays(targets, probabilities)
+    flat = probabilities.reshape(-1, 1)
+    return np.concatenate([1.0 - flat, flat], axis=1), targets.reshape(-1).astype(np.int64)
+
+
+def multi_label_calibration_block(before: Any, after: Any, targets: Any, temperature: float | None) -> dict[str, Any]:
+    """:func:`calibration_block` of a multi-label part: over every (image, label) pair (:func:`label_decisions`)."""
+    before_pairs, truth = label_decisions(before, targets)
+    return {**calibration_block(before_pairs, label_decisions(after, targets)[0], truth, temperature),
+            "scored_on": "every (image, label) pair as one yes/no decision"}
+
+
+def binary_cross_entropy(probabilities: Any, targets: Any) -> float:
+    """Mean binary cross-entropy of sigmoid outputs against 0/1 (or soft) targets, by Keras's own
+    function (so it matches ``val_loss`` of a multi-label run)."""
+    import keras
+
+    loss = keras.losses.binary_crossentropy(np.asarray(targets, np.float32), np.asarray(probabilities, np.float32))
+    return float(np.mean(keras.ops.convert_to_numpy(loss)))

@@ -17,6 +17,8 @@ of its batch and reported with its reason.  An export that does not record its r
 filter (made by an older kcnn), ``--tta`` and ``--explain`` send the encoded bytes to the
 graph's own signatures instead, one batch at a time; a batch that fails there is retried
 file by file, so one bad file never costs the good ones.
+A multi-label export (``kcnn.json``: ``"multi_label": true`` and per-label ``"thresholds"``)
+answers with every label at or above its threshold (``above_threshold``).
 """
 
 from __future__ import annotations
@@ -57,6 +59,13 @@ class ExportedModel:
 
     explaining: bool = False                  # set by use_explain(): classify also returns heat maps
 
+    @property
+    def thresholds(self) -> dict[str, float] | None:
+        """A multi-label export's threshold per label (``kcnn.json``), else None."""
+        thresholds = self.metadata.get("thresholds")
+        return {str(label): float(value) for label, value in thresholds.items()} if isinstance(thresholds, dict) \
+            else None
+
     def classify(self, encoded_images: list[bytes]) -> dict[str, np.ndarray]:
         """Run the signature on a batch of encoded images; raises TensorFlow's error on a bad one."""
         if self.tta_views:
@@ -75,7 +84,14 @@ class ExportedModel:
         self.explaining = True
 
     def reject_below(self, requested: float | None = None) -> float | None:
-        """The threshold below which an answer is "unknown": ``requested``, else the export's (kcnn.json)."""
+        """The threshold below which an answer is "unknown": ``requested``, else the export's (kcnn.json).
+
+        A multi-label export has none: each label is answered at its own threshold."""
+        if self.thresholds is not None:
+            if requested is not None:
+                raise UserError("--reject-below is for single-label models; this export is multi-label: each "
+                                "label is answered at its own threshold (kcnn.json's thresholds)")
+            return None
         threshold = requested if requested is not None else self.metadata.get("reject_below")
         if threshold is None:
             return None
@@ -215,6 +231,11 @@ def predict_files(model: ExportedModel, paths: list[str | os.PathLike], batch_si
     overlay PNG per image there (the image with where the model looked, from the export's
     ``serving_explain`` signature) and add ``"heatmap"`` (its path) and ``"peak"`` (``[y,
     x]``, the heat map's maximum, 0..1 from the top-left corner of the image as given).
+
+    A multi-label export's results add ``above_threshold``: every label whose probability is
+    at or above its threshold, ``{"label", "probability", "threshold"}`` in ``labels.txt``
+    order (``label`` is then the most probable one); it takes no ``reject_below`` (its labels'
+    thresholds decide).
     """
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, received: {batch_size}")
@@ -409,7 +430,16 @@ def prediction_records(model: ExportedModel, paths: list[Path] | list[str], outp
             "top_k": [{"label": labels[index], "class_index": int(index), "probability": float(probabilities[index])}
                       for index in best],
         })
+        if model.thresholds is not None:
+            results[-1]["above_threshold"] = labels_above_threshold(labels, probabilities, model.thresholds)
     return results
+
+
+def labels_above_threshold(labels: list[str], probabilities, thresholds: dict[str, float]) -> list[dict[str, Any]]:
+    """Every label at or above its threshold: ``{"label", "probability", "threshold"}``, labels.txt order."""
+    return [{"label": label, "probability": float(probabilities[index]), "threshold": thresholds[label]}
+            for index, label in enumerate(labels)
+            if label in thresholds and float(probabilities[index]) >= thresholds[label]]
 
 
 def clean_tensorflow_message(error: BaseException) -> str:

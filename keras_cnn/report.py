@@ -626,6 +626,8 @@ def _calibration_sections(metrics: Mapping[str, Any]) -> list[str]:
         temperature = calibration.get("temperature")
         note = (f"Temperature {temperature:.4g}, fitted on the validation part; the probabilities of this report "
                 "are the calibrated ones." if temperature is not None else calibration.get("note", ""))
+        if calibration.get("scored_on"):   # multi-label: what the numbers are over
+            note += f" Scored on {calibration['scored_on']}."
         sections += ["<h2>Calibration</h2>", _table(("metric", "model's own", "calibrated"), rows),
                      f"<p>{html.escape(note)}</p>"]
     selective = metrics.get("selective")
@@ -675,17 +677,18 @@ def write_html_report(run_dir: str | os.PathLike, metrics: Mapping[str, Any], co
         html.escape(str(run_dir)), html.escape(subset)))
 
     tta = metrics.get("tta")
+    summary_keys = MULTI_LABEL_SUMMARY_KEYS if metrics.get("multi_label") else SUMMARY_KEYS
     if tta:
         # Plain and test-time-augmented predictions side by side.
         summary_rows = [(html.escape(title), _text(metrics[key]), _text(tta.get(key)))
-                        for key, title in SUMMARY_KEYS if key in metrics]
+                        for key, title in summary_keys if key in metrics]
         views = ", ".join(str(view) for view in tta.get("views", []))
         sections += ["<h2>Summary</h2>",
                      _table(("metric", "plain", f"TTA ({len(tta.get('views', []))} views)"), summary_rows),
                      f"<p>TTA views: {html.escape(views)}; probabilities averaged over the views.</p>"]
     else:
         summary_rows = [(html.escape(title), _text(metrics[key]))
-                        for key, title in SUMMARY_KEYS if key in metrics]
+                        for key, title in summary_keys if key in metrics]
         sections += ["<h2>Summary</h2>", _table(("metric", "value"), summary_rows)]
 
     sections += _calibration_sections(metrics)
@@ -708,12 +711,15 @@ def write_html_report(run_dir: str | os.PathLike, metrics: Mapping[str, Any], co
         ]
 
     confused = metrics.get("most_confused", [])
-    sections.append("<h2>Most confused pairs</h2>")
+    if metrics.get("multi_label"):
+        sections += multi_label_sections(metrics)
+    else:
+        sections.append("<h2>Most confused pairs</h2>")
     if confused:
         rows = [(html.escape(str(pair["true"])), html.escape(str(pair["predicted"])), _text(pair["count"]))
                 for pair in confused]
         sections.append(_table(("true", "predicted as", "count"), rows, name_columns=2))
-    else:
+    elif not metrics.get("multi_label"):
         sections.append("<p>No mistakes.</p>")
 
     figures = [
@@ -751,3 +757,102 @@ def write_html_report(run_dir: str | os.PathLike, metrics: Mapping[str, Any], co
         f"<body>\n{chr(10).join(sections)}\n</body></html>\n"
     )
     return atomic_write_text(output_html, page)
+
+
+# --------------------------------------------------------------------------- multi-label
+
+PR_CURVES_SHOWN = 12            # labels drawn on the precision-recall picture (the most frequent)
+MULTI_LABEL_SUMMARY_KEYS = (
+    ("num_samples", "samples"), ("macro_map", "mAP (macro)"), ("micro_map", "mAP (micro)"),
+    ("macro_f1", "macro F1"), ("micro_f1", "micro F1"), ("macro_precision", "macro precision"),
+    ("macro_recall", "macro recall"), ("micro_precision", "micro precision"), ("micro_recall", "micro recall"),
+    ("exact_match", "exact match"), ("hamming_loss", "Hamming loss"), ("loss", "loss"),
+)
+
+
+def plot_precision_recall_curves(targets: Any, probabilities: Any, labels: Sequence[str], thresholds: Sequence[float],
+                                 output_png: str | os.PathLike, shown: int = PR_CURVES_SHOWN) -> Path:
+    """Each label's precision-recall curve (the ``shown`` labels with the most positives), its
+    operating point at its threshold marked, and the micro-averaged curve of all labels dashed."""
+    from keras_cnn.metrics import average_precision, precision_recall_curve
+
+    pyplot = _pyplot()
+    targets = np.asarray(targets) > 0.5
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    support = targets.sum(axis=0)
+    drawn = [index for index in np.argsort(-support, kind="stable")[:shown] if support[index] > 0]
+    figure, axis = pyplot.subplots(figsize=(7, 5.5))
+    for index in drawn:
+        precision, recall, cuts = precision_recall_curve(targets[:, index], probabilities[:, index])
+        area = average_precision(targets[:, index], probabilities[:, index])
+        line, = axis.step(recall, precision, where="post", linewidth=1.3,
+                          label=f"{_short(labels[index])} (AP {area:.2f})")
+        at = int(np.flatnonzero(cuts >= thresholds[index])[-1]) if (cuts >= thresholds[index]).any() else 0
+        axis.plot(recall[at], precision[at], "o", color=line.get_color(), markersize=6)
+    if targets.any():
+        precision, recall, _ = precision_recall_curve(targets.reshape(-1), probabilities.reshape(-1))
+        area = average_precision(targets.reshape(-1), probabilities.reshape(-1))
+        axis.step(recall, precision, where="post", color="black", linestyle="--", linewidth=1.5,
+                  label=f"all labels (micro AP {area:.2f})")
+    else:
+        axis.text(0.5, 0.5, "no label has a positive image here", ha="center", va="center")
+    hidden = int((support > 0).sum()) - len(drawn)
+    axis.set_title("Precision-recall per label (dots: the stored thresholds)"
+                   + (f"; {hidden} rarer labels not drawn" if hidden > 0 else ""), fontsize=10)
+    axis.set_xlabel("recall")
+    axis.set_ylabel("precision")
+    axis.set_xlim(0, 1.02)
+    axis.set_ylim(0, 1.02)
+    axis.grid(True, alpha=0.3)
+    if targets.any():
+        axis.legend(loc="lower left", fontsize=8)
+    return _save(figure, output_png)
+
+
+def plot_label_mistakes(rows: Sequence[tuple[str, Sequence[Any], Sequence[str]]], output_png: str | os.PathLike,
+                        per_row: int = 4) -> Path:
+    """Example images of the labels most often missed or added: one row per ``(title, images, captions)``."""
+    pyplot = _pyplot()
+    rows = [row for row in rows if len(row[1])]
+    if not rows:
+        figure, axis = pyplot.subplots(figsize=(5, 2))
+        axis.axis("off")
+        axis.text(0.5, 0.5, "No label missed or added", ha="center", va="center", fontsize=14)
+        return _save(figure, output_png)
+    figure, axes = pyplot.subplots(len(rows), per_row, figsize=(2.4 * per_row, 2.9 * len(rows)), squeeze=False,
+                                   layout="constrained")
+    for axis in axes.flat:
+        axis.axis("off")
+    for row_axes, (title, images, captions) in zip(axes, rows):
+        row_axes[0].text(-0.15, 0.5, _short(title, 28), transform=row_axes[0].transAxes, rotation=90,
+                         ha="right", va="center", fontsize=9, color="firebrick")
+        for axis, image, caption in zip(row_axes, images[:per_row], captions[:per_row]):
+            picture, colour_map = _displayable(image)
+            axis.imshow(picture, cmap=colour_map, vmin=0, vmax=255, interpolation="nearest")
+            axis.set_title(caption, fontsize=7)
+    figure.suptitle("Labels most often missed (a true label below its threshold) or added (a false one above it)",
+                    fontsize=11)
+    return _save(figure, output_png)
+
+
+def multi_label_sections(metrics: Mapping[str, Any]) -> list[str]:
+    """The HTML of a multi-label evaluation's tables: per label, and the labels most often missed or added."""
+    per_label = metrics.get("per_label", {})
+    rows = [(html.escape(label), _text(values.get("precision")), _text(values.get("recall")), _text(values.get("f1")),
+             _text(values.get("ap")), _text(values.get("support")), _text(values.get("threshold")))
+            for label, values in per_label.items()]
+    sections = ["<h2>Per label</h2>",
+                "<p>A label is predicted when its probability is at or above its threshold (chosen on the "
+                "validation part to maximise the label's F1). AP: average precision, the area under its "
+                "precision-recall curve; support: images that have the label.</p>",
+                _table(("label", "precision", "recall", "F1", "AP", "support", "threshold"), rows)]
+    for key, title, meaning in (("most_missed", "Labels most often missed", "true label below its threshold"),
+                                ("most_added", "Labels most often added", "label above its threshold, not true")):
+        sections.append(f"<h2>{title}</h2>")
+        listed = metrics.get(key, [])
+        if listed:
+            sections.append(_table(("label", f"images ({meaning})"),
+                                   [(html.escape(str(item["label"])), _text(item["count"])) for item in listed]))
+        else:
+            sections.append("<p>None.</p>")
+    return sections

@@ -9,6 +9,7 @@ Layout (every file is written atomically through :mod:`keras_cnn.io`)::
       model.keras        the best model so far (whole: base + head)
       metrics.json       test-set metrics
       calibration.json   the temperature fitted on the validation part, the "none of these" threshold
+      thresholds.json    multi-label runs: each label's threshold, chosen on the validation part
       training.png       training curves
       state.json         run state: stages finished / running, each stage's options and fingerprint
       .kcnn-run.json     the run's record: marks the folder as a kcnn run, lists the names kcnn writes here
@@ -67,6 +68,7 @@ class RunDirectory:
     inputs_path = property(lambda self: self.root / INPUT_RECORD)
     input_changes_path = property(lambda self: self.root / INPUT_CHANGES)
     calibration_path = property(lambda self: self.root / "calibration.json")
+    thresholds_path = property(lambda self: self.root / "thresholds.json")
 
     record_path = property(lambda self: self.root / RUN_MARKER)
 
@@ -74,7 +76,8 @@ class RunDirectory:
     # in a run folder, and no more.
     ENTRIES = ("config.json", "labels.txt", "history.csv", "model.keras", "metrics.json", "training.png",
                "state.json", "skipped_images.csv", "split.csv", INPUT_RECORD, INPUT_CHANGES, "stages", "logs", "backup",
-               "eval", "features", "lr_find.png", "lr_find.csv", "calibration.json")
+               "eval", "features", "lr_find.png", "lr_find.csv", "calibration.json",
+               "thresholds.json")
 
     # What a finished run of a kcnn older than run states holds (what :meth:`require` asks for).
     OLDER_RUN = ("config.json", "labels.txt", "model.keras")

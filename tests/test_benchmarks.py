@@ -238,3 +238,32 @@ def test_calibration_benchmark_meets_its_targets_on_the_digits_and_the_patches(l
     # Heat maps: the peak lands on the coloured patch for at least 90 % of the test images.
     assert outcome["patches"]["share"] >= 0.9, outcome["patches"]
     assert not results.exists()
+
+
+def test_multilabel_benchmark_builds_mosaics_from_disjoint_digits(load_script, tmp_path, capsys):
+    pytest.importorskip("sklearn", reason="the multi-label benchmark reads scikit-learn's digits")
+    import pandas as pd
+
+    multilabel = load_script("multilabel")
+    pools = multilabel.digit_pools(seed=1)
+    assert sum(len(labels) for _, labels in pools.values()) == 1797
+    multi, single, images = multilabel.write_mosaics(tmp_path, {"train": 30, "validation": 10, "test": 10}, seed=1)
+    table = pd.read_csv(multi, dtype=str, keep_default_na=False)
+    assert list(table.columns) == ["objectId", "labels", "type"] and len(table) == 50
+    assert table["labels"].map(lambda cell: 1 <= len(cell.split(";")) <= 4).all()
+    first = pd.read_csv(single, dtype=str)
+    assert all(value in labels.split(";") for value, labels in zip(first["value"], table["labels"]))
+    results = tmp_path / "RESULTS.md"
+    outcome = multilabel.main(["--nets", "lenet", "--epochs", "1", "--train", "60", "--no-single", "--no-record",
+                               "--results", str(results)])
+    assert 0 <= outcome["lenet"]["test"]["macro_map"] <= 1 and not results.exists()
+    assert "| `lenet` |" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_scratch_net_reaches_a_map_of_0_9_on_digit_mosaics(load_script):
+    """The acceptance figure: lenet on 2x2 mosaics of digits no training mosaic uses, mAP >= 0.9."""
+    pytest.importorskip("sklearn")
+    multilabel = load_script("multilabel")
+    outcome = multilabel.main(["--nets", "lenet", "--epochs", "10", "--train", "3000", "--no-single", "--no-record"])
+    assert outcome["lenet"]["test"]["macro_map"] >= 0.9, outcome

@@ -203,7 +203,8 @@ def test_predict_needs_no_training_code(export_dir, images):
     # The decoder training uses (data.images, with the option types and defaults it reads) and the header check.
     assert answer["modules"] == ["keras_cnn", "keras_cnn.choices", "keras_cnn.config", "keras_cnn.data",
                                  "keras_cnn.data.images", "keras_cnn.data.pixel_limit", "keras_cnn.errors",
-                                 "keras_cnn.export_layout", "keras_cnn.heatmaps", "keras_cnn.io", "keras_cnn.predict"]
+                                 "keras_cnn.export_layout", "keras_cnn.heatmaps", "keras_cnn.io", "keras_cnn.label_lists",
+                                 "keras_cnn.messages", "keras_cnn.predict"]
 
 
 def test_missing_labels_file_is_one_line_naming_it_and_both_counts(export_dir, images, tmp_path):

@@ -112,8 +112,8 @@ def test_resumed_transfer_stages_are_the_uninterrupted_ones(tmp_path, sample_dat
     assert json.loads((tmp_path / "head" / "config.json").read_text())["training"]["cache_features"] is True
     assert_same_run(tmp_path / "head", tmp_path / "head-resumed", "head")
 
-    finetune = ["finetune", "--run", str(tmp_path / "head"), "--unfreeze-from", "all", "--no-cache-frozen",
-                "--epochs", str(EPOCHS), "--batch-size", "16", "--learning-rate", "0.01"]
+    finetune = ["finetune", "--run", str(tmp_path / "head"), "--trust-hub", "--unfreeze-from", "all",
+                "--no-cache-frozen", "--epochs", str(EPOCHS), "--batch-size", "16", "--learning-rate", "0.01"]
     invoke([*finetune, "--out", str(tmp_path / "tuned")])
     killed_and_resumed([*finetune, "--out", str(tmp_path / "tuned-resumed")], monkeypatch, kills=(2,))
     assert_same_run(tmp_path / "tuned", tmp_path / "tuned-resumed", "finetune")

@@ -241,3 +241,13 @@ def echo_calibration(result: dict[str, Any]) -> None:
         from keras_cnn.run_calibration import describe_calibration
 
         click.echo(f"  {describe_calibration(result['calibration'])}")
+
+
+def test_result(result: dict) -> str:
+    """What a training command's one-line summary says about the test part."""
+    if result.get("multi_label"):
+        if result.get("test_macro_map") is None:
+            return "no test part" if result.get("test_loss") is None else "no label with a test image"
+        return f"test mAP {result['test_macro_map']:.4f}, micro F1 {result['test_micro_f1']:.4f}"
+    accuracy = result.get("test_accuracy")
+    return f"test accuracy {accuracy:.4f}" if accuracy is not None else "no test part"

@@ -35,7 +35,8 @@ from keras_cnn.export.quantize import DEFAULT_MAX_ACCURACY_DROP
                    "Prints and records both files' size and test accuracy.")
 @click.option("--max-accuracy-drop", type=click.FloatRange(0, 1), default=DEFAULT_MAX_ACCURACY_DROP,
               show_default=True,
-              help="Refuse a quantized model whose test accuracy is lower than the float one's by more than this.")
+              help="Refuse a quantized model whose test accuracy (a multi-label model: macro mAP) is lower than "
+                   "the float one's by more than this.")
 @click.option("--force", is_flag=True,
               help="Replace an existing version folder (only a kcnn export), and keep a quantized model that "
                    "lost more accuracy than --max-accuracy-drop.")
@@ -64,7 +65,9 @@ def export(run_dir: str, out_dir: str, version: int, formats: tuple[str, ...], v
     (kcnn.json says why).  Written atomically: a failed export leaves no version folder.
     Only --quantize reads the run's images (int8 calibration and the accuracy check), and
     checks them against the run's record first; without it a run copied without its data
-    exports as well.
+    exports as well.  A multi-label run's signatures also return above_threshold (one
+    bool per label) and labels (those at or above their thresholds, joined by ';'), its
+    probabilities being one per label; kcnn.json records multi_label and the thresholds.
 
     \b
     \b
@@ -95,13 +98,15 @@ def render(result: dict[str, Any]) -> None:
     if quantization:
         float_part, quantized = quantization["float"], quantization["quantized"]
         part = quantization.get("accuracy_part")
+        metric = quantization.get("metric", "accuracy")
+        shown = "mAP" if metric == "macro_map" else metric
         for name, entry in (("float", float_part), (quantization["mode"], quantized)):
-            accuracy = (f"{part} accuracy {entry['accuracy']:.4f}" if "accuracy" in entry
-                        else "accuracy not measured (no test or validation images)")
-            click.echo(f"  litert {name:<7} {entry['file']}: {entry['bytes'] / 1e6:.3f} MB, {accuracy}")
-        change = quantization.get("accuracy_change")
+            score = (f"{part} {shown} {entry[metric]:.4f}" if metric in entry
+                     else f"{shown} not measured (no test or validation images)")
+            click.echo(f"  litert {name:<7} {entry['file']}: {entry['bytes'] / 1e6:.3f} MB, {score}")
+        change = quantization.get(f"{metric}_change")
         click.echo(f"  quantized file is {quantization['size_ratio']:.0%} of the float one"
-                   + (f", accuracy change {change:+.4f}" if change is not None else ""))
+                   + (f", {shown} change {change:+.4f}" if change is not None else ""))
     calibration = result.get("calibration")
     if calibration:
         click.echo(f"  calibrated   temperature {calibration['temperature']:.3g} (fitted on "

@@ -37,6 +37,7 @@ def _render(result):
                              images_note="Without --split it is split as `kcnn transfer` would split it, into "
                                          "lr_find_split.csv beside the picture.")
 @options.data_edit_options()
+@options.multi_label_options()
 @options.transfer_model_options()
 @options.augment(note="During the sweep a head then trains on images, not cached features.")
 @options.resize_mode()

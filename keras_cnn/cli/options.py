@@ -140,6 +140,14 @@ exclude = _option("data.exclude", "--exclude", "Leave the images FILE lists out 
 relabel = _option("data.relabel", "--relabel", "New labels for the images an objectId,value CSV names (a label "
                   "CSV); counted in the 'found' line, recorded in a run's config.json.",
                   type=click.Path(exists=True, dir_okay=False), default=None, metavar="CSV")
+multi_label = _option("data.multi_label", "--multi-label", "Images may have several labels (or none): a label "
+                      "CSV's cells hold labels joined by --label-delimiter (an empty cell = no label), and the same "
+                      "picture under several class folders is one image with all their labels. The model gets one "
+                      "sigmoid per label and binary cross-entropy; the split is not balanced. A split CSV written "
+                      "with it records it (its label column is 'labels'), so later commands need no flag.",
+                      is_flag=True)
+label_delimiter = _option("data.label_delimiter", "--label-delimiter", "With --multi-label: what joins an image's "
+                          "labels in a label CSV cell.", default=";", show_default=True, metavar="TEXT")
 skip_bad_images = _option("data.skip_bad_images", "--skip-bad-images", "Train on the readable images and list the "
                           "others in RUN/skipped_images.csv (refused if a label would lose all its images in a part).",
                           is_flag=True)
@@ -227,7 +235,9 @@ lr_mult = _option("training.lr_mult", "--lr-mult", "Discriminative learning rate
 calibrate = _option("training.calibrate", "--calibrate/--no-calibrate", "When the stage ends, fit a temperature on "
                     "the validation part so its probabilities mean what they say (temperature scaling: evaluate, "
                     "export and predict use it; the stage result shows the calibration error before and after). A "
-                    "run without a validation part stays uncalibrated and says so.", default=True, show_default=True)
+                    "multi-label run gets one temperature for every label and chooses its labels' thresholds "
+                    "after it, on the calibrated probabilities. A run without a validation part stays "
+                    "uncalibrated and says so.", default=True, show_default=True)
 
 # --------------------------------------------------------------------------- fine-tuning
 
@@ -259,10 +269,9 @@ allow_unfinished = click.option(
          "Recorded in kcnn.json.")
 
 OPTIONS: dict[str, ConfigOption] = {option.path: option for option in (
-    dataset, dataset_path, split, images, layout, allow_labels, exclude, relabel, image_size, resize_mode,
-    resize_filter, augment,
-    augment_engine, cache, skip_bad_images, max_image_pixels, validation_split, label_smoothing, mixup, cutmix,
-    randaugment, random_erasing,
+    dataset, dataset_path, split, images, layout, allow_labels, exclude, relabel, multi_label, label_delimiter,
+    image_size, resize_mode, resize_filter, augment, augment_engine, cache, skip_bad_images, max_image_pixels,
+    validation_split, label_smoothing, mixup, cutmix, randaugment, random_erasing,
     api, weights, head_units, dropout, binary,
     epochs, batch_size, learning_rate, optimizer, seed, class_weight, cache_features, mixed_precision, xla, strategy,
     schedule, warmup_epochs, ema, early_stopping, lr_mult, calibrate,
@@ -313,6 +322,11 @@ def image_folder_options() -> Callable:
                         skip_bad_images(),
                         max_image_pixels(note="Such images are bad images (see --skip-bad-images)."), layout(),
                         allow_labels())
+
+
+def multi_label_options() -> Callable:
+    """``--multi-label``, ``--label-delimiter``: images with several labels."""
+    return option_group(multi_label(), label_delimiter())
 
 
 def data_edit_options() -> Callable:

@@ -49,10 +49,12 @@ def predict(ctx: click.Context, model_dir: str, inputs: tuple[str, ...], max_ima
     --json one JSON object {"predictions": [...], "failures": [...]}: each prediction has
     "path", "label", "class_index", "probability", "probabilities" (labels.txt order) and
     "top_k" (with a threshold also "rejected" and "reject_below"; with --explain "heatmap"
-    and "peak"); each failure has "path" and "reason".  The probabilities are calibrated
-    when the run was.  Files that cannot be read as images are named on stderr and the
-    exit status is 1 (the others are still classified); 2 when nothing could be classified
-    or the model directory is wrong.
+    and "peak"; a multi-label model's also "above_threshold": every label at or above its
+    threshold, with "probability" and "threshold", and the table then lists those labels);
+    each failure has "path" and "reason".  The probabilities are calibrated when the run
+    was.  Files that cannot be read as images are named on stderr and the exit status is 1
+    (the others are still classified); 2 when nothing could be classified or the model
+    directory is wrong.
 
     Example: kcnn predict --model export/ photos/ cat.jpg --top-k 3 --explain heatmaps/
     """
@@ -84,18 +86,29 @@ def predict(ctx: click.Context, model_dir: str, inputs: tuple[str, ...], max_ima
         ctx.exit(1)
 
 
+def _labels_cell(prediction: dict[str, Any]) -> str:
+    """A multi-label prediction: every label at or above its threshold with its probability."""
+    found = prediction["above_threshold"]
+    if not found:
+        return f"(none above its threshold; top: {prediction['label']} {prediction['probability']:.3f})"
+    return ", ".join(f"{item['label']} {item['probability']:.3f}" for item in found)
+
+
 def render(result: dict[str, Any], top_k: int) -> None:
-    """Print the predictions as a table (file, label, confidence[, top-k])."""
+    """Print the predictions as a table (file, label, confidence[, top-k]); a multi-label model's as
+    (file, labels at or above their thresholds with their probabilities[, top-k])."""
     predictions = result["predictions"]
     if not predictions:
         return
     top_k = len(predictions[0]["top_k"])  # clipped to the number of classes
+    multi_label = "above_threshold" in predictions[0]
     explained = "heatmap" in predictions[0]
-    header = ["file", "label", "confidence"] + ([f"top-{top_k}"] if top_k > 1 else []) + \
-        (["heat map", "peak (y, x)"] if explained else [])
+    header = ["file", *(["labels"] if multi_label else ["label", "confidence"])] + \
+        ([f"top-{top_k}"] if top_k > 1 else []) + (["heat map", "peak (y, x)"] if explained else [])
     rows = []
     for prediction in predictions:
-        row = [prediction["path"], answer_text(prediction), f"{prediction['probability']:.4f}"]
+        row = [prediction["path"], *([_labels_cell(prediction)] if multi_label
+                                     else [answer_text(prediction), f"{prediction['probability']:.4f}"])]
         if top_k > 1:
             row.append(", ".join(f"{item['label']} {item['probability']:.3f}" for item in prediction["top_k"]))
         if explained:

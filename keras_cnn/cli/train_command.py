@@ -6,7 +6,7 @@ import click
 
 from keras_cnn.cli import options
 from keras_cnn.cli.common import (debug_option, echo_calibration, holding_run, import_tensorflow_quietly, json_option,
-                                  overwrite_option, resumable_run, run_command)
+                                  overwrite_option, resumable_run, run_command, test_result)
 
 RECIPE = "the architecture's reference recipe"
 
@@ -25,6 +25,7 @@ RECIPE = "the architecture's reference recipe"
 @options.regularization_options()
 @options.image_folder_options()
 @options.data_edit_options()
+@options.multi_label_options()
 @options.execution_options(shown_default="auto")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Run directory [default: runs/ARCHITECTURE-TIMESTAMP] (its files: see above). "
@@ -51,6 +52,7 @@ def train(architecture, out_dir, overwrite, accept_input_changes, as_json, **opt
       kcnn train cifar10_deep_net --dataset cifar10 --augment
       kcnn train lenet --images digits/          # digits/0/*.png … digits/9/*.png
       kcnn train cifar10_net --split split.csv --images data/
+      kcnn train lenet --images tagged/ --multi-label   # a picture may sit in several label folders
     """
     from keras_cnn.errors import UserError
 
@@ -76,8 +78,6 @@ def train(architecture, out_dir, overwrite, accept_input_changes, as_json, **opt
 
 
 def _render(result):
-    accuracy = result.get("test_accuracy")
-    shown = f"test accuracy {accuracy:.4f}" if accuracy is not None else "no test part"
-    click.echo(f"{result['architecture']}: {shown} after {result['epochs']} epochs "
+    click.echo(f"{result['architecture']}: {test_result(result)} after {result['epochs']} epochs "
                f"({result['seconds']:.0f} s); run in {result['run']}")
     echo_calibration(result)

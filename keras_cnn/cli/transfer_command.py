@@ -6,7 +6,7 @@ import click
 
 from keras_cnn.cli import options
 from keras_cnn.cli.common import (debug_option, echo_calibration, holding_run, import_tensorflow_quietly, json_option,
-                                  overwrite_option, resumable, resumable_run, run_command)
+                                  overwrite_option, resumable, resumable_run, run_command, test_result)
 from keras_cnn.errors import UserError
 from keras_cnn.messages import RANDOM_BASE_RATE, frozen_random_base_warning, slow_random_base_warning
 from keras_cnn.progress import warn
@@ -14,11 +14,9 @@ from keras_cnn.runs import RunDirectory
 
 
 def _render(result):
-    accuracy = result.get("test_accuracy")
-    shown = f"test accuracy {accuracy:.4f}" if accuracy is not None else "no test part"
-    click.echo(f"{result['base']} [{result['stage']}]: {shown}; trainable {result['trainable_params']:,} of "
-               f"{result['total_params']:,} parameters; {result['epochs']} epochs in {result['seconds']:.0f} s; "
-               f"run in {result['run']}")
+    click.echo(f"{result['base']} [{result['stage']}]: {test_result(result)}; trainable "
+               f"{result['trainable_params']:,} of {result['total_params']:,} parameters; {result['epochs']} epochs in "
+               f"{result['seconds']:.0f} s; run in {result['run']}")
     echo_calibration(result)
 
 
@@ -44,6 +42,7 @@ def _render(result):
 @options.regularization_options()
 @options.image_folder_options()
 @options.data_edit_options()
+@options.multi_label_options()
 @options.execution_options(shown_default="auto")
 @overwrite_option
 @options.accept_input_changes

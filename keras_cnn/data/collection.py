@@ -39,12 +39,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
 import pandas as pd
 
 from keras_cnn.choices import Layout, names
 from keras_cnn.config import DataConfig
 from keras_cnn.data.edits import DataEdits, EditReport, apply_edits, read_data_edits
 from keras_cnn.data.files import bounded_list_message, full_list_path, missing_files_message
+from keras_cnn.data.multilabel import (DEFAULT_DELIMITER, LABELS_COLUMN, images_per_part, is_multi_label_split_csv,
+                                       joined_cells, label_sets, multi_label_class_names, multi_label_counts,
+                                       multi_label_split_warnings, read_multi_label_csv, read_split_table,
+                                       unlabelled_per_part)
 from keras_cnn.data.split import (
     DEFAULT_TEST_KEYS,
     DEFAULT_VALIDATION_KEYS,
@@ -59,7 +64,6 @@ from keras_cnn.data.split import (
     is_safe_path,
     path_problem,
     read_label_csv,
-    read_split_csv,
     sha1_of_name,
     split_counts,
     split_keys,
@@ -105,10 +109,18 @@ class Collection:
     warnings: list[str] = field(default_factory=list)
     edits: EditReport = field(default_factory=EditReport)  # what --exclude / --relabel changed
     folders: list[str] = field(default_factory=list)   # every folder listed, relative to images ("." the root)
+    multi_label: bool = False            # values are sets of labels (keras_cnn.data.multilabel)
+    merged: int = 0                      # multi-label: copies under other label folders merged into one image
+
+    @property
+    def labels(self) -> list[str]:
+        """The class names in class-index order."""
+        return (multi_label_class_names(self.table["value"]) if self.multi_label
+                else class_names(self.table["value"]))
 
     def describe(self) -> str:
         """One line saying which layout was found and what it holds."""
-        labels = len(class_names(self.table["value"]))
+        labels = len(self.labels)
         images = len(self.table)
         if self.layout == "csv":
             where = "named by their SHA-1" if self.named_by_sha1 else f"under {self.images}"
@@ -125,7 +137,10 @@ class Collection:
                 drawn = f"; {' and '.join(absent)} drawn from train by the SHA-1 rule" if absent else ""
                 line = f"found a pre-split tree in {self.source}: {shown} images in {_labels(labels)}{drawn}"
         notes = [f"left out: {_left_out(self.skipped)}" if _left_out(self.skipped) else "",
-                 f"{self.edits.relabelled:,} relabelled by --relabel" if self.edits.relabelled else ""]
+                 f"{self.edits.relabelled:,} relabelled by --relabel" if self.edits.relabelled else "",
+                 f"{self.merged:,} copies under other labels merged" if self.merged else ""]
+        if self.multi_label:
+            line = line.replace(" images", " multi-label images", 1)
         notes = [note for note in notes if note]
         if notes:
             line += f" ({'; '.join(notes)})"
@@ -352,20 +367,28 @@ def _read_split_folders(root: Path, allowed_labels: Iterable[str], listing: _Lis
 
 
 def _read_label_csv(label_csv: str, images: str | None, id_column: str, label_column: str,
-                    allowed_labels: Iterable[str]) -> tuple[pd.DataFrame, bool]:
-    """The CSV's rows (objectId, value) and whether every objectId is a bare SHA-1 name."""
+                    allowed_labels: Iterable[str], delimiter: str | None = None) -> tuple[pd.DataFrame, bool]:
+    """The CSV's rows (objectId, value) and whether every objectId is a bare SHA-1 name.
+
+    ``delimiter``: the label cells hold several labels joined by it (multi-label data).
+    """
+    def read(paths: bool) -> pd.DataFrame:
+        if delimiter is not None:
+            return read_multi_label_csv(label_csv, id_column, label_column, paths, allowed_labels, delimiter)
+        return read_label_csv(label_csv, id_column, label_column, paths=paths, allowed_labels=allowed_labels)
+
     if images is None:
         try:
-            frame = read_label_csv(label_csv, id_column, label_column, allowed_labels=allowed_labels)
+            frame = read(paths=False)
         except UserError:
             try:  # Named otherwise but usable with their folder: say so rather than why a name is no SHA-1.
-                read_label_csv(label_csv, id_column, label_column, paths=True, allowed_labels=allowed_labels)
+                read(paths=True)
             except UserError:
                 raise
             raise UserError(f"{label_csv} names files that are not named by their SHA-1: give --images DIR "
                             f"(the folder they are in) and kcnn splits them by the SHA-1 of their bytes") from None
         return frame, True
-    frame = read_label_csv(label_csv, id_column, label_column, paths=True, allowed_labels=allowed_labels)
+    frame = read(paths=True)
     named = frame["objectId"].map(lambda text: OBJECT_ID_PATTERN.fullmatch(text) is not None).all()
     return frame, bool(named)
 
@@ -495,7 +518,7 @@ def _drop_duplicates(table: pd.DataFrame, list_prefix: str | None) -> tuple[pd.D
     if conflicts:
         raise UserError(bounded_list_message(
             lambda listed: (f"{len(conflicts)} image(s) are under two labels (identical bytes): {listed}; "
-                            f"keep each image under one label"),
+                            f"keep each image under one label, or pass --multi-label if images have several"),
             conflicts, _list_path(list_prefix, "duplicates.txt")))
     dropped = table["sha1"].duplicated(keep="first")
     names = table.loc[dropped, "objectId"].tolist()
@@ -505,16 +528,54 @@ def _drop_duplicates(table: pd.DataFrame, list_prefix: str | None) -> tuple[pd.D
     return table[~dropped].reset_index(drop=True), [warning]
 
 
+def _merge_copies(table: pd.DataFrame, list_prefix: str | None) -> tuple[pd.DataFrame, int, list[str]]:
+    """Multi-label data: identical files become one image (the first copy) with all their labels.
+
+    Returns the table, how many copies were merged into another row, and a warning naming
+    the images that gained labels that way (the same picture under several class folders is
+    how a folder tree says an image has several labels; copies under one label are just copies).
+    """
+    repeated = table["sha1"].duplicated(keep=False).to_numpy()
+    if not repeated.any():
+        return table, 0, []
+    sets = label_sets(table["value"])
+    first_row: dict[str, int] = {}
+    union: dict[int, set[str]] = {}     # the first copy's row -> the labels of all copies
+    gained = []
+    for row in np.flatnonzero(repeated):
+        keeper = first_row.setdefault(table["sha1"].iat[row], row)
+        found = union.setdefault(keeper, set(sets[keeper]))
+        if keeper != row and not set(sets[row]) <= found:
+            gained.append(table["objectId"].iat[keeper])
+        found.update(sets[row])
+    values = table["value"].to_numpy(dtype=object).copy()
+    keepers = list(union)
+    for row, cell in zip(keepers, joined_cells([union[row] for row in keepers],
+                                               multi_label_class_names(table["value"]))):
+        values[row] = cell
+    dropped = table["sha1"].duplicated(keep="first").to_numpy()
+    merged = table.assign(value=values)[~dropped].reset_index(drop=True)
+    gained = list(dict.fromkeys(gained))
+    warnings = [bounded_list_message(
+        lambda listed: f"{len(gained)} image(s) sit under several labels (identical bytes), each kept once "
+                       f"with all its labels: {listed}",
+        gained, _list_path(list_prefix, "merged.txt"))] if gained else []
+    return merged, int(dropped.sum()), warnings
+
+
 # ---------------------------------------------------------------------------------- the reader
 
 def list_collection(source: str | os.PathLike, images: str | os.PathLike | None = None, layout: str | None = None,
                     id_column: str = "objectId", label_column: str = "value",
-                    allowed_labels: Iterable[str] = (), list_prefix: str | None = None) -> Collection:
+                    allowed_labels: Iterable[str] = (), list_prefix: str | None = None,
+                    multi_label: bool = False, delimiter: str = DEFAULT_DELIMITER) -> Collection:
     """What :func:`read_collection` reads, without reading any image: the ``sha1`` column is empty.
 
     Listing a folder tree or reading a label CSV is cheap, so a run checks with it whether
     images were added to the folder it split (:mod:`keras_cnn.data.input_record`).  Warns
-    about label folders without images and labels that differ only in case.
+    about label folders without images and labels that differ only in case.  ``multi_label``:
+    a label CSV's cells are label sets joined by ``delimiter`` (copies of one file under
+    several label folders are merged later, once hashed: :func:`read_collection`).
     """
     allowed_labels = list(allowed_labels)
     found = detect_layout(source, layout)
@@ -529,7 +590,8 @@ def list_collection(source: str | os.PathLike, images: str | os.PathLike | None 
         if images is not None and not Path(images).is_dir():
             raise UserError(f"image folder {images} does not exist or is not a folder")
         frame, named_by_sha1 = _read_label_csv(str(label_csv), None if images is None else str(images),
-                                               id_column, label_column, allowed_labels)
+                                               id_column, label_column, allowed_labels,
+                                               delimiter if multi_label else None)
         table = frame[["objectId", "value"]].assign(type="")
     else:
         if images is not None and Path(images).resolve() != path.resolve():
@@ -544,20 +606,22 @@ def list_collection(source: str | os.PathLike, images: str | os.PathLike | None 
             warnings.append(bounded_list_message(
                 lambda listed: f"{len(empty)} label folder(s) in {source} hold no images, so they give no class: {listed}",
                 empty, _list_path(list_prefix, "empty_label_folders.txt")))
-    case_warning = case_only_warning(class_names(table["value"]))
+    collection = Collection(table=table.assign(sha1="").reset_index(drop=True),
+                            images=None if images is None else str(images), layout=found, source=str(source),
+                            named_by_sha1=named_by_sha1, skipped=listing.skipped, warnings=warnings,
+                            folders=listing.folders, multi_label=multi_label)
+    case_warning = case_only_warning(collection.labels)
     if case_warning:
         warnings.append(case_warning)
-    return Collection(table=table.assign(sha1="").reset_index(drop=True),
-                      images=None if images is None else str(images), layout=found, source=str(source),
-                      named_by_sha1=named_by_sha1, skipped=listing.skipped, warnings=warnings,
-                      folders=listing.folders)
+    return collection
 
 
 def read_collection(source: str | os.PathLike, images: str | os.PathLike | None = None, layout: str | None = None,
                     id_column: str = "objectId", label_column: str = "value",
                     allowed_labels: Iterable[str] = (), list_prefix: str | None = None,
                     edits: DataEdits | None = None, keep_duplicates: bool = False,
-                    skip_unreadable: bool = False, unreadable_advice: str = "make them readable") -> Collection:
+                    skip_unreadable: bool = False, unreadable_advice: str = "make them readable",
+                    multi_label: bool = False, delimiter: str = DEFAULT_DELIMITER) -> Collection:
     """Read labelled images in any layout into a :class:`Collection`.
 
     ``source``: a label CSV, a folder holding ``label.csv``, a class-folder tree or a
@@ -570,39 +634,50 @@ def read_collection(source: str | os.PathLike, images: str | os.PathLike | None 
     the same) instead of refusing them under two labels and keeping one under one label —
     for a reader that reports them (``kcnn doctor``).  Raises ``UserError`` for unreadable
     input, missing files, unusable labels or names, two folders that are one label, and
-    (unless ``keep_duplicates``) identical images under two labels.  Labels come
-    Unicode-normalised (NFC); folders are listed as :func:`list_collection` says (links
-    followed, kcnn run folders left out).  Image files that cannot be read are refused
+    (unless ``keep_duplicates`` or ``multi_label``) identical images under two labels.
+    Labels come Unicode-normalised (NFC); folders are listed as :func:`list_collection` says
+    (links followed, kcnn run folders left out).  Image files that cannot be read are refused
     (ending with ``unreadable_advice``) or, with ``skip_unreadable``, left out and counted
-    in the "found" line.
+    in the "found" line.  ``multi_label``: an image may have several labels (a label CSV's
+    cells split on ``delimiter``, empty = no label) and identical files under several labels
+    become one image with all of them.
     """
-    collection = list_collection(source, images, layout, id_column, label_column, allowed_labels, list_prefix)
+    collection = list_collection(source, images, layout, id_column, label_column, allowed_labels, list_prefix,
+                                 multi_label=multi_label, delimiter=delimiter)
     if collection.layout == "csv":
         named_by = str(Path(source) / LABEL_CSV_NAME if Path(source).is_dir() else source)
     else:
         named_by = f"the listing of {source}"
     table, edit_report = _edited(collection.table, edits, collection.skipped, list_prefix)
     warnings = [*collection.warnings, *_unmatched_warnings(edit_report, edits, list_prefix)]
+    merged = 0
     if not collection.named_by_sha1:
         table = _fill_sha1(table, str(collection.images), named_by, list_prefix, skip_unreadable, unreadable_advice,
                            collection.skipped)
-        if not keep_duplicates:
+        if multi_label and not keep_duplicates:
+            table, merged, notes = _merge_copies(table, list_prefix)
+            warnings += notes
+        elif not keep_duplicates:
             table, dropped = _drop_duplicates(table, list_prefix)
             warnings += dropped
-    return replace(collection, table=table.reset_index(drop=True), warnings=warnings, edits=edit_report)
+    return replace(collection, table=table.reset_index(drop=True), warnings=warnings, edits=edit_report,
+                   merged=merged)
 
 
 def read_split_collection(split_csv: str | os.PathLike, images: str | os.PathLike | None,
                           allowed_labels: Iterable[str] = (), list_prefix: str | None = None,
-                          edits: DataEdits | None = None, hash_contents: bool = False) -> Collection:
+                          edits: DataEdits | None = None, hash_contents: bool = False, multi_label: bool = False,
+                          delimiter: str = DEFAULT_DELIMITER) -> Collection:
     """A split CSV (objectId,value,type[,sha1]) as a :class:`Collection` whose parts are kept as given.
 
     ``edits`` are applied as :func:`read_collection` applies them.  ``hash_contents``: fill
     the ``sha1`` column from the files (or SHA-1 names) when the CSV has none; otherwise a
     missing column is left empty.  Duplicates are kept (a split CSV names each file once;
-    identical files under two names are for ``kcnn doctor`` to report).
+    identical files under two names are for ``kcnn doctor`` to report).  A multi-label split
+    CSV (``objectId,labels,type``) is read as one; ``multi_label`` reads the cells of a
+    plain one as sets of labels joined by ``delimiter``.
     """
-    frame = read_split_csv(split_csv, allowed_labels)
+    frame, multi_label = read_split_table(split_csv, allowed_labels, multi_label, delimiter)
     skipped: Counter = Counter()
     table, edit_report = _edited(frame, edits, skipped, list_prefix)
     if "sha1" not in table.columns:
@@ -614,7 +689,8 @@ def read_split_collection(split_csv: str | os.PathLike, images: str | os.PathLik
     return Collection(table=table[["objectId", "value", "type", "sha1"]].reset_index(drop=True),
                       images=None if images is None else str(images), layout=SPLIT_CSV_LAYOUT,
                       source=str(split_csv), skipped=skipped,
-                      warnings=_unmatched_warnings(edit_report, edits, list_prefix), edits=edit_report)
+                      warnings=_unmatched_warnings(edit_report, edits, list_prefix), edits=edit_report,
+                      multi_label=multi_label)
 
 
 def _edited(table: pd.DataFrame, edits: DataEdits | None, skipped: Counter,
@@ -654,9 +730,12 @@ def split_collection(collection: Collection, test_keys: Iterable[int] = DEFAULT_
 
     Bare SHA-1 names: the original split of the CSV, byte for byte.  Other files: the same
     rule on the SHA-1 of their bytes.  A pre-split tree keeps its parts; a part it lacks
-    (validation, test) is drawn from its train part by the rule.
+    (validation, test) is drawn from its train part by the rule.  Multi-label data is never
+    balanced: "as many images per label as the smallest label" has no meaning when an image
+    has several labels.
     """
     test, validation = check_key_ranges(test_keys, validation_keys)
+    balance = balance and not collection.multi_label
     table = collection.table
     if collection.layout == SPLIT_CSV_LAYOUT:
         # Its parts as given; the sha1 column only when the CSV had it (or it was hashed).
@@ -687,6 +766,17 @@ class SplitResult:
     labels: list[str]
     counts: dict[str, dict[str, int]]
     warnings: list[str]
+    multi_label: bool = False
+    images: dict[str, int] | None = None        # multi-label: images per part (an image counts once)
+    unlabelled: dict[str, int] | None = None    # multi-label: images without a label per part
+
+    def counts_table(self) -> str:
+        """The count table as ``kcnn split`` prints it."""
+        return format_counts(self.counts, images=self.images, unlabelled=self.unlabelled)
+
+    def write(self, path: str | os.PathLike) -> Path:
+        """The split CSV (a multi-label split names its label column ``labels``, which records it)."""
+        return write_split_csv(self.frame, path, label_column=LABELS_COLUMN if self.multi_label else "value")
 
 
 def split_with_report(collection: Collection, test_keys: Iterable[int] = DEFAULT_TEST_KEYS,
@@ -695,6 +785,11 @@ def split_with_report(collection: Collection, test_keys: Iterable[int] = DEFAULT
     """Split, count rows per label per part, and gather every warning (the reader's and the split's)."""
     test_keys, validation_keys = list(test_keys), list(validation_keys)
     frame = split_collection(collection, test_keys, validation_keys, balance, allowed_labels)
+    if collection.multi_label:
+        labels = multi_label_class_names(frame["value"])
+        counts, images = multi_label_counts(frame, labels), images_per_part(frame)
+        return SplitResult(frame, labels, counts, [*collection.warnings, *multi_label_split_warnings(counts, images)],
+                           multi_label=True, images=images, unlabelled=unlabelled_per_part(frame))
     labels = class_names(frame["value"])
     counts = split_counts(frame, labels)
     unbalanced = None
@@ -702,6 +797,14 @@ def split_with_report(collection: Collection, test_keys: Iterable[int] = DEFAULT
         unbalanced = split_counts(split_collection(collection, test_keys, validation_keys, False, allowed_labels),
                                   labels)
     return SplitResult(frame, labels, counts, [*collection.warnings, *split_warnings(counts, unbalanced)])
+
+
+def with_recorded_task(data: DataConfig) -> DataConfig:
+    """``data`` with ``multi_label`` on when its split CSV is a multi-label one (its ``labels`` header
+    records it), so a run trained on it is multi-label without ``--multi-label``."""
+    if data.split and not data.multi_label and is_multi_label_split_csv(data.split):
+        return replace(data, multi_label=True)
+    return data
 
 
 def needs_split_file(data: DataConfig) -> bool:
@@ -743,32 +846,40 @@ def split_images(data: DataConfig, split_path: str | os.PathLike, list_prefix: s
     ``data.skip_bad_images``, else refused (naming ``--skip-bad-images`` when the command
     ``offers_skipping``).
     """
-    edits = read_data_edits(data.exclude, data.relabel, data.allow_labels)
+    edits = read_data_edits(data.exclude, data.relabel, data.allow_labels,
+                            data.label_delimiter if data.multi_label else None)
     if data.split:
-        collection = read_split_collection(data.split, data.images, data.allow_labels, list_prefix, edits)
+        collection = read_split_collection(data.split, data.images, data.allow_labels, list_prefix, edits,
+                                           multi_label=data.multi_label, delimiter=data.label_delimiter)
     else:
         collection = read_collection(data.images, layout=data.layout, allowed_labels=data.allow_labels,
                                      list_prefix=list_prefix, edits=edits, skip_unreadable=data.skip_bad_images,
                                      unreadable_advice="make them readable" + (" or pass --skip-bad-images"
-                                                                               if offers_skipping else ""))
+                                                                               if offers_skipping else ""),
+                                     multi_label=data.multi_label, delimiter=data.label_delimiter)
     say(collection.describe())
     result = split_with_report(collection, allowed_labels=data.allow_labels)
-    write_split_csv(result.frame, split_path)
-    say(format_counts(result.counts))
+    result.write(split_path)
+    say(result.counts_table())
     for warning in result.warnings:
         warn(warning)
-    return replace(data, split=os.path.abspath(split_path), images=os.path.abspath(data.images))
+    return replace(data, split=os.path.abspath(split_path), images=os.path.abspath(data.images),
+                   multi_label=result.multi_label)
 
 
 def split_to_file(source: str, output: str, images: str | None = None, layout: str | None = None,
                   test_keys_text: str = "0-24", validation_keys_text: str = "25-49", balance: bool = True,
                   id_column: str = "objectId", label_column: str = "value",
                   allow_labels: tuple[str, ...] | list[str] = (), exclude: str | None = None,
-                  relabel: str | None = None) -> dict[str, Any]:
-    """Read any layout, split and write; return ``{"output", "layout", "labels", "counts", "sizes", "warnings"}``.
+                  relabel: str | None = None, multi_label: bool = False,
+                  label_delimiter: str = DEFAULT_DELIMITER) -> dict[str, Any]:
+    """Read any layout, split and write; return ``{"output", "layout", "labels", "counts", "sizes", "warnings"}``
+    (and for multi-label data ``"multi_label": true`` and ``"unlabelled"``, images without a label per part;
+    ``sizes`` are then images per part, each counted once).
 
-    ``exclude`` / ``relabel``: the ``--exclude`` and ``--relabel`` files.  Every check
-    happens before the output is written, so a refused input leaves no file.
+    ``exclude`` / ``relabel``: the ``--exclude`` and ``--relabel`` files.  ``multi_label``,
+    ``label_delimiter``: see :func:`read_collection`.  Every check happens before the
+    output is written, so a refused input leaves no file.
     """
     test_keys = parse_key_range(test_keys_text, "--test-keys")
     validation_keys = parse_key_range(validation_keys_text, "--validation-keys")
@@ -776,20 +887,24 @@ def split_to_file(source: str, output: str, images: str | None = None, layout: s
     check_output_path(output, option="-o")
     if Path(output).resolve() == Path(source).resolve():
         raise UserError(f"the output '{output}' is the input file; choose another -o")
-    edits = read_data_edits(exclude, relabel, allow_labels)
+    edits = read_data_edits(exclude, relabel, allow_labels, label_delimiter if multi_label else None)
     collection = read_collection(source, images=images, layout=layout, id_column=id_column,
                                  label_column=label_column, allowed_labels=allow_labels,
-                                 list_prefix=f"{output}.", edits=edits)
+                                 list_prefix=f"{output}.", edits=edits, multi_label=multi_label,
+                                 delimiter=label_delimiter)
     say(collection.describe())
     result = split_with_report(collection, test_keys, validation_keys, balance, allow_labels)
-    write_split_csv(result.frame, output)
+    result.write(output)
     for warning in result.warnings:
         warn(warning)
-    return {
+    summary = {
         "output": str(output),
         "layout": collection.layout,
         "labels": result.labels,
         "counts": result.counts,
-        "sizes": part_sizes(result.counts),
+        "sizes": result.images if result.multi_label else part_sizes(result.counts),
         "warnings": result.warnings,
     }
+    if result.multi_label:
+        summary.update({"multi_label": True, "unlabelled": result.unlabelled})
+    return summary

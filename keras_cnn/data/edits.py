@@ -18,6 +18,7 @@ from typing import Iterable
 
 import pandas as pd
 
+from keras_cnn.data.multilabel import read_multi_label_csv
 from keras_cnn.data.split import OBJECT_ID_PATTERN, path_problem, read_label_csv
 from keras_cnn.errors import UserError
 
@@ -72,21 +73,30 @@ def read_exclude_file(path: str | os.PathLike) -> frozenset[str]:
     return frozenset(listed)
 
 
-def read_relabel_file(path: str | os.PathLike, allowed_labels: Iterable[str] = ()) -> dict[str, str]:
-    """objectId -> new label from a relabel CSV (``objectId,value``, checked like a label CSV)."""
+def read_relabel_file(path: str | os.PathLike, allowed_labels: Iterable[str] = (),
+                      delimiter: str | None = None) -> dict[str, str]:
+    """objectId -> new label from a relabel CSV (``objectId,value``, checked like a label CSV).
+
+    ``delimiter``: multi-label data; each value is the image's whole new set of labels,
+    joined by ``delimiter`` (kcnn's cell, see :mod:`keras_cnn.data.multilabel`).
+    """
     if not Path(path).is_file():
         raise UserError(f"--relabel: {path} does not exist or is not a file")
-    frame = read_label_csv(path, paths=True, allowed_labels=allowed_labels)
+    if delimiter is not None:
+        frame = read_multi_label_csv(path, paths=True, allowed_labels=allowed_labels, delimiter=delimiter)
+    else:
+        frame = read_label_csv(path, paths=True, allowed_labels=allowed_labels)
     return dict(zip(frame["objectId"], frame["value"]))
 
 
 def read_data_edits(exclude: str | os.PathLike | None, relabel: str | os.PathLike | None,
-                    allowed_labels: Iterable[str] = ()) -> DataEdits | None:
-    """The edits named by ``--exclude`` and ``--relabel`` (None when neither is given)."""
+                    allowed_labels: Iterable[str] = (), delimiter: str | None = None) -> DataEdits | None:
+    """The edits named by ``--exclude`` and ``--relabel`` (None when neither is given); ``delimiter``:
+    the relabel file holds multi-label cells (see :func:`read_relabel_file`)."""
     if not exclude and not relabel:
         return None
     return DataEdits(exclude=read_exclude_file(exclude) if exclude else frozenset(),
-                     relabel=read_relabel_file(relabel, allowed_labels) if relabel else {},
+                     relabel=read_relabel_file(relabel, allowed_labels, delimiter) if relabel else {},
                      exclude_source=os.fspath(exclude) if exclude else None,
                      relabel_source=os.fspath(relabel) if relabel else None)
 

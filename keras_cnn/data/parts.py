@@ -7,9 +7,10 @@ A run's images come from one of two sources, each opened once:
 - :class:`ArrayParts`: MNIST / CIFAR-10 arrays; validation is the last fraction of the
   training images (as Keras's ``validation_split``), test the official test set.
 
-Each gives a part's size, its object ids and class indices, and its ``tf.data`` pipeline of
+Each gives a part's size, its object ids and targets, and its ``tf.data`` pipeline of
 (images 0..255, int32 class indices) batches: uint8 images (a Keras model casts them
-itself), float32 when augmented or when the options ask for float32.  Training (``keras_cnn.train.stage_data``),
+itself), float32 when augmented or when the options ask for float32; multi-label data (a
+split CSV only) has float32 multi-hot targets [n, N] in place of class indices.  Training (``keras_cnn.train.stage_data``),
 evaluation, the int8 calibration images of an export and the accuracy of a quantized
 model all load parts through here; :mod:`keras_cnn.run_data` opens the parts of a finished
 run from its ``config.json``, ``labels.txt`` and ``skipped_images.csv``.
@@ -28,7 +29,8 @@ import tensorflow as tf
 from keras_cnn.config import DEFAULT_RESIZE_FILTER, DataConfig
 from keras_cnn.data.pipeline import (DatasetOptions, EmptyPart, array_pipeline, label_indices, make_dataset,
                                      per_replica_batch_size, shard_file_list, subset_frame)
-from keras_cnn.data.split import PARTS, class_names, read_split_csv
+from keras_cnn.data.multilabel import multi_hot, multi_label_class_names, read_split_table
+from keras_cnn.data.split import PARTS, class_names
 from keras_cnn.errors import UserError
 
 
@@ -38,8 +40,14 @@ class Part:
 
     name: str
     object_ids: list[str]
-    true_indices: np.ndarray          # int64 class indices into the labels
-    dataset: tf.data.Dataset          # (images 0..255, int32 class indices) batches, same order
+    targets: np.ndarray               # int64 class indices into the labels; multi-label: float32 multi-hot [n, N]
+    dataset: tf.data.Dataset          # (images 0..255, the targets) batches, same order
+    multi_label: bool = False
+
+    @property
+    def true_indices(self) -> np.ndarray:
+        """The class indices of a single-label part (its targets)."""
+        return self.targets
 
     def images(self) -> tf.data.Dataset:
         """The image batches alone (what a model predicts on)."""
@@ -61,14 +69,20 @@ class SplitParts:
 
     ``labels``: the class list (index order), default the sorted labels of the whole split;
     ``skip``: objectIds left out of every part (the bad images of ``--skip-bad-images``).
+    ``multi_label`` is true for a multi-label split CSV or with ``data.multi_label``.
     """
 
     def __init__(self, data: DataConfig, labels: Sequence[str] | None = None, skip: Iterable[str] = ()):
         if not data.images:
             raise UserError(f"the split CSV {data.split} comes without an image folder (--images)")
         self.data = data
-        self.frame = read_split_csv(data.split, data.allow_labels)
-        self.labels = [str(label) for label in labels] if labels else class_names(self.frame["value"])
+        self.frame, self.multi_label = read_split_table(data.split, data.allow_labels, data.multi_label,
+                                                        data.label_delimiter)
+        if labels:
+            self.labels = [str(label) for label in labels]
+        else:
+            self.labels = (multi_label_class_names(self.frame["value"]) if self.multi_label
+                           else class_names(self.frame["value"]))
         self.skip = set(skip)
 
     def leaving_out(self, skip: Iterable[str]) -> SplitParts:
@@ -85,8 +99,11 @@ class SplitParts:
         return len(self.rows(name))
 
     def true_indices(self, name: str) -> np.ndarray:
-        return np.asarray(label_indices(self.rows(name)["value"], self.labels, f"{self.data.split} ({name})"),
-                          dtype=np.int64)
+        """The part's targets: class indices (int64), or multi-hot rows (float32 [n, N]) for multi-label data."""
+        source = f"{self.data.split} ({name})"
+        if self.multi_label:
+            return multi_hot(self.rows(name)["value"], self.labels, source)
+        return np.asarray(label_indices(self.rows(name)["value"], self.labels, source), dtype=np.int64)
 
     def dataset(self, name: str, options: DatasetOptions, input_context=None) -> tf.data.Dataset:
         """The part's pipeline (``options`` say how: size, batch, cache, shuffle, augmentation...).
@@ -101,13 +118,15 @@ class SplitParts:
         if input_context is not None:
             rows = rows.iloc[shard_file_list(range(len(rows)), input_context)]
             options = replace(options, batch_size=per_replica_batch_size(options.batch_size, input_context))
-        return make_dataset(rows, self.data.images, name, replace(options, labels=self.labels, skip=None))
+        return make_dataset(rows, self.data.images, name, replace(options, labels=self.labels, skip=None,
+                                                                  multi_label=self.multi_label))
 
     def part(self, name: str, options: DatasetOptions) -> Part:
         """The part in file order (``options.shuffle`` is turned off); an empty part is an :class:`EmptyPart`."""
         rows = self.rows(name)
         dataset = self.dataset(name, replace(options, shuffle=False))
-        return Part(name, [str(object_id) for object_id in rows["objectId"]], self.true_indices(name), dataset)
+        return Part(name, [str(object_id) for object_id in rows["objectId"]], self.true_indices(name), dataset,
+                    self.multi_label)
 
 
 class ArrayParts:
@@ -118,6 +137,8 @@ class ArrayParts:
 
     ``labels``: the run's class list, when its order could differ from the dataset's names.
     """
+
+    multi_label = False   # MNIST and CIFAR-10 have one label per image
 
     def __init__(self, data: DataConfig, input_shape: tuple[int, int, int | None] | None,
                  labels: Sequence[str] | None = None):

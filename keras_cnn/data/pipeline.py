@@ -1,4 +1,4 @@
-"""A split CSV plus an image folder -> a ``tf.data`` pipeline of (images, class indices).
+"""A split CSV plus an image folder -> a ``tf.data`` pipeline of (images, class indices or multi-hot targets).
 
 The order of the stages is the point of this module::
 
@@ -32,13 +32,14 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from keras_cnn.choices import PixelType, names
 from keras_cnn.data.augment import AugmentationSpec, as_augmentation_spec, augment_dataset
 from keras_cnn.data.files import resolve_image_paths
-from keras_cnn.choices import PixelType, names
 from keras_cnn.data.images import DEFAULT_RESIZE_FILTER, RESIZE_FILTER_NAMES, RESIZE_MODES, load_image
+from keras_cnn.data.multilabel import multi_hot, multi_label_class_names, read_split_table
 from keras_cnn.data.pixel_limit import DEFAULT_MAX_IMAGE_PIXELS
 from keras_cnn.data.randomness import shuffle_per_epoch
-from keras_cnn.data.split import PARTS, class_names, read_split_csv, validate_object_ids
+from keras_cnn.data.split import PARTS, class_names, validate_object_ids
 from keras_cnn.errors import UserError
 
 SUBSETS = (*PARTS, "all")
@@ -49,8 +50,9 @@ PIXEL_TYPES = names(PixelType)
 FILE_CACHE_SHUFFLE_BYTES = 512 * 1024 * 1024
 
 
-def _as_split_frame(split_csv: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
-    """A split as a frame with string columns objectId, value, type."""
+def _as_split_frame(split_csv: str | os.PathLike | pd.DataFrame, multi_label: bool = False) -> pd.DataFrame:
+    """A split as a frame with string columns objectId, value, type (a multi-label split's value:
+    the labels joined by ``;``)."""
     if isinstance(split_csv, pd.DataFrame):
         missing = [column for column in ("objectId", "value", "type") if column not in split_csv.columns]
         if missing:
@@ -62,7 +64,7 @@ def _as_split_frame(split_csv: str | os.PathLike | pd.DataFrame) -> pd.DataFrame
         # A frame may not come from read_split_csv: refuse paths and '..' before they reach the disk.
         validate_object_ids(frame["objectId"], "the split", paths=True)
         return frame
-    return read_split_csv(split_csv)
+    return read_split_table(split_csv, multi_label=multi_label)[0]
 
 
 def subset_frame(split_csv: str | os.PathLike | pd.DataFrame, subset: str,
@@ -159,6 +161,8 @@ class DatasetOptions:
     ``dtype``: ``"uint8"`` (the pixels as decoded; a Keras model casts them itself) or
     ``"float32"``.  With augmentation the batches are float32 either way: the layers'
     output, not rounded back.
+    ``multi_label``: each row's value is a set of labels (joined by ``;``); the targets are
+    float32 multi-hot rows [B, N] instead of int32 class indices [B].
     The fields keep the order of :func:`make_dataset`'s former parameters, so
     ``DatasetOptions(image_size, batch_size, ...)`` reads as those calls did.
     """
@@ -177,12 +181,14 @@ class DatasetOptions:
     max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
     resize_filter: str = DEFAULT_RESIZE_FILTER
     dtype: PixelType = "uint8"
+    multi_label: bool = False
 
 
 def make_dataset(split_csv: str | os.PathLike | pd.DataFrame, images_dir: str | os.PathLike, subset: str,
                  *settings: Any, **named_settings: Any) -> tf.data.Dataset:
-    """Batches of ``(images 0..255 [B, H, W, C], int32 class indices [B])``: uint8 images, or
-    float32 as ``dtype`` says or when augmented (see :class:`DatasetOptions`).
+    """Batches of ``(images 0..255 [B, H, W, C], int32 class indices [B])``, or of ``(images,
+    float32 multi-hot targets [B, N])`` with ``multi_label``: uint8 images, or float32 as
+    ``dtype`` says or when augmented (see :class:`DatasetOptions`).
 
     ``split_csv``: a split CSV path or its frame (objectId, value, type).
     ``images_dir``: the image folder, flat or ``ab/cd/`` sharded.
@@ -215,14 +221,20 @@ def make_dataset(split_csv: str | os.PathLike | pd.DataFrame, images_dir: str | 
         raise UserError(f"batch size must be at least 1, received: {batch_size}")
     spec = as_augmentation_spec(options.augment)
 
-    frame = _as_split_frame(split_csv)
-    labels = [str(label) for label in options.labels] if options.labels is not None else class_names(frame["value"])
+    frame = _as_split_frame(split_csv, options.multi_label)
+    if options.labels is not None:
+        labels = [str(label) for label in options.labels]
+    else:
+        labels = multi_label_class_names(frame["value"]) if options.multi_label else class_names(frame["value"])
     rows = subset_frame(frame, subset, skip)
     if len(rows) == 0:
         source = split_csv if not isinstance(split_csv, pd.DataFrame) else "the split"
         raise EmptyPart(f"the {subset!r} part of {source} has no images"
                         + (" left after skipping bad ones" if skip else ""))
-    indices = label_indices(rows["value"], labels, f"the {subset} part")
+    if options.multi_label:
+        targets = tf.constant(multi_hot(rows["value"], labels, f"the {subset} part"), dtype=tf.float32)
+    else:
+        targets = tf.constant(label_indices(rows["value"], labels, f"the {subset} part"), dtype=tf.int32)
     paths = resolve_image_paths(images_dir, rows["objectId"].tolist())
     shuffle, seed, cache = options.shuffle, options.seed, options.cache
     if shuffle is None:
@@ -235,7 +247,7 @@ def make_dataset(split_csv: str | os.PathLike | pd.DataFrame, images_dir: str | 
         return load_image(tf.io.read_file(path), image_size, channels, resize_mode, resize_filter,
                           max_pixels=limit), label
 
-    dataset = tf.data.Dataset.from_tensor_slices((paths, tf.constant(indices, dtype=tf.int32)))
+    dataset = tf.data.Dataset.from_tensor_slices((paths, targets))
     if shuffle and not cache:
         # Nothing is cached: shuffling the file names is free and a perfect shuffle.
         dataset = shuffled(dataset, len(paths), seed)
@@ -245,7 +257,7 @@ def make_dataset(split_csv: str | os.PathLike | pd.DataFrame, images_dir: str | 
             dataset = dataset.cache()
             buffer_size = len(paths)
         else:
-            fingerprint = (os.path.abspath(images_dir), paths, indices, image_size, channels,
+            fingerprint = (os.path.abspath(images_dir), paths, targets.numpy().tolist(), image_size, channels,
                            resize_mode, resize_filter)
             dataset = dataset.cache(_cache_file_prefix(cache, subset, fingerprint))
             image_bytes = image_size[0] * image_size[1] * channels

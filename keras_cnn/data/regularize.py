@@ -10,6 +10,10 @@ is on, because a mixed or smoothed label is no longer one class.  The order is t
 per-image RandAugment, then random erasing, then MixUp or CutMix on the batch, then label
 smoothing.
 
+Multi-label targets (float32 multi-hot rows, one sigmoid per label) are mixed the same way,
+and label smoothing moves each label's target towards 1/2 (every label is a two-way
+decision): (1 - E) x target + E / 2.
+
 The validation and test parts stay unmixed and hard: :func:`hard_targets` turns their class
 indices into one-hot rows so the same cross-entropy loss applies, and :class:`HardLabelAccuracy`
 (named ``accuracy``, so history.csv keeps its columns) scores a prediction against the
@@ -247,13 +251,15 @@ def hard_targets(dataset, num_classes: int, single_sigmoid: bool = False):
 
 
 def regularize_dataset(dataset, spec: RegularizationSpec | Mapping[str, Any] | None, num_classes: int,
-                       seed: int | None = None, single_sigmoid: bool = False):
+                       seed: int | None = None, single_sigmoid: bool = False, multi_label: bool = False):
     """Map batched ``(float32 images 0..255, class indices)`` through the options of ``spec``.
 
     Returns ``dataset`` unchanged when nothing is on.  With soft labels (MixUp, CutMix,
     label smoothing) the targets become float32 probabilities (see :func:`soft_targets`);
     with image-only options (RandAugment, random erasing) they stay class indices.  With a
     ``seed``, every draw is a function of (seed, epoch, batch) (:mod:`keras_cnn.data.randomness`).
+    ``multi_label``: the targets are multi-hot rows [B, N] (mixed as they are; smoothed
+    towards 1/2 per label).
     """
     import keras
     import tensorflow as tf
@@ -264,7 +270,7 @@ def regularize_dataset(dataset, spec: RegularizationSpec | Mapping[str, Any] | N
     spec = as_regularization_spec(spec)
     if spec is None:
         return dataset
-    if num_classes < 2:
+    if num_classes < (1 if multi_label else 2):
         raise UserError(f"regularisation needs at least 2 classes, received {num_classes}")
     base = 0 if seed is None else int(seed)
 
@@ -302,7 +308,9 @@ def regularize_dataset(dataset, spec: RegularizationSpec | Mapping[str, Any] | N
         if mixers:
             images, targets = mix(images, targets, batch_seed)
         if spec.label_smoothing:
-            targets = targets * (1.0 - spec.label_smoothing) + spec.label_smoothing / num_classes
+            # Multi-label: each label is its own two-way decision, smoothed towards 1/2.
+            share = spec.label_smoothing / (2 if multi_label else num_classes)
+            targets = targets * (1.0 - spec.label_smoothing) + share
         return tf.cast(images, tf.float32), (targets[:, 1:2] if single_sigmoid else targets)
 
     if seed is None:
@@ -335,6 +343,23 @@ def soft_label_loss(loss: str) -> str:
     if loss not in SOFT_LABEL_LOSSES:
         raise UserError(f"MixUp, CutMix and label smoothing need a cross-entropy loss, received: {loss!r}")
     return SOFT_LABEL_LOSSES[loss]
+
+
+def label_accuracy(targets, outputs):
+    """Multi-label: the fraction of an image's labels decided right at 0.5 (1 - its Hamming loss);
+    soft targets (MixUp, smoothing) count by which side of 1/2 they lie."""
+    import keras
+
+    ops = keras.ops
+    return ops.mean(ops.cast(ops.equal(targets > 0.5, outputs > 0.5), "float32"), axis=-1)
+
+
+def label_accuracy_metric():
+    """A Keras metric of :func:`label_accuracy` named ``accuracy``, so a multi-label run's history.csv,
+    plots and progress lines have the columns every run has."""
+    import keras
+
+    return keras.metrics.MeanMetricWrapper(label_accuracy, name="accuracy")
 
 
 def hard_label_accuracy_metric():

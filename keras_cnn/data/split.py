@@ -364,37 +364,45 @@ def read_split_csv(path: str | os.PathLike, allowed_labels: Iterable[str] = ()) 
     def check(frame, lines):
         validate_object_ids(frame["objectId"], str(path), lines, paths=True)
         validate_labels(frame["value"], frame["objectId"], str(path), lines, allowed_labels)
-        bad = ~frame["type"].isin(PARTS).to_numpy(dtype=bool)
-        if bad.any():
-            position = int(np.flatnonzero(bad)[0])
-            line = _line_numbers(len(frame), lines)[position]
-            raise UserError(f"{path} row {line}: type '{_shorten(frame['type'][position])}' "
-                            f"is not one of {', '.join(PARTS)}")
+        check_split_types(frame, path, lines)
 
     frame = _read_checked(path, {"objectId": "objectId", "value": "value", "type": "type", "sha1": "sha1"}, {},
                           check, optional=("sha1",))
     return frame.assign(value=normalize_labels(frame["value"]))
 
 
-def write_split_csv(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
+def check_split_types(frame: pd.DataFrame, path: str | os.PathLike, lines: Sequence[int] | None) -> None:
+    """Refuse the first row whose ``type`` is not train, validation or test."""
+    bad = ~frame["type"].isin(PARTS).to_numpy(dtype=bool)
+    if bad.any():
+        position = int(np.flatnonzero(bad)[0])
+        line = _line_numbers(len(frame), lines)[position]
+        raise UserError(f"{path} row {line}: type '{_shorten(frame['type'][position])}' "
+                        f"is not one of {', '.join(PARTS)}")
+
+
+def write_split_csv(frame: pd.DataFrame, path: str | os.PathLike, label_column: str = "value") -> Path:
     """Write ``objectId,value,type`` (and ``sha1`` when the frame has it) atomically; return the path.
 
     Rows keep the frame's order.  A split of SHA-1-named files has no ``sha1`` column (the
     name is the hash), which keeps it byte for byte what the original split script writes.
+    ``label_column``: the header of the frame's ``value`` column in the file (``labels`` for
+    multi-label data, see :mod:`keras_cnn.data.multilabel`).
     """
     missing = [column for column in ("objectId", "value", "type") if column not in frame.columns]
     if missing:
         raise UserError(f"cannot write a split without the column(s) {', '.join(missing)}")
     columns = ["objectId", "value", "type"] + (["sha1"] if "sha1" in frame.columns else [])
     values = [frame[column].astype(str).tolist() for column in columns]
+    header = [label_column if column == "value" else column for column in columns]
     with atomic_path(path) as temporary, open(temporary, "w", encoding="utf-8", newline="") as handle:
         if any(_needs_quotes(column) for column in values):
             # The csv module's minimal quoting is what pandas' to_csv (and so the original split script) writes.
             writer = csv.writer(handle, lineterminator="\n")
-            writer.writerow(columns)
+            writer.writerow(header)
             writer.writerows(zip(*values))
         else:  # nothing to quote: the same bytes, joined in C
-            handle.write(",".join(columns) + "\n")
+            handle.write(",".join(header) + "\n")
             handle.write("".join(f"{line}\n" for line in map(",".join, zip(*values))))
     return Path(path)
 
@@ -665,22 +673,30 @@ def split_warnings(counts: dict[str, dict[str, int]],
     return warnings
 
 
-def format_counts(counts: dict[str, dict[str, int]], transpose_after: int = 8) -> str:
+def format_counts(counts: dict[str, dict[str, int]], transpose_after: int = 8,
+                  images: dict[str, int] | None = None, unlabelled: dict[str, int] | None = None,
+                  unlabelled_title: str = "(none)") -> str:
     """The count table as text, like the original split script's printout.
 
     Rows are the parts (train, validation, test, total), columns the labels and a total.
     With more than ``transpose_after`` labels the table is turned (a row per label) so it
-    still fits a terminal.
+    still fits a terminal.  Multi-label data (an image counts under each of its labels)
+    gives ``images`` per part: the last column then counts images, titled "images", and
+    ``unlabelled`` (images without a label, per part) adds a column when any part has one.
     """
+    counts = dict(counts)
+    if unlabelled is not None and any(unlabelled.values()):
+        counts = {part: {**by_label, unlabelled_title: unlabelled[part]} for part, by_label in counts.items()}
     labels = list(counts[TOTAL])
-    sizes = part_sizes(counts)
+    sizes = part_sizes(counts) if images is None else images
+    last = TOTAL if images is None else "images"
     parts = (*PARTS, TOTAL)
     if len(labels) > transpose_after:
         header = ["label", *parts]
         body = [[label, *(str(counts[part][label]) for part in parts)] for label in labels]
-        body.append([TOTAL, *(str(sizes[part]) for part in parts)])
+        body.append([last, *(str(sizes[part]) for part in parts)])
     else:
-        header = ["part", *labels, TOTAL]
+        header = ["part", *labels, last]
         body = [[part, *(str(counts[part][label]) for label in labels), str(sizes[part])] for part in parts]
     table = [header, *body]
     widths = [max(len(row[column]) for row in table) for column in range(len(header))]

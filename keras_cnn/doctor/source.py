@@ -16,11 +16,11 @@ from typing import Iterable
 import pandas as pd
 
 from keras_cnn.data.collection import read_collection, read_split_collection, split_collection
+from keras_cnn.data.multilabel import JOINER, is_multi_label_split_csv
 from keras_cnn.data.split import check_key_ranges, class_names, parse_key_range, sha1_of_name
 from keras_cnn.errors import UserError
 
-# Labels joined by this character are a multi-label row (the label CSV convention).
-MULTI_LABEL_SEPARATOR = ";"
+SINGLE_LABEL_ONLY = "kcnn doctor checks single-label data for now"
 
 
 @dataclass
@@ -54,10 +54,12 @@ def read_doctor_source(source: str, images: str | None = None, layout: str | Non
                        list_prefix: str | None = None) -> DoctorData:
     """Read ``source`` (see the module docstring) into a :class:`DoctorData`.
 
-    Refuses multi-label rows (labels joined by ``;``) with one line: doctor checks
-    single-label data.
+    Refuses multi-label data with one line: a multi-label split CSV (``objectId,labels,type``)
+    or rows whose labels are joined by ``;`` (doctor checks single-label data).
     """
     allowed_labels = list(allowed_labels)
+    if is_multi_label_split_csv(source):
+        raise UserError(f"{source} is a multi-label split CSV (objectId,labels,type): {SINGLE_LABEL_ONLY}")
     if is_split_csv(source) and layout in (None, "csv"):
         if images is None:
             raise UserError(f"{source} is a split CSV: give --images DIR (the folder its paths are relative to)")
@@ -85,8 +87,8 @@ def read_doctor_source(source: str, images: str | None = None, layout: str | Non
 
 
 def _refuse_multi_label(table: pd.DataFrame, source: str) -> None:
-    joined = table["value"].astype(str).str.contains(MULTI_LABEL_SEPARATOR, regex=False)
+    joined = table["value"].astype(str).str.contains(JOINER, regex=False)
     if joined.any():
         row = table[joined].iloc[0]
         raise UserError(f"{source} looks multi-label ({row['objectId']} has the labels '{row['value']}'): "
-                        "kcnn doctor checks single-label data for now")
+                        f"{SINGLE_LABEL_ONLY}")

@@ -45,6 +45,7 @@ from keras_cnn.export_layout import (EXPLAIN_SIGNATURE, HEATMAP_OUTPUT, LITERT_F
 from keras_cnn.io import atomic_path, atomic_write_json, remove_abandoned_temporaries
 from keras_cnn.run_calibration import read_calibration, run_temperature
 from keras_cnn.runs import RunDirectory, RunState
+from keras_cnn.thresholds import read_thresholds
 from keras_cnn.versions import library_versions
 
 __all__ = ["EXPORT_FORMATS", "TOLERANCE", "ExportFormat", "export_run"]
@@ -123,14 +124,15 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, version: 
     from keras_cnn.models.opened import open_model
 
     model = load_model(run.model_path, trust_hub=hub_base_of(config.model.name) if trust_hub else None)
-    spec = model_spec(model, labels, config)
+    spec = model_spec(model, labels, config, read_thresholds(run, labels) if config.data.multi_label else None)
     opened = open_model(model)
     temperature = run_temperature(run)
     if temperature is not None:
         # Every format carries the calibrated probabilities: the model written is the same
         # layers with the logits divided by the temperature.
         model = opened.calibrated_model(temperature)
-    spec = replace(spec, temperature=temperature, explainer=opened if opened.has_feature_map else None)
+    explainer = opened if opened.has_feature_map and not spec.multi_label else None
+    spec = replace(spec, temperature=temperature, explainer=explainer)
     if tta:
         from keras_cnn.tta import trained_with_flips, view_names
 
@@ -157,7 +159,7 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, version: 
         metadata = export_metadata(config, spec, run.read_metrics(), run.root, formats, differences)
         metadata["quantization"] = quantization
         metadata["unfinished"] = unfinished
-        metadata.update(answer_metadata(run, opened, "saved_model" in formats))
+        metadata.update(answer_metadata(run, opened, "saved_model" in formats, spec.multi_label))
         atomic_write_json(temporary / METADATA_FILE, metadata)
     return {
         "path": str(version_dir),
@@ -216,7 +218,7 @@ def _check_formats(formats) -> tuple[str, ...]:
     return tuple(sorted(ordered, key=lambda name: name == "saved_model"))
 
 
-def answer_metadata(run: RunDirectory, opened, saved_model: bool) -> dict[str, Any]:
+def answer_metadata(run: RunDirectory, opened, saved_model: bool, multi_label: bool = False) -> dict[str, Any]:
     """What kcnn.json says about the answers: ``calibration`` (the temperature and its numbers, or
     None), ``reject_below`` (when the run stored a threshold) and ``explain`` (the heat-map
     signature and its feature map, or why there is none)."""
@@ -230,7 +232,10 @@ def answer_metadata(run: RunDirectory, opened, saved_model: bool) -> dict[str, A
         entry["reject_below"] = float(selection["threshold"])
         entry["reject_below_choice"] = {key: selection[key] for key in ("target_accuracy", "validation")
                                         if key in selection}
-    if opened.has_feature_map and saved_model:
+    if multi_label:
+        entry["explain"] = {"signature": None, "reason": "a multi-label model's export has no heat-map signature "
+                                                         "(Grad-CAM explains one answer; it answers each label)"}
+    elif opened.has_feature_map and saved_model:
         entry["explain"] = {"signature": EXPLAIN_SIGNATURE, "output": HEATMAP_OUTPUT,
                             "feature_layer": opened.feature_layer, "feature_shape": list(opened.feature_shape)}
     else:
@@ -244,6 +249,8 @@ def export_metadata(config: RunConfig, spec: ModelSpec, metrics: dict[str, Any],
     """The ``kcnn.json`` written beside the SavedModel (``assets.extra/``)."""
     from keras_cnn.tta import trained_with_flips
 
+    multi_label = {"multi_label": True, "thresholds": dict(zip(spec.labels, spec.thresholds))} if spec.multi_label \
+        else {}
     return {
         "versions": library_versions(),
         "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -253,8 +260,11 @@ def export_metadata(config: RunConfig, spec: ModelSpec, metrics: dict[str, Any],
         "input": {"image_size": list(spec.image_size), "channels": spec.channels,
                   "resize_mode": spec.resize_mode, "resize_filter": spec.resize_filter, "dtype": "float32",
                   "range": [0, 255]},
-        "output": {"activation": "sigmoid" if spec.binary else "softmax", "classes": len(spec.labels)},
+        "output": {"activation": "sigmoid" if spec.binary or spec.multi_label else "softmax",
+                   "classes": len(spec.labels)},
         "labels": list(spec.labels),
+        # Multi-label: one probability per label; a label is predicted at or above its threshold.
+        **multi_label,
         "metrics": metrics,
         "signatures": signature_descriptions(spec) if "saved_model" in formats else {},
         "tta": {"signature": TTA_SIGNATURE, "views": list(spec.tta_views)} if spec.tta_views else None,

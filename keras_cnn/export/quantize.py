@@ -11,7 +11,8 @@ Three modes, all through the TFLite converter that Keras' LiteRT export drives:
 :func:`write_quantized_litert` writes the file beside the float ``model.tflite``;
 :func:`litert_accuracy` runs a ``.tflite`` file on a part of the run's data, so the export
 can put the two accuracies (and sizes) side by side and refuse a quantized model that lost
-too much.
+too much.  For a multi-label model the score compared is the macro mAP instead of accuracy
+(:func:`litert_macro_map`); the record names it (``"metric"``).
 
 numpy and TensorFlow are imported inside the functions: ``kcnn --help`` reads the constants.
 """
@@ -105,11 +106,31 @@ def litert_accuracy(paths: dict[str, Path], dataset, true_indices, num_classes: 
     return accuracies
 
 
+def litert_macro_map(paths: dict[str, Path], dataset, targets, num_labels: int) -> dict[str, float]:
+    """Macro mAP of each multi-label ``.tflite`` file in ``paths`` on the batches of ``dataset`` (multi-hot
+    ``targets``); labels without a positive there are left out (NaN when none has one)."""
+    import numpy as np
+
+    from keras_cnn.metrics import compute_multi_label_metrics
+
+    images = np.concatenate([np.asarray(batch, np.float32) for batch in dataset], axis=0)
+    if len(images) != len(targets):
+        raise RunFailure(f"the data gave {len(images)} images but the split lists {len(targets)}")
+    scores = {}
+    for name, path in paths.items():
+        found = compute_multi_label_metrics(targets, litert_outputs(path, images), [str(index) for index in
+                                                                                     range(num_labels)])["macro_map"]
+        scores[name] = float("nan") if found is None else found
+    return scores
+
+
 def quantize_litert(model, spec: ModelSpec, config: RunConfig, run: RunDirectory, folder: Path, mode: str,
                     force: bool, max_accuracy_drop: float) -> dict[str, Any]:
     """Write ``model_<mode>.tflite`` beside ``model.tflite`` in ``folder``; compare size and accuracy.
 
-    Returns the record that goes into kcnn.json and the result (see ``export_run``).
+    Returns the record that goes into kcnn.json and the result (see ``export_run``).  A
+    multi-label model is judged on its macro mAP: the record's ``"metric"`` is ``macro_map``
+    and the scores sit under that name (``"accuracy"`` for every other model).
     """
     from keras_cnn.run_data import load_part
 
@@ -129,19 +150,21 @@ def quantize_litert(model, spec: ModelSpec, config: RunConfig, run: RunDirectory
         "size_ratio": round(quantized_path.stat().st_size / float_path.stat().st_size, 4),
         "accuracy_part": part,
         "max_accuracy_drop": max_accuracy_drop,
+        "metric": "macro_map" if spec.multi_label else "accuracy",
     }
     if measured is None:
         return record
-    true_indices = measured.true_indices
-    accuracy = litert_accuracy({"float": float_path, "quantized": quantized_path}, measured.images(), true_indices,
-                               len(spec.labels))
-    record["images"] = int(len(true_indices))
-    record["float"]["accuracy"] = accuracy["float"]
-    record["quantized"]["accuracy"] = accuracy["quantized"]
-    record["accuracy_change"] = accuracy["quantized"] - accuracy["float"]
-    if -record["accuracy_change"] > max_accuracy_drop and not force:
-        raise UserError(f"the {mode} LiteRT model is {accuracy['quantized']:.4f} accurate against "
-                        f"{accuracy['float']:.4f} for the float one on {len(true_indices)} {part} images "
+    metric, targets = record["metric"], measured.targets
+    measure = litert_macro_map if spec.multi_label else litert_accuracy
+    scores = measure({"float": float_path, "quantized": quantized_path}, measured.images(), targets, len(spec.labels))
+    record["images"] = int(len(targets))
+    record["float"][metric] = scores["float"]
+    record["quantized"][metric] = scores["quantized"]
+    record[f"{metric}_change"] = scores["quantized"] - scores["float"]
+    if -record[f"{metric}_change"] > max_accuracy_drop and not force:
+        score = f"has mAP {scores['quantized']:.4f}" if spec.multi_label else f"is {scores['quantized']:.4f} accurate"
+        raise UserError(f"the {mode} LiteRT model {score} against "
+                        f"{scores['float']:.4f} for the float one on {len(targets)} {part} images "
                         f"(a drop of more than {max_accuracy_drop:g}); nothing was written; pass --force to keep it")
     return record
 

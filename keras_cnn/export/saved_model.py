@@ -24,6 +24,12 @@ sigmoid model gives [1 - p, p]; calibrated when the run was: the model given to
 :func:`write_saved_model` already divides its logits by the temperature), ``class_index``
 (int64 [batch]) and ``label`` (string [batch]).  The label lookup is a table initialised from
 the ``labels.txt`` asset, so the file shipped with the model is the one source of the names.
+
+A multi-label model's ``probabilities`` are one independent probability per label; besides
+the most probable label (``class_index``, ``label``) it returns ``above_threshold`` (bool
+[batch, labels]: the probability is at or above the label's threshold, the thresholds
+chosen on the run's validation part and written into the graph) and ``labels`` (string
+[batch]: those labels joined by ``;`` in ``labels.txt`` order, empty when none).
 """
 
 from __future__ import annotations
@@ -48,6 +54,9 @@ TTA_SIGNATURE_DESCRIPTION = ("image_bytes: string [batch] of encoded images -> p
 EXPLAIN_SIGNATURE_DESCRIPTION = ("image_bytes: string [batch] of encoded images -> probabilities, class_index, label, "
                                  f"{HEATMAP_OUTPUT} (float32 [batch, height, width], 0..1: Grad-CAM of the class "
                                  "answered)")
+MULTI_LABEL_OUTPUTS = ("probabilities (one per label), class_index, label (the most probable), above_threshold, "
+                       "labels (those at or above their thresholds, joined by ';')")
+LABEL_JOINER = ";"
 
 
 def signature_descriptions(spec: ModelSpec) -> dict[str, str]:
@@ -57,6 +66,9 @@ def signature_descriptions(spec: ModelSpec) -> dict[str, str]:
         descriptions[TTA_SIGNATURE] = f"{TTA_SIGNATURE_DESCRIPTION} ({', '.join(spec.tta_views)})"
     if spec.explainer is not None:
         descriptions[EXPLAIN_SIGNATURE] = EXPLAIN_SIGNATURE_DESCRIPTION
+    if spec.multi_label:
+        descriptions = {name: text.replace("probabilities, class_index, label", MULTI_LABEL_OUTPUTS)
+                        for name, text in descriptions.items()}
     return descriptions
 
 
@@ -117,7 +129,10 @@ def serving_functions(model, spec: ModelSpec, label_table) -> dict[str, Callable
         else:
             probabilities = probabilities_of(pixels)
         class_index = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
-        return {"probabilities": probabilities, "class_index": class_index, "label": label_table.lookup(class_index)}
+        outputs = {"probabilities": probabilities, "class_index": class_index, "label": label_table.lookup(class_index)}
+        if spec.multi_label:
+            outputs.update(labels_above_thresholds(probabilities, spec.thresholds, label_table))
+        return outputs
 
     def decode(image_bytes):
         images = tf.map_fn(
@@ -158,6 +173,16 @@ def serving_functions(model, spec: ModelSpec, label_table) -> dict[str, Callable
     return functions
 
 
+def labels_above_thresholds(probabilities, thresholds, label_table) -> dict:
+    """``above_threshold`` (bool [batch, labels]) and ``labels`` (the names at or above, joined by ``;``)."""
+    import tensorflow as tf
+
+    above = probabilities >= tf.constant(thresholds, tf.float32)
+    names = label_table.lookup(tf.range(len(thresholds), dtype=tf.int64))
+    chosen = tf.ragged.boolean_mask(tf.broadcast_to(names, tf.shape(above)), above)
+    return {"above_threshold": above, "labels": tf.strings.reduce_join(chosen, axis=-1, separator=LABEL_JOINER)}
+
+
 def compare_saved_model(model, spec: ModelSpec, path: Path, images: list[bytes]) -> list[tuple]:
     """Load the SavedModel back: (Keras probabilities, each signature's) on ``images``.
 
@@ -195,6 +220,8 @@ def compare_saved_model(model, spec: ModelSpec, path: Path, images: list[bytes])
                 labels != [spec.labels[index] for index in class_index]:
             raise RunFailure(f"saved_model export returns labels {labels} for class indices {class_index.tolist()}, "
                              f"which do not match labels.txt {list(spec.labels)}")
+        if spec.multi_label:
+            _check_labels_above_thresholds(outputs, spec)
     return pairs
 
 
@@ -207,3 +234,15 @@ def _check_heatmaps(heatmaps, count: int, spec: ModelSpec) -> None:
         raise RunFailure(f"saved_model export: {EXPLAIN_SIGNATURE} returns heat maps of shape {heatmaps.shape} "
                          f"with values from {heatmaps.min():.3g} to {heatmaps.max():.3g}; expected "
                          f"({count}, {spec.image_size[0]}, {spec.image_size[1]}) in 0..1")
+
+
+def _check_labels_above_thresholds(outputs, spec: ModelSpec) -> None:
+    """The multi-label outputs must follow the export's own probabilities and the run's thresholds."""
+    import numpy as np
+
+    above = outputs["probabilities"].numpy() >= np.asarray(spec.thresholds, np.float32)
+    joined = [value.decode("utf-8") for value in outputs["labels"].numpy()]
+    expected = [LABEL_JOINER.join(label for label, on in zip(spec.labels, row) if on) for row in above]
+    if (outputs["above_threshold"].numpy() != above).any() or joined != expected:
+        raise RunFailure(f"saved_model export returns the labels {joined} above their thresholds where its "
+                         f"probabilities give {expected}")

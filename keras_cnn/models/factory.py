@@ -36,7 +36,8 @@ def is_architecture(name: str) -> bool:
 def create_model(name: str | BaseSpec, num_classes: int | None = None, *, image_size: int | Sequence[int] | None = None,
                  input_shape: Sequence[int] | None = None, weights: str | os.PathLike | None = DEFAULT_WEIGHTS,
                  head_units: Sequence[int] = (), dropout: float = 0.2, binary: bool = False,
-                 api: str = "functional", seed: int | None = None, input_scaling: bool = True) -> keras.Model:
+                 api: str = "functional", seed: int | None = None, input_scaling: bool = True,
+                 multi_label: bool = False) -> keras.Model:
     """Build model ``name`` (uncompiled) for ``num_classes`` classes; it takes float pixels 0..255.
 
     ``name``: a from-scratch architecture (``lenet``, ``cifar10_net`` ...; see ``kcnn
@@ -51,9 +52,12 @@ def create_model(name: str | BaseSpec, num_classes: int | None = None, *, image_
     - ``api``: ``"functional"`` or ``"sequential"`` (same layers).
     - ``input_scaling``: for a from-scratch architecture, put the 0..255 -> 0..1 scaling
       in front (kcnn's training does); ``False`` gives the bare reference network.
+    - ``multi_label``: ``num_classes`` labels, any number per image: one sigmoid unit per
+      label (trained with binary cross-entropy) in place of the softmax.
     """
     if is_architecture(name):
-        return _create_architecture(name, num_classes, image_size, input_shape, weights, api, input_scaling)
+        return _create_architecture(name, num_classes, image_size, input_shape, weights, api, input_scaling,
+                                    multi_label)
     if input_shape is not None:
         if len(input_shape) != 3 or int(input_shape[-1]) != 3:
             raise UserError(f"transfer bases take RGB images (height, width, 3), received: {tuple(input_shape)}")
@@ -62,15 +66,17 @@ def create_model(name: str | BaseSpec, num_classes: int | None = None, *, image_
         raise UserError(f"a transfer model needs the number of classes ({name})")
     pretrained = "imagenet" if weights == DEFAULT_WEIGHTS else weights
     return build_transfer_model(name, num_classes, image_size=image_size, weights=pretrained,
-                                head_units=head_units, dropout=dropout, binary=binary, api=api, seed=seed)
+                                head_units=head_units, dropout=dropout, binary=binary, api=api, seed=seed,
+                                multi_label=multi_label)
 
 
-def _create_architecture(name, num_classes, image_size, input_shape, weights, api, input_scaling) -> keras.Model:
+def _create_architecture(name, num_classes, image_size, input_shape, weights, api, input_scaling,
+                         multi_label) -> keras.Model:
     spec = ARCHITECTURES[name]
     if input_shape is None and image_size is not None:
         size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         input_shape = (*size, spec.input_shape[-1])
-    model = build_architecture(name, input_shape, num_classes, api=api)
+    model = build_architecture(name, input_shape, num_classes, api=api, multi_label=multi_label)
     if input_scaling:
         model = with_input_scaling(model)
     choice = "none" if weights is None else os.fspath(weights)

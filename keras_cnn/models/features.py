@@ -37,8 +37,10 @@ def extract_features(feature_extractor: keras.Model, dataset: tf.data.Dataset, c
 
     ``dataset`` yields (images, labels) batches; features come out in its order, one row of
     the extractor's output shape per image (pooled vectors, or a boundary tensor of a
-    partly frozen base).  Progress (a bar, plain lines off a terminal) goes to stderr.  Features larger than
-    ``IN_MEMORY_LIMIT_BYTES`` are written to ``spill_path`` (a memory-mapped ``.npy``).
+    partly frozen base).  Labels are class indices (int32), or rows of float targets
+    (multi-label data: multi-hot rows) kept as they come.  Progress (a bar, plain lines
+    off a terminal) goes to stderr.  Features larger than ``IN_MEMORY_LIMIT_BYTES`` are
+    written to ``spill_path`` (a memory-mapped ``.npy``).
     ``forward``: a :func:`compiled_forward` to reuse across calls.
     """
     shape = tuple(int(size) for size in feature_extractor.output_shape[1:])
@@ -48,7 +50,7 @@ def extract_features(feature_extractor: keras.Model, dataset: tf.data.Dataset, c
         features = np.lib.format.open_memmap(spill_path, mode="w+", dtype="float32", shape=(count, *shape))
     else:
         features = np.empty((count, *shape), dtype="float32")
-    labels = np.empty((count,), dtype="int32")
+    labels = None
     position = 0
 
     forward = forward or compiled_forward(feature_extractor)
@@ -57,9 +59,16 @@ def extract_features(feature_extractor: keras.Model, dataset: tf.data.Dataset, c
             # The signature takes float32; the pipelines give uint8 unless augmented.
             batch = forward(tf.cast(images, tf.float32)).numpy().reshape(len(images), *shape)
             features[position:position + len(batch)] = batch
-            labels[position:position + len(batch)] = np.asarray(batch_labels).reshape(-1)
+            batch_labels = np.asarray(batch_labels)
+            if labels is None:   # class indices [B] -> int32 [count]; target rows [B, N] -> float32 [count, N]
+                rows = batch_labels.ndim == 2 and batch_labels.dtype.kind == "f"
+                labels = (np.empty((count, batch_labels.shape[1]), "float32") if rows
+                          else np.empty((count,), dtype="int32"))
+            labels[position:position + len(batch)] = batch_labels.reshape(len(batch), *labels.shape[1:])
             position += len(batch)
             progress.update(position)
+    if labels is None:
+        labels = np.empty((0,), dtype="int32")
     if position != count:
         features, labels = features[:position], labels[:position]
     return features, labels

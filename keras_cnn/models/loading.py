@@ -15,6 +15,7 @@ import keras
 from keras_cnn.models.hub import HubModuleNotTrusted, trusted_hub_modules  # also registers HubFeatureLayer
 from keras_cnn.models.specs import HUB_PREFIX
 import keras_cnn.models.preprocessing  # noqa: F401 - registers CaffePreprocessing, ChannelAffine
+import keras_cnn.losses  # noqa: F401 - registers the multi-label positive-weighted loss of compiled models
 import keras_cnn.optimizers  # noqa: F401 - registers kcnn>Adam ... of compiled models
 from keras_cnn.errors import UserError
 from keras_cnn.models.frozen import with_transfer_base  # also registers TransferBase

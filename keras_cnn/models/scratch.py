@@ -26,7 +26,7 @@ def _conv(filters: int, padding: str = "same", activation: str | None = "relu", 
     return layers.Conv2D(filters, kernel, padding=padding, activation=activation, name=name)
 
 
-def lenet_layers(num_classes: int) -> list[layers.Layer]:
+def lenet_layers(num_classes: int, multi_label: bool = False) -> list[layers.Layer]:
     """LeNet as in the Keras book (chapter 3): two conv/pool stages, Dense 500."""
     return [
         layers.Conv2D(20, 5, padding="same", activation="relu", name="conv1"),
@@ -35,11 +35,11 @@ def lenet_layers(num_classes: int) -> list[layers.Layer]:
         layers.MaxPooling2D(2, name="pool2"),
         layers.Flatten(name="flatten"),
         layers.Dense(500, activation="relu", name="dense1"),
-        *output_layers(num_classes, "softmax"),
+        *output_layers(num_classes, "softmax", multi_label),
     ]
 
 
-def cifar10_net_layers(num_classes: int) -> list[layers.Layer]:
+def cifar10_net_layers(num_classes: int, multi_label: bool = False) -> list[layers.Layer]:
     """The Keras book's first CIFAR-10 network."""
     return [
         _conv(32, name="conv1"),
@@ -50,11 +50,11 @@ def cifar10_net_layers(num_classes: int) -> list[layers.Layer]:
         layers.Flatten(name="flatten"),
         layers.Dense(512, activation="relu", name="dense1"),
         layers.Dropout(0.5, name="dropout2"),
-        *output_layers(num_classes, "softmax"),
+        *output_layers(num_classes, "softmax", multi_label),
     ]
 
 
-def cifar10_deep_net_layers(num_classes: int) -> list[layers.Layer]:
+def cifar10_deep_net_layers(num_classes: int, multi_label: bool = False) -> list[layers.Layer]:
     """The Keras book's deeper CIFAR-10 network (same/valid conv pairs)."""
     return [
         _conv(32, name="conv1"),
@@ -68,11 +68,11 @@ def cifar10_deep_net_layers(num_classes: int) -> list[layers.Layer]:
         layers.Flatten(name="flatten"),
         layers.Dense(512, activation="relu", name="dense1"),
         layers.Dropout(0.5, name="dropout3"),
-        *output_layers(num_classes, "softmax"),
+        *output_layers(num_classes, "softmax", multi_label),
     ]
 
 
-def lenet5_bn_layers(num_classes: int) -> list[layers.Layer]:
+def lenet5_bn_layers(num_classes: int, multi_label: bool = False) -> list[layers.Layer]:
     """The blog post's LeNet-5 with BatchNorm after each convolution (valid 5x5 convs)."""
     return [
         layers.Conv2D(6, 5, padding="valid", name="conv1"),
@@ -88,11 +88,11 @@ def lenet5_bn_layers(num_classes: int) -> list[layers.Layer]:
         layers.Dense(84, activation="relu", name="dense2"),
         # The original PyTorch LeNet-5 returns logits for CrossEntropyLoss; softmax + cross-entropy is the same
         # objective and gives the probabilities every kcnn model outputs.
-        *output_layers(num_classes, "softmax"),
+        *output_layers(num_classes, "softmax", multi_label),
     ]
 
 
-def smile_cnn_layers(num_classes: int) -> list[layers.Layer]:
+def smile_cnn_layers(num_classes: int, multi_label: bool = False) -> list[layers.Layer]:
     """The CelebA smile classifier: four conv stages, global 8x8 average pool."""
     return [
         _conv(32, name="conv1"),
@@ -106,11 +106,11 @@ def smile_cnn_layers(num_classes: int) -> list[layers.Layer]:
         _conv(256, name="conv4"),
         layers.AveragePooling2D(8, name="avgpool"),
         layers.Flatten(name="flatten"),
-        *output_layers(num_classes, "sigmoid"),
+        *output_layers(num_classes, "sigmoid", multi_label),
     ]
 
 
-def mini_alexnet_layers(num_classes: int) -> list[layers.Layer]:
+def mini_alexnet_layers(num_classes: int, multi_label: bool = False) -> list[layers.Layer]:
     """The blog post's "mini AlexNet" for 32x32 images (filter counts are ours)."""
     return [
         _conv(48, activation=None, name="conv1"),
@@ -130,15 +130,18 @@ def mini_alexnet_layers(num_classes: int) -> list[layers.Layer]:
         layers.Dropout(0.5, name="dropout1"),
         layers.Dense(512, activation="relu", name="dense2"),
         layers.Dropout(0.5, name="dropout2"),
-        *output_layers(num_classes, "softmax"),
+        *output_layers(num_classes, "softmax", multi_label),
     ]
 
 
-def output_layers(num_classes: int, activation: str) -> list[layers.Layer]:
-    """The classifier layer: one sigmoid unit for a two-class sigmoid net, else N-way softmax.
+def output_layers(num_classes: int, activation: str, multi_label: bool = False) -> list[layers.Layer]:
+    """The classifier layer: one sigmoid unit for a two-class sigmoid net, else N-way softmax;
+    ``multi_label``: one sigmoid unit per label (any number of labels per image, at least one label).
 
     ``dtype="float32"`` keeps the probabilities in float32 under mixed precision.
     """
+    if multi_label:
+        return [multi_label_output(num_classes)]
     if num_classes < 2:
         raise UserError(f"a classifier needs at least 2 classes, received: {num_classes}")
     if activation == "sigmoid" and num_classes == 2:
@@ -146,12 +149,19 @@ def output_layers(num_classes: int, activation: str) -> list[layers.Layer]:
     return [layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")]
 
 
+def multi_label_output(num_labels: int, **settings) -> layers.Dense:
+    """The multi-label classifier: one independent sigmoid unit per label, in float32, named ``predictions``."""
+    if num_labels < 1:
+        raise UserError(f"a multi-label classifier needs at least 1 label, received: {num_labels}")
+    return layers.Dense(num_labels, activation="sigmoid", dtype="float32", name="predictions", **settings)
+
+
 @dataclass(frozen=True)
 class ArchitectureSpec:
     """Metadata of one from-scratch architecture: everything but its layers' details."""
 
     name: str
-    layers: Callable[[int], list[layers.Layer]]
+    layers: Callable[[int, bool], list[layers.Layer]]   # (classes, multi_label) -> the layers in order
     input_shape: tuple[int, int, int]
     num_classes: int
     output_activation: str
@@ -162,9 +172,10 @@ class ArchitectureSpec:
     source: str
     augmented_epochs: int | None = None   # the reference recipe's epochs when augmenting
 
-    def loss(self, num_classes: int) -> str:
-        """The loss matching the output layer for ``num_classes`` (labels are class indices)."""
-        if self.output_activation == "sigmoid" and num_classes == 2:
+    def loss(self, num_classes: int, multi_label: bool = False) -> str:
+        """The loss matching the output layer for ``num_classes`` (labels are class indices; multi-label:
+        multi-hot targets and one sigmoid per label)."""
+        if multi_label or (self.output_activation == "sigmoid" and num_classes == 2):
             return "binary_crossentropy"
         return "sparse_categorical_crossentropy"
 
@@ -200,22 +211,25 @@ def get_architecture(name: str) -> ArchitectureSpec:
         ) from None
 
 
-def build_sequential(name: str, input_shape=None, num_classes: int | None = None) -> keras.Sequential:
+def build_sequential(name: str, input_shape=None, num_classes: int | None = None,
+                     multi_label: bool = False) -> keras.Sequential:
     """Build architecture ``name`` as a ``keras.Sequential`` (uncompiled)."""
     spec = get_architecture(name)
     input_shape = tuple(input_shape or spec.input_shape)
     num_classes = num_classes or spec.num_classes
-    return keras.Sequential([keras.Input(shape=input_shape, name="image"), *spec.layers(num_classes)], name=name)
+    return keras.Sequential([keras.Input(shape=input_shape, name="image"), *spec.layers(num_classes, multi_label)],
+                            name=name)
 
 
-def build_functional(name: str, input_shape=None, num_classes: int | None = None) -> keras.Model:
+def build_functional(name: str, input_shape=None, num_classes: int | None = None,
+                     multi_label: bool = False) -> keras.Model:
     """Build architecture ``name`` with the functional API (same layers as the Sequential one)."""
     spec = get_architecture(name)
     input_shape = tuple(input_shape or spec.input_shape)
     num_classes = num_classes or spec.num_classes
     inputs = keras.Input(shape=input_shape, name="image")
     outputs = inputs
-    for layer in spec.layers(num_classes):
+    for layer in spec.layers(num_classes, multi_label):
         outputs = layer(outputs)
     return keras.Model(inputs, outputs, name=name)
 
@@ -224,9 +238,12 @@ BUILDERS = {"sequential": build_sequential, "functional": build_functional}
 
 
 def build_architecture(name: str, input_shape=None, num_classes: int | None = None,
-                       api: str = "functional") -> keras.Model:
-    """Build ``name`` with the chosen ``api`` ("functional" or "sequential"); uncompiled."""
-    return BUILDERS[check_api(api)](name, input_shape, num_classes)
+                       api: str = "functional", multi_label: bool = False) -> keras.Model:
+    """Build ``name`` with the chosen ``api`` ("functional" or "sequential"); uncompiled.
+
+    ``multi_label``: one sigmoid unit per label in place of the reference output layer.
+    """
+    return BUILDERS[check_api(api)](name, input_shape, num_classes, multi_label)
 
 
 def with_input_scaling(model: keras.Model, scale: float = 1 / 255.0) -> keras.Model:

@@ -3,7 +3,8 @@
 The model (functional API, the default)::
 
     image (float 0..255) -> preprocessing -> BASE -> head_pool
-        -> head_dense_1 ... (relu) -> head_dropout -> predictions (softmax, or sigmoid for --binary)
+        -> head_dense_1 ... (relu) -> head_dropout -> predictions (softmax; sigmoid for --binary, and one
+                                                                    sigmoid per label for --multi-label)
 
 The base is a :class:`~keras_cnn.models.frozen.TransferBase`: its frozen layers run in
 inference mode whatever ``training`` the model is called with (``fit`` calls it with
@@ -38,6 +39,7 @@ from keras_cnn.models.frozen import TransferBase, as_transfer_base
 from keras_cnn.models.hub import HubFeatureLayer
 from keras_cnn.models.parameters import parameter_counts
 from keras_cnn.models.preprocessing import preprocessing_for
+from keras_cnn.models.scratch import multi_label_output
 from keras_cnn.models.specs import BaseSpec, check_api
 HEAD_POOL = "head_pool"
 HEAD_DROPOUT = "head_dropout"
@@ -53,15 +55,18 @@ def head_dense_name(index: int) -> str:
 def build_transfer_model(base: str | BaseSpec, num_classes: int, image_size: int | tuple[int, int] | None = None,
                          weights: str | os.PathLike | None = "imagenet", head_units: Sequence[int] = (),
                          dropout: float = 0.2, binary: bool = False, api: str = "functional",
-                         seed: int | None = None) -> keras.Model:
+                         seed: int | None = None, multi_label: bool = False) -> keras.Model:
     """Frozen base ``base`` + new head for ``num_classes`` classes.
 
     Input: float32 pixels 0..255 of shape (h, w, 3), ``image_size`` defaulting to the
     base's own.  ``binary=True`` (only with two classes) gives one sigmoid unit instead of
-    a two-way softmax.  The output layer computes in float32 so mixed precision is safe.
+    a two-way softmax; ``multi_label=True`` one sigmoid unit per label (any number of
+    labels per image).  The output layer computes in float32 so mixed precision is safe.
     """
     spec = get_base_spec(base)
-    num_classes = _check_num_classes(num_classes, binary)
+    if multi_label and binary:
+        raise UserError("--binary and --multi-label exclude each other: multi-label has one sigmoid per label")
+    num_classes = _check_num_classes(num_classes, binary, multi_label)
     check_api(api)
     if not 0.0 <= float(dropout) < 1.0:
         raise UserError(f"dropout must be in [0, 1), received: {dropout!r}")
@@ -73,7 +78,7 @@ def build_transfer_model(base: str | BaseSpec, num_classes: int, image_size: int
     base_model = as_transfer_base(build_base(spec, input_shape[:2], weights))
     base_model.trainable = False
     preprocessing = preprocessing_for(spec)
-    head = _head_layers(base_model.output.shape, num_classes, head_units, dropout, binary, seed)
+    head = _head_layers(base_model.output.shape, num_classes, head_units, dropout, binary, seed, multi_label)
     name = f"{spec.layer_name}_classifier"
 
     if api == "sequential":
@@ -91,11 +96,13 @@ def build_transfer_model(base: str | BaseSpec, num_classes: int, image_size: int
     return keras.Model(inputs, outputs, name=name)
 
 
-def _check_num_classes(num_classes: int, binary: bool) -> int:
+def _check_num_classes(num_classes: int, binary: bool, multi_label: bool = False) -> int:
     try:
         num_classes = int(num_classes)
     except (TypeError, ValueError):
         raise UserError(f"the number of classes must be an integer, received: {num_classes!r}") from None
+    if multi_label and num_classes >= 1:
+        return num_classes
     if num_classes < 2:
         raise UserError(f"a classifier needs at least 2 classes, received: {num_classes}")
     if binary and num_classes != 2:
@@ -104,7 +111,7 @@ def _check_num_classes(num_classes: int, binary: bool) -> int:
 
 
 def _head_layers(base_output_shape, num_classes: int, head_units: list[int], dropout: float,
-                 binary: bool, seed: int | None) -> list[keras.layers.Layer]:
+                 binary: bool, seed: int | None, multi_label: bool = False) -> list[keras.layers.Layer]:
     """The head, pooling first: its output is the feature vector stage 1 can cache."""
 
     def initializer(offset: int):
@@ -124,6 +131,9 @@ def _head_layers(base_output_shape, num_classes: int, head_units: list[int], dro
         layers.append(keras.layers.Dense(units, activation="relu", kernel_initializer=initializer(index),
                                          name=head_dense_name(index)))
     layers.append(keras.layers.Dropout(float(dropout), seed=seed, name=HEAD_DROPOUT))
+    if multi_label:
+        layers.append(multi_label_output(num_classes, kernel_initializer=initializer(0)))
+        return layers
     layers.append(
         keras.layers.Dense(
             1 if binary else num_classes,

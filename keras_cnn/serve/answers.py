@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 from keras_cnn.export_layout import EXPLAIN_SIGNATURE
-from keras_cnn.predict import prediction_records, rejection
+from keras_cnn.predict import labels_above_threshold, prediction_records, rejection
 from keras_cnn.serve.models import DEFAULT_SIGNATURE, ModelRepository, ServedVersion
 
 IMAGE_INPUT = "image_bytes"
@@ -69,14 +69,10 @@ def add_rejection(version: ServedVersion, outputs: dict[str, np.ndarray], row: i
 
 def add_labels_above_threshold(version: ServedVersion, outputs: dict[str, np.ndarray], row: int,
                                answer: dict[str, Any]) -> None:
-    thresholds = version.model.metadata.get("thresholds")
-    if not isinstance(thresholds, dict) or "above_threshold" in answer:
+    thresholds = version.model.thresholds
+    if thresholds is None or "above_threshold" in answer:
         return
-    labels = version.model.labels
-    answer["above_threshold"] = [
-        {"label": label, "probability": answer["probabilities"][index], "threshold": float(thresholds[label])}
-        for index, label in enumerate(labels)
-        if label in thresholds and answer["probabilities"][index] >= float(thresholds[label])]
+    answer["above_threshold"] = labels_above_threshold(version.model.labels, answer["probabilities"], thresholds)
 
 
 def add_heatmap(version: ServedVersion, outputs: dict[str, np.ndarray], row: int, answer: dict[str, Any]) -> None:

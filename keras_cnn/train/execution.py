@@ -38,13 +38,16 @@ class Execution:
 
         return jit_compile_for(model, self.plan)
 
-    def compile(self, model, optimizer, learning_rate: float | None, loss, soft_labels: bool = False) -> None:
+    def compile(self, model, optimizer, learning_rate: float | None, loss, soft_labels: bool = False,
+                multi_label: bool = False) -> None:
         """Compile ``model`` with accuracy and the plan's XLA setting (call in ``scope()``).
 
         ``optimizer``: a kcnn optimizer name (made with ``learning_rate``) or a ready
         ``keras.optimizers.Optimizer`` (a schedule, per-layer rates, EMA...).
         ``soft_labels``: the targets are class probabilities (MixUp, CutMix, label smoothing):
         categorical (or binary) cross-entropy, and accuracy against each target's dominant class.
+        ``multi_label``: multi-hot targets; "accuracy" is the fraction of labels decided right
+        at 0.5 (the loss, binary cross-entropy, takes soft targets as they are).
         """
         from keras_cnn.train.distribute import synchronize_loss_scaling
         from keras_cnn.optimizers import make_optimizer
@@ -52,7 +55,11 @@ class Execution:
         if isinstance(optimizer, str):
             optimizer = make_optimizer(optimizer, learning_rate)
         metric = "accuracy"
-        if soft_labels:
+        if multi_label:
+            from keras_cnn.data.regularize import label_accuracy_metric
+
+            metric = label_accuracy_metric()
+        elif soft_labels:
             from keras_cnn.data.regularize import hard_label_accuracy_metric, soft_label_loss
 
             loss, metric = soft_label_loss(loss), hard_label_accuracy_metric()

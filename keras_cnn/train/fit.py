@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from keras_cnn.config import RunConfig, validate_config
+from keras_cnn.data.collection import with_recorded_task
 from keras_cnn.errors import UserError
 from keras_cnn.runs import default_run_dir
 from keras_cnn.train.execution import with_execution_defaults
@@ -43,8 +44,8 @@ def resolve_scratch_config(config: RunConfig) -> RunConfig:
     augmentation = config.data.augmentation
     if config.data.augment and not augmentation:
         augmentation = REFERENCE_CIFAR10_AUGMENTATION.to_dict()
-    data = replace(absolute_data_paths(config.data), image_size=input_shape[:2], channels=input_shape[2],
-                   augmentation=augmentation)
+    data = replace(with_recorded_task(absolute_data_paths(config.data)), image_size=input_shape[:2],
+                   channels=input_shape[2], augmentation=augmentation)
     model = replace(config.model, kind="scratch", input_shape=input_shape)
     return replace(config, training=training, data=data, model=model)
 
@@ -99,7 +100,7 @@ def scratch_stage(config: RunConfig) -> StageSpec:
 
     def build_model(context):
         return create_model(config.model.name, len(context.data.labels), input_shape=config.model.input_shape,
-                            api=config.model.api)
+                            api=config.model.api, multi_label=context.data.multi_label)
 
     return StageSpec(TRAIN_STAGE, config, training, stage_options(config), prepare_data, build_model,
                      option_defaults=stage_option_defaults(config),

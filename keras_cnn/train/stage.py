@@ -23,7 +23,9 @@ runner does the rest, the same way for every stage:
    compile;
 4. fit with kill-safe checkpoints (resuming from the last committed epoch), stopping on a
    NaN or infinite loss;
-5. test the best model, record metrics, draw the curves, mark the stage finished.
+5. test the best model, fit its temperature on the validation part (a multi-label model: choose
+   each label's threshold there, RUN/thresholds.json), record metrics, draw the curves, mark the
+   stage finished.
 
 A failed command leaves no run it started without progress in it.
 """
@@ -48,11 +50,12 @@ from keras_cnn.errors import UserError
 from keras_cnn.progress import format_seconds, keras_verbose, say
 from keras_cnn.io import INPUT_CHANGES, atomic_path, check_output_path, to_jsonable
 from keras_cnn.models.loading import model_file_problem
-from keras_cnn.run_calibration import (PartPredictions, describe_calibration, fit_record, predict_part, summary_of,
-                                       write_calibration)
+from keras_cnn.run_calibration import (PartPredictions, describe_calibration, fit_record, multi_label_answers,
+                                       predict_part, summary_of, write_calibration)
 from keras_cnn.run_data import check_run_inputs, run_labels
 from keras_cnn.runs import (EXECUTION_OPTIONS, RunDirectory, RunLock, RunState, check_run_placement, differing_options,
                             flatten_options)
+from keras_cnn.thresholds import write_thresholds
 from keras_cnn.train.callbacks import (EpochDraws, HistoryRecorder, NanGuard, RunProgress, StageCheckpoint,
                                       read_history, write_history)
 from keras_cnn.train.discriminative import layer_rate_factors
@@ -85,6 +88,7 @@ class StageContext:
     model: keras.Model | None = None
     loss: Any = None
     single_sigmoid: bool = False
+    multi_label: bool = False                # multi-hot targets, one sigmoid per label
     fit_notes: dict[str, Any] = field(default_factory=dict)   # what the fit adds to the stage's metrics
     left_out: set[str] = field(default_factory=set)   # images the run's input record leaves out of every part
 
@@ -104,8 +108,8 @@ class StageContext:
     def class_weight(self) -> dict[int, float] | None:
         from keras_cnn.train.stage_data import balanced_class_weights
 
-        if self.training.class_weight != "balanced":
-            return None
+        if self.training.class_weight != "balanced" or self.multi_label:
+            return None   # multi-label: per-label positive weights inside the loss (multi_label_loss)
         return balanced_class_weights(self.data.train_counts)
 
 
@@ -359,8 +363,9 @@ def _discard_stages(run: RunDirectory, state: RunState, stages: list[str]) -> No
             else:
                 metrics.pop(key, None)
         run.write_metrics(metrics)
-        # The model goes back to that stage's, and so does its calibration.
+        # The model goes back to that stage's, and so do its calibration and (multi-label runs) thresholds.
         write_calibration(run, last.get("calibration"))
+        write_thresholds(run, last.get("thresholds"))
     if run.config_path.exists():
         config = run.read_config()
         recorded = config.get("extra", {}).get("stages", {})
@@ -417,9 +422,10 @@ def _run_checked_stage(context: StageContext, state: RunState, data, accept_inpu
     counts = parameter_counts(context.model)
     _write_config(context, counts)
     state.start(spec.name, recorded_options(spec.options))
-    # A new model is coming: an evaluation or a calibration of the old one no longer describes the run.
+    # A new model is coming: an evaluation, a calibration or thresholds of the old one no longer describe the run.
     shutil.rmtree(run.eval_dir, ignore_errors=True)
     write_calibration(run, None)
+    write_thresholds(run, None)
     run.stage_model_path(spec.name).unlink(missing_ok=True)
 
     checkpoint = StageCheckpoint(run.backup_dir / spec.name, run.model_path, monitor=_monitor(context.data),
@@ -456,7 +462,11 @@ def build_stage(context: StageContext, data=None) -> StageContext:
     context.data = data if data is not None else spec.prepare_data(context)
     if context.model is None:
         _build_model(context)
-    context.single_sigmoid = context.model.output_shape[-1] == 1
+    context.multi_label = bool(getattr(context.data, "multi_label", False))
+    context.single_sigmoid = context.model.output_shape[-1] == 1 and not context.multi_label
+    if context.multi_label:
+        context.loss = multi_label_loss(context)
+        return context
     context.loss = spec.loss(context) if spec.loss else default_loss(context.single_sigmoid)
     if uses_soft_labels(spec.config.data.regularization):
         # MixUp, CutMix and label smoothing give class probabilities: categorical cross-entropy.
@@ -467,6 +477,20 @@ def build_stage(context: StageContext, data=None) -> StageContext:
 def _build_model(context: StageContext) -> None:
     with context.execution.scope() if context.execution is not None else contextlib.nullcontext():
         context.model = context.spec.build_model(context)
+
+
+def multi_label_loss(context: StageContext):
+    """Binary cross-entropy over the labels (soft targets too); with ``--class-weight balanced`` each
+    label's positive targets weigh negatives / positives of that label in the training part."""
+    from keras_cnn.losses import PositiveWeightedBinaryCrossentropy
+    from keras_cnn.train.stage_data import balanced_positive_weights
+
+    if context.training.class_weight != "balanced":
+        return "binary_crossentropy"
+    weights = balanced_positive_weights(context.data.train_counts, context.data.sizes["train"])
+    say(f"[{context.spec.name}] --class-weight balanced: each label's positive targets weigh its negatives / "
+        f"positives ({min(weights):.3g} to {max(weights):.3g})")
+    return PositiveWeightedBinaryCrossentropy(weights)
 
 
 def _remove_backup(run: RunDirectory, stage: str) -> None:
@@ -530,8 +554,9 @@ def _fit(context: StageContext, checkpoint: StageCheckpoint) -> None:
         if inputs.model is not context.model:
             # The whole model is compiled too, so its saved file records a usable training setup.
             execution.compile(context.model, training.optimizer, training.learning_rate, context.loss,
-                              soft_labels=soft_labels)
-        execution.compile(inputs.model, optimizer, training.learning_rate, context.loss, soft_labels=soft_labels)
+                              soft_labels=soft_labels, multi_label=context.multi_label)
+        execution.compile(inputs.model, optimizer, training.learning_rate, context.loss, soft_labels=soft_labels,
+                          multi_label=context.multi_label)
     checkpoint.whole_model = context.model if inputs.model is not context.model else None
     history = HistoryRecorder(run.history_path, spec.name)
     early_stopping = early_stopping_callbacks(
@@ -609,7 +634,7 @@ def _fit_multiworker(model: keras.Model, context: StageContext, callbacks: list)
     if per_worker is None:
         raise UserError("this data cannot be sharded across workers (the legacy ImageDataGenerator engine "
                         "or cached features); use --augment-engine layers / --no-cache-features")
-    if context.training.class_weight == "balanced":
+    if context.training.class_weight == "balanced" and not context.multi_label:
         raise UserError("--class-weight balanced is not supported with --strategy multiworker")
     sigmoid = context.single_sigmoid
     validation_fn = per_worker.validation
@@ -647,19 +672,32 @@ def _finish(context: StageContext, best: keras.Model, counts: dict[str, int]) ->
     if rows:
         stage_metrics["final_epoch"] = {key: _number(value) for key, value in rows[-1].items()}
     opened = _opened(context, best)
-    test = predict_part(opened, data.test) if data.test is not None else None
-    if test is not None:
-        stage_metrics["test"] = score_test_part(test, data.labels)
-        metrics["test"] = stage_metrics["test"]
-    calibration = _calibrate(context, opened, test)
+    if context.multi_label:
+        calibration = _finish_multi_label(context, opened, stage_metrics)
+    else:
+        test = None
+        if data.test is not None:
+            test = predict_part(opened, data.test)
+            stage_metrics["test"] = score_test_part(test, data.labels)
+        calibration = _calibrate(context, lambda: predict_part(opened, data.validation), test)
     if calibration is not None:
         stage_metrics["calibration"] = calibration
+    if "test" in stage_metrics:
+        metrics["test"] = stage_metrics["test"]
     metrics.setdefault("stages", {})[spec.name] = stage_metrics
     metrics["parameters"] = counts
     run.write_metrics(metrics)
     plot_history(run)
     final = stage_metrics.get("final_epoch", {})
     say(f"[{spec.name}] {len(rows)} epoch(s) took {format_seconds(seconds)} in all")
+    if context.multi_label:
+        test = metrics.get("test", {}) if data.test is not None else {}
+        return {"run": str(run.root), "stage": spec.name, "model_name": spec.config.model.name,
+                "epochs": len(rows), **counts, "multi_label": True, "val_loss": final.get("val_loss"),
+                "val_accuracy": final.get("val_accuracy"), "test_accuracy": None,
+                **{f"test_{name}": test.get(name) for name in MULTI_LABEL_SUMMARY},
+                "thresholds": stage_metrics["thresholds"]["thresholds"],
+                "model": str(run.model_path), "seconds": seconds, "calibration": summary_of(calibration)}
     return {
         "run": str(run.root),
         "stage": spec.name,
@@ -684,6 +722,32 @@ def _number(value: Any) -> Any:
     return int(number) if number.is_integer() and "." not in str(value) else number
 
 
+# The test metrics a multi-label stage's summary carries (as test_<name>).
+MULTI_LABEL_SUMMARY = ("macro_map", "micro_map", "macro_f1", "micro_f1", "exact_match", "hamming_loss", "loss")
+
+
+def _finish_multi_label(context: StageContext, opened, stage_metrics: dict[str, Any]) -> dict[str, Any] | None:
+    """Calibrate on the validation part, choose each label's threshold on the calibrated probabilities
+    (RUN/thresholds.json), then test at both (:func:`keras_cnn.run_calibration.multi_label_answers`);
+    the stage's thresholds and test numbers go into ``stage_metrics``; returns the calibration record."""
+    spec, run, data = context.spec, context.run, context.data
+    validation = predict_part(opened, data.validation, multi_label=True) if data.validation is not None else None
+    test = predict_part(opened, data.test, multi_label=True) if data.test is not None else None
+    answers = multi_label_answers(validation, test, data.labels, spec.name, calibrate=_calibrating(context))
+    # The temperature first: the thresholds were chosen for it.
+    _write_calibration(context, answers["calibration"])
+    write_thresholds(run, answers["thresholds"])
+    if validation is None:
+        say(f"[{spec.name}] no validation part: every label's threshold is 0.5")
+    else:
+        say(f"[{spec.name}] each label's threshold chosen on the "
+            f"{'calibrated ' if answers['calibration'] else ''}validation probabilities")
+    stage_metrics["thresholds"] = answers["thresholds"]
+    if answers["test"] is not None:
+        stage_metrics["test"] = answers["test"]
+    return answers["calibration"]
+
+
 def _opened(context: StageContext, best: keras.Model):
     """The best model opened up (its logits), in the execution's scope as the model was loaded."""
     from keras_cnn.models.opened import open_model
@@ -693,18 +757,30 @@ def _opened(context: StageContext, best: keras.Model):
         return open_model(best)
 
 
-def _calibrate(context: StageContext, opened, test) -> dict[str, Any] | None:
-    """Fit the temperature on the validation part (``--calibrate``) into RUN/calibration.json; the record."""
-    spec, run, data = context.spec, context.run, context.data
+def _calibrating(context: StageContext) -> bool:
+    """Whether the stage fits a temperature (``--calibrate`` and a validation part); says why not."""
+    spec, run = context.spec, context.run
     if not spec.training.calibrate:
-        return None
-    if data.validation is None:
+        return False
+    if context.data.validation is None:
         say(f"[{spec.name}] not calibrated: {run.root} has no validation part to fit a temperature on")
+        return False
+    return True
+
+
+def _calibrate(context: StageContext, validation: Callable[[], PartPredictions], test) -> dict[str, Any] | None:
+    """Fit the temperature on the validation part (``--calibrate``) into RUN/calibration.json; the record."""
+    if not _calibrating(context):
         return None
-    record = fit_record(predict_part(opened, data.validation), test, spec.name)
-    write_calibration(run, record)
-    say(f"[{spec.name}] {describe_calibration(summary_of(record))}")
+    record = fit_record(validation(), test, context.spec.name)
+    _write_calibration(context, record)
     return record
+
+
+def _write_calibration(context: StageContext, record: dict[str, Any] | None) -> None:
+    if record is not None:
+        write_calibration(context.run, record)
+        say(f"[{context.spec.name}] {describe_calibration(summary_of(record))}")
 
 
 def score_test_part(test: PartPredictions, labels: list[str]) -> dict[str, Any]:

@@ -4,7 +4,8 @@ Two sources (:mod:`keras_cnn.data.parts` loads their parts), one result (``Prepa
 - array datasets (MNIST, CIFAR-10): the last 20 % of the training images are the
   validation part (as Keras's ``validation_split``), the official test set is the test part;
 - a split CSV plus an image folder: the ``train`` / ``validation`` / ``test`` parts.
-Images are float32 pixels in 0..255; the model scales them itself.
+Images are float32 pixels in 0..255; the model scales them itself.  Multi-label data (a
+split CSV only) gives float32 multi-hot targets in place of class indices.
 
 Besides the single-process datasets, ``PreparedData.per_worker`` builds each worker's own
 pipeline for multi-worker training: the same steps on that worker's shard (by file for
@@ -23,6 +24,7 @@ import tensorflow as tf
 from keras_cnn.config import DataConfig
 from keras_cnn.data.parts import ArrayParts, SplitParts, part_options
 from keras_cnn.data.pipeline import DatasetOptions
+from keras_cnn.data.multilabel import one_row_per_label
 from keras_cnn.data.split import PARTS
 from keras_cnn.errors import UserError
 
@@ -45,11 +47,12 @@ class PreparedData:
     validation: tf.data.Dataset | None
     test: tf.data.Dataset | None
     labels: list[str]
-    train_counts: dict[int, int]
+    train_counts: dict[int, int]          # training images per class (multi-label: holding each label)
     sizes: dict[str, int] = field(default_factory=dict)
     skipped: set[str] = field(default_factory=set)   # objectIds left out (reasons: RUN/skipped_images.csv)
     per_worker: PerWorkerInput | None = None
     parts: SplitParts | ArrayParts | None = None     # the loader the datasets came from
+    multi_label: bool = False                        # targets are multi-hot rows (one sigmoid per label)
 
 
 def augmentation_spec(data: DataConfig):
@@ -66,17 +69,18 @@ def regularization_spec(data: DataConfig):
     return as_regularization_spec(data.regularization)
 
 
-def _regularized(data: DataConfig, subset: str, dataset, num_classes: int, seed: int):
+def _regularized(data: DataConfig, subset: str, dataset, num_classes: int, seed: int, multi_label: bool = False):
     """The training part through the regularisation map; with soft labels, the validation
-    part gets one-hot targets so both go through the same categorical loss."""
+    part gets one-hot targets so both go through the same categorical loss (multi-label
+    targets are float rows already)."""
     from keras_cnn.data.regularize import hard_targets, regularize_dataset
 
     spec = regularization_spec(data)
     if dataset is None or spec is None or not isinstance(dataset, tf.data.Dataset):
         return dataset
     if subset == "train":
-        return regularize_dataset(dataset, spec, num_classes, seed=seed)
-    return hard_targets(dataset, num_classes) if spec.soft_labels else dataset
+        return regularize_dataset(dataset, spec, num_classes, seed=seed, multi_label=multi_label)
+    return hard_targets(dataset, num_classes) if spec.soft_labels and not multi_label else dataset
 
 
 def _per_worker_steps(sizes: dict[str, int], batch_size: int) -> tuple[int, int | None]:
@@ -154,7 +158,8 @@ def prepare_folder_data(data: DataConfig, image_size: tuple[int, int], channels:
     skip = check_images_or_fail(data.images, list(parts.frame["objectId"][~parts.frame["objectId"].isin(leave_out)]),
                                 skip_bad=data.skip_bad_images, record_path=skipped_record,
                                 max_pixels=data.max_image_pixels, advice=bad_image_advice or SKIP_ADVICE)
-    refuse_emptied_groups(parts.frame, skip, None if skipped_record is None else Path(skipped_record).parent)
+    refuse_emptied_groups(one_row_per_label(parts.frame) if parts.multi_label else parts.frame, skip,
+                          None if skipped_record is None else Path(skipped_record).parent)
     parts = parts.leaving_out(skip)
     spec = augmentation_spec(data)
     sizes = {name: parts.size(name) for name in PARTS}
@@ -168,9 +173,13 @@ def prepare_folder_data(data: DataConfig, image_size: tuple[int, int], channels:
         built = parts.dataset(name, replace(options, augment=augment, cache=data.cache if name == "train" else True),
                               input_context)
         # The test part keeps class indices: it is scored outside the loss (stage.score_test_part).
-        return built if name == "test" else _regularized(data, name, built, len(parts.labels), seed)
+        return built if name == "test" else _regularized(data, name, built, len(parts.labels), seed,
+                                                         parts.multi_label)
 
-    counts = np.bincount(parts.true_indices("train"), minlength=len(parts.labels))
+    if parts.multi_label:
+        counts = parts.true_indices("train").sum(axis=0).astype(np.int64)
+    else:
+        counts = np.bincount(parts.true_indices("train"), minlength=len(parts.labels))
     steps, validation_steps = _per_worker_steps(sizes, batch_size)
     return PreparedData(
         train=dataset("train", spec),
@@ -186,6 +195,7 @@ def prepare_folder_data(data: DataConfig, image_size: tuple[int, int], channels:
             steps_per_epoch=steps, validation_steps=validation_steps,
         ),
         parts=parts,
+        multi_label=parts.multi_label,
     )
 
 
@@ -198,6 +208,13 @@ def as_model_targets(dataset, single_sigmoid_output: bool):
 
     return dataset.map(lambda images, labels: (images, soft_targets(labels, 2, single_sigmoid=True)),
                        num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def balanced_positive_weights(positives: dict[int, int], images: int) -> list[float]:
+    """Multi-label ``--class-weight balanced``: per label, the weight of its positive targets,
+    negatives / positives in the training part (1 for a label with no positive or no negative)."""
+    return [float((images - count) / count) if 0 < count < images else 1.0
+            for _index, count in sorted(positives.items())]
 
 
 def balanced_class_weights(counts: dict[int, int]) -> dict[int, float]:

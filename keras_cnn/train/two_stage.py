@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from keras_cnn.config import FineTuneConfig, RunConfig, TrainingConfig, validate_config
+from keras_cnn.data.collection import with_recorded_task
 from keras_cnn.errors import UserError
 from keras_cnn.runs import RunDirectory, default_run_dir
 from keras_cnn.train.execution import EXECUTION_FIELDS, with_execution_defaults
@@ -69,7 +70,10 @@ def resolve_transfer_config(config: RunConfig) -> RunConfig:
         # Photos get the photo ranges (flips, small rotations, shifts, zoom), not the CIFAR-10 recipe.
         augmentation = DEFAULT_IMAGE_AUGMENTATION.to_dict()
     weights = config.model.weights or "imagenet"
-    data = replace(absolute_data_paths(config.data), image_size=image_size, channels=3, augmentation=augmentation)
+    data = replace(with_recorded_task(absolute_data_paths(config.data)), image_size=image_size, channels=3,
+                   augmentation=augmentation)
+    if data.multi_label and config.model.binary:
+        raise UserError(f"{data.split} is a multi-label split (one sigmoid per label): drop --binary")
     model = replace(config.model, kind="transfer", input_shape=(*image_size, 3), weights=weights)
     return replace(config, training=training, data=data, model=model)
 
@@ -123,7 +127,7 @@ def head_stage(config: RunConfig) -> StageSpec:
         return create_model(spec, len(context.data.labels), image_size=config.data.image_size,
                             weights=config.model.weights, head_units=config.model.head_units,
                             dropout=config.model.dropout, binary=config.model.binary,
-                            api=config.model.api, seed=training.seed)
+                            api=config.model.api, seed=training.seed, multi_label=context.data.multi_label)
 
     return StageSpec(HEAD_STAGE, config, training, stage_options(config), prepare_data, build_model,
                      option_defaults=stage_option_defaults(config), keep_model=True,
