@@ -3,9 +3,9 @@
 Generates JPEGs (photo-like: gradients, shapes, a little noise) named by their SHA-1 in a
 temporary folder, writes label.csv and a split CSV, and reads the same files three ways:
 
-  (a) ``make_dataset(cache=False)``: every file read, decoded and resized (uint8 batches,
-      the default resize filter, area); timed as a first epoch (the reader built inside it) and
-      as a later epoch (a reader built once), and a later epoch with the box-bilinear filter;
+  (a) ``make_dataset(cache=False)``: every file read, decoded and resized (uint8 batches);
+      timed as a first epoch (the reader built inside it) and as a later epoch (a reader built
+      once);
   (b) ``make_dataset(cache=True)``: an epoch served from the in-memory cache (after one
       epoch that fills it), uint8 batches as the model gets them, and float32 batches
       (``dtype="float32"``, what every batch was before) for comparison;
@@ -20,10 +20,11 @@ Prints img/s and the ratios, and appends a dated section with the machine to
 benchmarks/RESULTS.md (``--no-record`` skips).
 
 Also reported: the bytes of one batch (uint8 and float32), whether training on uint8 and on
-float32 batches gives the same weights (a small CNN, two epochs, same seed), the mean
-absolute difference (grey levels) between the two resize filters, on the generated images
-and on scikit-learn's two sample photos when scikit-learn is installed, and between kcnn's
-DCT-scaled decode and a full decode + the same resize.
+float32 batches gives the same weights (a small CNN, two epochs, same seed), the difference
+between kcnn's DCT-scaled decode and a full decode + the same resize, and, for a cheaper
+resize that was tried (2x2 box halvings, then one bilinear step: ``box_bilinear``), its time
+in the breakdown and its mean absolute difference (grey levels) from kcnn's area resize, on
+the generated images and on scikit-learn's two sample photos when scikit-learn is installed.
 
     python benchmarks/pipeline.py --images 600 --width 480 --height 360 --size 224 --batch-size 32
     python benchmarks/pipeline.py --images 400 --width 1600 --height 1200 --size 224 --breakdown
@@ -62,7 +63,7 @@ TARGETS = {"uncached": 1.5, "cached": 10.0}
 # held to its share of the decode ceiling instead of a ratio to ImageDataGenerator.
 PHOTO_SIDE = 1200
 PHOTO_CEILING_SHARE = 0.9
-# The largest mean absolute difference (grey levels) allowed between the two resize filters.
+# The largest mean absolute difference (grey levels) from the area resize a cheaper resize may have.
 FILTER_DIFFERENCE_LIMIT = 1.5
 # The epoch that is a decode alone, as load_image decodes: no reader built on this decoder
 # can be faster on this machine.
@@ -70,8 +71,8 @@ DECODE_ONLY = "decode_only"
 BREAKDOWN_TITLES = {
     "decode only, full size": "full decode",
     DECODE_ONLY: "decode only, DCT-scaled (as load_image)",
-    "load_image, box-bilinear": "load_image (DCT-scaled decode + box-bilinear resize)",
-    "load_image, area": "load_image (DCT-scaled decode + area resize)",
+    "load_image": "load_image (DCT-scaled decode + area resize)",
+    "decode + box-bilinear": "DCT-scaled decode + the box-bilinear resize tried",
     "full decode + area resize (before DCT scaling)": "full decode + area resize",
 }
 
@@ -144,7 +145,6 @@ def reader_epochs(split_csv: Path, frame: pd.DataFrame, images: Path, size: int,
     reads and decodes every file).  The cached readers' caches are filled here by one untimed
     epoch each.
     """
-    from keras_cnn.config import DEFAULT_RESIZE_FILTER
     from keras_cnn.data.augment import legacy_image_data_generator
     from keras_cnn.data.pipeline import make_dataset
 
@@ -157,20 +157,18 @@ def reader_epochs(split_csv: Path, frame: pd.DataFrame, images: Path, size: int,
     def generator_epoch(iterator) -> int:
         return sum(len(iterator[index][1]) for index in range(len(iterator)))
 
-    def reader(cache: bool, dtype: str = "uint8", resize_filter: str = DEFAULT_RESIZE_FILTER):
-        return make_dataset(split_csv, images, "all", size, batch_size, cache=cache, shuffle=False, dtype=dtype,
-                            resize_filter=resize_filter)
+    def reader(cache: bool, dtype: str = "uint8"):
+        return make_dataset(split_csv, images, "all", size, batch_size, cache=cache, shuffle=False, dtype=dtype)
 
-    built_flow, built_uncached, built_box = flow(), reader(False), reader(False, resize_filter="box-bilinear")
+    built_flow, built_uncached = flow(), reader(False)
     cached, cached_float = reader(True), reader(True, "float32")
-    for dataset in (built_uncached, built_box, cached, cached_float):
+    for dataset in (built_uncached, cached, cached_float):
         count_images(dataset)  # traces and starts its functions (and fills a cache), as a run's first epoch did
     return {
         "image_data_generator": lambda: generator_epoch(flow()),
         "uncached": lambda: count_images(reader(False)),
         "image_data_generator_later": lambda: generator_epoch(built_flow),
         "uncached_later": lambda: count_images(built_uncached),
-        "uncached_later_box": lambda: count_images(built_box),
         "cached": lambda: count_images(cached),
         "cached_float32": lambda: count_images(cached_float),
     }
@@ -189,10 +187,10 @@ def decode_epochs(images: Path, size: int, batch_size: int, breakdown: bool) -> 
         variants = {
             "decode only, full size": lambda encoded: decode_image(encoded, 3),
             **variants,
-            "load_image, box-bilinear": lambda encoded: load_image(encoded, (size, size), 3, "stretch", "box-bilinear"),
-            "load_image, area": lambda encoded: load_image(encoded, (size, size), 3, "stretch", "area"),
+            "load_image": lambda encoded: load_image(encoded, (size, size), 3),
+            "decode + box-bilinear": lambda encoded: box_bilinear(decode_image(encoded, 3, (size, size)), size),
             "full decode + area resize (before DCT scaling)":
-                lambda encoded: resize_image(decode_image(encoded, 3), (size, size), "stretch", "area"),
+                lambda encoded: resize_image(decode_image(encoded, 3), (size, size)),
         }
 
     def epoch_of(function):
@@ -238,16 +236,28 @@ def sample_photos() -> dict[str, np.ndarray]:
     return {name: load_sample_image(name) for name in ("china.jpg", "flower.jpg")}
 
 
+def box_bilinear(pixels, size: int):
+    """The cheaper resize tried: bilinear sampling to half the size (a 2x2 box average) where a side is
+    at least twice the target, then one bilinear step (factors under 4, as after DCT scaling); uint8."""
+    import tensorflow as tf
+
+    target = tf.constant([size, size])
+    halved = tf.raw_ops.ResizeBilinear(images=pixels[None], size=tf.maximum(target, (tf.shape(pixels)[:2] + 1) // 2),
+                                       half_pixel_centers=True)
+    resized = tf.raw_ops.ResizeBilinear(images=halved, size=target, half_pixel_centers=True)[0]
+    return tf.cast(tf.round(resized), tf.uint8)
+
+
 def filter_difference(images: Path, size: int, limit: int = 50) -> dict[str, tuple[float, float]]:
-    """(mean, worst image's mean) absolute difference in grey levels between the box-bilinear and the
-    area resize of the same decoded pixels: on the generated images, and on each sample photo."""
+    """(mean, worst image's mean) absolute difference in grey levels between the box-bilinear resize
+    tried and kcnn's area resize of the same decoded pixels: on the generated images, on each sample photo."""
     import tensorflow as tf
 
     from keras_cnn.data.images import decode_image, resize_image
 
     def difference(pixels) -> float:
-        box = resize_image(pixels, (size, size), "stretch", "box-bilinear").numpy().astype(np.float32)
-        area = resize_image(pixels, (size, size), "stretch", "area").numpy().astype(np.float32)
+        box = box_bilinear(pixels, size).numpy().astype(np.float32)
+        area = resize_image(pixels, (size, size)).numpy().astype(np.float32)
         return float(np.abs(box - area).mean())
 
     generated = [difference(decode_image(tf.constant(path.read_bytes()), 3, (size, size)))
@@ -329,8 +339,8 @@ def cpu_line(cpu_ms: dict[str, float]) -> str:
     """CPU milliseconds per image of each reader and the work ratio (robust to a busy machine)."""
     generator, uncached = cpu_ms["image_data_generator"], cpu_ms["uncached"]
     return (f"CPU time per image (all threads, lowest of the rounds): ImageDataGenerator {generator:.1f} ms, "
-            f"`make_dataset` first epoch {uncached:.1f} ms, later epoch {cpu_ms['uncached_later']:.2f} ms "
-            f"(box-bilinear {cpu_ms['uncached_later_box']:.2f} ms), cached epoch {cpu_ms['cached']:.2f} ms "
+            f"`make_dataset` first epoch {uncached:.1f} ms, later epoch {cpu_ms['uncached_later']:.2f} ms, "
+            f"cached epoch {cpu_ms['cached']:.2f} ms "
             f"(float32 batches {cpu_ms['cached_float32']:.2f} ms); work ratio ImageDataGenerator / first epoch "
             f"{generator / uncached:.2f}x.")
 
@@ -349,7 +359,7 @@ def filter_line(filters: dict[str, tuple[float, float]]) -> str:
     """The two resize filters' difference on each set of images."""
     parts = [f"{name} {mean:.2f}" + (f" (worst {worst:.2f})" if worst != mean else "")
              for name, (mean, worst) in filters.items()]
-    return ("Mean absolute difference between the box-bilinear and the area resize of the same pixels "
+    return ("Mean absolute difference between the box-bilinear resize tried and kcnn's area resize of the same pixels "
             f"(grey levels, limit {FILTER_DIFFERENCE_LIMIT}): " + "; ".join(parts) + ".")
 
 
@@ -395,9 +405,6 @@ def section_lines(arguments, rates: dict, machine: dict[str, str], load_after: s
         (f"| `make_dataset`, later epoch, no cache (every file read again) | {rates['uncached_later']:,.0f} | "
          f"{rates['uncached_later'] / later_generator:.2f}x of the later epoch below | "
          f"{rates['uncached_later'] / ceiling:.0%} |"),
-        (f"| `make_dataset`, later epoch, no cache, `resize_filter=\"box-bilinear\"` | "
-         f"{rates['uncached_later_box']:,.0f} | {rates['uncached_later_box'] / later_generator:.2f}x of the later "
-         f"epoch below | {rates['uncached_later_box'] / ceiling:.0%} |"),
         f"| `make_dataset`, cached epoch, uint8 batches | {rates['cached']:,.0f} | {rates['cached'] / generator:.2f}x | |",
         (f"| `make_dataset`, cached epoch, float32 batches (`dtype=\"float32\"`) | {rates['cached_float32']:,.0f} | "
          f"{rates['cached_float32'] / generator:.2f}x | |"),
@@ -456,7 +463,6 @@ def main(argv=None) -> int:
           f"{rates['image_data_generator_later']:,.0f} img/s later epoch")
     for key, title in (("uncached", "make_dataset first epoch, no cache"),
                        ("uncached_later", "make_dataset later epoch, no cache"),
-                       ("uncached_later_box", "the same, box-bilinear filter"),
                        ("cached", "make_dataset cached epoch (uint8)"),
                        ("cached_float32", "make_dataset cached epoch (float32)")):
         print(f"{title:<39}: {rates[key]:9,.0f} img/s")

@@ -72,8 +72,7 @@ def build_export(root: Path, base: str, image_size: int, classes: int = 10) -> P
     model.save(run.model_path)
     run.write_labels([f"class_{index}" for index in range(classes)])
     run.write_config(RunConfig("benchmark", ModelConfig(kind=kind, name=base),
-                               DataConfig(image_size=(image_size, image_size), channels=3,
-                                          resize_filter="box-bilinear")).to_dict())
+                               DataConfig(image_size=(image_size, image_size), channels=3)).to_dict())
     export_run(run.root, root / "export", verify=False)
     return root / "export"
 
@@ -104,10 +103,10 @@ def decode_dataset(model, paths: list[Path], batch_size: int):
 
     from keras_cnn.data.images import load_image
 
-    image_size, channels, resize_mode, resize_filter = model.input_description()
+    image_size, channels, resize_mode = model.input_description()
     dataset = tf.data.Dataset.from_tensor_slices([os.fspath(path) for path in paths])
-    dataset = dataset.map(lambda path: load_image(tf.io.read_file(path), image_size, channels, resize_mode,
-                                                  resize_filter), num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.map(lambda path: load_image(tf.io.read_file(path), image_size, channels, resize_mode),
+                          num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
@@ -119,7 +118,7 @@ def pil_loop(model, paths: list[Path], batch_size: int) -> int:
 
     from keras_cnn.export_layout import IMAGES_UINT8_SIGNATURE
 
-    (height, width), _channels, _mode, _filter = model.input_description()
+    (height, width), _channels, _mode = model.input_description()
     classify = model.saved_model.signatures[IMAGES_UINT8_SIGNATURE]
     count = 0
     for start in range(0, len(paths), batch_size):

@@ -16,7 +16,6 @@ from typing import Any, Literal, get_args
 DatasetName = Literal["mnist", "cifar10"]                           # data.datasets.LOADERS
 Layout = Literal["csv", "folders", "split-folders"]                 # data.collection: how --images is organised
 ResizeMode = Literal["stretch", "pad", "crop"]                      # data.images.resize_image
-ResizeFilter = Literal["area", "box-bilinear"]                      # data.images.RESIZE_FILTERS
 PixelType = Literal["uint8", "float32"]                             # data.pipeline: the dtype of image batches
 AugmentEngine = Literal["layers", "legacy"]                         # train.stage_data (legacy: ImageDataGenerator)
 Part = Literal["train", "validation", "test"]                       # data.split: the parts of a split

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from keras_cnn.choices import (AugmentEngine, ClassWeight, DatasetName, Layout, ModelApi, ModelKind, OptimizerName,
-                               ResizeFilter, ResizeMode, ScheduleName, StrategyName, Switch)
+                               ResizeMode, ScheduleName, StrategyName, Switch)
 from keras_cnn.data.pixel_limit import DEFAULT_MAX_IMAGE_PIXELS
 from keras_cnn.errors import UserError
 
@@ -31,13 +31,6 @@ MAX_SEED = 2**32 - 1           # numpy's (and so Keras's) seeds are 32-bit
 MAX_BATCH_SIZE = 65_536
 MAX_EPOCHS = 100_000
 MAX_UNITS = 65_536             # Dense units of a head layer
-
-# The resize filter of a new run (keras_cnn.data.images.RESIZE_FILTERS); one left unset
-# (None) is the run's own when the run exists.
-DEFAULT_RESIZE_FILTER: ResizeFilter = "area"
-# What a config.json written before kcnn recorded an option means by its absence: the value
-# runs had then, where new runs get another default.  RunConfig.from_dict fills them in.
-RECORDED_BEFORE: dict[str, dict[str, Any]] = {"data": {"resize_filter": "area"}}
 
 
 @dataclass
@@ -57,7 +50,6 @@ class DataConfig:
     image_size: tuple[int, int] | None = None
     channels: int | None = None
     resize_mode: ResizeMode = "stretch"
-    resize_filter: ResizeFilter | None = None   # None: the run's own, else DEFAULT_RESIZE_FILTER
     augment: bool = False
     augment_engine: AugmentEngine = "layers"
     augmentation: dict[str, Any] | None = None   # ImageDataGenerator-style ranges
@@ -148,18 +140,16 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, payload: dict[str, Any]) -> "RunConfig":
-        """Rebuild from ``config.json``; unknown keys (e.g. ``versions``) are ignored, and a key
-        recorded only by later versions of kcnn takes its :data:`RECORDED_BEFORE` value."""
+        """Rebuild from ``config.json``; unknown keys (e.g. ``versions``) are ignored."""
 
-        def build(kind, values, section=""):
+        def build(kind, values):
             names = {item.name for item in dataclasses.fields(kind)}
-            values = {**RECORDED_BEFORE.get(section, {}), **(values or {})}
-            return kind(**{key: value for key, value in values.items() if key in names})
+            return kind(**{key: value for key, value in (values or {}).items() if key in names})
 
         model = build(ModelConfig, payload.get("model"))
         if model.input_shape is not None:
             model.input_shape = tuple(model.input_shape)
-        data = build(DataConfig, payload.get("data"), "data")
+        data = build(DataConfig, payload.get("data"))
         if data.image_size is not None:
             data.image_size = tuple(data.image_size)
         return cls(

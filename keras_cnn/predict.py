@@ -34,7 +34,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from keras_cnn.config import RECORDED_BEFORE
+from keras_cnn.data.images import RESIZE_FILTER, header_pixels, load_image
 from keras_cnn.data.pixel_limit import DEFAULT_MAX_IMAGE_PIXELS, over_limit_message, pixel_limit_problem
 from keras_cnn.errors import UserError, first_line
 from keras_cnn.export_layout import (EXPLAIN_SIGNATURE, HEATMAP_OUTPUT, IMAGES_SIGNATURE, IMAGES_UINT8_SIGNATURE,
@@ -137,28 +137,27 @@ class ExportedModel:
 
     def _decode(self, encoded_images: list[bytes]) -> tf.Tensor:
         """Decode and resize as the export's graph does (float32 [batch, H, W, C])."""
-        from keras_cnn.data.images import load_image
-
-        image_size, channels, resize_mode, resize_filter = self.input_description()
+        image_size, channels, resize_mode = self.input_description()
         # Traced with an unknown image shape, as in the export's graph and the tf.data pipeline.
-        decode = tf.function(lambda data: load_image(data, image_size, channels, resize_mode, resize_filter),
+        decode = tf.function(lambda data: load_image(data, image_size, channels, resize_mode),
                              input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
         return tf.cast(tf.stack([decode(tf.constant(data)) for data in encoded_images]), tf.float32)
 
-    def input_description(self) -> tuple[tuple[int, int], int, str, str]:
-        """(image size, channels, resize mode, resize filter) of the export's decoding, from ``kcnn.json``
-        (an export recorded before kcnn had a choice of filter resized with ``area``)."""
+    def input_description(self) -> tuple[tuple[int, int], int, str]:
+        """(image size, channels, resize mode) of the export's decoding, from ``kcnn.json``."""
         description = self.metadata["input"]
         return (tuple(int(side) for side in description["image_size"]), int(description["channels"]),
-                description["resize_mode"], description.get("resize_filter", RECORDED_BEFORE["data"]["resize_filter"]))
+                description["resize_mode"])
 
     def decodes_in_pipeline(self) -> bool:
-        """Whether predict may decode in its own pipeline and send pixels: the export records all of
-        its decoding (its resize filter too) and takes uint8 pixels; no --tta or --explain."""
+        """Whether predict may decode in its own pipeline and send pixels: the export records its
+        decoding, the resize filter included, as this kcnn decodes, and takes uint8 pixels; no
+        --tta or --explain."""
         recorded = self.metadata.get("input") or {}
         return (not self.tta_views and not self.explaining
                 and IMAGES_UINT8_SIGNATURE in getattr(self.saved_model, "signatures", {})
-                and {"image_size", "channels", "resize_mode", "resize_filter"} <= set(recorded))
+                and {"image_size", "channels", "resize_mode"} <= set(recorded)
+                and recorded.get("resize_filter") == RESIZE_FILTER)
 
 
 def load_exported_model(path: str | os.PathLike) -> ExportedModel:
@@ -310,16 +309,13 @@ def _pipeline_batches(model: ExportedModel, files: list[Path], batch_size: int, 
     """``(answered, outputs)`` per batch: the files decoded in a parallel ``tf.data`` pipeline, a batch
     ahead of the model (the export's own decoding, see the module docstring), classified through
     ``serving_images_uint8``.  Files that could not be read or decoded go to ``failures`` at the end."""
-    from keras_cnn.data.images import load_image
-
     if not files:
         return
-    image_size, channels, resize_mode, resize_filter = model.input_description()
+    image_size, channels, resize_mode = model.input_description()
     limit = int(max_image_pixels or 0)
 
     def load(position, path):
-        return position, load_image(tf.io.read_file(path), image_size, channels, resize_mode, resize_filter,
-                                    max_pixels=limit)
+        return position, load_image(tf.io.read_file(path), image_size, channels, resize_mode, max_pixels=limit)
 
     dataset = tf.data.Dataset.from_tensor_slices((tf.range(len(files), dtype=tf.int64),
                                                   tf.constant([os.fspath(path) for path in files])))
@@ -396,8 +392,6 @@ def decode_failure_reason(data: bytes, max_image_pixels: int | None = None) -> s
     """A clean one-line reason why ``data`` is not an image (the graph's error is verbose), or is one over
     ``max_image_pixels`` by the header TensorFlow reads (Pillow may not know its format)."""
     if max_image_pixels:
-        from keras_cnn.data.images import header_pixels
-
         try:
             pixels = int(header_pixels(tf.constant(data)))
         except (tf.errors.InvalidArgumentError, tf.errors.UnknownError):

@@ -59,13 +59,14 @@ def test_pipeline_benchmark_runs_on_tiny_images(load_script, tmp_path, capsys):
     assert "ImageDataGenerator.flow_from_dataframe" in output and "make_dataset cached epoch" in output
     assert "make_dataset later epoch, no cache" in output
     assert "breakdown: load_image (DCT-scaled decode + area resize)" in output
+    assert "breakdown: DCT-scaled decode + the box-bilinear resize tried" in output
     # 64x48 to 32: under twice the target, so the decode is full size and the difference none.
     assert "decode ratio 1/1; mean absolute difference from full decode + resize: 0.00" in output
     assert "CPU time per image (all threads, lowest of the rounds): ImageDataGenerator" in output
     assert "Ceiling: decoding alone" in output
     # Training on uint8 batches ends with the weights of float32 batches; the filters are compared.
     assert "on uint8 and on float32 batches (same seed): weights identical" in output
-    assert "between the box-bilinear and the area resize of the same pixels" in output
+    assert "between the box-bilinear resize tried and kcnn's area resize of the same pixels" in output
     assert "target: cached epoch (uint8 batches) vs ImageDataGenerator" in output
     section = results.read_text()
     assert "| `make_dataset`, later epoch, no cache (every file read again) |" in section

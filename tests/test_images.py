@@ -154,8 +154,8 @@ def test_bad_image_check_still_finds_a_truncated_large_jpeg(tmp_path):
 
 
 def area_as_runs_had_it(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """The area resize kcnn runs recorded before the choice of filter: float copy, area when
-    shrinking, antialiased bilinear otherwise, rounded and clipped."""
+    """The resize of kcnn's earlier runs: a float copy, area when shrinking, antialiased bilinear
+    otherwise, rounded and clipped."""
     pixels = tf.cast(image, tf.float32)
     shrinking = image.shape[0] >= size[0] and image.shape[1] >= size[1]
     resized = tf.image.resize(pixels, size, **({"method": "area"} if shrinking else {"antialias": True}))
@@ -164,43 +164,22 @@ def area_as_runs_had_it(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 @pytest.mark.parametrize("source, size", [((150, 200), (48, 56)), ((90, 70), (40, 32)), ((30, 40), (64, 48)),
                                           ((57, 41), (57, 80))])
-def test_the_area_filter_gives_the_pixels_runs_had(source, size):
-    """A run recorded before the choice (its filter: area) keeps its pixels, shrinking or enlarging,
-    now that the kernels read the uint8 pixels themselves."""
+def test_the_resize_gives_the_pixels_earlier_runs_had(source, size):
+    """Earlier runs (and their caches, their exports) keep their pixels, shrinking or enlarging, now
+    that the kernels read the uint8 pixels themselves and the decode chooses the step."""
     image = photo(*source, seed=3)
-    np.testing.assert_array_equal(resize_image(image, size, "stretch", "area").numpy(), area_as_runs_had_it(image, size))
+    np.testing.assert_array_equal(resize_image(image, size).numpy(), area_as_runs_had_it(image, size))
 
 
-def test_box_bilinear_averages_2x2_blocks_at_half_size():
-    """Bilinear sampling at exactly half the size is the 2x2 box average (rounded half to even)."""
-    image = photo(64, 48, seed=4)
-    blocks = image.reshape(32, 2, 24, 2, 3).astype(np.float64).mean(axis=(1, 3))
-    np.testing.assert_array_equal(resize_image(image, (32, 24), "stretch", "box-bilinear").numpy(),
-                                  np.round(blocks).astype(np.uint8))
-
-
-def smooth_photo() -> np.ndarray:
-    """scikit-learn's flower photo (427x640, shipped with it; the test extra installs scikit-learn)."""
-    return pytest.importorskip("sklearn.datasets").load_sample_image("flower.jpg")
-
-
-@pytest.mark.parametrize("size", [(224, 224), (96, 128), (24, 24)])
-def test_box_bilinear_is_near_area_on_a_smooth_photo_and_does_not_alias(size):
-    """On a smooth photo box-bilinear stays within a grey level of area on average (a finely textured
-    one differs more: README says how much); like area it averages every pixel, so stripes finer than
-    the output grid come out as their mean instead of aliasing as point sampling does."""
-    image = smooth_photo()
-    box = resize_image(image, size, "stretch", "box-bilinear").numpy().astype(np.float32)
-    area = resize_image(image, size, "stretch", "area").numpy().astype(np.float32)
-    assert np.abs(box - area).mean() <= 1.0, np.abs(box - area).mean()
-
+def test_area_averages_and_does_not_alias():
+    """Stripes finer than the output grid come out as their mean (grey), as averaging every input
+    pixel gives; point sampling turns them into bands of black and white."""
+    size = (24, 32)
     stripes = np.zeros((size[0] * 3, size[1] * 3, 3), np.uint8)
-    stripes[:, ::2] = 255     # one-pixel stripes, a third of the output's pixel each: grey when averaged
-    for resize_filter in ("box-bilinear", "area"):
-        resized = resize_image(stripes, size, "stretch", resize_filter).numpy().astype(np.float32)
-        assert abs(resized.mean() - 127.5) < 8 and resized.std() < 50, (resize_filter, resized.std())
-    sampled = tf.image.resize(stripes, size, method="nearest").numpy().astype(np.float32)
-    assert sampled.std() > 100   # what aliasing looks like
+    stripes[:, ::2] = 255
+    resized = resize_image(stripes, size).numpy().astype(np.float32)
+    assert abs(resized.mean() - 127.5) < 8 and resized.std() < 50, resized.std()
+    assert tf.image.resize(stripes, size, method="nearest").numpy().astype(np.float32).std() > 100
 
 
 @pytest.mark.parametrize("mode, image_format, options", [

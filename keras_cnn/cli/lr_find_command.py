@@ -41,7 +41,6 @@ def _render(result):
 @options.transfer_model_options()
 @options.augment(note="During the sweep a head then trains on images, not cached features.")
 @options.resize_mode()
-@options.resize_filter(shown_default="area; with --run, the run's own")
 @options.cache()
 @options.batch_size(shown_default="what the stage would use")
 @options.optimizer(shown_default="what the stage would use")

@@ -31,8 +31,8 @@ from typing import Any
 
 import click
 
-from keras_cnn.choices import (AugmentEngine, ClassWeight, DatasetName, Layout, ModelApi, OptimizerName, ResizeFilter,
-                               ResizeMode, ScheduleName, StrategyName, Switch, names)
+from keras_cnn.choices import (AugmentEngine, ClassWeight, DatasetName, Layout, ModelApi, OptimizerName, ResizeMode,
+                               ScheduleName, StrategyName, Switch, names)
 from keras_cnn.cli.common import Choice, FiniteFloatRange, InputPath, option_group
 from keras_cnn.config import (DEFAULT_MAX_IMAGE_PIXELS, MAX_BATCH_SIZE, MAX_EPOCHS, MAX_IMAGE_SIDE, MAX_SEED,
                               MAX_UNITS)
@@ -119,12 +119,6 @@ image_size = _option("data.image_size", "--image-size", f"Input side in pixels (
                      type=click.IntRange(32, MAX_IMAGE_SIDE), default=None)
 resize_mode = _option("data.resize_mode", "--resize-mode", "How image-folder pictures are fitted to the input size.",
                       type=_choice(ResizeMode), default="stretch", show_default=True)
-resize_filter = _option("data.resize_filter", "--resize-filter", "How image-folder pictures are shrunk to the input "
-                        "size (recorded in the run; evaluation and the export resize the same way): area = exact "
-                        "area averaging; box-bilinear = 2x2 box averages down to under twice the size, then one "
-                        "bilinear step: about an eighth less CPU time per decoded image, 0.6 grey levels from area "
-                        "on average on smooth photos, 2-3 on finely textured ones.",
-                        type=_choice(ResizeFilter), default=None)
 augment = _option("data.augment", "--augment/--no-augment", "Augment training images in the tf.data pipeline: "
                   "flips, small rotations, shifts and zoom for a transfer base; the Keras book's CIFAR-10 recipe "
                   "(shifts 0.1, horizontal flip) for a from-scratch network.", default=False, show_default=True)
@@ -270,8 +264,8 @@ allow_unfinished = click.option(
 
 OPTIONS: dict[str, ConfigOption] = {option.path: option for option in (
     dataset, dataset_path, split, images, layout, allow_labels, exclude, relabel, multi_label, label_delimiter,
-    image_size, resize_mode, resize_filter, augment, augment_engine, cache, skip_bad_images, max_image_pixels,
-    validation_split, label_smoothing, mixup, cutmix, randaugment, random_erasing,
+    image_size, resize_mode, augment, augment_engine, cache, skip_bad_images, max_image_pixels, validation_split,
+    label_smoothing, mixup, cutmix, randaugment, random_erasing,
     api, weights, head_units, dropout, binary,
     epochs, batch_size, learning_rate, optimizer, seed, class_weight, cache_features, mixed_precision, xla, strategy,
     schedule, warmup_epochs, ema, early_stopping, lr_mult, calibrate,
@@ -317,9 +311,7 @@ def recipe_options() -> Callable:
 
 def image_folder_options() -> Callable:
     """How image folders are read and what the loss weighs: class weights, resizing, cache, bad images, layout."""
-    return option_group(class_weight(), resize_mode(),
-                        resize_filter(shown_default="the run's own when it resumes, else area"), cache(),
-                        skip_bad_images(),
+    return option_group(class_weight(), resize_mode(), cache(), skip_bad_images(),
                         max_image_pixels(note="Such images are bad images (see --skip-bad-images)."), layout(),
                         allow_labels())
 

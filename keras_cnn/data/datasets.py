@@ -161,6 +161,6 @@ def adapt_images(images: np.ndarray, input_shape: tuple[int, int, int], batch_si
         elif chunk.shape[-1] == 3 and channels == 1:
             chunk = tf.image.rgb_to_grayscale(chunk)
         if tuple(chunk.shape[1:3]) != (height, width):
-            chunk = resize_image(chunk, (height, width), resize_filter="area")   # as arrays always were
+            chunk = resize_image(chunk, (height, width))
         chunks.append(chunk.numpy())
     return np.concatenate(chunks) if chunks else images.reshape((0, height, width, channels))

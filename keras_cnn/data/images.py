@@ -9,26 +9,22 @@ A JPEG much larger than the model's input is decoded at 1/2, 1/4 or 1/8 scale in
 domain (libjpeg's scaled decoding) before the resize: most of a photo's pixels would be
 averaged away by the resize anyway, and skipping them makes decoding several times faster.
 
-Two resize filters shrink an image (:data:`RESIZE_FILTERS`; a run records which one it
-used): ``area`` averages exactly the input pixels each output pixel covers, and
-``box-bilinear`` averages 2x2 blocks while the image is at least twice the target, then
-takes one bilinear step of less than 2x.  Both are antialiased; ``box-bilinear`` works on
-the uint8 pixels directly and costs less than decoding the image (``area`` cost about as
-much), within a grey level of ``area`` on average.
+Images are shrunk by area averaging (each output pixel the mean of the input it covers: an
+antialiased resize that costs less than the decode) and enlarged by antialiased bilinear
+interpolation; the kernels read the uint8 pixels directly, rounding once at the end.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import tensorflow as tf
 
-from keras_cnn.choices import ResizeFilter, ResizeMode, names
-from keras_cnn.config import DEFAULT_RESIZE_FILTER
+from keras_cnn.choices import ResizeMode, names
 
 RESIZE_MODES = names(ResizeMode)
-RESIZE_FILTER_NAMES = names(ResizeFilter)
+# How load_image shrinks images, as kcnn.json records it (predict decodes an export's images
+# itself only when the export records this).
+RESIZE_FILTER = "area"
 
 # The scales libjpeg decodes at directly (1/ratio of each side), smallest reduction first.
 JPEG_RATIOS = (1, 2, 4, 8)
@@ -247,25 +243,22 @@ def decode_image(encoded: tf.Tensor, channels: int, target_size: tuple[int, int]
     return image
 
 
-def resize_image(image: tf.Tensor, image_size: tuple[int, int], mode: str = "stretch",
-                 resize_filter: str = DEFAULT_RESIZE_FILTER) -> tf.Tensor:
+def resize_image(image: tf.Tensor, image_size: tuple[int, int], mode: str = "stretch") -> tf.Tensor:
     """Resize a uint8 image (or batch) to ``image_size`` = (height, width); returns uint8.
 
     ``stretch`` ignores the aspect ratio (like Keras's ``image_dataset_from_directory``),
     ``pad`` keeps it and pads with black, ``crop`` keeps it and crops the centre.
-    ``resize_filter``: one of :data:`RESIZE_FILTERS` (see the module docstring).
-    The result is rounded back to uint8 so it can be cached compactly (both filters average
-    pixels with weights that sum to 1, so nothing falls outside 0..255).
+    Shrinking averages areas, enlarging (on either side) is antialiased bilinear.  The result
+    is rounded back to uint8 so it can be cached compactly (both average pixels with weights
+    that sum to 1: nothing falls outside 0..255).
     """
-    resize = _resize_filter(resize_filter)
     if mode not in RESIZE_MODES:
         raise ValueError(f"resize mode must be one of {RESIZE_MODES}, received: {mode!r}")
     image = tf.convert_to_tensor(image)
     target = (int(image_size[0]), int(image_size[1]))
-    shape = tf.shape(image)[-3:-1]
-    variant = resize.choose(_resized_source(shape, target, mode), _fitted_size(shape, target, mode))
-    return _fit(image, target, mode, lambda pixels, size: tf.switch_case(
-        variant, [lambda step=step: step(pixels, size) for step in resize.variants]))
+    enlarging = _enlarging(tf.shape(image)[-3:-1], target, mode)
+    return _fit(image, target, mode, lambda pixels, size: tf.cond(
+        enlarging, lambda: _antialiased_bilinear(pixels, size), lambda: _area(pixels, size)))
 
 
 def _fit(image: tf.Tensor, target: tuple[int, int], mode: str, resize) -> tf.Tensor:
@@ -297,12 +290,11 @@ def _fitted_size(source: tf.Tensor, target: tuple[int, int], mode: str) -> tf.Te
                      tf.clip_by_value(tf.cast(tf.round(source[1] * scale), tf.int32), 1, width)])
 
 
-def _resized_source(source: tf.Tensor, target: tuple[int, int], mode: str) -> tf.Tensor:
-    """(height, width) int32 of what the resize reads from an image of ``source`` size: the centre crop
-    in ``crop`` mode (as :func:`_crop_to_aspect` cuts it), else the whole image."""
-    if mode != "crop":
-        return tf.cast(source, tf.int32)
-    return _crop_size(tf.cast(source, tf.float32), *target)
+def _enlarging(source: tf.Tensor, target: tuple[int, int], mode: str) -> tf.Tensor:
+    """Whether an image of ``source`` (height, width) is enlarged on either side by ``_fit``: what it
+    resizes (the centre crop in ``crop`` mode) is smaller than what it resizes to."""
+    resized = _crop_size(tf.cast(source, tf.float32), *target) if mode == "crop" else tf.cast(source, tf.int32)
+    return tf.reduce_any(resized < _fitted_size(source, target, mode))
 
 
 def _batched(resize):
@@ -316,78 +308,13 @@ def _batched(resize):
 
 @_batched
 def _area(image: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
-    # The kernels read uint8 themselves: no float copy of the full image, the same result as on one.
+    # The kernel reads uint8 itself: no float copy of the full image, the result it gives on one.
     return tf.raw_ops.ResizeArea(images=image, size=size)
 
 
 @_batched
 def _antialiased_bilinear(image: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
     return tf.image.resize(image, size, antialias=True)
-
-
-def _area_variant(source: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
-    """Area averaging when shrinking (antialiased, ~4x cheaper than antialiased bilinear),
-    antialiased bilinear when enlarging on either side."""
-    return tf.where(tf.reduce_all(source >= size), 0, 1)
-
-
-def _halve_to(pixels: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
-    """One bilinear step to half the size or ``size``, whichever is larger, per side."""
-    halved = tf.maximum(size, (tf.shape(pixels)[1:3] + 1) // 2)
-    return tf.raw_ops.ResizeBilinear(images=pixels, size=halved, half_pixel_centers=True)
-
-
-def _bilinear_to(pixels: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
-    return tf.raw_ops.ResizeBilinear(images=pixels, size=size, half_pixel_centers=True)
-
-
-@_batched
-def _bilinear_step(image, size):
-    return _bilinear_to(image, size)
-
-
-@_batched
-def _halved_then_bilinear(image, size):
-    return _bilinear_to(_halve_to(image, size), size)
-
-
-@_batched
-def _area_to_4x_then_halved(image, size):
-    reduced = tf.raw_ops.ResizeArea(images=image, size=tf.minimum(tf.shape(image)[1:3], 4 * size))
-    return _bilinear_to(_halve_to(reduced, size), size)
-
-
-def _box_bilinear_variant(source: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
-    """Under twice the target on both sides (or enlarging): one bilinear step; up to 4x: a halving
-    step first; beyond: area averaging to 4x first (rare: a decoded JPEG is under 2x on one side)."""
-    largest = tf.reduce_max(tf.cast(source, tf.float32) / tf.cast(size, tf.float32))
-    return tf.where(largest <= 2.0, 0, tf.where(largest <= 4.0, 1, 2))
-
-
-@dataclass(frozen=True)
-class ResizeFilterSteps:
-    """A resize filter as straight-line variants (uint8 or float pixels and a size -> float32) and the
-    choice among them from the sizes alone (``choose(source, size)`` -> the variant's index), so the
-    choice can be made before decoding and one conditional per image runs decode and resize."""
-
-    variants: tuple
-    choose: object
-
-
-# The resize filters by name (keras_cnn.choices.ResizeFilter).
-RESIZE_FILTERS = {
-    # Bilinear sampling (half-pixel centres) at exactly half the size averages each 2x2 block, a
-    # box filter; at less than 2x every input pixel still counts.
-    "box-bilinear": ResizeFilterSteps((_bilinear_step, _halved_then_bilinear, _area_to_4x_then_halved),
-                                      _box_bilinear_variant),
-    "area": ResizeFilterSteps((_area, _antialiased_bilinear), _area_variant),
-}
-
-
-def _resize_filter(name: str) -> ResizeFilterSteps:
-    if name not in RESIZE_FILTERS:
-        raise ValueError(f"resize filter must be one of {RESIZE_FILTER_NAMES}, received: {name!r}")
-    return RESIZE_FILTERS[name]
 
 
 def _crop_size(source: tf.Tensor, height: int, width: int) -> tf.Tensor:
@@ -410,39 +337,35 @@ def _crop_to_aspect(pixels: tf.Tensor, height: int, width: int) -> tf.Tensor:
 # conversion about halves the tracing every new tf.data pipeline and export pays.
 @tf.autograph.experimental.do_not_convert
 def load_image(encoded: tf.Tensor, image_size: tuple[int, int], channels: int, mode: str = "stretch",
-               resize_filter: str = DEFAULT_RESIZE_FILTER, max_pixels: int | None = None) -> tf.Tensor:
+               max_pixels: int | None = None) -> tf.Tensor:
     """Decode (a large JPEG at a reduced DCT scale) and resize: encoded bytes -> uint8 (height, width, channels).
 
-    The same pixels as ``resize_image(decode_image(encoded, channels, image_size), image_size, mode,
-    resize_filter)``, with one conditional per image: the header says the decoded size, so the decode
-    scale and the resize step are chosen together (each conditional cost about a tenth of a
-    millisecond per image in tf.data, a tenth of the decode).  ``max_pixels``: refuse an image over
-    that many pixels before decoding it (see :func:`decode_image`).
+    The pixels of ``resize_image(decode_image(encoded, channels, image_size), image_size, mode)``
+    with a single conditional, the decode's, whose branches hold nothing else: in tf.data a resize
+    inside a conditional branch ran about a third slower, so the area resize of every shrunk
+    image runs outside it.  The header says the decoded size beforehand, so an image to enlarge
+    (rare) takes a branch of its own that decodes and resizes it; the area resize that follows
+    leaves an image already at its size as it is.  ``max_pixels``: refuse an image over that
+    many pixels before decoding it (see :func:`decode_image`).
     """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, received: {channels}")
     if mode not in RESIZE_MODES:
         raise ValueError(f"resize mode must be one of {RESIZE_MODES}, received: {mode!r}")
-    resize = _resize_filter(resize_filter)
     target = (int(image_size[0]), int(image_size[1]))
     is_jpeg, size = _header(encoded)
     if max_pixels:
         encoded = _checked_pixel_limit(encoded, size, max_pixels)
     ratio_index = _ratio_index(is_jpeg, size, target)
-    # libjpeg's scaled output is the size divided by the ratio, rounded up.
-    ratio = tf.gather(tf.constant(JPEG_RATIOS, tf.int64), ratio_index)
-    decoded = (size + ratio - 1) // ratio
-    variant = resize.choose(_resized_source(decoded, target, mode), _fitted_size(decoded, target, mode))
-    variants = len(resize.variants)
+    decoders = _decoders(encoded, channels)
 
-    def branch(position: int, step):
-        def decode_and_resize():
-            image = _decoders(encoded, channels)[position]()
-            image.set_shape([None, None, channels])
-            return _fit(image, target, mode, step)
-        return decode_and_resize
+    def enlarged():
+        # Only a full decode can be smaller than the target: a DCT-scaled one is at least its size.
+        return _fit(decoders[0](), target, mode, _antialiased_bilinear)
 
-    image = tf.switch_case(ratio_index * variants + variant,
-                           [branch(position, step) for position in range(len(JPEG_RATIOS)) for step in resize.variants])
+    enlarging = tf.logical_and(tf.equal(ratio_index, 0), _enlarging(size, target, mode))
+    image = tf.switch_case(tf.where(enlarging, len(decoders), ratio_index), [*decoders, enlarged])
+    image.set_shape([None, None, channels])
+    image = _fit(image, target, mode, _area)
     image.set_shape([target[0], target[1], channels])
     return image

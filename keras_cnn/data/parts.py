@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from keras_cnn.config import DEFAULT_RESIZE_FILTER, DataConfig
+from keras_cnn.config import DataConfig
 from keras_cnn.data.pipeline import (DatasetOptions, EmptyPart, array_pipeline, label_indices, make_dataset,
                                      per_replica_batch_size, shard_file_list, subset_frame)
 from keras_cnn.data.multilabel import multi_hot, multi_label_class_names, read_split_table
@@ -210,5 +210,4 @@ def open_parts(data: DataConfig, input_shape: tuple[int, int, int] | None = None
 def part_options(data: DataConfig, image_size: Any, channels: int, batch_size: int, **settings: Any) -> DatasetOptions:
     """The :class:`DatasetOptions` of a run's data: its input geometry, resizing and pixel limit, and ``settings``."""
     return DatasetOptions(image_size=image_size, batch_size=batch_size, channels=channels,
-                          resize_mode=data.resize_mode, resize_filter=data.resize_filter or DEFAULT_RESIZE_FILTER,
-                          max_image_pixels=data.max_image_pixels, **settings)
+                          resize_mode=data.resize_mode, max_image_pixels=data.max_image_pixels, **settings)

@@ -35,7 +35,7 @@ import tensorflow as tf
 from keras_cnn.choices import PixelType, names
 from keras_cnn.data.augment import AugmentationSpec, as_augmentation_spec, augment_dataset
 from keras_cnn.data.files import resolve_image_paths
-from keras_cnn.data.images import DEFAULT_RESIZE_FILTER, RESIZE_FILTER_NAMES, RESIZE_MODES, load_image
+from keras_cnn.data.images import RESIZE_MODES, load_image
 from keras_cnn.data.multilabel import multi_hot, multi_label_class_names, read_split_table
 from keras_cnn.data.pixel_limit import DEFAULT_MAX_IMAGE_PIXELS
 from keras_cnn.data.randomness import shuffle_per_epoch
@@ -143,8 +143,7 @@ class EmptyPart(UserError):
 class DatasetOptions:
     """How :func:`make_dataset` turns the rows of a part into batches (everything but which rows).
 
-    ``image_size``: (height, width) or one side; ``resize_mode``: stretch, pad or crop;
-    ``resize_filter``: area or box-bilinear (:data:`keras_cnn.data.images.RESIZE_FILTERS`).
+    ``image_size``: (height, width) or one side; ``resize_mode``: stretch, pad or crop.
     ``channels``: 3 (grey becomes RGB) or 1 (RGB becomes grey); alpha is dropped.
     ``augment``: an :class:`AugmentationSpec` or a dict of its ranges, applied to batches
     after the cache; None for none.
@@ -179,7 +178,6 @@ class DatasetOptions:
     skip: Iterable[str] | None = None
     drop_remainder: bool = False
     max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
-    resize_filter: str = DEFAULT_RESIZE_FILTER
     dtype: PixelType = "uint8"
     multi_label: bool = False
 
@@ -213,9 +211,6 @@ def make_dataset(split_csv: str | os.PathLike | pd.DataFrame, images_dir: str | 
         raise UserError(f"channels must be 1 or 3, received: {channels}")
     if resize_mode not in RESIZE_MODES:
         raise UserError(f"resize mode must be one of {', '.join(RESIZE_MODES)}, received: {resize_mode!r}")
-    resize_filter = options.resize_filter
-    if resize_filter not in RESIZE_FILTER_NAMES:
-        raise UserError(f"resize filter must be one of {', '.join(RESIZE_FILTER_NAMES)}, received: {resize_filter!r}")
     _check_pixel_type(options.dtype)
     if int(batch_size) < 1:
         raise UserError(f"batch size must be at least 1, received: {batch_size}")
@@ -244,8 +239,7 @@ def make_dataset(split_csv: str | os.PathLike | pd.DataFrame, images_dir: str | 
 
     def load(path, label):
         # The header is read once, for the pixel limit and the JPEG's decode scale alike.
-        return load_image(tf.io.read_file(path), image_size, channels, resize_mode, resize_filter,
-                          max_pixels=limit), label
+        return load_image(tf.io.read_file(path), image_size, channels, resize_mode, max_pixels=limit), label
 
     dataset = tf.data.Dataset.from_tensor_slices((paths, targets))
     if shuffle and not cache:
@@ -258,7 +252,7 @@ def make_dataset(split_csv: str | os.PathLike | pd.DataFrame, images_dir: str | 
             buffer_size = len(paths)
         else:
             fingerprint = (os.path.abspath(images_dir), paths, targets.numpy().tolist(), image_size, channels,
-                           resize_mode, resize_filter)
+                           resize_mode)
             dataset = dataset.cache(_cache_file_prefix(cache, subset, fingerprint))
             image_bytes = image_size[0] * image_size[1] * channels
             buffer_size = max(int(batch_size), min(len(paths), FILE_CACHE_SHUFFLE_BYTES // image_bytes))

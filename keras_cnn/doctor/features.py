@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from keras_cnn.config import DEFAULT_RESIZE_FILTER, RunConfig
+from keras_cnn.config import RunConfig
 from keras_cnn.runs import RunDirectory
 
 
@@ -30,7 +30,6 @@ class FeatureSource:
     image_size: tuple[int, int]
     channels: int
     resize_mode: str
-    resize_filter: str
     meaningful: bool           # False for a base with random weights
     description: str
 
@@ -44,7 +43,7 @@ def base_feature_source(base: str, weights: str = "imagenet", image_size: int | 
     extractor, _head = cut_at_features(model)
     random = str(weights).lower() == "none"
     return FeatureSource(extractor=extractor, image_size=tuple(int(side) for side in model.input_shape[1:3]),
-                         channels=3, resize_mode="stretch", resize_filter=DEFAULT_RESIZE_FILTER, meaningful=not random,
+                         channels=3, resize_mode="stretch", meaningful=not random,
                          description=f"{base} ({'random weights' if random else os.fspath(weights)})")
 
 
@@ -62,8 +61,7 @@ def run_feature_source(run_dir: str | os.PathLike, trust_hub: bool = False) -> F
     random = (config.model.kind == "transfer" and str(config.model.weights).lower() == "none"
               and "finetune" not in config.extra.get("stages", {}))
     return FeatureSource(extractor=penultimate_model(model), image_size=(height, width), channels=channels,
-                         resize_mode=config.data.resize_mode, resize_filter=config.data.resize_filter or DEFAULT_RESIZE_FILTER,
-                         meaningful=not random,
+                         resize_mode=config.data.resize_mode, meaningful=not random,
                          description=f"the penultimate layer of {run_dir} ({config.model.name})")
 
 
@@ -74,6 +72,6 @@ def image_features(source: FeatureSource, table: pd.DataFrame, images: str, batc
 
     frame = table[["objectId", "value", "type"]].reset_index(drop=True)
     dataset = make_dataset(frame, images, "all", source.image_size, batch_size, channels=source.channels,
-                           cache=False, shuffle=False, resize_mode=source.resize_mode, resize_filter=source.resize_filter)
+                           cache=False, shuffle=False, resize_mode=source.resize_mode)
     features, _labels = extract_features(source.extractor, dataset, len(frame), description="features")
     return features.reshape(len(features), -1)

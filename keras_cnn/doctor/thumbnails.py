@@ -68,7 +68,7 @@ def read_pixels(paths: Sequence[str], side: int = THUMBNAIL_SIDE) -> tuple[np.nd
 
     def measure(path):
         image = decode_image(tf.io.read_file(path), 3, target_size=(SHARPNESS_SIDE, SHARPNESS_SIDE))
-        thumbnail = resize_image(image, (side, side), resize_filter="area")
+        thumbnail = resize_image(image, (side, side))
         # Shrunk, never enlarged: an enlarged picture would look blurry for being small.
         shape = tf.cast(tf.shape(image)[:2], tf.float32)
         scale = tf.minimum(1.0, SHARPNESS_SIDE / tf.reduce_max(shape))

@@ -247,6 +247,7 @@ def answer_metadata(run: RunDirectory, opened, saved_model: bool, multi_label: b
 def export_metadata(config: RunConfig, spec: ModelSpec, metrics: dict[str, Any], run_root: Path,
                     formats: tuple[str, ...], differences: dict[str, float]) -> dict[str, Any]:
     """The ``kcnn.json`` written beside the SavedModel (``assets.extra/``)."""
+    from keras_cnn.data.images import RESIZE_FILTER
     from keras_cnn.tta import trained_with_flips
 
     multi_label = {"multi_label": True, "thresholds": dict(zip(spec.labels, spec.thresholds))} if spec.multi_label \
@@ -258,7 +259,7 @@ def export_metadata(config: RunConfig, spec: ModelSpec, metrics: dict[str, Any],
         "kind": config.model.kind,
         "base": config.model.name,
         "input": {"image_size": list(spec.image_size), "channels": spec.channels,
-                  "resize_mode": spec.resize_mode, "resize_filter": spec.resize_filter, "dtype": "float32",
+                  "resize_mode": spec.resize_mode, "resize_filter": RESIZE_FILTER, "dtype": "float32",
                   "range": [0, 255]},
         "output": {"activation": "sigmoid" if spec.binary or spec.multi_label else "softmax",
                    "classes": len(spec.labels)},

@@ -136,7 +136,7 @@ def serving_functions(model, spec: ModelSpec, label_table) -> dict[str, Callable
 
     def decode(image_bytes):
         images = tf.map_fn(
-            lambda encoded: load_image(encoded, spec.image_size, spec.channels, spec.resize_mode, spec.resize_filter),
+            lambda encoded: load_image(encoded, spec.image_size, spec.channels, spec.resize_mode),
             image_bytes,
             fn_output_signature=tf.TensorSpec([height, width, spec.channels], tf.uint8),
         )
@@ -155,7 +155,7 @@ def serving_functions(model, spec: ModelSpec, label_table) -> dict[str, Callable
             at_model_size,
             lambda: tf.cast(images, tf.float32),
             # The same uint8 round trip as training: resize, round, then float.
-            lambda: tf.cast(resize_image(images, spec.image_size, spec.resize_mode, spec.resize_filter), tf.float32),
+            lambda: tf.cast(resize_image(images, spec.image_size, spec.resize_mode), tf.float32),
         )
         return classify(tf.ensure_shape(pixels, [None, height, width, spec.channels]))
 

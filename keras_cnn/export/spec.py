@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from keras_cnn.config import DEFAULT_RESIZE_FILTER, RunConfig
+from keras_cnn.config import RunConfig
 from keras_cnn.errors import UserError
 
 
@@ -18,7 +18,6 @@ class ModelSpec:
     channels: int
     resize_mode: str
     binary: bool              # one sigmoid unit: probabilities are [1 - p, p]
-    resize_filter: str = DEFAULT_RESIZE_FILTER   # the run's (keras_cnn.data.images.RESIZE_FILTERS)
     tta_views: tuple[str, ...] = ()   # views of the serving_tta signature (none: no such signature)
     temperature: float | None = None  # the run's calibration, already inside the exported model
     # The model opened up (keras_cnn.models.opened.OpenedModel) when it has a feature map to
@@ -49,4 +48,4 @@ def model_spec(model, labels: list[str], config: RunConfig, thresholds=None) -> 
         raise UserError(f"the model has {outputs} output unit(s) but labels.txt has {len(labels)} labels: {labels}")
     chosen = tuple(float(value) for value in thresholds) if multi_label and thresholds is not None else ()
     return ModelSpec(tuple(labels), image_size, channels, config.data.resize_mode, binary, multi_label=multi_label,
-                     thresholds=chosen, resize_filter=config.data.resize_filter or DEFAULT_RESIZE_FILTER)
+                     thresholds=chosen)

@@ -48,7 +48,7 @@ def decoded_pixels(images: list[bytes], spec: ModelSpec):
 
     # Traced with unknown image shapes, as in the tf.data pipeline and the serving graph.
     decode = tf.function(
-        lambda encoded: load_image(encoded, spec.image_size, spec.channels, spec.resize_mode, spec.resize_filter),
+        lambda encoded: load_image(encoded, spec.image_size, spec.channels, spec.resize_mode),
         input_signature=[tf.TensorSpec([], tf.string)], autograph=False,
     )
     return np.stack([decode(tf.constant(encoded)).numpy() for encoded in images]).astype(np.float32)

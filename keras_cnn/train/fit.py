@@ -17,7 +17,7 @@ from keras_cnn.data.collection import with_recorded_task
 from keras_cnn.errors import UserError
 from keras_cnn.runs import default_run_dir
 from keras_cnn.train.execution import with_execution_defaults
-from keras_cnn.train.stage import StageSpec, absolute_data_paths, run_stage, with_run_resize_filter
+from keras_cnn.train.stage import StageSpec, absolute_data_paths, run_stage
 
 TRAIN_STAGE = "train"
 
@@ -56,9 +56,8 @@ def stage_options(config: RunConfig) -> dict[str, Any]:
 
 
 def stage_option_defaults(config: RunConfig) -> dict[str, Any]:
-    """:func:`stage_options` of a config recorded with no option at all: what an option missing from an
-    older run's record means (its default, or the value runs had before it: ``RECORDED_BEFORE``)."""
-    return stage_options(RunConfig.from_dict({"command": config.command}))
+    """:func:`stage_options` of a config with every option at its default (for runs recorded before an option)."""
+    return stage_options(RunConfig(command=config.command))
 
 
 def train_scratch(config: RunConfig, out_dir: str | Path | None = None, overwrite: bool = False,
@@ -69,7 +68,7 @@ def train_scratch(config: RunConfig, out_dir: str | Path | None = None, overwrit
     nothing; a killed one resumes; ``overwrite`` starts the run over.  ``accept_input_changes``:
     resume on images or a split that changed since the run recorded them, recording that.
     """
-    stage = scratch_stage(with_run_resize_filter(config, out_dir, overwrite))
+    stage = scratch_stage(config)
     outcome = run_stage(stage, out_dir or default_run_dir(stage.config.model.name), overwrite=overwrite,
                         accept_input_changes=accept_input_changes)
     return {**outcome.summary, "architecture": stage.config.model.name}

@@ -42,7 +42,7 @@ from typing import Any, Callable
 
 import keras
 
-from keras_cnn.config import DEFAULT_RESIZE_FILTER, RunConfig, TrainingConfig
+from keras_cnn.config import RunConfig, TrainingConfig
 from keras_cnn.data.collection import split_into_run
 from keras_cnn.data.files import bounded_list_message, full_list_path
 from keras_cnn.data.regularize import soft_label_loss, uses_soft_labels
@@ -808,28 +808,8 @@ def plot_history(run: RunDirectory) -> None:
 
 
 def absolute_data_paths(data):
-    """The data config with absolute paths, so later commands work from any directory, and a
-    resize filter (an unset one is a new run's: :data:`keras_cnn.config.DEFAULT_RESIZE_FILTER`)."""
+    """The data config with absolute paths, so later commands work from any directory."""
     return replace(data, **{name: os.path.abspath(getattr(data, name))
                             for name in ("dataset_path", "split", "images", "exclude", "relabel")
-                            if getattr(data, name)}, resize_filter=data.resize_filter or DEFAULT_RESIZE_FILTER)
-
-
-def with_run_resize_filter(config: RunConfig, out_dir: str | os.PathLike | None, overwrite: bool) -> RunConfig:
-    """``config`` whose unset resize filter is the one the run in ``out_dir`` resized with.
-
-    A run keeps its pixels when it resumes: the filter its ``config.json`` records (``area``
-    for a run recorded before kcnn had a choice).  A new run, or one started over
-    (``overwrite``), gets the default when the stage resolves its config.
-    """
-    if config.data.resize_filter is not None or out_dir is None or overwrite:
-        return config
-    run = RunDirectory(out_dir)
-    if not run.config_path.is_file():
-        return config
-    try:
-        recorded = RunConfig.from_dict(run.read_config()).data.resize_filter
-    except (OSError, ValueError, TypeError, AttributeError, UserError):
-        return config   # not a run's config: the run folder checks say so
-    return replace(config, data=replace(config.data, resize_filter=recorded))
+                            if getattr(data, name)})
 

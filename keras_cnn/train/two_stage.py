@@ -26,7 +26,7 @@ from keras_cnn.runs import RunDirectory, default_run_dir
 from keras_cnn.train.execution import EXECUTION_FIELDS, with_execution_defaults
 from keras_cnn.train.fit import stage_option_defaults, stage_options
 from keras_cnn.train.stage import (AFTER_FIT_FIELDS, FitInputs, StageOutcome, StageSpec, absolute_data_paths, run_stage,
-                                   say, with_run_resize_filter)
+                                   say)
 
 HEAD_STAGE = "head"
 FINETUNE_STAGE = "finetune"
@@ -90,7 +90,7 @@ def train_head(config: RunConfig, out_dir: str | Path | None = None, overwrite: 
 
 def _train_head(config: RunConfig, out_dir, overwrite: bool, execution=None,
                 accept_input_changes: bool = False) -> StageOutcome:
-    stage = head_stage(with_run_resize_filter(config, out_dir, overwrite))
+    stage = head_stage(config)
     outcome = run_stage(stage, out_dir or default_run_dir(stage.config.model.name), overwrite=overwrite,
                         execution=execution, accept_input_changes=accept_input_changes)
     outcome.summary = {**outcome.summary, "base": stage.config.model.name}
