@@ -237,6 +237,7 @@ def make_dataset(split_csv: str | os.PathLike | pd.DataFrame, images_dir: str | 
 
     limit = options.max_image_pixels
 
+    @tf.autograph.experimental.do_not_convert   # plain ops: AutoGraph's conversion would only add tracing time
     def load(path, label):
         # The header is read once, for the pixel limit and the JPEG's decode scale alike.
         return load_image(tf.io.read_file(path), image_size, channels, resize_mode, max_pixels=limit), label
