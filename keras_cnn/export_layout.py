@@ -117,8 +117,6 @@ def check_answer_options(version_dir: Path, metadata: dict[str, Any], *, tta: in
     (each label has its threshold) or out of [0, 1], heat maps (``explain``) from an export without
     them or together with ``tta``, more ``tta`` views than the run's.  Returns the names of the TTA
     views (None without ``tta``)."""
-    from keras_cnn.tta import view_names
-
     if reject_below is not None:
         if isinstance(metadata.get("thresholds"), dict):
             raise UserError("--reject-below is for single-label models; this export is multi-label: each "
@@ -132,4 +130,8 @@ def check_answer_options(version_dir: Path, metadata: dict[str, Any], *, tta: in
         if isinstance(described, dict) and not described.get("signature"):
             raise UserError(f"{version_dir} has no {EXPLAIN_SIGNATURE!r} signature for heat maps: "
                             f"{described.get('reason') or 'kcnn.json gives no reason'}")
-    return view_names(int(tta), bool(metadata.get("trained_with_horizontal_flips"))) if tta else None
+    if not tta:
+        return None
+    from keras_cnn.tta import view_names   # here: predict imports the TTA code only for --tta
+
+    return view_names(int(tta), bool(metadata.get("trained_with_horizontal_flips")))
