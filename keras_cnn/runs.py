@@ -241,7 +241,7 @@ class RunLock:
     at once (no waiting) with the holder's pid in the message.  A ``reentrant`` lock may be
     taken again by the same process: the command line takes it so before TensorFlow loads,
     and the work under it takes it again without waiting on itself.  A folder the lock had
-    to create is removed again on release when nothing else was left in it.
+    to create (with the parents it made) is removed again on release when nothing else was left in it.
     """
 
     name = ".lock"
@@ -252,7 +252,7 @@ class RunLock:
         self.reentrant = reentrant
         self._handle = None
         self._nested = False
-        self.created_folder = False
+        self.created_folders: list[Path] = []
 
     def acquire(self) -> "RunLock":
         import fcntl
@@ -262,6 +262,8 @@ class RunLock:
             self._nested = True
             return self
         if not self.root.exists():
+            # The folders this makes, innermost first (runs/NAME-TIME and runs/ for a default --out).
+            missing = [self.root, *(parent for parent in self.root.parents if not parent.exists())]
             try:
                 self.root.mkdir(parents=True)
             except FileExistsError:
@@ -269,7 +271,7 @@ class RunLock:
             except OSError as error:
                 raise UserError(f"cannot create run directory {self.root}: {error.strerror}") from None
             else:
-                self.created_folder = True
+                self.created_folders = [folder for folder in missing if folder.is_dir()]
         while True:
             try:
                 handle = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held until release()
@@ -281,7 +283,7 @@ class RunLock:
                 handle.seek(0)
                 holder = handle.read().strip() or "unknown"
                 handle.close()
-                self._remove_created_folder()
+                self._remove_created_folders()
                 raise RunLocked(f"{self.path.parent} is in use by another kcnn process (pid {holder}); "
                                 "wait for it to finish or use another --out") from None
             # The holder before us may have removed the file after we opened it: lock the file
@@ -313,13 +315,16 @@ class RunLock:
         self.path.unlink(missing_ok=True)
         self._handle.close()
         self._handle = None
-        self._remove_created_folder()
+        self._remove_created_folders()
 
-    def _remove_created_folder(self) -> None:
-        """A folder this lock made goes again when nothing was written into it (a refused command)."""
-        if self.created_folder:
-            with contextlib.suppress(OSError):
-                self.root.rmdir()
+    def _remove_created_folders(self) -> None:
+        """The folders this lock made go again when nothing was written into them (a refused command)."""
+        for folder in self.created_folders:
+            try:
+                folder.rmdir()
+            except OSError:
+                break   # not empty: this and the folders above it stay
+        self.created_folders = []
 
     def __enter__(self) -> "RunLock":
         return self.acquire()

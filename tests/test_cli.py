@@ -6,6 +6,7 @@ import sys
 
 import pytest
 from click.testing import CliRunner
+from conftest import random_weights_run
 
 from keras_cnn.cli import COMMANDS, cli
 
@@ -75,6 +76,27 @@ def test_misspelt_names_get_the_closest_real_one(arguments, suggestion):
     assert result.exit_code == 2 and suggestion in result.stderr and result.stderr.count("\n") == 1, result.stderr
 
 
+def test_a_misspelt_name_leaves_no_folder_behind(monkeypatch, tmp_path, sample_data_dir):
+    import keras_cnn.cli.lr_find_command
+    import keras_cnn.cli.transfer_command
+
+    def no_tensorflow():
+        raise AssertionError("TensorFlow loaded for a base name that a look-up refuses")
+
+    monkeypatch.chdir(tmp_path)
+    for module in (keras_cnn.cli.transfer_command, keras_cnn.cli.lr_find_command):
+        monkeypatch.setattr(module, "import_tensorflow_quietly", no_tensorflow)
+    for arguments in (["transfer", "--base", "efficientnet_bo"], ["lr-find", "--base", "efficientnet_bo"]):
+        result = CliRunner().invoke(cli, [*arguments, "--weights", "none", "--images", str(sample_data_dir)])
+        assert result.exit_code == 2 and "did you mean 'efficientnet_b0'?" in result.stderr, result.stderr
+        assert "warning" not in result.stderr
+    # An architecture is looked up after TensorFlow loads, in the run folder named by default: that
+    # folder and the runs/ it was put in go again.
+    result = CliRunner().invoke(cli, ["train", "lenett", "--images", str(sample_data_dir)])
+    assert result.exit_code == 2 and "did you mean 'lenet'?" in result.stderr, result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_nothing_is_suggested_when_nothing_is_close():
     from keras_cnn.messages import did_you_mean
 
@@ -109,10 +131,11 @@ def test_ctrl_c_names_the_command_that_resumes_the_run(monkeypatch, tmp_path, sa
     assert command[:8] == ["kcnn", "transfer", "--base", "efficientnet_b0", "--images", images, "--epochs", "3"]
     assert command[8] == "--out" and command[9].startswith("runs/efficientnet_b0-") and "--overwrite" not in command
 
+    run = random_weights_run(tmp_path / "run")
     result = interrupted(monkeypatch, "keras_cnn.train.two_stage", "fine_tune_run",
-                         ["finetune", "--run", str(tmp_path), "--epochs", "2"])
+                         ["finetune", "--run", str(run), "--epochs", "2"])
     assert result.exit_code == 130
-    assert result.stderr.strip().endswith(f"run: kcnn finetune --run {tmp_path} --epochs 2")
+    assert result.stderr.strip().endswith(f"run: kcnn finetune --run {run} --epochs 2")
 
     # A sweep is redone when run again: nothing to resume, nothing more to say.
     result = interrupted(monkeypatch, "keras_cnn.train.lr_find", "lr_find",

@@ -8,6 +8,7 @@ from keras_cnn.cli import options
 from keras_cnn.cli.common import FiniteFloatRange, debug_option, import_tensorflow_quietly, json_option, run_command
 from keras_cnn.cli.transfer_command import warn_about_random_base
 from keras_cnn.messages import frozen_random_base_warning
+from keras_cnn.models.applications import check_base_name
 from keras_cnn.progress import warn
 
 
@@ -88,6 +89,8 @@ def lr_find(architecture, base, run_dir, start_lr, end_lr, steps, out, trust_hub
     if (run_dir or values["data"]["dataset"]) and (values["data"]["exclude"] or values["data"]["relabel"]):
         raise UserError("--exclude and --relabel work on image folders (--images [--split]); "
                         "with --run the run's own split is used")
+    if base:
+        check_base_name(base)  # a misspelt name fails at once, before TensorFlow or any warning
     import_tensorflow_quietly()
     from keras_cnn.config import DataConfig, ModelConfig, RunConfig, TrainingConfig
 
@@ -96,9 +99,6 @@ def lr_find(architecture, base, run_dir, start_lr, end_lr, steps, out, trust_hub
         warn_about_random_base(run_dir, values["finetune"]["unfreeze_from"], learning_rate=end_lr)
     else:
         if base:
-            from keras_cnn.models.bases import get_base_spec
-
-            get_base_spec(base)  # an unknown name fails first, before any warning about it
             model = ModelConfig(kind="transfer", name=base, **values["model"])
             if model.weights == "none":
                 warn(frozen_random_base_warning(base))

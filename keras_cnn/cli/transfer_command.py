@@ -8,6 +8,7 @@ from keras_cnn.cli import options
 from keras_cnn.cli.common import (debug_option, echo_calibration, holding_run, import_tensorflow_quietly, json_option,
                                   overwrite_option, resumable, resumable_run, run_command, test_result)
 from keras_cnn.errors import UserError
+from keras_cnn.models.applications import check_base_name
 from keras_cnn.messages import RANDOM_BASE_RATE, frozen_random_base_warning, slow_random_base_warning
 from keras_cnn.progress import warn
 from keras_cnn.runs import RunDirectory
@@ -62,13 +63,12 @@ def transfer(base, out_dir, overwrite, accept_input_changes, as_json, **option_v
       kcnn transfer --base efficientnet_b0 --split split.csv --images data/ --out runs/effnet
     """
     values = options.config_values(option_values)
+    check_base_name(base)  # a misspelt name fails at once, before TensorFlow, a run folder or any warning
     out_dir = resumable_run(out_dir, base)
     with holding_run(out_dir, overwrite, values["training"]["strategy"], values["data"]):
         import_tensorflow_quietly()
         from keras_cnn.config import DataConfig, ModelConfig, RunConfig, TrainingConfig
-        from keras_cnn.models.bases import get_base_spec
 
-        get_base_spec(base)  # an unknown name fails first, before any warning about it
         if values["model"]["weights"] == "none":
             warn(frozen_random_base_warning(base))
         config = RunConfig(command="transfer", model=ModelConfig(kind="transfer", name=base, **values["model"]),
