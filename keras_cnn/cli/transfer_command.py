@@ -139,17 +139,23 @@ def warn_about_random_base(run_dir: str, unfreeze_from: str | None, learning_rat
     Layers kept frozen pass on nothing useful; layers trained at a fine-tuning rate (made
     for pretrained weights) barely move.  Said by ``kcnn finetune`` and ``kcnn lr-find --run``.
     """
-    from keras_cnn.models.bases import get_base_spec
-    from keras_cnn.models.transfer import UNFREEZE_ALL
+    from keras_cnn.models.bases import build_base, get_base_spec
+    from keras_cnn.models.transfer import UNFREEZE_ALL, find_boundary
 
     try:
-        model = RunDirectory(run_dir).read_config().get("model", {})
+        config = RunDirectory(run_dir).read_config()
     except (UserError, OSError, ValueError):
         return  # the fine-tune itself reports a broken run
+    model = config.get("model", {})
     if model.get("weights") != "none":
         return
     name = model.get("name", "the base")
     if str(unfreeze_from).lower() != UNFREEZE_ALL:
+        if unfreeze_from:
+            # A misspelt layer is refused (with the closest names) before a warning names it: the base,
+            # built without weights in a second or two, says which layers it has.
+            find_boundary(build_base(name, (config.get("data") or {}).get("image_size"), weights="none"),
+                          unfreeze_from)
         boundary = f"before {unfreeze_from}" if unfreeze_from else "below the default unfreeze point"
         warn(frozen_random_base_warning(name, frozen=f"frozen layers {boundary}"))
         return
