@@ -29,7 +29,7 @@ from keras_cnn.errors import RunFailure, UserError
 from keras_cnn.io import atomic_write_json, read_json
 from keras_cnn.metrics import calibration_block
 from keras_cnn.progress import ProgressBar, warn
-from keras_cnn.runs import RunDirectory, RunLock
+from keras_cnn.runs import RunDirectory, RunLock, RunState
 
 CALIBRATION_FORMAT = 1
 
@@ -91,6 +91,17 @@ def predict_part(opened, dataset, true_indices: Any = None, title: str | None = 
         raise RunFailure(f"the data gave {len(outputs_array)} images but the split lists {len(truth_array)}")
     return PartPredictions(outputs_array, np.concatenate(logits), truth_array,
                            head_kind(opened.activation, outputs_array.shape[1]))
+
+
+def check_finite(predictions: PartPredictions, part: str, advice: str) -> None:
+    """Stop with one line when the model's outputs on ``part`` are not finite numbers (its weights overflowed).
+
+    A loss can stay finite while the logits behind it are infinite; no probability, metric
+    or temperature can be had from them.  ``advice``: what to do about it.
+    """
+    if not (np.isfinite(predictions.logits).all() and np.isfinite(predictions.outputs).all()):
+        raise RunFailure(f"the model's outputs on the {part} part are not finite numbers (its weights overflowed); "
+                         f"{advice}")
 
 
 def fit_record(validation: PartPredictions, test: PartPredictions | None, stage: str | None) -> dict[str, Any]:
@@ -176,9 +187,10 @@ def calibrate_run(run_dir: str | os.PathLike, batch_size: int | None = None, tru
 
     Writes ``RUN/calibration.json`` (a threshold chosen for the old temperature is dropped,
     with a line saying so) and returns the record, plus ``run``.  A run without a
-    validation part is refused.  As ``kcnn evaluate``, the run's labels and inputs are
-    checked first (changed images refused unless ``accept_input_changes``), and a TF Hub
-    base loads only with ``trust_hub``.
+    validation part is refused, and so is one whose last stage has not finished (its
+    resumed stage fits its own temperature when it ends).  As ``kcnn evaluate``, under the
+    run's lock, the run's labels and inputs are checked first (changed images refused
+    unless ``accept_input_changes``), and a TF Hub base loads only with ``trust_hub``.
     """
     from keras_cnn.config import RunConfig
     from keras_cnn.data.pipeline import EmptyPart
@@ -190,6 +202,12 @@ def calibrate_run(run_dir: str | os.PathLike, batch_size: int | None = None, tru
     config = RunConfig.from_dict(run.read_config())
     batch_size = int(batch_size or config.training.batch_size or 32)
     with RunLock(run.root):
+        run.check_ownership()
+        unfinished = RunState.read(run).unfinished()
+        if unfinished:
+            raise UserError(f"{run.root}: {unfinished}; calibrate it once it has finished (a stage fits its "
+                            "temperature when it ends)")
+        run.claim()
         run_labels(run, config)
         check_run_inputs(run, config, accept=accept_input_changes, command="kcnn calibrate")
         try:
@@ -200,6 +218,8 @@ def calibrate_run(run_dir: str | os.PathLike, batch_size: int | None = None, tru
         opened = open_model(load_model(run.model_path, trust_hub=trusted))
         validation = predict_part(opened, validation_part.images(), validation_part.true_indices,
                                   f"predicting {len(validation_part.true_indices)} validation images")
+        check_finite(validation, "validation", "no temperature fits them: train the run again with a lower "
+                                               "--learning-rate")
         test = None
         try:
             test_part = load_part(run, config, "test", batch_size)
