@@ -11,7 +11,7 @@ from keras_cnn.cli.common import FiniteFloatRange, debug_option, import_tensorfl
 from keras_cnn.cli.transfer_command import warn_about_random_base
 from keras_cnn.messages import frozen_random_base_warning
 from keras_cnn.progress import warn
-from keras_cnn.runs import RunDirectory, RunLock
+from keras_cnn.runs import RunLock
 
 
 def _render(result):
@@ -93,8 +93,7 @@ def lr_find(architecture, base, run_dir, start_lr, end_lr, steps, out, trust_hub
                         "with --run the run's own split is used")
     with contextlib.ExitStack() as holding:
         if run_dir:
-            # The run's lock before TensorFlow loads: a second writer is refused at once.
-            RunDirectory(run_dir).require()
+            # The run's lock before TensorFlow loads: a second writer is refused at once (--run exists).
             holding.enter_context(RunLock(run_dir, reentrant=True))
         import_tensorflow_quietly()
         from keras_cnn.config import DataConfig, ModelConfig, RunConfig, TrainingConfig
