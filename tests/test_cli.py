@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from keras_cnn.cli import COMMANDS, cli
+from keras_cnn.runs import RunDirectory
 
 
 def run_kcnn(*args, timeout=600):
@@ -109,10 +110,13 @@ def test_ctrl_c_names_the_command_that_resumes_the_run(monkeypatch, tmp_path, sa
     assert command[:8] == ["kcnn", "transfer", "--base", "efficientnet_b0", "--images", images, "--epochs", "3"]
     assert command[8] == "--out" and command[9].startswith("runs/efficientnet_b0-") and "--overwrite" not in command
 
+    run = tmp_path / "run"        # a run kcnn made (finetune refuses a folder of other files before any work)
+    run.mkdir()
+    RunDirectory(run).claim()
     result = interrupted(monkeypatch, "keras_cnn.train.two_stage", "fine_tune_run",
-                         ["finetune", "--run", str(tmp_path), "--epochs", "2"])
+                         ["finetune", "--run", str(run), "--epochs", "2"])
     assert result.exit_code == 130
-    assert result.stderr.strip().endswith(f"run: kcnn finetune --run {tmp_path} --epochs 2")
+    assert result.stderr.strip().endswith(f"run: kcnn finetune --run {run} --epochs 2")
 
     # A sweep is redone when run again: nothing to resume, nothing more to say.
     result = interrupted(monkeypatch, "keras_cnn.train.lr_find", "lr_find",

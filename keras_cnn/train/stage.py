@@ -590,12 +590,10 @@ def _fit(context: StageContext, checkpoint: StageCheckpoint) -> None:
                                 else None for row in history.stage_rows()])
     callbacks = [
         history,        # before the checkpoint: an epoch's row exists when the epoch commits
-        # Before the checkpoint too: an epoch whose loss is not a number is never committed, so the
-        # run resumes from its last good epoch (and a first stage that had none leaves no run).
-        NanGuard(_nan_advice(spec)),
         # --ema: the averaged weights are swapped in before the checkpoint saves (and judges) the model.
         *ema_callbacks(training),
-        checkpoint,
+        checkpoint,     # an epoch whose loss is not a number is not committed; NanGuard then stops the stage
+        NanGuard(_nan_advice(spec)),
         RunProgress(spec.name, training.epochs),
         keras.callbacks.TensorBoard(str(run.tensorboard_dir / spec.name), write_graph=False),
         *early_stopping,
