@@ -280,6 +280,18 @@ def test_a_finished_stage_needs_its_model_file(lenet_run, mnist_npz, tmp_path):
     assert "not a Keras model file" in error_line(result) and "File not found" not in result.output
 
 
+def test_a_fine_tune_needs_the_model_file_of_the_stage_it_starts_from(hub_run, tmp_path):
+    run = copy_of(hub_run, tmp_path)
+    (run / "stages" / "head.keras").unlink()
+    (run / "model.keras").write_bytes(b"cut short")
+    before = snapshot(run)
+    result = invoke("finetune", "--run", run, "--unfreeze-from", "all", "--epochs", 1, "--overwrite", "--trust-hub")
+    assert result.exit_code == 2
+    line = error_line(result)
+    assert "stage 'head'" in line and "is not finished" in line and "not a Keras model file" in line, line
+    assert snapshot(run) == before
+
+
 def test_a_loss_that_is_not_a_number_names_the_option_and_the_run_can_start_over(lenet_run, mnist_npz, tmp_path):
     run = copy_of(lenet_run, tmp_path)
     result = invoke(*lenet_args(mnist_npz, run, "--overwrite", "--learning-rate", 1e12))

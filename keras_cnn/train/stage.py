@@ -282,6 +282,14 @@ def _check_state(run: RunDirectory, state: RunState, spec: StageSpec, overwrite:
     if spec.requires and state.status(spec.requires) != "finished":
         raise UserError(f"{run.root}: stage '{spec.requires}' has not finished "
                         f"({_epochs_done(run, spec.requires)}); finish it before '{spec.name}'")
+    if spec.requires:
+        # The model the stage starts from: the one kept when its stage ended, else the run's.
+        kept = run.stage_model_path(spec.requires)
+        start = kept if kept.exists() else run.model_path
+        problem = model_file_problem(start)
+        if problem is not None:
+            raise UserError(f"stage '{spec.requires}' of {run.root} is not finished: its model file {start.name} "
+                            f"{problem}; train it again (its command with --overwrite) before '{spec.name}'")
     others = [name for name in state.stages if name not in (spec.name, spec.requires)]
     if others and not overwrite:
         raise UserError(f"{run.root} holds stage(s) {', '.join(others)}, which running '{spec.name}' would "
