@@ -196,6 +196,19 @@ def test_a_refused_start_keeps_the_run_as_it_was_and_names_only_what_it_wrote(tm
     assert snapshot(run) == before
 
 
+def test_a_run_set_aside_by_a_killed_overwrite_is_removed_at_the_next_start_and_nothing_else(tmp_path):
+    from keras_cnn.runs import RunDirectory
+
+    run = RunDirectory(tmp_path / "run").create()
+    run.claim()
+    (run.root / "model.keras").write_text("the old model")
+    (run.root / "notes.txt").write_text("mine")
+    aside = run.set_aside()                           # what --overwrite does, and then a kill
+    assert aside.name.startswith(".overwritten.tmp-") and (aside / "model.keras").is_file()
+    assert run.remove_stale_temporaries() == [aside]
+    assert sorted(os.listdir(run.root)) == [RUN_MARKER, "notes.txt"]
+
+
 def test_a_typo_in_unfreeze_from_with_overwrite_leaves_the_fine_tuned_run_as_it_was(hub_run, tmp_path):
     """finetune --unfreeze-from block9z --overwrite deleted the finished fine-tuning, then named the typo."""
     run = copy_of(hub_run, tmp_path)
