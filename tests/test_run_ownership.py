@@ -196,6 +196,24 @@ def test_a_refused_start_keeps_the_run_as_it_was_and_names_only_what_it_wrote(tm
     assert snapshot(run) == before
 
 
+def test_every_list_kcnn_writes_into_a_run_is_one_of_its_entries():
+    """A list written into a run but not recorded made the next start refuse the folder as someone else's."""
+    import re
+
+    import keras_cnn
+    from keras_cnn.data.split import PARTS
+    from keras_cnn.runs import RunDirectory
+
+    written = set()
+    for path in Path(keras_cnn.__file__).parent.rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        written |= set(re.findall(r'_list_path\(list_prefix, "([^"]+)"\)', text))
+        written |= set(re.findall(r'full_list_path\(f?"([^"]+)", list_folder\)', text))
+    written = {name.replace("{part}", part) for name in written for part in PARTS}
+    assert {"duplicates.txt", "missing.txt", "bad_test_images.txt"} <= written
+    assert written <= set(RunDirectory.LISTS) <= set(RunDirectory.ENTRIES)
+
+
 def test_a_run_set_aside_by_a_killed_overwrite_is_removed_at_the_next_start_and_nothing_else(tmp_path):
     from keras_cnn.runs import RunDirectory
 

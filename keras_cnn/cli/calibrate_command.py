@@ -41,7 +41,9 @@ def calibrate(run_dir: Path, batch_size: int | None, trust_hub: bool, accept_inp
     with --no-calibrate or by an older kcnn.  Prints the temperature and the expected
     calibration error and negative log-likelihood before and after it (on the test part when
     the run has one).  A threshold chosen with evaluate --target-accuracy for the old
-    temperature is dropped.
+    temperature is dropped.  A multi-label run has one temperature for every label's
+    sigmoid, fitted on the binary cross-entropy over all labels; each label's threshold is
+    then chosen again on the calibrated validation probabilities (RUN/thresholds.json).
     """
     # Fail fast (and without importing TensorFlow) when the folder is not a run or another process writes it.
     RunDirectory(run_dir).require()

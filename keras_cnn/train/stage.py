@@ -53,8 +53,8 @@ from keras_cnn.messages import MAX_MESSAGE
 from keras_cnn.progress import format_seconds, keras_verbose, say
 from keras_cnn.io import INPUT_CHANGES, atomic_path, check_output_path, to_jsonable
 from keras_cnn.models.loading import model_file_problem
-from keras_cnn.run_calibration import (PartPredictions, check_finite, describe_calibration, fit_record, predict_part,
-                                       summary_of, write_calibration)
+from keras_cnn.run_calibration import (PartPredictions, check_finite, describe_calibration, fit_record,
+                                       multi_label_answers, predict_part, summary_of, write_calibration)
 from keras_cnn.run_data import check_run_inputs, run_labels
 from keras_cnn.runs import (EXECUTION_OPTIONS, RunDirectory, RunLock, RunState, check_run_placement, differing_options,
                             flatten_options, input_files)
@@ -710,19 +710,19 @@ def _finish(context: StageContext, best: keras.Model, counts: dict[str, int]) ->
     if rows:
         stage_metrics["final_epoch"] = {key: _number(value) for key, value in rows[-1].items()}
     opened = _opened(context, best)
-    test = None
     if context.multi_label:
-        stage_metrics.update(_finish_multi_label(context, best))
-        if "test" in stage_metrics:
-            metrics["test"] = stage_metrics["test"]
-    elif data.test is not None:
-        test = predict_part(opened, data.test)
-        check_finite(test, "test", _overflow_advice(spec))
-        stage_metrics["test"] = score_test_part(test, data.labels)
-        metrics["test"] = stage_metrics["test"]
-    calibration = _calibrate(context, opened, test)
+        calibration = _finish_multi_label(context, opened, stage_metrics)
+    else:
+        test = None
+        if data.test is not None:
+            test = predict_part(opened, data.test)
+            check_finite(test, "test", _overflow_advice(spec))
+            stage_metrics["test"] = score_test_part(test, data.labels)
+        calibration = _calibrate(context, lambda: predict_part(opened, data.validation), test)
     if calibration is not None:
         stage_metrics["calibration"] = calibration
+    if "test" in stage_metrics:
+        metrics["test"] = stage_metrics["test"]
     metrics.setdefault("stages", {})[spec.name] = stage_metrics
     metrics["parameters"] = counts
     run.write_metrics(metrics)
@@ -736,7 +736,7 @@ def _finish(context: StageContext, best: keras.Model, counts: dict[str, int]) ->
                 "val_accuracy": final.get("val_accuracy"), "test_accuracy": None,
                 **{f"test_{name}": test.get(name) for name in MULTI_LABEL_SUMMARY},
                 "thresholds": stage_metrics["thresholds"]["thresholds"],
-                "model": str(run.model_path), "seconds": seconds}
+                "model": str(run.model_path), "seconds": seconds, "calibration": summary_of(calibration)}
     return {
         "run": str(run.root),
         "stage": spec.name,
@@ -765,25 +765,29 @@ def _number(value: Any) -> Any:
 MULTI_LABEL_SUMMARY = ("macro_map", "micro_map", "macro_f1", "micro_f1", "exact_match", "hamming_loss", "loss")
 
 
-def _finish_multi_label(context: StageContext, best: keras.Model) -> dict[str, Any]:
-    """Choose each label's threshold on the validation part (RUN/thresholds.json), then test at them."""
-    from keras_cnn.metrics import binary_cross_entropy, compute_multi_label_metrics
-    from keras_cnn.thresholds import default_record, predict_targets, thresholds_in_order, thresholds_record
-
+def _finish_multi_label(context: StageContext, opened, stage_metrics: dict[str, Any]) -> dict[str, Any] | None:
+    """Calibrate on the validation part, choose each label's threshold on the calibrated probabilities
+    (RUN/thresholds.json), then test at both (:func:`keras_cnn.run_calibration.multi_label_answers`);
+    the stage's thresholds and test numbers go into ``stage_metrics``; returns the calibration record."""
     spec, run, data = context.spec, context.run, context.data
-    if data.validation is not None:
-        record = thresholds_record(*predict_targets(best, data.validation), data.labels, spec.name)
-    else:
+    validation = predict_part(opened, data.validation, multi_label=True) if data.validation is not None else None
+    test = predict_part(opened, data.test, multi_label=True) if data.test is not None else None
+    for part, predictions in (("validation", validation), ("test", test)):
+        if predictions is not None:
+            check_finite(predictions, part, _overflow_advice(spec))
+    answers = multi_label_answers(validation, test, data.labels, spec.name, calibrate=_calibrating(context))
+    # The temperature first: the thresholds were chosen for it.
+    _write_calibration(context, answers["calibration"])
+    write_thresholds(run, answers["thresholds"])
+    if validation is None:
         say(f"[{spec.name}] no validation part: every label's threshold is 0.5")
-        record = default_record(data.labels, spec.name)
-    write_thresholds(run, record)
-    found = {"thresholds": record}
-    if data.test is not None:
-        targets, probabilities = predict_targets(best, data.test)
-        found["test"] = compute_multi_label_metrics(
-            targets, probabilities, data.labels, thresholds_in_order(record["thresholds"], data.labels, run.root),
-            loss=binary_cross_entropy(probabilities, targets))
-    return found
+    else:
+        say(f"[{spec.name}] each label's threshold chosen on the "
+            f"{'calibrated ' if answers['calibration'] else ''}validation probabilities")
+    stage_metrics["thresholds"] = answers["thresholds"]
+    if answers["test"] is not None:
+        stage_metrics["test"] = answers["test"]
+    return answers["calibration"]
 
 
 def _opened(context: StageContext, best: keras.Model):
@@ -795,24 +799,32 @@ def _opened(context: StageContext, best: keras.Model):
         return open_model(best)
 
 
-def _calibrate(context: StageContext, opened, test) -> dict[str, Any] | None:
-    """Fit the temperature on the validation part (``--calibrate``) into RUN/calibration.json; the record."""
-    spec, run, data = context.spec, context.run, context.data
+def _calibrating(context: StageContext) -> bool:
+    """Whether the stage fits a temperature (``--calibrate`` and a validation part); says why not."""
+    spec, run = context.spec, context.run
     if not spec.training.calibrate:
-        return None
-    if data.validation is None:
+        return False
+    if context.data.validation is None:
         say(f"[{spec.name}] not calibrated: {run.root} has no validation part to fit a temperature on")
+        return False
+    return True
+
+
+def _calibrate(context: StageContext, validation: Callable[[], PartPredictions], test) -> dict[str, Any] | None:
+    """Fit the temperature on the validation part (``--calibrate``) into RUN/calibration.json; the record."""
+    if not _calibrating(context):
         return None
-    if context.multi_label:
-        say(f"[{spec.name}] not calibrated: a multi-label head's probabilities are used as they are, "
-            "through each label's threshold")
-        return None
-    validation = predict_part(opened, data.validation)
-    check_finite(validation, "validation", _overflow_advice(spec))
-    record = fit_record(validation, test, spec.name)
-    write_calibration(run, record)
-    say(f"[{spec.name}] {describe_calibration(summary_of(record))}")
+    predictions = validation()
+    check_finite(predictions, "validation", _overflow_advice(context.spec))
+    record = fit_record(predictions, test, context.spec.name)
+    _write_calibration(context, record)
     return record
+
+
+def _write_calibration(context: StageContext, record: dict[str, Any] | None) -> None:
+    if record is not None:
+        write_calibration(context.run, record)
+        say(f"[{context.spec.name}] {describe_calibration(summary_of(record))}")
 
 
 def score_test_part(test: PartPredictions, labels: list[str]) -> dict[str, Any]:
