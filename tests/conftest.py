@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import os
 import pickle
 import re
@@ -184,18 +183,6 @@ BROWSER_INSTALL_HINT = "apt-get install -y chromium (Debian's browser) and pip i
 # Flags that keep a headless Chromium off the network (the machine has none) and out of the user's profile.
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-def random_weights_run(folder):
-    """A kcnn run folder with the config of a stage-1 run on a base with random weights (no model: commands
-    stop early, after the warnings)."""
-    from keras_cnn.runs import RunDirectory
-
-    folder.mkdir()
-    (folder / "config.json").write_text(json.dumps(
-        {"command": "transfer", "model": {"kind": "transfer", "name": "efficientnet_b0", "weights": "none"}}))
-    RunDirectory(folder).claim()   # a folder kcnn made, as `kcnn transfer` leaves it
-    return folder
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import sys
 
 import pytest
 from click.testing import CliRunner
-from conftest import random_weights_run
 
 from keras_cnn.cli import COMMANDS, cli
 
@@ -131,10 +130,11 @@ def test_ctrl_c_names_the_command_that_resumes_the_run(monkeypatch, tmp_path, sa
     assert command[:8] == ["kcnn", "transfer", "--base", "efficientnet_b0", "--images", images, "--epochs", "3"]
     assert command[8] == "--out" and command[9].startswith("runs/efficientnet_b0-") and "--overwrite" not in command
 
-    run = random_weights_run(tmp_path / "run")
+    run = tmp_path / "run"   # the API is replaced: an empty folder passes the run-folder checks before it
+    run.mkdir()
     result = interrupted(monkeypatch, "keras_cnn.train.two_stage", "fine_tune_run",
                          ["finetune", "--run", str(run), "--epochs", "2"])
-    assert result.exit_code == 130
+    assert result.exit_code == 130, result.output
     assert result.stderr.strip().endswith(f"run: kcnn finetune --run {run} --epochs 2")
 
     # A sweep is redone when run again: nothing to resume, nothing more to say.

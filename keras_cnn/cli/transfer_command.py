@@ -8,8 +8,8 @@ from keras_cnn.cli import options
 from keras_cnn.cli.common import (debug_option, echo_calibration, holding_run, import_tensorflow_quietly, json_option,
                                   overwrite_option, resumable, resumable_run, run_command, test_result)
 from keras_cnn.errors import UserError
-from keras_cnn.models.applications import check_base_name
 from keras_cnn.messages import RANDOM_BASE_RATE, frozen_random_base_warning, slow_random_base_warning
+from keras_cnn.models.applications import check_base_name
 from keras_cnn.progress import warn
 from keras_cnn.runs import RunDirectory
 
@@ -139,7 +139,7 @@ def warn_about_random_base(run_dir: str, unfreeze_from: str | None, learning_rat
     Layers kept frozen pass on nothing useful; layers trained at a fine-tuning rate (made
     for pretrained weights) barely move.  Said by ``kcnn finetune`` and ``kcnn lr-find --run``.
     """
-    from keras_cnn.models.bases import build_base, get_base_spec
+    from keras_cnn.models.bases import build_base, get_base_spec, is_hub_name
     from keras_cnn.models.transfer import UNFREEZE_ALL, find_boundary
 
     try:
@@ -151,9 +151,10 @@ def warn_about_random_base(run_dir: str, unfreeze_from: str | None, learning_rat
         return
     name = model.get("name", "the base")
     if str(unfreeze_from).lower() != UNFREEZE_ALL:
-        if unfreeze_from:
+        if unfreeze_from and not is_hub_name(name):
             # A misspelt layer is refused (with the closest names) before a warning names it: the base,
-            # built without weights in a second or two, says which layers it has.
+            # built without weights in a second or two, says which layers it has (a TF Hub module is
+            # opened only by the fine-tune, with the run's --trust-hub).
             find_boundary(build_base(name, (config.get("data") or {}).get("image_size"), weights="none"),
                           unfreeze_from)
         boundary = f"before {unfreeze_from}" if unfreeze_from else "below the default unfreeze point"
