@@ -31,7 +31,6 @@ never a file it did not make.  A run made before the record existed (it has kcnn
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
