@@ -474,6 +474,27 @@ def test_quantized_litert_is_smaller_and_its_accuracy_is_recorded(split_run, tmp
     assert not any("not verified" in line for line in lines)
 
 
+@pytest.mark.parametrize("metric, shown, scored", [("accuracy", "test accuracy 0.9100", True),
+                                                    ("macro_map", "test mAP 0.8700", True),
+                                                    ("accuracy", "not verified: no test or validation images", False)])
+def test_a_quantized_file_is_listed_with_the_score_that_checked_it(capsys, metric, shown, scored):
+    from keras_cnn.cli.export_command import render
+
+    score = {metric: 0.91 if metric == "accuracy" else 0.87} if scored else {}
+    quantization = {"mode": "int8", "metric": metric, "accuracy_part": "test" if scored else None, "size_ratio": 0.3,
+                    "float": {"file": "model.tflite", "bytes": 4_000_000, **score},
+                    "quantized": {"file": "model_int8.tflite", "bytes": 1_200_000, **score}}
+    render({"version": 1, "path": "export/1", "verified_on_images": 8, "labels": ["a", "b"],
+            "files": {"saved_model": "export/1", "litert": "export/1/model.tflite",
+                      "litert_int8": "export/1/model_int8.tflite"},
+            "max_abs_diff": {"saved_model": 0.0, "litert": 1e-6}, "quantization": quantization,
+            "metadata": "export/1/assets.extra/kcnn.json"})
+    lines = capsys.readouterr().out.splitlines()
+    quantized_line = next(line for line in lines if line.strip().startswith("litert_int8"))
+    assert shown in quantized_line
+    assert any("not verified" in line for line in lines) == (not scored)
+
+
 def test_quantized_model_that_lost_accuracy_is_refused_unless_forced(split_run, tmp_path, monkeypatch):
     import keras_cnn.export.quantize
 

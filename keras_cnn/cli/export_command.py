@@ -13,6 +13,9 @@ from keras_cnn.export import TOLERANCE, check_export_options  # no TensorFlow at
 from keras_cnn.export.quantize import DEFAULT_MAX_ACCURACY_DROP
 from keras_cnn.export_layout import MAX_VERSION
 
+# How the score a quantized file is judged by is printed.
+_METRIC_NAMES = {"macro_map": "mAP", "accuracy": "accuracy"}
+
 
 @click.command()
 @click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False),
@@ -103,7 +106,7 @@ def render(result: dict[str, Any]) -> None:
         float_part, quantized = quantization["float"], quantization["quantized"]
         part = quantization.get("accuracy_part")
         metric = quantization.get("metric", "accuracy")
-        shown = "mAP" if metric == "macro_map" else metric
+        shown = _METRIC_NAMES.get(metric, metric)
         for name, entry in (("float", float_part), (quantization["mode"], quantized)):
             score = (f"{part} {shown} {entry[metric]:.4f}" if metric in entry
                      else f"{shown} not measured (no test or validation images)")
@@ -130,7 +133,11 @@ def _check_of(name: str, result: dict[str, Any]) -> str:
     if difference is not None:
         return f"max abs diff {difference:.2g} on {result['verified_on_images']} images"
     quantization = result.get("quantization")
-    if quantization and name == f"litert_{quantization['mode']}" and "accuracy" in quantization["quantized"]:
-        # A quantized model differs from the float one by design: its accuracy is its check.
-        return f"{quantization['accuracy_part']} accuracy {quantization['quantized']['accuracy']:.4f}, below"
+    if quantization and name == f"litert_{quantization['mode']}":
+        # A quantized model differs from the float one by design: its score on labelled images is its check.
+        metric = quantization.get("metric", "accuracy")
+        if metric in quantization["quantized"]:
+            return (f"checked by its {quantization['accuracy_part']} {_METRIC_NAMES.get(metric, metric)} "
+                    f"{quantization['quantized'][metric]:.4f}, compared with the float file's below")
+        return "not verified: no test or validation images to score it on"
     return "not verified: --no-verify" if not result["verified_on_images"] else "not verified"
