@@ -42,7 +42,7 @@ def invoke(*arguments: str):
 @pytest.fixture(autouse=True)
 def no_quiet_after(monkeypatch):
     """A command run with -q sets KCNN_QUIET for the whole process: each test leaves it as it found it."""
-    monkeypatch.delenv("KCNN_QUIET", raising=False)
+    monkeypatch.setenv("KCNN_QUIET", "0")   # recorded, so put back (or removed) when the test ends
 
 
 def encoded(pixels: np.ndarray, fmt: str) -> bytes:
@@ -118,7 +118,7 @@ def hostile_run(tmp_path_factory):
     unreadable.chmod(0)
     run, native = root / "run", root / "native-stderr.txt"
     with pytest.MonkeyPatch.context() as patch:
-        patch.delenv("KCNN_QUIET", raising=False)   # -q sets it for the process: gone again after the fixture
+        patch.setenv("KCNN_QUIET", "0")   # -q sets it to 1 for the process: as it was again after the fixture
         if os.geteuid() == 0:   # root reads any file: the operating system's refusal is played here
             from keras_cnn.data import collection
 
