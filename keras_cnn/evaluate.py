@@ -33,6 +33,8 @@ from keras_cnn.runs import RunDirectory, RunLock
 from keras_cnn.spreadsheet import frame_csv_text
 
 MISCLASSIFIED_IMAGES = 25
+# The report's caption of the mistakes grid says when each tile shows where the model looked.
+MISTAKE_HEATMAP_CAPTION = ", with where the model looked (Grad-CAM heat maps)"
 DEFAULT_BATCH_SIZE = 32
 PREDICTION_COLUMNS = ("objectId", "true", "predicted", "confidence")
 
@@ -280,10 +282,11 @@ def _evaluate_into(run: RunDirectory, config_payload: dict[str, Any], *, subset:
     mistake_answers = [int(predicted_indices[position]) for position in positions]
     mistake_confidences = [float(probabilities[position].max()) for position in positions]
     mistake_files = [object_ids[position] for position in positions]
-    pictures["Most confident mistakes"] = files["misclassified_plot"] = report.plot_misclassified(
+    heatmaps = _mistake_heatmaps(opened, images, temperature)
+    caption = "Most confident mistakes" + (MISTAKE_HEATMAP_CAPTION if heatmaps is not None else "")
+    pictures[caption] = files["misclassified_plot"] = report.plot_misclassified(
         images, mistake_truth, mistake_answers, mistake_confidences, labels, output_dir / "misclassified.png",
-        max_images=MISCLASSIFIED_IMAGES, object_ids=mistake_files,
-        heatmaps=_mistake_heatmaps(opened, images, temperature),
+        max_images=MISCLASSIFIED_IMAGES, object_ids=mistake_files, heatmaps=heatmaps,
     )
     # The picture's tiles in their order, for the report's table of whole file names.
     tiles = report.mistake_indices(mistake_truth, mistake_answers, mistake_confidences, MISCLASSIFIED_IMAGES)
