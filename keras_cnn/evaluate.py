@@ -22,8 +22,8 @@ import numpy as np
 from keras_cnn.calibration import KINDS, SIGMOID, class_probabilities, head_kind
 from keras_cnn.errors import RunFailure, UserError
 from keras_cnn.io import atomic_write_json, atomic_write_text, check_output_path
-from keras_cnn.metrics import (compute_metrics, coverage_accuracy_curve, cross_entropy, reliability_bins,
-                               selective_metrics, threshold_for_accuracy)
+from keras_cnn.metrics import (accuracy_lower_bound, compute_metrics, coverage_accuracy_curve, cross_entropy,
+                               reliability_bins, selective_metrics, threshold_for_accuracy)
 from keras_cnn.progress import ProgressBar, say, warn
 from keras_cnn.run_calibration import (PartPredictions, batch_outputs_and_logits, part_block, predict_part,
                                        run_temperature, store_reject_below, stored_reject_below)
@@ -343,8 +343,16 @@ def _threshold_choice(run: RunDirectory, run_config, opened, temperature: float 
         warn(f"no threshold reaches accuracy {target_accuracy:g} on the {len(confidence)} validation images "
              f"(the most confident reach {best:.4f}); nothing stored")
         return {"target_accuracy": float(target_accuracy), "threshold": None}
+    chosen = selective_metrics(confidence, correct, threshold)
+    right = int(correct[confidence >= threshold].sum())
+    # Chosen where the validation part happens to reach the target: on few images that says little.
+    chosen["accuracy_lower_bound"] = accuracy_lower_bound(right, chosen["accepted"])
+    if chosen["accuracy_lower_bound"] < target_accuracy:
+        warn(f"the threshold {threshold:.4g} rests on {chosen['accepted']} validation images ({right} right): at 95 % "
+             f"confidence their accuracy is only known to be above {chosen['accuracy_lower_bound']:.3f}, so other "
+             f"images may get less than {target_accuracy:g}; a larger validation part pins it down")
     selection = {"target_accuracy": float(target_accuracy), "threshold": threshold, "temperature": temperature,
-                 "validation": selective_metrics(confidence, correct, threshold)}
+                 "validation": chosen}
     store_reject_below(run, selection)
     return selection
 
