@@ -9,11 +9,13 @@ written as PNG files with a multi-label split CSV (``objectId,labels,type``, the
 by the pools).  scikit-learn is needed for this script only (``pip install scikit-learn``).
 
 Every net trains from scratch through the Python API (:func:`keras_cnn.train.fit.train_scratch`),
-twice on the same images: multi-label (one sigmoid per digit, binary cross-entropy, thresholds
-chosen per label on the validation part), and single-label (the top-left digit as the one
-label, the reference softmax) to compare the time per epoch.  The table gives the multi-label
-run's test macro / micro mAP, macro / micro F1 at the chosen thresholds, exact-match ratio and
-Hamming loss, and both runs' median epoch time after the first.  Prints the table and appends
+twice on the same images: multi-label (one sigmoid per digit, binary cross-entropy, one
+temperature fitted on the validation part, then thresholds chosen per label on the calibrated
+validation probabilities), and single-label (the top-left digit as the one label, the
+reference softmax) to compare the time per epoch.  The table gives the multi-label run's test
+macro / micro mAP, macro / micro F1 at the chosen thresholds, exact-match ratio, Hamming loss,
+the temperature with the test ECE over every (image, label) pair before and after it, and both
+runs' median epoch time after the first.  Prints the table and appends
 it, with the machine and its load, to benchmarks/RESULTS.md (``--no-record`` skips).
 
     python benchmarks/multilabel.py                          # lenet, cifar10_net, lenet5_bn; 15 epochs
@@ -34,8 +36,8 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
-from common import (RESULTS_PATH, command_line, describe_machine, load_average, machine_description, publish,
-                    steady_epoch_seconds)
+from common import (add_recording_arguments, command_line, describe_machine, load_average, machine_description,
+                    publish, steady_epoch_seconds)
 
 SECTION_TITLE = "Multi-label training on 2x2 mosaics of scikit-learn's digits: mAP, F1 and epoch time per net"
 NETS = ("lenet", "cifar10_net", "lenet5_bn")
@@ -125,9 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                                 "test: 2/5 of it).")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--no-single", action="store_true", help="Skip the single-label timing runs.")
-    parser.add_argument("--results", type=Path, default=RESULTS_PATH)
-    parser.add_argument("--no-record", action="store_true")
-    parser.add_argument("--note", default=None, help="A line added under the section.")
+    add_recording_arguments(parser)
     arguments = parser.parse_args(argv)
 
     counts = {"train": arguments.train, "validation": max(arguments.train // 4, 20),
@@ -151,24 +151,30 @@ def main(argv: list[str] | None = None) -> dict:
     lines.append(f"2x2 mosaics of scikit-learn's digits (32x32 grey PNG; labels = the distinct digits shown, "
                  f"{counts['train']:,} / {counts['validation']:,} / {counts['test']:,} mosaics in train / validation "
                  f"/ test, each part built from its own digit scans); from scratch, {arguments.epochs} epochs at "
-                 f"each net's reference recipe, best epoch by validation loss, thresholds per label chosen on the "
-                 f"validation part (best F1); metrics on the test part. Single-label: the same images and "
+                 f"each net's reference recipe, best epoch by validation loss, one temperature fitted on the "
+                 f"validation part, then thresholds per label chosen on its calibrated probabilities (best F1); "
+                 f"metrics on the test part (ECE: every (image, label) pair as one yes/no decision, 15 bins, "
+                 f"the model's own -> calibrated). Single-label: the same images and "
                  f"recipe, the top-left digit as the one label (softmax), for the time per epoch.")
     lines += ["", "| net | test mAP (macro) | mAP (micro) | F1 (macro) | F1 (micro) | exact match | Hamming loss | "
-                  "epoch (s) multi-label | epoch (s) single-label | multi / single |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "temperature | test ECE | epoch (s) multi-label | epoch (s) single-label | multi / single |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for net, row in results.items():
         test = row["multi"]["test"]
         multi_seconds = row["multi"]["epoch_seconds"]
         single_seconds = row["single"]["epoch_seconds"] if "single" in row else None
         ratio = f"{multi_seconds / single_seconds:.2f}x" if single_seconds else "—"
         single_text = f"{single_seconds:.2f}" if single_seconds else "—"
+        calibration = row["multi"].get("calibration") or {}
+        temperature = f"{calibration['temperature']:.3g}" if calibration else "—"
+        ece = f"{calibration['ece_before']:.4f} → {calibration['ece_after']:.4f}" if calibration else "—"
         lines.append(f"| `{net}` | {test['macro_map']:.4f} | {test['micro_map']:.4f} | {test['macro_f1']:.4f} | "
                      f"{test['micro_f1']:.4f} | {test['exact_match']:.4f} | {test['hamming_loss']:.4f} | "
-                     f"{multi_seconds:.2f} | {single_text} | {ratio} |")
+                     f"{temperature} | {ece} | {multi_seconds:.2f} | {single_text} | {ratio} |")
     lines.append("")
     publish(SECTION_TITLE, lines, arguments)
-    return {net: {"test": row["multi"]["test"], "epoch_seconds": row["multi"]["epoch_seconds"],
+    return {net: {"test": row["multi"]["test"], "calibration": row["multi"].get("calibration"),
+                  "epoch_seconds": row["multi"]["epoch_seconds"],
                   "single_epoch_seconds": row.get("single", {}).get("epoch_seconds")} for net, row in results.items()}
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from keras_cnn.errors import UserError
-from keras_cnn.io import check_same_labels, read_json, read_labels
+from keras_cnn.io import read_json, read_labels
+from keras_cnn.label_lists import check_same_labels
 
 # Files of DIR/<version>/ (TF Serving loads the highest numeric version folder).
 SAVED_MODEL_FILE = "saved_model.pb"
@@ -96,7 +97,7 @@ def read_export_labels(version_dir: Path, metadata: dict[str, Any]) -> list[str]
     labels = read_labels(path)
     if expected is not None:
         check_same_labels(path, labels, version_dir / METADATA_FILE, expected,
-                          "export the run again with kcnn export (the model answers with the lines of labels.txt)")
+                          "export the run again with kcnn export")
     return labels
 
 

@@ -267,38 +267,6 @@ def normalize_label(label: str) -> str:
     return label if label.isascii() else unicodedata.normalize("NFC", label)
 
 
-def _shown_label(label: str, limit: int = 60) -> str:
-    text = repr(label)
-    return text if len(text) <= limit else text[: limit - 4] + "...'"
-
-
-def check_same_labels(first_path: str | os.PathLike, first: list[str], second_path: str | os.PathLike,
-                      second: list[str], remedy: str) -> list[str]:
-    """The labels (NFC) when both lists hold the same ones in the same order; else one ``UserError`` line
-    naming both files, where they first differ, and ``remedy`` (what to do about it).
-
-    A class index is a position in a run's labels.txt and config.json, and in an export's
-    assets/labels.txt and kcnn.json: two swapped lines would name every answer wrongly.
-    """
-    first = [normalize_label(str(label)) for label in first]
-    second = [normalize_label(str(label)) for label in second]
-    if first == second:
-        return first
-    folder = os.path.commonpath([os.path.abspath(first_path), os.path.abspath(second_path)])
-    one, other = (os.path.relpath(os.path.abspath(path), folder) for path in (first_path, second_path))
-    if sorted(first) == sorted(second):
-        position = next(index for index, (mine, theirs) in enumerate(zip(first, second)) if mine != theirs)
-        difference = (f"the same labels in another order (class {position} is {_shown_label(first[position])} in "
-                      f"{one}, {_shown_label(second[position])} in {other})")
-    else:
-        shown = [f"{_shown_label(label)} only in {one}" for label in first if label not in set(second)][:2]
-        shown += [f"{_shown_label(label)} only in {other}" for label in second if label not in set(first)][:2]
-        difference = (f"{one} has {len(first)} labels, {other} {len(second)}"
-                      + (f" ({', '.join(shown)})" if shown else ""))
-    raise UserError(f"{Path(folder)}: {one} and {other} disagree: {difference}; a class index is a position in both "
-                    f"lists, so they must agree in content and order — {remedy}")
-
-
 def read_labels(path: str | os.PathLike) -> list[str]:
     """Read a ``labels.txt`` (one label per line, class-index order), each label normalised (NFC)."""
     path = Path(path)

@@ -560,6 +560,25 @@ def compute_multi_label_metrics(targets: Any, probabilities: Any, labels: Sequen
     }
 
 
+def label_decisions(probabilities: Any, targets: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Every (image, label) pair of a multi-label part as one yes/no decision, the way a binary run's
+    image is scored: ``([1 - p, p]`` rows (n x N, 2), the truth as class indices 0 / 1 (n x N,)).
+
+    On these the calibration numbers read as they do for any run: ECE over the confidence
+    of each label's decision, NLL = the mean binary cross-entropy over every pair, Brier =
+    twice the mean squared error of the probabilities."""
+    targets, probabilities = _multi_label_arrays(targets, probabilities)
+    flat = probabilities.reshape(-1, 1)
+    return np.concatenate([1.0 - flat, flat], axis=1), targets.reshape(-1).astype(np.int64)
+
+
+def multi_label_calibration_block(before: Any, after: Any, targets: Any, temperature: float | None) -> dict[str, Any]:
+    """:func:`calibration_block` of a multi-label part: over every (image, label) pair (:func:`label_decisions`)."""
+    before_pairs, truth = label_decisions(before, targets)
+    return {**calibration_block(before_pairs, label_decisions(after, targets)[0], truth, temperature),
+            "scored_on": "every (image, label) pair as one yes/no decision"}
+
+
 def binary_cross_entropy(probabilities: Any, targets: Any) -> float:
     """Mean binary cross-entropy of sigmoid outputs against 0/1 (or soft) targets, by Keras's own
     function (so it matches ``val_loss`` of a multi-label run)."""

@@ -1,12 +1,15 @@
 """``kcnn evaluate`` on a multi-label run: mAP, F1 at the stored thresholds, the per-label table and pictures.
 
 Each image's labels are predicted at the run's thresholds (``RUN/thresholds.json``, chosen
-on the validation part when training ended).  Written into the evaluation folder (each file
+on the validation part when training ended) from the run's calibrated probabilities (its
+temperature, ``RUN/calibration.json``, divides every label's logit; the model's own
+probabilities when it has none).  Written into the evaluation folder (each file
 atomically): metrics.json (:func:`keras_cnn.metrics.compute_multi_label_metrics`: ``macro_map``,
 ``micro_map``, ``macro_f1``, ``micro_f1``, ``exact_match``, ``hamming_loss``, ``per_label`` ...),
 predictions.csv (objectId, true and predicted labels joined by ``;``, one probability column
-per label), precision_recall.png, label_mistakes.png (example images of the labels most often
-missed or added), training.png and report.html.  With test-time augmentation each label's
+per label), reliability.png (every (image, label) pair as one yes/no decision, before and after
+the temperature), precision_recall.png, label_mistakes.png (example images of the labels most
+often missed or added), training.png and report.html.  With test-time augmentation each label's
 probability is averaged over the views and the TTA metrics go under ``"tta"``.
 """
 
@@ -18,11 +21,14 @@ from typing import Any
 
 import numpy as np
 
+from keras_cnn.calibration import SIGMOID, apply_temperature
 from keras_cnn.config import RunConfig
 from keras_cnn.errors import RunFailure, UserError
 from keras_cnn.io import atomic_write_json, atomic_write_text, check_output_path
-from keras_cnn.metrics import binary_cross_entropy, compute_multi_label_metrics, multi_label_predictions
+from keras_cnn.metrics import (binary_cross_entropy, compute_multi_label_metrics, label_decisions,
+                               multi_label_predictions, reliability_bins)
 from keras_cnn.progress import ProgressBar
+from keras_cnn.run_calibration import LabelPredictions, batch_outputs_and_logits, part_block, run_temperature
 from keras_cnn.run_data import load_part
 from keras_cnn.runs import RunDirectory
 from keras_cnn.thresholds import read_thresholds
@@ -70,28 +76,36 @@ class LabelMistakeExamples:
         return rows
 
 
-def predict_multi_label(model, part, thresholds: np.ndarray, views: list[str] | None = None):
-    """(probabilities, TTA probabilities or None, examples) of a multi-label model over a part, in file order."""
-    from keras_cnn.tta import average_views, tta_views
+def predict_multi_label(opened, part, thresholds: np.ndarray, temperature: float | None = None,
+                        views: list[str] | None = None):
+    """One pass of the opened model (:mod:`keras_cnn.models.opened`) over a multi-label part, in file order:
+    (:class:`keras_cnn.run_calibration.LabelPredictions`, the probabilities at ``temperature``, the
+    TTA probabilities or None, examples).  With ``views`` each label's calibrated probability is
+    averaged over the views."""
+    from keras_cnn.tta import tta_views
 
     examples = LabelMistakeExamples(thresholds)
-    targets = np.asarray(part.targets)
-    probabilities, averaged = [], []
+    targets = np.asarray(part.targets, dtype=np.float64)
+    outputs, logits, averaged = [], [], []
     position = 0
     with ProgressBar(len(targets), f"predicting {len(targets)} images") as progress:
         for batch in part.images():
-            batch_probabilities = np.asarray(model.predict_on_batch(batch), dtype=np.float64)
-            probabilities.append(batch_probabilities)
+            batch_outputs, batch_logits = batch_outputs_and_logits(opened, batch)
+            outputs.append(batch_outputs)
+            logits.append(batch_logits)
             if views:
-                outputs = model.predict_on_batch(tta_views(batch, views))
-                averaged.append(np.asarray(average_views(outputs, len(views)), dtype=np.float64))
-            examples.add_batch(position, np.asarray(batch), targets[position:position + len(batch_probabilities)],
-                               batch_probabilities)
-            position += len(batch_probabilities)
+                _, view_logits = batch_outputs_and_logits(opened, tta_views(batch, views))
+                averaged.append(apply_temperature(view_logits, temperature, SIGMOID)
+                                .reshape(len(views), len(batch_outputs), -1).mean(axis=0))
+            examples.add_batch(position, np.asarray(batch), targets[position:position + len(batch_outputs)],
+                               apply_temperature(batch_logits, temperature, SIGMOID))
+            position += len(batch_outputs)
             progress.update(position)
     if position != len(targets):
         raise RunFailure(f"the data gave {position} images but the split lists {len(targets)}")
-    return np.concatenate(probabilities), (np.concatenate(averaged) if views else None), examples
+    predictions = LabelPredictions(np.concatenate(outputs), np.concatenate(logits), targets)
+    return (predictions, predictions.probabilities(temperature), (np.concatenate(averaged) if views else None),
+            examples)
 
 
 def predictions_csv(object_ids: list[str], targets: np.ndarray, probabilities: np.ndarray, thresholds: np.ndarray,
@@ -116,6 +130,7 @@ def evaluate_multi_label_into(run: RunDirectory, config_payload: dict[str, Any],
     ``trust_hub``: the model may load the TF Hub module the run records as its base."""
     from keras_cnn import report
     from keras_cnn.models.loading import hub_base_of, load_model
+    from keras_cnn.models.opened import open_model
 
     run_config = RunConfig.from_dict(config_payload)
     labels = run.read_labels()
@@ -125,12 +140,16 @@ def evaluate_multi_label_into(run: RunDirectory, config_payload: dict[str, Any],
     if len(part.targets) == 0:
         raise UserError(f"the {subset} part of {run.root} has no images")
     thresholds = read_thresholds(run, labels)
-    model = load_model(run.model_path, trust_hub=hub_base_of(run_config.model.name) if trust_hub else None)
-    probabilities, tta_probabilities, examples = predict_multi_label(model, part, thresholds, views)
-    targets = np.asarray(part.targets)
-    metrics = compute_multi_label_metrics(targets, probabilities, labels, thresholds,
-                                          loss=binary_cross_entropy(probabilities, targets))
-    metrics = {"run": str(run.root), "subset": subset, **metrics}
+    temperature = run_temperature(run)
+    opened = open_model(load_model(run.model_path,
+                                   trust_hub=hub_base_of(run_config.model.name) if trust_hub else None))
+    predictions, probabilities, tta_probabilities, examples = predict_multi_label(opened, part, thresholds,
+                                                                                  temperature, views)
+    targets = predictions.targets
+    # The loss is the model's own (as val_loss); every other number is of the calibrated probabilities.
+    metrics = compute_multi_label_metrics(targets, probabilities, labels, thresholds, loss=predictions.loss())
+    metrics = {"run": str(run.root), "subset": subset, **metrics,
+               "calibration": part_block(predictions, temperature)}
     if tta_probabilities is not None:
         metrics["tta"] = {"views": views, **compute_multi_label_metrics(
             targets, tta_probabilities, labels, thresholds, loss=binary_cross_entropy(tta_probabilities, targets))}
@@ -143,6 +162,11 @@ def evaluate_multi_label_into(run: RunDirectory, config_payload: dict[str, Any],
     if run.history_path.exists():
         pictures["Training history"] = files["training_plot"] = report.plot_training_history(
             run.history_path, output_dir / "training.png")
+    pictures["Reliability diagram (every label's yes/no decision)"] = files["reliability_plot"] = \
+        report.plot_reliability_diagram(reliability_bins(*label_decisions(predictions.probabilities(None), targets)),
+                                        reliability_bins(*label_decisions(probabilities, targets))
+                                        if temperature is not None else None,
+                                        output_dir / "reliability.png", temperature=temperature)
     pictures["Precision-recall curves"] = files["precision_recall_plot"] = report.plot_precision_recall_curves(
         targets, probabilities, labels, thresholds, output_dir / "precision_recall.png")
     pictures["Labels most often missed or added"] = files["label_mistakes_plot"] = report.plot_label_mistakes(
@@ -151,7 +175,7 @@ def evaluate_multi_label_into(run: RunDirectory, config_payload: dict[str, Any],
         run.root, metrics, config_payload, pictures, output_dir / "report.html",
         links={"metrics.json": files["metrics"], "predictions.csv": files["predictions"]})
     summary = {"run": str(run.root), "subset": subset, "multi_label": True, "num_samples": metrics["num_samples"],
-               **{name: metrics[name] for name in SUMMARY}}
+               **{name: metrics[name] for name in SUMMARY}, "calibration": metrics["calibration"]}
     if "tta" in metrics:
         summary["tta"] = {"views": views, **{name: metrics["tta"][name] for name in SUMMARY}}
     summary["output_dir"] = str(output_dir)

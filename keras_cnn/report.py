@@ -626,6 +626,8 @@ def _calibration_sections(metrics: Mapping[str, Any]) -> list[str]:
         temperature = calibration.get("temperature")
         note = (f"Temperature {temperature:.4g}, fitted on the validation part; the probabilities of this report "
                 "are the calibrated ones." if temperature is not None else calibration.get("note", ""))
+        if calibration.get("scored_on"):   # multi-label: what the numbers are over
+            note += f" Scored on {calibration['scored_on']}."
         sections += ["<h2>Calibration</h2>", _table(("metric", "model's own", "calibrated"), rows),
                      f"<p>{html.escape(note)}</p>"]
     selective = metrics.get("selective")

@@ -18,7 +18,7 @@ from keras_cnn.config import RunConfig
 from keras_cnn.data.files import read_skipped_record, refuse_too_large
 from keras_cnn.data.input_record import check_inputs, recorded_left_out
 from keras_cnn.errors import UserError
-from keras_cnn.io import check_same_labels
+from keras_cnn.label_lists import check_same_labels
 from keras_cnn.runs import RunDirectory
 
 if TYPE_CHECKING:  # the part loader needs TensorFlow, imported when a part is loaded
@@ -44,7 +44,7 @@ def run_labels(run: RunDirectory, config: RunConfig) -> list[str]:
     labels = run.read_labels()
     if config.labels:
         check_same_labels(run.labels_path, labels, run.config_path, config.labels,
-                          "put back the order training wrote (config.json's \"labels\"), or train the run again")
+                          "put back config.json's order (training wrote it) or train the run again")
     return labels
 
 

@@ -4,15 +4,17 @@ A multi-label model gives each label its own probability; a label is predicted w
 probability is at or above the label's threshold.  At the end of every training stage the
 threshold of each label is the one that maximises that label's F1 on the validation part
 (:func:`keras_cnn.metrics.best_f1_thresholds`; 0.5 for a label without a positive there),
-on the probabilities the run answers with (calibrated ones when the run is calibrated).
+on the probabilities the run answers with: calibrated ones when the run is calibrated
+(:mod:`keras_cnn.run_calibration` fits the temperature first, then chooses; ``temperature``
+in the record says which).
 ``kcnn evaluate`` scores the test part at these thresholds and ``kcnn export`` writes them
 into the model's signatures and ``kcnn.json``::
 
     {"format": 1, "stage": "train", "chosen_on": {"part": "validation", "images": n},
-     "rule": "best F1 per label; 0.5 without positives",
+     "rule": "best F1 per label; 0.5 without positives", "temperature": T or null,
      "thresholds": {label: t}, "validation_f1": {label: F1 at t}}
 
-numpy only, apart from :func:`predict_targets` which runs a Keras model.
+numpy only.
 """
 
 from __future__ import annotations
@@ -31,8 +33,11 @@ RULE = f"best F1 per label on the validation part; {DEFAULT_THRESHOLD} without p
 
 
 def thresholds_record(targets: Any, probabilities: Any, labels: Sequence[str], stage: str,
-                      part: str = "validation") -> dict[str, Any]:
-    """Choose each label's threshold on ``part``'s predictions; the record ``RUN/thresholds.json`` holds."""
+                      part: str = "validation", temperature: float | None = None) -> dict[str, Any]:
+    """Choose each label's threshold on ``part``'s predictions; the record ``RUN/thresholds.json`` holds.
+
+    ``temperature``: the run's, when ``probabilities`` are calibrated ones (recorded, so the
+    record says which probabilities its thresholds apply to)."""
     labels = [str(label) for label in labels]
     thresholds = best_f1_thresholds(targets, probabilities)
     scored = compute_multi_label_metrics(targets, probabilities, labels, thresholds)
@@ -41,6 +46,7 @@ def thresholds_record(targets: Any, probabilities: Any, labels: Sequence[str], s
         "stage": stage,
         "chosen_on": {"part": part, "images": int(len(np.asarray(targets)))},
         "rule": RULE,
+        "temperature": temperature,
         "thresholds": {label: float(value) for label, value in zip(labels, thresholds)},
         "validation_f1": {label: values["f1"] for label, values in scored["per_label"].items()},
     }
@@ -79,13 +85,3 @@ def thresholds_in_order(thresholds: dict[str, float], labels: Sequence[str], sou
         raise UserError(f"{source}: thresholds must lie in 0..1")
     return values
 
-
-def predict_targets(model, dataset) -> tuple[np.ndarray, np.ndarray]:
-    """(targets, probabilities) of a multi-label model over batches of (images, multi-hot targets), in order."""
-    targets, probabilities = [], []
-    for images, batch_targets in dataset:
-        probabilities.append(np.asarray(model.predict_on_batch(images), dtype=np.float64))
-        targets.append(np.asarray(batch_targets, dtype=np.float64))
-    if not targets:
-        raise UserError("the part has no images to predict")
-    return np.concatenate(targets), np.concatenate(probabilities)

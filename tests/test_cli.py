@@ -109,10 +109,12 @@ def test_ctrl_c_names_the_command_that_resumes_the_run(monkeypatch, tmp_path, sa
     assert command[:8] == ["kcnn", "transfer", "--base", "efficientnet_b0", "--images", images, "--epochs", "3"]
     assert command[8] == "--out" and command[9].startswith("runs/efficientnet_b0-") and "--overwrite" not in command
 
+    run = tmp_path / "run"   # the API is replaced: an empty folder passes the run-folder checks before it
+    run.mkdir()
     result = interrupted(monkeypatch, "keras_cnn.train.two_stage", "fine_tune_run",
-                         ["finetune", "--run", str(tmp_path), "--epochs", "2"])
-    assert result.exit_code == 130
-    assert result.stderr.strip().endswith(f"run: kcnn finetune --run {tmp_path} --epochs 2")
+                         ["finetune", "--run", str(run), "--epochs", "2"])
+    assert result.exit_code == 130, result.output
+    assert result.stderr.strip().endswith(f"run: kcnn finetune --run {run} --epochs 2")
 
     # A sweep is redone when run again: nothing to resume, nothing more to say.
     result = interrupted(monkeypatch, "keras_cnn.train.lr_find", "lr_find",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from click.testing import CliRunner
 
@@ -59,12 +61,15 @@ def test_train_builds_its_config_from_every_flag(calls, tmp_path):
     assert kwargs == {"overwrite": True, "accept_input_changes": True}
 
 
-def test_train_defaults_leave_the_recipe_and_run_folder_to_the_api(calls, tmp_path):
+def test_train_defaults_leave_the_recipe_to_the_api_and_name_the_run_folder(calls, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     invoke("train", "lenet", "--dataset", "mnist")
     [(_, (config, out_dir), kwargs)] = calls
     assert config == RunConfig(command="train", model=ModelConfig(kind="scratch", name="lenet"),
                                data=DataConfig(dataset="mnist"), training=TrainingConfig())
-    assert out_dir is None and kwargs == {"overwrite": False, "accept_input_changes": False}
+    # Named here, not by the API: Ctrl-C then prints the command that resumes this very folder.
+    assert re.fullmatch(r"runs/lenet-\d{8}-\d{6}", out_dir), out_dir
+    assert kwargs == {"overwrite": False, "accept_input_changes": False}
 
 
 def test_transfer_builds_its_config_from_every_flag(calls, tmp_path):

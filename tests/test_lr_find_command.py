@@ -8,6 +8,7 @@ from click.testing import CliRunner
 
 from conftest import train_tiny_hub_head
 from keras_cnn.cli import cli
+from keras_cnn.runs import RunDirectory
 
 
 def invoke(*args):
@@ -77,6 +78,7 @@ def test_head_sweep_runs_on_cached_features_of_the_frozen_base(tmp_path, sample_
 def random_weights_run(folder):
     """A folder with the config of a stage-1 run on a base with random weights (no model: commands stop early)."""
     folder.mkdir()
+    RunDirectory(folder).claim()   # made by kcnn: not someone else's folder
     (folder / "config.json").write_text(json.dumps(
         {"command": "transfer", "model": {"kind": "transfer", "name": "efficientnet_b0", "weights": "none"}}))
     return folder

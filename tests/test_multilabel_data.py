@@ -93,6 +93,25 @@ def test_the_split_command_prints_images_per_label_and_warns_about_labels_missin
     assert total == ["total", "12", "6", "12"]
 
 
+def test_labels_inside_cells_are_unicode_normalised_so_one_label_is_one_class(tmp_path):
+    for index in range(8):
+        write_image(tmp_path / "images" / f"{index}.png", 200 + index)
+    # 'café' typed in two forms: composed (NFC) and 'e' with a combining accent (NFD).
+    cells = ["caf\u00e9", "cafe\u0301;tea", "tea;cafe\u0301", "tea"] * 2
+    (tmp_path / "labels.csv").write_text("objectId,value\n" + "".join(
+        f"{index}.png,{cell}\n" for index, cell in enumerate(cells)), encoding="utf-8")
+    result = CliRunner().invoke(cli, ["split", str(tmp_path / "labels.csv"), "--images", str(tmp_path / "images"),
+                                      "--multi-label", "-o", str(tmp_path / "s.csv"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["labels"] == ["caf\u00e9", "tea"]
+    written = pd.read_csv(tmp_path / "s.csv", dtype=str, keep_default_na=False)
+    assert set(written["labels"]) == {"caf\u00e9", "caf\u00e9;tea", "tea"}
+    # A split CSV written by hand (or by another tool) is read the same way.
+    (tmp_path / "mine.csv").write_text("objectId,labels,type\n" + "".join(
+        f"{index}.png,{cell},{'train' if index < 6 else 'test'}\n" for index, cell in enumerate(cells)), encoding="utf-8")
+    assert set(read_split_table(tmp_path / "mine.csv")[0]["value"]) == {"caf\u00e9", "caf\u00e9;tea", "tea"}
+
+
 def test_split_warnings_name_labels_without_validation_or_test_images():
     counts = {"train": {"a": 30, "b": 3}, "validation": {"a": 12, "b": 0}, "test": {"a": 11, "b": 2},
               "total": {"a": 53, "b": 5}}

@@ -17,6 +17,7 @@ from PIL import Image
 
 from conftest import write_hub_module
 from keras_cnn.cli import cli
+from keras_cnn.errors import UserError
 
 LABELS = ("bird", "cat", "dog")
 SIDE = 28
@@ -77,9 +78,11 @@ def scratch_run(tagged, split_csv, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def exported(scratch_run, tmp_path_factory):
+    """Every format, and the TTA signature (each verified against the calibrated Keras model)."""
     run, _ = scratch_run
     out = tmp_path_factory.mktemp("export")
-    return out, invoke_json("export", "--run", run, "--out", out)
+    return out, invoke_json("export", "--run", run, "--out", out, "--format", "saved_model", "--format", "onnx",
+                            "--format", "litert", "--tta", 2)
 
 
 def test_a_run_on_a_multi_label_split_is_multi_label_with_thresholds_chosen_on_validation(scratch_run):
@@ -97,16 +100,65 @@ def test_a_run_on_a_multi_label_split_is_multi_label_with_thresholds_chosen_on_v
     assert history["accuracy"].between(0, 1).all()
 
 
-def test_evaluate_scores_every_label_at_its_stored_threshold(scratch_run):
+def calibrated_probabilities(run, pixels) -> np.ndarray:
+    """sigmoid(logits / T) of the run's model on ``pixels``: its logits from the model opened up."""
+    from keras_cnn.models.loading import load_model
+    from keras_cnn.models.opened import open_model
+
+    temperature = json.loads((run / "calibration.json").read_text())["temperature"]
+    opened = open_model(load_model(run / "model.keras"))
+    logits = np.asarray(opened.logits(opened.graph.predict_on_batch(pixels)["penultimate"]), np.float64)
+    return 1.0 / (1.0 + np.exp(-logits / temperature))
+
+
+def part_pixels(root, split_csv, part: str):
+    """(names, float32 pixels, 0/1 targets) of one part of the split, read here."""
+    from keras_cnn.data.images import load_image
+
+    split = pd.read_csv(split_csv, dtype=str, keep_default_na=False)
+    rows = split[split["type"] == part]
+    pixels = np.stack([load_image((root / name).read_bytes(), (SIDE, SIDE), 1).numpy()
+                       for name in rows["objectId"]]).astype("float32")
+    targets = np.array([[label in cell.split(";") for label in LABELS] for cell in rows["labels"]], np.float64)
+    return list(rows["objectId"]), pixels, targets
+
+
+def test_the_temperature_is_fitted_first_and_the_thresholds_chosen_on_calibrated_probabilities(
+        scratch_run, tagged, split_csv):
+    from keras_cnn.metrics import best_f1_thresholds
+
+    run, summary = scratch_run
+    root, _ = tagged
+    record = json.loads((run / "calibration.json").read_text())
+    assert record["multi_label"] and record["kind"] == "sigmoid" and record["stage"] == "train"
+    assert record["temperature"] > 0 and record["temperature"] != 1.0
+    assert record["validation"]["nll_after"] <= record["validation"]["nll_before"]
+    assert summary["calibration"]["temperature"] == record["temperature"]
+    thresholds = json.loads((run / "thresholds.json").read_text())
+    assert thresholds["temperature"] == record["temperature"]
+    _, pixels, targets = part_pixels(root, split_csv, "validation")
+    assert record["fitted_on"]["images"] == len(targets)
+    np.testing.assert_allclose([thresholds["thresholds"][label] for label in LABELS],
+                               best_f1_thresholds(targets, calibrated_probabilities(run, pixels)), atol=1e-5)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["stages"]["train"]["calibration"] == record
+
+
+def test_evaluate_scores_every_label_at_its_stored_threshold(scratch_run, tagged, split_csv):
     from sklearn.metrics import average_precision_score
 
     run, summary = scratch_run
-    evaluation = invoke_json("evaluate", "--run", run)
+    evaluation = invoke_json("evaluate", "--run", run, "--tta", 2)
     assert evaluation["multi_label"] and evaluation["macro_map"] == pytest.approx(summary["test_macro_map"])
+    assert evaluation["macro_f1"] == pytest.approx(summary["test_macro_f1"])
     thresholds = json.loads((run / "thresholds.json").read_text())["thresholds"]
     predictions = pd.read_csv(run / "eval" / "predictions.csv", dtype={"true": str, "predicted": str},
                               keep_default_na=False)
     probabilities = predictions[list(LABELS)].to_numpy()
+    # The calibrated probabilities, those the thresholds were chosen on.
+    names, pixels, _ = part_pixels(tagged[0], split_csv, "test")
+    assert predictions["objectId"].tolist() == names
+    np.testing.assert_allclose(probabilities, calibrated_probabilities(run, pixels), atol=1e-5)
     above = probabilities >= np.array([thresholds[label] for label in LABELS])
     assert predictions["predicted"].tolist() == [";".join(label for label, on in zip(LABELS, row) if on)
                                                  for row in above]
@@ -116,9 +168,43 @@ def test_evaluate_scores_every_label_at_its_stored_threshold(scratch_run):
                                                                                   probabilities[:, index])
                                                           for index in range(3) if truth[:, index].any()]), abs=1e-5)
     assert metrics["hamming_loss"] == pytest.approx(np.mean(truth != above))
+    assert metrics["calibration"]["temperature"] == json.loads((run / "calibration.json").read_text())["temperature"]
+    assert metrics["calibration"]["scored_on"].startswith("every (image, label) pair")
+    # --tta: each label's calibrated probability averaged over the views.
+    from keras_cnn.metrics import binary_cross_entropy
+    from keras_cnn.tta import tta_views
+
+    views = metrics["tta"]["views"]
+    viewed = calibrated_probabilities(run, tta_views(pixels, views).numpy())
+    averaged = viewed.reshape(len(views), len(pixels), len(LABELS)).mean(axis=0)
+    assert len(views) == 2 and metrics["tta"]["loss"] == pytest.approx(binary_cross_entropy(averaged, truth), rel=1e-4)
     page = (run / "eval" / "report.html").read_text()
     assert "Per label" in page and "Labels most often missed" in page and "Precision-recall curves" in page
+    assert "Calibration" in page and "yes/no decision" in page
     assert (run / "eval" / "precision_recall.png").stat().st_size > 0
+    assert (run / "eval" / "reliability.png").stat().st_size > 0
+
+
+def test_kcnn_calibrate_fits_the_temperature_again_and_chooses_the_thresholds_again(scratch_run, tmp_path):
+    import shutil
+
+    run, _ = scratch_run
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    fitted = json.loads((run / "calibration.json").read_text())
+    chosen = json.loads((run / "thresholds.json").read_text())
+    # As a run trained with --no-calibrate has them: no temperature, thresholds of the model's own probabilities.
+    (copy / "calibration.json").unlink()
+    (copy / "thresholds.json").write_text(json.dumps({**chosen, "temperature": None,
+                                                      "thresholds": dict.fromkeys(LABELS, 0.99)}))
+    result = invoke_json("calibrate", "--run", copy)
+    assert result["multi_label"] and result["temperature"] == pytest.approx(fitted["temperature"], rel=1e-6)
+    again = json.loads((copy / "thresholds.json").read_text())
+    assert again["thresholds"] == pytest.approx(chosen["thresholds"], abs=1e-6) == result["thresholds"]
+    assert again["temperature"] == pytest.approx(fitted["temperature"], rel=1e-6)
+    stage = json.loads((copy / "metrics.json").read_text())["stages"]["train"]
+    assert stage["thresholds"]["thresholds"] == again["thresholds"]
+    assert stage["calibration"]["temperature"] == result["temperature"]
 
 
 def test_the_export_answers_in_plain_tensorflow_as_the_keras_model(scratch_run, exported, tagged):
@@ -135,17 +221,34 @@ def test_the_export_answers_in_plain_tensorflow_as_the_keras_model(scratch_run, 
     root, sets = tagged
     names = sorted(sets)[:6]
     encoded = [(root / name).read_bytes() for name in names]
+    assert metadata["calibration"]["temperature"] == json.loads((run / "calibration.json").read_text())["temperature"]
     loaded = tf.saved_model.load(str(out / "1"))
     answer = loaded.signatures["serving_default"](image_bytes=tf.constant(encoded))
     pixels = np.stack([load_image(data, (SIDE, SIDE), 1).numpy() for data in encoded]).astype("float32")
-    expected = np.asarray(load_model(run / "model.keras")(pixels))
+    # The calibrated probabilities: the temperature is baked into the export.
+    expected = calibrated_probabilities(run, pixels)
     np.testing.assert_allclose(answer["probabilities"].numpy(), expected, atol=1e-5)
+    assert np.abs(expected - np.asarray(load_model(run / "model.keras")(pixels))).max() > 1e-4   # T != 1
     thresholds = np.array([metadata["thresholds"][label] for label in LABELS], np.float32)
     np.testing.assert_array_equal(answer["above_threshold"].numpy(), expected >= thresholds)
     joined = [";".join(label for label, on in zip(LABELS, row) if on) for row in expected >= thresholds]
     assert [value.decode() for value in answer["labels"].numpy()] == joined
     predicted = invoke_json("predict", "--model", out, *[root / name for name in names])["predictions"]
     assert [";".join(item["label"] for item in row["above_threshold"]) for row in predicted] == joined
+    # ONNX and LiteRT return the same calibrated probabilities (from pixels at the model's size).
+    import onnxruntime
+
+    from keras_cnn.export.portable import litert_outputs
+
+    session = onnxruntime.InferenceSession(result["files"]["onnx"], providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {session.get_inputs()[0].name: pixels})[0], expected, atol=1e-5)
+    np.testing.assert_allclose(litert_outputs(result["files"]["litert"], pixels), expected, atol=1e-5)
+    # --tta: each label's calibrated probability averaged over the views, then compared with its threshold.
+    with_tta = invoke_json("predict", "--model", out, "--tta", 2, *[root / name for name in names])["predictions"]
+    averaged = np.array([row["probabilities"] for row in with_tta])
+    assert not np.allclose(averaged, expected, atol=1e-4)
+    assert [[item["label"] for item in row["above_threshold"]] for row in with_tta] == \
+        [[label for label, on in zip(LABELS, row) if on] for row in averaged >= thresholds]
 
 
 def test_a_folder_tree_with_shared_files_trains_as_multi_label(tagged, tmp_path):
@@ -163,6 +266,45 @@ def test_a_folder_tree_with_shared_files_trains_as_multi_label(tagged, tmp_path)
     assert len(split) == len(with_labels) and summary["multi_label"]
     for object_id, labels in zip(split["objectId"], split["labels"]):
         assert set(labels.split(";")) == with_labels[object_id.split("/", 1)[1]]
+
+    # The copies merged into one image are known to the run's input record, not "added" since;
+    # a copy put under another label folder later is.
+    from keras_cnn.config import RunConfig
+    from keras_cnn.data.input_record import check_inputs
+
+    run = tmp_path / "run"
+    data = RunConfig.from_dict(json.loads((run / "config.json").read_text())).data
+    merged = json.loads((run / "inputs.json").read_text())["not_used"]
+    assert len(merged) == sum(len(found) for found in with_labels.values()) - len(with_labels) > 0
+    (tree / "cat").touch()     # a listed folder's stamp changes: the tree is listed again
+    assert not check_inputs(run, data).changes
+    name = next(name for name, found in with_labels.items() if "cat" not in found)
+    (tree / "cat" / name).write_bytes((root / name).read_bytes())
+    with pytest.raises(UserError, match=f"1 image added .*cat/{name}"):
+        check_inputs(run, data)
+
+
+def test_binary_is_refused_on_a_split_csv_that_records_multi_label(tagged, split_csv, tmp_path):
+    root, _ = tagged
+    result = CliRunner().invoke(cli, ["transfer", "--base", "mobilenet_v3_small", "--weights", "none", "--binary",
+                                      "--split", str(split_csv), "--images", str(root), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "drop --binary" in result.output, result.output[-2000:]
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_a_killed_multi_label_run_resumes_into_the_uninterrupted_one(tagged, split_csv, tmp_path, monkeypatch):
+    from test_resume_exact import assert_same_run, killed_and_resumed
+
+    root, _ = tagged
+    arguments = ["train", "lenet", "--split", str(split_csv), "--images", str(root), "--epochs", "3",
+                 "--batch-size", "32"]
+    invoke_json(*arguments, "--out", tmp_path / "uninterrupted")
+    killed_and_resumed([*arguments, "--out", str(tmp_path / "resumed")], monkeypatch, kills=(1,))
+    assert_same_run(tmp_path / "uninterrupted", tmp_path / "resumed", "train")
+    for name in ("thresholds.json", "calibration.json"):
+        assert json.loads((tmp_path / "resumed" / name).read_text()) == \
+            json.loads((tmp_path / "uninterrupted" / name).read_text())
 
 
 def test_mixup_smoothing_and_balanced_weights_train_on_label_vectors(tagged, split_csv, tmp_path):
@@ -219,9 +361,12 @@ def test_transfer_and_finetune_train_sigmoid_heads(tagged, split_csv, tmp_path_f
     config = json.loads((run / "config.json").read_text())
     assert head["multi_label"] and config["data"]["multi_label"] and config["training"]["cache_features"]
     assert json.loads((run / "thresholds.json").read_text())["stage"] == "head"
-    tuned = invoke_json("finetune", "--run", run, "--unfreeze-from", "all", "--epochs", 1)
+    tuned = invoke_json("finetune", "--run", run, "--unfreeze-from", "all", "--epochs", 1, "--trust-hub")
     assert tuned["multi_label"] and json.loads((run / "thresholds.json").read_text())["stage"] == "finetune"
-    output = load_model(run / "model.keras").layers[-1]
+    calibration = json.loads((run / "calibration.json").read_text())
+    assert calibration["multi_label"] and calibration["stage"] == "finetune"
+    assert json.loads((run / "thresholds.json").read_text())["temperature"] == calibration["temperature"]
+    output = load_model(run / "model.keras", trust_hub=f"hub:{hub}").layers[-1]
     assert output.units == len(LABELS) and output.activation.__name__ == "sigmoid"
 
 
@@ -238,9 +383,14 @@ def test_finetune_caches_the_frozen_layers_of_a_multi_label_model(tagged, split_
 
 def test_lr_find_sweeps_a_multi_label_stage(tagged, split_csv, tmp_path):
     root, _ = tagged
-    result = invoke_json("lr-find", "--architecture", "lenet", "--split", split_csv, "--images", root, "--steps", 12,
-                         "--batch-size", 16, "--out", tmp_path / "lr.png")
-    assert result["suggestions"]["valley"] > 0 and (tmp_path / "lr.png").exists()
+    result = invoke_json("lr-find", "--architecture", "lenet", "--split", split_csv, "--images", root, "--steps", 20,
+                         "--batch-size", 16, "--start-lr", 1e-4, "--end-lr", 1, "--out", tmp_path / "lr.png")
+    assert result["steps"] > 0 and (tmp_path / "lr.png").exists()
+    # The loss swept is binary cross-entropy over the labels: about log 2 for an untrained sigmoid head
+    # (sparse categorical cross-entropy over three classes would start near log 3).
+    first = pd.read_csv(tmp_path / "lr.csv")["loss"].iloc[0]
+    assert abs(first - np.log(2)) < abs(first - np.log(3)), first
+    assert "valley" in result["suggestions"] or result["no_suggestion"]
 
 
 def test_kcnn_serve_answers_with_the_labels_above_their_thresholds(exported, tagged):

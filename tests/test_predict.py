@@ -202,7 +202,7 @@ def test_predict_needs_no_training_code(export_dir, images):
     assert len(answer["labels"]) == 3 and answer["failures"] == 3
     assert answer["modules"] == ["keras_cnn", "keras_cnn.data", "keras_cnn.data.pixel_limit",   # the header check
                                  "keras_cnn.errors", "keras_cnn.export_layout", "keras_cnn.heatmaps", "keras_cnn.io",
-                                 "keras_cnn.predict"]
+                                 "keras_cnn.label_lists", "keras_cnn.messages", "keras_cnn.predict"]
 
 
 def test_missing_labels_file_is_one_line_naming_it_and_both_counts(export_dir, images, tmp_path):

@@ -145,6 +145,24 @@ def test_lr_find_of_a_run_refuses_a_changed_image(workspace):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("command", [
+    ["calibrate"],
+    ["export", "--out", "again", "--format", "litert", "--quantize", "int8"],
+], ids=["calibrate", "export-quantize"])
+def test_calibration_and_quantization_refuse_a_changed_image(workspace, command):
+    run = workspace / "run"
+    image, label = image_of(workspace, "validation")
+    other, _ = image_of(workspace, "train", other_than=label)
+    replace_like_cp_p(other, image)
+    calibration = (run / "calibration.json").read_bytes()
+    result = invoke(command[0], "--run", run, *[workspace / arg if arg == "again" else arg for arg in command[1:]])
+    assert result.exit_code == 2, result.output[-3000:]
+    line = error_line(result)
+    assert "1 image changed" in line and image.name in line and "--accept-input-changes" in line
+    assert image.name in (run / "input_changes.csv").read_text()   # the list outlives the refusal
+    assert (run / "calibration.json").read_bytes() == calibration and not (workspace / "again").exists()
+
+
 def test_resumed_training_refuses_a_changed_image_and_resumes_once_it_is_accepted(sample_data_dir, tmp_path,
                                                                                  monkeypatch):
     from keras_cnn.train import stage
@@ -188,7 +206,7 @@ def test_an_edited_run_split_is_refused_naming_the_edits(workspace):
     assert result.exit_code == 2
     line = error_line(result)
     assert "1 split row relabelled" in line and "1 split row moved to another part" in line
-    assert f"{run / 'split.csv'} was edited" in line
+    assert f"{run}: " in line and "(split.csv was edited)" in line
     listed = (run / "input_changes.csv").read_text()
     assert relabelled in listed and moved in listed and "train -> test" in listed
 
@@ -310,17 +328,22 @@ def test_swapped_lines_in_a_runs_labels_are_refused_by_evaluate_and_export(works
         assert result.exit_code == 2, result.output[-3000:]
         line = error_line(result)
         assert f"{run}: labels.txt and config.json disagree: the same labels in another order" in line
+        assert line.endswith("or train the run again") or line.endswith("position in both lists)")   # not cut
     assert not (workspace / "again").exists() and not (run / "eval").exists()
 
 
-def test_swapped_lines_in_an_exports_labels_are_refused_by_predict(workspace, sample_data_dir):
+@pytest.mark.parametrize("command", ["predict", "serve"])
+def test_swapped_lines_in_an_exports_labels_are_refused_by_predict_and_serve(workspace, sample_data_dir, command):
+    if command == "serve":
+        pytest.importorskip("uvicorn", reason="kcnn serve needs the serve extra: pip install -e '.[serve]'")
     version = workspace / "export" / "1"
     swap_first_two_lines(version / "assets" / "labels.txt")
-    image = next(sample_data_dir.glob("*.jpg"))
-    result = invoke("predict", "--model", workspace / "export", image)
+    arguments = [next(sample_data_dir.glob("*.jpg"))] if command == "predict" else ["--port", 0]
+    result = invoke(command, "--model", workspace / "export", *arguments)   # serve refuses before it listens
     assert result.exit_code == 2
     line = error_line(result)
     assert f"{version}: assets/labels.txt and assets.extra/kcnn.json disagree" in line and "another order" in line
+    assert "export the run again with kcnn export" in line
 
 
 def test_what_exclude_and_relabel_changed_is_logged_as_accepted_changes_when_the_record_is_made(tmp_path):
@@ -335,3 +358,18 @@ def test_what_exclude_and_relabel_changed_is_logged_as_accepted_changes_when_the
     logged = {entry["by"]: entry["items"] for entry in json.loads((run / "inputs.json").read_text())["changes"]}
     assert logged == {f"--exclude {exclude}": [[files[2].name, "excluded", ""]],
                       f"--relabel {relabel}": [[files[1].name, "relabelled", "-> z"]]}
+
+
+def test_a_multi_label_relabel_file_is_read_with_its_delimiter_when_the_record_is_made(tmp_path):
+    run, data, files = small_run(tmp_path)
+    relabel = tmp_path / "relabel.csv"
+    # The whole new set of labels of each image: none for one, two for another.
+    relabel.write_text(f"objectId,value\n{files[1].name},\n{files[0].name},b|a\n")
+    (tmp_path / "split.csv").write_text(f"objectId,labels,type\n{files[0].name},a;b,train\n{files[1].name},,train\n"
+                                        f"{files[2].name},b,test\n")
+    data.multi_label, data.label_delimiter, data.relabel = True, "|", str(relabel)
+    assert not check_inputs(run, data).changes
+    logged = json.loads((run / "inputs.json").read_text())["changes"]
+    assert logged[0]["by"] == f"--relabel {relabel}"
+    assert sorted(logged[0]["items"]) == sorted([[files[1].name, "relabelled", "-> "],
+                                                 [files[0].name, "relabelled", "-> a;b"]])

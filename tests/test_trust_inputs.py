@@ -246,12 +246,25 @@ def test_evaluate_refuses_an_image_put_in_over_the_limit(hostile_run):
     original = path.read_bytes()
     try:
         write_bomb(path)
-        result = invoke("evaluate", "--run", run)
+        changed = invoke("evaluate", "--run", run)
+        # Accepted as a change of the inputs, the file is still a bomb: refused from its header.
+        result = invoke("evaluate", "--run", run, "--accept-input-changes")
     finally:
         path.write_bytes(original)
+        _accept_inputs_as_they_are(run)   # the other tests use this run with its image put back
+    assert changed.exit_code == 2 and "1 image changed" in changed.stderr, changed.output[-2000:]
     assert result.exit_code == 2, result.output[-2000:]
     assert f"{test_row['objectId']} (the image has 100,000,000 pixels" in result.stderr
     assert not (run / "eval" / "predictions.csv").exists()
+
+
+def _accept_inputs_as_they_are(run) -> None:
+    from keras_cnn.config import RunConfig
+    from keras_cnn.run_data import check_run_inputs
+    from keras_cnn.runs import RunDirectory
+
+    directory = RunDirectory(run)
+    check_run_inputs(directory, RunConfig.from_dict(directory.read_config()), accept=True, command="the test")
 
 
 # --------------------------------------------------------------------------- the run on hostile names
@@ -328,7 +341,8 @@ def test_finetune_names_no_option_it_does_not_take(tmp_path, sample_data_dir, sa
     run = train_tiny_hub_head(tmp_path, split, images)
     damaged = images / next(row["objectId"] for row in kept if row["type"] == "train")
     damaged.write_bytes(damaged.read_bytes()[:40])
-    result = invoke("finetune", "--run", run, "--epochs", "1")
+    # A damaged image is a changed input: accepted so, fine-tuning meets it as a bad image.
+    result = invoke("finetune", "--run", run, "--epochs", "1", "--trust-hub", "--accept-input-changes")
     assert result.exit_code == 2, result.output[-2000:]
     last = result.stderr.strip().splitlines()[-1]
     assert damaged.name in last and "put back the images it was trained on" in last

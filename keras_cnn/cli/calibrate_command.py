@@ -10,7 +10,7 @@ import click
 from keras_cnn.cli import options
 from keras_cnn.cli.common import debug_option, json_option, run_command
 from keras_cnn.config import MAX_BATCH_SIZE
-from keras_cnn.runs import RunDirectory
+from keras_cnn.runs import RunDirectory, RunLock
 
 
 def render(result: dict[str, Any]) -> None:
@@ -41,8 +41,11 @@ def calibrate(run_dir: Path, batch_size: int | None, trust_hub: bool, accept_inp
     with --no-calibrate or by an older kcnn.  Prints the temperature and the expected
     calibration error and negative log-likelihood before and after it (on the test part when
     the run has one).  A threshold chosen with evaluate --target-accuracy for the old
-    temperature is dropped.
+    temperature is dropped.  A multi-label run has one temperature for every label's
+    sigmoid, fitted on the binary cross-entropy over all labels; each label's threshold is
+    then chosen again on the calibrated validation probabilities (RUN/thresholds.json).
     """
+    # Fail fast (and without importing TensorFlow) when the folder is not a run or another process writes it.
     RunDirectory(run_dir).require()
 
     def work() -> dict[str, Any]:
@@ -51,4 +54,5 @@ def calibrate(run_dir: Path, batch_size: int | None, trust_hub: bool, accept_inp
         return calibrate_run(run_dir, batch_size=batch_size, trust_hub=trust_hub,
                              accept_input_changes=accept_input_changes)
 
-    run_command(as_json, work, render)
+    with RunLock(run_dir, reentrant=True):
+        run_command(as_json, work, render)

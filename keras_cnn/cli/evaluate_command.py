@@ -23,12 +23,25 @@ def _number(value: float | None) -> str:
     return f"{value:.4f}" if value is not None else "-"
 
 
+def render_calibration(summary: dict[str, Any]) -> None:
+    """The calibration line: the temperature and ECE, NLL, Brier before and after it (or that there is none)."""
+    calibration = summary.get("calibration") or {}
+    if calibration.get("temperature") is not None:
+        click.echo(f"  calibration: temperature {calibration['temperature']:.3g}; ECE {calibration['ece_before']:.4f} "
+                   f"-> {calibration['ece_after']:.4f}, NLL {calibration['nll_before']:.4f} -> "
+                   f"{calibration['nll_after']:.4f}, Brier {calibration['brier_before']:.4f} -> "
+                   f"{calibration['brier_after']:.4f}")
+    elif calibration:
+        click.echo(f"  calibration: not calibrated (ECE {calibration['ece_before']:.4f}; kcnn calibrate --run RUN)")
+
+
 def render_multi_label_summary(summary: dict[str, Any]) -> None:
     """The human form of a multi-label run's evaluation (scored at its per-label thresholds)."""
     click.echo(f"{summary['subset']} part of {summary['run']}: {summary['num_samples']} images, multi-label "
                "(each label at its threshold)")
     for title, key in MULTI_LABEL_LINES:
         click.echo(f"  {title:<13}{_number(summary.get(key))}")
+    render_calibration(summary)   # over every (image, label) pair
     tta = summary.get("tta")
     if tta:
         click.echo(f"  with TTA ({len(tta['views'])} views): mAP {_number(tta['macro_map'])}, "
@@ -48,14 +61,7 @@ def render_summary(summary: dict[str, Any]) -> None:
     click.echo(f"  macro F1  {summary['macro_f1']:.4f}")
     if summary.get("roc_auc") is not None:
         click.echo(f"  ROC AUC   {summary['roc_auc']:.4f}")
-    calibration = summary.get("calibration") or {}
-    if calibration.get("temperature") is not None:
-        click.echo(f"  calibration: temperature {calibration['temperature']:.3g}; ECE {calibration['ece_before']:.4f} "
-                   f"-> {calibration['ece_after']:.4f}, NLL {calibration['nll_before']:.4f} -> "
-                   f"{calibration['nll_after']:.4f}, Brier {calibration['brier_before']:.4f} -> "
-                   f"{calibration['brier_after']:.4f}")
-    elif calibration:
-        click.echo(f"  calibration: not calibrated (ECE {calibration['ece_before']:.4f}; kcnn calibrate --run RUN)")
+    render_calibration(summary)
     selective = summary.get("selective")
     if selective and selective.get("threshold") is not None:
         accuracy = selective["accuracy"]
@@ -106,9 +112,10 @@ def evaluate(run_dir: Path, subset: str, batch_size: int | None, tta: int | None
     threshold; heat maps over the most confident mistakes. Open RUN/eval/report.html in a
     browser to read them.
 
-    A multi-label run is scored at its per-label thresholds: mAP (macro, micro),
-    precision/recall/F1 (macro, micro), exact match, Hamming loss, a per-label table,
-    precision-recall curves and the labels most often missed or added.
+    A multi-label run is scored at its per-label thresholds on its calibrated probabilities:
+    mAP (macro, micro), precision/recall/F1 (macro, micro), exact match, Hamming loss, a
+    per-label table, calibration over every (image, label) pair, precision-recall curves
+    and the labels most often missed or added.
     """
     # Fail fast (and without importing TensorFlow) when the folder is not a run or another process writes it.
     RunDirectory(run_dir).require()

@@ -229,7 +229,9 @@ lr_mult = _option("training.lr_mult", "--lr-mult", "Discriminative learning rate
 calibrate = _option("training.calibrate", "--calibrate/--no-calibrate", "When the stage ends, fit a temperature on "
                     "the validation part so its probabilities mean what they say (temperature scaling: evaluate, "
                     "export and predict use it; the stage result shows the calibration error before and after). A "
-                    "run without a validation part stays uncalibrated and says so.", default=True, show_default=True)
+                    "multi-label run gets one temperature for every label and chooses its labels' thresholds "
+                    "after it, on the calibrated probabilities. A run without a validation part stays "
+                    "uncalibrated and says so.", default=True, show_default=True)
 
 # --------------------------------------------------------------------------- fine-tuning
 

@@ -46,11 +46,12 @@ import pandas as pd
 from keras_cnn.config import DataConfig
 from keras_cnn.data.collection import LABEL_CSV_NAME, content_sha1s, file_sha1, list_collection
 from keras_cnn.data.edits import read_data_edits
-from keras_cnn.data.files import bounded_list_message, full_list_path, image_path_candidates
+from keras_cnn.data.files import full_list_path, image_path_candidates
 from keras_cnn.data.multilabel import read_split_table
 from keras_cnn.data.split import sha1_of_name
 from keras_cnn.errors import UserError
 from keras_cnn.io import INPUT_CHANGES, INPUT_RECORD, atomic_write_text, read_json
+from keras_cnn.messages import MAX_ITEMS, MAX_MESSAGE, summarize_items
 from keras_cnn.progress import warn
 
 FORMAT = 1
@@ -229,7 +230,8 @@ def _hashed_rows(frame: pd.DataFrame, root: str, announce: str) -> pd.DataFrame:
 def _edits_made(data: DataConfig, rows: pd.DataFrame) -> list[tuple[str, list[Change]]]:
     """What ``--exclude`` / ``--relabel`` changed when the run's split was written, as accepted changes
     (by the option and its file), for the record's history."""
-    edits = read_data_edits(data.exclude, data.relabel, data.allow_labels)
+    edits = read_data_edits(data.exclude, data.relabel, data.allow_labels,
+                            data.label_delimiter if data.multi_label else None)   # as the split read them
     if edits is None:
         return []
     named = set(rows["objectId"])
@@ -497,18 +499,30 @@ def refusal_message(folder: Path, changes: Sequence[Change], list_path: Path, sp
         list_path = write_change_list(list_path, changes)
     except OSError:
         list_path = write_change_list(full_list_path(INPUT_CHANGES), changes)
-    edited = f" ({split} was edited)" if split and any(change.kind in _SPLIT_KINDS for change in changes) else ""
+    edited = f" ({_inside(split, folder)} was edited)" if split and any(change.kind in _SPLIT_KINDS
+                                                                           for change in changes) else ""
     where = f"{list_path.name} there" if list_path.parent == folder else str(list_path)
     kinds = {change.kind for change in changes}
     if kinds == {NOT_AS_SPLIT}:   # found when the record is first made: the split is what is out of date
-        when, remedy = " (changed after the split was made?)", "make the split again (kcnn split)"
+        whens, remedy = (" (changed after the split was made?)", ""), "make the split again (kcnn split)"
     else:
-        when, remedy = f" since the run recorded its inputs{edited}", "split again into a new run"
-    return bounded_list_message(
-        # Short words around the list: a run's path can be long, and the names are what matters.
-        lambda listed: f"{folder}: {_summary(changes)}{when} ({listed}; list in {where}); {remedy} or pass {ACCEPT_OPTION}",
-        [change.object_id if len(kinds) == 1 else f"{change.object_id} ({change.kind})" for change in changes],
-        None)
+        whens, remedy = (f" since the run recorded its inputs{edited}", edited, ""), "split again into a new run"
+    names = [change.object_id if len(kinds) == 1 else f"{change.object_id} ({change.kind})" for change in changes]
+    # Short words around the names: a run's path can be long, and the names and the ways on are what
+    # matters.  When even one name leaves no room, the "since when" gives way first, then the names
+    # (the list file has them all).
+    listed = [f"{summarize_items(names, limit=limit)}; " for limit in range(MAX_ITEMS, 0, -1)]
+    whens = tuple(dict.fromkeys(whens))   # without an edited split, "edited" is ""
+    choices = [(when, shown) for when in whens for shown in listed] + [(when, "") for when in whens]
+    lines = [f"{folder}: {_summary(changes)}{when} ({shown}list in {where}); {remedy} or pass {ACCEPT_OPTION}"
+             for when, shown in choices]
+    return next((line for line in lines if len(line) <= MAX_MESSAGE), lines[-1])
+
+
+def _inside(path: str, folder: Path) -> str:
+    """``path`` relative to ``folder`` when it lies there (the run's own split.csv), else as given."""
+    relative = os.path.relpath(os.path.abspath(path), os.path.abspath(folder))
+    return path if relative.startswith(os.pardir) else relative
 
 
 # ---------------------------------------------------------------------------------- for other tools

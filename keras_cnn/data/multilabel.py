@@ -28,6 +28,7 @@ import pandas as pd
 from keras_cnn.data.split import (PARTS, SMALL_PART_ROWS, TOTAL, _as_text, _line_numbers, _read_checked, _shorten,
                                   check_split_types, class_names, label_problem, read_split_csv, validate_object_ids)
 from keras_cnn.errors import UserError
+from keras_cnn.io import normalize_label
 
 JOINER = ";"                     # joins an image's labels in kcnn's tables and in a multi-label split CSV
 DEFAULT_DELIMITER = JOINER       # --label-delimiter
@@ -36,10 +37,11 @@ NO_LABEL = "(none)"              # the count table's column of images without a 
 
 
 def split_cell(text: str, delimiter: str = JOINER) -> list[str]:
-    """The labels of one cell: split on ``delimiter``, stripped, empty pieces dropped, repeats once."""
+    """The labels of one cell: split on ``delimiter``, stripped, Unicode-normalised (NFC, as every label
+    kcnn reads), empty pieces dropped, repeats once."""
     seen: dict[str, None] = {}
     for piece in str(text).split(delimiter):
-        piece = piece.strip()
+        piece = normalize_label(piece.strip())
         if piece:
             seen.setdefault(piece, None)
     return list(seen)
