@@ -185,17 +185,12 @@ def evaluate_run(run_dir: str | os.PathLike, subset: str = "test", batch_size: i
     threshold (``target_accuracy`` is refused): its labels' thresholds decide.
     """
     from keras_cnn.config import RunConfig
-    from keras_cnn.tta import trained_with_flips, view_names
 
     run = RunDirectory(run_dir).require()
-    if subset not in SUBSETS:
-        raise UserError(f"subset must be one of {SUBSETS}, received {subset!r}")
-    if target_accuracy is not None and not 0 < float(target_accuracy) <= 1:
-        raise UserError(f"--target-accuracy must be in (0, 1], received: {target_accuracy}")
+    views = check_evaluation_options(run, subset, tta, target_accuracy)
     config_payload = run.read_config()
     run_config = RunConfig.from_dict(config_payload)
     batch_size = int(batch_size or run_config.training.batch_size or DEFAULT_BATCH_SIZE)
-    views = view_names(int(tta), trained_with_flips(run_config)) if tta else None
     if output_dir is None:
         output_dir = run.eval_dir if subset == "test" else run.eval_dir / subset
     # The run's lock: no evaluation of a model that a training process is replacing.
@@ -205,6 +200,24 @@ def evaluate_run(run_dir: str | os.PathLike, subset: str = "test", batch_size: i
         return _evaluate_into(run, config_payload, subset=subset, batch_size=batch_size, output_dir=Path(output_dir),
                               views=views, target_accuracy=target_accuracy, trust_hub=trust_hub,
                               accept_input_changes=accept_input_changes)
+
+
+def check_evaluation_options(run: RunDirectory, subset: str, tta: int | None,
+                             target_accuracy: float | None) -> list[str] | None:
+    """Refuse options the run cannot be evaluated with, from its config.json alone (no TensorFlow, no image):
+    the command line calls it before anything starts.  Returns the TTA views (None without ``tta``)."""
+    from keras_cnn.config import RunConfig
+    from keras_cnn.tta import trained_with_flips, view_names
+
+    if subset not in SUBSETS:
+        raise UserError(f"subset must be one of {SUBSETS}, received {subset!r}")
+    if target_accuracy is not None and not 0 < float(target_accuracy) <= 1:   # NaN too
+        raise UserError(f"--target-accuracy must be in (0, 1], received: {target_accuracy}")
+    run_config = RunConfig.from_dict(run.read_config())
+    if run_config.data.multi_label and target_accuracy is not None:
+        raise UserError("--target-accuracy chooses a 'none of these' threshold for single-label runs; a "
+                        "multi-label run answers each label at its own threshold (RUN/thresholds.json)")
+    return view_names(int(tta), trained_with_flips(run_config)) if tta else None
 
 
 def _evaluate_into(run: RunDirectory, config_payload: dict[str, Any], *, subset: str, batch_size: int,
@@ -221,9 +234,6 @@ def _evaluate_into(run: RunDirectory, config_payload: dict[str, Any], *, subset:
     # Before any image is read; the parts then leave out what the record does.
     check_run_inputs(run, run_config, accept=accept_input_changes, command="kcnn evaluate")
     if run_config.data.multi_label:
-        if target_accuracy is not None:
-            raise UserError("--target-accuracy chooses a 'none of these' threshold for single-label runs; a "
-                            "multi-label run answers each label at its own threshold (RUN/thresholds.json)")
         return evaluate_multi_label_into(run, config_payload, subset=subset, batch_size=batch_size,
                                          output_dir=output_dir, views=views, trust_hub=trust_hub)
 

@@ -348,7 +348,7 @@ def test_existing_version_refused_without_force(grey_run, tmp_path):
 
 @pytest.mark.parametrize("arguments, message", [
     ({"formats": ("tensorrt",)}, "export format must be among"),
-    ({"version": 0}, "positive integer"),
+    ({"version": 0}, "--version must be a whole number from 1"),
 ])
 def test_bad_options(grey_run, tmp_path, arguments, message):
     with pytest.raises(UserError, match=message):

@@ -7,14 +7,14 @@ from typing import Any
 import click
 
 from keras_cnn.cli import options
-from keras_cnn.cli.common import debug_option, json_option, run_command
+from keras_cnn.cli.common import InputPath, debug_option, json_option, run_command
 from keras_cnn.cli.source_options import source_options, split_rule_options
 from keras_cnn.config import MAX_BATCH_SIZE, MAX_SEED
 from keras_cnn.models.applications import check_base_name
 
 
 @click.command()
-@click.argument("source", metavar="SOURCE")
+@click.argument("source", metavar="SOURCE", type=InputPath())
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), metavar="DIR",
               help="Folder for doctor.html, issues.csv, exclude.txt and doctor.json (a re-run replaces them).")
 @click.option("--base", default=None,

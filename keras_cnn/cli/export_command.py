@@ -9,8 +9,9 @@ import click
 from keras_cnn.choices import ExportFormatName, QuantizationMode, names
 from keras_cnn.cli import options
 from keras_cnn.cli.common import Choice, debug_option, json_option, run_command
-from keras_cnn.export import TOLERANCE  # no TensorFlow at import time
+from keras_cnn.export import TOLERANCE, check_export_options  # no TensorFlow at import time
 from keras_cnn.export.quantize import DEFAULT_MAX_ACCURACY_DROP
+from keras_cnn.export_layout import MAX_VERSION
 
 # How the score a quantized file is judged by is printed.
 _METRIC_NAMES = {"macro_map": "mAP", "accuracy": "accuracy"}
@@ -21,7 +22,7 @@ _METRIC_NAMES = {"macro_map": "mAP", "accuracy": "accuracy"}
               help="The run directory (config.json, labels.txt, model.keras).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Export directory; the model goes to OUT/<version>/ (TF Serving layout).")
-@click.option("--version", "version", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--version", "version", type=click.IntRange(1, MAX_VERSION), default=1, show_default=True,
               help="Version folder number.")
 @click.option("--format", "formats", type=Choice(names(ExportFormatName)), multiple=True,
               help="What to write (repeatable) [default: saved_model]. onnx and litert take "
@@ -78,6 +79,9 @@ def export(run_dir: str, out_dir: str, version: int, formats: tuple[str, ...], v
       kcnn export --run runs/a --out export/ --format saved_model --format onnx
       kcnn export --run runs/a --out export/ --format saved_model --format litert --quantize int8 --tta 4
     """
+
+    # Options that cannot go together, or that the run cannot take, are refused before TensorFlow starts.
+    check_export_options(run_dir, formats or ("saved_model",), version, tta, quantize)
 
     def work() -> dict[str, Any]:
         from keras_cnn.export import export_run
