@@ -22,8 +22,8 @@ import numpy as np
 from keras_cnn.calibration import KINDS, SIGMOID, class_probabilities, head_kind
 from keras_cnn.errors import RunFailure, UserError
 from keras_cnn.io import atomic_write_json, atomic_write_text, check_output_path
-from keras_cnn.metrics import (compute_metrics, coverage_accuracy_curve, cross_entropy, reliability_bins,
-                               selective_metrics, threshold_for_accuracy)
+from keras_cnn.metrics import (accuracy_lower_bound, compute_metrics, coverage_accuracy_curve, cross_entropy,
+                               reliability_bins, selective_metrics, threshold_for_accuracy)
 from keras_cnn.progress import ProgressBar, say, warn
 from keras_cnn.run_calibration import (PartPredictions, batch_outputs_and_logits, part_block, predict_part,
                                        run_temperature, store_reject_below, stored_reject_below)
@@ -33,6 +33,8 @@ from keras_cnn.runs import RunDirectory, RunLock
 from keras_cnn.spreadsheet import frame_csv_text
 
 MISCLASSIFIED_IMAGES = 25
+# The report's caption of the mistakes grid says when each tile shows where the model looked.
+MISTAKE_HEATMAP_CAPTION = ", with where the model looked (Grad-CAM heat maps)"
 DEFAULT_BATCH_SIZE = 32
 PREDICTION_COLUMNS = ("objectId", "true", "predicted", "confidence")
 
@@ -290,10 +292,11 @@ def _evaluate_into(run: RunDirectory, config_payload: dict[str, Any], *, subset:
     mistake_answers = [int(predicted_indices[position]) for position in positions]
     mistake_confidences = [float(probabilities[position].max()) for position in positions]
     mistake_files = [object_ids[position] for position in positions]
-    pictures["Most confident mistakes"] = files["misclassified_plot"] = report.plot_misclassified(
+    heatmaps = _mistake_heatmaps(opened, images, temperature)
+    caption = "Most confident mistakes" + (MISTAKE_HEATMAP_CAPTION if heatmaps is not None else "")
+    pictures[caption] = files["misclassified_plot"] = report.plot_misclassified(
         images, mistake_truth, mistake_answers, mistake_confidences, labels, output_dir / "misclassified.png",
-        max_images=MISCLASSIFIED_IMAGES, object_ids=mistake_files,
-        heatmaps=_mistake_heatmaps(opened, images, temperature),
+        max_images=MISCLASSIFIED_IMAGES, object_ids=mistake_files, heatmaps=heatmaps,
     )
     # The picture's tiles in their order, for the report's table of whole file names.
     tiles = report.mistake_indices(mistake_truth, mistake_answers, mistake_confidences, MISCLASSIFIED_IMAGES)
@@ -350,8 +353,16 @@ def _threshold_choice(run: RunDirectory, run_config, opened, temperature: float 
         warn(f"no threshold reaches accuracy {target_accuracy:g} on the {len(confidence)} validation images "
              f"(the most confident reach {best:.4f}); nothing stored")
         return {"target_accuracy": float(target_accuracy), "threshold": None}
+    chosen = selective_metrics(confidence, correct, threshold)
+    right = int(correct[confidence >= threshold].sum())
+    # Chosen where the validation part happens to reach the target: on few images that says little.
+    chosen["accuracy_lower_bound"] = accuracy_lower_bound(right, chosen["accepted"])
+    if chosen["accuracy_lower_bound"] < target_accuracy:
+        warn(f"the threshold {threshold:.4g} rests on {chosen['accepted']} validation images ({right} right): at 95 % "
+             f"confidence their accuracy is only known to be above {chosen['accuracy_lower_bound']:.3f}, so other "
+             f"images may get less than {target_accuracy:g}; a larger validation part pins it down")
     selection = {"target_accuracy": float(target_accuracy), "threshold": threshold, "temperature": temperature,
-                 "validation": selective_metrics(confidence, correct, threshold)}
+                 "validation": chosen}
     store_reject_below(run, selection)
     return selection
 

@@ -30,6 +30,9 @@ from keras_cnn.export_layout import METADATA_FILE  # noqa: E402
 from keras_cnn.runs import RunDirectory  # noqa: E402
 
 RGB_LABELS = ["cat", "dog", "fish"]
+# The RGB run is calibrated (RUN/calibration.json): every format it exports must answer with its logits
+# divided by this, so each round trip below checks that the temperature is baked in.
+RGB_TEMPERATURE = 2.5
 
 
 def tiny_model(image_size, channels, classes, seed):
@@ -80,9 +83,15 @@ def sample_images():
     }
 
 
-def make_run(root: Path, image_size, channels, labels, resize_mode, seed, binary=False, with_split=False) -> Path:
-    """A finished run directory built by hand (what the training commands leave behind)."""
+def make_run(root: Path, image_size, channels, labels, resize_mode, seed, binary=False, with_split=False,
+             temperature=None) -> Path:
+    """A finished run directory built by hand (what the training commands leave behind); ``temperature``:
+    calibrated with it (as when a stage ends)."""
     run = RunDirectory(root).create()
+    if temperature is not None:
+        run.calibration_path.write_text(json.dumps({"format": 1, "temperature": temperature, "kind": "softmax",
+                                                    "stage": "train", "fitted_on": {"part": "validation",
+                                                                                    "images": 2}}))
     tiny_model(image_size, channels, 1 if binary else len(labels), seed).save(run.model_path)
     run.write_labels(labels)
     data = DataConfig(image_size=image_size, channels=channels, resize_mode=resize_mode)
@@ -104,7 +113,8 @@ def make_run(root: Path, image_size, channels, labels, resize_mode, seed, binary
 
 @pytest.fixture(scope="module")
 def rgb_run(tmp_path_factory):
-    return make_run(tmp_path_factory.mktemp("rgb_run"), (32, 32), 3, RGB_LABELS, "crop", seed=1, with_split=True)
+    return make_run(tmp_path_factory.mktemp("rgb_run"), (32, 32), 3, RGB_LABELS, "crop", seed=1, with_split=True,
+                    temperature=RGB_TEMPERATURE)
 
 
 @pytest.fixture(scope="module")
@@ -124,9 +134,16 @@ def grey_export(grey_run, tmp_path_factory):
     return export_run(grey_run, tmp_path_factory.mktemp("grey_export"), version=3)
 
 
-def keras_probabilities(run_root, pixels):
+def keras_probabilities(run_root, pixels, calibrated=True):
+    """The run's Keras model's probabilities; a calibrated (softmax) run's from its logits divided by T."""
     model = keras.saving.load_model(Path(run_root) / "model.keras")
-    output = np.asarray(model(pixels, training=False))
+    output = np.asarray(model(pixels, training=False), np.float64)
+    calibration = Path(run_root) / "calibration.json"
+    if calibrated and calibration.exists():
+        # log p is the logits up to a constant per image, which the softmax ignores.
+        scaled = np.log(output) / json.loads(calibration.read_text())["temperature"]
+        output = np.exp(scaled - scaled.max(axis=1, keepdims=True))
+        output /= output.sum(axis=1, keepdims=True)
     return np.concatenate([1 - output, output], axis=-1) if output.shape[-1] == 1 else output
 
 
@@ -166,7 +183,7 @@ def test_export_layout_metadata_and_verification(rgb_export, rgb_run):
     assert set(metadata["signatures"]) == {"serving_default", "serving_images", "serving_images_uint8", "serving_tta",
                                            "serving_explain"}
     assert metadata["explain"]["signature"] == "serving_explain" and metadata["explain"]["feature_layer"]
-    assert metadata["calibration"] is None and "reject_below" not in metadata   # a run without calibration.json
+    assert metadata["calibration"]["temperature"] == RGB_TEMPERATURE and "reject_below" not in metadata
     assert metadata["tta"] == rgb_export["tta"] == {"signature": "serving_tta",
                                                     "views": ["identity", "crop_center", "crop_top_left"]}
     assert metadata["trained_with_horizontal_flips"] is False
@@ -205,6 +222,8 @@ print(json.dumps(answer))
 
 
 def test_saved_model_round_trip_in_plain_tensorflow(rgb_export, grey_export, rgb_run, grey_run, tmp_path):
+    # The grey run has no calibration.json: its export says so and answers with the model's own probabilities.
+    assert json.loads((Path(grey_export["path"]) / METADATA_FILE).read_text())["calibration"] is None
     images = sample_images()
     files = []
     for name, data in images.items():
@@ -287,6 +306,7 @@ def test_onnx_round_trip(rgb_export, rgb_run):
     [output] = session.run(None, {session.get_inputs()[0].name: pixels})
     assert output.shape == (len(pixels), 3)
     assert np.max(np.abs(output - keras_probabilities(rgb_run, pixels))) < 1e-4
+    assert np.max(np.abs(output - keras_probabilities(rgb_run, pixels, calibrated=False))) > 1e-3   # T mattered
 
 
 def test_litert_round_trip(rgb_export, rgb_run):
