@@ -12,12 +12,19 @@ at a random place in 32x32 noise).  scikit-learn is needed for this script only.
    (15 bins), negative log-likelihood and Brier score before and after it, and the threshold
    chosen on the validation part with the coverage and accuracy it gives on the test part.
    "wrong labels" rows train on a split whose training part has that share of labels replaced
-   by another digit (validation and test keep the true ones): trained long, the network
-   memorises them and becomes overconfident.
-2. **Unknown classes**: AUROC of telling the digits' test images from images of classes the
-   model never saw, by three scores (higher = known): the top calibrated probability, the top
-   logit and the energy ``T log sum exp(z / T)``.  Far: 32x32 crops of scikit-learn's two sample
-   photos against the 10-digit models; near: the digits 5-9 against a lenet trained on 0-4.
+   by another digit (validation and test keep the true ones).  kcnn keeps a stage's epoch of
+   lowest validation loss, which on wrong labels comes before the network learns them (an
+   underconfident model); the "memorised" row trains without its validation rows, so the
+   lowest training loss is kept (the wrong labels memorised: an overconfident model), then
+   puts them back and fits the temperature with ``kcnn calibrate``.  Beside each fitted
+   temperature, the one the test part itself would choose (hindsight).
+2. **Unknown classes**: three scores (higher = known): the top calibrated probability, the top
+   logit and the energy ``T log sum exp(z / T)``; the AUROC of telling the digits' test images
+   from images of classes the model never saw, and of telling right answers from wrong ones
+   (a known image answered wrongly, or any unknown image: what a rejection must catch), each
+   with a paired bootstrap interval of its difference to the top probability.  Far: 32x32
+   crops of scikit-learn's two sample photos against the 10-digit lenets; near: each half of
+   the digits against a lenet trained on the other half.
 3. **Heat maps on the patch images**: a ``cifar10_net`` trained on them, exported, and
    ``kcnn predict --explain``: the share of test images whose heat-map peak (relative to the
    image as given) falls on the patch.
@@ -26,7 +33,7 @@ at a random place in 32x32 noise).  scikit-learn is needed for this script only.
    both traced with ``tf.function``, in the same run.
 
     python benchmarks/calibration.py
-    python benchmarks/calibration.py --parts calibration --rows "lenet, 30 % wrong labels" --no-record
+    python benchmarks/calibration.py --parts calibration --rows "lenet, 30 % wrong labels, memorised" --no-record
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -46,15 +54,33 @@ from common import RESULTS_PATH, command_line, describe_machine, load_average, m
 
 SECTION_TITLE = "Calibration, 'none of these', unknown classes and heat maps on scikit-learn's digits"
 TARGET_ACCURACY = 0.99
-# name -> (architecture, epochs, share of wrong training labels)
+
+
+class Row(NamedTuple):
+    """One calibration row: what is trained, how long, on how many wrong labels, and which epoch is kept."""
+
+    architecture: str
+    epochs: int
+    wrong_share: float = 0.0
+    # True: the stage validates and keeps its lowest validation loss (kcnn's default), calibrated when it
+    # ends.  False: trained on the split without its validation rows, so the lowest *training* loss is kept
+    # (the memorised end of the run); the rows go back into the split and `kcnn calibrate` fits T on them.
+    validate_while_training: bool = True
+
+
 ROWS = {
-    "lenet, 10 epochs": ("lenet", 10, 0.0),
-    "lenet, 40 epochs": ("lenet", 40, 0.0),
-    "lenet, 30 % wrong labels": ("lenet", 60, 0.3),
-    "lenet5_bn, 20 epochs": ("lenet5_bn", 20, 0.0),
-    "cifar10_net, 20 epochs": ("cifar10_net", 20, 0.0),
+    "lenet, 10 epochs": Row("lenet", 10),
+    "lenet, 40 epochs": Row("lenet", 40),
+    "lenet, 30 % wrong labels": Row("lenet", 60, 0.3),
+    "lenet, 30 % wrong labels, memorised": Row("lenet", 60, 0.3, validate_while_training=False),
+    "lenet5_bn, 20 epochs": Row("lenet5_bn", 20),
+    "cifar10_net, 20 epochs": Row("cifar10_net", 20),
 }
-OVERCONFIDENT_ROW = "lenet, 30 % wrong labels"
+# The lenet made overconfident: kept at the end of a long run on partly wrong labels.  (With a validation
+# part, kcnn keeps the epoch of lowest validation loss, which on wrong labels is an early, *under*confident
+# model: the row above it.)
+OVERCONFIDENT_ROW = "lenet, 30 % wrong labels, memorised"
+BOOTSTRAP_DRAWS = 2000
 SPEED_MODELS = {"lenet": None, "cifar10_net": None, "mobilenet_v3_small": 224, "efficientnet_b0": 224}
 PARTS = ("calibration", "unknown", "patches", "speed")
 
@@ -87,35 +113,68 @@ def train(split: Path, images: Path, architecture: str, epochs: int, out: Path, 
         return train_scratch(config, out)
 
 
+def train_memorised(split: Path, images: Path, row: Row, run: Path, folder: Path) -> dict:
+    """Train on ``split`` without its validation rows, then put them back and fit T with ``kcnn calibrate``.
+
+    Without a validation part the stage keeps its lowest training loss: on wrong labels, the model
+    that has memorised them.  The split is then the whole one again (the run accepts the added
+    validation rows as an input change) and the temperature is fitted on them as for any run.
+    """
+    from keras_cnn.data.split import read_split_csv, write_split_csv
+    from keras_cnn.run_calibration import calibrate_run
+
+    frame = read_split_csv(split)
+    path = folder / f"split-{run.name}.csv"
+    write_split_csv(frame[frame["type"] != "validation"], path)
+    summary = train(path, images, row.architecture, row.epochs, run)
+    write_split_csv(frame, path)
+    with contextlib.redirect_stdout(sys.stderr):
+        calibrate_run(run, accept_input_changes=True)
+    return summary
+
+
 def calibration_rows(split: Path, images: Path, folder: Path, names: list[str],
                      epochs_override: int | None = None) -> dict[str, dict]:
-    """Train each row, evaluate it with --target-accuracy; returns name -> {run, summary, evaluation}."""
+    """Train each row, evaluate it with --target-accuracy; returns name -> {run, summary, evaluation, hindsight}.
+
+    ``hindsight``: the temperature the test part itself would choose, to show how far the one
+    fitted on the (smaller) validation part is from it.
+    """
+    from keras_cnn.calibration import fit_temperature
     from keras_cnn.evaluate import evaluate_run
 
     results = {}
     for name in names:
-        architecture, epochs, share = ROWS[name]
-        epochs = epochs_override or epochs
+        row = ROWS[name]._replace(**({"epochs": epochs_override} if epochs_override else {}))
         run = folder / "runs" / name.replace(" ", "_").replace(",", "").replace("%", "pct")
-        summary = train(split_with_wrong_labels(split, share, folder), images, architecture, epochs, run)
+        noisy_split = split_with_wrong_labels(split, row.wrong_share, folder)
+        if row.validate_while_training:
+            summary = train(noisy_split, images, row.architecture, row.epochs, run)
+        else:
+            summary = train_memorised(noisy_split, images, row, run, folder)
         with contextlib.redirect_stdout(sys.stderr):
             evaluation = evaluate_run(run, target_accuracy=TARGET_ACCURACY)
-        results[name] = {"run": run, "summary": summary, "evaluation": evaluation}
+        pixels, values = part_pixels(split, images, "test")
+        hindsight = fit_temperature(run_logits(run, pixels), class_indices(run, values)).temperature
+        results[name] = {"run": run, "summary": summary, "evaluation": evaluation, "hindsight": hindsight}
         calibration = evaluation["calibration"]
-        print(f"{name}: accuracy {evaluation['accuracy']:.4f}, T {calibration['temperature']}, ECE "
-              f"{calibration['ece_before']:.4f} -> {calibration['ece_after']:.4f}", file=sys.stderr)
+        print(f"{name}: accuracy {evaluation['accuracy']:.4f}, T {calibration['temperature']} (test part's own: "
+              f"{hindsight:.3f}), ECE {calibration['ece_before']:.4f} -> {calibration['ece_after']:.4f}",
+              file=sys.stderr)
     return results
 
 
 def done_when(row: dict) -> dict:
     """The overconfident lenet's checks: ECE at least halved, NLL lower, same accuracy, >= 0.97 accepted."""
     calibration, selective = row["evaluation"]["calibration"], row["evaluation"].get("selective") or {}
-    return {"ece_halved": calibration["ece_after"] <= calibration["ece_before"] / 2,
+    return {"temperature": calibration["temperature"],
+            "ece_halved": calibration["ece_after"] <= calibration["ece_before"] / 2,
             "nll_lower": calibration["nll_after"] < calibration["nll_before"],
             "same_accuracy": abs(row["evaluation"]["accuracy"] - row["summary"]["test_accuracy"]) < 1e-12,
             "accepted_accuracy": selective.get("accuracy"), "coverage": selective.get("coverage"),
             "accepted": selective.get("accepted"), "test_images": selective.get("num_samples"),
-            "accepted_at_least_097": (selective.get("accuracy") or 0) >= 0.97}
+            "accepted_at_least_097": (selective.get("accuracy") or 0) >= 0.97,
+            "validation": (selective.get("validation") or {})}
 
 
 # --------------------------------------------------------------------------- unknown classes
@@ -160,7 +219,8 @@ def run_logits(run: Path, pixels: np.ndarray) -> np.ndarray:
     return np.concatenate(outputs).astype(np.float64)
 
 
-def part_pixels(split: Path, images: Path, part: str, labels: set[str] | None = None) -> np.ndarray:
+def part_pixels(split: Path, images: Path, part: str, labels: set[str] | None = None) -> tuple[np.ndarray, list[str]]:
+    """The part's pictures (uint8 RGB) and their labels, in the split's order (only ``labels`` when given)."""
     from PIL import Image
 
     from keras_cnn.data.split import read_split_csv
@@ -169,40 +229,94 @@ def part_pixels(split: Path, images: Path, part: str, labels: set[str] | None = 
     frame = frame[frame["type"] == part]
     if labels is not None:
         frame = frame[frame["value"].astype(str).isin(labels)]
-    return np.stack([np.asarray(Image.open(images / name).convert("RGB")) for name in frame["objectId"]])
+    pixels = np.stack([np.asarray(Image.open(images / name).convert("RGB")) for name in frame["objectId"]])
+    return pixels, frame["value"].astype(str).tolist()
 
 
-def auroc_table(run: Path, known: np.ndarray, unknown: np.ndarray) -> dict[str, float]:
+def class_indices(run: Path, values: list[str]) -> np.ndarray:
+    """Labels as the run's class indices (its labels.txt)."""
+    from keras_cnn.runs import RunDirectory
+
+    labels = RunDirectory(run).read_labels()
+    return np.asarray([labels.index(value) for value in values], dtype=np.int64)
+
+
+def paired_bootstrap(is_positive: np.ndarray, scores: dict[str, np.ndarray], reference: str,
+                     draws: int = BOOTSTRAP_DRAWS, seed: int = 0) -> dict[str, tuple[float, float]]:
+    """95 % interval of AUROC(score) - AUROC(reference) for each other score: the images are drawn again
+    with replacement (positives and negatives apart, so both stay), the same draw for every score."""
+    from keras_cnn.metrics import roc_auc
+
+    generator = np.random.default_rng(seed)
+    positives, negatives = np.flatnonzero(is_positive), np.flatnonzero(~is_positive)
+    differences: dict[str, list[float]] = {name: [] for name in scores if name != reference}
+    for _ in range(draws):
+        chosen = np.concatenate([generator.choice(positives, len(positives)),
+                                 generator.choice(negatives, len(negatives))])
+        base = roc_auc(is_positive[chosen], scores[reference][chosen])
+        for name in differences:
+            differences[name].append(roc_auc(is_positive[chosen], scores[name][chosen]) - base)
+    return {name: (float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5)))
+            for name, values in differences.items()}
+
+
+def auroc_table(run: Path, known: tuple[np.ndarray, list[str]], unknown: np.ndarray) -> dict[str, dict]:
+    """Per score: AUROC of known against unknown images, and of right answers against wrong ones (a
+    wrong answer: a known image given another class, or any unknown image), with paired bootstrap
+    intervals of each score's difference to the top calibrated probability."""
     from keras_cnn.calibration import out_of_distribution_scores
     from keras_cnn.metrics import roc_auc
     from keras_cnn.run_calibration import run_temperature
     from keras_cnn.runs import RunDirectory
 
     temperature = run_temperature(RunDirectory(run))
-    known_scores = out_of_distribution_scores(run_logits(run, known), temperature)
+    known_logits = run_logits(run, known[0])
+    right = known_logits.argmax(axis=1) == class_indices(run, known[1])
+    known_scores = out_of_distribution_scores(known_logits, temperature)
     unknown_scores = out_of_distribution_scores(run_logits(run, unknown), temperature)
-    is_known = np.concatenate([np.ones(len(known), bool), np.zeros(len(unknown), bool)])
-    return {name: roc_auc(is_known, np.concatenate([known_scores[name], unknown_scores[name]]))
-            for name in known_scores}
+    scores = {name: np.concatenate([known_scores[name], unknown_scores[name]]) for name in known_scores}
+    targets = {"unknown": np.concatenate([np.ones(len(right), bool), np.zeros(len(unknown), bool)]),
+               "failure": np.concatenate([right, np.zeros(len(unknown), bool)])}
+    table = {}
+    for task, is_positive in targets.items():
+        intervals = paired_bootstrap(is_positive, scores, "max_probability")
+        table[task] = {name: {"auroc": roc_auc(is_positive, values), "difference": intervals.get(name)}
+                       for name, values in scores.items()}
+    table["images"] = {"known": len(right), "wrong": int((~right).sum()), "unknown": len(unknown)}
+    return table
+
+
+NEAR_SPLITS = {"0-4": ({"0", "1", "2", "3", "4"}, {"5", "6", "7", "8", "9"}),
+               "5-9": ({"5", "6", "7", "8", "9"}, {"0", "1", "2", "3", "4"})}
 
 
 def unknown_classes(split: Path, images: Path, folder: Path, trained: dict[str, dict]) -> dict[str, dict]:
-    """AUROC per score: photos against the 10-digit runs, digits 5-9 against a lenet trained on 0-4."""
+    """AUROC per score: photos against the 10-digit lenets, each half of the digits against a lenet on the other."""
     from keras_cnn.data.split import read_split_csv, write_split_csv
 
     known = part_pixels(split, images, "test")
-    photos = photo_crops(len(known))
+    photos = photo_crops(len(known[0]))
     tables = {f"photos vs {name}": auroc_table(row["run"], known, photos) for name, row in trained.items()
-              if ROWS[name][0] == "lenet"}
+              if ROWS[name].architecture == "lenet"}
     frame = read_split_csv(split)
-    low = frame[frame["value"].astype(str).isin({"0", "1", "2", "3", "4"})]
-    split_low = write_split_csv(low, folder / "split-0-4.csv")
-    run = folder / "runs" / "lenet_0-4"
-    train(split_low, images, "lenet", 10, run)
-    tables["digits 5-9 vs lenet on 0-4 (10 epochs)"] = auroc_table(
-        run, part_pixels(split, images, "test", {"0", "1", "2", "3", "4"}),
-        part_pixels(split, images, "test", {"5", "6", "7", "8", "9"}))
+    for name, (seen, unseen) in NEAR_SPLITS.items():
+        run = folder / "runs" / f"lenet_{name}"
+        train(write_split_csv(frame[frame["value"].astype(str).isin(seen)], folder / f"split-{name}.csv"),
+              images, "lenet", 10, run)
+        tables[f"digits {min(unseen)}-{max(unseen)} vs lenet on {name} (10 epochs)"] = auroc_table(
+            run, part_pixels(split, images, "test", seen), part_pixels(split, images, "test", unseen)[0])
     return tables
+
+
+def clear_winner(tables: dict[str, dict]) -> str | None:
+    """The score that beats the top calibrated probability on every row, for both tasks (the lower end of
+    each paired interval above 0); None when none does."""
+    others = [name for name in next(iter(tables.values()))["unknown"] if name != "max_probability"]
+    for name in others:
+        if all(table[task][name]["difference"][0] > 0
+               for table in tables.values() for task in ("unknown", "failure")):
+            return name
+    return None
 
 
 # --------------------------------------------------------------------------- heat maps
@@ -283,23 +397,71 @@ def heat_map_speed(batch_size: int, rounds: int, seconds: float) -> list[dict]:
 def calibration_lines(trained: dict[str, dict], sizes: dict) -> list[str]:
     lines = [f"From scratch on the digits (split {sizes}; seed 1; each architecture's reference recipe but the "
              f"epochs), temperature fitted on the validation part when the stage ended, metrics on the test "
-             f"part; the threshold is the lowest whose accepted validation images reach {TARGET_ACCURACY}.", "",
-             "| run | test accuracy | T | ECE before -> after | NLL before -> after | Brier before -> after | "
-             f"threshold for {TARGET_ACCURACY} | test coverage | accuracy of the accepted |",
-             "|---|---:|---:|---|---|---|---:|---:|---:|"]
+             f"part; the threshold is the lowest whose accepted validation images reach {TARGET_ACCURACY}.  "
+             "\"wrong labels\" rows train on a split with that share of training labels replaced by another "
+             "digit; kcnn keeps the epoch of lowest validation loss (early, before the wrong labels are learnt), "
+             "except in the \"memorised\" row, trained without its validation rows (so the lowest training "
+             "loss is kept: the wrong labels learnt) and calibrated afterwards by `kcnn calibrate` on them.  "
+             "T > 1 softens an overconfident model, T < 1 sharpens an underconfident one; \"test's own T\" is "
+             "the temperature the test part itself would choose (hindsight, for comparison only).  Beside the "
+             "threshold, the validation images it accepts and the 95 % lower bound (Clopper-Pearson) of their "
+             "accuracy: what they vouch for on other images.", "",
+             "| run | test accuracy | T | test's own T | ECE before -> after | NLL before -> after | "
+             f"Brier before -> after | threshold for {TARGET_ACCURACY} | validation images accepted (95 % lower "
+             "bound of their accuracy) | test coverage | accuracy of the accepted |",
+             "|---|---:|---:|---:|---|---|---|---:|---:|---:|---:|"]
     for name, row in trained.items():
         evaluation = row["evaluation"]
         calibration, selective = evaluation["calibration"], evaluation.get("selective") or {}
         threshold = selective.get("threshold")
         accepted = selective.get("accuracy")
         lines.append(
-            f"| {name} | {evaluation['accuracy']:.4f} | {calibration['temperature']:.3f} | "
+            f"| {name} | {evaluation['accuracy']:.4f} | {calibration['temperature']:.3f} | {row['hindsight']:.3f} | "
             f"{calibration['ece_before']:.4f} -> {calibration['ece_after']:.4f} | "
             f"{calibration['nll_before']:.4f} -> {calibration['nll_after']:.4f} | "
             f"{calibration['brier_before']:.4f} -> {calibration['brier_after']:.4f} | "
-            + (f"{threshold:.4f} | {selective['coverage']:.4f} ({selective['accepted']} of "
-               f"{selective['num_samples']}) | {accepted:.4f} |" if threshold is not None and accepted is not None
-               else "— | — | — |"))
+            + (f"{threshold:.4f} | {validation_support(selective.get('validation'))} | {selective['coverage']:.4f} "
+               f"({selective['accepted']} of {selective['num_samples']}) | {accepted:.4f} |"
+               if threshold is not None and accepted is not None else "— | — | — | — |"))
+    return lines
+
+
+def validation_support(validation: dict | None) -> str:
+    """``"43 of 160, 43 right (0.933)"``: the validation images behind a threshold and what they vouch for."""
+    if not validation:
+        return "—"
+    right = round(validation["accuracy"] * validation["accepted"])
+    return (f"{validation['accepted']} of {validation['num_samples']}, {right} right "
+            f"({validation['accuracy_lower_bound']:.3f})")
+
+
+SCORE_TITLES = {"max_probability": "top calibrated probability", "max_logit": "top logit", "energy": "energy"}
+
+
+def unknown_lines(tables: dict[str, dict]) -> list[str]:
+    """Both AUROC tables (with each score's paired interval against the top probability) and the verdict."""
+    lines = []
+    for task, title in (("unknown", "known (positive) against unknown images"),
+                        ("failure", "right answers (positive) against wrong ones: known images answered wrongly "
+                                    "and every unknown image")):
+        lines += [f"AUROC, {title}; in brackets the 95 % paired bootstrap interval ({BOOTSTRAP_DRAWS} draws) of the "
+                  "difference to the top calibrated probability:", "",
+                  "| known vs unknown (test images known, of them answered wrongly, unknown) | "
+                  + " | ".join(SCORE_TITLES.values()) + " |", "|---|" + "---:|" * len(SCORE_TITLES)]
+        for name, table in tables.items():
+            cells = []
+            for score in SCORE_TITLES:
+                entry = table[task][score]
+                interval = entry["difference"]
+                bracket = f" [{interval[0]:+.4f}, {interval[1]:+.4f}]" if interval else ""
+                cells.append(f"{entry['auroc']:.4f}{bracket}")
+            counts = table["images"]
+            lines.append(f"| {name} ({counts['known']}, {counts['wrong']}, {counts['unknown']}) | "
+                         + " | ".join(cells) + " |")
+        lines.append("")
+    winner = clear_winner(tables)
+    lines += [f"A score clearly better than the top calibrated probability on every row and both tasks: "
+              f"**{SCORE_TITLES[winner] if winner else 'none'}**.", ""]
     return lines
 
 
@@ -331,28 +493,31 @@ def main(argv: list[str] | None = None) -> dict:
             split, images = digits_data(folder, arguments.limit)
             rows = arguments.rows if "calibration" in arguments.parts else [OVERCONFIDENT_ROW]
             trained = calibration_rows(split, images, folder, rows, arguments.epochs)
-            from keras_cnn.io import read_json
+            from keras_cnn.data.split import read_split_csv
 
-            sizes = read_json(next(iter(trained.values()))["run"] / "config.json")["extra"]["sizes"]
+            counts = read_split_csv(split)["type"].value_counts()
+            sizes = {part: int(counts.get(part, 0)) for part in ("train", "validation", "test")}
             outcome["calibration"] = {name: {"evaluation": row["evaluation"], "test_accuracy":
                                              row["summary"]["test_accuracy"]} for name, row in trained.items()}
             lines += ["### 1. Calibration and answering only when confident", "",
                       *calibration_lines(trained, sizes), ""]
             if OVERCONFIDENT_ROW in trained:
                 checks = outcome["done_when"] = done_when(trained[OVERCONFIDENT_ROW])
-                lines += [f"{OVERCONFIDENT_ROW}: test ECE at least halved: **{'yes' if checks['ece_halved'] else 'NO'}**"
-                          f"; NLL lower: **{'yes' if checks['nll_lower'] else 'NO'}**; same accuracy: "
+                accepted = checks["accepted_accuracy"]
+                lines += [f"{OVERCONFIDENT_ROW} (T {checks['temperature']:.3f}: "
+                          f"{'over' if checks['temperature'] > 1 else 'under'}confident): test ECE at least halved: "
+                          f"**{'yes' if checks['ece_halved'] else 'NO'}**; NLL lower: "
+                          f"**{'yes' if checks['nll_lower'] else 'NO'}**; same accuracy: "
                           f"**{'yes' if checks['same_accuracy'] else 'NO'}**; accepted test images at the "
-                          f"{TARGET_ACCURACY} threshold: accuracy **{checks['accepted_accuracy']}** "
-                          f"({checks['accepted']} of {checks['test_images']} test images, coverage "
-                          f"{checks['coverage']}).", ""]
+                          f"{TARGET_ACCURACY} threshold: accuracy **"
+                          + (f"{accepted:.4f}** ({checks['accepted']} of {checks['test_images']} test images, "
+                             f"coverage {checks['coverage']:.4f})." if accepted is not None else "none accepted**.")
+                          + f" At least 0.97: **{'yes' if checks['accepted_at_least_097'] else 'NO'}**; the "
+                          f"threshold's validation images: {validation_support(checks['validation'])}.", ""]
         if "unknown" in arguments.parts:
             tables = outcome["unknown"] = unknown_classes(split, images, folder, trained)
-            lines += ["### 2. Images of classes the model never saw (AUROC, known = positive)", "",
-                      "| known vs unknown | top calibrated probability | top logit | energy |", "|---|---:|---:|---:|"]
-            lines += [f"| {name} | {table['max_probability']:.4f} | {table['max_logit']:.4f} | "
-                      f"{table['energy']:.4f} |" for name, table in tables.items()]
-            lines.append("")
+            outcome["clear_winner"] = clear_winner(tables)
+            lines += ["### 2. Images of classes the model never saw", "", *unknown_lines(tables)]
         if "patches" in arguments.parts:
             patches = outcome["patches"] = patch_heat_maps(folder, arguments.patches_per_class, arguments.patch_epochs)
             lines += ["### 3. Heat maps on the patch images", "",

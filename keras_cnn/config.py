@@ -21,7 +21,7 @@ from typing import Any
 
 from keras_cnn.choices import (AugmentEngine, ClassWeight, DatasetName, Layout, ModelApi, ModelKind, OptimizerName,
                                ResizeMode, ScheduleName, StrategyName, Switch)
-from keras_cnn.data.pixel_limit import DEFAULT_MAX_IMAGE_PIXELS
+from keras_cnn.data.pixel_limit import DEFAULT_MAX_IMAGE_PIXELS, LARGEST_PIXEL_LIMIT
 from keras_cnn.errors import UserError
 
 # The largest values options take: a few extra digits typed by mistake are refused at once,
@@ -31,6 +31,7 @@ MAX_SEED = 2**32 - 1           # numpy's (and so Keras's) seeds are 32-bit
 MAX_BATCH_SIZE = 65_536
 MAX_EPOCHS = 100_000
 MAX_UNITS = 65_536             # Dense units of a head layer
+MAX_SAMPLE_PER_CLASS = 100_000   # images per class of the generated sample set
 
 
 @dataclass
@@ -202,7 +203,7 @@ def validate_config(config: RunConfig | FineTuneConfig) -> None:
         _check_whole_number("--head-units", units, 1, MAX_UNITS)
     for side in config.data.image_size or ():
         _check_whole_number("--image-size", side, 1, MAX_IMAGE_SIDE)
-    _check_whole_number("--max-image-pixels", config.data.max_image_pixels, 0, None)
+    _check_whole_number("--max-image-pixels", config.data.max_image_pixels, 0, LARGEST_PIXEL_LIMIT)
     if config.data.layout and config.data.split:
         raise UserError("--layout says how to read --images when there is no --split; a split CSV names its files")
     if config.data.dataset and (config.data.exclude or config.data.relabel):

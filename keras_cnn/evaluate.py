@@ -22,8 +22,8 @@ import numpy as np
 from keras_cnn.calibration import KINDS, SIGMOID, class_probabilities, head_kind
 from keras_cnn.errors import RunFailure, UserError
 from keras_cnn.io import atomic_write_json, atomic_write_text, check_output_path
-from keras_cnn.metrics import (compute_metrics, coverage_accuracy_curve, cross_entropy, reliability_bins,
-                               selective_metrics, threshold_for_accuracy)
+from keras_cnn.metrics import (accuracy_lower_bound, compute_metrics, coverage_accuracy_curve, cross_entropy,
+                               reliability_bins, selective_metrics, threshold_for_accuracy)
 from keras_cnn.progress import ProgressBar, say, warn
 from keras_cnn.run_calibration import (PartPredictions, batch_outputs_and_logits, part_block, predict_part,
                                        run_temperature, store_reject_below, stored_reject_below)
@@ -33,6 +33,8 @@ from keras_cnn.runs import RunDirectory, RunLock
 from keras_cnn.spreadsheet import frame_csv_text
 
 MISCLASSIFIED_IMAGES = 25
+# The report's caption of the mistakes grid says when each tile shows where the model looked.
+MISTAKE_HEATMAP_CAPTION = ", with where the model looked (Grad-CAM heat maps)"
 DEFAULT_BATCH_SIZE = 32
 PREDICTION_COLUMNS = ("objectId", "true", "predicted", "confidence")
 
@@ -183,17 +185,12 @@ def evaluate_run(run_dir: str | os.PathLike, subset: str = "test", batch_size: i
     threshold (``target_accuracy`` is refused): its labels' thresholds decide.
     """
     from keras_cnn.config import RunConfig
-    from keras_cnn.tta import trained_with_flips, view_names
 
     run = RunDirectory(run_dir).require()
-    if subset not in SUBSETS:
-        raise UserError(f"subset must be one of {SUBSETS}, received {subset!r}")
-    if target_accuracy is not None and not 0 < float(target_accuracy) <= 1:
-        raise UserError(f"--target-accuracy must be in (0, 1], received: {target_accuracy}")
+    views = check_evaluation_options(run, subset, tta, target_accuracy)
     config_payload = run.read_config()
     run_config = RunConfig.from_dict(config_payload)
     batch_size = int(batch_size or run_config.training.batch_size or DEFAULT_BATCH_SIZE)
-    views = view_names(int(tta), trained_with_flips(run_config)) if tta else None
     if output_dir is None:
         output_dir = run.eval_dir if subset == "test" else run.eval_dir / subset
     # The run's lock: no evaluation of a model that a training process is replacing.
@@ -203,6 +200,24 @@ def evaluate_run(run_dir: str | os.PathLike, subset: str = "test", batch_size: i
         return _evaluate_into(run, config_payload, subset=subset, batch_size=batch_size, output_dir=Path(output_dir),
                               views=views, target_accuracy=target_accuracy, trust_hub=trust_hub,
                               accept_input_changes=accept_input_changes)
+
+
+def check_evaluation_options(run: RunDirectory, subset: str, tta: int | None,
+                             target_accuracy: float | None) -> list[str] | None:
+    """Refuse options the run cannot be evaluated with, from its config.json alone (no TensorFlow, no image):
+    the command line calls it before anything starts.  Returns the TTA views (None without ``tta``)."""
+    from keras_cnn.config import RunConfig
+    from keras_cnn.tta import trained_with_flips, view_names
+
+    if subset not in SUBSETS:
+        raise UserError(f"subset must be one of {SUBSETS}, received {subset!r}")
+    if target_accuracy is not None and not 0 < float(target_accuracy) <= 1:   # NaN too
+        raise UserError(f"--target-accuracy must be in (0, 1], received: {target_accuracy}")
+    run_config = RunConfig.from_dict(run.read_config())
+    if run_config.data.multi_label and target_accuracy is not None:
+        raise UserError("--target-accuracy chooses a 'none of these' threshold for single-label runs; a "
+                        "multi-label run answers each label at its own threshold (RUN/thresholds.json)")
+    return view_names(int(tta), trained_with_flips(run_config)) if tta else None
 
 
 def _evaluate_into(run: RunDirectory, config_payload: dict[str, Any], *, subset: str, batch_size: int,
@@ -219,9 +234,6 @@ def _evaluate_into(run: RunDirectory, config_payload: dict[str, Any], *, subset:
     # Before any image is read; the parts then leave out what the record does.
     check_run_inputs(run, run_config, accept=accept_input_changes, command="kcnn evaluate")
     if run_config.data.multi_label:
-        if target_accuracy is not None:
-            raise UserError("--target-accuracy chooses a 'none of these' threshold for single-label runs; a "
-                            "multi-label run answers each label at its own threshold (RUN/thresholds.json)")
         return evaluate_multi_label_into(run, config_payload, subset=subset, batch_size=batch_size,
                                          output_dir=output_dir, views=views, trust_hub=trust_hub)
 
@@ -280,10 +292,11 @@ def _evaluate_into(run: RunDirectory, config_payload: dict[str, Any], *, subset:
     mistake_answers = [int(predicted_indices[position]) for position in positions]
     mistake_confidences = [float(probabilities[position].max()) for position in positions]
     mistake_files = [object_ids[position] for position in positions]
-    pictures["Most confident mistakes"] = files["misclassified_plot"] = report.plot_misclassified(
+    heatmaps = _mistake_heatmaps(opened, images, temperature)
+    caption = "Most confident mistakes" + (MISTAKE_HEATMAP_CAPTION if heatmaps is not None else "")
+    pictures[caption] = files["misclassified_plot"] = report.plot_misclassified(
         images, mistake_truth, mistake_answers, mistake_confidences, labels, output_dir / "misclassified.png",
-        max_images=MISCLASSIFIED_IMAGES, object_ids=mistake_files,
-        heatmaps=_mistake_heatmaps(opened, images, temperature),
+        max_images=MISCLASSIFIED_IMAGES, object_ids=mistake_files, heatmaps=heatmaps,
     )
     # The picture's tiles in their order, for the report's table of whole file names.
     tiles = report.mistake_indices(mistake_truth, mistake_answers, mistake_confidences, MISCLASSIFIED_IMAGES)
@@ -340,8 +353,16 @@ def _threshold_choice(run: RunDirectory, run_config, opened, temperature: float 
         warn(f"no threshold reaches accuracy {target_accuracy:g} on the {len(confidence)} validation images "
              f"(the most confident reach {best:.4f}); nothing stored")
         return {"target_accuracy": float(target_accuracy), "threshold": None}
+    chosen = selective_metrics(confidence, correct, threshold)
+    right = int(correct[confidence >= threshold].sum())
+    # Chosen where the validation part happens to reach the target: on few images that says little.
+    chosen["accuracy_lower_bound"] = accuracy_lower_bound(right, chosen["accepted"])
+    if chosen["accuracy_lower_bound"] < target_accuracy:
+        warn(f"the threshold {threshold:.4g} rests on {chosen['accepted']} validation images ({right} right): at 95 % "
+             f"confidence their accuracy is only known to be above {chosen['accuracy_lower_bound']:.3f}, so other "
+             f"images may get less than {target_accuracy:g}; a larger validation part pins it down")
     selection = {"target_accuracy": float(target_accuracy), "threshold": threshold, "temperature": temperature,
-                 "validation": selective_metrics(confidence, correct, threshold)}
+                 "validation": chosen}
     store_reject_below(run, selection)
     return selection
 

@@ -31,6 +31,8 @@ TTA_SIGNATURE = "serving_tta"                  # serving_default averaged over t
 EXPLAIN_SIGNATURE = "serving_explain"          # serving_default plus heatmap: where the model looked (Grad-CAM)
 HEATMAP_OUTPUT = "heatmap"                     # its [batch, height, width] output, 0..1
 
+MAX_VERSION = 2**63 - 1   # TF Serving reads a version folder's name as a 64-bit integer
+
 
 def quantized_litert_file(mode: str) -> str:
     """``model_int8.tflite`` etc., beside the float ``model.tflite``."""
@@ -106,3 +108,30 @@ def check_label_count(version_dir: Path, labels: list[str], classes: int) -> Non
     if labels and len(labels) != classes:
         raise UserError(f"{version_dir / LABELS_ASSET} has {len(labels)} labels but the model has {classes} classes; "
                         "export the run again with kcnn export")
+
+
+def check_answer_options(version_dir: Path, metadata: dict[str, Any], *, tta: int | None = None,
+                         reject_below: float | None = None, explain: bool = False) -> list[str] | None:
+    """Refuse what the export cannot answer with, from its ``kcnn.json`` alone (no TensorFlow), so
+    ``kcnn predict`` says so before it loads the model: a ``reject_below`` for a multi-label export
+    (each label has its threshold) or out of [0, 1], heat maps (``explain``) from an export without
+    them or together with ``tta``, more ``tta`` views than the run's.  Returns the names of the TTA
+    views (None without ``tta``)."""
+    if reject_below is not None:
+        if isinstance(metadata.get("thresholds"), dict):
+            raise UserError("--reject-below is for single-label models; this export is multi-label: each "
+                            "label is answered at its own threshold (kcnn.json's thresholds)")
+        if not 0.0 <= float(reject_below) <= 1.0:   # NaN too
+            raise UserError(f"--reject-below must be a probability in [0, 1], received: {reject_below}")
+    if explain:
+        if tta:
+            raise UserError("--explain and --tta cannot be combined: the heat map is of the image itself")
+        described = metadata.get("explain")
+        if isinstance(described, dict) and not described.get("signature"):
+            raise UserError(f"{version_dir} has no {EXPLAIN_SIGNATURE!r} signature for heat maps: "
+                            f"{described.get('reason') or 'kcnn.json gives no reason'}")
+    if not tta:
+        return None
+    from keras_cnn.tta import view_names   # here: predict imports the TTA code only for --tta
+
+    return view_names(int(tta), bool(metadata.get("trained_with_horizontal_flips")))

@@ -31,6 +31,7 @@ from keras_cnn.progress import ProgressBar
 from keras_cnn.run_calibration import LabelPredictions, batch_outputs_and_logits, part_block, run_temperature
 from keras_cnn.run_data import load_part
 from keras_cnn.runs import RunDirectory
+from keras_cnn.spreadsheet import frame_csv_text
 from keras_cnn.thresholds import read_thresholds
 
 EXAMPLES_PER_LABEL = 4
@@ -121,7 +122,7 @@ def predictions_csv(object_ids: list[str], targets: np.ndarray, probabilities: n
     frame = pd.DataFrame({"objectId": list(object_ids), "true": joined(targets > 0.5), "predicted": joined(predicted)})
     for index, label in enumerate(labels):
         frame[f"probability_{label}" if label in RESERVED_COLUMNS else label] = probabilities[:, index]
-    return frame.to_csv(index=False, float_format="%.6g")
+    return frame_csv_text(frame, float_format="%.6g")   # labels and file names cannot run as formulas
 
 
 def evaluate_multi_label_into(run: RunDirectory, config_payload: dict[str, Any], *, subset: str, batch_size: int,

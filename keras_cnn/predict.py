@@ -38,8 +38,9 @@ from keras_cnn.data.images import RESIZE_FILTER, header_pixels, load_image
 from keras_cnn.data.pixel_limit import DEFAULT_MAX_IMAGE_PIXELS, over_limit_message, pixel_limit_problem
 from keras_cnn.errors import UserError, first_line
 from keras_cnn.export_layout import (EXPLAIN_SIGNATURE, HEATMAP_OUTPUT, IMAGES_SIGNATURE, IMAGES_UINT8_SIGNATURE,
-                                     METADATA_FILE, SERVING_SIGNATURE, TTA_SIGNATURE, check_label_count,
-                                     read_export_labels, read_export_metadata, resolve_version_dir)
+                                     METADATA_FILE, SERVING_SIGNATURE, TTA_SIGNATURE, check_answer_options,
+                                     check_label_count, read_export_labels, read_export_metadata,
+                                     resolve_version_dir)
 from keras_cnn.heatmaps import overlay_png, peak_on_image
 from keras_cnn.io import atomic_write_bytes, check_output_path
 
@@ -76,29 +77,22 @@ class ExportedModel:
 
     def use_explain(self) -> None:
         """Answer through the ``serving_explain`` signature from now on: each answer gets its heat map."""
+        check_answer_options(self.path, self.metadata, tta=len(self.tta_views or ()), explain=True)
         if EXPLAIN_SIGNATURE not in getattr(self.saved_model, "signatures", {}):
             reason = (self.metadata.get("explain") or {}).get("reason") or "it was exported by an older kcnn"
             raise UserError(f"{self.path} has no {EXPLAIN_SIGNATURE!r} signature for heat maps: {reason}")
-        if self.tta_views:
-            raise UserError("--explain and --tta cannot be combined: the heat map is of the image itself")
         self.explaining = True
 
     def reject_below(self, requested: float | None = None) -> float | None:
         """The threshold below which an answer is "unknown": ``requested``, else the export's (kcnn.json).
 
         A multi-label export has none: each label is answered at its own threshold."""
-        if self.thresholds is not None:
-            if requested is not None:
-                raise UserError("--reject-below is for single-label models; this export is multi-label: each "
-                                "label is answered at its own threshold (kcnn.json's thresholds)")
-            return None
+        check_answer_options(self.path, self.metadata, reject_below=requested)
         threshold = requested if requested is not None else self.metadata.get("reject_below")
-        if threshold is None:
+        if self.thresholds is not None or threshold is None:
             return None
-        threshold = float(threshold)
-        if not 0.0 <= threshold <= 1.0:
-            raise UserError(f"--reject-below must be a probability in [0, 1], received: {threshold}")
-        return threshold
+        check_answer_options(self.path, self.metadata, reject_below=threshold)   # the export's own
+        return float(threshold)
 
     def use_tta(self, count: int) -> list[str]:
         """Average the probabilities of ``count`` test-time augmentation views from now on.

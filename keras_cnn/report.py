@@ -508,6 +508,10 @@ SUMMARY_KEYS = (
 )
 
 
+# Names in a note are cut to this, so that `kcnn evaluate` prints each note as one line of at most ~300 characters.
+NOTE_NAME_CHARACTERS = 32
+
+
 def reading_notes(metrics: Mapping[str, Any], config: Mapping[str, Any]) -> list[str]:
     """Why the numbers of an evaluation mean little, when they do; the first lines of its report.
 
@@ -520,17 +524,16 @@ def reading_notes(metrics: Mapping[str, Any], config: Mapping[str, Any]) -> list
     subset = str(metrics.get("subset", "test"))
     model = config.get("model") or {}
     if model.get("kind") == "transfer" and str(model.get("weights")).lower() == "none":
-        base = _short(model.get("name", "the base"), 60)
+        base = _short(model.get("name", "the base"), NOTE_NAME_CHARACTERS)
         finetune = ((config.get("extra") or {}).get("stages") or {}).get("finetune") or {}
         if str(finetune.get("unfreeze_from", "")).lower() == "all":
             notes.append(f"The base, {base}, started from random weights (--weights none), not ImageNet weights, "
                          "and every layer was trained from them: expect far lower accuracy than a pretrained base "
                          "gives on the same images.")
         else:
-            notes.append(f"The base, {base}, has random weights (--weights none: no ImageNet weights were at "
-                         "hand), and its frozen layers pass on almost nothing the head can learn from. Accuracy near "
-                         "chance is expected, not a fault of the data or the training; with ImageNet weights the "
-                         "same run learns.")
+            notes.append(f"The base, {base}, has random weights (--weights none: no ImageNet weights at hand); its "
+                         "frozen layers give the head almost nothing to learn from, so accuracy near chance is "
+                         "expected, not a fault of the data or training. With ImageNet weights the same run learns.")
     labels = [str(label) for label in metrics.get("labels", [])]
     matrix = np.asarray(metrics.get("confusion_matrix") or [], dtype=np.int64)
     if matrix.ndim != 2 or matrix.size == 0 or len(labels) != len(matrix):
@@ -542,11 +545,13 @@ def reading_notes(metrics: Mapping[str, Any], config: Mapping[str, Any]) -> list
     chance = float(support[common]) / max(total, 1)
     present = support[support > 0]
     if np.count_nonzero(answered) == 1 and len(labels) > 1:
-        notes.append(f"Every {subset} image was predicted as '{labels[int(np.argmax(answered))]}': the model "
+        answer = _short(labels[int(np.argmax(answered))], NOTE_NAME_CHARACTERS)
+        notes.append(f"Every {subset} image was predicted as '{answer}': the model "
                      f"answers one label whatever the image shows, which scores {accuracy:.3f} here.")
     # Within two standard deviations of what a constant answer scores on this many images.
     elif len(labels) > 1 and total and accuracy <= chance + 2 * math.sqrt(chance * (1 - chance) / total):
-        answer = "any one label" if present.min() == present.max() else f"'{labels[common]}', the most common label,"
+        answer = ("any one label" if present.min() == present.max()
+                  else f"'{_short(labels[common], NOTE_NAME_CHARACTERS)}', the most common label,")
         notes.append(f"Accuracy {accuracy:.3f} is not clearly above chance: always answering {answer} scores "
                      f"{chance:.3f} on these {total} images.")
     if total and (present.min() < SMALL_PART_ROWS or total < 5 * SMALL_PART_ROWS):
@@ -555,7 +560,8 @@ def reading_notes(metrics: Mapping[str, Any], config: Mapping[str, Any]) -> list
                      "few points mean nothing.")
     missing = [label for label, count in zip(labels, support) if count == 0]
     if missing:
-        notes.append(f"No {subset} images of {summarize_items(missing)}: nothing here says how well "
+        notes.append(f"No {subset} images of {summarize_items(_short(label, NOTE_NAME_CHARACTERS) for label in missing)}: "
+                     "nothing here says how well "
                      f"{'it is' if len(missing) == 1 else 'they are'} recognised.")
     return notes
 

@@ -36,7 +36,7 @@ from keras_cnn.io import atomic_write_json, read_json
 from keras_cnn.metrics import (binary_cross_entropy, calibration_block, compute_multi_label_metrics,
                                multi_label_calibration_block)
 from keras_cnn.progress import ProgressBar, say, warn
-from keras_cnn.runs import RunDirectory, RunLock
+from keras_cnn.runs import RunDirectory, RunLock, RunState
 from keras_cnn.thresholds import default_record, thresholds_in_order, thresholds_record, write_thresholds
 
 CALIBRATION_FORMAT = 1
@@ -140,6 +140,17 @@ def predict_part(opened, dataset, truth: Any = None, title: str | None = None,
         return LabelPredictions(outputs_array, np.concatenate(logits), truth_array.reshape(outputs_array.shape))
     return PartPredictions(outputs_array, np.concatenate(logits), truth_array,
                            head_kind(opened.activation, outputs_array.shape[1]))
+
+
+def check_finite(predictions: Predictions, part: str, advice: str) -> None:
+    """Stop with one line when the model's outputs on ``part`` are not finite numbers (its weights overflowed).
+
+    A loss can stay finite while the logits behind it are infinite; no probability, metric
+    or temperature can be had from them.  ``advice``: what to do about it.
+    """
+    if not (np.isfinite(predictions.logits).all() and np.isfinite(predictions.outputs).all()):
+        raise RunFailure(f"the model's outputs on the {part} part are not finite numbers (its weights overflowed); "
+                         f"{advice}")
 
 
 Predictions = PartPredictions | LabelPredictions
@@ -255,9 +266,10 @@ def calibrate_run(run_dir: str | os.PathLike, batch_size: int | None = None, tru
     with a line saying so) and returns the record, plus ``run``.  A multi-label run's labels'
     thresholds depend on the temperature: they are chosen again on the calibrated validation
     probabilities (``RUN/thresholds.json``, and ``thresholds`` in the result) and metrics.json's
-    numbers of the run's last stage follow.  A run without a
-    validation part is refused.  As ``kcnn evaluate``, the run's labels and inputs are
-    checked first (changed images refused unless ``accept_input_changes``), and a TF Hub
+    numbers of the run's last stage follow.  A run without a validation part is refused, and
+    so is one whose last stage has not finished (its resumed stage fits its own temperature
+    when it ends).  As ``kcnn evaluate``, under the run's lock, the run's labels and inputs
+    are checked first (changed images refused unless ``accept_input_changes``), and a TF Hub
     base loads only with ``trust_hub``.
     """
     from keras_cnn.config import RunConfig
@@ -270,6 +282,12 @@ def calibrate_run(run_dir: str | os.PathLike, batch_size: int | None = None, tru
     config = RunConfig.from_dict(run.read_config())
     batch_size = int(batch_size or config.training.batch_size or 32)
     with RunLock(run.root):
+        run.check_ownership()
+        unfinished = RunState.read(run).unfinished()
+        if unfinished:
+            raise UserError(f"{run.root}: {unfinished}; calibrate it once it has finished (a stage fits its "
+                            "temperature when it ends)")
+        run.claim()
         labels = run_labels(run, config)
         check_run_inputs(run, config, accept=accept_input_changes, command="kcnn calibrate")
         try:
@@ -281,6 +299,8 @@ def calibrate_run(run_dir: str | os.PathLike, batch_size: int | None = None, tru
         multi_label = validation_part.multi_label
         validation = predict_part(opened, validation_part.images(), validation_part.targets,
                                   f"predicting {len(validation_part.targets)} validation images", multi_label)
+        check_finite(validation, "validation", "no temperature fits them: train the run again with a lower "
+                                               "--learning-rate")
         test = None
         try:
             test_part = load_part(run, config, "test", batch_size)

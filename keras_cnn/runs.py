@@ -20,6 +20,7 @@ Layout (every file is written atomically through :mod:`keras_cnn.io`)::
       logs/              TensorBoard logs
       backup/            per-stage checkpoints, so a killed run resumes
       eval/              ``kcnn evaluate`` output (eval/validation/ for the validation part)
+      duplicates.txt ... the full lists behind shortened messages about the run's images (:data:`RunDirectory.LISTS`)
 
 A run folder owns only what kcnn made (:meth:`RunDirectory.check_ownership`,
 :meth:`RunDirectory.claim`): kcnn writes, replaces and removes only the names its record
@@ -30,11 +31,11 @@ never a file it did not make.  A run made before the record existed (it has kcnn
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -42,8 +43,8 @@ from typing import Any
 import keras_cnn
 from keras_cnn.data.files import bounded_list_message
 from keras_cnn.errors import UserError
-from keras_cnn.io import (INPUT_CHANGES, INPUT_RECORD, RUN_MARKER, atomic_write_json, atomic_write_text, is_kcnn_run,
-                          read_json, read_labels, remove_stale_temporaries, to_jsonable)
+from keras_cnn.io import (INPUT_CHANGES, INPUT_RECORD, RUN_MARKER, TEMPORARY_MARK, atomic_write_json, atomic_write_text,
+                          is_kcnn_run, read_json, read_labels, remove_stale_temporaries, to_jsonable)
 from keras_cnn.versions import library_versions
 
 
@@ -72,12 +73,23 @@ class RunDirectory:
 
     record_path = property(lambda self: self.root / RUN_MARKER)
 
+    # The full lists behind shortened messages about the run's images, which reading them writes
+    # into the run (keras_cnn.data: RUN/ is the list prefix of the split a run makes, and the
+    # folder of its bad-image lists).  A refusal names one, so a failed first start keeps them.
+    LISTS = ("duplicates.txt", "merged.txt", "missing.txt", "unreadable.txt", "unmatched.txt",
+             "empty_label_folders.txt", "bad_images.txt", "large_images.txt", "bad_train_images.txt",
+             "bad_validation_images.txt", "bad_test_images.txt")
+
     # Every name a run writes (its record and lock aside): what kcnn may write, replace or remove
     # in a run folder, and no more.
     ENTRIES = ("config.json", "labels.txt", "history.csv", "model.keras", "metrics.json", "training.png",
                "state.json", "skipped_images.csv", "split.csv", INPUT_RECORD, INPUT_CHANGES, "stages", "logs", "backup",
                "eval", "features", "lr_find.png", "lr_find.csv", "calibration.json",
-               "thresholds.json")
+               "thresholds.json", *LISTS)
+
+    # ".overwritten.tmp-PID-XXXXXXXX": where --overwrite keeps a run's files until the stage that
+    # replaces them has started (:meth:`set_aside`); a kill leaves it for the next start to remove.
+    SET_ASIDE = "overwritten"
 
     # What a finished run of a kcnn older than run states holds (what :meth:`require` asks for).
     OLDER_RUN = ("config.json", "labels.txt", "model.keras")
@@ -87,7 +99,8 @@ class RunDirectory:
         if self.record_path.is_file():
             try:
                 record = read_json(self.record_path)
-                return set(record["entries"]) & set(self.ENTRIES)
+                # A record written before kcnn listed its lists: the lists it wrote here are its own.
+                return (set(record["entries"]) | set(self.LISTS)) & set(self.ENTRIES)
             except (UserError, KeyError, TypeError):
                 # A damaged record still marks a run; the names kcnn writes are the ones it knows.
                 return set(self.ENTRIES)
@@ -133,21 +146,71 @@ class RunDirectory:
     def remove_stale_temporaries(self) -> list[Path]:
         """Delete what killed writes of this run left (only kcnn's temporary names); hold the lock."""
         recorded = self.recorded_entries() or set()
-        return remove_stale_temporaries(self.root, names=recorded | {RUN_MARKER}, folders=recorded)
+        return remove_stale_temporaries(self.root, names=recorded | {RUN_MARKER, self.SET_ASIDE}, folders=recorded)
 
-    def clear(self) -> None:
-        """Remove every file and folder of the run that kcnn recorded (not the record, the lock, nor other files)."""
-        for name in sorted(self.recorded_entries() or ()):
-            path = self.root / name
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            elif path.exists() or path.is_symlink():
-                path.unlink()
+    def _present(self, names) -> list[str]:
+        return [name for name in sorted(names) if (self.root / name).exists() or (self.root / name).is_symlink()]
+
+    def _remove_entry(self, name: str) -> None:
+        path = self.root / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+
+    def clear(self, keep: set[str] | frozenset[str] = frozenset()) -> None:
+        """Remove every file and folder of the run that kcnn recorded but ``keep`` (not the record, the lock,
+        nor other files)."""
+        for name in sorted((self.recorded_entries() or set()) - set(keep)):
+            self._remove_entry(name)
+
+    def remove_lists(self) -> None:
+        """Remove the lists of an earlier reading of the images (:data:`LISTS`): a new reading writes its own."""
+        for name in self.LISTS:
+            self._remove_entry(name)
 
     def forget(self) -> None:
-        """Remove the run kcnn made here entirely: its files, then its record (a command that failed at once)."""
-        self.clear()
-        self.record_path.unlink(missing_ok=True)
+        """Remove the run kcnn made here (a command that failed at once): its files, then its record.
+
+        The lists a refusal names (:data:`LISTS`) stay, and with them the record that says they
+        are kcnn's, so the same command run again is not refused for them.
+        """
+        kept = set(self._present(self.LISTS))
+        self.clear(keep=kept)
+        if not kept:
+            self.record_path.unlink(missing_ok=True)
+
+    def set_aside(self) -> Path | None:
+        """Move every file of the run into a temporary folder in it, for a stage that starts the run over.
+
+        ``--overwrite`` of a first stage: nothing is lost until the new stage has passed every
+        check and started (then :meth:`drop_aside`); if it fails before, :meth:`put_back`
+        restores the run as it was.  ``None`` when the run has no file to set aside.
+        """
+        names = self._present(self.recorded_entries() or ())
+        if not names:
+            return None
+        folder = Path(tempfile.mkdtemp(prefix=f".{self.SET_ASIDE}{TEMPORARY_MARK}{os.getpid()}-", dir=self.root))
+        for name in names:
+            os.replace(self.root / name, folder / name)
+        return folder
+
+    def put_back(self, folder: Path) -> None:
+        """Undo :meth:`set_aside`: what the failed stage wrote goes and the run's files come back.
+
+        A list the failed stage wrote where the run had none stays: its refusal names it.
+        """
+        old_names = {path.name for path in folder.iterdir()}
+        self.clear(keep=set(self._present(self.LISTS)) - old_names)
+        for name in sorted(old_names):
+            os.replace(folder / name, self.root / name)
+        shutil.rmtree(folder)
+
+    @staticmethod
+    def drop_aside(folder: Path | None) -> None:
+        """The stage that replaces the set-aside run has started: its old files go for good."""
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def stage_model_path(self, stage: str) -> Path:
         """The best model at the end of ``stage``, kept for the stage that starts from it."""
@@ -219,6 +282,21 @@ def check_run_placement(root: str | os.PathLike, images: str | os.PathLike | Non
                                 "replace: move that file out of the run folder (beside it is fine)")
 
 
+# The input files a first stage reads, by the option that names them: none may be a file the run
+# writes (check_run_placement), or --overwrite would delete it.
+INPUT_FILE_OPTIONS = {"split": "--split", "dataset_path": "--dataset-path", "exclude": "--exclude",
+                      "relabel": "--relabel"}
+
+
+def input_files(data: dict[str, Any], weights: str | None = None) -> dict[str, str | None]:
+    """``{option: path}`` of the files a first stage reads: ``data`` holds DataConfig's fields;
+    ``weights``: ``--weights``, a file unless ``imagenet`` or ``none``."""
+    files = {option: data.get(field) for field, option in INPUT_FILE_OPTIONS.items()}
+    if weights and str(weights).strip().lower() not in ("imagenet", "none"):
+        files["--weights"] = weights
+    return files
+
+
 def default_run_dir(name: str) -> Path:
     """``runs/NAME-YYYYmmdd-HHMMSS``: where a run goes when no ``--out`` is given."""
     safe = name.replace("hub:", "hub-").replace("/", "_").replace(":", "_").replace("\\", "_")[-40:]
@@ -241,7 +319,7 @@ class RunLock:
     at once (no waiting) with the holder's pid in the message.  A ``reentrant`` lock may be
     taken again by the same process: the command line takes it so before TensorFlow loads,
     and the work under it takes it again without waiting on itself.  A folder the lock had
-    to create is removed again on release when nothing else was left in it.
+    to create (with the parents it made) is removed again on release when nothing else was left in it.
     """
 
     name = ".lock"
@@ -252,7 +330,7 @@ class RunLock:
         self.reentrant = reentrant
         self._handle = None
         self._nested = False
-        self.created_folder = False
+        self.created_folders: list[Path] = []
 
     def acquire(self) -> "RunLock":
         import fcntl
@@ -262,6 +340,8 @@ class RunLock:
             self._nested = True
             return self
         if not self.root.exists():
+            # The folders this makes, innermost first (runs/NAME-TIME and runs/ for a default --out).
+            missing = [self.root, *(parent for parent in self.root.parents if not parent.exists())]
             try:
                 self.root.mkdir(parents=True)
             except FileExistsError:
@@ -269,7 +349,7 @@ class RunLock:
             except OSError as error:
                 raise UserError(f"cannot create run directory {self.root}: {error.strerror}") from None
             else:
-                self.created_folder = True
+                self.created_folders = [folder for folder in missing if folder.is_dir()]
         while True:
             try:
                 handle = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held until release()
@@ -281,7 +361,7 @@ class RunLock:
                 handle.seek(0)
                 holder = handle.read().strip() or "unknown"
                 handle.close()
-                self._remove_created_folder()
+                self._remove_created_folders()
                 raise RunLocked(f"{self.path.parent} is in use by another kcnn process (pid {holder}); "
                                 "wait for it to finish or use another --out") from None
             # The holder before us may have removed the file after we opened it: lock the file
@@ -313,13 +393,16 @@ class RunLock:
         self.path.unlink(missing_ok=True)
         self._handle.close()
         self._handle = None
-        self._remove_created_folder()
+        self._remove_created_folders()
 
-    def _remove_created_folder(self) -> None:
-        """A folder this lock made goes again when nothing was written into it (a refused command)."""
-        if self.created_folder:
-            with contextlib.suppress(OSError):
-                self.root.rmdir()
+    def _remove_created_folders(self) -> None:
+        """The folders this lock made go again when nothing was written into them (a refused command)."""
+        for folder in self.created_folders:
+            try:
+                folder.rmdir()
+            except OSError:
+                break   # not empty: this and the folders above it stay
+        self.created_folders = []
 
     def __enter__(self) -> "RunLock":
         return self.acquire()

@@ -19,6 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from keras_cnn.calibration import class_probabilities, fit_temperature, single_label_targets  # noqa: E402
 from keras_cnn.cli import cli  # noqa: E402
 from keras_cnn.data.probes import PATCH_TABLE, patch_hit, write_patch_images  # noqa: E402
+from keras_cnn.metrics import accuracy_lower_bound  # noqa: E402
 
 IMAGE_SIZE = 32
 ARCHITECTURE = "cifar10_net"
@@ -52,8 +53,11 @@ def patch_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def evaluated(patch_run):
-    """``kcnn evaluate --target-accuracy 0.95``: the threshold is chosen and stored in the run."""
-    return invoke_json("evaluate", "--run", patch_run["run"], "--target-accuracy", "0.95")
+    """``kcnn evaluate --target-accuracy 0.95``: the threshold is chosen and stored in the run; its summary
+    and (under ``"stderr"``) what it said."""
+    result = invoke("evaluate", "--run", patch_run["run"], "--target-accuracy", "0.95", "--json")
+    assert result.exit_code == 0, result.output[-3000:]
+    return {**json.loads(result.stdout), "stderr": result.stderr}
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +116,12 @@ def test_evaluate_reports_calibration_and_keeps_the_threshold(patch_run, evaluat
     assert {"target_accuracy", "threshold", "coverage", "accuracy"} <= set(selective)
     assert selective["target_accuracy"] == 0.95 and selective["num_samples"] == metrics["num_samples"]
     assert record["reject_below"]["threshold"] == selective["threshold"] == evaluated["selective"]["threshold"]
-    assert record["reject_below"]["validation"]["accuracy"] >= 0.95
+    chosen = record["reject_below"]["validation"]
+    assert chosen["accuracy"] >= 0.95
+    # How far those few validation images vouch for the target, and a line saying so when they do not.
+    right = round(chosen["accuracy"] * chosen["accepted"])
+    assert chosen["accuracy_lower_bound"] == pytest.approx(accuracy_lower_bound(right, chosen["accepted"]))
+    assert (chosen["accuracy_lower_bound"] < 0.95) is ("at 95 % confidence" in evaluated["stderr"])
     for picture in ("reliability.png", "coverage.png", "misclassified.png"):
         assert (patch_run["run"] / "eval" / picture).stat().st_size > 0
     page = (patch_run["run"] / "eval" / "report.html").read_text()

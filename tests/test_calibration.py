@@ -117,6 +117,18 @@ def test_threshold_for_accuracy_is_the_lowest_that_reaches_it():
     assert metrics.selective_metrics(confidence, correct, 0.99)["accuracy"] is None
 
 
+def test_the_accuracy_a_threshold_rests_on_is_the_exact_binomial_lower_bound():
+    from scipy.stats import binom
+
+    # All right: the bound solves p ** n = 0.05; 43 of 43 is only known to be above 0.933.
+    assert metrics.accuracy_lower_bound(43, 43) == pytest.approx(0.05 ** (1 / 43))
+    assert metrics.accuracy_lower_bound(43, 43) < 0.99 < metrics.accuracy_lower_bound(400, 400)
+    # Otherwise: at the bound, seeing at least as many right answers has probability 5 %.
+    bound = metrics.accuracy_lower_bound(88, 91)
+    assert binom.sf(88 - 1, 91, bound) == pytest.approx(0.05, abs=1e-9)
+    assert metrics.accuracy_lower_bound(0, 5) == 0.0 and metrics.accuracy_lower_bound(0, 0) == 0.0
+
+
 def test_an_answer_is_rejected_exactly_below_the_threshold():
     from keras_cnn.predict import rejection
 

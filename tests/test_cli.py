@@ -75,6 +75,27 @@ def test_misspelt_names_get_the_closest_real_one(arguments, suggestion):
     assert result.exit_code == 2 and suggestion in result.stderr and result.stderr.count("\n") == 1, result.stderr
 
 
+def test_a_misspelt_name_leaves_no_folder_behind(monkeypatch, tmp_path, sample_data_dir):
+    import keras_cnn.cli.lr_find_command
+    import keras_cnn.cli.transfer_command
+
+    def no_tensorflow():
+        raise AssertionError("TensorFlow loaded for a base name that a look-up refuses")
+
+    monkeypatch.chdir(tmp_path)
+    for module in (keras_cnn.cli.transfer_command, keras_cnn.cli.lr_find_command):
+        monkeypatch.setattr(module, "import_tensorflow_quietly", no_tensorflow)
+    for arguments in (["transfer", "--base", "efficientnet_bo"], ["lr-find", "--base", "efficientnet_bo"]):
+        result = CliRunner().invoke(cli, [*arguments, "--weights", "none", "--images", str(sample_data_dir)])
+        assert result.exit_code == 2 and "did you mean 'efficientnet_b0'?" in result.stderr, result.stderr
+        assert "warning" not in result.stderr
+    # An architecture is looked up after TensorFlow loads, in the run folder named by default: that
+    # folder and the runs/ it was put in go again.
+    result = CliRunner().invoke(cli, ["train", "lenett", "--images", str(sample_data_dir)])
+    assert result.exit_code == 2 and "did you mean 'lenet'?" in result.stderr, result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_nothing_is_suggested_when_nothing_is_close():
     from keras_cnn.messages import did_you_mean
 

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from conftest import stderr_problems
 
+from keras_cnn.evaluate import MISTAKE_HEATMAP_CAPTION
+
 
 def run_demo(out, *options):
     environment = dict(os.environ, KERAS_HOME=str(out.parent / "keras-home"))
@@ -62,10 +64,15 @@ def check_report_in_a_browser(page, report: Path, summary, screenshot: Path):
         # Above the fold: in the first screen, not at the bottom of the run configuration.
         notes = page.locator("div.notes").bounding_box()
         assert notes is not None and notes["y"] + notes["height"] < 800
+    # Every picture loads; beside the history and the confusion matrix, the calibration's reliability
+    # diagram, the coverage-accuracy curve and the mistakes (with heat maps: the demo's model has a feature map).
     images = page.locator("img")
-    assert images.count() == 3
     assert all(images.nth(index).evaluate("image => image.complete && image.naturalWidth > 0")
                for index in range(images.count()))
+    captions = page.locator("figure figcaption").all_inner_texts()
+    mistakes = "Most confident mistakes" + (MISTAKE_HEATMAP_CAPTION if summary["accuracy"] < 1 else "")
+    assert captions == ["Training history", "Confusion matrix", "Reliability diagram", "Coverage and accuracy",
+                        mistakes] and images.count() == len(captions)
 
 
 @pytest.mark.slow

@@ -433,6 +433,22 @@ def test_backup_and_restore_resumes_like_fit(tmp_path):
     assert run(1).epochs == [0]
     assert run(2).epochs == [1]  # the second run starts where the backup left off
 
+def test_every_epoch_validates_on_the_same_batches():
+    """A validation part that is not whole batches (20 images, batches of 16, one step): with the
+    weights unchanged (rate 0), every epoch's validation is the same — a loop resumed at a later
+    epoch, whose validation starts at the beginning, then measures what the uninterrupted one did."""
+    import tensorflow as tf
+
+    from keras_cnn.train.distribute import fit_multiworker
+
+    train, validation = make_data(0, SAMPLES), make_data(1, GLOBAL_BATCH + 4)
+    fitted = fit_multiworker(lambda: build_model(learning_rate=0.0), dataset_fn_for(*train), epochs=3,
+                             steps_per_epoch=STEPS, strategy=tf.distribute.get_strategy(),
+                             validation_dataset_fn=dataset_fn_for(*validation), validation_steps=1)
+    losses = fitted.history["val_loss"]
+    assert len(losses) == 3 and losses[0] == losses[1] == losses[2], losses
+
+
 
 def test_fit_multiworker_refuses_what_would_hang_or_cannot_train():
     import keras

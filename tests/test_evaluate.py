@@ -183,6 +183,67 @@ def test_evaluate_run_through_the_real_pipeline(tmp_path):
     assert json.loads((tmp_path / "validation_eval" / "metrics.json").read_text())["subset"] == "validation"
 
 
+@pytest.fixture(scope="module")
+def calibrated_report(tmp_path_factory):
+    """The handmade run calibrated (kcnn calibrate) and evaluated with --target-accuracy through the real
+    pipeline; the heat maps evaluate drew over the mistakes are kept as it passed them to the picture."""
+    from keras_cnn import report
+    from keras_cnn.run_calibration import calibrate_run
+
+    run_root = make_run(tmp_path_factory.mktemp("calibrated"))
+    calibrate_run(run_root, batch_size=4)
+    drawn = {}
+    plot_misclassified = report.plot_misclassified
+
+    def keep(images, *arguments, **options):
+        drawn.update(images=images, **options)
+        return plot_misclassified(images, *arguments, **options)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(report, "plot_misclassified", keep)
+        summary = evaluate.evaluate_run(run_root, batch_size=4, target_accuracy=0.5)
+    return {"run": run_root, "summary": summary, "drawn": drawn}
+
+
+def test_the_mistakes_grid_shows_where_the_model_looked(calibrated_report):
+    from keras_cnn.explain import explain_images
+    from keras_cnn.models.loading import load_model
+    from keras_cnn.models.opened import open_model
+
+    drawn, summary = calibrated_report["drawn"], calibrated_report["summary"]
+    mistakes = [row for row in pd.read_csv(summary["files"]["predictions"], dtype=str).itertuples()
+                if row.true != row.predicted]
+    assert mistakes and len(drawn["images"]) == len(drawn["heatmaps"]) == len(drawn["object_ids"]) == len(mistakes)
+    # Each tile's map is Grad-CAM of that tile's own image (for the class predicted), at the model's input size.
+    opened = open_model(load_model(calibrated_report["run"] / "model.keras"))
+    expected = explain_images(opened, np.stack(drawn["images"]))["heatmap"].numpy()
+    assert np.asarray(drawn["heatmaps"]).shape == (len(mistakes), IMAGE_SIZE, IMAGE_SIZE)
+    np.testing.assert_allclose(np.asarray(drawn["heatmaps"]), expected, atol=1e-5)
+    assert np.min(drawn["heatmaps"]) >= 0 and np.max(drawn["heatmaps"]) <= 1 and np.max(drawn["heatmaps"]) > 0.5
+
+
+def test_the_report_shows_calibration_coverage_and_heat_maps_in_a_browser(calibrated_report, chromium_page):
+    """report.html, opened in headless Chromium: the reliability diagram (before and after the temperature),
+    the coverage-accuracy curve and the mistakes with their heat maps are pictures that load, with their
+    captions, beside the calibration and threshold tables."""
+    summary = calibrated_report["summary"]
+    chromium_page.goto(Path(summary["files"]["report"]).resolve().as_uri())
+    captions = [caption.strip() for caption in chromium_page.locator("figure figcaption").all_inner_texts()]
+    assert {"Reliability diagram", "Coverage and accuracy",
+            "Most confident mistakes" + evaluate.MISTAKE_HEATMAP_CAPTION} <= set(captions), captions
+    for caption in captions:
+        image = chromium_page.locator(f'figure img[alt="{caption}"]')
+        assert image.evaluate("image => image.complete && image.naturalWidth > 200 && image.naturalHeight > 200")
+    # Two panels (the model's own probabilities and the calibrated ones): the diagram is wider than tall.
+    width, height = chromium_page.locator('figure img[alt="Reliability diagram"]').evaluate(
+        "image => [image.naturalWidth, image.naturalHeight]")
+    assert width > 1.5 * height
+    headings = chromium_page.locator("h2").all_inner_texts()
+    assert "Calibration" in headings and "Answering only when confident" in headings
+    temperature = json.loads((calibrated_report["run"] / "calibration.json").read_text())["temperature"]
+    assert f"Temperature {temperature:.4g}" in chromium_page.inner_text("body")
+
+
 def test_load_subset_for_array_datasets(tmp_path):
     """MNIST-style arrays: test = x_test; validation = the last 20 % of x_train, adapted to the input."""
     from keras_cnn.config import DataConfig, ModelConfig, RunConfig

@@ -30,6 +30,9 @@ from keras_cnn.export_layout import METADATA_FILE  # noqa: E402
 from keras_cnn.runs import RunDirectory  # noqa: E402
 
 RGB_LABELS = ["cat", "dog", "fish"]
+# The RGB run is calibrated (RUN/calibration.json): every format it exports must answer with its logits
+# divided by this, so each round trip below checks that the temperature is baked in.
+RGB_TEMPERATURE = 2.5
 
 
 def tiny_model(image_size, channels, classes, seed):
@@ -80,9 +83,15 @@ def sample_images():
     }
 
 
-def make_run(root: Path, image_size, channels, labels, resize_mode, seed, binary=False, with_split=False) -> Path:
-    """A finished run directory built by hand (what the training commands leave behind)."""
+def make_run(root: Path, image_size, channels, labels, resize_mode, seed, binary=False, with_split=False,
+             temperature=None) -> Path:
+    """A finished run directory built by hand (what the training commands leave behind); ``temperature``:
+    calibrated with it (as when a stage ends)."""
     run = RunDirectory(root).create()
+    if temperature is not None:
+        run.calibration_path.write_text(json.dumps({"format": 1, "temperature": temperature, "kind": "softmax",
+                                                    "stage": "train", "fitted_on": {"part": "validation",
+                                                                                    "images": 2}}))
     tiny_model(image_size, channels, 1 if binary else len(labels), seed).save(run.model_path)
     run.write_labels(labels)
     data = DataConfig(image_size=image_size, channels=channels, resize_mode=resize_mode)
@@ -104,7 +113,8 @@ def make_run(root: Path, image_size, channels, labels, resize_mode, seed, binary
 
 @pytest.fixture(scope="module")
 def rgb_run(tmp_path_factory):
-    return make_run(tmp_path_factory.mktemp("rgb_run"), (32, 32), 3, RGB_LABELS, "crop", seed=1, with_split=True)
+    return make_run(tmp_path_factory.mktemp("rgb_run"), (32, 32), 3, RGB_LABELS, "crop", seed=1, with_split=True,
+                    temperature=RGB_TEMPERATURE)
 
 
 @pytest.fixture(scope="module")
@@ -124,9 +134,16 @@ def grey_export(grey_run, tmp_path_factory):
     return export_run(grey_run, tmp_path_factory.mktemp("grey_export"), version=3)
 
 
-def keras_probabilities(run_root, pixels):
+def keras_probabilities(run_root, pixels, calibrated=True):
+    """The run's Keras model's probabilities; a calibrated (softmax) run's from its logits divided by T."""
     model = keras.saving.load_model(Path(run_root) / "model.keras")
-    output = np.asarray(model(pixels, training=False))
+    output = np.asarray(model(pixels, training=False), np.float64)
+    calibration = Path(run_root) / "calibration.json"
+    if calibrated and calibration.exists():
+        # log p is the logits up to a constant per image, which the softmax ignores.
+        scaled = np.log(output) / json.loads(calibration.read_text())["temperature"]
+        output = np.exp(scaled - scaled.max(axis=1, keepdims=True))
+        output /= output.sum(axis=1, keepdims=True)
     return np.concatenate([1 - output, output], axis=-1) if output.shape[-1] == 1 else output
 
 
@@ -166,7 +183,7 @@ def test_export_layout_metadata_and_verification(rgb_export, rgb_run):
     assert set(metadata["signatures"]) == {"serving_default", "serving_images", "serving_images_uint8", "serving_tta",
                                            "serving_explain"}
     assert metadata["explain"]["signature"] == "serving_explain" and metadata["explain"]["feature_layer"]
-    assert metadata["calibration"] is None and "reject_below" not in metadata   # a run without calibration.json
+    assert metadata["calibration"]["temperature"] == RGB_TEMPERATURE and "reject_below" not in metadata
     assert metadata["tta"] == rgb_export["tta"] == {"signature": "serving_tta",
                                                     "views": ["identity", "crop_center", "crop_top_left"]}
     assert metadata["trained_with_horizontal_flips"] is False
@@ -205,6 +222,8 @@ print(json.dumps(answer))
 
 
 def test_saved_model_round_trip_in_plain_tensorflow(rgb_export, grey_export, rgb_run, grey_run, tmp_path):
+    # The grey run has no calibration.json: its export says so and answers with the model's own probabilities.
+    assert json.loads((Path(grey_export["path"]) / METADATA_FILE).read_text())["calibration"] is None
     images = sample_images()
     files = []
     for name, data in images.items():
@@ -287,6 +306,7 @@ def test_onnx_round_trip(rgb_export, rgb_run):
     [output] = session.run(None, {session.get_inputs()[0].name: pixels})
     assert output.shape == (len(pixels), 3)
     assert np.max(np.abs(output - keras_probabilities(rgb_run, pixels))) < 1e-4
+    assert np.max(np.abs(output - keras_probabilities(rgb_run, pixels, calibrated=False))) > 1e-3   # T mattered
 
 
 def test_litert_round_trip(rgb_export, rgb_run):
@@ -328,7 +348,7 @@ def test_existing_version_refused_without_force(grey_run, tmp_path):
 
 @pytest.mark.parametrize("arguments, message", [
     ({"formats": ("tensorrt",)}, "export format must be among"),
-    ({"version": 0}, "positive integer"),
+    ({"version": 0}, "--version must be a whole number from 1"),
 ])
 def test_bad_options(grey_run, tmp_path, arguments, message):
     with pytest.raises(UserError, match=message):
@@ -472,6 +492,27 @@ def test_quantized_litert_is_smaller_and_its_accuracy_is_recorded(split_run, tmp
     quantized_line = next(line for line in lines if line.strip().startswith(f"litert_{mode}"))
     assert f"test accuracy {record['quantized']['accuracy']:.4f}" in quantized_line
     assert not any("not verified" in line for line in lines)
+
+
+@pytest.mark.parametrize("metric, shown, scored", [("accuracy", "test accuracy 0.9100", True),
+                                                    ("macro_map", "test mAP 0.8700", True),
+                                                    ("accuracy", "not verified: no test or validation images", False)])
+def test_a_quantized_file_is_listed_with_the_score_that_checked_it(capsys, metric, shown, scored):
+    from keras_cnn.cli.export_command import render
+
+    score = {metric: 0.91 if metric == "accuracy" else 0.87} if scored else {}
+    quantization = {"mode": "int8", "metric": metric, "accuracy_part": "test" if scored else None, "size_ratio": 0.3,
+                    "float": {"file": "model.tflite", "bytes": 4_000_000, **score},
+                    "quantized": {"file": "model_int8.tflite", "bytes": 1_200_000, **score}}
+    render({"version": 1, "path": "export/1", "verified_on_images": 8, "labels": ["a", "b"],
+            "files": {"saved_model": "export/1", "litert": "export/1/model.tflite",
+                      "litert_int8": "export/1/model_int8.tflite"},
+            "max_abs_diff": {"saved_model": 0.0, "litert": 1e-6}, "quantization": quantization,
+            "metadata": "export/1/assets.extra/kcnn.json"})
+    lines = capsys.readouterr().out.splitlines()
+    quantized_line = next(line for line in lines if line.strip().startswith("litert_int8"))
+    assert shown in quantized_line
+    assert any("not verified" in line for line in lines) == (not scored)
 
 
 def test_quantized_model_that_lost_accuracy_is_refused_unless_forced(split_run, tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ from click.testing import CliRunner
 
 from conftest import train_tiny_hub_head
 from keras_cnn.cli import cli
+from keras_cnn.runs import RunDirectory
 
 
 def invoke(*args):
@@ -77,6 +78,7 @@ def test_head_sweep_runs_on_cached_features_of_the_frozen_base(tmp_path, sample_
 def random_weights_run(folder):
     """A folder with the config of a stage-1 run on a base with random weights (no model: commands stop early)."""
     folder.mkdir()
+    RunDirectory(folder).claim()   # made by kcnn: not someone else's folder
     (folder / "config.json").write_text(json.dumps(
         {"command": "transfer", "model": {"kind": "transfer", "name": "efficientnet_b0", "weights": "none"}}))
     return folder
@@ -97,6 +99,11 @@ def test_random_weights_are_warned_about_before_a_sweep(tmp_path, sample_data_di
     run = random_weights_run(tmp_path / "run")
     stage2 = invoke("lr-find", "--run", run, "--unfreeze-from", "block7a")
     assert stage2.exit_code == 2 and "frozen layers before block7a cannot learn" in warnings_in(stage2)[0]
+    # A misspelt layer is refused with the closest names before any warning could name it.
+    for command in ("lr-find", "finetune"):
+        misspelt = invoke(command, "--run", run, "--unfreeze-from", "blok7a")
+        assert misspelt.exit_code == 2 and not warnings_in(misspelt), misspelt.stderr
+        assert "did you mean 'block7a'?" in misspelt.stderr
 
 
 def test_finetune_of_random_weights_at_the_fine_tuning_rate_says_why_it_will_not_learn(tmp_path):

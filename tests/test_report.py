@@ -183,6 +183,14 @@ def test_the_report_says_first_why_its_numbers_mean_little(tmp_path):
     assert "The test part is small: 21 images, 7 of the rarest label" in opening and "4.8 points" in opening
     # The same notes are what `kcnn evaluate` prints: each fits on one line.
     assert all(len(f"  note: {note}") <= 300 for note in report.reading_notes(_demo_metrics(), DEMO_CONFIG))
+    # So they do with a TF Hub handle for a base and long class names, one answered always, five never present.
+    long_labels = [f"a rather long class name number {index} of the set" for index in range(7)]
+    matrix = np.zeros((7, 7), dtype=int)
+    matrix[:2, 0] = 5
+    hub = {"model": {"kind": "transfer", "weights": "none",
+                     "name": "hub:https://www.kaggle.com/models/google/efficientnet-v2/tensorFlow2/imagenet21k-b0"}}
+    notes = report.reading_notes({"labels": long_labels, "confusion_matrix": matrix.tolist()}, hub)
+    assert len(notes) == 4 and all(len(f"  note: {note}") <= 300 for note in notes), [len(note) for note in notes]
 
 
 def test_reading_notes_stay_silent_for_a_good_model_and_name_what_is_wrong_otherwise():

@@ -1,7 +1,9 @@
 """A resumed run is the same run: killed after an epoch and resumed (after epoch 1, then again after
-epoch 2), a stage ends with the history (timing aside) and the weights of the uninterrupted run with
-the same seed — scratch training (augmented, with dropout), stage 1 on cached features and
-fine-tuning on images, each through the command line."""
+epoch 2), a stage ends with the history (timing aside), the weights and the calibration of the
+uninterrupted run with the same seed — scratch training (augmented, RandAugment and MixUp, with
+dropout), stage 1 on cached features and fine-tuning on images, each through the command line; in
+the slow set also stage 1 on images, fine-tuning on cached inputs, a multi-label run, and processes
+killed hard with the legacy augmentation and the multi-worker loop."""
 
 from __future__ import annotations
 
@@ -68,6 +70,11 @@ def assert_same_run(uninterrupted, resumed, stage_name: str) -> None:
     for expected, received in zip(first.weights, second.weights):
         np.testing.assert_array_equal(np.asarray(received), np.asarray(expected), err_msg=expected.path)
     assert not (resumed / "backup").exists()
+    # Fitted on the best model when the stage ends: the same model, the same temperature and thresholds.
+    for name in ("calibration.json", "thresholds.json"):
+        assert (uninterrupted / name).exists() == (resumed / name).exists(), name
+        if (uninterrupted / name).exists():
+            assert json.loads((resumed / name).read_text()) == json.loads((uninterrupted / name).read_text()), name
 
 
 @pytest.fixture(scope="module")
@@ -91,10 +98,12 @@ def small_split(sample_split, tmp_path_factory):
 
 
 def test_a_resumed_scratch_run_is_the_uninterrupted_run(tmp_path, sample_data_dir, small_split, monkeypatch):
-    """Shuffled every epoch, augmented per batch, with Dropout in the model: the draws a resumed
-    epoch makes are those of its epoch number."""
+    """Shuffled every epoch, augmented, RandAugment-ed and mixed per batch, with Dropout in the model:
+    the draws a resumed epoch makes are those of its epoch number (with --seed 0, a seed TensorFlow
+    treats apart)."""
     arguments = ["train", "cifar10_net", "--images", str(sample_data_dir), "--split", str(small_split),
-                 "--epochs", str(EPOCHS), "--batch-size", "16", "--augment"]
+                 "--epochs", str(EPOCHS), "--batch-size", "16", "--augment", "--randaugment", "1,5", "--mixup", "0.2",
+                 "--seed", "0"]
     invoke([*arguments, "--out", str(tmp_path / "uninterrupted")])
     killed_and_resumed([*arguments, "--out", str(tmp_path / "resumed")], monkeypatch, kills=(1, 2))
     assert_same_run(tmp_path / "uninterrupted", tmp_path / "resumed", "train")
@@ -103,20 +112,69 @@ def test_a_resumed_scratch_run_is_the_uninterrupted_run(tmp_path, sample_data_di
 def test_resumed_transfer_stages_are_the_uninterrupted_ones(tmp_path, sample_data_dir, small_split, hub_module,
                                                            monkeypatch):
     """Stage 1 on cached features (shuffled like the images, a Dropout head), then fine-tuning on
-    the images (the whole model, uncached)."""
+    the images (the whole model, uncached); the largest seed."""
     head = ["transfer", "--base", f"hub:{hub_module}", "--images", str(sample_data_dir), "--split",
             str(small_split), "--image-size", "32", "--epochs", str(EPOCHS), "--batch-size", "16",
-            "--learning-rate", "0.01", "--dropout", "0.5"]
+            "--learning-rate", "0.01", "--dropout", "0.5", "--seed", str(2**32 - 1)]
     invoke([*head, "--out", str(tmp_path / "head")])
-    killed_and_resumed([*head, "--out", str(tmp_path / "head-resumed")], monkeypatch, kills=(1,))
+    killed_and_resumed([*head, "--out", str(tmp_path / "head-resumed")], monkeypatch, kills=(1, 2))
     assert json.loads((tmp_path / "head" / "config.json").read_text())["training"]["cache_features"] is True
     assert_same_run(tmp_path / "head", tmp_path / "head-resumed", "head")
 
     finetune = ["finetune", "--run", str(tmp_path / "head"), "--trust-hub", "--unfreeze-from", "all",
                 "--no-cache-frozen", "--epochs", str(EPOCHS), "--batch-size", "16", "--learning-rate", "0.01"]
     invoke([*finetune, "--out", str(tmp_path / "tuned")])
-    killed_and_resumed([*finetune, "--out", str(tmp_path / "tuned-resumed")], monkeypatch, kills=(2,))
+    killed_and_resumed([*finetune, "--out", str(tmp_path / "tuned-resumed")], monkeypatch, kills=(1, 2))
     assert_same_run(tmp_path / "tuned", tmp_path / "tuned-resumed", "finetune")
+
+
+@pytest.mark.slow
+def test_resumed_stages_on_the_other_paths_are_the_uninterrupted_ones(tmp_path, sample_data_dir, small_split,
+                                                                     hub_module, monkeypatch):
+    """Stage 1 on the images (no cached features), then fine-tuning on the cached output of the
+    frozen layers with discriminative rates."""
+    head = ["transfer", "--base", f"hub:{hub_module}", "--images", str(sample_data_dir), "--split",
+            str(small_split), "--image-size", "32", "--epochs", str(EPOCHS), "--batch-size", "16",
+            "--learning-rate", "0.01", "--no-cache-features", "--dropout", "0.5", "--seed", "7"]
+    invoke([*head, "--out", str(tmp_path / "head")])
+    killed_and_resumed([*head, "--out", str(tmp_path / "head-resumed")], monkeypatch, kills=(1, 2))
+    assert json.loads((tmp_path / "head" / "config.json").read_text())["training"]["cache_features"] is False
+    assert_same_run(tmp_path / "head", tmp_path / "head-resumed", "head")
+
+    finetune = ["finetune", "--run", str(tmp_path / "head"), "--trust-hub", "--unfreeze-from", "all",
+                "--cache-frozen", "--lr-mult", "3", "--epochs", str(EPOCHS), "--batch-size", "16",
+                "--learning-rate", "0.01"]
+    invoke([*finetune, "--out", str(tmp_path / "tuned")])
+    killed_and_resumed([*finetune, "--out", str(tmp_path / "tuned-resumed")], monkeypatch, kills=(1, 2))
+    assert_same_run(tmp_path / "tuned", tmp_path / "tuned-resumed", "finetune")
+
+
+@pytest.mark.slow
+def test_a_resumed_multi_label_run_is_the_uninterrupted_run(tmp_path, monkeypatch):
+    """One sigmoid per label, augmented and mixed; its thresholds are chosen when the stage ends."""
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    generator = np.random.default_rng(5)
+    rows = ["objectId,tags"]
+    for index in range(90):
+        tags = [label for label in ("a", "b", "c") if generator.random() < 0.45]
+        pixels = generator.integers(0, 70, (28, 28), dtype=np.uint8)
+        for position, label in enumerate(("a", "b", "c")):
+            if label in tags:
+                pixels[3 + 9 * position:5 + 9 * position] = 255
+        Image.fromarray(pixels).save(images / f"{index:03d}.png")
+        rows.append(f"{index:03d}.png,{'|'.join(tags)}")
+    (images / "tags.csv").write_text("\n".join(rows) + "\n")
+    invoke(["split", str(images / "tags.csv"), "--images", str(images), "--multi-label", "--label-delimiter", "|",
+            "--label-column", "tags", "-o", str(tmp_path / "split.csv")])
+    arguments = ["train", "lenet", "--images", str(images), "--split", str(tmp_path / "split.csv"), "--epochs",
+                 str(EPOCHS), "--batch-size", "16", "--augment", "--mixup", "0.3"]
+    invoke([*arguments, "--out", str(tmp_path / "uninterrupted")])
+    killed_and_resumed([*arguments, "--out", str(tmp_path / "resumed")], monkeypatch, kills=(1, 2))
+    assert (tmp_path / "uninterrupted" / "thresholds.json").exists()
+    assert_same_run(tmp_path / "uninterrupted", tmp_path / "resumed", "train")
 
 
 KILL_AFTER_ENVIRONMENT = "KCNN_TEST_KILL_AFTER_EPOCH"

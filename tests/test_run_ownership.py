@@ -99,13 +99,20 @@ def test_a_folder_kcnn_did_not_make_keeps_its_files(mnist_npz, tmp_path):
     assert all(name in line for name in ("config.json", "eval", "features")) and "kcnn did not make" in line
     assert snapshot(folder) == before and not (folder / RUN_MARKER).exists() and not (folder / ".lock").exists()
 
+    lists = tmp_path / "lists"                        # a name kcnn gives a list it writes into a run
+    lists.mkdir()
+    (lists / "duplicates.txt").write_text("the user's own")
+    forced = invoke(*lenet_args(mnist_npz, lists, "--overwrite"))
+    assert forced.exit_code == 2 and "duplicates.txt" in error_line(forced)
+    assert os.listdir(lists) == ["duplicates.txt"] and (lists / "duplicates.txt").read_text() == "the user's own"
+
 
 def test_an_older_run_with_an_unreadable_state_is_one_line_and_overwrite_recovers_keeping_other_files(
         lenet_run, mnist_npz, tmp_path):
     """A state.json holding a list gave AttributeError, --overwrite included; an older run (state.json, no
     record) counts as kcnn's for kcnn's files only."""
     run = copy_of(lenet_run, tmp_path)
-    (run / RUN_MARKER).unlink()                       # a run made before kcnn recorded its runs
+    (run / RUN_MARKER).unlink(missing_ok=True)        # a run made before kcnn recorded its runs
     (run / "state.json").write_text("[]")
     (run / "notes.txt").write_text("mine")
     (run / "plots").mkdir()
@@ -157,6 +164,69 @@ def test_overwrite_never_replaces_a_split_file_kept_in_the_run_folder(lenet_run,
     assert snapshot(run) == before
 
 
+def test_a_refused_start_keeps_the_run_as_it_was_and_names_only_what_it_wrote(tmp_path):
+    """--overwrite deleted a finished run and only then found a bad image; a refused first start left
+    RUN/duplicates.txt unrecorded, so the same command run again was refused as "not a kcnn run"."""
+    images = image_tree(tmp_path / "photos", classes=("cat", "dog"))
+    for index in range(6):                            # more copies than a warning names: a list file
+        shutil.copy(images / "cat" / "0.png", images / "cat" / f"copy{index}.png")
+    broken = images / "dog" / "broken.png"
+    broken.write_text("not a picture")
+    run = tmp_path / "run"
+    args = ["train", "lenet", "--images", images, "--epochs", 1, "--out", run]
+    refused = invoke(*args)
+    assert refused.exit_code == 2 and "broken.png" in error_line(refused)
+    assert (run / "duplicates.txt").is_file() and "duplicates.txt" in refused.stderr
+    broken.unlink()
+    finished = invoke(*args)
+    assert finished.exit_code == 0, finished.output[-3000:]
+
+    before = snapshot(run)
+    broken.write_text("not a picture")
+    refused = invoke(*args, "--overwrite")
+    assert refused.exit_code == 2 and "broken.png" in error_line(refused)
+    assert snapshot(run) == before and not [name for name in os.listdir(run) if ".tmp-" in name]
+
+    exclude = run / "eval" / "exclude.txt"            # an input kept where the run writes its own files
+    exclude.parent.mkdir()
+    exclude.write_text("cat/1.png\n")
+    before = snapshot(run)
+    refused = invoke(*args, "--exclude", exclude, "--overwrite")
+    assert refused.exit_code == 2 and "--exclude" in error_line(refused)
+    assert snapshot(run) == before
+
+
+def test_every_list_kcnn_writes_into_a_run_is_one_of_its_entries():
+    """A list written into a run but not recorded made the next start refuse the folder as someone else's."""
+    import re
+
+    import keras_cnn
+    from keras_cnn.data.split import PARTS
+    from keras_cnn.runs import RunDirectory
+
+    written = set()
+    for path in Path(keras_cnn.__file__).parent.rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        written |= set(re.findall(r'_list_path\(list_prefix, "([^"]+)"\)', text))
+        written |= set(re.findall(r'full_list_path\(f?"([^"]+)", list_folder\)', text))
+    written = {name.replace("{part}", part) for name in written for part in PARTS}
+    assert {"duplicates.txt", "missing.txt", "bad_test_images.txt"} <= written
+    assert written <= set(RunDirectory.LISTS) <= set(RunDirectory.ENTRIES)
+
+
+def test_a_run_set_aside_by_a_killed_overwrite_is_removed_at_the_next_start_and_nothing_else(tmp_path):
+    from keras_cnn.runs import RunDirectory
+
+    run = RunDirectory(tmp_path / "run").create()
+    run.claim()
+    (run.root / "model.keras").write_text("the old model")
+    (run.root / "notes.txt").write_text("mine")
+    aside = run.set_aside()                           # what --overwrite does, and then a kill
+    assert aside.name.startswith(".overwritten.tmp-") and (aside / "model.keras").is_file()
+    assert run.remove_stale_temporaries() == [aside]
+    assert sorted(os.listdir(run.root)) == [RUN_MARKER, "notes.txt"]
+
+
 def test_a_typo_in_unfreeze_from_with_overwrite_leaves_the_fine_tuned_run_as_it_was(hub_run, tmp_path):
     """finetune --unfreeze-from block9z --overwrite deleted the finished fine-tuning, then named the typo."""
     run = copy_of(hub_run, tmp_path)
@@ -186,15 +256,35 @@ def test_changed_options_are_named_once_whole_and_the_rest_listed_in_a_file(hub_
     assert len(names) == len(set(names))
 
 
-def test_the_lock_refuses_a_second_writer_before_tensorflow_loads(lenet_run, mnist_npz, tmp_path):
-    """The second writer used to be refused only after TensorFlow's ~14 s start-up."""
+def test_a_refusal_naming_a_long_run_folder_stays_whole(hub_run, tmp_path):
+    """A run folder's path long enough to fill the line cut the refusal mid-word."""
+    run = copy_of(hub_run, tmp_path / ("a-long-folder-name-" * 11))
+    result = invoke("finetune", "--run", run, "--unfreeze-from", "all", "--epochs", 1, "--learning-rate", 0.5,
+                    "--trust-hub")
+    assert result.exit_code == 2
+    line = error_line(result)
+    assert "other options" in line and "--overwrite" in line and "learning_rate (run: 1e-05, now: 0.5)" in line
+
+
+WRITERS = {
+    "train": lambda mnist_npz, run: lenet_args(mnist_npz, run),
+    "evaluate": lambda mnist_npz, run: ["evaluate", "--run", run],
+    "calibrate": lambda mnist_npz, run: ["calibrate", "--run", run],
+    "lr-find": lambda mnist_npz, run: ["lr-find", "--run", run],
+}
+
+
+@pytest.mark.parametrize("command", WRITERS)
+def test_the_lock_refuses_a_second_writer_before_tensorflow_loads(lenet_run, mnist_npz, tmp_path, command):
+    """The second writer used to be refused only after TensorFlow's ~14 s start-up (calibrate, lr-find --run:
+    after it, or never)."""
     run = copy_of(lenet_run, tmp_path)
     program = ("import json, sys\nfrom keras_cnn.cli import cli\ntry:\n    cli.main(sys.argv[1:])\n"
                "except SystemExit as stop:\n    print(json.dumps({'code': stop.code, "
                "'tensorflow': 'tensorflow' in sys.modules}))\n")
     with RunLock(run):
         started = time.perf_counter()
-        done = subprocess.run([sys.executable, "-c", program, *map(str, lenet_args(mnist_npz, run))],
+        done = subprocess.run([sys.executable, "-c", program, *map(str, WRITERS[command](mnist_npz, run))],
                               capture_output=True, text=True, timeout=120)
         seconds = time.perf_counter() - started
     outcome = json.loads(done.stdout.strip().splitlines()[-1])
@@ -221,6 +311,18 @@ def test_a_finished_stage_needs_its_model_file(lenet_run, mnist_npz, tmp_path):
     assert "not a Keras model file" in error_line(result) and "File not found" not in result.output
 
 
+def test_a_fine_tune_needs_the_model_file_of_the_stage_it_starts_from(hub_run, tmp_path):
+    run = copy_of(hub_run, tmp_path)
+    (run / "stages" / "head.keras").unlink()
+    (run / "model.keras").write_bytes(b"cut short")
+    before = snapshot(run)
+    result = invoke("finetune", "--run", run, "--unfreeze-from", "all", "--epochs", 1, "--overwrite", "--trust-hub")
+    assert result.exit_code == 2
+    line = error_line(result)
+    assert "stage 'head'" in line and "is not finished" in line and "not a Keras model file" in line, line
+    assert snapshot(run) == before
+
+
 def test_a_loss_that_is_not_a_number_names_the_option_and_the_run_can_start_over(lenet_run, mnist_npz, tmp_path):
     run = copy_of(lenet_run, tmp_path)
     result = invoke(*lenet_args(mnist_npz, run, "--overwrite", "--learning-rate", 1e12))
@@ -230,6 +332,57 @@ def test_a_loss_that_is_not_a_number_names_the_option_and_the_run_can_start_over
     assert "--learning-rate 1e+12 is likely too high" in line and "--overwrite" in line
     result = invoke(*lenet_args(mnist_npz, run, "--overwrite", "--learning-rate", 0.001))
     assert result.exit_code == 0, result.output[-3000:]
+
+
+def lenet5_bn_args(images: Path, run: Path, rate: float) -> list:
+    """One batch an epoch: the training loss is computed before the step that breaks the weights."""
+    return ["train", "lenet5_bn", "--images", images, "--epochs", 1, "--batch-size", 512, "--optimizer", "sgd",
+            "--learning-rate", rate, "--out", run]
+
+
+def test_a_validation_loss_that_is_not_a_number_stops_the_stage_and_says_so_again(sample_data_dir, tmp_path):
+    """A NaN validation loss (BatchNorm's moving statistics overflow while the training loss stays finite)
+    left the run "running" and then said "File not found" (later: "model.keras ... is missing") at every re-run."""
+    run = tmp_path / "run"
+    for _attempt in range(2):                       # the same command again: the same clear line
+        result = invoke(*lenet5_bn_args(sample_data_dir, run, 1e25))
+        assert result.exit_code == 1, result.output[-3000:]
+        line = error_line(result)
+        assert "the validation loss became nan at epoch 1" in line, line
+        assert "--learning-rate 1e+25 is likely too high" in line and "--overwrite" in line
+        assert "File not found" not in result.output and "is missing" not in line
+
+
+def last_dense_layer(model):
+    """The model's last Dense layer (the classifier), looked for inside nested models too."""
+    import keras
+
+    for layer in reversed(model.layers):
+        found = layer if isinstance(layer, keras.layers.Dense) else (
+            last_dense_layer(layer) if hasattr(layer, "layers") else None)
+        if found is not None:
+            return found
+    return None
+
+
+def test_a_model_whose_outputs_are_not_numbers_is_one_line(lenet_run, tmp_path):
+    """Infinite logits behind a finite loss ended the stage, or kcnn calibrate, with a raw
+    "ValueError: logits must be finite numbers"."""
+    import keras
+
+    from keras_cnn.models.loading import load_model
+
+    run = copy_of(lenet_run, tmp_path)
+    model = load_model(run / "model.keras")
+    dense = last_dense_layer(model)
+    kernel, bias = dense.get_weights()
+    dense.set_weights([kernel * 1e38, bias])        # what an overflowing step leaves
+    keras.saving.save_model(model, run / "model.keras")
+    result = invoke("calibrate", "--run", run)
+    assert result.exit_code == 1
+    line = error_line(result)
+    assert "outputs on the validation part are not finite numbers" in line and "--learning-rate" in line
+    assert "ValueError" not in result.output
 
 
 def test_a_validation_loss_that_is_not_a_number_stops_the_stage():
@@ -264,6 +417,18 @@ def test_export_refuses_an_unfinished_run_unless_allowed_and_records_it(lenet_ru
     assert allowed.exit_code == 0, allowed.output[-3000:]
     metadata = json.loads((tmp_path / "export" / "1" / "assets.extra" / "kcnn.json").read_text())
     assert "has not finished" in metadata["unfinished"]
+
+
+def test_calibrate_refuses_an_unfinished_run(lenet_run, tmp_path):
+    """kcnn calibrate fitted the partial model of a killed stage, which its resumed stage then replaced."""
+    run = copy_of(lenet_run, tmp_path)
+    state = json.loads((run / "state.json").read_text())
+    state["stages"]["train"]["status"] = "running"
+    (run / "state.json").write_text(json.dumps(state))
+    before = snapshot(run)
+    result = invoke("calibrate", "--run", run)
+    assert result.exit_code == 2 and "has not finished" in error_line(result)
+    assert snapshot(run) == before
 
 
 def test_export_force_replaces_only_a_kcnn_export(lenet_run, tmp_path):

@@ -400,6 +400,7 @@ def test_cli_custom_columns(tmp_path):
     (f"{sha(1)},0\n{sha(2)},1\n", [], f"has no header line: its first line '{sha(1)},0' names a file; add a first "
      "line naming the columns, such as 'objectId,value'"),
     ("eight/scan 0008.png,eight\nseven/scan 0007.png,seven\n", ["--images", "."], "has no header line"),
+    (f"{sha(1, '')},0\n{sha(2, '')},1\n", [], "has no header line"),
     (f"objectId,value\n{sha(1)},0\n,1\n", [], "row 3: objectId is empty"),
     (f"objectId,value\n{sha(1)},0\nimages/{sha(2)},1\n", [], "not named by their SHA-1: give --images DIR"),
     (f"objectId,value\n{sha(1)},0\n../../etc/passwd,1\n", [], "row 3: objectId '../../etc/passwd'"),

@@ -39,6 +39,12 @@ def invoke(*arguments: str):
     return CliRunner().invoke(cli, [str(argument) for argument in arguments])
 
 
+@pytest.fixture(autouse=True)
+def no_quiet_after(monkeypatch):
+    """A command run with -q sets KCNN_QUIET for the whole process: each test leaves it as it found it."""
+    monkeypatch.setenv("KCNN_QUIET", "0")   # recorded, so put back (or removed) when the test ends
+
+
 def encoded(pixels: np.ndarray, fmt: str) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, fmt)
@@ -112,6 +118,7 @@ def hostile_run(tmp_path_factory):
     unreadable.chmod(0)
     run, native = root / "run", root / "native-stderr.txt"
     with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("KCNN_QUIET", "0")   # -q sets it to 1 for the process: as it was again after the fixture
         if os.geteuid() == 0:   # root reads any file: the operating system's refusal is played here
             from keras_cnn.data import collection
 
@@ -167,6 +174,21 @@ def test_a_named_pipe_as_split_is_refused_not_read(tmp_path, sample_data_dir):
 
 
 @pytest.mark.parametrize("arguments", [
+    ["train", "lenet", "--images", "IMAGES", "--exclude", "FIFO", "--out", "OUT"],
+    ["lr-find", "--base", "mobilenet_v3_small", "--weights", "none", "--images", "IMAGES", "--relabel", "FIFO"],
+    ["doctor", "FIFO", "--base", "mobilenet_v3_small", "--weights", "none", "--out", "OUT"],
+])
+def test_a_named_pipe_is_refused_wherever_a_file_is_read(tmp_path, sample_data_dir, tensorflow_refused, arguments):
+    with fifo_that_ends(tmp_path / "list.csv") as fifo:
+        places = {"IMAGES": sample_data_dir, "FIFO": fifo, "OUT": tmp_path / "out"}
+        result = invoke(*[places.get(argument, argument) for argument in arguments])
+    assert result.exit_code == 2, result.output[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert "is a FIFO (named pipe), not a regular file" in last and str(fifo.name) in last, last
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("arguments", [
     ["--base", "mobilenet_v3_small", "--start-lr", "1", "--end-lr", "0.1"],
     ["--base", "inception_v3", "--image-size", "40"],   # inception_v3 takes 75 pixels or more
 ])
@@ -203,6 +225,69 @@ def test_a_full_disk_names_the_file_and_leaves_nothing_half_written(tmp_path, sa
         f"kcnn: error: no space left on device while writing {out} (the file was left as it was); free some space "
         "and run the command again")
     assert not out.exists() and list(out.parent.iterdir()) == []
+
+
+@pytest.fixture
+def tensorflow_refused(monkeypatch):
+    """Starting TensorFlow fails the command: an option checked only after it is checked too late."""
+    import importlib
+
+    from keras_cnn.cli import COMMANDS
+
+    def started():
+        raise AssertionError("TensorFlow started before the options were checked")
+
+    # Every command module, imported before the patch (a module imported during it would keep the stand-in).
+    for module in {importlib.import_module(target.split(":")[0]) for target in COMMANDS.values()}:
+        for holder in (module, importlib.import_module("keras_cnn.cli.common")):
+            if hasattr(holder, "import_tensorflow_quietly"):
+                monkeypatch.setattr(holder, "import_tensorflow_quietly", started)
+
+
+def answer_export(hostile_export, tmp_path, **metadata) -> Path:
+    """A copy of the hostile export whose kcnn.json says more (as a multi-label export's does)."""
+    copy = tmp_path / "export"
+    shutil.copytree(hostile_export, copy)
+    record = copy / "1" / "assets.extra" / "kcnn.json"
+    record.write_text(json.dumps({**json.loads(record.read_text()), **metadata}))
+    return copy
+
+
+@pytest.mark.parametrize("arguments, refusal", [
+    (["evaluate", "--run", "RUN", "--target-accuracy", "nan"], "--target-accuracy"),
+    (["evaluate", "--run", "RUN", "--tta", "100"], "--tta must be between 1 and 6 views"),
+    (["predict", "--model", "EXPORT", "IMAGE", "--reject-below", "nan"], "--reject-below"),
+    (["predict", "--model", "EXPORT", "IMAGE", "--tta", "100"], "--tta must be between 1 and 6 views"),
+    (["predict", "--model", "EXPORT", "IMAGE", "--tta", "2", "--explain", "OUT"], "--explain and --tta"),
+    (["predict", "--model", "EXPORT", "IMAGE", "--explain", "IMAGE/heatmaps"], "as --explain: Not a directory"),
+    (["predict", "--model", "MULTI_LABEL_EXPORT", "IMAGE", "--reject-below", "0.5"], "this export is multi-label"),
+    (["predict", "--model", "MULTI_LABEL_EXPORT", "IMAGE", "--explain", "OUT"], "no 'serving_explain' signature"),
+    (["export", "--run", "RUN", "--out", "OUT", "--tta", "100"], "--tta must be between 1 and 6 views"),
+    (["export", "--run", "RUN", "--out", "OUT", "--quantize", "int8"], "add --format litert"),
+    (["export", "--run", "RUN", "--out", "OUT", "--version", str(2**70)], "--version"),
+    (["serve", "--model", "EXPORT", "--batch-timeout-ms", "nan"], "--batch-timeout-ms"),
+    (["serve", "--model", "EXPORT", "--max-body-mb", "inf"], "--max-body-mb"),
+    (["serve", "--model", "EXPORT", "--max-batch", str(2**70)], "--max-batch"),
+    (["sample-data", "OUT", "--per-class", str(10**12)], "--per-class"),
+    (["demo", "--out", "OUT", "--head-epochs", str(10**12)], "--head-epochs"),
+    (["train", "lenet", "--images", "IMAGES", "--out", "OUT", "--max-image-pixels", str(2**70)], "--max-image-pixels"),
+])
+def test_the_options_of_every_command_are_checked_before_tensorflow_starts(
+        tmp_path, hostile_run, hostile_export, tensorflow_refused, arguments, refusal):
+    """Out of range, not a number, or not for this run or export: one line at once, nothing written."""
+    places = {"RUN": hostile_run["run"], "EXPORT": hostile_export, "OUT": tmp_path / "out",
+              "IMAGES": hostile_run["images"], "IMAGE": next((hostile_run["images"] / HOSTILE_LABELS[1]).glob("*.png"))}
+    if "MULTI_LABEL_EXPORT" in arguments:
+        places["MULTI_LABEL_EXPORT"] = answer_export(hostile_export, tmp_path, multi_label=True, thresholds={
+            label: 0.5 for label in HOSTILE_LABELS}, explain={"signature": None, "reason": "multi-label"})
+    before = sorted(path.name for path in hostile_run["run"].iterdir())
+    result = invoke(*[str(places[argument]) if argument in places else argument.replace(
+        "IMAGE/", f"{places['IMAGE']}/") for argument in arguments])
+    assert result.exit_code == 2, result.output[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("kcnn: error: ") and refusal in last, last
+    assert not (tmp_path / "out").exists()
+    assert sorted(path.name for path in hostile_run["run"].iterdir()) == before
 
 
 # --------------------------------------------------------------------------- decompression bombs
@@ -286,6 +371,24 @@ def test_no_native_line_reaches_stderr_under_quiet(hostile_run):
     assert stderr_problems(hostile_run["native"] + hostile_run["result"].stderr) == []
 
 
+def test_quantizing_and_explaining_print_no_native_line_under_quiet(tmp_path, hostile_run, hostile_export):
+    """The LiteRT converter reports its settings ("fully_quantize: 0, ..."), libjpeg warns while the
+    heat map's graph decodes the damaged JPEG: neither reaches stderr."""
+    captured = tmp_path / "native-stderr.txt"
+    damaged = hostile_run["images"] / HOSTILE_LABELS[1] / "damaged.jpg"
+    with native_stderr_into(captured):
+        exported = invoke("export", "--run", hostile_run["run"], "--out", tmp_path / "export", "--format", "litert",
+                          "--quantize", "dynamic", "--no-verify", "-q")
+        explained = invoke("predict", "--model", hostile_export, damaged, "--explain", tmp_path / "heatmaps", "-q")
+    for result in (exported, explained):
+        assert result.exit_code == 0, result.output[-3000:]
+    native = captured.read_text(errors="replace")
+    assert "fully_quantize" not in native and "Corrupt JPEG data" not in native
+    assert stderr_problems(native + exported.stderr + explained.stderr) == []
+    assert (tmp_path / "export" / "1" / "model_dynamic.tflite").is_file()
+    assert (tmp_path / "heatmaps" / "damaged.heatmap.png").is_file()
+
+
 def test_the_native_filter_drops_the_noise_and_passes_every_other_line(tmp_path):
     """Lines written to fd 2 by native code (here os.write), as the LiteRT converter and absl write them."""
     from keras_cnn.library_chatter import native_noise_filtered
@@ -319,6 +422,23 @@ def test_predictions_csv_escapes_cells_a_spreadsheet_would_run(hostile_run):
         assert row[2].startswith("'") and unescape_cell(row[2]) in labels
         assert unescape_cell(row[0]).split("/")[0] == unescape_cell(row[1])
         assert 0.0 <= float(row[3]) <= 1.0 and all(0.0 <= float(value) <= 1.0 for value in row[4:])
+
+
+def test_the_other_csv_files_for_people_escape_their_cells_too(tmp_path):
+    """A multi-label run's predictions.csv and the list of changed inputs name labels and files."""
+    from keras_cnn.data.input_record import Change, write_change_list
+    from keras_cnn.multilabel_evaluation import predictions_csv
+
+    labels = ["@SUM(A1)", "=cmd", "plain"]
+    text = predictions_csv(["=a.png", "-b.png"], np.array([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]),
+                           np.array([[0.9, 0.2, 0.7], [0.1, 0.8, -0.0]]), np.array([0.5, 0.5, 0.5]), labels)
+    header, *rows = list(csv.reader(io.StringIO(text)))
+    assert header == ["objectId", "true", "predicted", "'@SUM(A1)", "'=cmd", "plain"]
+    assert rows[0][:3] == ["'=a.png", "'@SUM(A1);=cmd", "'@SUM(A1);plain"]
+    assert rows[1][:3] == ["'-b.png", "plain", "'=cmd"] and rows[1][5] in ("-0", "0")   # a number stays one
+
+    path = write_change_list(tmp_path / "input_changes.csv", [Change("=HYPERLINK(1).png", "changed", "+x")])
+    assert path.read_text() == "objectId,change,detail\n'=HYPERLINK(1).png,changed,'+x\n"
 
 
 # --------------------------------------------------------------------------- fine-tuning and predict

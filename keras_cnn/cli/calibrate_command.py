@@ -10,7 +10,7 @@ import click
 from keras_cnn.cli import options
 from keras_cnn.cli.common import debug_option, json_option, run_command
 from keras_cnn.config import MAX_BATCH_SIZE
-from keras_cnn.runs import RunDirectory
+from keras_cnn.runs import RunDirectory, RunLock
 
 
 def render(result: dict[str, Any]) -> None:
@@ -45,6 +45,7 @@ def calibrate(run_dir: Path, batch_size: int | None, trust_hub: bool, accept_inp
     sigmoid, fitted on the binary cross-entropy over all labels; each label's threshold is
     then chosen again on the calibrated validation probabilities (RUN/thresholds.json).
     """
+    # Fail fast (and without importing TensorFlow) when the folder is not a run or another process writes it.
     RunDirectory(run_dir).require()
 
     def work() -> dict[str, Any]:
@@ -53,4 +54,5 @@ def calibrate(run_dir: Path, batch_size: int | None, trust_hub: bool, accept_inp
         return calibrate_run(run_dir, batch_size=batch_size, trust_hub=trust_hub,
                              accept_input_changes=accept_input_changes)
 
-    run_command(as_json, work, render)
+    with RunLock(run_dir, reentrant=True):
+        run_command(as_json, work, render)

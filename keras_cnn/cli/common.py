@@ -89,7 +89,7 @@ def holding_run(out_dir: str | os.PathLike | None, overwrite: bool = False, stra
     (re-entrant) and repeats every check.  Skipped without ``--out`` (a new timestamped
     folder) and on multi-worker processes that are not the chief (they write elsewhere).
     """
-    from keras_cnn.runs import RunDirectory, RunLock, check_run_placement
+    from keras_cnn.runs import RunDirectory, RunLock, check_run_placement, input_files
     from keras_cnn.train.devices import parse_slurm, parse_tf_config
 
     task = parse_tf_config(os.environ.get("TF_CONFIG"))
@@ -101,8 +101,7 @@ def holding_run(out_dir: str | os.PathLike | None, overwrite: bool = False, stra
     check_output_path(out_dir, directory=True, option="the run folder")
     with RunLock(out_dir, reentrant=True):
         if data is not None:
-            check_run_placement(out_dir, images=data.get("images"),
-                                files={"--split": data.get("split"), "--dataset-path": data.get("dataset_path")})
+            check_run_placement(out_dir, images=data.get("images"), files=input_files(data))
         RunDirectory(out_dir).check_ownership(overwrite)
         yield
 

@@ -6,16 +6,18 @@ import click
 
 from keras_cnn.cli import options
 from keras_cnn.cli.common import debug_option, json_option, run_command
+from keras_cnn.config import MAX_EPOCHS, MAX_SAMPLE_PER_CLASS
 
 
 @click.command()
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="kcnn-demo", show_default=True,
               help="Folder for the sample data, the run, the report and the export.")
-@click.option("--per-class", type=click.IntRange(min=30), default=100, show_default=True,
+@click.option("--per-class", type=click.IntRange(30, MAX_SAMPLE_PER_CLASS),
+              default=100, show_default=True,
               help="Sample images per class (3 classes).")
-@click.option("--head-epochs", type=click.IntRange(min=1), default=8, show_default=True,
+@click.option("--head-epochs", type=click.IntRange(1, MAX_EPOCHS), default=8, show_default=True,
               help="Stage-1 epochs (head on cached features).")
-@click.option("--finetune-epochs", type=click.IntRange(min=1), default=3, show_default=True,
+@click.option("--finetune-epochs", type=click.IntRange(1, MAX_EPOCHS), default=3, show_default=True,
               help="Stage-2 epochs (base unfrozen from block7a).")
 @options.weights(shown_default="imagenet when downloadable or cached, else none, said clearly", default=None,
                  show_default=False)

@@ -7,13 +7,14 @@ from typing import Any
 import click
 
 from keras_cnn.cli import options
-from keras_cnn.cli.common import debug_option, json_option, run_command
+from keras_cnn.cli.common import InputPath, debug_option, json_option, run_command
 from keras_cnn.cli.source_options import source_options, split_rule_options
 from keras_cnn.config import MAX_BATCH_SIZE, MAX_SEED
+from keras_cnn.models.applications import check_base_name
 
 
 @click.command()
-@click.argument("source", metavar="SOURCE")
+@click.argument("source", metavar="SOURCE", type=InputPath())
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), metavar="DIR",
               help="Folder for doctor.html, issues.csv, exclude.txt and doctor.json (a re-run replaces them).")
 @click.option("--base", default=None,
@@ -67,6 +68,8 @@ def doctor(source, out_dir, base, run_dir, image_size, weights, images, layout, 
     from keras_cnn.doctor.run import DEFAULT_BATCH_SIZE
 
     require_doctor_libraries()  # before TensorFlow starts: a missing extra is one line at once
+    if base:
+        check_base_name(base)  # so is a misspelt base
 
     def work() -> dict[str, Any]:
         from keras_cnn.doctor.run import DoctorOptions, run_doctor  # scikit-learn, TensorFlow: after --help

@@ -9,7 +9,7 @@ import click
 
 from keras_cnn.choices import EvaluationPart, names
 from keras_cnn.cli import options
-from keras_cnn.cli.common import Choice, debug_option, json_option, run_command
+from keras_cnn.cli.common import Choice, FiniteFloatRange, debug_option, json_option, run_command
 from keras_cnn.config import MAX_BATCH_SIZE
 from keras_cnn.runs import RunDirectory, RunLock
 
@@ -90,7 +90,7 @@ def render_summary(summary: dict[str, Any]) -> None:
               help="Also report test-time augmentation: average each image's probabilities over N fixed "
                    "views (the image, centre and corner crops of 90 %, and their mirror images when the "
                    "run trained with flips); plain and TTA metrics side by side.")
-@click.option("--target-accuracy", type=click.FloatRange(0, 1, min_open=True), default=None, metavar="A",
+@click.option("--target-accuracy", type=FiniteFloatRange(0, 1, min_open=True), default=None, metavar="A",
               help="Choose on the validation part the lowest threshold on the top (calibrated) probability whose "
                    "answered images reach accuracy A, store it in the run (export copies it: predict and serve "
                    "then answer 'unknown' below it) and report coverage and accuracy at it [default: the threshold "
@@ -117,8 +117,11 @@ def evaluate(run_dir: Path, subset: str, batch_size: int | None, tta: int | None
     per-label table, calibration over every (image, label) pair, precision-recall curves
     and the labels most often missed or added.
     """
-    # Fail fast (and without importing TensorFlow) when the folder is not a run or another process writes it.
-    RunDirectory(run_dir).require()
+    from keras_cnn.evaluate import check_evaluation_options   # here: pandas is not needed for --help
+
+    # Fail fast (and without importing TensorFlow) when the folder is not a run, an option does not fit
+    # it or another process writes it.
+    check_evaluation_options(RunDirectory(run_dir).require(), subset, tta, target_accuracy)
 
     def work() -> dict[str, Any]:
         from keras_cnn.evaluate import evaluate_run

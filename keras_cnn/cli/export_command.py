@@ -9,8 +9,12 @@ import click
 from keras_cnn.choices import ExportFormatName, QuantizationMode, names
 from keras_cnn.cli import options
 from keras_cnn.cli.common import Choice, debug_option, json_option, run_command
-from keras_cnn.export import TOLERANCE  # no TensorFlow at import time
+from keras_cnn.export import TOLERANCE, check_export_options  # no TensorFlow at import time
 from keras_cnn.export.quantize import DEFAULT_MAX_ACCURACY_DROP
+from keras_cnn.export_layout import MAX_VERSION
+
+# How the score a quantized file is judged by is printed.
+_METRIC_NAMES = {"macro_map": "mAP", "accuracy": "accuracy"}
 
 
 @click.command()
@@ -18,7 +22,7 @@ from keras_cnn.export.quantize import DEFAULT_MAX_ACCURACY_DROP
               help="The run directory (config.json, labels.txt, model.keras).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Export directory; the model goes to OUT/<version>/ (TF Serving layout).")
-@click.option("--version", "version", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--version", "version", type=click.IntRange(1, MAX_VERSION), default=1, show_default=True,
               help="Version folder number.")
 @click.option("--format", "formats", type=Choice(names(ExportFormatName)), multiple=True,
               help="What to write (repeatable) [default: saved_model]. onnx and litert take "
@@ -76,6 +80,9 @@ def export(run_dir: str, out_dir: str, version: int, formats: tuple[str, ...], v
       kcnn export --run runs/a --out export/ --format saved_model --format litert --quantize int8 --tta 4
     """
 
+    # Options that cannot go together, or that the run cannot take, are refused before TensorFlow starts.
+    check_export_options(run_dir, formats or ("saved_model",), version, tta, quantize)
+
     def work() -> dict[str, Any]:
         from keras_cnn.export import export_run
 
@@ -99,7 +106,7 @@ def render(result: dict[str, Any]) -> None:
         float_part, quantized = quantization["float"], quantization["quantized"]
         part = quantization.get("accuracy_part")
         metric = quantization.get("metric", "accuracy")
-        shown = "mAP" if metric == "macro_map" else metric
+        shown = _METRIC_NAMES.get(metric, metric)
         for name, entry in (("float", float_part), (quantization["mode"], quantized)):
             score = (f"{part} {shown} {entry[metric]:.4f}" if metric in entry
                      else f"{shown} not measured (no test or validation images)")
@@ -126,7 +133,11 @@ def _check_of(name: str, result: dict[str, Any]) -> str:
     if difference is not None:
         return f"max abs diff {difference:.2g} on {result['verified_on_images']} images"
     quantization = result.get("quantization")
-    if quantization and name == f"litert_{quantization['mode']}" and "accuracy" in quantization["quantized"]:
-        # A quantized model differs from the float one by design: its accuracy is its check.
-        return f"{quantization['accuracy_part']} accuracy {quantization['quantized']['accuracy']:.4f}, below"
+    if quantization and name == f"litert_{quantization['mode']}":
+        # A quantized model differs from the float one by design: its score on labelled images is its check.
+        metric = quantization.get("metric", "accuracy")
+        if metric in quantization["quantized"]:
+            return (f"checked by its {quantization['accuracy_part']} {_METRIC_NAMES.get(metric, metric)} "
+                    f"{quantization['quantized'][metric]:.4f}, compared with the float file's below")
+        return "not verified: no test or validation images to score it on"
     return "not verified: --no-verify" if not result["verified_on_images"] else "not verified"

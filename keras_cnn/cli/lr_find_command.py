@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import click
 
 from keras_cnn.cli import options
 from keras_cnn.cli.common import FiniteFloatRange, debug_option, import_tensorflow_quietly, json_option, run_command
 from keras_cnn.cli.transfer_command import warn_about_random_base
 from keras_cnn.messages import frozen_random_base_warning
+from keras_cnn.models.applications import check_base_name
 from keras_cnn.progress import warn
+from keras_cnn.runs import RunLock
 
 
 def _render(result):
@@ -88,34 +92,38 @@ def lr_find(architecture, base, run_dir, start_lr, end_lr, steps, out, trust_hub
     if (run_dir or values["data"]["dataset"]) and (values["data"]["exclude"] or values["data"]["relabel"]):
         raise UserError("--exclude and --relabel work on image folders (--images [--split]); "
                         "with --run the run's own split is used")
-    import_tensorflow_quietly()
-    from keras_cnn.config import DataConfig, ModelConfig, RunConfig, TrainingConfig
+    if base:
+        check_base_name(base)  # a misspelt name fails at once, before TensorFlow or any warning
+    with contextlib.ExitStack() as holding:
+        if run_dir:
+            # The run's lock before TensorFlow loads: a second writer is refused at once (--run exists).
+            holding.enter_context(RunLock(run_dir, reentrant=True))
+        import_tensorflow_quietly()
+        from keras_cnn.config import DataConfig, ModelConfig, RunConfig, TrainingConfig
 
-    config = None
-    if run_dir:
-        warn_about_random_base(run_dir, values["finetune"]["unfreeze_from"], learning_rate=end_lr)
-    else:
-        if base:
-            from keras_cnn.models.bases import get_base_spec
-
-            get_base_spec(base)  # an unknown name fails first, before any warning about it
-            model = ModelConfig(kind="transfer", name=base, **values["model"])
-            if model.weights == "none":
-                warn(frozen_random_base_warning(base))
+        config = None
+        if run_dir:
+            warn_about_random_base(run_dir, values["finetune"]["unfreeze_from"], learning_rate=end_lr)
         else:
-            from keras_cnn.models.scratch import get_architecture
+            if base:
+                model = ModelConfig(kind="transfer", name=base, **values["model"])
+                if model.weights == "none":
+                    warn(frozen_random_base_warning(base))
+            else:
+                from keras_cnn.models.scratch import get_architecture
 
-            get_architecture(architecture)  # unknown names fail before any work
-            model = ModelConfig(kind="scratch", name=architecture)
-            values["data"]["image_size"] = None   # a from-scratch network has its own input size
-        config = RunConfig(command="lr-find", model=model, data=DataConfig(**values["data"]),
-                           training=TrainingConfig(seed=values["training"]["seed"]))
+                get_architecture(architecture)  # unknown names fail before any work
+                model = ModelConfig(kind="scratch", name=architecture)
+                values["data"]["image_size"] = None   # a from-scratch network has its own input size
+            config = RunConfig(command="lr-find", model=model, data=DataConfig(**values["data"]),
+                               training=TrainingConfig(seed=values["training"]["seed"]))
 
-    def work():
-        from keras_cnn.train.lr_find import lr_find as find
+        def work():
+            from keras_cnn.train.lr_find import lr_find as find
 
-        return find(config, run_dir=run_dir, **values["finetune"], out=out, start=start_lr, end=end_lr, steps=steps,
-                    batch_size=values["training"]["batch_size"], optimizer=values["training"]["optimizer"],
-                    trust_hub=trust_hub, accept_input_changes=accept_input_changes)
+            return find(config, run_dir=run_dir, **values["finetune"], out=out, start=start_lr, end=end_lr,
+                        steps=steps, batch_size=values["training"]["batch_size"],
+                        optimizer=values["training"]["optimizer"], trust_hub=trust_hub,
+                        accept_input_changes=accept_input_changes)
 
-    run_command(as_json, work, _render)
+        run_command(as_json, work, _render)

@@ -34,8 +34,8 @@ import click
 from keras_cnn.choices import (AugmentEngine, ClassWeight, DatasetName, Layout, ModelApi, OptimizerName, ResizeMode,
                                ScheduleName, StrategyName, Switch, names)
 from keras_cnn.cli.common import Choice, FiniteFloatRange, InputPath, option_group
-from keras_cnn.config import (DEFAULT_MAX_IMAGE_PIXELS, MAX_BATCH_SIZE, MAX_EPOCHS, MAX_IMAGE_SIDE, MAX_SEED,
-                              MAX_UNITS)
+from keras_cnn.config import (DEFAULT_MAX_IMAGE_PIXELS, LARGEST_PIXEL_LIMIT, MAX_BATCH_SIZE, MAX_EPOCHS, MAX_IMAGE_SIDE,
+                              MAX_SEED, MAX_UNITS)
 
 SECTIONS = ("data", "model", "training", "finetune")
 REGULARIZATION = "data.regularization"
@@ -130,10 +130,10 @@ cache = _option("data.cache", "--cache", "Cache decoded images: memory, none, or
 exclude = _option("data.exclude", "--exclude", "Leave the images FILE lists out of every part: one path under the "
                   "image folder per line (`kcnn doctor`'s exclude.txt); counted in the 'found' line, recorded in a "
                   "run's config.json. The files themselves are not touched.",
-                  type=click.Path(exists=True, dir_okay=False), default=None, metavar="FILE")
+                  type=InputPath(dir_okay=False), default=None, metavar="FILE")
 relabel = _option("data.relabel", "--relabel", "New labels for the images an objectId,value CSV names (a label "
                   "CSV); counted in the 'found' line, recorded in a run's config.json.",
-                  type=click.Path(exists=True, dir_okay=False), default=None, metavar="CSV")
+                  type=InputPath(dir_okay=False), default=None, metavar="CSV")
 multi_label = _option("data.multi_label", "--multi-label", "Images may have several labels (or none): a label "
                       "CSV's cells hold labels joined by --label-delimiter (an empty cell = no label), and the same "
                       "picture under several class folders is one image with all their labels. The model gets one "
@@ -148,7 +148,8 @@ skip_bad_images = _option("data.skip_bad_images", "--skip-bad-images", "Train on
 max_image_pixels = _option("data.max_image_pixels", "--max-image-pixels", "Refuse images of more pixels than this "
                            "(width x height, read from the file's header before anything decodes it); 0: no limit. "
                            "The default is Pillow's limit against decompression bombs.",
-                           type=click.IntRange(min=0), default=DEFAULT_MAX_IMAGE_PIXELS, show_default=True)
+                           type=click.IntRange(0, LARGEST_PIXEL_LIMIT), default=DEFAULT_MAX_IMAGE_PIXELS,
+                           show_default=True)
 validation_split = _option("data.validation_split", "--validation-split", "Fraction of the --dataset training "
                            "images held out for validation (the last ones).",
                            type=FiniteFloatRange(0, 1, max_open=True), default=0.2, show_default=True)

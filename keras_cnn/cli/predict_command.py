@@ -7,10 +7,11 @@ from typing import Any
 import click
 
 from keras_cnn.cli import options
-from keras_cnn.cli.common import debug_option, json_option, run_command
+from keras_cnn.cli.common import FiniteFloatRange, debug_option, json_option, run_command
 from keras_cnn.config import MAX_BATCH_SIZE
 from keras_cnn.errors import UserError
-from keras_cnn.export_layout import read_export_labels, read_export_metadata, resolve_version_dir
+from keras_cnn.export_layout import check_answer_options, read_export_labels, read_export_metadata, resolve_version_dir
+from keras_cnn.io import check_output_path
 from keras_cnn.messages import MAX_ITEMS
 from keras_cnn.progress import emit
 
@@ -27,7 +28,7 @@ from keras_cnn.progress import emit
 @click.option("--tta", type=click.IntRange(min=1), default=None,
               help="Average each image's probabilities over N test-time augmentation views (as kcnn evaluate "
                    "--tta N; an export made with --tta N answers through its serving_tta signature).")
-@click.option("--reject-below", type=click.FloatRange(0, 1), default=None, metavar="P",
+@click.option("--reject-below", type=FiniteFloatRange(0, 1), default=None, metavar="P",
               help="Answer 'unknown' (none of these) when the top probability is below P: printed as "
                    "'unknown (top: LABEL 0.41)', in --json \"rejected\": true beside the top label [default: the "
                    "export's reject_below, chosen by kcnn evaluate --target-accuracy; none without it].")
@@ -58,9 +59,14 @@ def predict(ctx: click.Context, model_dir: str, inputs: tuple[str, ...], max_ima
 
     Example: kcnn predict --model export/ photos/ cat.jpg --top-k 3 --explain heatmaps/
     """
-    # A wrong folder or a damaged export is reported before TensorFlow's seconds of start-up.
+    # A wrong folder, a damaged export or an option it cannot answer with is reported before TensorFlow's
+    # seconds of start-up.
     version_dir = resolve_version_dir(model_dir)
-    read_export_labels(version_dir, read_export_metadata(version_dir))
+    metadata = read_export_metadata(version_dir)
+    read_export_labels(version_dir, metadata)
+    check_answer_options(version_dir, metadata, tta=tta, reject_below=reject_below, explain=explain_dir is not None)
+    if explain_dir is not None:
+        check_output_path(explain_dir, directory=True, option="--explain")
 
     def work() -> dict[str, Any]:
         from keras_cnn.predict import load_exported_model, predict_files

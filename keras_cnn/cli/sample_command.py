@@ -5,13 +5,14 @@ from __future__ import annotations
 import click
 
 from keras_cnn.cli.common import debug_option, json_option, run_command
-from keras_cnn.config import MAX_IMAGE_SIDE, MAX_SEED
+from keras_cnn.config import MAX_IMAGE_SIDE, MAX_SAMPLE_PER_CLASS, MAX_SEED
 
 
 @click.command("sample-data")
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @click.option("--classes", type=click.IntRange(2, 8), default=3, show_default=True, help="Number of classes (shapes).")
-@click.option("--per-class", type=click.IntRange(min=1), default=120, show_default=True, help="Images per class.")
+@click.option("--per-class", type=click.IntRange(1, MAX_SAMPLE_PER_CLASS), default=120, show_default=True,
+              help="Images per class.")
 @click.option("--size", type=click.IntRange(16, MAX_IMAGE_SIDE), default=128, show_default=True,
               help="Image side in pixels.")
 @click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True, help="Same seed, same files.")

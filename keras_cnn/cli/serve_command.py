@@ -8,7 +8,8 @@ import json
 import click
 
 from keras_cnn.cli import options
-from keras_cnn.cli.common import debug_option, json_option
+from keras_cnn.cli.common import FiniteFloatRange, debug_option, json_option
+from keras_cnn.config import MAX_BATCH_SIZE
 from keras_cnn.export_layout import (read_export_labels, read_export_metadata, served_version_dirs,
                                      version_number)
 from keras_cnn.progress import say, warn
@@ -16,6 +17,11 @@ from keras_cnn.library_chatter import import_tensorflow_quietly
 from keras_cnn.serve import require_serve_extra
 
 DEFAULT_PORT = 8501   # TF Serving's REST port
+# The largest values the limits take (a few digits typed too many are refused, not served with).
+MAX_IN_FLIGHT = 65_536
+MAX_BATCH_TIMEOUT_MS = 60_000        # a minute: a batch that waits longer batches nothing
+MAX_REQUEST_TIMEOUT = 86_400         # a day
+MAX_BODY_MB = 2**20                  # a tebibyte
 
 
 @click.command()
@@ -29,15 +35,16 @@ DEFAULT_PORT = 8501   # TF Serving's REST port
               help="Port to listen on (TF Serving's REST port by default; 0 picks a free one).")
 @click.option("--name", default=None,
               help="Model name in the URLs (/v1/models/NAME) [default: the export directory's name].")
-@click.option("--max-batch", type=click.IntRange(min=1), default=32, show_default=True,
+@click.option("--max-batch", type=click.IntRange(1, MAX_BATCH_SIZE), default=32, show_default=True,
               help="Batch up to this many images of concurrent requests into one model call; 1 turns batching off.")
-@click.option("--batch-timeout-ms", type=click.FloatRange(min=0), default=2.0, show_default=True,
+@click.option("--batch-timeout-ms", type=FiniteFloatRange(0, MAX_BATCH_TIMEOUT_MS), default=2.0, show_default=True,
               help="How long a batch that is not full waits for more requests (milliseconds).")
-@click.option("--max-in-flight", type=click.IntRange(min=1), default=64, show_default=True,
+@click.option("--max-in-flight", type=click.IntRange(1, MAX_IN_FLIGHT), default=64, show_default=True,
               help="Requests that run the model at once; more are answered 503 with Retry-After.")
-@click.option("--request-timeout", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
+@click.option("--request-timeout", type=FiniteFloatRange(0, MAX_REQUEST_TIMEOUT, min_open=True), default=30.0,
+              show_default=True,
               help="Seconds a request may take (reading its body, waiting and running the model); 504 beyond.")
-@click.option("--max-body-mb", type=click.FloatRange(min=0, min_open=True), default=32.0, show_default=True,
+@click.option("--max-body-mb", type=FiniteFloatRange(0, MAX_BODY_MB, min_open=True), default=32.0, show_default=True,
               help="Largest request body in megabytes (2^20 bytes); 413 beyond.")
 @options.max_image_pixels(note="Larger images are answered 400.")
 @json_option

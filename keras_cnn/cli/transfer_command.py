@@ -9,6 +9,7 @@ from keras_cnn.cli.common import (debug_option, echo_calibration, holding_run, i
                                   overwrite_option, resumable, resumable_run, run_command, test_result)
 from keras_cnn.errors import UserError
 from keras_cnn.messages import RANDOM_BASE_RATE, frozen_random_base_warning, slow_random_base_warning
+from keras_cnn.models.applications import check_base_name
 from keras_cnn.progress import warn
 from keras_cnn.runs import RunDirectory
 
@@ -62,13 +63,12 @@ def transfer(base, out_dir, overwrite, accept_input_changes, as_json, **option_v
       kcnn transfer --base efficientnet_b0 --split split.csv --images data/ --out runs/effnet
     """
     values = options.config_values(option_values)
+    check_base_name(base)  # a misspelt name fails at once, before TensorFlow, a run folder or any warning
     out_dir = resumable_run(out_dir, base)
     with holding_run(out_dir, overwrite, values["training"]["strategy"], values["data"]):
         import_tensorflow_quietly()
         from keras_cnn.config import DataConfig, ModelConfig, RunConfig, TrainingConfig
-        from keras_cnn.models.bases import get_base_spec
 
-        get_base_spec(base)  # an unknown name fails first, before any warning about it
         if values["model"]["weights"] == "none":
             warn(frozen_random_base_warning(base))
         config = RunConfig(command="transfer", model=ModelConfig(kind="transfer", name=base, **values["model"]),
@@ -139,17 +139,24 @@ def warn_about_random_base(run_dir: str, unfreeze_from: str | None, learning_rat
     Layers kept frozen pass on nothing useful; layers trained at a fine-tuning rate (made
     for pretrained weights) barely move.  Said by ``kcnn finetune`` and ``kcnn lr-find --run``.
     """
-    from keras_cnn.models.bases import get_base_spec
-    from keras_cnn.models.transfer import UNFREEZE_ALL
+    from keras_cnn.models.bases import build_base, get_base_spec, is_hub_name
+    from keras_cnn.models.transfer import UNFREEZE_ALL, find_boundary
 
     try:
-        model = RunDirectory(run_dir).read_config().get("model", {})
+        config = RunDirectory(run_dir).read_config()
     except (UserError, OSError, ValueError):
         return  # the fine-tune itself reports a broken run
+    model = config.get("model", {})
     if model.get("weights") != "none":
         return
     name = model.get("name", "the base")
     if str(unfreeze_from).lower() != UNFREEZE_ALL:
+        if unfreeze_from and not is_hub_name(name):
+            # A misspelt layer is refused (with the closest names) before a warning names it: the base,
+            # built without weights in a second or two, says which layers it has (a TF Hub module is
+            # opened only by the fine-tune, with the run's --trust-hub).
+            find_boundary(build_base(name, (config.get("data") or {}).get("image_size"), weights="none"),
+                          unfreeze_from)
         boundary = f"before {unfreeze_from}" if unfreeze_from else "below the default unfreeze point"
         warn(frozen_random_base_warning(name, frozen=f"frozen layers {boundary}"))
         return

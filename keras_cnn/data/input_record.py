@@ -30,9 +30,7 @@ the training code.
 
 from __future__ import annotations
 
-import csv
 import datetime
-import io
 import json
 import os
 from collections import Counter
@@ -53,6 +51,7 @@ from keras_cnn.errors import UserError
 from keras_cnn.io import INPUT_CHANGES, INPUT_RECORD, atomic_write_text, read_json
 from keras_cnn.messages import MAX_ITEMS, MAX_MESSAGE, summarize_items
 from keras_cnn.progress import warn
+from keras_cnn.spreadsheet import csv_text
 
 FORMAT = 1
 STAMP = ("size", "mtime_ns", "ctime_ns", "inode")
@@ -481,12 +480,10 @@ def _summary(changes: Sequence[Change]) -> str:
 
 
 def write_change_list(path: str | os.PathLike, changes: Sequence[Change]) -> Path:
-    """``objectId,change,detail`` rows, one per change (a header line first), written atomically."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["objectId", "change", "detail"])
-    writer.writerows([change.object_id, change.kind, change.detail] for change in changes)
-    return atomic_write_text(path, buffer.getvalue())
+    """``objectId,change,detail`` rows, one per change (a header line first), written atomically; a list
+    for people, so no cell runs as a spreadsheet formula (:mod:`keras_cnn.spreadsheet`)."""
+    return atomic_write_text(path, csv_text(["objectId", "change", "detail"],
+                                            ([change.object_id, change.kind, change.detail] for change in changes)))
 
 
 def refusal_message(folder: Path, changes: Sequence[Change], list_path: Path, split: str | None = None) -> str:

@@ -13,6 +13,9 @@ import re
 import warnings
 
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485  # Pillow's Image.MAX_IMAGE_PIXELS
+# The largest limit one may set: above every image a format can hold (a PNG's (2^31 - 1)^2 pixels),
+# and within the 64-bit integers the input pipelines compare sizes in.
+LARGEST_PIXEL_LIMIT = 2**62
 
 
 def image_pixels(data: bytes) -> int | None:

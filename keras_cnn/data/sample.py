@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from keras_cnn.config import MAX_SAMPLE_PER_CLASS
 from keras_cnn.errors import UserError
 from keras_cnn.io import atomic_write_bytes, atomic_write_text
 
@@ -77,8 +78,8 @@ def write_sample_data(out_dir: str | Path, classes: int = 3, per_class: int = 12
 
     if not 2 <= classes <= len(SHAPES):
         raise UserError(f"--classes must be between 2 and {len(SHAPES)}, received: {classes}")
-    if per_class < 1:
-        raise UserError(f"--per-class must be at least 1, received: {per_class}")
+    if not 1 <= per_class <= MAX_SAMPLE_PER_CLASS:
+        raise UserError(f"--per-class must be from 1 to {MAX_SAMPLE_PER_CLASS:,}, received: {per_class}")
     if size < 16:
         raise UserError(f"--size must be at least 16 pixels, received: {size}")
     out_dir = Path(out_dir)

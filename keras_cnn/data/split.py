@@ -280,8 +280,8 @@ def read_csv_columns(path: str | os.PathLike, wanted: dict[str, str],
     return frame, lines
 
 
-# A field of a first line that names a file (a path, or an image's name) is data, not a column name.
-_FILE_FIELD = re.compile(r"[/\\]|\.(?:jpe?g|png|bmp|gif|webp|tiff?)$", re.IGNORECASE)
+# A field of a first line that names a file (a path, an image's name, a bare SHA-1) is data, not a column name.
+_FILE_FIELD = re.compile(r"[/\\]|\.(?:jpe?g|png|bmp|gif|webp|tiff?)$|^[0-9a-f]{40}$", re.IGNORECASE)
 
 
 def _looks_like_data(header: Sequence[str]) -> bool:

@@ -40,15 +40,15 @@ from keras_cnn.export.quantize import DEFAULT_MAX_ACCURACY_DROP, check_mode, qua
 from keras_cnn.export.saved_model import compare_saved_model, signature_descriptions, write_saved_model
 from keras_cnn.export.spec import ModelSpec, model_spec
 from keras_cnn.export.verify import TOLERANCE, check_format, verification_images
-from keras_cnn.export_layout import (EXPLAIN_SIGNATURE, HEATMAP_OUTPUT, LITERT_FILE, METADATA_FILE, ONNX_FILE,
-                                     SAVED_MODEL_FILE, TTA_SIGNATURE)
+from keras_cnn.export_layout import (EXPLAIN_SIGNATURE, HEATMAP_OUTPUT, LITERT_FILE, MAX_VERSION, METADATA_FILE,
+                                     ONNX_FILE, SAVED_MODEL_FILE, TTA_SIGNATURE)
 from keras_cnn.io import atomic_path, atomic_write_json, remove_abandoned_temporaries
 from keras_cnn.run_calibration import read_calibration, run_temperature
 from keras_cnn.runs import RunDirectory, RunState
 from keras_cnn.thresholds import read_thresholds
 from keras_cnn.versions import library_versions
 
-__all__ = ["EXPORT_FORMATS", "TOLERANCE", "ExportFormat", "export_run"]
+__all__ = ["EXPORT_FORMATS", "TOLERANCE", "ExportFormat", "check_export_options", "export_run"]
 
 
 @dataclass(frozen=True)
@@ -100,10 +100,7 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, version: 
     # The run's data and its record need pandas: not imported for --help.
     from keras_cnn.run_data import run_labels
 
-    formats = _check_formats(formats)
-    version = 1 if version is None else version
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise UserError(f"--version must be a positive integer, received: {version!r}")
+    formats, version, tta_views = check_export_options(run_dir, formats, version, tta, quantize)
     version_dir = Path(out_dir) / str(version)
     _check_version_folder(version_dir, force)
 
@@ -115,9 +112,6 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, version: 
     config = RunConfig.from_dict(run.read_config())
     labels = run_labels(run, config)
     if quantize is not None:
-        check_mode(quantize)
-        if "litert" not in formats:
-            raise UserError("--quantize makes a LiteRT file: add --format litert")
         _check_quantization_inputs(run, config, accept_input_changes)
     # Registers kcnn's custom layers first; the written export needs none of them.
     from keras_cnn.models.loading import hub_base_of, load_model
@@ -133,12 +127,8 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, version: 
         model = opened.calibrated_model(temperature)
     explainer = opened if opened.has_feature_map and not spec.multi_label else None
     spec = replace(spec, temperature=temperature, explainer=explainer)
-    if tta:
-        from keras_cnn.tta import trained_with_flips, view_names
-
-        if "saved_model" not in formats:
-            raise UserError("--tta adds a signature to the SavedModel: add --format saved_model")
-        spec = replace(spec, tta_views=tuple(view_names(int(tta), trained_with_flips(config))))
+    if tta_views:
+        spec = replace(spec, tta_views=tuple(tta_views))
     probe_images = verification_images(config, spec) if verify else []
     quantization = None
 
@@ -200,6 +190,30 @@ def _check_quantization_inputs(run: RunDirectory, config: RunConfig, accept: boo
             raise UserError(f"--quantize reads the run's images (int8 calibration and the accuracy check), but its "
                             f"{what} {path} is missing; put it back, or export without --quantize (no image needed)")
     check_run_inputs(run, config, accept=accept, command="kcnn export --quantize")
+
+
+def check_export_options(run_dir: str | os.PathLike, formats: tuple[str, ...] | list[str] | str = ("saved_model",),
+                         version: int | None = None, tta: int | None = None, quantize: str | None = None
+                         ) -> tuple[tuple[str, ...], int, list[str] | None]:
+    """The export's options checked against each other and the run's config.json, with no TensorFlow and
+    no model (the command line calls it before anything starts).  Returns the formats in writing order,
+    the version (default 1) and the TTA views (None without ``tta``)."""
+    from keras_cnn.tta import trained_with_flips, view_names
+
+    formats = _check_formats(formats)
+    version = 1 if version is None else version
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= MAX_VERSION:
+        raise UserError(f"--version must be a whole number from 1 to {MAX_VERSION:,}, received: {version!r}")
+    if quantize is not None:
+        check_mode(quantize)
+        if "litert" not in formats:
+            raise UserError("--quantize makes a LiteRT file: add --format litert")
+    if not tta:
+        return formats, version, None
+    if "saved_model" not in formats:
+        raise UserError("--tta adds a signature to the SavedModel: add --format saved_model")
+    config = RunConfig.from_dict(RunDirectory(run_dir).require().read_config())
+    return formats, version, view_names(int(tta), trained_with_flips(config))
 
 
 def _check_formats(formats) -> tuple[str, ...]:

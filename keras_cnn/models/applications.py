@@ -16,7 +16,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from keras_cnn.models.specs import BaseSpec
+from keras_cnn.errors import UserError
+from keras_cnn.messages import did_you_mean
+from keras_cnn.models.specs import HUB_PREFIX, KERAS_HUB_PREFIX, BaseSpec
 
 _KERAS_APPLICATIONS = "https://storage.googleapis.com/tensorflow/keras-applications/"
 # keras.applications' usual no-top file name ("resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5").
@@ -179,3 +181,23 @@ def smallest_member(family: str) -> BaseSpec:
     """The family's member with the fewest parameters (the tests train one per family)."""
     members = [spec for spec in APPLICATION_BASES.values() if spec.family == family]
     return min(members, key=lambda spec: spec.params)
+
+
+def application_base(name: str) -> BaseSpec:
+    """The spec of the ``keras.applications`` base ``name`` (any case); an unknown name is one line
+    offering the closest names.  Plain data: the commands check a name here before TensorFlow loads."""
+    key = str(name).strip().lower()
+    if key not in APPLICATION_BASES:
+        raise UserError(
+            f"unknown base {name!r}{did_you_mean(key, APPLICATION_BASES)} (`kcnn models` lists the "
+            f"{len(APPLICATION_BASES)} bases, e.g. resnet50, mobilenet_v3_small, efficientnet_b0, convnext_tiny; "
+            f"or {HUB_PREFIX}HANDLE for a TF Hub module, {KERAS_HUB_PREFIX}PRESET_OR_DIR for a keras-hub preset)"
+        )
+    return APPLICATION_BASES[key]
+
+
+def check_base_name(name: str) -> None:
+    """Refuse a misspelt ``keras.applications`` base name at once (``hub:`` and ``keras_hub:`` names are
+    checked when their module or preset is opened)."""
+    if not str(name).startswith((HUB_PREFIX, KERAS_HUB_PREFIX)):
+        application_base(name)

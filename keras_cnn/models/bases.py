@@ -17,8 +17,7 @@ from typing import Any
 import keras
 
 from keras_cnn.errors import UserError, first_line
-from keras_cnn.messages import did_you_mean
-from keras_cnn.models.applications import APPLICATION_BASES
+from keras_cnn.models.applications import APPLICATION_BASES, application_base
 from keras_cnn.models.hub import build_hub_base, hub_base_spec
 from keras_cnn.models.keras_hub import build_keras_hub_base, keras_hub_base_spec
 from keras_cnn.models.preprocessing import preprocessing_for
@@ -46,14 +45,7 @@ def get_base_spec(name: str | BaseSpec) -> BaseSpec:
         return hub_base_spec(name[len(HUB_PREFIX):])
     if isinstance(name, str) and name.startswith(KERAS_HUB_PREFIX):
         return keras_hub_base_spec(name)
-    key = str(name).strip().lower()
-    if key not in APPLICATION_BASES:
-        raise UserError(
-            f"unknown base {name!r}{did_you_mean(key, APPLICATION_BASES)} (`kcnn models` lists the "
-            f"{len(APPLICATION_BASES)} bases, e.g. resnet50, mobilenet_v3_small, efficientnet_b0, convnext_tiny; "
-            "or hub:HANDLE for a TF Hub module, keras_hub:PRESET_OR_DIR for a keras-hub preset)"
-        )
-    return APPLICATION_BASES[key]
+    return application_base(name)
 
 
 def preprocessing_layer(base: str | BaseSpec) -> keras.layers.Layer | None:

@@ -237,6 +237,12 @@ class StageCheckpoint(keras.callbacks.Callback):
         set_initial_epoch(self.model, epoch)
 
     def on_epoch_end(self, epoch, logs=None):
+        if any(value is not None and not math.isfinite(float(value))
+               for value in ((logs or {}).get("loss"), (logs or {}).get("val_loss"))):
+            # Not committed: the run resumes from its last good epoch (a first stage without one
+            # leaves no run), and NanGuard, next, stops the stage saying why.
+            self.saved_last_epoch = False
+            return
         value = (logs or {}).get(self.monitor)
         improved = value is not None and math.isfinite(float(value)) and (self.best is None or float(value) < self.best)
         if improved:

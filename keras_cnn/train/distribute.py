@@ -124,19 +124,16 @@ def synchronize_loss_scaling(optimizer):
     return optimizer
 
 
-def _repeated_from(dataset_fn: Callable[[Any], Any], position: int | None) -> Callable[[Any], Any]:
+def _repeated_from(dataset_fn: Callable[[Any], Any], position: int) -> Callable[[Any], Any]:
     """``dataset_fn`` repeated, starting ``position`` batches in, as an uninterrupted loop would be there.
 
     The passes over the data are numbered from there too (:func:`keras_cnn.data.randomness.set_epoch`),
-    so a resumed loop shuffles and augments as the uninterrupted one did.  ``position``
-    None: repeated as it is (data that draws nothing at random, like the validation part).
+    so a resumed loop shuffles and augments as the uninterrupted one did.
     """
     from keras_cnn.data.randomness import set_epoch
 
     def positioned(input_context):
         dataset = dataset_fn(input_context)
-        if position is None:
-            return dataset.repeat()
         per_pass = int(dataset.cardinality())
         if per_pass <= 0:   # unknown length: start at the beginning
             set_epoch(0)
@@ -145,6 +142,16 @@ def _repeated_from(dataset_fn: Callable[[Any], Any], position: int | None) -> Ca
         return dataset.repeat().skip(position % per_pass)
 
     return positioned
+
+
+def _first_batches(dataset_fn: Callable[[Any], Any], steps: int) -> Callable[[Any], Any]:
+    """``dataset_fn``'s first ``steps`` batches, again and again: every epoch validates on the same batches.
+
+    (Repeated as it is, an epoch would start where the last one stopped whenever the part is
+    not a whole number of ``steps``, and a resumed loop, which starts at the beginning,
+    would validate on other images than the uninterrupted one.)
+    """
+    return lambda input_context: dataset_fn(input_context).take(steps).repeat()
 
 
 def fit_multiworker(
@@ -170,7 +177,8 @@ def fit_multiworker(
     replica (see the module docstring: batch size is global, learning rate unscaled); it is
     repeated here, and each epoch takes ``steps_per_epoch`` steps from where the previous one
     stopped; a loop resumed at a later epoch (a callback setting it, as kcnn's checkpoint
-    does) starts where the uninterrupted loop would be.  ``validation_dataset_fn``/``validation_steps`` add ``val_*`` entries.
+    does) starts where the uninterrupted loop would be.  ``validation_dataset_fn``/``validation_steps`` add
+    ``val_*`` entries, measured every epoch on the first ``validation_steps`` batches.
     ``jit_compile`` compiles each replica's forward and backward pass with XLA (the
     cross-worker gradient sum and the update stay outside it).  Keras ``callbacks`` get the
     epoch and batch hooks, epoch logs equal on every worker, and may stop training via
@@ -273,7 +281,8 @@ def fit_multiworker(
         _repeated_from(dataset_fn, initial_epoch * steps_per_epoch)))
     validation_iterator = None
     if validation_dataset_fn is not None:
-        validation_dataset = strategy.distribute_datasets_from_function(_repeated_from(validation_dataset_fn, None))
+        validation_dataset = strategy.distribute_datasets_from_function(
+            _first_batches(validation_dataset_fn, validation_steps))
         validation_iterator = iter(validation_dataset)
     for epoch in range(initial_epoch, epochs):
         reset_metrics()

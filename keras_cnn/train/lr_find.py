@@ -16,6 +16,7 @@ accepted; the weights in memory are put back after the sweep (see ``lr_sweep``).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from keras_cnn.models.bases import get_base_spec
 from keras_cnn.models.weights import resolve_weights
 from keras_cnn.progress import say
 from keras_cnn.run_data import check_run_inputs, run_labels
-from keras_cnn.runs import RunDirectory
+from keras_cnn.runs import RunDirectory, RunLock
 from keras_cnn.train.lr_sweep import (DEFAULT_END, DEFAULT_START, DEFAULT_STEPS, LearningRateSweep, NoSuggestion,
                                       find_learning_rate, sweep_rates)
 from keras_cnn.train.stage import StageContext, StageSpec, build_stage
@@ -61,63 +62,71 @@ def lr_find(config: RunConfig | None = None, run_dir: str | Path | None = None, 
     if (config is None) == (run_dir is None):
         raise UserError("lr-find needs either the data and model options of train / transfer, or --run RUN")
     sweep_rates(start, end, steps)   # every option is checked before a file is written or an image read
-    left_out: set[str] = set()
-    written_split = None
+    # The run's lock: its input record and RUN/lr_find.png are written while no other process writes the run.
     if run_dir is not None:
-        stage = _finetune_stage(run_dir, unfreeze_from, train_bn, base_dropout, batch_size, optimizer, trust_hub)
-        run = RunDirectory(run_dir)
-        run_labels(run, stage.config)
-        left_out = check_run_inputs(run, stage.config, accept=accept_input_changes, command="kcnn lr-find --run")
-        default_out = Path(run_dir) / PLOT_NAME
-    else:
-        if unfreeze_from:
-            raise UserError("--unfreeze-from needs --run RUN (a stage-1 run to fine-tune)")
-        config = replace(config, training=replace(config.training, batch_size=batch_size or config.training.batch_size,
-                                                  optimizer=optimizer or config.training.optimizer))
-        default_out = Path(PLOT_NAME)
-        if config.model.kind == "transfer":
-            # Weights that cannot be had stop the sweep before the folder is split into a file.
-            resolve_weights(get_base_spec(config.model.name), config.model.weights)
-        stage = _first_stage(config)
-    plot = Path(out) if out is not None else default_out
-    check_output_path(plot, option="--out")
-    if run_dir is None:
-        if needs_split_file(stage.config.data):
-            # --images without --split (or a split that --exclude / --relabel change): split as
-            # train/transfer would, into a file beside the picture, so the sweep's data can be looked
-            # at and reused (--split).  Only now: building the stage checked every option.
-            written_split = plot.with_name(SPLIT_NAME)
-            stage.config = replace(stage.config, data=split_images(stage.config.data, written_split,
-                                                                   list_prefix=str(plot.with_name("lr_find_")),
-                                                                   offers_skipping=False))
+        RunDirectory(run_dir).require()
+    with RunLock(run_dir) if run_dir is not None else contextlib.nullcontext():
+        left_out: set[str] = set()
+        written_split = None
+        if run_dir is not None:
+            stage = _finetune_stage(run_dir, unfreeze_from, train_bn, base_dropout, batch_size, optimizer, trust_hub)
+            run = RunDirectory(run_dir)
+            run.check_ownership()
+            run.claim()
+            run_labels(run, stage.config)
+            left_out = check_run_inputs(run, stage.config, accept=accept_input_changes,
+                                        command="kcnn lr-find --run")
+            default_out = Path(run_dir) / PLOT_NAME
+        else:
+            if unfreeze_from:
+                raise UserError("--unfreeze-from needs --run RUN (a stage-1 run to fine-tune)")
+            config = replace(config, training=replace(config.training,
+                                                      batch_size=batch_size or config.training.batch_size,
+                                                      optimizer=optimizer or config.training.optimizer))
+            default_out = Path(PLOT_NAME)
+            if config.model.kind == "transfer":
+                # Weights that cannot be had stop the sweep before the folder is split into a file.
+                resolve_weights(get_base_spec(config.model.name), config.model.weights)
+            stage = _first_stage(config)
+        plot = Path(out) if out is not None else default_out
+        check_output_path(plot, option="--out")
+        if run_dir is None:
+            if needs_split_file(stage.config.data):
+                # --images without --split (or a split that --exclude / --relabel change): split as
+                # train/transfer would, into a file beside the picture, so the sweep's data can be looked
+                # at and reused (--split).  Only now: building the stage checked every option.
+                written_split = plot.with_name(SPLIT_NAME)
+                stage.config = replace(stage.config, data=split_images(stage.config.data, written_split,
+                                                                       list_prefix=str(plot.with_name("lr_find_")),
+                                                                       offers_skipping=False))
+            keras.utils.set_random_seed(stage.training.seed)
+        context = build_stage(StageContext(stage, run=None, execution=None, left_out=left_out))
+        model, dataset, cleanup = _sweep_inputs(context)
+
+        def progress(step: int, rate: float, smoothed: float) -> None:
+            if (step + 1) % max(1, steps // 10) == 0:
+                say(f"[lr-find] step {step + 1}/{steps}: learning rate {rate:.2e}, smoothed loss {smoothed:.4f}")
+
         keras.utils.set_random_seed(stage.training.seed)
-    context = build_stage(StageContext(stage, run=None, execution=None, left_out=left_out))
-    model, dataset, cleanup = _sweep_inputs(context)
-
-    def progress(step: int, rate: float, smoothed: float) -> None:
-        if (step + 1) % max(1, steps // 10) == 0:
-            say(f"[lr-find] step {step + 1}/{steps}: learning rate {rate:.2e}, smoothed loss {smoothed:.4f}")
-
-    keras.utils.set_random_seed(stage.training.seed)
-    try:
-        sweep = find_learning_rate(model, as_model_targets(dataset, context.single_sigmoid), context.loss,
-                                   stage.training.optimizer, start=start, end=end, steps=steps, progress=progress)
-    finally:
-        if cleanup is not None:
-            cleanup()
-    try:
-        suggestions, no_suggestion = sweep.suggestions(), None
-    except NoSuggestion as reason:
-        suggestions, no_suggestion = {}, str(reason)
-    table = plot.with_suffix(".csv")
-    write_sweep(sweep, suggestions, plot, table, no_suggestion=no_suggestion is not None)
-    result = {"stage": stage.name, "optimizer": stage.training.optimizer, "suggestions": suggestions,
-              "steps": len(sweep.losses), "planned_steps": steps, "diverged": sweep.diverged, "start": start,
-              "end": end, "plot": str(plot), "table": str(table),
-              "split": str(written_split) if written_split else None}
-    if no_suggestion is not None:
-        result["no_suggestion"] = no_suggestion
-    return result
+        try:
+            sweep = find_learning_rate(model, as_model_targets(dataset, context.single_sigmoid), context.loss,
+                                       stage.training.optimizer, start=start, end=end, steps=steps, progress=progress)
+        finally:
+            if cleanup is not None:
+                cleanup()
+        try:
+            suggestions, no_suggestion = sweep.suggestions(), None
+        except NoSuggestion as reason:
+            suggestions, no_suggestion = {}, str(reason)
+        table = plot.with_suffix(".csv")
+        write_sweep(sweep, suggestions, plot, table, no_suggestion=no_suggestion is not None)
+        result = {"stage": stage.name, "optimizer": stage.training.optimizer, "suggestions": suggestions,
+                  "steps": len(sweep.losses), "planned_steps": steps, "diverged": sweep.diverged, "start": start,
+                  "end": end, "plot": str(plot), "table": str(table),
+                  "split": str(written_split) if written_split else None}
+        if no_suggestion is not None:
+            result["no_suggestion"] = no_suggestion
+        return result
 
 
 def _first_stage(config: RunConfig) -> StageSpec:

@@ -15,7 +15,9 @@ runner does the rest, the same way for every stage:
    needs another (``finetune`` after ``head``) needs it finished, and stages that depend on
    this one are refused or, with ``overwrite``, removed with everything that was theirs —
    only once every check passed, the model of a stage that builds it without data included
-   and a later stage's inputs checked against the run's record (step 3);
+   and a later stage's inputs checked against the run's record (step 3).  A run started
+   over wholly (its first stage overwritten) is set aside instead, and put back if the new
+   stage fails before it starts (bad images, a model that cannot be built);
 3. check the run's inputs against its record (each image's SHA-1 and stamp, the split's; made
    at the first start): changed, missing or added images, an edited split, and a labels.txt
    that no longer agrees with config.json are refused unless accepted
@@ -36,7 +38,7 @@ import contextlib
 import os
 import shutil
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -47,14 +49,15 @@ from keras_cnn.data.collection import split_into_run
 from keras_cnn.data.files import bounded_list_message, full_list_path
 from keras_cnn.data.regularize import soft_label_loss, uses_soft_labels
 from keras_cnn.errors import UserError
+from keras_cnn.messages import MAX_MESSAGE
 from keras_cnn.progress import format_seconds, keras_verbose, say
 from keras_cnn.io import INPUT_CHANGES, atomic_path, check_output_path, to_jsonable
 from keras_cnn.models.loading import model_file_problem
-from keras_cnn.run_calibration import (PartPredictions, describe_calibration, fit_record, multi_label_answers,
-                                       predict_part, summary_of, write_calibration)
+from keras_cnn.run_calibration import (PartPredictions, check_finite, describe_calibration, fit_record,
+                                       multi_label_answers, predict_part, summary_of, write_calibration)
 from keras_cnn.run_data import check_run_inputs, run_labels
 from keras_cnn.runs import (EXECUTION_OPTIONS, RunDirectory, RunLock, RunState, check_run_placement, differing_options,
-                            flatten_options)
+                            flatten_options, input_files)
 from keras_cnn.thresholds import write_thresholds
 from keras_cnn.train.callbacks import (EpochDraws, HistoryRecorder, NanGuard, RunProgress, StageCheckpoint,
                                       read_history, write_history)
@@ -190,7 +193,7 @@ def run_stage(spec: StageSpec, out_dir: str | os.PathLike, overwrite: bool = Fal
         with RunLock(run.root):
             _check_run_folder(run, spec, overwrite, out_dir)
             new_run = run.recorded_entries() is None
-            state = None
+            state = aside = None
             try:
                 run.claim()
                 run.remove_stale_temporaries()
@@ -208,13 +211,19 @@ def run_stage(spec: StageSpec, out_dir: str | os.PathLike, overwrite: bool = Fal
                 if spec.requires and data is None:
                     # A later stage reads the run's own split: its inputs are checked before anything goes.
                     _check_inputs(context, accept_input_changes, new_run, split_itself=False)
-                if state.damaged:
-                    run.clear()
-                _discard_stages(run, state, plan)
-                return _run_checked_stage(context, state, data, accept_input_changes, new_run)
+                if state.damaged or (plan and set(plan) >= set(state.stages)):
+                    # The whole run starts over: its files wait aside until the new stage has passed
+                    # every check (its images, its model) and started.
+                    aside = run.set_aside()
+                    state.stages.clear()
+                else:
+                    _discard_stages(run, state, plan)
+                return _run_checked_stage(context, state, data, accept_input_changes, new_run, aside)
             except BaseException:
                 failed = True
-                if new_run and not _has_progress(run, spec.name, state):
+                if aside is not None and aside.exists():
+                    run.put_back(aside)
+                elif new_run and not _has_progress(run, spec.name, state):
                     run.forget()
                 raise
         if failed and created:
@@ -225,7 +234,7 @@ def _check_run_folder(run: RunDirectory, spec: StageSpec, overwrite: bool, out_d
     """Step 1's refusals, before anything is written: inputs inside the run or around it, files not kcnn's."""
     data = spec.config.data
     # A later stage reads the run's own split; only a first stage's inputs are the user's files.
-    files = {} if spec.requires else {"--split": data.split, "--dataset-path": data.dataset_path}
+    files = {} if spec.requires else input_files(asdict(data), spec.config.model.weights)
     check_run_placement(out_dir, images=data.images, files=files)
     run.check_ownership(overwrite)
 
@@ -273,6 +282,14 @@ def _check_state(run: RunDirectory, state: RunState, spec: StageSpec, overwrite:
     if spec.requires and state.status(spec.requires) != "finished":
         raise UserError(f"{run.root}: stage '{spec.requires}' has not finished "
                         f"({_epochs_done(run, spec.requires)}); finish it before '{spec.name}'")
+    if spec.requires:
+        # The model the stage starts from: the one kept when its stage ended, else the run's.
+        kept = run.stage_model_path(spec.requires)
+        start = kept if kept.exists() else run.model_path
+        problem = model_file_problem(start)
+        if problem is not None:
+            raise UserError(f"stage '{spec.requires}' of {run.root} is not finished: its model file {start.name} "
+                            f"{problem}; train it again (its command with --overwrite) before '{spec.name}'")
     others = [name for name in state.stages if name not in (spec.name, spec.requires)]
     if others and not overwrite:
         raise UserError(f"{run.root} holds stage(s) {', '.join(others)}, which running '{spec.name}' would "
@@ -287,10 +304,9 @@ def _check_state(run: RunDirectory, state: RunState, spec: StageSpec, overwrite:
                                         _comparable(spec.option_defaults))
         if differences:
             verb = "finished" if entry.get("status") == "finished" else "was started"
-            raise UserError(bounded_list_message(
-                lambda listed: f"{run.root}: stage '{spec.name}' {verb} with other options (--overwrite starts it "
-                               f"over, or use another --out): {listed}",
-                differences, full_list_path("changed_options.txt")))
+            raise UserError(_changed_options_message(run, f"stage '{spec.name}' {verb} with other options "
+                                                          "(--overwrite starts it over, or use another --out)",
+                                                     differences))
         if entry.get("status") == "finished":
             problem = model_file_problem(run.model_path)
             if problem is not None:
@@ -301,6 +317,16 @@ def _check_state(run: RunDirectory, state: RunState, spec: StageSpec, overwrite:
     if overwrite:
         return others + ([spec.name] if entry is not None else [])
     return []
+
+
+def _changed_options_message(run: RunDirectory, refusal: str, differences: list[str]) -> str:
+    """``RUN: REFUSAL: a, b and 3 more (full list: FILE)`` in one whole line; a run folder path too
+    long to leave room for the rest is left out (the command line names it)."""
+    listed = full_list_path("changed_options.txt")
+    message = bounded_list_message(lambda items: f"{run.root}: {refusal}: {items}", differences, listed)
+    if len(message) > MAX_MESSAGE:
+        message = bounded_list_message(lambda items: f"the run's {refusal}: {items}", differences, listed)
+    return message
 
 
 # Options that act after the fit (the model's weights do not depend on them): a stage does not
@@ -406,13 +432,19 @@ def _check_inputs(context: StageContext, accept: bool, new_run: bool, split_itse
 
 
 def _run_checked_stage(context: StageContext, state: RunState, data, accept_input_changes: bool,
-                       new_run: bool) -> StageOutcome:
-    """Steps 3-5 of the module docstring, once the run state allows the stage."""
+                       new_run: bool, aside: Path | None = None) -> StageOutcome:
+    """Steps 3-5 of the module docstring, once the run state allows the stage.
+
+    ``aside``: the files of the run this stage starts over (``--overwrite``), removed once the
+    stage has started (the caller puts them back if it fails before).
+    """
     from keras_cnn.models.parameters import parameter_counts
 
     spec, run = context.spec, context.run
     if data is None:
         split_itself = bool(spec.config.data.images and not spec.config.data.split)
+        if not spec.requires and not (run.root / "split.csv").exists():
+            run.remove_lists()   # the images are read anew: lists of an earlier, failed reading would mislead
         # --images without --split: the folder is split into RUN/split.csv, which config.json then names.
         spec.config = replace(spec.config, data=split_into_run(spec.config.data, run.root))
         if not spec.requires:   # a later stage's were checked before the run was touched
@@ -422,6 +454,7 @@ def _run_checked_stage(context: StageContext, state: RunState, data, accept_inpu
     counts = parameter_counts(context.model)
     _write_config(context, counts)
     state.start(spec.name, recorded_options(spec.options))
+    run.drop_aside(aside)
     # A new model is coming: an evaluation, a calibration or thresholds of the old one no longer describe the run.
     shutil.rmtree(run.eval_dir, ignore_errors=True)
     write_calibration(run, None)
@@ -567,7 +600,7 @@ def _fit(context: StageContext, checkpoint: StageCheckpoint) -> None:
         history,        # before the checkpoint: an epoch's row exists when the epoch commits
         # --ema: the averaged weights are swapped in before the checkpoint saves (and judges) the model.
         *ema_callbacks(training),
-        checkpoint,
+        checkpoint,     # an epoch whose loss is not a number is not committed; NanGuard then stops the stage
         NanGuard(_nan_advice(spec)),
         RunProgress(spec.name, training.epochs),
         keras.callbacks.TensorBoard(str(run.tensorboard_dir / spec.name), write_graph=False),
@@ -605,6 +638,11 @@ def _nan_advice(spec: StageSpec) -> str:
     if mixing:
         advice += ", or check " + " and ".join(f"--{name} {value:g}" for name, value in mixing.items())
     return advice
+
+
+def _overflow_advice(spec: StageSpec) -> str:
+    """What to do when the best model's outputs are not numbers although its loss was."""
+    return f"{_nan_advice(spec)} (--overwrite trains the stage again)"
 
 
 def _stage_optimizer(context: StageContext, inputs: FitInputs) -> keras.optimizers.Optimizer:
@@ -678,6 +716,7 @@ def _finish(context: StageContext, best: keras.Model, counts: dict[str, int]) ->
         test = None
         if data.test is not None:
             test = predict_part(opened, data.test)
+            check_finite(test, "test", _overflow_advice(spec))
             stage_metrics["test"] = score_test_part(test, data.labels)
         calibration = _calibrate(context, lambda: predict_part(opened, data.validation), test)
     if calibration is not None:
@@ -733,6 +772,9 @@ def _finish_multi_label(context: StageContext, opened, stage_metrics: dict[str, 
     spec, run, data = context.spec, context.run, context.data
     validation = predict_part(opened, data.validation, multi_label=True) if data.validation is not None else None
     test = predict_part(opened, data.test, multi_label=True) if data.test is not None else None
+    for part, predictions in (("validation", validation), ("test", test)):
+        if predictions is not None:
+            check_finite(predictions, part, _overflow_advice(spec))
     answers = multi_label_answers(validation, test, data.labels, spec.name, calibrate=_calibrating(context))
     # The temperature first: the thresholds were chosen for it.
     _write_calibration(context, answers["calibration"])
@@ -772,7 +814,9 @@ def _calibrate(context: StageContext, validation: Callable[[], PartPredictions],
     """Fit the temperature on the validation part (``--calibrate``) into RUN/calibration.json; the record."""
     if not _calibrating(context):
         return None
-    record = fit_record(validation(), test, context.spec.name)
+    predictions = validation()
+    check_finite(predictions, "validation", _overflow_advice(context.spec))
+    record = fit_record(predictions, test, context.spec.name)
     _write_calibration(context, record)
     return record
 
