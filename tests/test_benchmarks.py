@@ -11,6 +11,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import write_hub_module
 
@@ -236,7 +237,7 @@ def test_calibration_benchmark_meets_its_targets_on_the_digits_and_the_patches(l
     checks = outcome["done_when"]
     assert checks["temperature"] > 1 and checks["ece_halved"] and checks["nll_lower"] and checks["same_accuracy"]
     # At the threshold chosen for 0.99, the accepted test images are as accurate as the validation images
-    # behind it vouch for (its 95 % lower bound; 160 validation images cannot vouch for 0.97 there).
+    # behind it vouch for (its 95 % lower bound).
     assert checks["accepted"] > 0 and checks["accepted_accuracy"] >= checks["validation"]["accuracy_lower_bound"]
     # The model kcnn keeps of the same run: at least 97 % of the accepted test images are right.
     selective = outcome["calibration"][kept]["evaluation"]["selective"]
@@ -244,6 +245,35 @@ def test_calibration_benchmark_meets_its_targets_on_the_digits_and_the_patches(l
     # Heat maps: the peak lands on the coloured patch for at least 90 % of the test images.
     assert outcome["patches"]["share"] >= 0.9, outcome["patches"]
     assert not results.exists()
+
+
+def test_the_steadier_threshold_stops_at_the_first_dip_below_the_target(load_script):
+    calibration = load_script("calibration")
+    from keras_cnn.metrics import threshold_for_accuracy
+
+    confidence = np.array([0.95, 0.9, 0.9, 0.8, 0.7, 0.6, 0.5])
+    correct = np.array([True, True, False, True, True, False, True])
+    # Accepted accuracy from the top: 1, 2/3, 3/4, 4/5, 4/6, 5/7.  kcnn's rule takes 0.5 for 0.7 (5/7
+    # climbs back above it); the steadier reading stops before the first dip, at 0.95.
+    assert threshold_for_accuracy(confidence, correct, 0.7) == 0.5
+    assert calibration.steady_threshold(confidence, correct, 0.7) == 0.95
+    assert calibration.steady_threshold(confidence, correct, 0.6) == 0.5         # never dips below 0.6
+    assert calibration.steady_threshold(confidence, ~correct, 0.5) is None       # the most confident is wrong
+    # Where every accepted sample is right, both readings agree.
+    right_first = np.array([True, True, True, True, True, False, False])
+    assert calibration.steady_threshold(confidence, right_first, 0.99) == threshold_for_accuracy(
+        confidence, right_first, 0.99) == 0.7
+
+
+def test_the_calibration_benchmark_validates_on_as_many_digits_as_it_tests(load_script, tmp_path):
+    pytest.importorskip("sklearn", reason="the calibration benchmark reads scikit-learn's digits")
+    calibration = load_script("calibration")
+    from keras_cnn.data.split import read_split_csv
+
+    split, _ = calibration.digits_data(tmp_path, None)
+    counts = read_split_csv(split)["type"].value_counts()
+    # The balanced split's counts: at least as many validation images as test ones, and over half training.
+    assert (counts["validation"], counts["test"], counts["train"]) == (360, 340, 1097)
 
 
 def test_multilabel_benchmark_builds_mosaics_from_disjoint_digits(load_script, tmp_path, capsys):
