@@ -9,9 +9,11 @@ A JPEG much larger than the model's input is decoded at 1/2, 1/4 or 1/8 scale in
 domain (libjpeg's scaled decoding) before the resize: most of a photo's pixels would be
 averaged away by the resize anyway, and skipping them makes decoding several times faster.
 
-Images are shrunk by area averaging (each output pixel the mean of the input it covers: an
-antialiased resize that costs less than the decode) and enlarged by antialiased bilinear
-interpolation; the kernels read the uint8 pixels directly, rounding once at the end.
+Images are shrunk by area averaging (each output pixel the mean of the input it covers, an
+antialiased resize) and enlarged by antialiased bilinear interpolation; the kernels read the
+uint8 pixels directly, rounding once at the end.  Where DCT scaling cannot help (a 480x360
+JPEG to 224x224) the area resize costs about as much CPU time as the decode itself;
+``benchmarks/pipeline.py --breakdown`` shows where the time goes.
 """
 
 from __future__ import annotations
